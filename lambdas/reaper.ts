@@ -1,0 +1,14 @@
+/**
+ * Scheduled by EventBridge Scheduler: ends sandboxes past their idle deadline
+ * or TTL, finishes due shutdowns, and fails the sandboxes of lost hosts.
+ */
+import { logger } from './shared/logger';
+import { reap, type ReapReport } from './shared/reaper';
+
+export async function handler(): Promise<ReapReport> {
+  const report = await reap();
+  logger.info('reaper run', { ...report });
+  // A run with errors fails, so Scheduler's retry policy and DLQ see it.
+  if (report.errors > 0) throw new Error(`reaper: ${report.errors} sandbox(es) could not be ended; they are retried next run`);
+  return report;
+}

@@ -1,0 +1,84 @@
+/**
+ * Handler configuration, read once from the environment. The CDK stack sets
+ * these on every function; the local stack sets them on its own process.
+ * AWS endpoints are not here: the SDK reads AWS_ENDPOINT_URL_<SERVICE> itself.
+ */
+import { apiKeysTable, hostsTable, idempotencyTable, sandboxesTable } from './tables';
+
+function int(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!Number.isFinite(n)) throw new Error(`environment variable ${name} must be a number, got "${raw}"`);
+  return n;
+}
+
+function str(name: string, fallback: string): string {
+  const raw = process.env[name];
+  return raw === undefined || raw === '' ? fallback : raw;
+}
+
+export interface ControlPlaneConfig {
+  tables: { sandboxes: string; hosts: string; apiKeys: string; idempotency: string };
+  /** Storage bucket: hot/cold tiers and staged host requests. */
+  bucket: string;
+  /** Image the hosts run sandboxes from. */
+  sandboxImage: string;
+  /** Command line that runs the host-agent on a host (operator config, never caller text). */
+  hostAgentCommand: string;
+  /** URL a sandbox uses to reach this API (heartbeat/complete/error). */
+  sandboxApiUrl: string;
+  limits: {
+    defaultCpu: number;
+    maxCpu: number;
+    defaultMemoryMb: number;
+    maxMemoryMb: number;
+    defaultTtlSeconds: number;
+    maxTtlSeconds: number;
+    defaultIdleTimeoutSeconds: number;
+    pidsLimit: number;
+    hotQuotaBytes: number;
+    hotSyncIntervalSeconds: number;
+  };
+  /** Host heartbeat age after which a host counts as lost. */
+  hostLostAfterSeconds: number;
+}
+
+export function loadConfig(): ControlPlaneConfig {
+  return {
+    tables: {
+      sandboxes: str(sandboxesTable.envVar, 'sandboxes'),
+      hosts: str(hostsTable.envVar, 'hosts'),
+      apiKeys: str(apiKeysTable.envVar, 'api-keys'),
+      idempotency: str(idempotencyTable.envVar, 'idempotency'),
+    },
+    bucket: str('STORAGE_BUCKET', 'ephemeral-sandbox-storage'),
+    sandboxImage: str('SANDBOX_IMAGE', 'ephemeral-sandbox:latest'),
+    hostAgentCommand: str('HOST_AGENT_COMMAND', '/opt/ephemeral-sandbox/bin/host-agent'),
+    sandboxApiUrl: str('SANDBOX_API_URL', ''),
+    limits: {
+      defaultCpu: int('DEFAULT_CPU', 1),
+      maxCpu: int('MAX_CPU', 4),
+      defaultMemoryMb: int('DEFAULT_MEMORY_MB', 1024),
+      maxMemoryMb: int('MAX_MEMORY_MB', 8192),
+      defaultTtlSeconds: int('DEFAULT_TTL_SECONDS', 7200),
+      maxTtlSeconds: int('MAX_TTL_SECONDS', 86_400),
+      defaultIdleTimeoutSeconds: int('DEFAULT_IDLE_TIMEOUT_SECONDS', 900),
+      pidsLimit: int('SANDBOX_PIDS_LIMIT', 512),
+      hotQuotaBytes: int('HOT_QUOTA_BYTES', 100 * 1024 * 1024),
+      hotSyncIntervalSeconds: int('HOT_SYNC_INTERVAL_SECONDS', 60),
+    },
+    hostLostAfterSeconds: int('HOST_LOST_AFTER_SECONDS', 90),
+  };
+}
+
+let cached: ControlPlaneConfig | undefined;
+/** The process-wide configuration (read on first use). */
+export function config(): ControlPlaneConfig {
+  cached ??= loadConfig();
+  return cached;
+}
+/** Forget the cached configuration (tests and the local stack change env). */
+export function resetConfig(): void {
+  cached = undefined;
+}

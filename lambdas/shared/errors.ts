@@ -1,0 +1,42 @@
+/**
+ * Errors the API can show: a code, a message a person can act on, and the
+ * HTTP status that fits. Anything else that escapes a handler is a 500.
+ */
+export type ApiErrorCode =
+  | 'invalid_json'
+  | 'validation_error'
+  | 'missing_api_key'
+  | 'invalid_api_key'
+  | 'forbidden'
+  | 'not_found'
+  | 'method_not_allowed'
+  | 'invalid_state'
+  | 'conflict'
+  | 'payload_too_large'
+  | 'unsupported_media_type'
+  | 'too_many_requests'
+  | 'quota_exceeded'
+  | 'host_error'
+  | 'host_timeout'
+  | 'output_too_large'
+  | 'no_capacity'
+  | 'internal_error';
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: ApiErrorCode,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+
+  toBody(): { error: { code: ApiErrorCode; message: string } } {
+    return { error: { code: this.code, message: this.message } };
+  }
+}
+
+export const notFound = (what: string) => new ApiError(404, 'not_found', `${what} not found`);
+export const invalidState = (message: string) => new ApiError(409, 'invalid_state', message);

@@ -1,0 +1,45 @@
+/**
+ * The process-wide host dispatcher (SSM Run Command -> host-agent), and the
+ * mapping of host failures to API errors.
+ */
+import { config } from './config';
+import { ApiError } from './errors';
+import { ssm } from './clients/ssm';
+import { s3 } from './clients/s3';
+import { createHostDispatcher, HostDispatchError, type HostDispatcher } from './host-dispatch';
+
+let dispatcher: HostDispatcher | undefined;
+
+export function hosts(): HostDispatcher {
+  dispatcher ??= createHostDispatcher({
+    ssm: ssm(),
+    s3: s3(),
+    bucket: config().bucket,
+    hostAgentCommand: config().hostAgentCommand,
+  });
+  return dispatcher;
+}
+
+/** Test and local-stack hook: forget the dispatcher so config changes apply. */
+export function resetHosts(): void {
+  dispatcher = undefined;
+}
+
+/** Turns a failed host call into the API error a caller can act on. */
+export function hostFailure(err: unknown, action: string): ApiError {
+  if (err instanceof ApiError) return err;
+  if (err instanceof HostDispatchError) {
+    switch (err.code) {
+      case 'host_timeout':
+        return new ApiError(504, 'host_timeout', `${action}: the sandbox host did not answer in time`);
+      case 'output_too_large':
+        return new ApiError(502, 'output_too_large', `${action}: the host's answer exceeded SSM's 24,000-character output cap`);
+      case 'host_error':
+        if (err.hostCode === 'quota_exceeded') return new ApiError(409, 'quota_exceeded', `${action}: ${err.message}`);
+        return new ApiError(502, 'host_error', `${action}: ${err.message}`);
+      default:
+        return new ApiError(502, 'host_error', `${action}: ${err.message}`);
+    }
+  }
+  return new ApiError(502, 'host_error', `${action}: ${(err as Error)?.message ?? String(err)}`);
+}

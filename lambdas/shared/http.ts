@@ -1,0 +1,134 @@
+/**
+ * The API handler wrapper: middy with body parsing, validation helpers and
+ * error mapping, so every handler is parse -> one domain call -> response,
+ * and every failure is the JSON error shape with the status that fits.
+ */
+import middy from '@middy/core';
+import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
+import { z } from 'zod';
+import { ApiError } from './errors';
+import { logger } from './logger';
+import { maxBodyBytes } from './routes';
+import { sandboxIdSchema } from './schemas';
+
+/** Who is calling, as the authorizer established it. */
+export interface Principal {
+  tenantId: string;
+  kind: 'api-key' | 'sandbox-token';
+  /** For a sandbox token: the one sandbox it may signal. */
+  sandboxId?: string;
+  keyId?: string;
+}
+
+export interface ApiRequest {
+  event: APIGatewayProxyEvent;
+  principal: Principal;
+  /** Parsed JSON body, `undefined` when the body is empty. */
+  body: unknown;
+  query: Record<string, string>;
+  header(name: string): string | undefined;
+  /** The `{id}` path parameter, validated; 404 when it cannot be a sandbox id. */
+  sandboxId(): string;
+}
+
+export interface ApiResult {
+  status: number;
+  body?: unknown;
+  headers?: Record<string, string>;
+}
+
+const jsonHeaders = { 'Content-Type': 'application/json' };
+
+export function json(status: number, body: unknown, headers: Record<string, string> = {}): APIGatewayProxyResult {
+  return { statusCode: status, headers: { ...jsonHeaders, ...headers }, body: JSON.stringify(body) };
+}
+
+/** Validates `value` with `schema`; a failure is a 400 naming the field. */
+export function parse<S extends z.ZodType>(schema: S, value: unknown, where = 'body'): z.output<S> {
+  const out = schema.safeParse(value);
+  if (out.success) return out.data;
+  const issue = out.error.issues[0]!;
+  const field = issue.path.length ? issue.path.map(String).join('.') : where;
+  const message =
+    issue.code === 'unrecognized_keys'
+      ? `${field === where ? '' : field + ': '}unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.join(', ')}`
+      : `${field}: ${issue.message}`;
+  throw new ApiError(400, 'validation_error', message);
+}
+
+function readBody(event: APIGatewayProxyEvent): unknown {
+  if (event.body === null || event.body === undefined || event.body === '') return undefined;
+  const raw = event.isBase64Encoded ? Buffer.from(event.body, 'base64') : Buffer.from(event.body, 'utf8');
+  if (raw.byteLength > maxBodyBytes) {
+    throw new ApiError(413, 'payload_too_large', `request body is ${raw.byteLength} bytes; the limit is ${maxBodyBytes}`);
+  }
+  const text = raw.toString('utf8');
+  if (text.trim() === '') return undefined;
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new ApiError(400, 'invalid_json', `request body is not valid JSON: ${(err as Error).message}`);
+  }
+}
+
+function principalOf(event: APIGatewayProxyEvent): Principal | undefined {
+  const ctx = event.requestContext?.authorizer as Record<string, unknown> | null | undefined;
+  const tenantId = ctx?.tenant_id;
+  if (typeof tenantId !== 'string' || tenantId === '') return undefined;
+  const kind = ctx?.principal_kind === 'sandbox-token' ? 'sandbox-token' : 'api-key';
+  return {
+    tenantId,
+    kind,
+    ...(typeof ctx?.sandbox_id === 'string' && ctx.sandbox_id ? { sandboxId: ctx.sandbox_id } : {}),
+    ...(typeof ctx?.key_id === 'string' ? { keyId: ctx.key_id } : {}),
+  };
+}
+
+function toRequest(event: APIGatewayProxyEvent, principal: Principal): ApiRequest {
+  const headers = new Map(Object.entries(event.headers ?? {}).map(([k, v]) => [k.toLowerCase(), v ?? '']));
+  return {
+    event,
+    principal,
+    body: readBody(event),
+    query: Object.fromEntries(Object.entries(event.queryStringParameters ?? {}).map(([k, v]) => [k, v ?? ''])),
+    header: (name) => headers.get(name.toLowerCase()),
+    sandboxId: () => {
+      const id = event.pathParameters?.id;
+      if (!id || !sandboxIdSchema.safeParse(id).success) throw new ApiError(404, 'not_found', `sandbox ${String(id).slice(0, 64)} not found`);
+      return id;
+    },
+  };
+}
+
+/** Maps any error to the JSON error response; only unexpected ones are 500s. */
+export function errorResponse(err: unknown, requestId?: string): APIGatewayProxyResult {
+  if (err instanceof ApiError) return json(err.status, err.toBody(), err.headers);
+  logger.error('unhandled error', { err, requestId });
+  return json(500, { error: { code: 'internal_error', message: `internal error${requestId ? ` (request ${requestId})` : ''}` } });
+}
+
+type Fn = (req: ApiRequest, context: Context) => Promise<ApiResult>;
+
+/**
+ * Wraps an API handler. `auth: 'none'` routes get an anonymous principal.
+ *
+ * @example export const handler = apiHandler(async (req) => ({ status: 200, body: { ok: true } }));
+ */
+export function apiHandler(fn: Fn, options: { auth?: 'required' | 'none' } = {}) {
+  return middy<APIGatewayProxyEvent, APIGatewayProxyResult>()
+    .use({
+      onError: async (request) => {
+        request.response = errorResponse(request.error, request.context?.awsRequestId);
+      },
+    })
+    .handler(async (event, context) => {
+      let principal = principalOf(event);
+      if (!principal) {
+        if (options.auth !== 'none') throw new ApiError(401, 'missing_api_key', 'the X-API-Key header is required');
+        principal = { tenantId: '', kind: 'api-key' };
+      }
+      const result = await fn(toRequest(event, principal), context);
+      if (result.body === undefined) return { statusCode: result.status, headers: { ...result.headers }, body: '' };
+      return json(result.status, result.body, result.headers);
+    });
+}

@@ -1,0 +1,226 @@
+/**
+ * The reaper: ends what should have ended, and nothing else.
+ *
+ * It Queries the sparse deadline index (never Scans), so its cost grows with
+ * the number of sandboxes past their deadline, not with the table. Each
+ * candidate is re-read and claimed with a conditional write, so overlapping
+ * reaper runs and user destroys never both act on one sandbox.
+ */
+import { QueryCommand } from '@aws-sdk/lib-dynamodb';
+import { dynamo } from './clients/dynamodb';
+import { config } from './config';
+import { hosts } from './host-calls';
+import { activeHosts, markHostLost, releaseSlot } from './host-store';
+import { logger } from './logger';
+import { idleDeadline, type SandboxRecord } from './sandbox-record';
+import { getSandbox, transition, TransitionRejectedError, updateSandbox } from './sandbox-store';
+import { beginShutdown, finishShutdown, shutdownRetrySeconds, storageFor } from './sandboxes';
+import { reapShards, sandboxesTable } from './tables';
+
+export interface ReapReport {
+  candidates: number;
+  expired: number;
+  stopped: number;
+  failed: number;
+  busy: number;
+  deferred: number;
+  errors: number;
+  hostsLost: number;
+  /** Read capacity the deadline-index queries consumed. */
+  consumedReadUnits: number;
+}
+
+type Candidate = Pick<SandboxRecord, 'sandbox_id' | 'status' | 'deadline_at'>;
+
+/** Candidates: live sandboxes whose deadline passed, from every shard. */
+export async function dueSandboxes(now: number): Promise<{ items: Candidate[]; consumedReadUnits: number }> {
+  const items: Candidate[] = [];
+  let consumed = 0;
+  for (let shard = 0; shard < reapShards; shard++) {
+    let startKey: Record<string, unknown> | undefined;
+    do {
+      const out = await dynamo().send(
+        new QueryCommand({
+          TableName: config().tables.sandboxes,
+          IndexName: sandboxesTable.indexes[2].name,
+          KeyConditionExpression: 'reap_shard = :s AND deadline_at <= :now',
+          ExpressionAttributeValues: { ':s': String(shard), ':now': now },
+          ReturnConsumedCapacity: 'TOTAL',
+          ExclusiveStartKey: startKey,
+        }),
+      );
+      consumed += out.ConsumedCapacity?.CapacityUnits ?? 0;
+      items.push(...((out.Items ?? []) as Candidate[]));
+      startKey = out.LastEvaluatedKey;
+    } while (startKey);
+  }
+  return { items, consumedReadUnits: consumed };
+}
+
+/** Claims a due record for this run: moves its deadline out, only if nobody else did. */
+async function claim(r: SandboxRecord, now: number): Promise<SandboxRecord | undefined> {
+  try {
+    return await updateSandbox(
+      r.sandbox_id,
+      'reap_claim',
+      { set: { deadline_at: now + shutdownRetrySeconds * 1000 }, condition: 'deadline_at = :seen', values: { ':seen': r.deadline_at } },
+      [r.status],
+    );
+  } catch (err) {
+    if (err instanceof TransitionRejectedError) return undefined;
+    throw err;
+  }
+}
+
+async function reapOne(c: Candidate, now: number, report: ReapReport): Promise<void> {
+  const r = await getSandbox(c.sandbox_id);
+  if (!r || r.deadline_at === undefined || r.deadline_at > now) return; // moved on since the query
+
+  switch (r.status) {
+    case 'creating': {
+      // A create that never finished: fail it and remove whatever the host made.
+      const claimed = await claim(r, now);
+      if (!claimed) return;
+      try {
+        await hosts().dispatch(r.host_id, 'destroy', { sandboxId: r.sandbox_id, graceful: false }, { timeoutSeconds: 120 });
+      } catch (err) {
+        logger.warn('reaper: could not remove a half-made container; the host reconciles it', { sandboxId: r.sandbox_id, err });
+      }
+      await transition(r.sandbox_id, 'fail', 'failed', {
+        set: { stop_reason: 'create_failed', stop_detail: 'create did not finish in time', ended_at: new Date().toISOString() },
+        remove: ['reap_shard', 'deadline_at', 'live_host_id', 'execs'],
+      }).then(
+        () => releaseSlot(r.host_id),
+        (err) => {
+          if (!(err instanceof TransitionRejectedError)) throw err;
+        },
+      );
+      report.failed++;
+      return;
+    }
+    case 'shutting_down': {
+      // Due now (complete/error) or a shutdown that did not finish: drive it.
+      const claimed = await claim(r, now);
+      if (!claimed) return;
+      const outcome = r.stop_reason === 'idle_timeout' || r.stop_reason === 'ttl_expired' ? 'expired' : 'stopped';
+      await finishShutdown(claimed, { graceful: true, outcome });
+      report[outcome]++;
+      return;
+    }
+    case 'ready':
+    case 'running':
+    case 'paused': {
+      if (r.expires_at_ms <= now) {
+        const shutting = await beginShutdown(r, 'ttl_expired');
+        if (!shutting) return;
+        await finishShutdown(shutting, { graceful: true, outcome: 'expired' });
+        report.expired++;
+        return;
+      }
+      if (r.status === 'paused') {
+        await moveDeadline(r, r.expires_at_ms); // only the TTL applies while paused
+        report.deferred++;
+        return;
+      }
+      const inFlight = Object.values(r.execs ?? {}).filter((ends) => ends > now);
+      if (inFlight.length > 0) {
+        // Never reap a sandbox for idleness while an exec runs.
+        await moveDeadline(r, Math.min(Math.max(...inFlight), r.expires_at_ms));
+        report.busy++;
+        return;
+      }
+      const idleEnds = idleDeadline(r, r.last_activity_at);
+      if (idleEnds > now) {
+        await moveDeadline(r, idleEnds);
+        report.deferred++;
+        return;
+      }
+      // Idle: end it, but only if nothing happened since we read it.
+      let shutting: SandboxRecord;
+      try {
+        shutting = await transition(r.sandbox_id, 'begin_shutdown', 'shutting_down', {
+          set: { stop_reason: 'idle_timeout', deadline_at: now + shutdownRetrySeconds * 1000 },
+          condition: 'last_activity_at = :seen',
+          values: { ':seen': r.last_activity_at },
+        });
+      } catch (err) {
+        if (err instanceof TransitionRejectedError) return; // activity or another reaper won
+        throw err;
+      }
+      await finishShutdown(shutting, { graceful: true, outcome: 'expired' });
+      report.expired++;
+      return;
+    }
+    default:
+      return;
+  }
+}
+
+async function moveDeadline(r: SandboxRecord, deadline: number): Promise<void> {
+  try {
+    await updateSandbox(r.sandbox_id, 'reap_defer', { set: { deadline_at: deadline }, condition: 'deadline_at = :seen', values: { ':seen': r.deadline_at } }, [r.status]);
+  } catch (err) {
+    if (!(err instanceof TransitionRejectedError)) throw err;
+  }
+}
+
+/** Hosts that stopped heartbeating: out of placement, their sandboxes failed (after a last sync try). */
+async function reapLostHosts(now: number, report: ReapReport): Promise<void> {
+  const cutoff = now - config().hostLostAfterSeconds * 1000;
+  for (const host of await activeHosts()) {
+    if (host.last_heartbeat_at >= cutoff) continue;
+    if (!(await markHostLost(host.host_id, cutoff))) continue;
+    report.hostsLost++;
+    logger.warn('reaper: host lost', { hostId: host.host_id, lastHeartbeatAt: new Date(host.last_heartbeat_at).toISOString() });
+    let startKey: Record<string, unknown> | undefined;
+    do {
+      const out = await dynamo().send(
+        new QueryCommand({
+          TableName: config().tables.sandboxes,
+          IndexName: sandboxesTable.indexes[3].name,
+          KeyConditionExpression: 'live_host_id = :h',
+          ExpressionAttributeValues: { ':h': host.host_id },
+          ExclusiveStartKey: startKey,
+        }),
+      );
+      for (const item of (out.Items ?? []) as SandboxRecord[]) {
+        // The host may still answer (the daemon died, not the machine): save the hot tier first.
+        try {
+          await hosts().dispatch(host.host_id, 'sync', { sandboxId: item.sandbox_id, storage: storageFor(item.tenant_id, item.user_id) }, { timeoutSeconds: 30 });
+        } catch (err) {
+          logger.warn('reaper: lost host did not answer the final sync', { sandboxId: item.sandbox_id, err: (err as Error).message });
+        }
+        try {
+          await transition(item.sandbox_id, 'fail', 'failed', {
+            set: { stop_reason: 'host_lost', stop_detail: `host ${host.host_id} stopped heartbeating`, ended_at: new Date().toISOString() },
+            remove: ['reap_shard', 'deadline_at', 'live_host_id', 'execs'],
+          });
+          report.failed++;
+        } catch (err) {
+          if (!(err instanceof TransitionRejectedError)) throw err;
+        }
+      }
+      startKey = out.LastEvaluatedKey;
+    } while (startKey);
+  }
+}
+
+/** One reaper run. Failures on one sandbox are reported and do not stop the others. */
+export async function reap(now = Date.now()): Promise<ReapReport> {
+  const report: ReapReport = { candidates: 0, expired: 0, stopped: 0, failed: 0, busy: 0, deferred: 0, errors: 0, hostsLost: 0, consumedReadUnits: 0 };
+  await reapLostHosts(now, report);
+  const due = await dueSandboxes(now);
+  report.candidates = due.items.length;
+  report.consumedReadUnits = due.consumedReadUnits;
+  const results = await Promise.allSettled(due.items.map((c) => reapOne(c, now, report)));
+  for (const [i, res] of results.entries()) {
+    if (res.status === 'rejected') {
+      report.errors++;
+      logger.error('reaper: could not end a sandbox; it stays due and is retried next run', {
+        sandboxId: due.items[i]!.sandbox_id,
+        err: res.reason,
+      });
+    }
+  }
+  return report;
+}

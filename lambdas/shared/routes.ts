@@ -1,0 +1,51 @@
+/**
+ * The route table: the one list of API routes. The CDK stack builds API Gateway
+ * resources and one Lambda per handler from it; the local API server dispatches
+ * with it. `handler` names a file `lambdas/<handler>.ts` exporting `handler`.
+ */
+export type HttpMethod = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+
+/** Who may call a route: an API key, the per-sandbox token (or an API key), or anyone. */
+export type RouteAuth = 'api-key' | 'sandbox-token' | 'none';
+
+export interface Route {
+  method: HttpMethod;
+  /** API Gateway resource path, `{name}` for path parameters. */
+  path: string;
+  handler: HandlerName;
+  auth: RouteAuth;
+}
+
+export const handlerNames = [
+  'health',
+  'create-sandbox',
+  'list-sandboxes',
+  'get-sandbox',
+  'exec-sandbox',
+  'destroy-sandbox',
+  'sandbox-signal',
+  'sandbox-timeout',
+  'sandbox-power',
+] as const;
+export type HandlerName = (typeof handlerNames)[number];
+
+/** Handlers that are not behind an API route (scheduled or authorizer). */
+export const backgroundHandlerNames = ['reaper', 'authorizer'] as const;
+
+export const routes: readonly Route[] = [
+  { method: 'GET', path: '/health', handler: 'health', auth: 'none' },
+  { method: 'POST', path: '/sandboxes', handler: 'create-sandbox', auth: 'api-key' },
+  { method: 'GET', path: '/sandboxes', handler: 'list-sandboxes', auth: 'api-key' },
+  { method: 'GET', path: '/sandboxes/{id}', handler: 'get-sandbox', auth: 'api-key' },
+  { method: 'DELETE', path: '/sandboxes/{id}', handler: 'destroy-sandbox', auth: 'api-key' },
+  { method: 'POST', path: '/sandboxes/{id}/exec', handler: 'exec-sandbox', auth: 'api-key' },
+  { method: 'POST', path: '/sandboxes/{id}/heartbeat', handler: 'sandbox-signal', auth: 'sandbox-token' },
+  { method: 'POST', path: '/sandboxes/{id}/complete', handler: 'sandbox-signal', auth: 'sandbox-token' },
+  { method: 'POST', path: '/sandboxes/{id}/error', handler: 'sandbox-signal', auth: 'sandbox-token' },
+  { method: 'POST', path: '/sandboxes/{id}/timeout', handler: 'sandbox-timeout', auth: 'api-key' },
+  { method: 'POST', path: '/sandboxes/{id}/stop', handler: 'sandbox-power', auth: 'api-key' },
+  { method: 'POST', path: '/sandboxes/{id}/start', handler: 'sandbox-power', auth: 'api-key' },
+];
+
+/** The largest request body the API accepts, in bytes (API Gateway's own cap is 10 MB). */
+export const maxBodyBytes = 256 * 1024;

@@ -1,0 +1,110 @@
+/**
+ * The sandbox record as stored in DynamoDB, and the view the API shows.
+ */
+import { reapShards } from './tables';
+import type { SandboxStatus, StopReason } from './sandbox-state';
+import { isTerminal } from './sandbox-state';
+
+export const hotPath = '/home/agent';
+export const coldPath = '/data/cold';
+
+export interface SandboxConfigView {
+  cpu: number;
+  memory_mb: number;
+  ttl_seconds: number;
+  idle_timeout_seconds: number;
+  network: 'bridge' | 'none';
+  env: Record<string, string>;
+  labels: Record<string, string>;
+}
+
+export interface SandboxRecord {
+  sandbox_id: string;
+  tenant_id: string;
+  user_id: string;
+  /** `${tenant_id}#${user_id}`, key of the by-tenant-user index. */
+  tenant_user: string;
+  status: SandboxStatus;
+  host_id: string;
+  container_id?: string;
+  created_at: string;
+  updated_at: string;
+  /** Absolute end (TTL), ISO and epoch ms. */
+  expires_at: string;
+  expires_at_ms: number;
+  idle_timeout_s: number;
+  /** Epoch ms of the last exec, heartbeat or file call. */
+  last_activity_at: number;
+  /** In-flight execs: exec id -> epoch ms by which it must have ended. */
+  execs?: Record<string, number>;
+  /** Sparse deadline index (live sandboxes only): min(idle deadline, TTL). */
+  reap_shard?: string;
+  deadline_at?: number;
+  /** Sparse by-host index (while the sandbox holds a container). */
+  live_host_id?: string;
+  /** Sticky working directory for exec. */
+  cwd: string;
+  config: SandboxConfigView;
+  /** SHA-256 of the per-sandbox token (hex). */
+  token_hash: string;
+  stop_reason?: StopReason;
+  stop_detail?: string;
+  ended_at?: string;
+  result?: Record<string, unknown>;
+  heartbeat_at?: string;
+}
+
+export interface SandboxView {
+  sandbox_id: string;
+  user_id: string;
+  status: SandboxStatus;
+  host_id: string;
+  created_at: string;
+  updated_at: string;
+  expires_at: string;
+  idle_expires_at: string | null;
+  hot_path: string;
+  cold_path: string;
+  config: SandboxConfigView;
+  cwd: string;
+  last_activity_at: string;
+  stop_reason?: StopReason;
+  stop_detail?: string;
+  ended_at?: string;
+  result?: Record<string, unknown>;
+}
+
+export function toView(r: SandboxRecord): SandboxView {
+  const idle = Math.min(r.last_activity_at + r.idle_timeout_s * 1000, r.expires_at_ms);
+  return {
+    sandbox_id: r.sandbox_id,
+    user_id: r.user_id,
+    status: r.status,
+    host_id: r.host_id,
+    created_at: r.created_at,
+    updated_at: r.updated_at,
+    expires_at: r.expires_at,
+    idle_expires_at: isTerminal(r.status) ? null : new Date(idle).toISOString(),
+    hot_path: hotPath,
+    cold_path: coldPath,
+    config: r.config,
+    cwd: r.cwd,
+    last_activity_at: new Date(r.last_activity_at).toISOString(),
+    ...(r.stop_reason ? { stop_reason: r.stop_reason } : {}),
+    ...(r.stop_detail ? { stop_detail: r.stop_detail } : {}),
+    ...(r.ended_at ? { ended_at: r.ended_at } : {}),
+    ...(r.result ? { result: r.result } : {}),
+  };
+}
+
+/** The reap-index shard of a sandbox (stable per id). */
+export function reapShardOf(sandboxId: string): string {
+  let h = 0;
+  for (const c of sandboxId) h = (h * 31 + c.charCodeAt(0)) >>> 0;
+  return String(h % reapShards);
+}
+
+/** Idle deadline after activity at `now`, never past the TTL. */
+export function idleDeadline(r: Pick<SandboxRecord, 'idle_timeout_s' | 'expires_at_ms'>, now: number): number {
+  return Math.min(now + r.idle_timeout_s * 1000, r.expires_at_ms);
+}

@@ -1,0 +1,251 @@
+/**
+ * Sandbox records in DynamoDB. Every status change is a conditional write
+ * whose allowed source statuses come from the state machine.
+ */
+import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
+import { unmarshall } from '@aws-sdk/util-dynamodb';
+import { GetCommand, PutCommand, QueryCommand, UpdateCommand, type QueryCommandInput } from '@aws-sdk/lib-dynamodb';
+import { dynamo } from './clients/dynamodb';
+import { config } from './config';
+import { ApiError, notFound } from './errors';
+import { activeStatuses, allowedFrom, type SandboxEvent, type SandboxStatus } from './sandbox-state';
+import { idleDeadline, type SandboxRecord } from './sandbox-record';
+import { sandboxesTable } from './tables';
+
+const table = () => config().tables.sandboxes;
+
+/** A transition lost to a concurrent change; carries the status found instead. */
+export class TransitionRejectedError extends Error {
+  constructor(
+    readonly sandboxId: string,
+    readonly event: SandboxEvent | string,
+    readonly current: SandboxRecord | undefined,
+  ) {
+    super(`sandbox ${sandboxId}: ${event} not allowed in status ${current?.status ?? 'missing'}`);
+    this.name = 'TransitionRejectedError';
+  }
+}
+
+export async function putNewSandbox(record: SandboxRecord): Promise<void> {
+  await dynamo().send(
+    new PutCommand({ TableName: table(), Item: record, ConditionExpression: 'attribute_not_exists(sandbox_id)' }),
+  );
+}
+
+export async function getSandbox(sandboxId: string): Promise<SandboxRecord | undefined> {
+  const out = await dynamo().send(new GetCommand({ TableName: table(), Key: { sandbox_id: sandboxId }, ConsistentRead: true }));
+  return out.Item as SandboxRecord | undefined;
+}
+
+/** The tenant's sandbox, or 404: another tenant's sandbox is indistinguishable from none. */
+export async function getTenantSandbox(tenantId: string, sandboxId: string): Promise<SandboxRecord> {
+  const record = await getSandbox(sandboxId);
+  if (!record || record.tenant_id !== tenantId) throw notFound(`sandbox ${sandboxId}`);
+  return record;
+}
+
+interface UpdateSpec {
+  set?: Record<string, unknown>;
+  remove?: readonly string[];
+  /** Extra condition, ANDed; placeholders in `values`/`names`. */
+  condition?: string;
+  values?: Record<string, unknown>;
+  names?: Record<string, string>;
+  /** Raw SET / REMOVE clauses for nested paths, using `names`/`values`. */
+  extraSet?: string;
+  extraRemove?: string;
+}
+
+function buildUpdate(spec: UpdateSpec) {
+  const names: Record<string, string> = { ...spec.names };
+  const values: Record<string, unknown> = { ...spec.values };
+  const sets: string[] = [];
+  const removes: string[] = [];
+  let i = 0;
+  for (const [k, v] of Object.entries(spec.set ?? {})) {
+    if (v === undefined) continue;
+    names[`#s${i}`] = k;
+    values[`:s${i}`] = v;
+    sets.push(`#s${i} = :s${i}`);
+    i++;
+  }
+  if (spec.extraSet) sets.push(spec.extraSet);
+  if (spec.extraRemove) removes.push(spec.extraRemove);
+  for (const k of spec.remove ?? []) {
+    names[`#r${i}`] = k;
+    removes.push(`#r${i}`);
+    i++;
+  }
+  const expression = [sets.length ? `SET ${sets.join(', ')}` : '', removes.length ? `REMOVE ${removes.join(', ')}` : '']
+    .filter(Boolean)
+    .join(' ');
+  return { names, values, expression };
+}
+
+/** One conditional write to a sandbox record, allowed only from `statusCondition` (null: any). */
+export async function updateSandbox(
+  sandboxId: string,
+  event: string,
+  spec: UpdateSpec,
+  statusCondition: readonly SandboxStatus[] | null,
+): Promise<SandboxRecord> {
+  const { names, values, expression } = buildUpdate(spec);
+  const conds = ['attribute_exists(sandbox_id)'];
+  if (statusCondition) {
+    names['#status'] = 'status';
+    statusCondition.forEach((s, j) => (values[`:from${j}`] = s));
+    conds.push(`#status IN (${statusCondition.map((_, j) => `:from${j}`).join(', ')})`);
+  }
+  if (spec.condition) conds.push(`(${spec.condition})`);
+  try {
+    const out = await dynamo().send(
+      new UpdateCommand({
+        TableName: table(),
+        Key: { sandbox_id: sandboxId },
+        UpdateExpression: expression,
+        ConditionExpression: conds.join(' AND '),
+        ExpressionAttributeNames: names,
+        ExpressionAttributeValues: Object.keys(values).length ? values : undefined,
+        ReturnValues: 'ALL_NEW',
+        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+      }),
+    );
+    return out.Attributes as SandboxRecord;
+  } catch (err) {
+    if (err instanceof ConditionalCheckFailedException) {
+      const current = (err.Item ? unmarshallItem(err.Item) : await getSandbox(sandboxId)) as SandboxRecord | undefined;
+      throw new TransitionRejectedError(sandboxId, event, current);
+    }
+    throw err;
+  }
+}
+
+// ReturnValuesOnConditionCheckFailure hands back the raw (marshalled) item.
+function unmarshallItem(item: Record<string, unknown>): unknown {
+  return unmarshall(item as Parameters<typeof unmarshall>[0]);
+}
+
+/**
+ * Moves a sandbox through the state machine: one conditional write, allowed
+ * only from the statuses the machine permits for `event`.
+ */
+export async function transition(
+  sandboxId: string,
+  event: SandboxEvent,
+  to: SandboxStatus,
+  spec: UpdateSpec = {},
+): Promise<SandboxRecord> {
+  return updateSandbox(
+    sandboxId,
+    event,
+    { ...spec, set: { ...spec.set, status: to, updated_at: new Date().toISOString() } },
+    allowedFrom(event),
+  );
+}
+
+/**
+ * Records an exec starting: activity, the exec in the `execs` map (created
+ * with the record), and a deadline that covers the exec. The deadline index
+ * only shortlists; the reaper re-checks `execs` before ending anything.
+ */
+export async function beginExec(r: SandboxRecord, execId: string, execEndsBy: number, now: number): Promise<SandboxRecord> {
+  const deadline = Math.max(idleDeadline(r, now), Math.min(execEndsBy, r.expires_at_ms));
+  return updateSandbox(
+    r.sandbox_id,
+    'exec',
+    {
+      set: { last_activity_at: now, deadline_at: deadline },
+      names: { '#execs': 'execs', '#eid': execId },
+      values: { ':ends': execEndsBy },
+      extraSet: '#execs.#eid = :ends',
+    },
+    activeStatuses,
+  );
+}
+
+/** Records an exec ending: activity, sticky cwd, and the idle deadline from now. */
+export async function endExec(r: SandboxRecord, execId: string, cwd: string | undefined, now: number): Promise<void> {
+  // Another exec still in flight keeps the deadline out to its own end.
+  const others = Object.entries(r.execs ?? {}).filter(([id, ends]) => id !== execId && ends > now);
+  const deadline = Math.max(idleDeadline(r, now), ...others.map(([, ends]) => Math.min(ends, r.expires_at_ms)));
+  try {
+    await updateSandbox(
+      r.sandbox_id,
+      'exec_end',
+      {
+        set: { last_activity_at: now, cwd, deadline_at: deadline },
+        names: { '#execs': 'execs', '#eid': execId, '#shard': 'reap_shard' },
+        extraRemove: '#execs.#eid',
+        condition: 'attribute_exists(#shard)',
+      },
+      null,
+    );
+  } catch (err) {
+    if (!(err instanceof TransitionRejectedError)) throw err; // ended meanwhile: nothing to record
+  }
+}
+
+export interface ListOptions {
+  tenantId: string;
+  userId?: string;
+  status?: SandboxStatus;
+  limit: number;
+  nextToken?: string;
+}
+
+export async function listSandboxes(o: ListOptions): Promise<{ items: SandboxRecord[]; nextToken?: string; total: number }> {
+  const byUser = o.userId !== undefined;
+  const base: QueryCommandInput = {
+    TableName: table(),
+    IndexName: byUser ? sandboxesTable.indexes[1].name : sandboxesTable.indexes[0].name,
+    KeyConditionExpression: '#pk = :pk',
+    ExpressionAttributeNames: { '#pk': byUser ? 'tenant_user' : 'tenant_id' },
+    ExpressionAttributeValues: { ':pk': byUser ? `${o.tenantId}#${o.userId}` : o.tenantId },
+    ScanIndexForward: false,
+  };
+  if (o.status) {
+    base.FilterExpression = '#status = :status';
+    base.ExpressionAttributeNames!['#status'] = 'status';
+    base.ExpressionAttributeValues![':status'] = o.status;
+  }
+  const items: SandboxRecord[] = [];
+  let startKey = o.nextToken ? decodePageToken(o.nextToken, o.tenantId) : undefined;
+  // A filtered page can come back short: keep reading until the page is full.
+  do {
+    const out = await dynamo().send(new QueryCommand({ ...base, Limit: o.limit - items.length, ExclusiveStartKey: startKey }));
+    items.push(...((out.Items ?? []) as SandboxRecord[]));
+    startKey = out.LastEvaluatedKey;
+  } while (startKey && items.length < o.limit);
+  const total = await countSandboxes(base);
+  return { items, total, ...(startKey ? { nextToken: encodePageToken(startKey, o.tenantId) } : {}) };
+}
+
+async function countSandboxes(base: QueryCommandInput): Promise<number> {
+  let total = 0;
+  let startKey: Record<string, unknown> | undefined;
+  do {
+    const out = await dynamo().send(new QueryCommand({ ...base, Select: 'COUNT', ExclusiveStartKey: startKey }));
+    total += out.Count ?? 0;
+    startKey = out.LastEvaluatedKey;
+  } while (startKey);
+  return total;
+}
+
+function encodePageToken(key: Record<string, unknown>, tenantId: string): string {
+  return Buffer.from(JSON.stringify({ t: tenantId, k: key }), 'utf8').toString('base64url');
+}
+
+function decodePageToken(token: string, tenantId: string): Record<string, unknown> {
+  try {
+    const parsed = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as { t?: unknown; k?: unknown };
+    // A token is only good for the tenant it was issued to.
+    if (parsed.t !== tenantId || typeof parsed.k !== 'object' || parsed.k === null) throw new Error('foreign token');
+    const key = parsed.k as Record<string, unknown>;
+    if (!Object.values(key).every((v) => typeof v === 'string')) throw new Error('bad key');
+    if (key.tenant_id !== undefined && key.tenant_id !== tenantId) throw new Error('foreign token');
+    if (key.tenant_user !== undefined && !String(key.tenant_user).startsWith(`${tenantId}#`)) throw new Error('foreign token');
+    return key;
+  } catch {
+    throw new ApiError(400, 'validation_error', 'next_token: is not a valid page token');
+  }
+}

@@ -1,0 +1,91 @@
+/**
+ * Request schemas (zod): they validate every body, query string and path id,
+ * type the handlers, and name the offending field in every 400.
+ */
+import { z } from 'zod';
+import { sandboxStatuses } from './sandbox-state';
+import type { ControlPlaneConfig } from './config';
+
+export const sandboxIdPattern = /^sbx-[a-z0-9]{20}$/;
+const envKey = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'must be a valid environment variable name');
+const envMap = z
+  .record(envKey, z.string().max(32_768))
+  .refine((m) => Object.keys(m).length <= 64, 'at most 64 entries')
+  .refine((m) => Object.values(m).every((v) => !v.includes('\0')), 'values must not contain NUL');
+/** Names the platform sets in every sandbox; callers cannot override them. */
+export const reservedEnvKeys = ['SANDBOX_ID', 'SANDBOX_API_URL', 'SANDBOX_TOKEN', 'HOME', 'USER'] as const;
+
+export const userIdSchema = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._@=-]{0,127}$/, 'must be 1-128 characters of letters, digits and ._@=- starting with a letter or digit');
+
+export const sandboxIdSchema = z.string().regex(sandboxIdPattern, 'must look like sbx-<20 lowercase letters or digits>');
+
+export function createSandboxBody(limits: ControlPlaneConfig['limits']) {
+  return z
+    .object({
+      user_id: userIdSchema,
+      config: z
+        .object({
+          cpu: z.number().min(0.25).max(limits.maxCpu).optional(),
+          memory_mb: z.number().int().min(128).max(limits.maxMemoryMb).optional(),
+          ttl_seconds: z.number().int().min(60).max(limits.maxTtlSeconds).optional(),
+          idle_timeout_seconds: z.number().int().min(30).max(limits.maxTtlSeconds).optional(),
+          network: z.enum(['bridge', 'none']).optional(),
+          env: envMap
+            .refine((m) => !reservedEnvKeys.some((k) => k in m), `must not set ${reservedEnvKeys.join(', ')}`)
+            .optional(),
+          labels: z
+            .record(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/, 'label keys are 1-63 characters of letters, digits and ._/-'), z.string().max(256))
+            .refine((m) => Object.keys(m).length <= 32, 'at most 32 labels')
+            .optional(),
+        })
+        .strict()
+        .optional(),
+    })
+    .strict();
+}
+export type CreateSandboxBody = z.infer<ReturnType<typeof createSandboxBody>>;
+
+export const execBody = z
+  .object({
+    command: z.string().min(1).max(200_000).refine((c) => !c.includes('\0'), 'must not contain NUL'),
+    timeout: z.number().int().min(1).max(600).default(30),
+    cwd: z
+      .string()
+      .min(1)
+      .max(4096)
+      .regex(/^\/[^\0]*$/, 'must be an absolute path')
+      .optional(),
+    env: envMap.optional(),
+    user: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'must be a valid user name').default('agent'),
+  })
+  .strict();
+export type ExecBody = z.infer<typeof execBody>;
+
+export const listQuery = z
+  .object({
+    user_id: userIdSchema.optional(),
+    status: z.enum(sandboxStatuses).optional(),
+    limit: z.coerce.number().int().min(1).max(100).default(50),
+    next_token: z.string().max(2048).regex(/^[A-Za-z0-9_-]+$/, 'is not a valid page token').optional(),
+  })
+  .strict();
+
+export const destroyQuery = z
+  .object({ graceful: z.enum(['true', 'false']).default('true') })
+  .strict();
+
+export const completeBody = z.object({ result: z.record(z.string(), z.unknown()).optional() }).strict();
+export const errorBody = z
+  .object({ error: z.string().min(1).max(4096), details: z.record(z.string(), z.unknown()).optional() })
+  .strict();
+/** Refreshes the idle timer; may change the idle timeout and the TTL (never past the configured cap). */
+export function timeoutBody(limits: ControlPlaneConfig['limits']) {
+  return z
+    .object({
+      idle_timeout_seconds: z.number().int().min(30).max(limits.maxTtlSeconds).optional(),
+      ttl_seconds: z.number().int().min(60).max(limits.maxTtlSeconds).optional(),
+    })
+    .strict();
+}

@@ -1,0 +1,108 @@
+/**
+ * DynamoDB table definitions: the one description of every table, its keys and
+ * its indexes. The CDK stateful stack and the local stack both build tables
+ * from these objects, and the code queries only the indexes named here.
+ */
+export type AttributeType = 'S' | 'N';
+
+export interface KeyAttribute {
+  name: string;
+  type: AttributeType;
+}
+
+export interface IndexDefinition {
+  name: string;
+  partitionKey: KeyAttribute;
+  sortKey?: KeyAttribute;
+  /** ALL, KEYS_ONLY, or the non-key attributes to project. */
+  projection: 'ALL' | 'KEYS_ONLY' | readonly string[];
+}
+
+export interface TableDefinition {
+  /** Logical id, used for CDK construct ids and local table names. */
+  id: string;
+  /** Environment variable from which handlers and the host-agent read the physical name. */
+  envVar: string;
+  partitionKey: KeyAttribute;
+  sortKey?: KeyAttribute;
+  indexes: readonly IndexDefinition[];
+  /** Attribute holding an epoch-seconds expiry for DynamoDB TTL housekeeping. */
+  timeToLiveAttribute?: string;
+}
+
+/** Number of partitions of the sparse deadline index; the reaper queries each. */
+export const reapShards = 4;
+
+export const sandboxesTable = {
+  id: 'Sandboxes',
+  envVar: 'SANDBOXES_TABLE',
+  partitionKey: { name: 'sandbox_id', type: 'S' },
+  indexes: [
+    {
+      name: 'by-tenant',
+      partitionKey: { name: 'tenant_id', type: 'S' },
+      sortKey: { name: 'created_at', type: 'S' },
+      projection: 'ALL',
+    },
+    {
+      name: 'by-tenant-user',
+      partitionKey: { name: 'tenant_user', type: 'S' },
+      sortKey: { name: 'created_at', type: 'S' },
+      projection: 'ALL',
+    },
+    {
+      // Sparse: only live sandboxes carry reap_shard/deadline_at, so the reaper's
+      // Query reads the expired ones and nothing else.
+      name: 'by-deadline',
+      partitionKey: { name: 'reap_shard', type: 'S' },
+      sortKey: { name: 'deadline_at', type: 'N' },
+      projection: ['status', 'tenant_id', 'user_id', 'host_id', 'container_id', 'expires_at_ms', 'last_activity_at', 'execs', 'idle_timeout_s'],
+    },
+    {
+      // Sparse: live_host_id is set while a sandbox holds a container on a host.
+      name: 'by-host',
+      partitionKey: { name: 'live_host_id', type: 'S' },
+      sortKey: { name: 'sandbox_id', type: 'S' },
+      projection: ['status', 'tenant_id', 'user_id', 'container_id', 'created_at'],
+    },
+  ],
+} as const satisfies TableDefinition;
+
+export const hostsTable = {
+  id: 'Hosts',
+  envVar: 'HOSTS_TABLE',
+  partitionKey: { name: 'host_id', type: 'S' },
+  indexes: [
+    {
+      // Sparse: pool is set while the host accepts placements ('active').
+      name: 'by-pool',
+      partitionKey: { name: 'pool', type: 'S' },
+      sortKey: { name: 'host_id', type: 'S' },
+      projection: 'ALL',
+    },
+  ],
+} as const satisfies TableDefinition;
+
+export const apiKeysTable = {
+  id: 'ApiKeys',
+  envVar: 'API_KEYS_TABLE',
+  partitionKey: { name: 'key_hash', type: 'S' },
+  indexes: [
+    {
+      name: 'by-tenant',
+      partitionKey: { name: 'tenant_id', type: 'S' },
+      sortKey: { name: 'created_at', type: 'S' },
+      projection: 'ALL',
+    },
+  ],
+} as const satisfies TableDefinition;
+
+export const idempotencyTable = {
+  id: 'Idempotency',
+  envVar: 'IDEMPOTENCY_TABLE',
+  partitionKey: { name: 'idempotency_key', type: 'S' },
+  indexes: [],
+  timeToLiveAttribute: 'expires_at_s',
+} as const satisfies TableDefinition;
+
+export const tables: readonly TableDefinition[] = [sandboxesTable, hostsTable, apiKeysTable, idempotencyTable];

@@ -1,0 +1,240 @@
+/**
+ * The local API Gateway: turns HTTP requests into API Gateway REST proxy
+ * events and calls the same handler modules the Lambdas run, from the same
+ * route table the CDK stack reads, behind the same authorizer code.
+ */
+import { randomUUID } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
+import { allows, decide } from '../../lambdas/shared/authorize';
+import { errorResponse } from '../../lambdas/shared/http';
+import { ApiError } from '../../lambdas/shared/errors';
+import { routes, type HandlerName, type Route } from '../../lambdas/shared/routes';
+
+/** API Gateway's own payload cap; the handlers enforce the API's smaller one. */
+const gatewayMaxBody = 10 * 1024 * 1024;
+const stage = 'local';
+const arnPrefix = 'arn:aws:execute-api:local:000000000000:local';
+
+type LambdaHandler = (event: APIGatewayProxyEvent, context: Context) => Promise<APIGatewayProxyResult>;
+
+export interface LocalApi {
+  url: string;
+  /** Extra addresses served (e.g. the sandbox network's gateway). */
+  urls: string[];
+  close(): Promise<void>;
+}
+
+interface Match {
+  route: Route;
+  resourcePath: string;
+  pathParameters: Record<string, string> | null;
+}
+
+function matchPath(path: string): { matches: Match[]; pathExists: boolean } {
+  const segments = path.split('/').filter(Boolean);
+  const matches: Match[] = [];
+  for (const route of routes) {
+    const parts = route.path.split('/').filter(Boolean);
+    if (parts.length !== segments.length) continue;
+    const params: Record<string, string> = {};
+    let ok = true;
+    parts.forEach((p, i) => {
+      const seg = segments[i]!;
+      if (p.startsWith('{') && p.endsWith('}')) {
+        try {
+          params[p.slice(1, -1)] = decodeURIComponent(seg);
+        } catch {
+          params[p.slice(1, -1)] = seg;
+        }
+      } else if (p !== seg) ok = false;
+    });
+    if (ok) matches.push({ route, resourcePath: route.path, pathParameters: Object.keys(params).length ? params : null });
+  }
+  return { matches, pathExists: matches.length > 0 };
+}
+
+function send(res: ServerResponse, result: APIGatewayProxyResult): void {
+  const headers: Record<string, string> = {};
+  for (const [k, v] of Object.entries(result.headers ?? {})) headers[k] = String(v);
+  res.writeHead(result.statusCode, headers);
+  res.end(result.isBase64Encoded ? Buffer.from(result.body, 'base64') : result.body);
+}
+
+function gatewayError(status: number, code: ConstructorParameters<typeof ApiError>[1], message: string): APIGatewayProxyResult {
+  return errorResponse(new ApiError(status, code, message));
+}
+
+async function readBody(req: IncomingMessage): Promise<Buffer | 'too_large'> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > gatewayMaxBody) return 'too_large';
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+function lambdaContext(name: string, requestId: string): Context {
+  return {
+    callbackWaitsForEmptyEventLoop: true,
+    functionName: name,
+    functionVersion: '$LATEST',
+    invokedFunctionArn: `arn:aws:lambda:local:000000000000:function:${name}`,
+    memoryLimitInMB: '512',
+    awsRequestId: requestId,
+    logGroupName: `/aws/lambda/${name}`,
+    logStreamName: 'local',
+    getRemainingTimeInMillis: () => 900_000,
+    done: () => undefined,
+    fail: () => undefined,
+    succeed: () => undefined,
+  };
+}
+
+export async function startLocalApi(o: {
+  port: number;
+  host?: string;
+  /** More addresses to listen on (same port), e.g. the sandbox network gateway. */
+  extraHosts?: string[];
+  loadHandler?: (name: HandlerName) => Promise<LambdaHandler>;
+}): Promise<LocalApi> {
+  const cache = new Map<HandlerName, Promise<LambdaHandler>>();
+  const load =
+    o.loadHandler ??
+    (async (name: HandlerName) => ((await import(`../../lambdas/${name}.ts`)) as { handler: LambdaHandler }).handler);
+  const handlerFor = (name: HandlerName) => {
+    let h = cache.get(name);
+    if (!h) cache.set(name, (h = load(name)));
+    return h;
+  };
+
+  const onRequest = async (req: IncomingMessage, res: ServerResponse) => {
+    const requestId = randomUUID();
+    const url = new URL(req.url ?? '/', 'http://local');
+    const method = (req.method ?? 'GET').toUpperCase();
+    const { matches, pathExists } = matchPath(url.pathname);
+    const match = matches.find((m) => m.route.method === method);
+    if (!match) {
+      await readBody(req).catch(() => undefined);
+      if (pathExists) {
+        const allowed = matches.map((m) => m.route.method).join(', ');
+        return send(res, { ...gatewayError(405, 'method_not_allowed', `${method} is not allowed on ${url.pathname}; use ${allowed}`) });
+      }
+      return send(res, gatewayError(404, 'not_found', `no route for ${method} ${url.pathname}`));
+    }
+    const body = await readBody(req);
+    if (body === 'too_large') {
+      res.setHeader('Connection', 'close');
+      return send(res, gatewayError(413, 'payload_too_large', `request body exceeds ${gatewayMaxBody} bytes`));
+    }
+
+    const headers: Record<string, string> = {};
+    const multiValueHeaders: Record<string, string[]> = {};
+    for (let i = 0; i < req.rawHeaders.length; i += 2) {
+      const k = req.rawHeaders[i]!;
+      const v = req.rawHeaders[i + 1]!;
+      headers[k] = v;
+      (multiValueHeaders[k] ??= []).push(v);
+    }
+    const query: Record<string, string> = {};
+    const multiQuery: Record<string, string[]> = {};
+    for (const [k, v] of url.searchParams) {
+      query[k] = v;
+      (multiQuery[k] ??= []).push(v);
+    }
+    const methodArn = `${arnPrefix}/${stage}/${method}${url.pathname}`;
+
+    // The authorizer, as API Gateway runs it before the integration.
+    let authorizer: Record<string, unknown> | null = null;
+    if (match.route.auth !== 'none') {
+      const key = Object.entries(headers).find(([k]) => k.toLowerCase() === 'x-api-key')?.[1];
+      try {
+        const decision = await decide(key, methodArn);
+        if (decision.effect === 'unauthorized') return send(res, gatewayError(401, 'missing_api_key', 'the X-API-Key header is required'));
+        if (decision.effect === 'deny') return send(res, gatewayError(403, 'invalid_api_key', 'the API key is not valid'));
+        if (!allows(decision.resources, methodArn)) {
+          return send(res, gatewayError(403, 'forbidden', 'this key may not call this route'));
+        }
+        authorizer = { ...decision.context, principalId: decision.principalId };
+      } catch (err) {
+        return send(res, errorResponse(err, requestId));
+      }
+    }
+
+    const isText = body.length === 0 || !body.includes(0);
+    const event: APIGatewayProxyEvent = {
+      resource: match.resourcePath,
+      path: url.pathname,
+      httpMethod: method,
+      headers,
+      multiValueHeaders,
+      queryStringParameters: Object.keys(query).length ? query : null,
+      multiValueQueryStringParameters: Object.keys(multiQuery).length ? multiQuery : null,
+      pathParameters: match.pathParameters,
+      stageVariables: null,
+      body: body.length === 0 ? null : isText ? body.toString('utf8') : body.toString('base64'),
+      isBase64Encoded: body.length > 0 && !isText,
+      requestContext: {
+        accountId: '000000000000',
+        apiId: 'local',
+        authorizer,
+        protocol: 'HTTP/1.1',
+        httpMethod: method,
+        identity: { sourceIp: req.socket.remoteAddress ?? '' } as APIGatewayProxyEvent['requestContext']['identity'],
+        path: `/${stage}${url.pathname}`,
+        stage,
+        requestId,
+        requestTimeEpoch: Date.now(),
+        resourceId: 'local',
+        resourcePath: match.resourcePath,
+      },
+    };
+    try {
+      const handler = await handlerFor(match.route.handler);
+      send(res, await handler(event, lambdaContext(match.route.handler, requestId)));
+    } catch (err) {
+      // What API Gateway does when the integration fails: a 5xx, in our error shape.
+      send(res, errorResponse(err, requestId));
+    }
+  };
+
+  const servers: Server[] = [];
+  const listen = (host: string, port: number) =>
+    new Promise<Server>((resolve, reject) => {
+      const server = createServer((req, res) => {
+        onRequest(req, res).catch((err) => {
+          if (!res.headersSent) send(res, errorResponse(err));
+          else res.destroy();
+        });
+      });
+      server.keepAliveTimeout = 5000;
+      server.on('error', reject);
+      server.listen(port, host, () => resolve(server));
+    });
+  const host = o.host ?? '127.0.0.1';
+  servers.push(await listen(host, o.port));
+  const port = (servers[0]!.address() as { port: number }).port;
+  const urls: string[] = [];
+  for (const extra of o.extraHosts ?? []) {
+    const s = await listen(extra, port);
+    servers.push(s);
+    urls.push(`http://${extra}:${port}`);
+  }
+  return {
+    url: `http://${host}:${port}`,
+    urls,
+    close: async () => {
+      await Promise.all(
+        servers.map(
+          (s) =>
+            new Promise<void>((r) => {
+              s.closeAllConnections();
+              s.close(() => r());
+            }),
+        ),
+      );
+    },
+  };
+}

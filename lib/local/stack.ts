@@ -1,0 +1,213 @@
+/**
+ * The local stack: the whole control plane on one machine, on real engines.
+ * DynamoDB Local, s3rver, the local SSM endpoint running commands on this
+ * machine (the one registered host), the local API Gateway calling the same
+ * handler modules, the host-agent against the real Docker engine, and the
+ * reaper on a timer like its schedule.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createApiKey } from '../../lambdas/shared/api-keys';
+import { resetConfig } from '../../lambdas/shared/config';
+import { resetHosts } from '../../lambdas/shared/host-calls';
+import { logger } from '../../lambdas/shared/logger';
+import { reap, type ReapReport } from '../../lambdas/shared/reaper';
+import { tables } from '../../lambdas/shared/tables';
+import { startLocalApi, type LocalApi } from './api-gateway';
+import { createTables, startDynamoDbLocal, type DynamoDbLocal } from './dynamodb-local';
+import { freePort } from './free-port';
+import { localS3Credentials, startS3Endpoint, type S3Endpoint } from './s3-endpoint';
+import { startSsmEndpoint, type SsmEndpoint } from './ssm-endpoint';
+import { sandboxNetworkGateway } from './sandbox-network';
+
+export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+export interface LocalStackOptions {
+  /** API port on 127.0.0.1; 0 picks a free one. @default 8000 */
+  port?: number;
+  /** Accepted API key; generated when absent. */
+  apiKey?: string;
+  /** Tenant the key belongs to. @default 'default' */
+  tenantId?: string;
+  /** Sandbox slots of the local host. @default 16 */
+  slots?: number;
+  /** Reaper period in ms; 0 turns the timer off (tests call runReaper). @default 5000 */
+  reaperIntervalMs?: number;
+  /** Host daemon heartbeat/reconcile period. @default 5000 */
+  hostHeartbeatMs?: number;
+  /** Extra environment for the handlers and the host (limits etc.). */
+  env?: Record<string, string>;
+  /** SSM endpoint's InvocationDoesNotExist window after SendCommand. @default 0 */
+  ssmInvisibleMs?: number;
+}
+
+export interface LocalStack {
+  url: string;
+  apiKey: string;
+  tenantId: string;
+  hostId: string;
+  /** URL the sandboxes use to reach the API (sandbox network gateway). */
+  sandboxApiUrl: string;
+  stateDir: string;
+  dynamodb: DynamoDbLocal;
+  s3: S3Endpoint;
+  ssm: SsmEndpoint;
+  api: LocalApi;
+  /** Environment the handlers and the host-agent run with. */
+  env: Record<string, string>;
+  runReaper(): Promise<ReapReport>;
+  /** The host daemon child process (null once stopped). */
+  daemon(): ChildProcess | null;
+  stopDaemon(): Promise<void>;
+  startDaemon(): void;
+  close(): Promise<void>;
+}
+
+/** A local host id in SSM's managed-instance form (on-premises hosts are mi-...). */
+function localHostId(): string {
+  return 'mi-' + Array.from({ length: 17 }, () => '0123456789abcdef'[Math.floor(Math.random() * 16)]).join('');
+}
+
+export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalStack> {
+  const tenantId = o.tenantId ?? 'default';
+  const hostId = localHostId();
+  const stateDir = mkdtempSync(join(tmpdir(), 'ephemeral-sandbox-host-'));
+  const port = o.port === 0 ? await freePort() : (o.port ?? 8000);
+  const cleanups: (() => Promise<void> | void)[] = [() => rmSync(stateDir, { recursive: true, force: true })];
+  const closeAll = async () => {
+    for (const c of cleanups.reverse()) {
+      try {
+        await c();
+      } catch (err) {
+        logger.error('local stack: cleanup step failed', { err });
+      }
+    }
+  };
+
+  try {
+    const [dynamodb, s3] = await Promise.all([startDynamoDbLocal(), startS3Endpoint({ buckets: ['ephemeral-sandbox-local'] })]);
+    cleanups.push(() => dynamodb.close(), () => s3.close());
+    const gateway = await sandboxNetworkGateway(o.env?.SANDBOX_NETWORK ?? 'sbx-net');
+    const sandboxApiUrl = `http://${gateway}:${port}`;
+
+    const env: Record<string, string> = {
+      AWS_REGION: 'us-east-1',
+      AWS_ACCESS_KEY_ID: localS3Credentials.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: localS3Credentials.secretAccessKey,
+      AWS_ENDPOINT_URL_DYNAMODB: dynamodb.endpoint,
+      AWS_ENDPOINT_URL_S3: s3.url,
+      S3_FORCE_PATH_STYLE: 'true',
+      AWS_REQUEST_CHECKSUM_CALCULATION: 'WHEN_REQUIRED',
+      AWS_RESPONSE_CHECKSUM_VALIDATION: 'WHEN_REQUIRED',
+      ...Object.fromEntries(tables.map((t) => [t.envVar, t.id.toLowerCase()])),
+      STORAGE_BUCKET: 'ephemeral-sandbox-local',
+      SANDBOX_IMAGE: process.env.SANDBOX_IMAGE ?? 'ephemeral-sandbox:latest',
+      HOST_AGENT_COMMAND: `${process.execPath} ${join(repoRoot, 'dist', 'host-agent.mjs')}`,
+      SANDBOX_API_URL: sandboxApiUrl,
+      HOST_ID: hostId,
+      HOST_SLOTS: String(o.slots ?? 16),
+      STATE_DIR: stateDir,
+      SANDBOX_NETWORK: 'sbx-net',
+      EGRESS_ALLOW: `${gateway}:${port}`,
+      COLD_MOUNT_DRIVER: process.env.COLD_MOUNT_DRIVER ?? 's3fs',
+      HOST_HEARTBEAT_SECONDS: String((o.hostHeartbeatMs ?? 5000) / 1000),
+      HOST_LOST_AFTER_SECONDS: process.env.HOST_LOST_AFTER_SECONDS ?? '30',
+      LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn',
+      ...o.env,
+    };
+    Object.assign(process.env, env);
+    resetConfig();
+    resetHosts();
+
+    const ssm = await startSsmEndpoint({ instanceIds: [hostId], invisibleMs: o.ssmInvisibleMs ?? 0, env: { ...process.env } });
+    cleanups.push(() => ssm.close());
+    process.env.AWS_ENDPOINT_URL_SSM = env.AWS_ENDPOINT_URL_SSM = ssm.url;
+
+    await createTables(
+      dynamodb.client,
+      tables.map((def) => ({ def, name: env[def.envVar]! })),
+    );
+    const { key: apiKey } = await createApiKey({ tenantId, key: o.apiKey, description: 'local stack key' });
+
+    // The host daemon: registers this machine as a host, heartbeats, reconciles.
+    let daemon: ChildProcess | null = null;
+    const startDaemon = () => {
+      daemon = spawn(process.execPath, [join(repoRoot, 'dist', 'host-agent-daemon.mjs')], {
+        env: { ...process.env, ...env },
+        stdio: ['ignore', 'inherit', 'inherit'],
+      });
+      const child = daemon;
+      child.on('exit', () => {
+        if (daemon === child) daemon = null;
+      });
+    };
+    const stopDaemon = async () => {
+      const child = daemon;
+      if (!child || child.exitCode !== null) return;
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGKILL');
+      await exited;
+      daemon = null;
+    };
+    startDaemon();
+    cleanups.push(stopDaemon);
+    await waitForHost(hostId);
+
+    const api = await startLocalApi({ port, extraHosts: [gateway] });
+    cleanups.push(() => api.close());
+
+    let reaping: Promise<ReapReport> | undefined;
+    const runReaper = () => (reaping ??= reap().finally(() => (reaping = undefined)));
+    const interval = o.reaperIntervalMs ?? 5000;
+    if (interval > 0) {
+      const timer = setInterval(() => {
+        runReaper().catch((err) => logger.error('local reaper run failed', { err }));
+      }, interval);
+      timer.unref();
+      cleanups.push(() => clearInterval(timer));
+    }
+    // Runs first on close: remove every container and mount this stack's host made.
+    cleanups.push(() => removeHostContainers(hostId, stateDir));
+
+    return {
+      url: api.url,
+      apiKey,
+      tenantId,
+      hostId,
+      sandboxApiUrl,
+      stateDir,
+      dynamodb,
+      s3,
+      ssm,
+      api,
+      env,
+      runReaper,
+      daemon: () => daemon,
+      stopDaemon,
+      startDaemon,
+      close: closeAll,
+    };
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+}
+
+async function waitForHost(hostId: string): Promise<void> {
+  const { getHost } = await import('../../lambdas/shared/host-store');
+  const started = Date.now();
+  while (Date.now() - started < 30_000) {
+    const host = await getHost(hostId);
+    if (host?.status === 'active') return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`the host daemon did not register host ${hostId} within 30 s`);
+}
+
+async function removeHostContainers(hostId: string, stateDir: string): Promise<void> {
+  const { removeContainersOfHost } = await import('./sandbox-network');
+  await removeContainersOfHost(hostId, stateDir);
+}
