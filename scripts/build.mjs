@@ -21,8 +21,6 @@ export const esbuildOptions = {
   mainFields: ['module', 'main'],
   // ESM bundles of CommonJS dependencies need require().
   banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
-  // Optional native speedups of ssh2 (dockerode's SSH transport, unused here).
-  external: ['cpu-features', './crypto/build/Release/sshcrypto.node'],
   logLevel: 'warning',
 };
 
@@ -33,9 +31,16 @@ const handlers = [
 
 const entries = [
   ...handlers.map((h) => ({ in: join(root, 'lambdas', `${h}.ts`), out: join(root, 'dist', 'lambdas', `${h}.mjs`), target: 'node22' })),
-  { in: join(root, 'host-agent', 'src', 'cli.ts'), out: join(root, 'dist', 'host-agent.mjs'), target: 'node20' },
-  { in: join(root, 'host-agent', 'src', 'daemon.ts'), out: join(root, 'dist', 'host-agent-daemon.mjs'), target: 'node20' },
+  { in: join(root, 'host-agent', 'src', 'cli.ts'), out: join(root, 'dist', 'host-agent.mjs'), target: 'node20', hostAgent: true },
+  { in: join(root, 'host-agent', 'src', 'daemon.ts'), out: join(root, 'dist', 'host-agent-daemon.mjs'), target: 'node20', hostAgent: true },
 ];
+
+/**
+ * docker-modem requires ssh2 at load time for ssh:// Docker hosts; the host
+ * talks to the local socket only, and ssh2's optional native addons cannot be
+ * bundled: swap in a stand-in that refuses ssh://.
+ */
+export const hostAgentAlias = { ssh2: join(root, 'host-agent', 'src', 'ssh2-stub.ts') };
 
 const missing = entries.filter((e) => !existsSync(e.in));
 if (missing.length) {
@@ -47,7 +52,13 @@ const started = Date.now();
 await Promise.all(
   entries.map((e) => {
     mkdirSync(dirname(e.out), { recursive: true });
-    return build({ ...esbuildOptions, entryPoints: [e.in], outfile: e.out, target: e.target });
+    return build({
+      ...esbuildOptions,
+      entryPoints: [e.in],
+      outfile: e.out,
+      target: e.target,
+      ...(e.hostAgent ? { alias: hostAgentAlias } : {}),
+    });
   }),
 );
 if (!quiet) {

@@ -36,8 +36,8 @@ export async function registerHost(h: { hostId: string; capacity: number; agentV
       TableName: table(),
       Key: { host_id: h.hostId },
       UpdateExpression:
-        'SET #pool = :active, #status = :active, capacity = :cap, slots_used = if_not_exists(slots_used, :zero), registered_at = if_not_exists(registered_at, :iso), last_heartbeat_at = :now, agent_version = :v REMOVE lost_at',
-      ExpressionAttributeNames: { '#pool': 'pool', '#status': 'status' },
+        'SET #pool = :active, #status = :active, #capacity = :cap, slots_used = if_not_exists(slots_used, :zero), registered_at = if_not_exists(registered_at, :iso), last_heartbeat_at = :now, agent_version = :v REMOVE lost_at',
+      ExpressionAttributeNames: { '#pool': 'pool', '#status': 'status', '#capacity': 'capacity' },
       ExpressionAttributeValues: {
         ':active': 'active',
         ':cap': h.capacity,
@@ -112,8 +112,8 @@ export async function placeSandbox(now = Date.now()): Promise<HostRecord> {
           TableName: table(),
           Key: { host_id: host.host_id },
           UpdateExpression: 'SET slots_used = slots_used + :one',
-          ConditionExpression: '#pool = :active AND slots_used < capacity',
-          ExpressionAttributeNames: { '#pool': 'pool' },
+          ConditionExpression: '#pool = :active AND slots_used < #capacity',
+          ExpressionAttributeNames: { '#pool': 'pool', '#capacity': 'capacity' },
           ExpressionAttributeValues: { ':one': 1, ':active': 'active' },
           ReturnValues: 'ALL_NEW',
         }),

@@ -10,11 +10,11 @@ import { QueryCommand } from '@aws-sdk/lib-dynamodb';
 import { dynamo } from './clients/dynamodb';
 import { config } from './config';
 import { hosts } from './host-calls';
-import { activeHosts, markHostLost, releaseSlot } from './host-store';
+import { activeHosts, markHostLost } from './host-store';
 import { logger } from './logger';
 import { idleDeadline, type SandboxRecord } from './sandbox-record';
 import { getSandbox, transition, TransitionRejectedError, updateSandbox } from './sandbox-store';
-import { beginShutdown, finishShutdown, shutdownRetrySeconds, storageFor } from './sandboxes';
+import { beginShutdown, finishShutdown, markEnded, shutdownRetrySeconds, storageFor } from './sandboxes';
 import { reapShards, sandboxesTable } from './tables';
 
 export interface ReapReport {
@@ -86,16 +86,9 @@ async function reapOne(c: Candidate, now: number, report: ReapReport): Promise<v
       } catch (err) {
         logger.warn('reaper: could not remove a half-made container; the host reconciles it', { sandboxId: r.sandbox_id, err });
       }
-      await transition(r.sandbox_id, 'fail', 'failed', {
-        set: { stop_reason: 'create_failed', stop_detail: 'create did not finish in time', ended_at: new Date().toISOString() },
-        remove: ['reap_shard', 'deadline_at', 'live_host_id', 'execs'],
-      }).then(
-        () => releaseSlot(r.host_id),
-        (err) => {
-          if (!(err instanceof TransitionRejectedError)) throw err;
-        },
-      );
-      report.failed++;
+      if (await markEnded(r, { event: 'fail', reason: 'create_failed', detail: 'create did not finish in time', only: ['creating'] })) {
+        report.failed++;
+      }
       return;
     }
     case 'shutting_down': {
@@ -190,14 +183,8 @@ async function reapLostHosts(now: number, report: ReapReport): Promise<void> {
         } catch (err) {
           logger.warn('reaper: lost host did not answer the final sync', { sandboxId: item.sandbox_id, err: (err as Error).message });
         }
-        try {
-          await transition(item.sandbox_id, 'fail', 'failed', {
-            set: { stop_reason: 'host_lost', stop_detail: `host ${host.host_id} stopped heartbeating`, ended_at: new Date().toISOString() },
-            remove: ['reap_shard', 'deadline_at', 'live_host_id', 'execs'],
-          });
+        if (await markEnded({ sandbox_id: item.sandbox_id, host_id: host.host_id }, { event: 'fail', reason: 'host_lost', detail: `host ${host.host_id} stopped heartbeating` })) {
           report.failed++;
-        } catch (err) {
-          if (!(err instanceof TransitionRejectedError)) throw err;
         }
       }
       startKey = out.LastEvaluatedKey;

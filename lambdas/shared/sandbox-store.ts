@@ -51,6 +51,8 @@ interface UpdateSpec {
   condition?: string;
   values?: Record<string, unknown>;
   names?: Record<string, string>;
+  /** Narrows the statuses the transition is allowed from (a subset of the machine's). */
+  only?: readonly SandboxStatus[];
   /** Raw SET / REMOVE clauses for nested paths, using `names`/`values`. */
   extraSet?: string;
   extraRemove?: string;
@@ -139,7 +141,7 @@ export async function transition(
     sandboxId,
     event,
     { ...spec, set: { ...spec.set, status: to, updated_at: new Date().toISOString() } },
-    allowedFrom(event),
+    spec.only ? allowedFrom(event).filter((s) => spec.only!.includes(s)) : allowedFrom(event),
   );
 }
 

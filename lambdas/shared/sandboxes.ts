@@ -11,11 +11,12 @@ import { hostFailure, hosts } from './host-calls';
 import { placeSandbox, releaseSlot } from './host-store';
 import type { Principal } from './http';
 import { logger } from './logger';
-import { isActive, isTerminal, type StopReason } from './sandbox-state';
+import { isActive, isTerminal, type SandboxStatus, type StopReason } from './sandbox-state';
 import { hotPath, idleDeadline, reapShardOf, toView, type SandboxRecord, type SandboxView } from './sandbox-record';
 import {
   beginExec,
   endExec,
+  getSandbox,
   getTenantSandbox,
   listSandboxes as queryList,
   putNewSandbox,
@@ -139,16 +140,35 @@ export async function createSandbox(p: Principal, body: CreateSandboxBody): Prom
   }
 }
 
-async function failCreate(record: SandboxRecord, detail: string): Promise<void> {
+/**
+ * Records the end of a sandbox (the one way into a terminal status): takes it
+ * out of the deadline and host indexes and gives its host slot back. Answers
+ * undefined when another caller ended it first.
+ */
+export async function markEnded(
+  record: Pick<SandboxRecord, 'sandbox_id' | 'host_id'>,
+  end: { event: 'fail'; reason: StopReason; detail?: string; only?: readonly SandboxStatus[] } | { event: 'stopped' | 'expired' },
+): Promise<SandboxRecord | undefined> {
+  const to = end.event === 'fail' ? 'failed' : end.event;
   try {
-    await transition(record.sandbox_id, 'fail', 'failed', {
-      set: { stop_reason: 'create_failed' satisfies StopReason, stop_detail: detail, ended_at: new Date().toISOString() },
+    const ended = await transition(record.sandbox_id, end.event, to, {
+      set: {
+        ended_at: new Date().toISOString(),
+        ...(end.event === 'fail' ? { stop_reason: end.reason, ...(end.detail ? { stop_detail: end.detail } : {}) } : {}),
+      },
       remove: ['reap_shard', 'deadline_at', 'live_host_id', 'execs'],
+      ...(end.event === 'fail' && end.only ? { only: end.only } : {}),
     });
+    await releaseSlot(record.host_id);
+    return ended;
   } catch (err) {
-    if (!(err instanceof TransitionRejectedError)) throw err;
+    if (err instanceof TransitionRejectedError) return undefined;
+    throw err;
   }
-  await releaseSlot(record.host_id);
+}
+
+async function failCreate(record: SandboxRecord, detail: string): Promise<void> {
+  await markEnded(record, { event: 'fail', reason: 'create_failed', detail });
   // The host may have made a container before failing: remove it now; if
   // this fails too, the host's reconciliation removes the orphan.
   try {
@@ -270,18 +290,11 @@ export async function finishShutdown(
     logger.error('shutdown did not finish; the reaper will retry', { sandboxId: record.sandbox_id, err });
     throw failure;
   }
-  let ended: SandboxRecord;
-  try {
-    ended = await transition(record.sandbox_id, o.outcome, o.outcome, {
-      set: { ended_at: new Date().toISOString() },
-      remove: ['reap_shard', 'deadline_at', 'live_host_id', 'execs'],
-    });
-  } catch (err) {
-    if (err instanceof TransitionRejectedError && err.current && isTerminal(err.current.status)) return err.current;
-    throw err;
-  }
-  await releaseSlot(record.host_id);
-  return ended;
+  const ended = await markEnded(record, { event: o.outcome });
+  if (ended) return ended;
+  const current = await getSandbox(record.sandbox_id);
+  if (current && isTerminal(current.status)) return current; // another caller recorded the end
+  throw new Error(`sandbox ${record.sandbox_id}: shutdown finished but the end could not be recorded (status ${current?.status})`);
 }
 
 export async function getSandboxView(p: Principal, sandboxId: string): Promise<SandboxView> {

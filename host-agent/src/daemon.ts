@@ -1,0 +1,199 @@
+/**
+ * The host daemon (systemd on AWS, a child process in the local stack):
+ * registers this host in DynamoDB, heartbeats it, syncs every running
+ * sandbox's hot tier on an interval, and reconciles containers with records
+ * so nothing leaks either way:
+ *   - a container with no live record (a create that crashed half-way, a
+ *     destroy that never reached the host) is removed after a grace period;
+ *   - a live record whose container vanished is marked failed.
+ */
+import { QueryCommand } from '@aws-sdk/lib-dynamodb';
+import { dynamo } from '../../lambdas/shared/clients/dynamodb';
+import { config as controlPlaneConfig } from '../../lambdas/shared/config';
+import { heartbeatHost, registerHost, setSlotsUsed } from '../../lambdas/shared/host-store';
+import { logger } from '../../lambdas/shared/logger';
+import type { SandboxRecord } from '../../lambdas/shared/sandbox-record';
+import { getSandbox } from '../../lambdas/shared/sandbox-store';
+import { markEnded, storageFor } from '../../lambdas/shared/sandboxes';
+import { sandboxesTable } from '../../lambdas/shared/tables';
+import { loadHostConfig } from './config';
+import { DockerClient } from './docker';
+import { destroySandbox, syncSandbox } from './lifecycle';
+import { ensureSandboxNetwork } from './network';
+import { containerLabels, ownerLabelValue } from './protocol';
+
+const agentVersion = '0.1.0';
+
+function seconds(name: string, fallback: number): number {
+  const raw = process.env[name];
+  const n = raw === undefined || raw === '' ? fallback : Number(raw);
+  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a number of seconds, got "${raw}"`);
+  return n;
+}
+
+export interface DaemonSettings {
+  hostId: string;
+  slots: number;
+  heartbeatSeconds: number;
+  reconcileGraceSeconds: number;
+  hotSyncIntervalSeconds: number;
+}
+
+export function daemonSettings(): DaemonSettings {
+  const hostId = process.env.HOST_ID ?? '';
+  if (!/^(i|mi)-[0-9a-f]{8,17}$/.test(hostId)) throw new Error(`HOST_ID must be an EC2 or SSM managed instance id, got "${hostId}"`);
+  return {
+    hostId,
+    slots: seconds('HOST_SLOTS', 8),
+    heartbeatSeconds: seconds('HOST_HEARTBEAT_SECONDS', 15),
+    reconcileGraceSeconds: seconds('RECONCILE_GRACE_SECONDS', 60),
+    hotSyncIntervalSeconds: seconds('HOT_SYNC_INTERVAL_SECONDS', 60),
+  };
+}
+
+async function liveRecordsOnHost(hostId: string): Promise<SandboxRecord[]> {
+  const items: SandboxRecord[] = [];
+  let startKey: Record<string, unknown> | undefined;
+  do {
+    const out = await dynamo().send(
+      new QueryCommand({
+        TableName: controlPlaneConfig().tables.sandboxes,
+        IndexName: sandboxesTable.indexes[3].name,
+        KeyConditionExpression: 'live_host_id = :h',
+        ExpressionAttributeValues: { ':h': hostId },
+        ExclusiveStartKey: startKey,
+      }),
+    );
+    items.push(...((out.Items ?? []) as SandboxRecord[]));
+    startKey = out.LastEvaluatedKey;
+  } while (startKey);
+  return items;
+}
+
+export interface ReconcileReport {
+  containers: number;
+  liveRecords: number;
+  removedOrphans: string[];
+  failedVanished: string[];
+}
+
+/** One reconciliation pass; exported for tests. */
+export async function reconcile(s: DaemonSettings, docker: DockerClient, now = Date.now()): Promise<ReconcileReport> {
+  const hostConfig = loadHostConfig();
+  const containers = await docker.listContainers({
+    label: [`${containerLabels.owner}=${ownerLabelValue}`, `${containerLabels.hostId}=${s.hostId}`],
+  });
+  const records = await liveRecordsOnHost(s.hostId);
+  const recordIds = new Set(records.map((r) => r.sandbox_id));
+  const containerIds = new Set(containers.map((c) => c.Labels[containerLabels.sandboxId] ?? ''));
+  const graceMs = s.reconcileGraceSeconds * 1000;
+  const report: ReconcileReport = { containers: containers.length, liveRecords: records.length, removedOrphans: [], failedVanished: [] };
+
+  for (const c of containers) {
+    const sandboxId = c.Labels[containerLabels.sandboxId] ?? '';
+    if (recordIds.has(sandboxId)) continue;
+    if (now - c.Created * 1000 < graceMs) continue; // a create may still be recording it
+    // Re-read: the index is eventually consistent, the record is the truth.
+    const record = sandboxId ? await getSandbox(sandboxId) : undefined;
+    if (record?.live_host_id === s.hostId) continue;
+    const tenant = c.Labels[containerLabels.tenantId];
+    const user = c.Labels[containerLabels.userId];
+    // An ended sandbox keeps its user's files: sync before removing. A half-made one has none worth keeping.
+    const graceful = Boolean(record && tenant && user);
+    try {
+      await destroySandbox(
+        { sandboxId, graceful, ...(graceful ? { storage: storageFor(tenant!, user!) } : {}) },
+        hostConfig,
+        docker,
+      );
+    } catch (err) {
+      logger.error('reconcile: could not remove an orphaned container; retrying next pass', { sandboxId, err });
+      continue;
+    }
+    report.removedOrphans.push(sandboxId);
+    logger.warn('reconcile: removed a container with no live record', { sandboxId, hadRecord: Boolean(record) });
+  }
+
+  for (const r of records) {
+    if (containerIds.has(r.sandbox_id)) continue;
+    if (!['ready', 'running', 'paused'].includes(r.status)) continue; // creating/shutting_down: their owner (or the reaper) finishes them
+    if (now - Date.parse(r.created_at) < graceMs) continue;
+    const ended = await markEnded(r, {
+      event: 'fail',
+      reason: 'container_vanished',
+      detail: `container missing on host ${s.hostId}`,
+      only: ['ready', 'running', 'paused'],
+    });
+    if (ended) {
+      report.failedVanished.push(r.sandbox_id);
+      logger.warn('reconcile: container vanished; sandbox marked failed', { sandboxId: r.sandbox_id });
+    }
+  }
+
+  await setSlotsUsed(s.hostId, (await liveRecordsOnHost(s.hostId)).length);
+  return report;
+}
+
+async function syncRunningSandboxes(s: DaemonSettings, docker: DockerClient): Promise<void> {
+  const hostConfig = loadHostConfig();
+  for (const r of await liveRecordsOnHost(s.hostId)) {
+    if (r.status !== 'ready' && r.status !== 'running') continue;
+    try {
+      await syncSandbox({ sandboxId: r.sandbox_id, storage: storageFor(r.tenant_id, r.user_id) }, hostConfig, docker);
+    } catch (err) {
+      logger.error('hot sync: incremental sync failed; the next interval retries', { sandboxId: r.sandbox_id, err });
+    }
+  }
+}
+
+/** Runs `fn` every `ms`, never overlapping itself, logging (not swallowing) failures. */
+function every(ms: number, name: string, fn: () => Promise<unknown>): () => void {
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  const tick = async () => {
+    try {
+      await fn();
+    } catch (err) {
+      logger.error(`daemon: ${name} failed`, { err });
+    }
+    if (!stopped) timer = setTimeout(tick, ms);
+  };
+  timer = setTimeout(tick, ms);
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
+}
+
+export async function runDaemon(s = daemonSettings()): Promise<() => void> {
+  const hostConfig = loadHostConfig();
+  const docker = new DockerClient(hostConfig.dockerSocket);
+  const network = await ensureSandboxNetwork(hostConfig, docker);
+  logger.info('daemon: sandbox network ready', { network });
+  await registerHost({ hostId: s.hostId, capacity: s.slots, agentVersion });
+  logger.info('daemon: host registered', { hostId: s.hostId, slots: s.slots });
+
+  const stops = [
+    every(s.heartbeatSeconds * 1000, 'heartbeat', async () => {
+      const running = (await docker.listContainers({ label: [`${containerLabels.hostId}=${s.hostId}`, `${containerLabels.owner}=${ownerLabelValue}`] }, false))
+        .length;
+      if (!(await heartbeatHost(s.hostId, { runningSandboxes: running }))) {
+        // Declared lost while we were away: come back as a fresh host; reconcile cleans up.
+        await registerHost({ hostId: s.hostId, capacity: s.slots, agentVersion });
+      }
+      await reconcile(s, docker);
+    }),
+  ];
+  if (s.hotSyncIntervalSeconds > 0) stops.push(every(s.hotSyncIntervalSeconds * 1000, 'hot sync', () => syncRunningSandboxes(s, docker)));
+  return () => stops.forEach((stop) => stop());
+}
+
+if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith('host-agent-daemon.mjs')) {
+  const stop = await runDaemon();
+  const shutdown = () => {
+    stop();
+    process.exit(0);
+  };
+  process.on('SIGTERM', shutdown);
+  process.on('SIGINT', shutdown);
+}
