@@ -14,20 +14,17 @@
  *   x-amz-meta-mode = st_mode (decimal, type and permission bits), x-amz-meta-mtime =
  *   seconds, x-amz-meta-mtime-ms = milliseconds.
  *
- * The home is written by untrusted code, possibly while we read it. Every path is
- * resolved one component at a time from an open directory descriptor through
- * /proc/self/fd/<fd>/<name> with O_NOFOLLOW, so a directory swapped for a symlink
- * mid-sync fails the open instead of leading outside the home. Symlinks are
- * stored as links and never read through; sockets, FIFOs and devices are not synced.
+ * The home is written by untrusted code, possibly while we read it: home-walk.ts
+ * reads it without ever following a link out of it. Symlinks are stored as links
+ * and never read through; sockets, FIFOs and devices are not synced.
  * Names S3 cannot carry (invalid UTF-8, control characters, keys over 1024 bytes)
  * are not synced and are listed in the report's `notSynced`.
  */
 import * as fsCallbacks from 'node:fs';
 import { constants as fsc, type Stats } from 'node:fs';
-import { chmod, lchown, lstat, lutimes, mkdir, readdir, readFile, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
-import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
+import { chmod, lchown, lstat, lutimes, mkdir, readdir, rm, symlink } from 'node:fs/promises';
+import { isAbsolute, join, relative, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { promisify } from 'node:util';
 import type { Readable } from 'node:stream';
 import {
   DeleteObjectCommand,
@@ -38,6 +35,30 @@ import {
 } from '@aws-sdk/client-s3';
 import type { SyncReport } from '../protocol';
 import { QuotaExceededError, StorageError, SyncError, type FailedTransfer } from './errors';
+import {
+  asLocalChange,
+  controlCharacter,
+  DirDescriptors,
+  errnoCode,
+  errorMessage,
+  fdChmod,
+  fdChown,
+  fdClose,
+  fdOpen,
+  fdRead,
+  fdStat,
+  fdUtimes,
+  fdWrite,
+  beneath,
+  LocalChangedError,
+  openHomeRoot,
+  walkHome,
+  type HotEntryKind,
+  type LocalEntry,
+} from './home-walk';
+import { entryFromStat, isUnchanged, pendingOf, readManifest, withSyncLock, writeManifest, type Manifest } from './hot-manifest';
+
+export type { HotEntryKind } from './home-walk';
 
 /** Default cap on a user's hot home. */
 export const defaultHotQuotaBytes = 100 * 1024 * 1024;
@@ -48,14 +69,10 @@ export const defaultSyncConcurrency = 32;
 /** Entries (files, links, directories) a home may hold: zero-byte files escape the byte quota. */
 export const defaultMaxEntries = 100_000;
 
-const maxKeyBytes = 1024;
 /** Files up to this size are read whole into memory; larger ones are streamed. */
 const inMemoryFileBytes = 8 * 1024 * 1024;
 /** At most this many not-synced paths are listed in a report (the total is counted). */
 const notSyncedListCap = 100;
-const controlCharacter = /[\u0000-\u001f\u007f]/;
-
-export type HotEntryKind = 'file' | 'symlink' | 'dir';
 
 export interface HotSyncOptions {
   s3: S3Client;
@@ -95,38 +112,6 @@ export interface HotSyncReport extends SyncReport {
   notSyncedTotal: number;
 }
 
-interface ManifestEntry {
-  kind: HotEntryKind;
-  size: number;
-  mtimeMs: number;
-  ctimeMs: number;
-  mode: number;
-  ino: number;
-  etag?: string;
-  /**
-   * The object may exist in S3 but the local state it reflects is unknown
-   * (an upload was started or failed, or a directory had no marker): the next
-   * sync uploads the path if it exists and deletes the key if it does not.
-   */
-  pending?: true;
-}
-
-interface Manifest {
-  version: 1;
-  bucket: string;
-  prefix: string;
-  /** Keyed by the object key relative to the prefix (directories end in `/`). */
-  entries: Record<string, ManifestEntry>;
-}
-
-interface LocalEntry {
-  relKey: string;
-  /** Path relative to the home, no trailing slash. */
-  rel: string;
-  kind: HotEntryKind;
-  stat: Stats;
-  linkTarget?: Buffer;
-}
 
 /**
  * Fills `dir` (absent or empty) with the objects under `prefix`, owned by uid:gid,
@@ -356,7 +341,7 @@ export function startHotSyncLoop(
 }
 
 // ---------------------------------------------------------------------------
-// Options, manifest, lock
+// Options
 
 interface ResolvedOptions {
   s3: S3Client;
@@ -400,289 +385,6 @@ function resolveOptions(o: HotSyncOptions): ResolvedOptions {
     maxEntries: o.maxEntries ?? defaultMaxEntries,
     lockTimeoutMs: o.lockTimeoutMs ?? 120_000,
   };
-}
-
-async function readManifest(cfg: ResolvedOptions): Promise<Manifest> {
-  let text: string;
-  try {
-    text = await readFile(cfg.stateFile, 'utf8');
-  } catch (err) {
-    if (errnoCode(err) === 'ENOENT') {
-      // Without a manifest, deletions cannot be told from never-downloaded files: refuse rather than wipe the stored home.
-      throw new StorageError('storage_error', `no hot sync manifest at ${cfg.stateFile}: hotSyncDown must run (and succeed) for this home before hotSyncUp`);
-    }
-    throw err;
-  }
-  const manifest = JSON.parse(text) as Manifest;
-  if (manifest.version !== 1 || manifest.bucket !== cfg.bucket || manifest.prefix !== cfg.prefix) {
-    throw new StorageError(
-      'storage_error',
-      `the hot sync manifest ${cfg.stateFile} belongs to s3://${manifest.bucket}/${manifest.prefix}, not s3://${cfg.bucket}/${cfg.prefix}`,
-    );
-  }
-  return manifest;
-}
-
-async function writeManifest(stateFile: string, manifest: Manifest): Promise<void> {
-  await mkdir(dirname(stateFile), { recursive: true, mode: 0o700 });
-  const tmp = `${stateFile}.${process.pid}.tmp`;
-  await writeFile(tmp, JSON.stringify(manifest), { mode: 0o600 });
-  await rename(tmp, stateFile);
-}
-
-/**
- * One sync per manifest at a time, across processes (the daemon's periodic sync
- * and a destroy from SSM): an O_EXCL lock file holding the owner's pid; a lock
- * whose pid is gone is stale and taken over.
- */
-async function withSyncLock<T>(stateFile: string, timeoutMs: number, fn: () => Promise<T>): Promise<T> {
-  const lockFile = `${stateFile}.lock`;
-  await mkdir(dirname(stateFile), { recursive: true, mode: 0o700 });
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      await writeFile(lockFile, String(process.pid), { flag: 'wx', mode: 0o600 });
-      break;
-    } catch (err) {
-      if (errnoCode(err) !== 'EEXIST') throw err;
-      const owner = Number.parseInt(await readFile(lockFile, 'utf8').catch(() => ''), 10);
-      if (Number.isInteger(owner) && owner > 0 && !isProcessAlive(owner)) {
-        await rm(lockFile, { force: true });
-        continue;
-      }
-      if (Date.now() > deadline) {
-        throw new StorageError('storage_error', `another hot sync (pid ${owner}) still holds ${lockFile} after ${timeoutMs} ms; try again later`);
-      }
-      await sleep(100);
-    }
-  }
-  try {
-    return await fn();
-  } finally {
-    await rm(lockFile, { force: true });
-  }
-}
-
-function isProcessAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return errnoCode(err) === 'EPERM';
-  }
-}
-
-function entryFromStat(kind: HotEntryKind, st: Stats, etag?: string): ManifestEntry {
-  return {
-    kind,
-    size: st.size,
-    mtimeMs: st.mtimeMs,
-    ctimeMs: st.ctimeMs,
-    mode: st.mode,
-    ino: st.ino,
-    ...(etag ? { etag } : {}),
-  };
-}
-
-function pendingOf(previous: ManifestEntry | undefined, kind: HotEntryKind): ManifestEntry {
-  return { ...(previous ?? { kind, size: -1, mtimeMs: 0, ctimeMs: 0, mode: 0, ino: 0 }), pending: true };
-}
-
-/**
- * Unchanged = same kind, size, mtime, ctime, mode and inode as when last synced.
- * ctime catches edits that put the mtime back (touch -r); user code cannot set it.
- * A directory only carries its mode.
- */
-function isUnchanged(m: ManifestEntry | undefined, e: LocalEntry): boolean {
-  if (!m || m.pending || m.kind !== e.kind) return false;
-  if (e.kind === 'dir') return m.mode === e.stat.mode;
-  return m.size === e.stat.size && m.mtimeMs === e.stat.mtimeMs && m.ctimeMs === e.stat.ctimeMs && m.mode === e.stat.mode && m.ino === e.stat.ino;
-}
-
-// ---------------------------------------------------------------------------
-// Walking the home without following links
-
-// Plain descriptors: lighter than FileHandle objects, which counts at a thousand files per sync.
-const fdOpen = promisify(fsCallbacks.open) as (path: string, flags: number, mode?: number) => Promise<number>;
-const fdClose = promisify(fsCallbacks.close);
-const fdStat = promisify(fsCallbacks.fstat) as (fd: number) => Promise<Stats>;
-const fdRead = promisify(fsCallbacks.read) as (fd: number, buffer: Buffer, offset: number, length: number, position: number) => Promise<{ bytesRead: number }>;
-const fdWrite = promisify(fsCallbacks.write) as (fd: number, buffer: Uint8Array, offset: number, length: number, position: number) => Promise<{ bytesWritten: number }>;
-const fdChown = promisify(fsCallbacks.fchown);
-const fdChmod = promisify(fsCallbacks.fchmod);
-const fdUtimes = promisify(fsCallbacks.futimes);
-
-/** Opens the home itself; the path is host-controlled, but a symlink there is still refused. */
-async function openHomeRoot(dir: string): Promise<number> {
-  try {
-    return await fdOpen(dir, fsc.O_RDONLY | fsc.O_DIRECTORY | fsc.O_NOFOLLOW);
-  } catch (err) {
-    throw new StorageError('storage_error', `cannot open the home ${dir}: ${errorMessage(err)}`, { cause: err });
-  }
-}
-
-/** A path under an open directory that the kernel resolves from that directory, not by name from `/`. */
-function beneath(dirFd: number, name: string): string {
-  return `/proc/self/fd/${dirFd}/${name}`;
-}
-
-/** Thrown when an entry vanished or changed type between the walk and its transfer. */
-class LocalChangedError extends Error {
-  constructor(rel: string, why: string) {
-    super(`${rel} changed during the sync (${why}); the next sync picks it up`);
-    this.name = 'LocalChangedError';
-  }
-}
-
-const localChangeCodes = new Set(['ENOENT', 'ELOOP', 'ENOTDIR', 'EISDIR', 'ENXIO']);
-
-function asLocalChange(rel: string, err: unknown): unknown {
-  const code = errnoCode(err);
-  return code && localChangeCodes.has(code) ? new LocalChangedError(rel, code) : err;
-}
-
-const directoryFlags = fsc.O_RDONLY | fsc.O_DIRECTORY | fsc.O_NOFOLLOW;
-
-/** Opens directory `relDir` under `rootFd`, one component at a time, refusing a symlink at every step. */
-async function openDirBeneath(rootFd: number, relDir: string): Promise<number> {
-  let current = rootFd;
-  try {
-    for (const part of relDir.split('/')) {
-      const next = await fdOpen(beneath(current, part), directoryFlags);
-      if (current !== rootFd) await fdClose(current);
-      current = next;
-    }
-    return current;
-  } catch (err) {
-    if (current !== rootFd) await fdClose(current);
-    throw asLocalChange(relDir, err);
-  }
-}
-
-/**
- * Directory descriptors shared by the transfers of one sync: each opened once
- * (safely, from the root) and closed when its last user is done, never while in
- * use, so a descriptor number is never reused under a transfer.
- */
-class DirDescriptors {
-  private readonly slots = new Map<string, { fd: Promise<number>; users: number }>();
-  constructor(private readonly rootFd: number) {}
-
-  async acquire(relDir: string): Promise<number> {
-    if (relDir === '') return this.rootFd;
-    let slot = this.slots.get(relDir);
-    if (!slot) {
-      slot = { fd: openDirBeneath(this.rootFd, relDir), users: 0 };
-      slot.fd.catch(() => undefined); // awaited by every user below
-      this.slots.set(relDir, slot);
-    }
-    slot.users += 1;
-    try {
-      return await slot.fd;
-    } catch (err) {
-      this.release(relDir);
-      throw err;
-    }
-  }
-
-  release(relDir: string): void {
-    if (relDir === '') return;
-    const slot = this.slots.get(relDir);
-    if (!slot) return;
-    slot.users -= 1;
-    if (slot.users > 0) return;
-    this.slots.delete(relDir);
-    slot.fd.then(fdClose, () => undefined).catch(() => undefined); // a close failure of a read-only directory loses nothing
-  }
-}
-
-const utf8 = new TextDecoder('utf-8', { fatal: true });
-
-async function walkHome(root: number, cfg: ResolvedOptions, notSynced: NotSyncedList): Promise<Map<string, LocalEntry>> {
-  const out = new Map<string, LocalEntry>();
-  const prefixBytes = Buffer.byteLength(cfg.prefix);
-
-  const visit = async (dirFd: number, relDir: string): Promise<void> => {
-    const rawNames = await readdir(`/proc/self/fd/${dirFd}`, { encoding: 'buffer' });
-    const subdirs: LocalEntry[] = [];
-    for (let i = 0; i < rawNames.length; i += 64) {
-      await Promise.all(
-        rawNames.slice(i, i + 64).map(async (raw) => {
-          let name: string;
-          try {
-            name = utf8.decode(raw);
-          } catch {
-            notSynced.add(joinRel(relDir, escapeBytes(raw)), 'name is not valid UTF-8, which S3 keys require');
-            return;
-          }
-          const rel = joinRel(relDir, name);
-          if (controlCharacter.test(name)) {
-            notSynced.add(JSON.stringify(rel).slice(1, -1), 'name contains a control character');
-            return;
-          }
-          let st: Stats;
-          try {
-            st = await lstat(beneath(dirFd, name));
-          } catch (err) {
-            if (errnoCode(err) === 'ENOENT') return; // removed since readdir: nothing to sync
-            throw err;
-          }
-          const kind: HotEntryKind | undefined = st.isFile() ? 'file' : st.isSymbolicLink() ? 'symlink' : st.isDirectory() ? 'dir' : undefined;
-          if (!kind) {
-            notSynced.add(rel, 'sockets, FIFOs and device files are not synced');
-            return;
-          }
-          const relKey = kind === 'dir' ? rel + '/' : rel;
-          if (prefixBytes + Buffer.byteLength(relKey) > maxKeyBytes) {
-            notSynced.add(rel, `path is too long for an S3 key (${maxKeyBytes} bytes with the prefix)`);
-            return;
-          }
-          const entry: LocalEntry = { relKey, rel, kind, stat: st };
-          if (kind === 'symlink') {
-            try {
-              entry.linkTarget = await readlink(beneath(dirFd, name), { encoding: 'buffer' });
-            } catch (err) {
-              if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'EINVAL') return; // replaced since lstat
-              throw err;
-            }
-          }
-          if (out.size >= cfg.maxEntries) {
-            throw new QuotaExceededError(
-              `the home holds more than ${cfg.maxEntries} entries (files, links, directories); nothing was synced. Remove files and sync again`,
-              out.size + 1,
-              cfg.maxEntries,
-            );
-          }
-          out.set(relKey, entry);
-          if (kind === 'dir') subdirs.push(entry);
-        }),
-      );
-    }
-    // Depth-first, one directory descriptor per level: the tree depth is bounded by the key length.
-    for (const sub of subdirs) {
-      let fd: number;
-      try {
-        fd = await fdOpen(beneath(dirFd, sub.rel.slice(sub.rel.lastIndexOf('/') + 1)), directoryFlags);
-      } catch (err) {
-        const code = errnoCode(err);
-        if (code && localChangeCodes.has(code)) {
-          out.delete(sub.relKey);
-          notSynced.add(sub.rel, `changed during the sync (${code}); the next sync picks it up`);
-          continue;
-        }
-        throw err;
-      }
-      try {
-        sub.stat = await fdStat(fd);
-        await visit(fd, sub.rel);
-      } finally {
-        await fdClose(fd);
-      }
-    }
-  };
-
-  await visit(root, '');
-  return out;
 }
 
 // ---------------------------------------------------------------------------
@@ -986,21 +688,3 @@ class NotSyncedList {
 function byDepth(a: string, b: string): number {
   return a.split('/').length - b.split('/').length || (a < b ? -1 : a > b ? 1 : 0);
 }
-
-function joinRel(dir: string, name: string): string {
-  return dir ? `${dir}/${name}` : name;
-}
-
-function escapeBytes(raw: Buffer): string {
-  return [...raw].map((b) => (b >= 0x20 && b < 0x7f && b !== 0x5c ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, '0')}`)).join('');
-}
-
-function errnoCode(err: unknown): string | undefined {
-  return typeof err === 'object' && err !== null && 'code' in err ? String((err as { code: unknown }).code) : undefined;
-}
-
-function errorMessage(err: unknown): string {
-  if (err instanceof Error) return `${err.name === 'Error' ? '' : err.name + ': '}${err.message}`;
-  return String(err);
-}
-
