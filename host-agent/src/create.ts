@@ -1,0 +1,156 @@
+/**
+ * The create verb: one hardened container per sandbox, named after it.
+ */
+import type { ContainerCreateOptions, ContainerInspectInfo } from 'dockerode';
+import type { z } from 'zod';
+import type { HostConfig } from './config';
+import { DockerApiError, type DockerClient } from './docker';
+import { HostAgentError } from './errors';
+import { containerLabels, ownerLabelValue, type CreateResult, type createRequest } from './protocol';
+import { attachCold, prepareHome } from './sandbox-storage';
+
+export type CreateInput = z.output<typeof createRequest>;
+
+/** Request labels are stored under this prefix, so they can never overwrite ours. */
+export const userLabelPrefix = 'dev.ephemeral-sandbox.label.';
+
+export const sandboxHome = '/home/agent';
+export const sandboxColdMount = '/data/cold';
+/** Open files per process inside a sandbox (soft, hard). */
+export const sandboxNofile = { soft: 8192, hard: 8192 };
+/** Size of the /run tmpfs (pid files, sockets of tools that expect a writable /run). */
+const runTmpfsMb = 16;
+
+/** True when the container carries our owner label. */
+export function isOwned(info: { Config?: { Labels?: Record<string, string> | null } } | undefined): boolean {
+  return info?.Config?.Labels?.[containerLabels.owner] === ownerLabelValue;
+}
+
+/** The container definition: everything the hardening checklist asks for, in one place. */
+export function containerSpec(request: CreateInput, config: HostConfig, paths: { home: string; cold: string }, networkName: string): ContainerCreateOptions {
+  const memoryBytes = request.memoryMb * 1024 * 1024;
+  const labels: Record<string, string> = {};
+  for (const [key, value] of Object.entries(request.labels)) labels[userLabelPrefix + key] = value;
+  Object.assign(labels, {
+    [containerLabels.owner]: ownerLabelValue,
+    [containerLabels.sandboxId]: request.sandboxId,
+    [containerLabels.tenantId]: request.tenantId,
+    [containerLabels.userId]: request.userId,
+    [containerLabels.createdAt]: new Date().toISOString(),
+    ...(config.hostId ? { [containerLabels.hostId]: config.hostId } : {}),
+  });
+  return {
+    Image: request.image,
+    Hostname: request.sandboxId,
+    User: `${config.sandboxUid}:${config.sandboxGid}`,
+    WorkingDir: sandboxHome,
+    // A keep-alive: commands arrive through exec; docker-init (Init) reaps what they leave behind.
+    Cmd: ['sleep', 'infinity'],
+    Env: Object.entries(request.env).map(([name, value]) => `${name}=${value}`),
+    Labels: labels,
+    AttachStdin: false,
+    AttachStdout: false,
+    AttachStderr: false,
+    Tty: false,
+    OpenStdin: false,
+    NetworkDisabled: request.network === 'none',
+    HostConfig: {
+      Init: true,
+      NetworkMode: networkName,
+      Privileged: false,
+      CapDrop: ['ALL'],
+      // Docker's default seccomp profile stays on: no seccomp=unconfined here.
+      SecurityOpt: ['no-new-privileges:true'],
+      ReadonlyRootfs: true,
+      Tmpfs: {
+        '/tmp': `rw,nosuid,nodev,size=${config.tmpSizeMb}m`,
+        '/run': `rw,nosuid,nodev,noexec,size=${runTmpfsMb}m`,
+      },
+      Binds: [`${paths.home}:${sandboxHome}:rw`, `${paths.cold}:${sandboxColdMount}:rw`],
+      NanoCpus: Math.round(request.cpu * 1e9),
+      Memory: memoryBytes,
+      // Equal to Memory: no swap on top of the limit.
+      MemorySwap: memoryBytes,
+      PidsLimit: request.pidsLimit,
+      Ulimits: [
+        { Name: 'nofile', Soft: sandboxNofile.soft, Hard: sandboxNofile.hard },
+        { Name: 'core', Soft: 0, Hard: 0 },
+      ],
+      IpcMode: 'private',
+      // Under memory pressure the kernel picks sandboxes before the host's own daemons.
+      OomScoreAdj: 500,
+      PublishAllPorts: false,
+      PortBindings: {},
+      RestartPolicy: { Name: 'no', MaximumRetryCount: 0 },
+      LogConfig: { Type: 'json-file', Config: { 'max-size': '1m', 'max-file': '1' } },
+    },
+  };
+}
+
+async function ensureImage(docker: DockerClient, image: string): Promise<void> {
+  try {
+    await docker.inspectImage(image);
+    return;
+  } catch (error) {
+    if (!(error instanceof DockerApiError && error.statusCode === 404)) throw error;
+  }
+  try {
+    await docker.pullImage(image);
+  } catch (error) {
+    throw new HostAgentError('docker_error', `image ${image} is not on this host and could not be pulled: ${(error as Error).message}`);
+  }
+}
+
+/** Starts an owned container if it is not running, and answers its id. */
+async function adopt(docker: DockerClient, info: ContainerInspectInfo, sandboxId: string): Promise<string> {
+  if (!isOwned(info)) {
+    throw new HostAgentError('bad_request', `a container named ${sandboxId} exists on this host and is not a sandbox; remove it or use another id`);
+  }
+  if (!info.State.Running) await docker.startContainer(info.Id);
+  return info.Id;
+}
+
+/**
+ * Creates and starts the sandbox's container; a retried create answers the
+ * existing container instead of making a second one.
+ */
+export async function createSandbox(request: CreateInput, config: HostConfig, docker: DockerClient): Promise<CreateResult> {
+  const started = Date.now();
+  const existing = await docker.inspectContainer(request.sandboxId);
+  if (existing) return { containerId: await adopt(docker, existing, request.sandboxId), hostMs: Date.now() - started };
+
+  let networkName = 'none';
+  if (request.network !== 'none') {
+    const { ensureSandboxNetwork } = await import('./network');
+    networkName = (await ensureSandboxNetwork(config, docker)).name;
+  }
+  await ensureImage(docker, request.image);
+
+  const ctx = { config, sandboxId: request.sandboxId, storage: request.storage };
+  const { home, hotSync } = await prepareHome(ctx);
+  const cold = await attachCold(ctx);
+
+  let containerId: string;
+  try {
+    ({ Id: containerId } = await docker.createContainer(request.sandboxId, containerSpec(request, config, { home, cold }, networkName)));
+  } catch (error) {
+    // A concurrent create of the same sandbox won the name: answer its container.
+    if (error instanceof DockerApiError && error.statusCode === 409) {
+      const winner = await docker.inspectContainer(request.sandboxId);
+      if (winner) return { containerId: await adopt(docker, winner, request.sandboxId), hostMs: Date.now() - started };
+    }
+    throw error;
+  }
+  try {
+    await docker.startContainer(containerId);
+  } catch (error) {
+    // Leave nothing half-made behind: a retry starts clean.
+    try {
+      await docker.removeContainer(containerId, true);
+    } catch (cleanupError) {
+      throw new HostAgentError('docker_error', `${(error as Error).message}; removing the unstarted container also failed: ${(cleanupError as Error).message}`);
+    }
+    throw error;
+  }
+  return { containerId, hostMs: Date.now() - started, ...(hotSync ? { hotSync } : {}) };
+}

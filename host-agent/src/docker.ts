@@ -1,0 +1,227 @@
+/**
+ * A thin, typed client for the Docker Engine API over its unix socket.
+ *
+ * Uses docker-modem (dockerode's transport) directly: dockerode itself loads
+ * @grpc/grpc-js and protobufjs at require time for BuildKit sessions we never
+ * use, which costs ~40 ms on every exec and breaks when bundled to ESM
+ * (protobufjs reads __dirname). Types come from @types/dockerode.
+ */
+import type { IncomingMessage } from 'node:http';
+import Modem from 'docker-modem';
+import type {
+  ContainerCreateOptions,
+  ContainerInfo,
+  ContainerInspectInfo,
+  ExecInspectInfo,
+  NetworkInspectInfo,
+} from 'dockerode';
+import { HostAgentError } from './errors';
+
+/** An Engine API answer outside 2xx/304. */
+export class DockerApiError extends HostAgentError {
+  constructor(
+    readonly statusCode: number,
+    message: string,
+  ) {
+    super(statusCode === 404 ? 'not_found' : 'docker_error', message);
+    this.name = 'DockerApiError';
+  }
+}
+
+export interface ExecCreateOptions {
+  Cmd: string[];
+  User?: string;
+  Env?: string[];
+  WorkingDir?: string;
+  AttachStdout: boolean;
+  AttachStderr: boolean;
+}
+
+export interface NetworkCreateOptions {
+  Name: string;
+  Driver: string;
+  CheckDuplicate?: boolean;
+  Internal?: boolean;
+  Options?: Record<string, string>;
+  Labels?: Record<string, string>;
+}
+
+type Query = Record<string, string | number | boolean>;
+
+const okStatuses = { 200: true, 201: true, 204: true, 304: true } as const;
+
+function describeFailure(error: unknown, what: string): HostAgentError {
+  const e = error as { statusCode?: number; json?: { message?: string } | Buffer | string; message?: string; code?: string };
+  if (typeof e?.statusCode === 'number') {
+    const detail =
+      e.json && typeof e.json === 'object' && !Buffer.isBuffer(e.json) && e.json.message
+        ? e.json.message
+        : String(e.json ?? e.message ?? '').trim();
+    return new DockerApiError(e.statusCode, `${what}: ${detail || `HTTP ${e.statusCode}`}`);
+  }
+  if (e?.code === 'ENOENT' || e?.code === 'ECONNREFUSED' || e?.code === 'EACCES') {
+    return new HostAgentError('docker_error', `${what}: cannot reach the Docker engine socket (${e.code}); is dockerd running?`);
+  }
+  return new HostAgentError('docker_error', `${what}: ${e?.message ?? String(error)}`);
+}
+
+export class DockerClient {
+  private readonly modem: Modem;
+
+  constructor(readonly socketPath: string) {
+    this.modem = new Modem({ socketPath });
+  }
+
+  private call<T>(
+    method: string,
+    path: string,
+    what: string,
+    { query, body, stream = false }: { query?: Query; body?: unknown; stream?: boolean } = {},
+  ): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.modem.dial(
+        {
+          method,
+          // docker-modem appends `_query` only to a path ending in '?', and sends
+          // `_body` as a POST's JSON body (an empty object means no body).
+          path: query ? `${path}?` : path,
+          statusCodes: okStatuses,
+          isStream: stream,
+          options: { _query: query ?? {}, _body: body ?? {} },
+        },
+        (error, data) => (error ? reject(describeFailure(error, what)) : resolve(data as T)),
+      );
+    });
+  }
+
+  ping(): Promise<unknown> {
+    return this.call('GET', '/_ping', 'ping the Docker engine');
+  }
+
+  /** Inspects a container by name or id; `undefined` when there is none. */
+  async inspectContainer(nameOrId: string): Promise<ContainerInspectInfo | undefined> {
+    try {
+      return await this.call<ContainerInspectInfo>('GET', `/containers/${encodeURIComponent(nameOrId)}/json`, `inspect container ${nameOrId}`);
+    } catch (error) {
+      if (error instanceof DockerApiError && error.statusCode === 404) return undefined;
+      throw error;
+    }
+  }
+
+  listContainers(filters: Record<string, string[]>, all = true): Promise<ContainerInfo[]> {
+    return this.call('GET', '/containers/json', 'list containers', { query: { all, filters: JSON.stringify(filters) } });
+  }
+
+  createContainer(name: string, options: ContainerCreateOptions): Promise<{ Id: string; Warnings: string[] }> {
+    return this.call('POST', '/containers/create', `create container ${name}`, { query: { name }, body: options });
+  }
+
+  startContainer(id: string): Promise<unknown> {
+    return this.call('POST', `/containers/${encodeURIComponent(id)}/start`, `start container ${id}`);
+  }
+
+  /** SIGTERM, then SIGKILL after `graceSeconds`; a stopped container is not an error (304). */
+  stopContainer(id: string, graceSeconds: number): Promise<unknown> {
+    return this.call('POST', `/containers/${encodeURIComponent(id)}/stop`, `stop container ${id}`, { query: { t: graceSeconds } });
+  }
+
+  killContainer(id: string): Promise<unknown> {
+    return this.call('POST', `/containers/${encodeURIComponent(id)}/kill`, `kill container ${id}`, { query: { signal: 'SIGKILL' } });
+  }
+
+  removeContainer(id: string, force: boolean): Promise<unknown> {
+    return this.call('DELETE', `/containers/${encodeURIComponent(id)}`, `remove container ${id}`, { query: { force, v: true } });
+  }
+
+  inspectImage(name: string): Promise<{ Id: string }> {
+    return this.call('GET', `/images/${encodeURIComponent(name)}/json`, `inspect image ${name}`);
+  }
+
+  /** Pulls an image and waits for the pull to finish. */
+  async pullImage(name: string): Promise<void> {
+    const response = await this.call<IncomingMessage>('POST', '/images/create', `pull image ${name}`, {
+      query: { fromImage: name },
+      stream: true,
+    });
+    let last = '';
+    for await (const chunk of response) last += String(chunk);
+    // The engine answers 200 and reports failures as the stream's last JSON message.
+    const tail = last.trim().split('\n').at(-1) ?? '';
+    if (tail.includes('"error"')) throw new HostAgentError('docker_error', `pull image ${name}: ${tail}`);
+  }
+
+  createExec(containerId: string, options: ExecCreateOptions): Promise<{ Id: string }> {
+    return this.call('POST', `/containers/${encodeURIComponent(containerId)}/exec`, `create exec in ${containerId}`, { body: options });
+  }
+
+  /** Starts an exec and returns its multiplexed stdout/stderr stream (Tty off). */
+  startExec(execId: string): Promise<IncomingMessage> {
+    return this.call('POST', `/exec/${execId}/start`, `start exec ${execId}`, {
+      body: { Detach: false, Tty: false },
+      stream: true,
+    });
+  }
+
+  inspectExec(execId: string): Promise<ExecInspectInfo> {
+    return this.call('GET', `/exec/${execId}/json`, `inspect exec ${execId}`);
+  }
+
+  async inspectNetwork(name: string): Promise<NetworkInspectInfo | undefined> {
+    try {
+      return await this.call<NetworkInspectInfo>('GET', `/networks/${encodeURIComponent(name)}`, `inspect network ${name}`);
+    } catch (error) {
+      if (error instanceof DockerApiError && error.statusCode === 404) return undefined;
+      throw error;
+    }
+  }
+
+  createNetwork(options: NetworkCreateOptions): Promise<{ Id: string }> {
+    return this.call('POST', '/networks/create', `create network ${options.Name}`, { body: options });
+  }
+
+  removeNetwork(id: string): Promise<unknown> {
+    return this.call('DELETE', `/networks/${encodeURIComponent(id)}`, `remove network ${id}`);
+  }
+}
+
+/**
+ * Splits Docker's multiplexed stream (8-byte header: stream type, 3 zero
+ * bytes, big-endian payload length) into stdout and stderr payloads.
+ */
+export class DockerStreamDemuxer {
+  private pending: Buffer = Buffer.alloc(0);
+  private raw = false;
+
+  constructor(
+    private readonly onStdout: (chunk: Buffer) => void,
+    private readonly onStderr: (chunk: Buffer) => void,
+  ) {}
+
+  push(chunk: Buffer): void {
+    // After a header that is not one (the engine writes some errors unframed), pass bytes through as stdout.
+    if (this.raw) return this.onStdout(chunk);
+    this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
+    while (this.pending.length >= 8) {
+      const type = this.pending[0]!;
+      if (type > 2 || this.pending[1] !== 0 || this.pending[2] !== 0 || this.pending[3] !== 0) {
+        this.raw = true;
+        this.onStdout(this.pending);
+        this.pending = Buffer.alloc(0);
+        return;
+      }
+      const size = this.pending.readUInt32BE(4);
+      if (this.pending.length < 8 + size) break;
+      const payload = this.pending.subarray(8, 8 + size);
+      this.pending = this.pending.subarray(8 + size);
+      if (type === 2) this.onStderr(payload);
+      else this.onStdout(payload);
+    }
+  }
+
+  /** At the end of the stream: a short unframed tail (an engine error) is stdout; a cut-off frame is dropped. */
+  end(): void {
+    const looksFramed = this.pending.length > 0 && this.pending[0]! <= 2 && this.pending.subarray(1, 4).every((b) => b === 0);
+    if (this.pending.length > 0 && !looksFramed) this.onStdout(this.pending);
+    this.pending = Buffer.alloc(0);
+  }
+}

@@ -1,0 +1,70 @@
+/**
+ * The fixed bash program every exec runs. The caller's command never becomes
+ * shell text on the host: it travels as argv elements, is reassembled inside
+ * the container with printf, and is eval'ed by the same login shell that cd'ed
+ * into the working directory, so `cd` sticks and `exit` behaves as in `bash -lc`.
+ *
+ * The final working directory leaves through a side channel: a dup of stderr
+ * taken before the command runs (so its redirections cannot move it), carrying
+ * a record framed by a per-exec random nonce:
+ *   \x1f <nonce> : <byte length of $PWD> : <$PWD> \n
+ */
+
+/** bash's byte length of $PWD (under LC_ALL=C); kept out of the template so JS does not read it. */
+const pwdByteLength = '${#PWD}';
+
+const wrapperScript = String.raw`__sbx_nonce=$1 __sbx_cwd=$2
+shift 2
+printf -v __sbx_cmd %s "$@"
+set --
+exec {__sbx_fd}>&2
+__sbx_reported=
+__sbx_report() {
+  [ -n "$__sbx_reported" ] && return
+  __sbx_reported=1
+  local LC_ALL=C
+  printf '\037%s:%d:%s\n' "$__sbx_nonce" "${pwdByteLength}" "$PWD" >&"$__sbx_fd"
+}
+CDPATH= cd -- "$__sbx_cwd" || exit
+unset __sbx_cwd
+trap '__sbx_status=$?; __sbx_report; exit "$__sbx_status"' EXIT
+eval "$__sbx_cmd"
+__sbx_status=$?
+__sbx_report
+exit "$__sbx_status"
+`;
+
+/** Largest command accepted: argv+env must stay under the kernel's ARG_MAX (2 MiB with an 8 MiB stack). */
+export const maxCommandBytes = 1024 * 1024;
+
+/** Each argv element must stay under MAX_ARG_STRLEN (128 KiB); 32,000 UTF-16 units is at most 96,000 bytes. */
+const chunkUnits = 32_000;
+
+/** Splits a string into pieces of at most `chunkUnits` UTF-16 units, never inside a surrogate pair. */
+export function splitCommand(command: string): string[] {
+  const chunks: string[] = [];
+  let start = 0;
+  while (start < command.length) {
+    let end = Math.min(start + chunkUnits, command.length);
+    const last = command.charCodeAt(end - 1);
+    if (end < command.length && last >= 0xd800 && last <= 0xdbff) end -= 1;
+    chunks.push(command.slice(start, end));
+    start = end;
+  }
+  return chunks;
+}
+
+/** The marker prefix the wrapper writes before the final working directory. */
+export function cwdMarkerPrefix(nonce: string): Buffer {
+  return Buffer.from(`\x1f${nonce}:`, 'latin1');
+}
+
+/**
+ * The exec's argv: `bash -l -c <wrapper> bash <nonce> <cwd> <command pieces...>`.
+ *
+ * @example
+ *   execArgv('6f1c...', '/home/agent', 'ls -la "$HOME"')
+ */
+export function execArgv(nonce: string, cwd: string, command: string): string[] {
+  return ['/bin/bash', '-l', '-c', wrapperScript, 'bash', nonce, cwd, ...splitCommand(command)];
+}

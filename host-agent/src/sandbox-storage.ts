@@ -1,0 +1,138 @@
+/**
+ * The one place the lifecycle verbs touch the storage tiers
+ * (host-agent/src/storage):
+ *   hot  = /home/agent, a real directory on the host's disk, synced with S3
+ *          (down at create, up at pause / sync / graceful destroy);
+ *   cold = /data/cold, a FUSE mount of an S3 prefix made on the host
+ *          (mounted at create and resume, unmounted at pause and destroy).
+ * A sandbox created without a storage spec gets an empty home, an empty
+ * directory at /data/cold, and no sync.
+ */
+import { existsSync } from 'node:fs';
+import { chown, mkdir, readFile, rm } from 'node:fs/promises';
+import { sandboxPaths, type HostConfig } from './config';
+import { HostAgentError } from './errors';
+import type { StorageSpec, SyncReport } from './protocol';
+import { coldMountDriverFromEnv, createS3Client, hotSyncDown, hotSyncUp, mountCold, unmountCold, type HotSyncReport } from './storage/index';
+
+export interface SandboxStorageContext {
+  config: HostConfig;
+  sandboxId: string;
+  storage?: StorageSpec | undefined;
+}
+
+/** The protocol's report only: the storage report's list of unsynced paths could outgrow SSM's output cap. */
+function toSyncReport(report: HotSyncReport): SyncReport {
+  const { uploaded, downloaded, deleted, skipped, bytes, ms } = report;
+  return { uploaded, downloaded, deleted, skipped, bytes, ms };
+}
+
+async function withS3<T>(fn: (s3: ReturnType<typeof createS3Client>) => Promise<T>): Promise<T> {
+  const s3 = createS3Client();
+  try {
+    return await fn(s3);
+  } finally {
+    s3.destroy();
+  }
+}
+
+function hotOptions(ctx: SandboxStorageContext, storage: StorageSpec, s3: ReturnType<typeof createS3Client>) {
+  const paths = sandboxPaths(ctx.config, ctx.sandboxId);
+  return {
+    s3,
+    bucket: storage.bucket,
+    prefix: storage.hotPrefix,
+    dir: paths.home,
+    uid: ctx.config.sandboxUid,
+    gid: ctx.config.sandboxGid,
+    quotaBytes: storage.hotQuotaBytes,
+    // Outside the home: the sandbox must not be able to edit what we think we synced.
+    stateFile: paths.hotManifest,
+  };
+}
+
+/**
+ * Makes the sandbox's home directory (owned by the sandbox user) and fills it
+ * from S3. A create retried after a completed sync-down reuses that home.
+ */
+export async function prepareHome(ctx: SandboxStorageContext): Promise<{ home: string; hotSync?: SyncReport }> {
+  const { home, hotManifest } = sandboxPaths(ctx.config, ctx.sandboxId);
+  const storage = ctx.storage;
+  if (!storage || existsSync(hotManifest)) {
+    await mkdir(home, { recursive: true, mode: 0o755 });
+    await chownTo(home, ctx.config);
+    return { home };
+  }
+  const report = await withS3((s3) => hotSyncDown(hotOptions(ctx, storage, s3)));
+  return { home, hotSync: toSyncReport(report) };
+}
+
+/** The host directory to bind at /data/cold: the cold tier's FUSE mount, or an empty directory. */
+export async function attachCold(ctx: SandboxStorageContext): Promise<string> {
+  const { cold } = sandboxPaths(ctx.config, ctx.sandboxId);
+  await mkdir(cold, { recursive: true, mode: 0o755 });
+  if (!ctx.storage) {
+    await chownTo(cold, ctx.config);
+    return cold;
+  }
+  await mountCold({
+    driver: coldMountDriverFromEnv(),
+    bucket: ctx.storage.bucket,
+    prefix: ctx.storage.coldPrefix,
+    mountPoint: cold,
+    uid: ctx.config.sandboxUid,
+    gid: ctx.config.sandboxGid,
+  });
+  return cold;
+}
+
+/** Uploads the home's changes to S3; `undefined` when there is no storage spec or no home left. */
+export async function syncHomeUp(ctx: SandboxStorageContext): Promise<SyncReport | undefined> {
+  const storage = ctx.storage;
+  if (!storage) return undefined;
+  // A destroy retried after the state was already removed has nothing left to sync.
+  if (!existsSync(sandboxPaths(ctx.config, ctx.sandboxId).home)) return undefined;
+  return toSyncReport(await withS3((s3) => hotSyncUp(hotOptions(ctx, storage, s3))));
+}
+
+/** Unmounts the cold tier if it is mounted (force: lazily, even when busy). Idempotent. */
+export async function detachCold(ctx: SandboxStorageContext, options: { force: boolean }): Promise<void> {
+  const { cold } = sandboxPaths(ctx.config, ctx.sandboxId);
+  if (!existsSync(cold) || (await mountsUnder(cold)).length === 0) return;
+  await unmountCold(cold, { force: options.force });
+}
+
+/** Mount points at or below `dir`, from /proc/self/mountinfo (octal escapes decoded). */
+export async function mountsUnder(dir: string): Promise<string[]> {
+  const mountinfo = await readFile('/proc/self/mountinfo', 'utf8');
+  const decode = (field: string) => field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)));
+  return mountinfo
+    .split('\n')
+    .map((line) => decode(line.split(' ')[4] ?? ''))
+    .filter((mountPoint) => mountPoint === dir || mountPoint.startsWith(dir + '/'));
+}
+
+/**
+ * Removes everything the host kept for the sandbox (call only after its home
+ * was synced, or when it is being discarded). Refuses while anything is still
+ * mounted below it: a recursive delete would walk into the cold tier's bucket.
+ */
+export async function removeSandboxState(ctx: SandboxStorageContext): Promise<void> {
+  const { root } = sandboxPaths(ctx.config, ctx.sandboxId);
+  const mounted = await mountsUnder(root);
+  if (mounted.length > 0) {
+    throw new HostAgentError('storage_error', `not removing ${root}: ${mounted.join(', ')} still mounted; unmount it and retry`);
+  }
+  await rm(root, { recursive: true, force: true });
+}
+
+async function chownTo(path: string, config: HostConfig): Promise<void> {
+  try {
+    await chown(path, config.sandboxUid, config.sandboxGid);
+  } catch (error) {
+    throw new HostAgentError(
+      'internal_error',
+      `cannot give ${path} to ${config.sandboxUid}:${config.sandboxGid}: ${(error as Error).message} (the host-agent must run as root)`,
+    );
+  }
+}
