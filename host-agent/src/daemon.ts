@@ -7,6 +7,9 @@
  *     destroy that never reached the host) is removed after a grace period;
  *   - a live record whose container vanished is marked failed.
  */
+import { chmodSync, mkdirSync, rmSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import { dirname } from 'node:path';
 import { QueryCommand } from '@aws-sdk/lib-dynamodb';
 import { dynamo } from '../../lambdas/shared/clients/dynamodb';
 import { config as controlPlaneConfig } from '../../lambdas/shared/config';
@@ -16,11 +19,12 @@ import type { SandboxRecord } from '../../lambdas/shared/sandbox-record';
 import { getSandbox } from '../../lambdas/shared/sandbox-store';
 import { markEnded, storageFor } from '../../lambdas/shared/sandboxes';
 import { sandboxesTable } from '../../lambdas/shared/tables';
-import { loadHostConfig } from './config';
+import { applyEnvFile, loadHostConfig } from './config';
 import { DockerClient } from './docker';
+import { envelopeLine, runHostAgent } from './invocation';
 import { destroySandbox, syncSandbox } from './lifecycle';
 import { ensureSandboxNetwork } from './network';
-import { containerLabels, ownerLabelValue } from './protocol';
+import { containerLabels, hostVerbs, ownerLabelValue } from './protocol';
 
 const agentVersion = '0.1.0';
 
@@ -33,6 +37,8 @@ function seconds(name: string, fallback: number): number {
 
 export interface DaemonSettings {
   hostId: string;
+  /** Unix socket on which the daemon runs host-agent verbs for bin/host-agent. */
+  agentSocket: string;
   slots: number;
   heartbeatSeconds: number;
   reconcileGraceSeconds: number;
@@ -44,6 +50,7 @@ export function daemonSettings(): DaemonSettings {
   if (!/^(i|mi)-[0-9a-f]{8,17}$/.test(hostId)) throw new Error(`HOST_ID must be an EC2 or SSM managed instance id, got "${hostId}"`);
   return {
     hostId,
+    agentSocket: process.env.AGENT_SOCKET || '/run/ephemeral-sandbox/agent.sock',
     slots: seconds('HOST_SLOTS', 8),
     heartbeatSeconds: seconds('HOST_HEARTBEAT_SECONDS', 15),
     reconcileGraceSeconds: seconds('RECONCILE_GRACE_SECONDS', 60),
@@ -146,6 +153,40 @@ async function syncRunningSandboxes(s: DaemonSettings, docker: DockerClient): Pr
   }
 }
 
+/**
+ * Serves host-agent verbs on a root-only unix socket: POST /v1/<verb> with
+ * the request argument (`b64:...` or `s3:...`) as the body answers the same
+ * envelope line the CLI prints. The SSM command's wrapper (bin/host-agent)
+ * uses it so a call costs a curl, not a Node start.
+ */
+export async function serveAgentSocket(path: string): Promise<Server> {
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  rmSync(path, { force: true });
+  const server = createServer(async (req, res) => {
+    const verb = /^\/v1\/([a-z]+)$/.exec(req.url ?? '')?.[1];
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of req) {
+      size += (chunk as Buffer).length;
+      if (size > 1024 * 1024) break;
+      chunks.push(chunk as Buffer);
+    }
+    if (req.method !== 'POST' || !verb || !(hostVerbs as readonly string[]).includes(verb) || size > 1024 * 1024) {
+      res.writeHead(404, { 'Content-Type': 'text/plain' }).end('unknown verb\n');
+      return;
+    }
+    const envelope = await runHostAgent([verb, Buffer.concat(chunks).toString('utf8')]);
+    res.writeHead(200, { 'Content-Type': 'application/json' }).end(envelopeLine(envelope));
+  });
+  server.requestTimeout = 0; // execs run up to their own timeout
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(path, () => resolve());
+  });
+  chmodSync(path, 0o600);
+  return server;
+}
+
 /** Runs `fn` every `ms`, never overlapping itself, logging (not swallowing) failures. */
 function every(ms: number, name: string, fn: () => Promise<unknown>): () => void {
   let stopped = false;
@@ -170,8 +211,9 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
   const docker = new DockerClient(hostConfig.dockerSocket);
   const network = await ensureSandboxNetwork(hostConfig, docker);
   logger.info('daemon: sandbox network ready', { network });
+  const socket = await serveAgentSocket(s.agentSocket);
   await registerHost({ hostId: s.hostId, capacity: s.slots, agentVersion });
-  logger.info('daemon: host registered', { hostId: s.hostId, slots: s.slots });
+  logger.info('daemon: host registered', { hostId: s.hostId, slots: s.slots, agentSocket: s.agentSocket });
 
   const stops = [
     every(s.heartbeatSeconds * 1000, 'heartbeat', async () => {
@@ -185,10 +227,15 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
     }),
   ];
   if (s.hotSyncIntervalSeconds > 0) stops.push(every(s.hotSyncIntervalSeconds * 1000, 'hot sync', () => syncRunningSandboxes(s, docker)));
-  return () => stops.forEach((stop) => stop());
+  return () => {
+    stops.forEach((stop) => stop());
+    socket.close();
+    rmSync(s.agentSocket, { force: true });
+  };
 }
 
 if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith('host-agent-daemon.mjs')) {
+  applyEnvFile(); // /etc/ephemeral-sandbox/host.env on AWS hosts; the real environment wins
   const stop = await runDaemon();
   const shutdown = () => {
     stop();

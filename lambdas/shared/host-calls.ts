@@ -16,6 +16,9 @@ export function hosts(): HostDispatcher {
     s3: s3(),
     bucket: config().bucket,
     hostAgentCommand: config().hostAgentCommand,
+    // Interactive exec: notice a finished command within tens of ms.
+    pollInitialMs: 10,
+    pollMaxMs: 250,
   });
   return dispatcher;
 }

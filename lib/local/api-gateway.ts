@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
-import { allows, decide } from '../../lambdas/shared/authorize';
+import { allows, decide, type Decision } from '../../lambdas/shared/authorize';
 import { errorResponse } from '../../lambdas/shared/http';
 import { ApiError } from '../../lambdas/shared/errors';
 import { routes, type HandlerName, type Route } from '../../lambdas/shared/routes';
@@ -93,8 +93,50 @@ function lambdaContext(name: string, requestId: string): Context {
   };
 }
 
+/** API Gateway's authorizer result cache: one decision per key for `ttlMs`. */
+class DecisionCache {
+  private readonly entries = new Map<string, { decision: Decision; expires: number }>();
+  constructor(private readonly ttlMs: number) {}
+  async get(key: string | undefined, methodArn: string): Promise<Decision> {
+    // Like API Gateway, the cache is keyed by the identity source (the key) only.
+    if (this.ttlMs <= 0 || key === undefined) return decide(key, methodArn);
+    const hit = this.entries.get(key);
+    if (hit && hit.expires > Date.now()) return hit.decision;
+    const decision = await decide(key, methodArn);
+    if (this.entries.size > 10_000) this.entries.clear();
+    this.entries.set(key, { decision, expires: Date.now() + this.ttlMs });
+    return decision;
+  }
+}
+
+/** A usage plan's throttle, per caller: a token bucket of `rate` per second with `burst`. */
+class Throttle {
+  private readonly buckets = new Map<string, { tokens: number; at: number }>();
+  constructor(
+    private readonly rate: number,
+    private readonly burst: number,
+  ) {}
+  /** Seconds to wait, or 0 when the request may go. */
+  take(principal: string): number {
+    if (this.rate <= 0) return 0;
+    const now = Date.now();
+    const b = this.buckets.get(principal) ?? { tokens: this.burst, at: now };
+    b.tokens = Math.min(this.burst, b.tokens + ((now - b.at) / 1000) * this.rate);
+    b.at = now;
+    this.buckets.set(principal, b);
+    if (b.tokens < 1) return Math.max(1, Math.ceil((1 - b.tokens) / this.rate));
+    b.tokens -= 1;
+    return 0;
+  }
+}
+
 export async function startLocalApi(o: {
   port: number;
+  /** Authorizer result cache TTL, as the deployed API's. @default 300 */
+  authorizerCacheSeconds?: number;
+  /** Usage-plan throttle per tenant (requests per second, burst); 0 turns it off. @default 50, 100 */
+  rateLimit?: number;
+  burstLimit?: number;
   host?: string;
   /** More addresses to listen on (same port), e.g. the sandbox network gateway. */
   extraHosts?: string[];
@@ -109,6 +151,9 @@ export async function startLocalApi(o: {
     if (!h) cache.set(name, (h = load(name)));
     return h;
   };
+
+  const decisions = new DecisionCache((o.authorizerCacheSeconds ?? 300) * 1000);
+  const throttle = new Throttle(o.rateLimit ?? 50, o.burstLimit ?? 100);
 
   const onRequest = async (req: IncomingMessage, res: ServerResponse) => {
     const requestId = randomUUID();
@@ -151,11 +196,15 @@ export async function startLocalApi(o: {
     if (match.route.auth !== 'none') {
       const key = Object.entries(headers).find(([k]) => k.toLowerCase() === 'x-api-key')?.[1];
       try {
-        const decision = await decide(key, methodArn);
+        const decision = await decisions.get(key, methodArn);
         if (decision.effect === 'unauthorized') return send(res, gatewayError(401, 'missing_api_key', 'the X-API-Key header is required'));
         if (decision.effect === 'deny') return send(res, gatewayError(403, 'invalid_api_key', 'the API key is not valid'));
         if (!allows(decision.resources, methodArn)) {
           return send(res, gatewayError(403, 'forbidden', 'this key may not call this route'));
+        }
+        const wait = throttle.take(decision.context.tenant_id);
+        if (wait > 0) {
+          return send(res, errorResponse(new ApiError(429, 'too_many_requests', 'request rate over the limit for this tenant; slow down', { 'Retry-After': String(wait) })));
         }
         authorizer = { ...decision.context, principalId: decision.principalId };
       } catch (err) {

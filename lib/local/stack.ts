@@ -42,6 +42,10 @@ export interface LocalStackOptions {
   env?: Record<string, string>;
   /** SSM endpoint's InvocationDoesNotExist window after SendCommand. @default 0 */
   ssmInvisibleMs?: number;
+  /** Authorizer cache TTL like API Gateway's. @default AUTHORIZER_CACHE_SECONDS or 300 */
+  authorizerCacheSeconds?: number;
+  /** Per-tenant request rate (usage plan). @default TENANT_RATE_LIMIT or 50 */
+  rateLimit?: number;
 }
 
 export interface LocalStack {
@@ -105,7 +109,10 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
       ...Object.fromEntries(tables.map((t) => [t.envVar, t.id.toLowerCase()])),
       STORAGE_BUCKET: 'ephemeral-sandbox-local',
       SANDBOX_IMAGE: process.env.SANDBOX_IMAGE ?? 'ephemeral-sandbox:latest',
-      HOST_AGENT_COMMAND: `${process.execPath} ${join(repoRoot, 'dist', 'host-agent.mjs')}`,
+      HOST_AGENT_COMMAND: join(repoRoot, 'host-agent', 'bin', 'host-agent'),
+      HOST_AGENT_BUNDLE: join(repoRoot, 'dist', 'host-agent.mjs'),
+      NODE_BINARY: process.execPath,
+      AGENT_SOCKET: join(stateDir, 'agent.sock'),
       SANDBOX_API_URL: sandboxApiUrl,
       HOST_ID: hostId,
       HOST_SLOTS: String(o.slots ?? 16),
@@ -156,7 +163,13 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
     cleanups.push(stopDaemon);
     await waitForHost(hostId);
 
-    const api = await startLocalApi({ port, extraHosts: [gateway] });
+    const api = await startLocalApi({
+      port,
+      extraHosts: [gateway],
+      authorizerCacheSeconds: o.authorizerCacheSeconds ?? Number(process.env.AUTHORIZER_CACHE_SECONDS ?? 300),
+      rateLimit: o.rateLimit ?? Number(process.env.TENANT_RATE_LIMIT ?? 50),
+      burstLimit: Number(process.env.TENANT_BURST_LIMIT ?? 100),
+    });
     cleanups.push(() => api.close());
 
     let reaping: Promise<ReapReport> | undefined;
