@@ -11,10 +11,12 @@
  * Node process from an esbuild bundle, as the host-agent runs on a host, so it
  * pays process start and SDK load just as `aws` pays Python's start; that is
  * the figure the ratio uses. `ours (in-process)` is the sync alone.
+ * CPU seconds (the client's, and s3rver's) are printed too: on a shared
+ * machine they vary less than wall time.
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { cp, mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -82,10 +84,10 @@ async function main(): Promise<void> {
       AWS_EC2_METADATA_DISABLED: 'true',
       AWS_PAGER: '',
     };
-    const times = new Map<string, number[]>();
-    const record = (op: Op, tool: Tool, ms: number) => {
+    const samples = new Map<string, Sample[]>();
+    const record = (op: Op, tool: Tool, sample: Sample) => {
       const key = `${op}|${tool}`;
-      times.set(key, [...(times.get(key) ?? []), ms]);
+      samples.set(key, [...(samples.get(key) ?? []), sample]);
     };
 
     console.log(`hot sync benchmark: ${fileCount} files in ${dirCount} directories, ${(bytes / 1024 / 1024).toFixed(1)} MiB, against s3rver at ${endpoint.url}; ${rounds} round(s)`);
@@ -94,30 +96,33 @@ async function main(): Promise<void> {
       for (const tool of order) {
         const base = join(work, `r${round}`, tool.replace(/[^a-z]+/g, '-'));
         const prefix = `bench/r${round}/${tool.replace(/[^a-z]+/g, '-')}/`;
-        const timings = await runTool(tool, { base, prefix, source, endpoint: endpoint.url, runner, env });
-        for (const op of ops) record(op, tool, timings[op]);
+        const measured = await runTool(tool, { base, prefix, source, endpoint: endpoint.url, serverPid: endpoint.pid, runner, env });
+        for (const op of ops) record(op, tool, measured[op]);
       }
       process.stdout.write(`  round ${round} done\n`);
     }
 
     const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+    const med = (op: Op, tool: Tool, field: keyof Sample) => median(samples.get(`${op}|${tool}`)!.map((x) => x[field]));
     const rows = ops.map((op) => {
-      const ours = median(times.get(`${op}|ours (process)`)!);
-      const oursInProcess = median(times.get(`${op}|ours (in-process)`)!);
-      const aws = median(times.get(`${op}|aws s3 sync`)!);
-      return { op, ours, oursInProcess, aws, ratio: aws / ours };
+      const ours = med(op, 'ours (process)', 'wallMs');
+      const oursInProcess = med(op, 'ours (in-process)', 'wallMs');
+      const aws = med(op, 'aws s3 sync', 'wallMs');
+      return { op, ours, oursInProcess, aws, ratio: aws / ours, ratioInProcess: aws / oursInProcess };
     });
     const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
-    const table = [
-      ['operation', 'ours (process)', 'ours (in-process)', 'aws s3 sync', 'aws / ours'],
-      ...rows.map((r) => [r.op, seconds(r.ours), seconds(r.oursInProcess), seconds(r.aws), `${r.ratio.toFixed(1)}x`]),
-    ];
-    const widths = table[0]!.map((_, col) => Math.max(...table.map((row) => row[col]!.length)));
-    console.log('');
-    for (const row of table) console.log(row.map((cell, col) => cell.padEnd(widths[col]!)).join('  '));
-    console.log('');
+    printTable('wall time (median)', [
+      ['operation', 'ours (process)', 'ours (in-process)', 'aws s3 sync', 'aws / ours (process)', 'aws / ours (in-process)'],
+      ...rows.map((r) => [r.op, seconds(r.ours), seconds(r.oursInProcess), seconds(r.aws), `${r.ratio.toFixed(1)}x`, `${r.ratioInProcess.toFixed(1)}x`]),
+    ]);
+    printTable('CPU time, client / s3rver (median)', [
+      ['operation', ...tools],
+      ...ops.map((op) => [op, ...tools.map((tool) => `${seconds(med(op, tool, 'clientCpuMs'))} / ${seconds(med(op, tool, 'serverCpuMs'))}`)]),
+    ]);
+    const loadAverage = (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).join(' ');
+    console.log(`load average at the end: ${loadAverage} (on ${(await readFile('/proc/cpuinfo', 'utf8')).match(/^processor/gm)?.length ?? '?'} CPUs): other work on the machine slows every column`);
     const goal = rows.filter((r) => r.op !== 'up, nothing changed').every((r) => r.ratio >= 2);
-    console.log(`goal (down and up at least 2x faster than aws s3 sync): ${goal ? 'met' : 'NOT met'}`);
+    console.log(`goal (down and up at least 2x faster than aws s3 sync, process against process): ${goal ? 'met' : 'NOT met'}`);
     console.log(`ours: ${defaultSyncConcurrency} parallel transfers, uploads also store ${dirCount} directory markers; aws: awscli defaults (10 parallel requests)`);
   } finally {
     await endpoint.close();
@@ -142,23 +147,51 @@ async function generateHome(dir: string): Promise<number> {
   return written;
 }
 
+function printTable(title: string, table: string[][]): void {
+  const widths = table[0]!.map((_, col) => Math.max(...table.map((row) => row[col]!.length)));
+  console.log(`\n${title}`);
+  for (const row of table) console.log('  ' + row.map((cell, col) => cell.padEnd(widths[col]!)).join('  '));
+}
+
 interface ToolRun {
   base: string;
   prefix: string;
   source: string;
   endpoint: string;
+  serverPid: number;
   runner: string;
   env: NodeJS.ProcessEnv;
 }
 
-/** Up (fresh prefix), up again with nothing changed, then down (fresh directory); returns ms per op. */
-async function runTool(tool: Tool, r: ToolRun): Promise<Record<Op, number>> {
+interface Sample {
+  wallMs: number;
+  /** This process plus its waited-for children (the runner, aws). */
+  clientCpuMs: number;
+  serverCpuMs: number;
+}
+
+/** CPU ms from /proc/<pid>/stat: own (utime+stime) and reaped children's (cutime+cstime). */
+async function procCpu(pid: number | 'self'): Promise<{ own: number; children: number }> {
+  const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ').map(Number);
+  const tickMs = 10; // USER_HZ is 100 on Linux
+  return { own: (fields[11]! + fields[12]!) * tickMs, children: (fields[13]! + fields[14]!) * tickMs };
+}
+
+/** Up (fresh prefix), up again with nothing changed, then down (fresh directory); measures each. */
+async function runTool(tool: Tool, r: ToolRun): Promise<Record<Op, Sample>> {
   const home = join(r.base, 'home');
   const restored = join(r.base, 'restored');
-  const timed = async (fn: () => Promise<unknown>) => {
+  const timed = async (fn: () => Promise<unknown>): Promise<Sample> => {
+    const [self, server] = [await procCpu('self'), await procCpu(r.serverPid)];
     const started = performance.now();
     await fn();
-    return performance.now() - started;
+    const wallMs = performance.now() - started;
+    const [selfAfter, serverAfter] = [await procCpu('self'), await procCpu(r.serverPid)];
+    return {
+      wallMs,
+      clientCpuMs: selfAfter.own - self.own + selfAfter.children - self.children,
+      serverCpuMs: serverAfter.own - server.own,
+    };
   };
 
   if (tool === 'aws s3 sync') {

@@ -34,6 +34,8 @@ export interface S3Endpoint {
   url: string;
   port: number;
   directory: string;
+  /** The s3rver process (e.g. to read its CPU time). */
+  pid: number;
   close(): Promise<void>;
 }
 
@@ -94,6 +96,7 @@ export async function startS3Endpoint(options: S3EndpointOptions): Promise<S3End
     url: `http://127.0.0.1:${port}`,
     port,
     directory,
+    pid: child.pid!,
     async close() {
       if (closed) return;
       closed = true;

@@ -20,9 +20,20 @@
  * Names S3 cannot carry (invalid UTF-8, control characters, keys over 1024 bytes)
  * are not synced and are listed in the report's `notSynced`.
  */
-import * as fsCallbacks from 'node:fs';
-import { constants as fsc, type Stats } from 'node:fs';
-import { chmod, lchown, lstat, lutimes, mkdir, readdir, rm, symlink } from 'node:fs/promises';
+import {
+  closeSync,
+  createReadStream,
+  constants as fsc,
+  fchmodSync,
+  fchownSync,
+  fstatSync,
+  futimesSync,
+  openSync,
+  rmSync,
+  writeSync,
+  type Stats,
+} from 'node:fs';
+import { chmod, lchown, lstat, lutimes, mkdir, readdir, symlink } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Readable } from 'node:stream';
@@ -36,22 +47,14 @@ import {
 import type { SyncReport } from '../protocol';
 import { QuotaExceededError, StorageError, SyncError, type FailedTransfer } from './errors';
 import {
-  asLocalChange,
   controlCharacter,
   DirDescriptors,
   errnoCode,
   errorMessage,
-  fdChmod,
-  fdChown,
-  fdClose,
-  fdOpen,
-  fdRead,
-  fdStat,
-  fdUtimes,
-  fdWrite,
-  beneath,
+  inMemoryFileBytes,
   LocalChangedError,
   openHomeRoot,
+  openRegularFile,
   walkHome,
   type HotEntryKind,
   type LocalEntry,
@@ -69,8 +72,6 @@ export const defaultSyncConcurrency = 32;
 /** Entries (files, links, directories) a home may hold: zero-byte files escape the byte quota. */
 export const defaultMaxEntries = 100_000;
 
-/** Files up to this size are read whole into memory; larger ones are streamed. */
-const inMemoryFileBytes = 8 * 1024 * 1024;
 /** At most this many not-synced paths are listed in a report (the total is counted). */
 const notSyncedListCap = 100;
 
@@ -229,7 +230,8 @@ export async function hotSyncUp(o: HotSyncOptions): Promise<HotSyncReport> {
     const report = emptyReport();
     const notSynced = new NotSyncedList(report);
     const manifest = await readManifest(cfg);
-    const root = await openHomeRoot(cfg.dir);
+    const root = openHomeRoot(cfg.dir);
+    const dirs = new DirDescriptors(root);
     try {
       const local = await walkHome(root, cfg, notSynced);
       let homeBytes = 0;
@@ -243,8 +245,6 @@ export async function hotSyncUp(o: HotSyncOptions): Promise<HotSyncReport> {
       }
 
       const toUpload: LocalEntry[] = [];
-      // Walk order keeps a directory's files together, so each directory is opened about once.
-      const dirs = new DirDescriptors(root);
       for (const e of local.values()) {
         if (isUnchanged(manifest.entries[e.relKey], e)) report.skipped += 1;
         else toUpload.push(e);
@@ -295,7 +295,8 @@ export async function hotSyncUp(o: HotSyncOptions): Promise<HotSyncReport> {
       }
       return report;
     } finally {
-      await fdClose(root);
+      dirs.close();
+      closeSync(root);
     }
   });
 }
@@ -410,39 +411,22 @@ async function uploadEntry(cfg: ResolvedOptions, dirs: DirDescriptors, e: LocalE
     );
     return { stat: e.stat, bytes: target.length, etag: res.ETag };
   }
-  const slash = e.rel.lastIndexOf('/');
-  const relDir = slash < 0 ? '' : e.rel.slice(0, slash);
-  const dirFd = await dirs.acquire(relDir);
+  const file = openRegularFile(dirs, e.rel);
+  if ('contents' in file) {
+    const res = await cfg.s3.send(
+      new PutObjectCommand({ Bucket: cfg.bucket, Key: cfg.prefix + e.relKey, Body: file.contents, ContentLength: file.stat.size, Metadata: objectMetadata(file.stat) }),
+    );
+    return { stat: file.stat, bytes: file.stat.size, etag: res.ETag };
+  }
   try {
-    // O_NONBLOCK: a file swapped for a FIFO must not block the open; fstat below rejects it unread.
-    const fd = await fdOpen(beneath(dirFd, e.rel.slice(slash + 1)), fsc.O_RDONLY | fsc.O_NONBLOCK | fsc.O_NOCTTY | fsc.O_NOFOLLOW).catch((err: unknown) => {
-      throw asLocalChange(e.rel, err);
-    });
-    try {
-      const st = await fdStat(fd);
-      if (!st.isFile()) throw new LocalChangedError(e.rel, 'no longer a regular file');
-      let body: Buffer | Readable;
-      if (st.size <= inMemoryFileBytes) {
-        body = Buffer.allocUnsafe(st.size);
-        let filled = 0;
-        while (filled < st.size) {
-          const { bytesRead } = await fdRead(fd, body, filled, st.size - filled, filled);
-          if (bytesRead === 0) throw new Error(`${e.rel} shrank while being read`);
-          filled += bytesRead;
-        }
-      } else {
-        // Bounded to the size we stat'ed: a file growing meanwhile cannot push past the quota.
-        body = fsCallbacks.createReadStream('', { fd, start: 0, end: st.size - 1, autoClose: false });
-      }
-      const res = await cfg.s3.send(
-        new PutObjectCommand({ Bucket: cfg.bucket, Key: cfg.prefix + e.relKey, Body: body, ContentLength: st.size, Metadata: objectMetadata(st) }),
-      );
-      return { stat: st, bytes: st.size, etag: res.ETag };
-    } finally {
-      await fdClose(fd);
-    }
+    // Bounded to the size we stat'ed: a file growing meanwhile cannot push past the quota.
+    const body = createReadStream('', { fd: file.fd, start: 0, end: file.stat.size - 1, autoClose: false });
+    const res = await cfg.s3.send(
+      new PutObjectCommand({ Bucket: cfg.bucket, Key: cfg.prefix + e.relKey, Body: body, ContentLength: file.stat.size, Metadata: objectMetadata(file.stat) }),
+    );
+    return { stat: file.stat, bytes: file.stat.size, etag: res.ETag };
   } finally {
-    dirs.release(relDir);
+    closeSync(file.fd);
   }
 }
 
@@ -588,36 +572,38 @@ async function downloadItem(cfg: ResolvedOptions, item: RemoteItem): Promise<Dow
     return { bytes: target.length, mode: storedMode, linkTarget: target, etag, mtimeMs };
   }
 
+  // Small bodies are received whole first, so the file is written with a few quick calls.
+  const source: Buffer | AsyncIterable<Buffer> =
+    body && (res.ContentLength ?? Infinity) <= inMemoryFileBytes ? Buffer.concat(await collect(body)) : ((body ?? []) as AsyncIterable<Buffer>);
   const path = join(cfg.dir, item.rel);
   // O_EXCL never follows a link and never reuses a file (a failed attempt removes its file below).
-  const fd = await fdOpen(path, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+  const fd = openSync(path, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
   let complete = false;
   try {
     let written = 0;
-    if (body) {
-      for await (const chunk of body as AsyncIterable<Buffer>) {
-        let offset = 0;
-        while (offset < chunk.length) {
-          const { bytesWritten } = await fdWrite(fd, chunk, offset, chunk.length - offset, written);
-          offset += bytesWritten;
-          written += bytesWritten;
-        }
+    const writeAll = (chunk: Buffer) => {
+      for (let offset = 0; offset < chunk.length; ) {
+        const bytesWritten = writeSync(fd, chunk, offset, chunk.length - offset, written);
+        offset += bytesWritten;
+        written += bytesWritten;
       }
-    }
+    };
+    if (Buffer.isBuffer(source)) writeAll(source);
+    else for await (const chunk of source) writeAll(chunk);
     if (res.ContentLength !== undefined && written !== res.ContentLength) {
       throw new Error(`got ${written} of ${res.ContentLength} bytes`);
     }
     const mode = Number.isInteger(storedMode) ? storedMode & 0o777 : 0o644;
-    await fdChown(fd, cfg.uid, cfg.gid);
-    await fdChmod(fd, mode);
-    if (mtimeMs !== undefined) await fdUtimes(fd, mtimeMs / 1000, mtimeMs / 1000);
-    const stat = await fdStat(fd);
+    fchownSync(fd, cfg.uid, cfg.gid);
+    fchmodSync(fd, mode);
+    if (mtimeMs !== undefined) futimesSync(fd, mtimeMs / 1000, mtimeMs / 1000);
+    const stat = fstatSync(fd);
     complete = true;
     return { bytes: written, mode, etag, mtimeMs, stat };
   } finally {
-    await fdClose(fd);
+    closeSync(fd);
     // A partial file must not stay: the retry (or the failure report) takes over.
-    if (!complete) await rm(path, { force: true });
+    if (!complete) rmSync(path, { force: true });
   }
 }
 

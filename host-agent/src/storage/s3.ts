@@ -42,6 +42,9 @@ export function createS3Client(options: S3ClientOptions = {}, env: NodeJS.Proces
     // S3-compatible stores) reject; S3 itself accepts both.
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
+    // Resolve each command's middleware stack once, not per request: a sync sends
+    // a thousand small requests (middleware must be added before the first send).
+    cacheMiddleware: true,
     requestHandler: {
       httpAgent: new HttpAgent({ keepAlive: true, maxSockets }),
       httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets }),
