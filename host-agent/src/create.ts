@@ -119,16 +119,16 @@ export async function createSandbox(request: CreateInput, config: HostConfig, do
   const existing = await docker.inspectContainer(request.sandboxId);
   if (existing) return { containerId: await adopt(docker, existing, request.sandboxId), hostMs: Date.now() - started };
 
-  let networkName = 'none';
-  if (request.network !== 'none') {
-    const { ensureSandboxNetwork } = await import('./network');
-    networkName = (await ensureSandboxNetwork(config, docker)).name;
-  }
-  await ensureImage(docker, request.image);
-
   const ctx = { config, sandboxId: request.sandboxId, storage: request.storage };
-  const { home, hotSync } = await prepareHome(ctx);
-  const cold = await attachCold(ctx);
+  // Independent steps run side by side: create time is the slowest, not the sum.
+  const [networkName, , { home, hotSync }, cold] = await Promise.all([
+    request.network === 'none'
+      ? 'none'
+      : import('./network').then(async ({ ensureSandboxNetwork }) => (await ensureSandboxNetwork(config, docker)).name),
+    ensureImage(docker, request.image),
+    prepareHome(ctx),
+    attachCold(ctx),
+  ]);
 
   let containerId: string;
   try {
