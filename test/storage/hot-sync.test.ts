@@ -390,6 +390,15 @@ describe('hot sync', () => {
     assert.deepEqual(await keysUnder(prefix), ['x']);
   });
 
+  it('runs two syncs of the same home one after the other (lock file), so the second finds nothing to do', async () => {
+    const o = home('lock');
+    await hotSyncDown(o);
+    for (const n of [1, 2, 3, 4, 5, 6, 7, 8]) await writeFile(join(o.dir, `f${n}`), `file ${n}`);
+    const [a, b] = await Promise.all([hotSyncUp(o), hotSyncUp(o)]);
+    assert.deepEqual([a.uploaded + b.uploaded, a.skipped + b.skipped], [8, 8]);
+    await assert.rejects(lstat(`${o.stateFile}.lock`), { code: 'ENOENT' }, 'the lock is released');
+  });
+
   it('refuses to download into a non-empty home and to upload without a manifest', async () => {
     const o = home('guards');
     await mkdir(o.dir, { recursive: true });

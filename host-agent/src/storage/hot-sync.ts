@@ -56,7 +56,6 @@ import {
   openHomeRoot,
   openRegularFile,
   walkHome,
-  type HotEntryKind,
   type LocalEntry,
 } from './home-walk';
 import { entryFromStat, isUnchanged, pendingOf, readManifest, withSyncLock, writeManifest, type Manifest } from './hot-manifest';
@@ -147,7 +146,7 @@ export async function hotSyncDown(o: HotSyncOptions): Promise<HotSyncReport> {
       );
     }
 
-    const plan = planDownload(cfg.prefix, remote, notSynced);
+    const plan = planDownload(remote, notSynced);
     await prepareEmptyHome(cfg.dir, cfg.uid, cfg.gid);
 
     const manifest: Manifest = { version: 1, bucket: cfg.bucket, prefix: cfg.prefix, entries: {} };
@@ -301,46 +300,6 @@ export async function hotSyncUp(o: HotSyncOptions): Promise<HotSyncReport> {
   });
 }
 
-export interface HotSyncLoop {
-  /** Stops the timer and waits for a sync in progress. */
-  stop(): Promise<void>;
-}
-
-/**
- * Runs hotSyncUp every `intervalSeconds` (never two at once) while a sandbox runs,
- * so a crash loses at most one interval. 0 disables it.
- */
-export function startHotSyncLoop(
-  o: HotSyncOptions & {
-    intervalSeconds: number;
-    onReport?: (report: HotSyncReport) => void;
-    onError: (err: unknown) => void;
-  },
-): HotSyncLoop {
-  let stopped = o.intervalSeconds <= 0;
-  let timer: NodeJS.Timeout | undefined;
-  let running: Promise<void> | undefined;
-  const schedule = () => {
-    if (stopped) return;
-    timer = setTimeout(() => {
-      running = hotSyncUp(o)
-        .then((report) => o.onReport?.(report), o.onError)
-        .finally(() => {
-          running = undefined;
-          schedule();
-        });
-    }, o.intervalSeconds * 1000);
-  };
-  schedule();
-  return {
-    async stop() {
-      stopped = true;
-      if (timer) clearTimeout(timer);
-      await running;
-    },
-  };
-}
-
 // ---------------------------------------------------------------------------
 // Options
 
@@ -490,7 +449,7 @@ interface DownloadPlan {
  * side wins, the other is left out and deleted by the next hotSyncUp. A link is never
  * an ancestor of anything created, so writing the home never passes through a link.
  */
-function planDownload(prefix: string, remote: RemoteItem[], notSynced: NotSyncedList): DownloadPlan {
+function planDownload(remote: RemoteItem[], notSynced: NotSyncedList): DownloadPlan {
   const valid = remote.filter((item) => {
     if (item.relKey === '') return false; // the prefix's own marker (e.g. made by s3fs)
     const segments = item.rel.split('/');

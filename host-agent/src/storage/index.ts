@@ -3,14 +3,12 @@ export { createS3Client, defaultMaxSockets, type S3ClientOptions } from './s3';
 export {
   hotSyncDown,
   hotSyncUp,
-  startHotSyncLoop,
   defaultHotQuotaBytes,
   defaultSyncIntervalSeconds,
   defaultSyncConcurrency,
   defaultMaxEntries,
   type HotSyncOptions,
   type HotSyncReport,
-  type HotSyncLoop,
   type HotEntryKind,
   type NotSyncedPath,
 } from './hot-sync';
