@@ -1,0 +1,171 @@
+/**
+ * Bundles handlers exactly as the stacks do (see handler-bundling.ts) and
+ * reads what each bundle contains: its size and the AWS SDK operations that
+ * survived tree-shaking, i.e. every AWS call the handler can make. The
+ * operations are checked against the IAM grants in the stack tests.
+ */
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { build } from 'esbuild';
+import { handlerBuildOptions } from './handler-bundling';
+import { handlerEntry, repoRoot } from './paths';
+
+export interface HandlerBundle {
+  handler: string;
+  /** Minified index.mjs, what Lambda loads. */
+  bytes: number;
+  gzipBytes: number;
+  sourceMapBytes: number;
+  /** SDK operations in the bundle, as `<client>:<Operation>` (e.g. `dynamodb:GetItem`). */
+  sdkOperations: string[];
+}
+
+const commandFile = /node_modules\/@aws-sdk\/client-([a-z0-9-]+)\/dist-(?:es|cjs)\/commands\/(\w+)Command\.js$/;
+
+/** Bundles one handler into `outDir/<handler>/index.mjs` and describes the result. */
+export async function bundleHandler(handler: string, outDir: string): Promise<HandlerBundle> {
+  const outfile = join(outDir, handler, 'index.mjs');
+  const result = await build(handlerBuildOptions(handlerEntry(handler), outfile));
+  const output = Object.values(result.metafile!.outputs).find((o) => o.entryPoint !== undefined);
+  if (!output) throw new Error(`esbuild produced no entry output for ${handler}`);
+  const sdkOperations = new Set<string>();
+  for (const [path, input] of Object.entries(output.inputs)) {
+    const match = commandFile.exec(path);
+    if (match && input.bytesInOutput > 0) sdkOperations.add(`${match[1]}:${match[2]}`);
+  }
+  const code = readFileSync(outfile);
+  return {
+    handler,
+    bytes: code.length,
+    gzipBytes: gzipSync(code, { level: 9 }).length,
+    sourceMapBytes: statSync(`${outfile}.map`).size,
+    sdkOperations: [...sdkOperations].sort(),
+  };
+}
+
+/** Bundles several handlers (in parallel; esbuild is one service process). */
+export function bundleHandlers(handlers: readonly string[], outDir: string): Promise<HandlerBundle[]> {
+  return Promise.all(handlers.map((h) => bundleHandler(h, outDir)));
+}
+
+/**
+ * IAM actions an SDK operation needs. Most are `<service>:<Operation>`; the
+ * exceptions are S3's listing/multipart calls and DynamoDB transactions,
+ * which IAM authorizes per item action.
+ */
+export function iamActionsFor(sdkOperation: string): string[] {
+  const [client, operation] = sdkOperation.split(':') as [string, string];
+  const special: Record<string, string[]> = {
+    's3:ListObjectsV2': ['s3:ListBucket'],
+    's3:ListObjects': ['s3:ListBucket'],
+    's3:HeadBucket': ['s3:ListBucket'],
+    's3:HeadObject': ['s3:GetObject'],
+    's3:DeleteObjects': ['s3:DeleteObject'],
+    's3:CopyObject': ['s3:GetObject', 's3:PutObject'],
+    's3:CreateMultipartUpload': ['s3:PutObject'],
+    's3:UploadPart': ['s3:PutObject'],
+    's3:CompleteMultipartUpload': ['s3:PutObject'],
+    'dynamodb:TransactGetItems': ['dynamodb:GetItem'],
+    'dynamodb:TransactWriteItems': ['dynamodb:ConditionCheckItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem'],
+  };
+  return special[sdkOperation] ?? [`${client}:${operation}`];
+}
+
+/** What a handler's own code (not the SDK's internals) calls, after tree-shaking. */
+export interface HandlerCalls {
+  handler: string;
+  /** DynamoDB IAM actions per table definition id, and the indexes it names. */
+  tables: Map<string, { actions: Set<string>; indexes: Set<string> }>;
+  /** Non-DynamoDB IAM actions (ssm:*, s3:*, ...). */
+  otherActions: Set<string>;
+}
+
+/** DocumentClient commands and the DynamoDB operation each one sends. */
+const documentCommands: Record<string, string[]> = {
+  Get: ['dynamodb:GetItem'],
+  Put: ['dynamodb:PutItem'],
+  Update: ['dynamodb:UpdateItem'],
+  Delete: ['dynamodb:DeleteItem'],
+  Query: ['dynamodb:Query'],
+  Scan: ['dynamodb:Scan'],
+  BatchGet: ['dynamodb:BatchGetItem'],
+  BatchWrite: ['dynamodb:BatchWriteItem'],
+  TransactGet: iamActionsFor('dynamodb:TransactGetItems'),
+  TransactWrite: iamActionsFor('dynamodb:TransactWriteItems'),
+  ExecuteStatement: ['dynamodb:PartiQLSelect', 'dynamodb:PartiQLInsert', 'dynamodb:PartiQLUpdate', 'dynamodb:PartiQLDelete'],
+};
+
+/** `config().tables.<key>` and `<key>Table` (tables.ts) name a table by its id with a lower-case first letter. */
+const lowerFirst = (id: string) => id.charAt(0).toLowerCase() + id.slice(1);
+
+function sdkClientOf(operation: string): string | undefined {
+  for (const client of ['dynamodb', 'ssm', 's3', 'ec2', 'sqs', 'sts', 'autoscaling', 'ecr', 'cloudwatch']) {
+    if (existsSync(join(repoRoot, 'node_modules', '@aws-sdk', `client-${client}`, 'dist-es', 'commands', `${operation}Command.js`))) return client;
+  }
+  return undefined;
+}
+
+/**
+ * Reads an unminified bundle of `handler` module by module (esbuild marks each
+ * with a `// <path>` line) and, in the project's own modules, collects the SDK
+ * commands constructed and the tables and indexes named next to them.
+ */
+export async function analyzeHandlerCalls(handler: string, tableIndexes: Record<string, readonly string[]>): Promise<HandlerCalls> {
+  const tableIdByKey = Object.fromEntries(Object.keys(tableIndexes).map((id) => [lowerFirst(id), id]));
+  const keys = Object.keys(tableIdByKey).join('|');
+  const result = await build({
+    ...handlerBuildOptions(handlerEntry(handler), join('/tmp', handler, 'index.mjs')),
+    minify: false,
+    sourcemap: false,
+    metafile: false,
+    write: false,
+  });
+  const text = result.outputFiles[0]!.text;
+  const calls: HandlerCalls = { handler, tables: new Map(), otherActions: new Set() };
+  const sections = text.split(/^\/\/ (?=\S+\.[cm]?[jt]s$)/m);
+  for (const section of sections) {
+    const path = section.slice(0, section.indexOf('\n'));
+    if (!path.startsWith('lambdas/')) continue;
+    const actions = new Set<string>();
+    for (const m of section.matchAll(/\bnew (\w+?)Command\d*\(/g)) {
+      const name = m[1]!;
+      const documentActions = documentCommands[name];
+      if (documentActions) {
+        documentActions.forEach((a) => actions.add(a));
+        continue;
+      }
+      const client = sdkClientOf(name);
+      if (!client) throw new Error(`${handler}: ${path} constructs ${name}Command, which no known SDK client defines`);
+      iamActionsFor(`${client}:${name}`).forEach((a) => actions.add(a));
+    }
+    const tableIds = new Set<string>();
+    for (const m of section.matchAll(/\.tables\.(\w+)\b/g)) {
+      const id = tableIdByKey[m[1]!];
+      if (!id) throw new Error(`${handler}: ${path} names config().tables.${m[1]}, which is no table definition`);
+      tableIds.add(id);
+    }
+    const indexes = new Map<string, Set<string>>();
+    for (const m of section.matchAll(new RegExp(`\\b(${keys})Table\\d*\\.indexes\\[(\\d+)\\]`, 'g'))) {
+      const tableId = tableIdByKey[m[1]!]!;
+      const indexName = tableIndexes[tableId]?.[Number(m[2])];
+      if (!indexName) throw new Error(`${handler}: ${path} names index ${m[2]} of ${tableId}, which does not exist`);
+      if (!indexes.has(tableId)) indexes.set(tableId, new Set());
+      indexes.get(tableId)!.add(indexName);
+    }
+    for (const action of actions) {
+      if (!action.startsWith('dynamodb:')) {
+        calls.otherActions.add(action);
+        continue;
+      }
+      if (tableIds.size === 0) throw new Error(`${handler}: ${path} calls ${action} but names no table from config().tables`);
+      for (const tableId of tableIds) {
+        if (!calls.tables.has(tableId)) calls.tables.set(tableId, { actions: new Set(), indexes: new Set() });
+        const entry = calls.tables.get(tableId)!;
+        entry.actions.add(action);
+        for (const index of indexes.get(tableId) ?? []) entry.indexes.add(index);
+      }
+    }
+  }
+  return calls;
+}

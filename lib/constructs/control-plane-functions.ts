@@ -1,0 +1,214 @@
+/**
+ * One Lambda function per handler (lambdas/<name>.ts), each with its own role
+ * that holds exactly the access handler-access.ts lists for it, its own log
+ * group, and the configuration lambdas/shared/config.ts reads.
+ */
+import { Duration, RemovalPolicy, Stack } from 'aws-cdk-lib';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import { NodejsFunction } from 'aws-cdk-lib/aws-lambda-nodejs';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import type * as s3 from 'aws-cdk-lib/aws-s3';
+import { NagSuppressions } from 'cdk-nag';
+import { Construct } from 'constructs';
+import { stagedRequestPrefix } from '../../host-agent/src/protocol';
+import type { DeploymentEnvironment } from '../environment';
+import { handlerBundling } from '../handler-bundling';
+import { handlerEntry, lockFile, repoRoot } from '../paths';
+import { handlerAccess, type HandlerAccess } from './handler-access';
+import type { ProjectTables } from './tables';
+
+/** Where user data installs the host-agent wrapper on every host. */
+export const hostAgentCommand = '/opt/ephemeral-sandbox/bin/host-agent';
+
+/** Tags every sandbox host carries; SSM SendCommand is allowed only on instances with all of them. */
+export function hostTags(envName: string): Record<string, string> {
+  return { 'ephemeral-sandbox:role': 'host', 'ephemeral-sandbox:env': envName };
+}
+
+/**
+ * How cdk-nag renders the storage bucket's ARN in a finding: a token of the
+ * stateful stack's bucket, or the cross-stack reference it becomes.
+ */
+export const storageBucketArnPattern = '(<[^>]*StorageBucket[^>]*\\.Arn>|\\{"Fn::GetStackOutput":.*StorageBucket[^"]*Arn[^"]*".*\\})';
+
+/** `arn:<partition>:<service>:<region>:<account>` as cdk-nag renders it, for env-agnostic and pinned stacks alike. */
+export function arnPrefixPattern(service: string): string {
+  return `arn:(<AWS::Partition>|aws[a-z-]*):${service}:(<AWS::Region>|[a-z0-9-]+):(<AWS::AccountId>|\\d{12})`;
+}
+
+export interface ControlPlaneFunctionsProps {
+  environment: DeploymentEnvironment;
+  handlers: readonly string[];
+  tables: ProjectTables;
+  bucket: s3.IBucket;
+  /** ECR URI of the sandbox image (SANDBOX_IMAGE). */
+  sandboxImageUri: string;
+  /** Base URL sandboxes call back (SANDBOX_API_URL). */
+  sandboxApiUrl: string;
+  removalPolicy: RemovalPolicy;
+  /** Version string the health route reports. */
+  appVersion: string;
+}
+
+/** `create-sandbox` -> `CreateSandbox`, for construct ids. */
+export function pascal(name: string): string {
+  return name.replace(/(^|-)([a-z0-9])/g, (_m, _d, c: string) => c.toUpperCase());
+}
+
+/** Environment variables of every function: what lambdas/shared/config.ts reads. */
+export function handlerEnvironment(props: Omit<ControlPlaneFunctionsProps, 'handlers' | 'removalPolicy'>): Record<string, string> {
+  const l = props.environment.limits;
+  const env: Record<string, string> = {
+    STORAGE_BUCKET: props.bucket.bucketName,
+    SANDBOX_IMAGE: props.sandboxImageUri,
+    HOST_AGENT_COMMAND: hostAgentCommand,
+    SANDBOX_API_URL: props.sandboxApiUrl,
+    DEFAULT_CPU: String(l.defaultCpu),
+    MAX_CPU: String(l.maxCpu),
+    DEFAULT_MEMORY_MB: String(l.defaultMemoryMb),
+    MAX_MEMORY_MB: String(l.maxMemoryMb),
+    DEFAULT_TTL_SECONDS: String(l.defaultTtlSeconds),
+    MAX_TTL_SECONDS: String(l.maxTtlSeconds),
+    DEFAULT_IDLE_TIMEOUT_SECONDS: String(l.defaultIdleTimeoutSeconds),
+    SANDBOX_PIDS_LIMIT: String(l.pidsLimit),
+    HOT_QUOTA_BYTES: String(l.hotQuotaBytes),
+    HOT_SYNC_INTERVAL_SECONDS: String(l.hotSyncIntervalSeconds),
+    MAX_SANDBOXES_PER_TENANT: String(l.maxSandboxesPerTenant),
+    HOST_LOST_AFTER_SECONDS: String(l.hostLostAfterSeconds),
+    APP_VERSION: props.appVersion,
+    LOG_LEVEL: 'info',
+    NODE_OPTIONS: '--enable-source-maps',
+  };
+  for (const { definition, table } of props.tables.entries) env[definition.envVar] = table.tableName;
+  return env;
+}
+
+export class ControlPlaneFunctions extends Construct {
+  private readonly byName = new Map<string, NodejsFunction>();
+
+  constructor(scope: Construct, id: string, props: ControlPlaneFunctionsProps) {
+    super(scope, id);
+    const environment = handlerEnvironment(props);
+    const e = props.environment;
+    for (const name of props.handlers) {
+      const access = (handlerAccess as Record<string, HandlerAccess | undefined>)[name];
+      if (!access) throw new Error(`handler "${name}" has no entry in lib/constructs/handler-access.ts: list the tables and host access it needs`);
+      const id = pascal(name);
+      const logGroup = new logs.LogGroup(this, `${id}Logs`, {
+        retention: e.logRetentionDays as logs.RetentionDays,
+        removalPolicy: props.removalPolicy,
+      });
+      // A role per function: no managed policies, nothing shared between handlers.
+      const role = new iam.Role(this, `${id}Role`, {
+        assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
+        description: `Ephemeral Sandbox ${e.name}: ${name} handler`,
+      });
+      logGroup.grantWrite(role);
+      grantAccess(role, access, props, e.name);
+
+      const fn = new NodejsFunction(this, id, {
+        entry: handlerEntry(name),
+        handler: 'handler',
+        runtime: lambda.Runtime.NODEJS_22_X,
+        architecture: lambda.Architecture.ARM_64,
+        memorySize: e.handlers.memoryMb,
+        timeout: Duration.seconds(name === 'reaper' ? e.handlers.reaperTimeoutSeconds : e.handlers.apiTimeoutSeconds),
+        environment,
+        role,
+        logGroup,
+        projectRoot: repoRoot,
+        depsLockFilePath: lockFile,
+        bundling: handlerBundling,
+        description: `Ephemeral Sandbox ${e.name}: ${name}`,
+      });
+      // Make sure the policy exists before the function can run.
+      fn.node.addDependency(role);
+      NagSuppressions.addResourceSuppressions(fn, [
+        {
+          id: 'AwsSolutions-L1',
+          reason:
+            'Node.js 22 is the runtime the handlers are bundled (esbuild target node22) and tested for; moving to a newer runtime is a deliberate upgrade of target, runtime and tests together.',
+        },
+      ]);
+      this.byName.set(name, fn);
+    }
+  }
+
+  /** The function for handler `name`. */
+  fn(name: string): NodejsFunction {
+    const fn = this.byName.get(name);
+    if (!fn) throw new Error(`no function for handler "${name}"`);
+    return fn;
+  }
+
+  get functions(): ReadonlyMap<string, NodejsFunction> {
+    return this.byName;
+  }
+}
+
+function grantAccess(role: iam.Role, access: HandlerAccess, props: ControlPlaneFunctionsProps, envName: string): void {
+  for (const grant of access.tables) {
+    const table = props.tables.table(grant.table);
+    const itemActions = grant.actions.filter((a) => a !== 'dynamodb:Query');
+    if (itemActions.length > 0) {
+      role.addToPolicy(new iam.PolicyStatement({ actions: [...itemActions], resources: [table.tableArn] }));
+    }
+    if (grant.actions.includes('dynamodb:Query')) {
+      const indexArns = (grant.indexes ?? []).map((i) => `${table.tableArn}/index/${i}`);
+      role.addToPolicy(new iam.PolicyStatement({ actions: ['dynamodb:Query'], resources: [table.tableArn, ...indexArns] }));
+    }
+  }
+  if (!access.dispatchesToHosts) return;
+
+  const stack = Stack.of(role);
+  role.addToPolicy(
+    new iam.PolicyStatement({
+      sid: 'RunShellScriptDocument',
+      actions: ['ssm:SendCommand'],
+      resources: [stack.formatArn({ service: 'ssm', account: '', resource: 'document', resourceName: 'AWS-RunShellScript' })],
+    }),
+  );
+  const conditions: Record<string, string> = {};
+  for (const [key, value] of Object.entries(hostTags(envName))) conditions[`ssm:resourceTag/${key}`] = value;
+  role.addToPolicy(
+    new iam.PolicyStatement({
+      sid: 'SandboxHostsOnly',
+      actions: ['ssm:SendCommand'],
+      resources: [stack.formatArn({ service: 'ec2', resource: 'instance', resourceName: '*' })],
+      conditions: { StringEquals: conditions },
+    }),
+  );
+  role.addToPolicy(
+    new iam.PolicyStatement({
+      sid: 'FollowCommands',
+      // Neither action supports resource-level permissions; command ids are only known at run time.
+      actions: ['ssm:GetCommandInvocation', 'ssm:CancelCommand'],
+      resources: ['*'],
+    }),
+  );
+  role.addToPolicy(
+    new iam.PolicyStatement({
+      sid: 'StagedHostRequests',
+      actions: ['s3:PutObject', 's3:DeleteObject'],
+      resources: [props.bucket.arnForObjects(`${stagedRequestPrefix}*`)],
+    }),
+  );
+  NagSuppressions.addResourceSuppressions(
+    role,
+    [
+      {
+        id: 'AwsSolutions-IAM5',
+        reason:
+          'ssm:SendCommand on instance/* is limited by a StringEquals condition to instances tagged as sandbox hosts of this environment (instance ids change as the fleet scales); ssm:GetCommandInvocation and ssm:CancelCommand support no resource-level permissions.',
+        appliesTo: [{ regex: `/^Resource::${arnPrefixPattern('ec2')}:instance\\/\\*$/g` }, 'Resource::*'],
+      },
+      {
+        id: 'AwsSolutions-IAM5',
+        reason: 'Oversized host requests are staged as objects with generated keys under the host-requests/ prefix only; the prefix is the narrowest scope possible.',
+        appliesTo: [{ regex: `/^Resource::${storageBucketArnPattern}\\/host-requests\\/\\*$/g` }],
+      },
+    ],
+    true,
+  );
+}

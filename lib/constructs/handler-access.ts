@@ -1,0 +1,120 @@
+/**
+ * What each handler may do: the DynamoDB actions per table (and the indexes it
+ * queries), and whether it dispatches to hosts (SSM Run Command plus staged
+ * requests in S3). The stack turns this into one IAM policy per function; the
+ * tests bundle each handler and check this table against the SDK calls its
+ * code actually makes, so it can neither lag behind nor grant extra.
+ */
+import type { backgroundHandlerNames, HandlerName } from '../../lambdas/shared/routes';
+import { apiKeysTable, hostsTable, idempotencyTable, sandboxesTable, tenantsTable, type TableDefinition } from '../../lambdas/shared/tables';
+
+/** Handlers with no API route: the scheduled reaper and the authorizer. */
+export type BackgroundHandlerName = (typeof backgroundHandlerNames)[number];
+
+export type DynamoAction =
+  | 'dynamodb:GetItem'
+  | 'dynamodb:PutItem'
+  | 'dynamodb:UpdateItem'
+  | 'dynamodb:DeleteItem'
+  | 'dynamodb:Query'
+  | 'dynamodb:ConditionCheckItem'
+  | 'dynamodb:DescribeTable';
+
+export interface TableGrant {
+  table: TableDefinition;
+  actions: readonly DynamoAction[];
+  /** Indexes the handler queries (needs dynamodb:Query). */
+  indexes?: readonly string[];
+}
+
+export interface HandlerAccess {
+  tables: readonly TableGrant[];
+  /**
+   * Runs host-agent verbs: ssm:SendCommand (AWS-RunShellScript, sandbox hosts
+   * only), GetCommandInvocation, CancelCommand, and s3:PutObject/DeleteObject
+   * on staged requests.
+   */
+  dispatchesToHosts: boolean;
+}
+
+/** Actions host dispatch needs, as the tests compare them with the code. */
+export const hostDispatchActions = ['ssm:SendCommand', 'ssm:GetCommandInvocation', 'ssm:CancelCommand', 's3:PutObject', 's3:DeleteObject'] as const;
+
+const index = (table: TableDefinition, name: string): string => {
+  if (!table.indexes.some((i) => i.name === name)) throw new Error(`table ${table.id} has no index ${name}`);
+  return name;
+};
+
+export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerAccess> = {
+  health: {
+    // Liveness probe of the database, no item access.
+    tables: [{ table: sandboxesTable, actions: ['dynamodb:DescribeTable'] }],
+    dispatchesToHosts: false,
+  },
+  'create-sandbox': {
+    tables: [
+      { table: sandboxesTable, actions: ['dynamodb:PutItem', 'dynamodb:GetItem', 'dynamodb:UpdateItem'] },
+      { table: idempotencyTable, actions: ['dynamodb:PutItem', 'dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem'] },
+      // Placement: find an active host, take a slot with a conditional update.
+      { table: hostsTable, actions: ['dynamodb:Query', 'dynamodb:UpdateItem'], indexes: [index(hostsTable, 'by-pool')] },
+      // The tenant's sandbox cap: one conditional update takes a slot.
+      { table: tenantsTable, actions: ['dynamodb:UpdateItem'] },
+    ],
+    dispatchesToHosts: true,
+  },
+  'list-sandboxes': {
+    tables: [{ table: sandboxesTable, actions: ['dynamodb:Query'], indexes: [index(sandboxesTable, 'by-tenant'), index(sandboxesTable, 'by-tenant-user')] }],
+    dispatchesToHosts: false,
+  },
+  'get-sandbox': {
+    tables: [{ table: sandboxesTable, actions: ['dynamodb:GetItem'] }],
+    dispatchesToHosts: false,
+  },
+  'exec-sandbox': {
+    tables: [{ table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] }],
+    dispatchesToHosts: true,
+  },
+  'destroy-sandbox': {
+    tables: [
+      { table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },
+      // Gives the host's slot and the tenant's slot back.
+      { table: hostsTable, actions: ['dynamodb:UpdateItem'] },
+      { table: tenantsTable, actions: ['dynamodb:UpdateItem'] },
+    ],
+    dispatchesToHosts: true,
+  },
+  'sandbox-signal': {
+    tables: [{ table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] }],
+    dispatchesToHosts: false,
+  },
+  'sandbox-timeout': {
+    tables: [{ table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] }],
+    dispatchesToHosts: false,
+  },
+  'sandbox-power': {
+    tables: [{ table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] }],
+    dispatchesToHosts: true,
+  },
+  reaper: {
+    tables: [
+      {
+        table: sandboxesTable,
+        actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:Query'],
+        indexes: [index(sandboxesTable, 'by-deadline'), index(sandboxesTable, 'by-host')],
+      },
+      // Finds hosts whose heartbeat stopped and marks them lost; gives back slots of ended sandboxes.
+      { table: hostsTable, actions: ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:UpdateItem'], indexes: [index(hostsTable, 'by-pool')] },
+      { table: tenantsTable, actions: ['dynamodb:UpdateItem'] },
+    ],
+    dispatchesToHosts: true,
+  },
+  authorizer: {
+    tables: [
+      // Key lookup by hash; last-used bookkeeping.
+      { table: apiKeysTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },
+      // Sandbox tokens are checked against the sandbox's token hash.
+      { table: sandboxesTable, actions: ['dynamodb:GetItem'] },
+    ],
+    dispatchesToHosts: false,
+  },
+};

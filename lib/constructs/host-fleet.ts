@@ -1,0 +1,267 @@
+/**
+ * The sandbox hosts: an Auto Scaling group of Amazon Linux 2023 instances
+ * running Docker and the host-agent. IMDSv2 only with hop limit 1 (containers
+ * cannot reach the instance's credentials), encrypted EBS, no SSH (SSM only),
+ * tagged so only this environment's control plane may send them commands.
+ */
+import { ArnFormat, Duration, Fn, Stack, Tags } from 'aws-cdk-lib';
+import * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import type { DockerImageAsset } from 'aws-cdk-lib/aws-ecr-assets';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import type * as s3 from 'aws-cdk-lib/aws-s3';
+import { NagSuppressions } from 'cdk-nag';
+import { Construct } from 'constructs';
+import { hostsTable, sandboxesTable } from '../../lambdas/shared/tables';
+import type { DeploymentEnvironment } from '../environment';
+import { arnPrefixPattern, hostTags, storageBucketArnPattern } from './control-plane-functions';
+import type { HostAgentAssets } from './host-agent-assets';
+import { hostUserData } from './host-user-data';
+import type { SandboxNetwork } from './network';
+import type { ProjectTables } from './tables';
+
+export interface HostFleetProps {
+  environment: DeploymentEnvironment;
+  network: SandboxNetwork;
+  tables: ProjectTables;
+  bucket: s3.IBucket;
+  sandboxImage: DockerImageAsset;
+  hostAgent: HostAgentAssets;
+}
+
+/** Lifecycle hook that holds a new host until its setup finished (user data completes it). */
+export const launchHookName = 'sandbox-host-launching';
+/** Lifecycle hook that holds a terminating host while it drains (its consumer comes with the fleet work). */
+export const drainHookName = 'sandbox-host-draining';
+
+export class HostFleet extends Construct {
+  public readonly autoScalingGroup: autoscaling.AutoScalingGroup;
+  public readonly launchTemplate: ec2.LaunchTemplate;
+  public readonly role: iam.Role;
+
+  constructor(scope: Construct, id: string, props: HostFleetProps) {
+    super(scope, id);
+    const e = props.environment;
+    const h = e.hosts;
+    const stack = Stack.of(this);
+    // A fixed name lets the role and user data name the group without a dependency cycle.
+    const autoScalingGroupName = `${stack.stackName}-hosts`;
+
+    this.role = new iam.Role(this, 'Role', {
+      assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com'),
+      description: `Ephemeral Sandbox ${e.name}: sandbox host`,
+      managedPolicies: [iam.ManagedPolicy.fromAwsManagedPolicyName('AmazonSSMManagedInstanceCore')],
+    });
+    this.grantHostAccess(props, autoScalingGroupName);
+
+    const tablesEnv: Record<string, string> = {};
+    for (const definition of [sandboxesTable, hostsTable]) tablesEnv[definition.envVar] = props.tables.table(definition).tableName;
+    const userData = hostUserData({
+      region: stack.region,
+      architecture: e.hostArchitecture,
+      hostEnv: {
+        AWS_REGION: stack.region,
+        AWS_DEFAULT_REGION: stack.region,
+        DEPLOYMENT_ENV: e.name,
+        ...tablesEnv,
+        STORAGE_BUCKET: props.bucket.bucketName,
+        SANDBOX_IMAGE: props.sandboxImage.imageUri,
+        SLOTS: String(h.sandboxSlotsPerHost),
+        COLD_MOUNT_DRIVER: 'mountpoint-s3',
+        HOT_SYNC_INTERVAL_SECONDS: String(e.limits.hotSyncIntervalSeconds),
+        AUTO_SCALING_GROUP_NAME: autoScalingGroupName,
+        LAUNCH_LIFECYCLE_HOOK: launchHookName,
+        DRAIN_LIFECYCLE_HOOK: drainHookName,
+      },
+      hostAgentS3Url: props.hostAgent.cli.s3ObjectUrl,
+      hostDaemonS3Url: props.hostAgent.daemon.s3ObjectUrl,
+      sandboxImageUri: props.sandboxImage.imageUri,
+      sandboxImageRegistry: Fn.select(0, Fn.split('/', props.sandboxImage.imageUri)),
+      autoScalingGroupName,
+      launchHookName,
+    });
+
+    this.launchTemplate = new ec2.LaunchTemplate(this, 'LaunchTemplate', {
+      machineImage: ec2.MachineImage.latestAmazonLinux2023({
+        cpuType: e.hostArchitecture === ec2.InstanceArchitecture.ARM_64 ? ec2.AmazonLinuxCpuType.ARM_64 : ec2.AmazonLinuxCpuType.X86_64,
+      }),
+      instanceType: new ec2.InstanceType(h.instanceTypes[0]!),
+      userData,
+      role: this.role,
+      securityGroup: props.network.hostSecurityGroup,
+      // Public subnets without NAT: the host needs a public IP to reach the internet; the security group still admits nothing.
+      ...(props.network.hostsNeedPublicIp ? { associatePublicIpAddress: true } : {}),
+      httpEndpoint: true,
+      httpTokens: ec2.LaunchTemplateHttpTokens.REQUIRED,
+      // One hop: a container behind Docker's bridge is a second hop and never gets an answer from IMDS.
+      httpPutResponseHopLimit: 1,
+      instanceMetadataTags: false,
+      blockDevices: [
+        {
+          deviceName: '/dev/xvda',
+          volume: ec2.BlockDeviceVolume.ebs(h.rootVolumeGiB, {
+            encrypted: true,
+            volumeType: ec2.EbsDeviceVolumeType.GP3,
+            deleteOnTermination: true,
+          }),
+        },
+      ],
+    });
+
+    const spot = h.spot.enabled;
+    this.autoScalingGroup = new autoscaling.AutoScalingGroup(this, 'Group', {
+      autoScalingGroupName,
+      vpc: props.network.vpc,
+      vpcSubnets: props.network.hostSubnets,
+      minCapacity: h.minHosts,
+      maxCapacity: h.maxHosts,
+      ...(spot
+        ? {
+            mixedInstancesPolicy: {
+              launchTemplate: this.launchTemplate,
+              launchTemplateOverrides: h.instanceTypes.map((t) => ({ instanceType: new ec2.InstanceType(t) })),
+              instancesDistribution: {
+                onDemandBaseCapacity: h.spot.onDemandBaseCapacity,
+                onDemandPercentageAboveBaseCapacity: h.spot.onDemandPercentageAboveBaseCapacity,
+                spotAllocationStrategy: autoscaling.SpotAllocationStrategy.PRICE_CAPACITY_OPTIMIZED,
+              },
+            },
+            // Replace a Spot host when AWS signals elevated interruption risk, before the 2-minute notice.
+            capacityRebalance: true,
+          }
+        : { launchTemplate: this.launchTemplate }),
+      healthChecks: autoscaling.HealthChecks.ec2({ gracePeriod: Duration.minutes(5) }),
+      groupMetrics: [autoscaling.GroupMetrics.all()],
+    });
+
+    // On the group (propagated at launch) and in the template's instance tags: SSM's tag condition matches these.
+    const tags = { ...hostTags(e.name), Name: `ephemeral-sandbox-${e.name}-host` };
+    for (const [key, value] of Object.entries(tags)) {
+      Tags.of(this.autoScalingGroup).add(key, value, { applyToLaunchedInstances: true });
+      // Above the priority of the construct-path Name the template sets itself.
+      Tags.of(this.launchTemplate).add(key, value, { priority: 300 });
+    }
+
+    this.autoScalingGroup.addLifecycleHook('LaunchHook', {
+      lifecycleHookName: launchHookName,
+      lifecycleTransition: autoscaling.LifecycleTransition.INSTANCE_LAUNCHING,
+      heartbeatTimeout: Duration.seconds(h.bootTimeoutSeconds),
+      // A host that never reported ready is replaced, not put in service.
+      defaultResult: autoscaling.DefaultResult.ABANDON,
+    });
+    this.autoScalingGroup.addLifecycleHook('DrainHook', {
+      lifecycleHookName: drainHookName,
+      lifecycleTransition: autoscaling.LifecycleTransition.INSTANCE_TERMINATING,
+      heartbeatTimeout: Duration.seconds(h.drainTimeoutSeconds),
+      // Termination goes ahead when draining runs out of time.
+      defaultResult: autoscaling.DefaultResult.CONTINUE,
+    });
+
+    if (h.warmPoolMinSize > 0) {
+      this.autoScalingGroup.addWarmPool({
+        minSize: h.warmPoolMinSize,
+        // Exactly warmPoolMinSize stopped hosts: without a cap the pool fills up to maxHosts.
+        maxGroupPreparedCapacity: h.minHosts + h.warmPoolMinSize,
+        // Stopped: pay only for EBS while waiting; user data already ran, so a start takes seconds.
+        poolState: autoscaling.PoolState.STOPPED,
+        // A scaled-in host may hold stale sandbox state: terminate it rather than recycle it.
+        reuseOnScaleIn: false,
+      });
+    }
+
+    NagSuppressions.addResourceSuppressions(this.autoScalingGroup, [
+      {
+        id: 'AwsSolutions-AS3',
+        reason:
+          'Scaling activity is recorded in the group activity history, emitted to EventBridge and measured by the group metrics enabled here; an SNS notification topic arrives with the fleet alerting work.',
+      },
+      {
+        id: 'CdkNagValidationFailure',
+        reason:
+          "AwsSolutions-EC26 cannot read block devices through the group's launch template reference; the template's only volume is encrypted (asserted in test/cdk/service-stack.test.ts).",
+      },
+    ]);
+  }
+
+  private grantHostAccess(props: HostFleetProps, autoScalingGroupName: string): void {
+    const stack = Stack.of(this);
+    const bucket = props.bucket;
+    const sandboxes = props.tables.table(sandboxesTable);
+    const hosts = props.tables.table(hostsTable);
+    // Hot-tier sync and the cold-tier mountpoint-s3 mount read and write tenant files; staged requests are read and deleted.
+    this.role.addToPolicy(new iam.PolicyStatement({ sid: 'ListStorage', actions: ['s3:ListBucket'], resources: [bucket.bucketArn] }));
+    this.role.addToPolicy(
+      new iam.PolicyStatement({
+        sid: 'ReadWriteStorage',
+        actions: ['s3:GetObject', 's3:PutObject', 's3:DeleteObject', 's3:AbortMultipartUpload'],
+        resources: [bucket.arnForObjects('*')],
+      }),
+    );
+    // Registration and heartbeats.
+    this.role.addToPolicy(
+      new iam.PolicyStatement({ sid: 'HostRecord', actions: ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem'], resources: [hosts.tableArn] }),
+    );
+    // Reconciliation: the sandboxes placed on this host, and their status when a container vanished.
+    this.role.addToPolicy(
+      new iam.PolicyStatement({ sid: 'SandboxRecords', actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'], resources: [sandboxes.tableArn] }),
+    );
+    this.role.addToPolicy(
+      new iam.PolicyStatement({
+        sid: 'SandboxesOnThisHost',
+        actions: ['dynamodb:Query'],
+        resources: [`${sandboxes.tableArn}/index/by-host`],
+      }),
+    );
+    props.sandboxImage.repository.grantPull(this.role);
+    // Exactly the two bundle objects, not the whole asset bucket.
+    this.role.addToPolicy(
+      new iam.PolicyStatement({
+        sid: 'HostAgentBundles',
+        actions: ['s3:GetObject'],
+        resources: [props.hostAgent.cli, props.hostAgent.daemon].map((a) => `arn:${stack.partition}:s3:::${a.s3BucketName}/${a.s3ObjectKey}`),
+      }),
+    );
+    this.role.addToPolicy(
+      new iam.PolicyStatement({
+        sid: 'OwnLifecycleHooks',
+        actions: ['autoscaling:CompleteLifecycleAction', 'autoscaling:RecordLifecycleActionHeartbeat'],
+        resources: [
+          stack.formatArn({
+            service: 'autoscaling',
+            resource: 'autoScalingGroup',
+            resourceName: `*:autoScalingGroupName/${autoScalingGroupName}`,
+            arnFormat: ArnFormat.COLON_RESOURCE_NAME,
+          }),
+        ],
+      }),
+    );
+
+    NagSuppressions.addResourceSuppressions(
+      this.role,
+      [
+        {
+          id: 'AwsSolutions-IAM4',
+          reason: 'AmazonSSMManagedInstanceCore is the AWS-maintained minimum for the SSM agent, which is how the control plane reaches hosts (no SSH).',
+          appliesTo: ['Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore'],
+        },
+        {
+          id: 'AwsSolutions-IAM5',
+          reason:
+            'A host serves any tenant: hot-tier sync and the cold-tier mount read and write objects under per-tenant prefixes created at run time, so object access covers the storage bucket (and only it).',
+          appliesTo: [{ regex: `/^Resource::${storageBucketArnPattern}\\/\\*$/g` }],
+        },
+        {
+          id: 'AwsSolutions-IAM5',
+          reason: 'ecr:GetAuthorizationToken supports no resource-level permissions; image pulls themselves are limited to the asset repository.',
+          appliesTo: ['Resource::*'],
+        },
+        {
+          id: 'AwsSolutions-IAM5',
+          reason: "The group's ARN embeds a generated id; the name part pins it to this environment's host group.",
+          appliesTo: [{ regex: `/^Resource::${arnPrefixPattern('autoscaling')}:autoScalingGroup:\\*:autoScalingGroupName\\/${autoScalingGroupName}$/g` }],
+        },
+      ],
+      true,
+    );
+  }
+}

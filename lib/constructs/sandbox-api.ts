@@ -1,0 +1,245 @@
+/**
+ * The REST API: resources and methods from the shared route table, one Lambda
+ * proxy integration per route, a Lambda REQUEST authorizer on X-API-Key,
+ * API Gateway's usage plan for per-tenant throttling, JSON error bodies for
+ * the gateway's own answers, access logs and execution metrics.
+ *
+ * Keys: callers present a tenant API key (or a sandbox token) in X-API-Key.
+ * The authorizer checks its SHA-256 hash in the ApiKeys table and returns
+ * `usageIdentifierKey`, the value of an API Gateway API key attached to the
+ * usage plan (apiKeySource AUTHORIZER), so throttling and quota apply per
+ * tenant and callers never hold the API Gateway key itself.
+ */
+import { Duration, RemovalPolicy, Stack } from 'aws-cdk-lib';
+import * as apigw from 'aws-cdk-lib/aws-apigateway';
+import type * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import { NagSuppressions } from 'cdk-nag';
+import { Construct } from 'constructs';
+import type { Route } from '../../lambdas/shared/routes';
+import type { DeploymentEnvironment } from '../environment';
+
+export interface SandboxApiProps {
+  environment: DeploymentEnvironment;
+  removalPolicy: RemovalPolicy;
+}
+
+/** A gateway-generated error in the API's own error shape. */
+interface GatewayError {
+  type: apigw.ResponseType;
+  status: string;
+  code: string;
+  /** A fixed message, or `undefined` to pass the gateway's own message through. */
+  message?: string;
+}
+
+/** Answers API Gateway gives without reaching a handler, in the shape handlers use: {"error":{"code","message"}}. */
+export const gatewayErrors: readonly GatewayError[] = [
+  { type: apigw.ResponseType.UNAUTHORIZED, status: '401', code: 'missing_api_key', message: 'the X-API-Key header is required' },
+  { type: apigw.ResponseType.ACCESS_DENIED, status: '403', code: 'invalid_api_key', message: 'the API key is not valid, or may not call this route' },
+  { type: apigw.ResponseType.INVALID_API_KEY, status: '403', code: 'invalid_api_key', message: 'the API key has no usage plan: ask the operator to attach one' },
+  // REST APIs answer an unknown method or path with 403 "Missing Authentication Token".
+  { type: apigw.ResponseType.MISSING_AUTHENTICATION_TOKEN, status: '404', code: 'not_found', message: 'no route for this method and path' },
+  { type: apigw.ResponseType.RESOURCE_NOT_FOUND, status: '404', code: 'not_found', message: 'no route for this method and path' },
+  { type: apigw.ResponseType.THROTTLED, status: '429', code: 'too_many_requests', message: 'request rate limit exceeded: retry with backoff' },
+  { type: apigw.ResponseType.QUOTA_EXCEEDED, status: '429', code: 'quota_exceeded', message: "this key's daily request quota is used up" },
+  { type: apigw.ResponseType.REQUEST_TOO_LARGE, status: '413', code: 'payload_too_large', message: 'request body too large' },
+  { type: apigw.ResponseType.UNSUPPORTED_MEDIA_TYPE, status: '415', code: 'unsupported_media_type', message: 'send JSON (Content-Type: application/json)' },
+  { type: apigw.ResponseType.BAD_REQUEST_PARAMETERS, status: '400', code: 'validation_error' },
+  { type: apigw.ResponseType.BAD_REQUEST_BODY, status: '400', code: 'validation_error' },
+  { type: apigw.ResponseType.AUTHORIZER_FAILURE, status: '500', code: 'internal_error', message: 'the authorizer failed: retry, and report it if it persists' },
+  { type: apigw.ResponseType.AUTHORIZER_CONFIGURATION_ERROR, status: '500', code: 'internal_error', message: 'the authorizer failed: retry, and report it if it persists' },
+  { type: apigw.ResponseType.INTEGRATION_FAILURE, status: '502', code: 'internal_error', message: 'the handler failed: retry, and report it if it persists' },
+  { type: apigw.ResponseType.INTEGRATION_TIMEOUT, status: '504', code: 'internal_error', message: "the request took longer than API Gateway's 29 s limit" },
+  { type: apigw.ResponseType.DEFAULT_4XX, code: 'request_rejected', status: '' },
+  { type: apigw.ResponseType.DEFAULT_5XX, code: 'internal_error', status: '' },
+];
+
+function errorTemplate(e: GatewayError): string {
+  // $context.error.messageString is already a quoted, escaped JSON string.
+  const message = e.message === undefined ? '$context.error.messageString' : JSON.stringify(e.message);
+  return `{"error":{"code":${JSON.stringify(e.code)},"message":${message}}}`;
+}
+
+export class SandboxApi extends Construct {
+  public readonly restApi: apigw.RestApi;
+  public readonly usagePlan: apigw.UsagePlan;
+  /** API Gateway key in the usage plan; its value is what the authorizer returns as usageIdentifierKey. */
+  public readonly defaultUsageKey: apigw.ApiKey;
+  /**
+   * Base URL built from the API id, region and stage name, not from the
+   * deployment: functions can hold it without depending on their own methods.
+   */
+  public readonly url: string;
+  private readonly validator: apigw.RequestValidator;
+  private authorizer?: apigw.RequestAuthorizer;
+  private readonly authorizerCacheSeconds: number;
+
+  constructor(scope: Construct, id: string, props: SandboxApiProps) {
+    super(scope, id);
+    const e = props.environment;
+    const stack = Stack.of(this);
+    this.authorizerCacheSeconds = e.api.authorizerCacheSeconds;
+
+    const accessLogs = new logs.LogGroup(this, 'AccessLogs', {
+      retention: e.logRetentionDays as logs.RetentionDays,
+      removalPolicy: props.removalPolicy,
+    });
+    const executionLogging = e.api.executionLogLevel !== 'OFF';
+
+    this.restApi = new apigw.RestApi(this, 'Api', {
+      restApiName: `ephemeral-sandbox-${e.name}`,
+      description: `Ephemeral Sandbox control plane (${e.name})`,
+      endpointTypes: [apigw.EndpointType.REGIONAL],
+      apiKeySourceType: apigw.ApiKeySourceType.AUTHORIZER,
+      // Execution logs need the account-level API Gateway role; retained so another stack's logging keeps working.
+      cloudWatchRole: executionLogging,
+      ...(executionLogging ? { cloudWatchRoleRemovalPolicy: RemovalPolicy.RETAIN } : {}),
+      deployOptions: {
+        stageName: e.api.stageName,
+        accessLogDestination: new apigw.LogGroupLogDestination(accessLogs),
+        accessLogFormat: apigw.AccessLogFormat.custom(
+          JSON.stringify({
+            requestId: apigw.AccessLogField.contextRequestId(),
+            time: apigw.AccessLogField.contextRequestTime(),
+            ip: apigw.AccessLogField.contextIdentitySourceIp(),
+            method: apigw.AccessLogField.contextHttpMethod(),
+            resource: apigw.AccessLogField.contextResourcePath(),
+            status: apigw.AccessLogField.contextStatus(),
+            responseLength: apigw.AccessLogField.contextResponseLength(),
+            latencyMs: apigw.AccessLogField.contextResponseLatency(),
+            integrationLatencyMs: apigw.AccessLogField.contextIntegrationLatency(),
+            tenant: apigw.AccessLogField.contextAuthorizer('tenant_id'),
+            principal: apigw.AccessLogField.contextAuthorizerPrincipalId(),
+            apiKeyId: apigw.AccessLogField.contextIdentityApiKeyId(),
+            error: apigw.AccessLogField.contextErrorMessage(),
+            errorType: apigw.AccessLogField.contextErrorResponseType(),
+          }),
+        ),
+        metricsEnabled: true,
+        loggingLevel: executionLogging ? apigw.MethodLoggingLevel[e.api.executionLogLevel] : apigw.MethodLoggingLevel.OFF,
+        // Request and response bodies carry sandbox output and caller secrets: never logged.
+        dataTraceEnabled: false,
+      },
+    });
+    // The stack's ApiUrl output replaces the generic one RestApi adds.
+    this.restApi.node.tryRemoveChild('Endpoint');
+    this.url = `https://${this.restApi.restApiId}.execute-api.${stack.region}.${stack.urlSuffix}/${e.api.stageName}`;
+
+    for (const err of gatewayErrors) {
+      this.restApi.addGatewayResponse(`Gateway${err.type.responseType}`, {
+        type: err.type,
+        ...(err.status ? { statusCode: err.status } : {}),
+        responseHeaders: { 'Content-Type': "'application/json'" },
+        templates: { 'application/json': errorTemplate(err) },
+      });
+    }
+
+    // Path parameters are declared required and checked by API Gateway.
+    this.validator = new apigw.RequestValidator(this, 'ParameterValidator', {
+      restApi: this.restApi,
+      validateRequestParameters: true,
+      // No method declares a body model (yet): bodies pass through to the handlers, which validate with zod.
+      validateRequestBody: true,
+    });
+
+    this.usagePlan = this.restApi.addUsagePlan('TenantPlan', {
+      name: `ephemeral-sandbox-${e.name}-tenant`,
+      description: 'Per-tenant throttling and quota: the authorizer returns a key of this plan as usageIdentifierKey',
+      throttle: { rateLimit: e.api.throttleRateLimit, burstLimit: e.api.throttleBurstLimit },
+      ...(e.api.quotaPerDay > 0 ? { quota: { limit: e.api.quotaPerDay, period: apigw.Period.DAY } } : {}),
+    });
+    this.usagePlan.addApiStage({ stage: this.restApi.deploymentStage });
+    // API Gateway generates the value; the key-management CLI reads it (GetApiKey includeValue) into tenant key records.
+    this.defaultUsageKey = new apigw.ApiKey(this, 'DefaultUsageKey', {
+      description: `Ephemeral Sandbox ${e.name}: default usage-plan key for tenants without their own`,
+      enabled: true,
+    });
+    this.usagePlan.addApiKey(this.defaultUsageKey);
+
+    NagSuppressions.addResourceSuppressions(
+      this.restApi,
+      [
+        {
+          id: 'AwsSolutions-APIG3',
+          reason:
+            'No WAF web ACL: every route but /health needs a valid API key checked by the authorizer, and per-tenant throttling and quotas come from the usage plan; a web ACL (about $5/month plus requests) can be associated later without code changes.',
+        },
+      ],
+      true,
+    );
+    if (executionLogging) {
+      NagSuppressions.addResourceSuppressions(
+        this.restApi,
+        [
+          {
+            id: 'AwsSolutions-IAM4',
+            reason:
+              "AmazonAPIGatewayPushToCloudWatchLogs is the AWS-managed policy API Gateway's account-level logging role needs; it only writes CloudWatch Logs.",
+            appliesTo: ['Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs'],
+          },
+        ],
+        true,
+      );
+    } else {
+      NagSuppressions.addResourceSuppressions(
+        this.restApi,
+        [{ id: 'AwsSolutions-APIG6', reason: 'Execution logging is turned off for this environment in cdk.json (api.executionLogLevel OFF); access logs and metrics stay on.' }],
+        true,
+      );
+    }
+  }
+
+  /**
+   * Adds one method per route. Routes that take a key or a sandbox token go
+   * through the authorizer; API-key routes also need the usage-plan key the
+   * authorizer returns; `auth: 'none'` stays open.
+   */
+  addRoutes(routes: readonly Route[], functionFor: (handler: string) => lambda.IFunction, authorizerFunction: lambda.IFunction): void {
+    this.authorizer ??= new apigw.RequestAuthorizer(this, 'KeyAuthorizer', {
+      handler: authorizerFunction,
+      identitySources: [apigw.IdentitySource.header('X-API-Key')],
+      resultsCacheTtl: Duration.seconds(this.authorizerCacheSeconds),
+      authorizerName: 'api-key',
+    });
+    const integrations = new Map<string, apigw.LambdaIntegration>();
+    for (const route of routes) {
+      let integration = integrations.get(route.handler);
+      if (!integration) {
+        // One integration per function; console test-invoke permissions are not needed.
+        integration = new apigw.LambdaIntegration(functionFor(route.handler), { proxy: true, allowTestInvoke: false });
+        integrations.set(route.handler, integration);
+      }
+      const resource = this.restApi.root.resourceForPath(route.path);
+      const pathParameters = [...route.path.matchAll(/\{(\w+)\}/g)].map((m) => m[1]!);
+      const requestParameters = Object.fromEntries(pathParameters.map((p) => [`method.request.path.${p}`, true]));
+      const open = route.auth === 'none';
+      const method = resource.addMethod(route.method, integration, {
+        requestValidator: this.validator,
+        requestParameters,
+        ...(open
+          ? { authorizationType: apigw.AuthorizationType.NONE }
+          : {
+              authorizer: this.authorizer,
+              authorizationType: apigw.AuthorizationType.CUSTOM,
+              // Tenant calls count against the usage plan; a sandbox token's signals (its own sandbox only) do not.
+              apiKeyRequired: route.auth === 'api-key',
+            }),
+      });
+      NagSuppressions.addResourceSuppressions(
+        method,
+        open
+          ? [
+              { id: 'AwsSolutions-APIG4', reason: `${route.method} ${route.path} is the public liveness probe: it returns no tenant data and must work without a key.` },
+              { id: 'AwsSolutions-COG4', reason: `${route.method} ${route.path} is the public liveness probe: no caller identity is involved.` },
+            ]
+          : [
+              {
+                id: 'AwsSolutions-COG4',
+                reason: `${route.method} ${route.path} is called by machines with tenant API keys or sandbox tokens, checked by the Lambda REQUEST authorizer (keys hashed in DynamoDB), not by Cognito users.`,
+              },
+            ],
+      );
+    }
+  }
+}

@@ -1,0 +1,175 @@
+/**
+ * Per-environment settings: `cdk deploy -c env=<name>` picks one entry of the
+ * `environments` table in cdk.json. Every knob is spelled out in that table
+ * (no hidden defaults), validated here, and a bad table fails synthesis with
+ * a message that names the field.
+ */
+import { InstanceArchitecture, InstanceType } from 'aws-cdk-lib/aws-ec2';
+import { z } from 'zod';
+
+const positiveInt = z.number().int().positive();
+const nonNegativeInt = z.number().int().min(0);
+
+/** CloudWatch Logs accepts only these retention periods (days). */
+const logRetentionDays = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653] as const;
+const retention = z
+  .number()
+  .int()
+  .refine((d) => (logRetentionDays as readonly number[]).includes(d), {
+    message: `must be one of CloudWatch's retention periods: ${logRetentionDays.join(', ')}`,
+  });
+
+const environmentSchema = z
+  .object({
+    /** Account/region to pin the stacks to; absent = the CLI's current credentials (env-agnostic). */
+    account: z.string().regex(/^\d{12}$/).optional(),
+    region: z.string().regex(/^[a-z]{2}(-[a-z]+)+-\d$/).optional(),
+    /** 'retain' keeps tables and the bucket when the stack goes and turns on termination/deletion protection. */
+    removalPolicy: z.enum(['retain', 'destroy']),
+    logRetentionDays: retention,
+    network: z.strictObject({
+      /** 0 = hosts in public subnets with public IPs and no NAT (cheapest); >=1 = private subnets behind NAT. */
+      natGateways: nonNegativeInt.max(3),
+      maxAzs: positiveInt.max(3),
+      flowLogTrafficType: z.enum(['ALL', 'REJECT']),
+    }),
+    hosts: z.strictObject({
+      /** First entry is the launch template's type; with Spot, all entries are overrides. Same architecture. */
+      instanceTypes: z.array(z.string().regex(/^[a-z0-9-]+\.[a-z0-9]+$/)).min(1),
+      minHosts: nonNegativeInt,
+      maxHosts: positiveInt,
+      sandboxSlotsPerHost: positiveInt,
+      rootVolumeGiB: positiveInt.min(30).max(16_384),
+      spot: z.strictObject({
+        enabled: z.boolean(),
+        onDemandBaseCapacity: nonNegativeInt,
+        onDemandPercentageAboveBaseCapacity: nonNegativeInt.max(100),
+      }),
+      /** Stopped, pre-initialised instances kept ready; 0 = no warm pool. */
+      warmPoolMinSize: nonNegativeInt,
+      /** How long a terminating host may drain (termination lifecycle hook heartbeat timeout). */
+      drainTimeoutSeconds: positiveInt.min(30).max(7200),
+      /** How long first-boot setup may take before the launch hook abandons the instance. */
+      bootTimeoutSeconds: positiveInt.min(30).max(7200),
+    }),
+    api: z.strictObject({
+      stageName: z.string().regex(/^[A-Za-z0-9_]+$/),
+      /** Per-key (usage plan) steady-state requests per second and burst. */
+      throttleRateLimit: positiveInt,
+      throttleBurstLimit: positiveInt,
+      /** Per-key requests per day; 0 = no quota. */
+      quotaPerDay: nonNegativeInt,
+      /** Authorizer result cache TTL; 0 turns caching off (max 3600). */
+      authorizerCacheSeconds: nonNegativeInt.max(3600),
+      executionLogLevel: z.enum(['OFF', 'ERROR', 'INFO']),
+    }),
+    handlers: z.strictObject({
+      memoryMb: positiveInt.min(128).max(10_240),
+      /** API handlers; API Gateway gives up at 29 s anyway. */
+      apiTimeoutSeconds: positiveInt.max(29),
+      reaperTimeoutSeconds: positiveInt.max(900),
+    }),
+    reaper: z.strictObject({
+      rateMinutes: positiveInt.max(1440),
+      retryAttempts: nonNegativeInt.max(185),
+      maxEventAgeSeconds: positiveInt.min(60).max(86_400),
+    }),
+    storage: z.strictObject({
+      versioned: z.boolean(),
+      /** Noncurrent versions expire after this many days (only with versioning). */
+      noncurrentVersionExpirationDays: positiveInt,
+      /** Objects untouched this long move to Intelligent-Tiering. */
+      intelligentTieringAfterDays: nonNegativeInt,
+      accessLogRetentionDays: positiveInt,
+    }),
+    limits: z.strictObject({
+      defaultCpu: z.number().positive(),
+      maxCpu: z.number().positive(),
+      defaultMemoryMb: positiveInt,
+      maxMemoryMb: positiveInt,
+      defaultTtlSeconds: positiveInt,
+      maxTtlSeconds: positiveInt,
+      defaultIdleTimeoutSeconds: positiveInt,
+      pidsLimit: positiveInt,
+      hotQuotaBytes: positiveInt,
+      hotSyncIntervalSeconds: nonNegativeInt,
+      /** Sandboxes a tenant may have not yet ended (a tenant's own item can override it). */
+      maxSandboxesPerTenant: positiveInt,
+      hostLostAfterSeconds: positiveInt,
+    }),
+  })
+  .strict()
+  .superRefine((env, ctx) => {
+    const h = env.hosts;
+    if (h.minHosts > h.maxHosts) {
+      ctx.addIssue({ code: 'custom', path: ['hosts', 'minHosts'], message: `minHosts (${h.minHosts}) is above maxHosts (${h.maxHosts})` });
+    }
+    if (h.warmPoolMinSize > 0 && (h.spot.enabled || h.instanceTypes.length > 1)) {
+      // Auto Scaling rejects a warm pool on a group with a mixed instances policy.
+      ctx.addIssue({ code: 'custom', path: ['hosts', 'warmPoolMinSize'], message: 'a warm pool needs a single instance type and Spot off (Auto Scaling does not support warm pools with mixed instances)' });
+    }
+    if (h.instanceTypes.length > 1 && !h.spot.enabled) {
+      ctx.addIssue({ code: 'custom', path: ['hosts', 'instanceTypes'], message: 'several instance types are only used with Spot (mixed instances); list one type or enable Spot' });
+    }
+    const arches = new Set(h.instanceTypes.map((t) => new InstanceType(t).architecture));
+    if (arches.size > 1) {
+      ctx.addIssue({ code: 'custom', path: ['hosts', 'instanceTypes'], message: `instance types mix architectures (${h.instanceTypes.join(', ')}); the AMI and the sandbox image are built for one` });
+    }
+    if (env.api.throttleBurstLimit < env.api.throttleRateLimit) {
+      ctx.addIssue({ code: 'custom', path: ['api', 'throttleBurstLimit'], message: 'burst limit must be at least the rate limit' });
+    }
+    const l = env.limits;
+    if (l.defaultCpu > l.maxCpu) ctx.addIssue({ code: 'custom', path: ['limits', 'defaultCpu'], message: 'defaultCpu is above maxCpu' });
+    if (l.defaultMemoryMb > l.maxMemoryMb) ctx.addIssue({ code: 'custom', path: ['limits', 'defaultMemoryMb'], message: 'defaultMemoryMb is above maxMemoryMb' });
+    if (l.defaultTtlSeconds > l.maxTtlSeconds) ctx.addIssue({ code: 'custom', path: ['limits', 'defaultTtlSeconds'], message: 'defaultTtlSeconds is above maxTtlSeconds' });
+  });
+
+export type EnvironmentSettings = z.infer<typeof environmentSchema>;
+
+/** One resolved environment: its name plus its validated settings. */
+export interface DeploymentEnvironment extends EnvironmentSettings {
+  name: string;
+  /** Architecture of every host instance type (drives the AMI, the image platform, the mount-s3 RPM). */
+  hostArchitecture: InstanceArchitecture;
+}
+
+/** Why synthesis cannot start: a missing or unknown env name, or a bad settings table. */
+export class EnvironmentConfigError extends Error {
+  override readonly name = 'EnvironmentConfigError';
+}
+
+/**
+ * Picks and validates one environment from the `environments` context table.
+ *
+ * @example resolveEnvironment(app.node.tryGetContext('env'), app.node.tryGetContext('environments'))
+ */
+export function resolveEnvironment(envName: unknown, environments: unknown): DeploymentEnvironment {
+  if (environments === undefined || environments === null || typeof environments !== 'object' || Array.isArray(environments)) {
+    throw new EnvironmentConfigError('cdk.json has no "environments" table under "context"; it must map environment names (e.g. dev, prod) to their settings');
+  }
+  const names = Object.keys(environments);
+  const valid = names.length > 0 ? names.join(', ') : '(none defined)';
+  if (envName === undefined || envName === null || envName === '') {
+    throw new EnvironmentConfigError(`no environment chosen: pass -c env=<name> (valid names: ${valid})`);
+  }
+  if (typeof envName !== 'string' || !Object.prototype.hasOwnProperty.call(environments, envName)) {
+    throw new EnvironmentConfigError(`unknown environment "${String(envName)}": valid names are ${valid} (defined in cdk.json under context.environments)`);
+  }
+  if (!/^[a-z][a-z0-9-]{0,15}$/.test(envName)) {
+    throw new EnvironmentConfigError(`environment name "${envName}" must be lowercase letters, digits and dashes (at most 16), starting with a letter: it becomes part of stack and resource names`);
+  }
+  const parsed = environmentSchema.safeParse((environments as Record<string, unknown>)[envName]);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((i) => `  - ${i.path.join('.') || '(root)'}: ${i.message}`).join('\n');
+    throw new EnvironmentConfigError(`environment "${envName}" in cdk.json is invalid:\n${problems}`);
+  }
+  const settings = parsed.data;
+  return {
+    name: envName,
+    ...settings,
+    hostArchitecture: new InstanceType(settings.hosts.instanceTypes[0]!).architecture,
+  };
+}
+
+/** Settings names (the table keys) in a stable order, for docs and tests. */
+export const environmentSettingsShape = environmentSchema;

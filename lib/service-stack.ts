@@ -1,0 +1,102 @@
+/**
+ * The service stack: everything stateless. The API and its handlers, the
+ * reaper schedule, the sandbox host fleet and its network. It reads the
+ * tables and the bucket from the stateful stack.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { CfnOutput, Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
+import * as ecrAssets from 'aws-cdk-lib/aws-ecr-assets';
+import { InstanceArchitecture } from 'aws-cdk-lib/aws-ec2';
+import type * as s3 from 'aws-cdk-lib/aws-s3';
+import type { Construct } from 'constructs';
+import { backgroundHandlerNames, handlerNames, routes } from '../lambdas/shared/routes';
+import { ControlPlaneFunctions } from './constructs/control-plane-functions';
+import { HostAgentAssets } from './constructs/host-agent-assets';
+import { HostFleet } from './constructs/host-fleet';
+import { SandboxNetwork } from './constructs/network';
+import { ReaperSchedule } from './constructs/reaper-schedule';
+import { SandboxApi } from './constructs/sandbox-api';
+import type { ProjectTables } from './constructs/tables';
+import type { DeploymentEnvironment } from './environment';
+import { repoRoot, sandboxImageDir } from './paths';
+
+export interface ServiceStackProps extends StackProps {
+  environment: DeploymentEnvironment;
+  tables: ProjectTables;
+  bucket: s3.IBucket;
+}
+
+/** The production image builds from Ubuntu pulled through ECR Public (no Docker Hub rate limits). */
+export const sandboxBaseImage = 'public.ecr.aws/docker/library/ubuntu:24.04';
+
+export class ServiceStack extends Stack {
+  public readonly api: SandboxApi;
+  public readonly functions: ControlPlaneFunctions;
+  public readonly fleet: HostFleet;
+  public readonly network: SandboxNetwork;
+  public readonly reaperSchedule: ReaperSchedule;
+
+  constructor(scope: Construct, id: string, props: ServiceStackProps) {
+    const e = props.environment;
+    const retain = e.removalPolicy === 'retain';
+    super(scope, id, { ...props, terminationProtection: props.terminationProtection ?? retain });
+    const removalPolicy = retain ? RemovalPolicy.RETAIN : RemovalPolicy.DESTROY;
+    const appVersion = (JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as { version: string }).version;
+
+    const sandboxImage = new ecrAssets.DockerImageAsset(this, 'SandboxImage', {
+      directory: sandboxImageDir,
+      platform: e.hostArchitecture === InstanceArchitecture.ARM_64 ? ecrAssets.Platform.LINUX_ARM64 : ecrAssets.Platform.LINUX_AMD64,
+      buildArgs: { BASE_IMAGE: sandboxBaseImage },
+    });
+
+    this.network = new SandboxNetwork(this, 'Network', {
+      natGateways: e.network.natGateways,
+      maxAzs: e.network.maxAzs,
+      flowLogTrafficType: e.network.flowLogTrafficType,
+      logRetention: e.logRetentionDays,
+      removalPolicy,
+    });
+
+    this.api = new SandboxApi(this, 'Api', { environment: e, removalPolicy });
+
+    this.functions = new ControlPlaneFunctions(this, 'Handlers', {
+      environment: e,
+      handlers: [...handlerNames, ...backgroundHandlerNames],
+      tables: props.tables,
+      bucket: props.bucket,
+      sandboxImageUri: sandboxImage.imageUri,
+      sandboxApiUrl: this.api.url,
+      removalPolicy,
+      appVersion,
+    });
+    this.api.addRoutes(routes, (h) => this.functions.fn(h), this.functions.fn('authorizer'));
+
+    const reaper = this.functions.fn('reaper');
+    // The next tick is the retry: Lambda's own async retries would only overlap runs.
+    reaper.configureAsyncInvoke({ retryAttempts: 0, maxEventAge: Duration.seconds(Math.max(60, e.reaper.maxEventAgeSeconds)) });
+    this.reaperSchedule = new ReaperSchedule(this, 'Reaper', {
+      reaper,
+      rateMinutes: e.reaper.rateMinutes,
+      retryAttempts: e.reaper.retryAttempts,
+      maxEventAgeSeconds: e.reaper.maxEventAgeSeconds,
+      envName: e.name,
+    });
+
+    this.fleet = new HostFleet(this, 'Hosts', {
+      environment: e,
+      network: this.network,
+      tables: props.tables,
+      bucket: props.bucket,
+      sandboxImage,
+      hostAgent: new HostAgentAssets(this, 'HostAgent'),
+    });
+
+    new CfnOutput(this, 'ApiUrl', { value: this.api.restApi.url, description: 'Base URL of the API (stage included)' });
+    new CfnOutput(this, 'UsagePlanId', { value: this.api.usagePlan.usagePlanId, description: 'Usage plan tenant keys are attached to' });
+    new CfnOutput(this, 'DefaultUsageKeyId', { value: this.api.defaultUsageKey.keyId, description: 'API Gateway key of the usage plan (its value becomes usageIdentifierKey)' });
+    new CfnOutput(this, 'HostAutoScalingGroupName', { value: this.fleet.autoScalingGroup.autoScalingGroupName, description: 'Auto Scaling group of sandbox hosts' });
+    new CfnOutput(this, 'SandboxImageUri', { value: sandboxImage.imageUri, description: 'Sandbox image in ECR' });
+    new CfnOutput(this, 'ReaperDeadLetterQueueUrl', { value: this.reaperSchedule.deadLetterQueue.queueUrl, description: 'Reaper schedule deliveries that failed' });
+  }
+}

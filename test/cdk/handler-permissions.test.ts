@@ -1,0 +1,55 @@
+/**
+ * Least privilege, checked against the code: each handler is bundled the way
+ * the stack bundles it, and the AWS calls its own modules make (after
+ * tree-shaking) must be exactly what lib/constructs/handler-access.ts grants.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { backgroundHandlerNames, handlerNames } from '../../lambdas/shared/routes';
+import { tables } from '../../lambdas/shared/tables';
+import { analyzeHandlerCalls, type HandlerCalls } from '../../lib/bundle-analysis';
+import { handlerAccess, hostDispatchActions } from '../../lib/constructs/handler-access';
+
+const tableIndexes = Object.fromEntries(tables.map((t) => [t.id, t.indexes.map((i) => i.name)]));
+const allHandlers = [...handlerNames, ...backgroundHandlerNames];
+
+const analyses = new Map<string, Promise<HandlerCalls>>();
+/** One analysis per handler, shared by its tests (a failure stays with its handler). */
+const analyze = (handler: string): Promise<HandlerCalls> => {
+  if (!analyses.has(handler)) analyses.set(handler, analyzeHandlerCalls(handler, tableIndexes));
+  return analyses.get(handler)!;
+};
+
+const fix = 'update lib/constructs/handler-access.ts to match what the code calls';
+
+describe('handler IAM grants match the AWS calls in each bundle', () => {
+  it('lists every handler, and only handlers that exist', () => {
+    assert.deepEqual(Object.keys(handlerAccess).sort(), [...allHandlers].sort());
+  });
+
+  for (const handler of allHandlers) {
+    it(`${handler}: DynamoDB actions per table and queried indexes`, async () => {
+      const calls = await analyze(handler);
+      const used = Object.fromEntries(
+        [...calls.tables].map(([table, e]) => [table, { actions: [...e.actions].sort(), indexes: [...e.indexes].sort() }]),
+      );
+      const granted = Object.fromEntries(
+        handlerAccess[handler].tables.map((g) => [g.table.id, { actions: [...g.actions].sort(), indexes: [...(g.indexes ?? [])].sort() }]),
+      );
+      assert.deepEqual(granted, used, `${handler}: ${fix}`);
+    });
+
+    it(`${handler}: host dispatch (SSM Run Command, staged requests) only if the code dispatches`, async () => {
+      const calls = await analyze(handler);
+      const used = [...calls.otherActions].sort();
+      const granted = handlerAccess[handler].dispatchesToHosts ? [...hostDispatchActions].sort() : [];
+      assert.deepEqual(granted, used, `${handler}: ${fix}`);
+    });
+  }
+
+  it('finds no Scan in any handler', async () => {
+    for (const calls of await Promise.all(allHandlers.map(analyze))) {
+      for (const [table, e] of calls.tables) assert.ok(!e.actions.has('dynamodb:Scan'), `${calls.handler} scans ${table}`);
+    }
+  });
+});
