@@ -24,7 +24,8 @@ if (!Number.isInteger(port) || port < 0 || port > 65535) {
   process.exit(1);
 }
 
-const stack = await startLocalStack({ port, apiKey: process.env.SANDBOX_API_KEY || undefined });
+const stateFile = join(repoRoot, '.local', 'stack.json');
+const stack = await startLocalStack({ port, apiKey: process.env.SANDBOX_API_KEY || undefined, stateFile });
 const key = stack.apiKey;
 console.log(`
 Ephemeral Sandbox is running (local stack).
@@ -32,6 +33,7 @@ Ephemeral Sandbox is running (local stack).
   API URL:  ${stack.url}
   API key:  ${key}${process.env.SANDBOX_API_KEY ? '  (from SANDBOX_API_KEY)' : '  (generated; set SANDBOX_API_KEY to choose one)'}
   Host:     ${stack.hostId} (this machine, via the local SSM endpoint)
+  Admin:    npm run keys -- create --tenant acme   (reads ${stateFile})
 
 Try:
   curl -s -X POST ${stack.url}/sandboxes -H "X-API-Key: ${key}" -H 'Content-Type: application/json' -d '{"user_id":"test-user"}'

@@ -23,7 +23,7 @@ import { applyEnvFile, loadHostConfig } from './config';
 import { DockerClient } from './docker';
 import { envelopeLine, runHostAgent } from './invocation';
 import { destroySandbox, syncSandbox } from './lifecycle';
-import { ensureSandboxNetwork } from './network';
+import { checkEgressRules, ensureSandboxNetwork } from './network';
 import { containerLabels, hostVerbs, ownerLabelValue } from './protocol';
 
 const agentVersion = '0.1.0';
@@ -209,7 +209,10 @@ function every(ms: number, name: string, fn: () => Promise<unknown>): () => void
 export async function runDaemon(s = daemonSettings()): Promise<() => void> {
   const hostConfig = loadHostConfig();
   const docker = new DockerClient(hostConfig.dockerSocket);
-  const network = await ensureSandboxNetwork(hostConfig, docker);
+  const network = await ensureSandboxNetwork(hostConfig, docker, { recheck: true });
+  // Installed is not enough: read the rules back, and never serve sandboxes without them.
+  const egress = await checkEgressRules(hostConfig, docker);
+  if (egress.missing.length > 0) throw new Error(`daemon: the egress firewall is incomplete after install: ${egress.missing.join('; ')}`);
   logger.info('daemon: sandbox network ready', { network });
   const socket = await serveAgentSocket(s.agentSocket);
   await registerHost({ hostId: s.hostId, capacity: s.slots, agentVersion });

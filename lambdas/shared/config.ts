@@ -3,7 +3,7 @@
  * these on every function; the local stack sets them on its own process.
  * AWS endpoints are not here: the SDK reads AWS_ENDPOINT_URL_<SERVICE> itself.
  */
-import { apiKeysTable, hostsTable, idempotencyTable, sandboxesTable } from './tables';
+import { apiKeysTable, hostsTable, idempotencyTable, sandboxesTable, tenantsTable } from './tables';
 
 function int(name: string, fallback: number): number {
   const raw = process.env[name];
@@ -19,7 +19,7 @@ function str(name: string, fallback: string): string {
 }
 
 export interface ControlPlaneConfig {
-  tables: { sandboxes: string; hosts: string; apiKeys: string; idempotency: string };
+  tables: { sandboxes: string; hosts: string; apiKeys: string; idempotency: string; tenants: string };
   /** Storage bucket: hot/cold tiers and staged host requests. */
   bucket: string;
   /** Image the hosts run sandboxes from. */
@@ -39,6 +39,8 @@ export interface ControlPlaneConfig {
     pidsLimit: number;
     hotQuotaBytes: number;
     hotSyncIntervalSeconds: number;
+    /** Sandboxes a tenant may have not yet ended; a tenant's max_sandboxes overrides it. */
+    maxSandboxesPerTenant: number;
   };
   /** Host heartbeat age after which a host counts as lost. */
   hostLostAfterSeconds: number;
@@ -51,6 +53,7 @@ export function loadConfig(): ControlPlaneConfig {
       hosts: str(hostsTable.envVar, 'hosts'),
       apiKeys: str(apiKeysTable.envVar, 'api-keys'),
       idempotency: str(idempotencyTable.envVar, 'idempotency'),
+      tenants: str(tenantsTable.envVar, 'tenants'),
     },
     bucket: str('STORAGE_BUCKET', 'ephemeral-sandbox-storage'),
     sandboxImage: str('SANDBOX_IMAGE', 'ephemeral-sandbox:latest'),
@@ -67,6 +70,7 @@ export function loadConfig(): ControlPlaneConfig {
       pidsLimit: int('SANDBOX_PIDS_LIMIT', 512),
       hotQuotaBytes: int('HOT_QUOTA_BYTES', 100 * 1024 * 1024),
       hotSyncIntervalSeconds: int('HOT_SYNC_INTERVAL_SECONDS', 60),
+      maxSandboxesPerTenant: int('MAX_SANDBOXES_PER_TENANT', 20),
     },
     hostLostAfterSeconds: int('HOST_LOST_AFTER_SECONDS', 90),
   };

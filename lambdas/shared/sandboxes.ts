@@ -24,6 +24,7 @@ import {
   TransitionRejectedError,
 } from './sandbox-store';
 import type { CreateSandboxBody, ExecBody } from './schemas';
+import { releaseTenantSlot, takeTenantSlot } from './tenants';
 import type { StorageSpec } from '../../host-agent/src/protocol';
 
 /** How long a host may take to create a sandbox before the reaper cleans up. */
@@ -55,7 +56,15 @@ export async function createSandbox(p: Principal, body: CreateSandboxBody): Prom
   const sandboxId = newSandboxId();
   const ttl = body.config?.ttl_seconds ?? Math.min(c.limits.defaultTtlSeconds, c.limits.maxTtlSeconds);
   const idle = Math.min(body.config?.idle_timeout_seconds ?? c.limits.defaultIdleTimeoutSeconds, ttl);
-  const host = await placeSandbox(now);
+  // The tenant's cap first: a tenant at its limit never takes a host slot.
+  await takeTenantSlot(p.tenantId);
+  let host: Awaited<ReturnType<typeof placeSandbox>>;
+  try {
+    host = await placeSandbox(now);
+  } catch (err) {
+    await releaseTenantSlot(p.tenantId);
+    throw err;
+  }
   const token = generateSandboxToken(sandboxId);
   const iso = new Date(now).toISOString();
   const record: SandboxRecord = {
@@ -93,6 +102,7 @@ export async function createSandbox(p: Principal, body: CreateSandboxBody): Prom
     await putNewSandbox(record);
   } catch (err) {
     await releaseSlot(host.host_id);
+    await releaseTenantSlot(p.tenantId);
     throw err;
   }
 
@@ -142,7 +152,7 @@ export async function createSandbox(p: Principal, body: CreateSandboxBody): Prom
 
 /**
  * Records the end of a sandbox (the one way into a terminal status): takes it
- * out of the deadline and host indexes and gives its host slot back. Answers
+ * out of the deadline and host indexes and gives its host and tenant slots back. Answers
  * undefined when another caller ended it first.
  */
 export async function markEnded(
@@ -160,6 +170,7 @@ export async function markEnded(
       ...(end.event === 'fail' && end.only ? { only: end.only } : {}),
     });
     await releaseSlot(record.host_id);
+    await releaseTenantSlot(ended.tenant_id);
     return ended;
   } catch (err) {
     if (err instanceof TransitionRejectedError) return undefined;

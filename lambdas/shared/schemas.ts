@@ -58,7 +58,12 @@ export const execBody = z
       .regex(/^\/[^\0]*$/, 'must be an absolute path')
       .optional(),
     env: envMap.optional(),
-    user: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'must be a valid user name').default('agent'),
+    user: z
+      .string()
+      .regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'must be a valid user name')
+      // Sandboxes never run anything as root, not even root without capabilities.
+      .refine((u) => u !== 'root', 'must not be root: commands run as a non-root user (default agent)')
+      .default('agent'),
   })
   .strict();
 export type ExecBody = z.infer<typeof execBody>;

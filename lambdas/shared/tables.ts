@@ -105,4 +105,16 @@ export const idempotencyTable = {
   timeToLiveAttribute: 'expires_at_s',
 } as const satisfies TableDefinition;
 
-export const tables: readonly TableDefinition[] = [sandboxesTable, hostsTable, apiKeysTable, idempotencyTable];
+/**
+ * One item per tenant: `live_sandboxes` counts its sandboxes not yet ended
+ * (taken with one conditional UpdateItem at create, given back at the end),
+ * `max_sandboxes` optionally overrides MAX_SANDBOXES_PER_TENANT.
+ */
+export const tenantsTable = {
+  id: 'Tenants',
+  envVar: 'TENANTS_TABLE',
+  partitionKey: { name: 'tenant_id', type: 'S' },
+  indexes: [],
+} as const satisfies TableDefinition;
+
+export const tables: readonly TableDefinition[] = [sandboxesTable, hostsTable, apiKeysTable, idempotencyTable, tenantsTable];

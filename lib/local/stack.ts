@@ -6,7 +6,7 @@
  * reaper on a timer like its schedule.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -46,6 +46,29 @@ export interface LocalStackOptions {
   authorizerCacheSeconds?: number;
   /** Per-tenant request rate (usage plan). @default TENANT_RATE_LIMIT or 50 */
   rateLimit?: number;
+  /** Per-tenant burst (usage plan). @default TENANT_BURST_LIMIT or 100 */
+  burstLimit?: number;
+  /**
+   * Where to write the stack's endpoints and table names (mode 0600) for
+   * admin tools such as `npm run keys`; removed on close. `npm start` uses
+   * .local/stack.json. @default none
+   */
+  stateFile?: string;
+}
+
+/** What `stateFile` holds: enough for an admin tool to reach this stack's engines. */
+export interface LocalStackState {
+  pid: number;
+  url: string;
+  region: string;
+  hostId: string;
+  tenantId: string;
+  dynamodbEndpoint: string;
+  s3Endpoint: string;
+  ssmEndpoint: string;
+  /** Table env var (e.g. API_KEYS_TABLE) -> physical name. */
+  tables: Record<string, string>;
+  startedAt: string;
 }
 
 export interface LocalStack {
@@ -168,9 +191,30 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
       extraHosts: [gateway],
       authorizerCacheSeconds: o.authorizerCacheSeconds ?? Number(process.env.AUTHORIZER_CACHE_SECONDS ?? 300),
       rateLimit: o.rateLimit ?? Number(process.env.TENANT_RATE_LIMIT ?? 50),
-      burstLimit: Number(process.env.TENANT_BURST_LIMIT ?? 100),
+      burstLimit: o.burstLimit ?? Number(process.env.TENANT_BURST_LIMIT ?? 100),
     });
     cleanups.push(() => api.close());
+
+    if (o.stateFile) {
+      const stateFile = o.stateFile;
+      const state: LocalStackState = {
+        pid: process.pid,
+        url: api.url,
+        region: env.AWS_REGION!,
+        hostId,
+        tenantId,
+        dynamodbEndpoint: dynamodb.endpoint,
+        s3Endpoint: s3.url,
+        ssmEndpoint: ssm.url,
+        tables: Object.fromEntries(tables.map((t) => [t.envVar, env[t.envVar]!])),
+        startedAt: new Date().toISOString(),
+      };
+      mkdirSync(dirname(stateFile), { recursive: true, mode: 0o700 });
+      // Written whole then renamed: a reader never sees half a file.
+      writeFileSync(`${stateFile}.tmp`, JSON.stringify(state, null, 2) + '\n', { mode: 0o600 });
+      renameSync(`${stateFile}.tmp`, stateFile);
+      cleanups.push(() => rmSync(stateFile, { force: true }));
+    }
 
     let reaping: Promise<ReapReport> | undefined;
     const runReaper = () => (reaping ??= reap().finally(() => (reaping = undefined)));
