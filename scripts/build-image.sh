@@ -8,6 +8,7 @@
 #   SANDBOX_IMAGE        tag to build            (default ephemeral-sandbox:latest)
 #   SANDBOX_BASE_IMAGE   base image              (default local/debian:bookworm, the offline
 #                        base, made here with debootstrap when missing; production: ubuntu:24.04)
+#   SANDBOX_OFFLINE_BASE tag of the debootstrap base made when missing (default local/debian:bookworm)
 #   SANDBOX_BUILD_ARGS   extra `docker build` arguments, e.g. "--build-arg CHROMIUM_SOURCE=apt"
 #   SANDBOX_EXTRA_CA_CERTS  CA certificates the build (and the image) must trust, for networks
 #                        that inspect TLS: "auto" (default: the host's locally added CAs in
@@ -20,16 +21,16 @@ die() { printf '[build-image] ERROR: %s\n' "$*" >&2; exit 1; }
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 context="${repo_root}/sandbox-image"
 image="${SANDBOX_IMAGE:-ephemeral-sandbox:latest}"
-base_image="${SANDBOX_BASE_IMAGE:-local/debian:bookworm}"
+offline_base="${SANDBOX_OFFLINE_BASE:-local/debian:bookworm}"
+base_image="${SANDBOX_BASE_IMAGE:-${offline_base}}"
 extra_args="${SANDBOX_BUILD_ARGS:-}"
-offline_base=local/debian:bookworm
 hash_label=dev.ephemeral-sandbox.content-hash
 
 force=0
 for arg in "$@"; do
   case "${arg}" in
     --force) force=1 ;;
-    -h|--help) sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '${arg}' (usage: scripts/build-image.sh [--force])" ;;
   esac
 done

@@ -49,6 +49,8 @@ before(async () => {
         recorded.apiKey === token
           ? respond(recorded, requests.length)
           : { status: 401, body: { error: { code: 'unauthorized', message: 'invalid key' } } };
+      // Status 0: drop the connection without an answer, as a crashing proxy would.
+      if (answer.status === 0) return void req.socket.destroy();
       res.writeHead(answer.status, { 'content-type': 'application/json', ...answer.headers });
       res.end(JSON.stringify(answer.body));
     });
@@ -154,6 +156,14 @@ describe('the sandbox helper', { skip }, () => {
     assert.equal(requests.length, 3);
     assert.match(run.stderr, /attempt 1 failed \(HTTP 503: unavailable: busy\)/);
     assert.match(run.stderr, /attempt 2 failed \(HTTP 429: throttled: slow down\)/);
+  });
+
+  it('retries when the connection drops without an answer', async () => {
+    respond = (_req, count) => (count === 1 ? { status: 0, body: null } : { status: 200, body: { ok: true } });
+    const run = await sandbox(['heartbeat']);
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(requests.length, 2);
+    assert.match(run.stderr, /attempt 1 failed \(cannot reach/);
   });
 
   it('gives up with exit code 5 after the configured number of attempts', async () => {
