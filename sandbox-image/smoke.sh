@@ -83,7 +83,7 @@ run_sandbox() {
     --label dev.ephemeral-sandbox.owner=ephemeral-sandbox \
     --label dev.ephemeral-sandbox.sandbox-id=smoke \
     --user 1000:1000 --cap-drop ALL --security-opt no-new-privileges \
-    --read-only --tmpfs /tmp:rw,nosuid,nodev,size=512m --tmpfs /run:rw,nosuid,nodev,noexec,size=16m \
+    --read-only --tmpfs /tmp:rw,exec,nosuid,nodev,size=512m --tmpfs /run:rw,nosuid,nodev,noexec,size=16m \
     --pids-limit 512 --memory 1g --memory-swap 1g --ulimit core=0 --ipc private \
     -v "${home_dir}:/home/agent" -v "${cold_dir}:/data/cold" \
     -v "${repo_root}/sandbox-image/smoke:/smoke:ro" \

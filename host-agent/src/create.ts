@@ -63,7 +63,8 @@ export function containerSpec(request: CreateInput, config: HostConfig, paths: {
       SecurityOpt: ['no-new-privileges:true'],
       ReadonlyRootfs: true,
       Tmpfs: {
-        '/tmp': `rw,nosuid,nodev,size=${config.tmpSizeMb}m`,
+        // exec: Docker's tmpfs default is noexec, which breaks tools that build and run in /tmp.
+        '/tmp': `rw,exec,nosuid,nodev,size=${config.tmpSizeMb}m`,
         '/run': `rw,nosuid,nodev,noexec,size=${runTmpfsMb}m`,
       },
       Binds: [`${paths.home}:${sandboxHome}:rw`, `${paths.cold}:${sandboxColdMount}:rw`],
