@@ -111,11 +111,21 @@ function sdkClientOf(operation: string): string | undefined {
  * with a `// <path>` line) and, in the project's own modules, collects the SDK
  * commands constructed and the tables and indexes named next to them.
  */
-export async function analyzeHandlerCalls(handler: string, tableIndexes: Record<string, readonly string[]>): Promise<HandlerCalls> {
+export function analyzeHandlerCalls(handler: string, tableIndexes: Record<string, readonly string[]>): Promise<HandlerCalls> {
+  return analyzeCalls(handler, handlerEntry(handler), tableIndexes);
+}
+
+/** Native add-ons of dockerode's optional SSH transport, left out of host bundles as scripts/build.mjs does. */
+const hostExternals = ['cpu-features', './crypto/build/Release/sshcrypto.node'];
+
+/** The same analysis for any entry point of the project (e.g. the host daemon); `label` names it in errors. */
+export async function analyzeCalls(label: string, entry: string, tableIndexes: Record<string, readonly string[]>): Promise<HandlerCalls> {
+  const handler = label;
   const tableIdByKey = Object.fromEntries(Object.keys(tableIndexes).map((id) => [lowerFirst(id), id]));
   const keys = Object.keys(tableIdByKey).join('|');
   const result = await build({
-    ...handlerBuildOptions(handlerEntry(handler), join('/tmp', handler, 'index.mjs')),
+    ...handlerBuildOptions(entry, join('/tmp', label, 'index.mjs')),
+    external: hostExternals,
     minify: false,
     sourcemap: false,
     metafile: false,
@@ -126,7 +136,7 @@ export async function analyzeHandlerCalls(handler: string, tableIndexes: Record<
   const sections = text.split(/^\/\/ (?=\S+\.[cm]?[jt]s$)/m);
   for (const section of sections) {
     const path = section.slice(0, section.indexOf('\n'));
-    if (!path.startsWith('lambdas/')) continue;
+    if (!path.startsWith('lambdas/') && !path.startsWith('host-agent/')) continue;
     const actions = new Set<string>();
     for (const m of section.matchAll(/\bnew (\w+?)Command\d*\(/g)) {
       const name = m[1]!;

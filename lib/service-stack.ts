@@ -11,7 +11,7 @@ import { InstanceArchitecture } from 'aws-cdk-lib/aws-ec2';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import type { Construct } from 'constructs';
 import { backgroundHandlerNames, handlerNames, routes } from '../lambdas/shared/routes';
-import { ControlPlaneFunctions } from './constructs/control-plane-functions';
+import { ControlPlaneFunctions, handlerEnvironment } from './constructs/control-plane-functions';
 import { HostAgentAssets } from './constructs/host-agent-assets';
 import { HostFleet } from './constructs/host-fleet';
 import { SandboxNetwork } from './constructs/network';
@@ -60,15 +60,18 @@ export class ServiceStack extends Stack {
 
     this.api = new SandboxApi(this, 'Api', { environment: e, removalPolicy });
 
-    this.functions = new ControlPlaneFunctions(this, 'Handlers', {
+    const controlPlane = {
       environment: e,
-      handlers: [...handlerNames, ...backgroundHandlerNames],
       tables: props.tables,
       bucket: props.bucket,
       sandboxImageUri: sandboxImage.imageUri,
       sandboxApiUrl: this.api.url,
-      removalPolicy,
       appVersion,
+    };
+    this.functions = new ControlPlaneFunctions(this, 'Handlers', {
+      ...controlPlane,
+      handlers: [...handlerNames, ...backgroundHandlerNames],
+      removalPolicy,
     });
     this.api.addRoutes(routes, (h) => this.functions.fn(h), this.functions.fn('authorizer'));
 
@@ -90,6 +93,7 @@ export class ServiceStack extends Stack {
       bucket: props.bucket,
       sandboxImage,
       hostAgent: new HostAgentAssets(this, 'HostAgent'),
+      controlPlaneEnv: handlerEnvironment(controlPlane),
     });
 
     new CfnOutput(this, 'ApiUrl', { value: this.api.restApi.url, description: 'Base URL of the API (stage included)' });

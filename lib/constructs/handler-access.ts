@@ -118,3 +118,27 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
     dispatchesToHosts: false,
   },
 };
+
+/**
+ * What a sandbox host does with its instance role: the host daemon registers
+ * and heartbeats the host, reconciles the sandboxes placed on it and ends the
+ * ones whose container vanished; the CLI and daemon sync hot tiers and fetch
+ * staged requests. The tests check this against the daemon and CLI bundles.
+ */
+export interface HostAccess {
+  tables: readonly TableGrant[];
+  /** On the storage bucket (objects under any prefix; ListBucket on the bucket). */
+  storageActions: readonly string[];
+  /** Storage actions no project code calls but mountpoint-s3 (the cold tier's FUSE client) does. */
+  mountpointOnlyActions: readonly string[];
+}
+
+export const hostAccess: HostAccess = {
+  tables: [
+    { table: hostsTable, actions: ['dynamodb:UpdateItem'] },
+    { table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:Query'], indexes: [index(sandboxesTable, 'by-host')] },
+    { table: tenantsTable, actions: ['dynamodb:UpdateItem'] },
+  ],
+  storageActions: ['s3:ListBucket', 's3:GetObject', 's3:PutObject', 's3:DeleteObject', 's3:AbortMultipartUpload'],
+  mountpointOnlyActions: ['s3:AbortMultipartUpload'],
+};

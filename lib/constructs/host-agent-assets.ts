@@ -1,5 +1,5 @@
 /**
- * The bundled host-agent CLI and host daemon as S3 assets. The bundles come
+ * The bundled host-agent CLI and host daemon, and the wrapper SSM runs, as S3 assets. The bundles come
  * from the project's own build (scripts/build.mjs, the same esbuild options
  * the local stack runs), so `cdk synth` works on a fresh clone without a
  * separate `npm run build`; each asset is one .mjs file, uploaded as is.
@@ -44,14 +44,21 @@ function bundledFile(scope: Construct, id: string, file: string): s3assets.Asset
 }
 
 export class HostAgentAssets extends Construct {
-  /** dist/host-agent.mjs: the CLI SSM Run Command invokes. */
+  /** dist/host-agent.mjs: the host-agent CLI (what the wrapper runs when the daemon is not listening). */
   public readonly cli: s3assets.Asset;
   /** dist/host-agent-daemon.mjs: the systemd service. */
   public readonly daemon: s3assets.Asset;
+  /** host-agent/bin/host-agent: the shell wrapper SSM Run Command invokes (hands requests to the daemon's socket). */
+  public readonly wrapper: s3assets.Asset;
 
   constructor(scope: Construct, id: string) {
     super(scope, id);
     this.cli = bundledFile(this, 'Cli', 'host-agent.mjs');
     this.daemon = bundledFile(this, 'Daemon', 'host-agent-daemon.mjs');
+    this.wrapper = new s3assets.Asset(this, 'Wrapper', { path: join(hostAgentDir, 'bin', 'host-agent') });
+  }
+
+  get all(): s3assets.Asset[] {
+    return [this.cli, this.daemon, this.wrapper];
   }
 }

@@ -12,9 +12,9 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
-import { hostsTable, sandboxesTable } from '../../lambdas/shared/tables';
 import type { DeploymentEnvironment } from '../environment';
 import { arnPrefixPattern, hostTags, storageBucketArnPattern } from './control-plane-functions';
+import { hostAccess } from './handler-access';
 import type { HostAgentAssets } from './host-agent-assets';
 import { hostUserData } from './host-user-data';
 import type { SandboxNetwork } from './network';
@@ -27,6 +27,8 @@ export interface HostFleetProps {
   bucket: s3.IBucket;
   sandboxImage: DockerImageAsset;
   hostAgent: HostAgentAssets;
+  /** The control plane's configuration (what the functions get): the host daemon reads the same settings. */
+  controlPlaneEnv: Record<string, string>;
 }
 
 /** Lifecycle hook that holds a new host until its setup finished (user data completes it). */
@@ -54,27 +56,25 @@ export class HostFleet extends Construct {
     });
     this.grantHostAccess(props, autoScalingGroupName);
 
-    const tablesEnv: Record<string, string> = {};
-    for (const definition of [sandboxesTable, hostsTable]) tablesEnv[definition.envVar] = props.tables.table(definition).tableName;
+    const { NODE_OPTIONS: _nodeOptions, ...controlPlaneEnv } = props.controlPlaneEnv;
     const userData = hostUserData({
       region: stack.region,
       architecture: e.hostArchitecture,
       hostEnv: {
+        // The daemon runs control-plane code (records, slots, storage layout): same settings as the functions.
+        ...controlPlaneEnv,
         AWS_REGION: stack.region,
         AWS_DEFAULT_REGION: stack.region,
         DEPLOYMENT_ENV: e.name,
-        ...tablesEnv,
-        STORAGE_BUCKET: props.bucket.bucketName,
-        SANDBOX_IMAGE: props.sandboxImage.imageUri,
-        SLOTS: String(h.sandboxSlotsPerHost),
+        HOST_SLOTS: String(h.sandboxSlotsPerHost),
         COLD_MOUNT_DRIVER: 'mountpoint-s3',
-        HOT_SYNC_INTERVAL_SECONDS: String(e.limits.hotSyncIntervalSeconds),
         AUTO_SCALING_GROUP_NAME: autoScalingGroupName,
         LAUNCH_LIFECYCLE_HOOK: launchHookName,
         DRAIN_LIFECYCLE_HOOK: drainHookName,
       },
       hostAgentS3Url: props.hostAgent.cli.s3ObjectUrl,
       hostDaemonS3Url: props.hostAgent.daemon.s3ObjectUrl,
+      hostAgentWrapperS3Url: props.hostAgent.wrapper.s3ObjectUrl,
       sandboxImageUri: props.sandboxImage.imageUri,
       sandboxImageRegistry: Fn.select(0, Fn.split('/', props.sandboxImage.imageUri)),
       autoScalingGroupName,
@@ -186,39 +186,27 @@ export class HostFleet extends Construct {
   private grantHostAccess(props: HostFleetProps, autoScalingGroupName: string): void {
     const stack = Stack.of(this);
     const bucket = props.bucket;
-    const sandboxes = props.tables.table(sandboxesTable);
-    const hosts = props.tables.table(hostsTable);
     // Hot-tier sync and the cold-tier mountpoint-s3 mount read and write tenant files; staged requests are read and deleted.
+    const objectActions = hostAccess.storageActions.filter((a) => a !== 's3:ListBucket');
     this.role.addToPolicy(new iam.PolicyStatement({ sid: 'ListStorage', actions: ['s3:ListBucket'], resources: [bucket.bucketArn] }));
-    this.role.addToPolicy(
-      new iam.PolicyStatement({
-        sid: 'ReadWriteStorage',
-        actions: ['s3:GetObject', 's3:PutObject', 's3:DeleteObject', 's3:AbortMultipartUpload'],
-        resources: [bucket.arnForObjects('*')],
-      }),
-    );
-    // Registration and heartbeats.
-    this.role.addToPolicy(
-      new iam.PolicyStatement({ sid: 'HostRecord', actions: ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem'], resources: [hosts.tableArn] }),
-    );
-    // Reconciliation: the sandboxes placed on this host, and their status when a container vanished.
-    this.role.addToPolicy(
-      new iam.PolicyStatement({ sid: 'SandboxRecords', actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'], resources: [sandboxes.tableArn] }),
-    );
-    this.role.addToPolicy(
-      new iam.PolicyStatement({
-        sid: 'SandboxesOnThisHost',
-        actions: ['dynamodb:Query'],
-        resources: [`${sandboxes.tableArn}/index/by-host`],
-      }),
-    );
+    this.role.addToPolicy(new iam.PolicyStatement({ sid: 'ReadWriteStorage', actions: [...objectActions], resources: [bucket.arnForObjects('*')] }));
+    // Registration, heartbeats, reconciliation of the sandboxes on this host (handler-access.ts, checked against the bundles).
+    for (const grant of hostAccess.tables) {
+      const table = props.tables.table(grant.table);
+      const itemActions = grant.actions.filter((a) => a !== 'dynamodb:Query');
+      if (itemActions.length > 0) this.role.addToPolicy(new iam.PolicyStatement({ actions: [...itemActions], resources: [table.tableArn] }));
+      if (grant.actions.includes('dynamodb:Query')) {
+        const indexes = grant.indexes ?? [];
+        this.role.addToPolicy(new iam.PolicyStatement({ actions: ['dynamodb:Query'], resources: indexes.map((i) => `${table.tableArn}/index/${i}`) }));
+      }
+    }
     props.sandboxImage.repository.grantPull(this.role);
-    // Exactly the two bundle objects, not the whole asset bucket.
+    // Exactly the host-agent objects, not the whole asset bucket.
     this.role.addToPolicy(
       new iam.PolicyStatement({
         sid: 'HostAgentBundles',
         actions: ['s3:GetObject'],
-        resources: [props.hostAgent.cli, props.hostAgent.daemon].map((a) => `arn:${stack.partition}:s3:::${a.s3BucketName}/${a.s3ObjectKey}`),
+        resources: props.hostAgent.all.map((a) => `arn:${stack.partition}:s3:::${a.s3BucketName}/${a.s3ObjectKey}`),
       }),
     );
     this.role.addToPolicy(

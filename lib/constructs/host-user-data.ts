@@ -16,6 +16,8 @@ export interface HostUserDataProps {
   /** s3://bucket/key of the bundled host-agent CLI and daemon. */
   hostAgentS3Url: string;
   hostDaemonS3Url: string;
+  /** s3://bucket/key of host-agent/bin/host-agent (the wrapper that talks to the daemon's socket). */
+  hostAgentWrapperS3Url: string;
   sandboxImageUri: string;
   /** Registry host of the sandbox image (account.dkr.ecr.region.amazonaws.com). */
   sandboxImageRegistry: string;
@@ -62,11 +64,10 @@ export function hostUserData(props: HostUserDataProps): ec2.UserData {
     'echo "launch lifecycle action: $result"',
   ].join('\n');
 
-  const agentWrapper = [
-    '#!/bin/bash',
-    '# What SSM Run Command invokes (HOST_AGENT_COMMAND): the host-agent CLI with the host settings.',
-    `set -a; . ${hostEnvFile}; set +a`,
-    `exec ${hostNode} --enable-source-maps ${installDir}/host-agent.mjs "$@"`,
+  const agentCommand = [
+    '#!/bin/sh',
+    "# What SSM Run Command invokes (HOST_AGENT_COMMAND): the project's wrapper, told where Node 22 and the CLI bundle are.",
+    `NODE_BINARY=${hostNode} HOST_AGENT_BUNDLE=${installDir}/host-agent.mjs exec ${installDir}/libexec/host-agent "$@"`,
   ].join('\n');
 
   const daemonUnit = [
@@ -129,13 +130,15 @@ export function hostUserData(props: HostUserDataProps): ec2.UserData {
     ...heredoc('/root/.docker/config.json', '0600', JSON.stringify({ credHelpers: { [props.sandboxImageRegistry]: 'ecr-login' } })),
     'systemctl enable --now docker',
 
-    '# The host-agent (CLI that SSM runs) and the host daemon, bundled by scripts/build.mjs.',
-    `install -d -m 0755 ${installDir}/bin /etc/ephemeral-sandbox /var/lib/ephemeral-sandbox`,
+    '# The host-agent CLI and the host daemon (bundled by scripts/build.mjs), and the wrapper SSM runs.',
+    `install -d -m 0755 ${installDir}/bin ${installDir}/libexec /etc/ephemeral-sandbox /var/lib/ephemeral-sandbox`,
     `retry aws s3 cp --region "$REGION" --only-show-errors ${props.hostAgentS3Url} ${installDir}/host-agent.mjs`,
     `retry aws s3 cp --region "$REGION" --only-show-errors ${props.hostDaemonS3Url} ${installDir}/host-agent-daemon.mjs`,
+    `retry aws s3 cp --region "$REGION" --only-show-errors ${props.hostAgentWrapperS3Url} ${installDir}/libexec/host-agent`,
+    `chmod 0755 ${installDir}/libexec/host-agent`,
     ...heredoc(hostEnvFile, '0640', envLines),
     `echo "HOST_ID=$INSTANCE_ID" >> ${hostEnvFile}`,
-    ...heredoc(`${installDir}/bin/host-agent`, '0755', agentWrapper),
+    ...heredoc(`${installDir}/bin/host-agent`, '0755', agentCommand),
     ...heredoc(`${installDir}/bin/lifecycle-ready`, '0755', readyScript),
     ...heredoc(`/etc/systemd/system/${hostDaemonUnit}`, '0644', daemonUnit),
     ...heredoc(`/etc/systemd/system/${hostReadyUnit}`, '0644', readyUnit),

@@ -7,8 +7,10 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { backgroundHandlerNames, handlerNames } from '../../lambdas/shared/routes';
 import { tables } from '../../lambdas/shared/tables';
-import { analyzeHandlerCalls, type HandlerCalls } from '../../lib/bundle-analysis';
-import { handlerAccess, hostDispatchActions } from '../../lib/constructs/handler-access';
+import { join } from 'node:path';
+import { analyzeCalls, analyzeHandlerCalls, type HandlerCalls } from '../../lib/bundle-analysis';
+import { handlerAccess, hostAccess, hostDispatchActions } from '../../lib/constructs/handler-access';
+import { hostAgentDir } from '../../lib/paths';
 
 const tableIndexes = Object.fromEntries(tables.map((t) => [t.id, t.indexes.map((i) => i.name)]));
 const allHandlers = [...handlerNames, ...backgroundHandlerNames];
@@ -51,5 +53,27 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
     for (const calls of await Promise.all(allHandlers.map(analyze))) {
       for (const [table, e] of calls.tables) assert.ok(!e.actions.has('dynamodb:Scan'), `${calls.handler} scans ${table}`);
     }
+  });
+
+  it('host role: DynamoDB and storage actions of the host daemon and CLI bundles', async () => {
+    const both = await Promise.all(['daemon', 'cli'].map((e) => analyzeCalls(`host-agent ${e}`, join(hostAgentDir, 'src', `${e}.ts`), tableIndexes)));
+    const used = new Map<string, { actions: Set<string>; indexes: Set<string> }>();
+    const storage = new Set<string>();
+    for (const calls of both) {
+      for (const [table, e] of calls.tables) {
+        const entry = used.get(table) ?? { actions: new Set<string>(), indexes: new Set<string>() };
+        e.actions.forEach((a) => entry.actions.add(a));
+        e.indexes.forEach((i) => entry.indexes.add(i));
+        used.set(table, entry);
+      }
+      calls.otherActions.forEach((a) => storage.add(a));
+    }
+    const usedTables = Object.fromEntries([...used].map(([t, e]) => [t, { actions: [...e.actions].sort(), indexes: [...e.indexes].sort() }]));
+    const granted = Object.fromEntries(
+      hostAccess.tables.map((g) => [g.table.id, { actions: [...g.actions].sort(), indexes: [...(g.indexes ?? [])].sort() }]),
+    );
+    assert.deepEqual(granted, usedTables, `host: ${fix} (hostAccess)`);
+    const grantedStorage = hostAccess.storageActions.filter((a) => !hostAccess.mountpointOnlyActions.includes(a)).sort();
+    assert.deepEqual(grantedStorage, [...storage].sort(), `host: ${fix} (hostAccess.storageActions)`);
   });
 });
