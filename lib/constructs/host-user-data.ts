@@ -112,6 +112,8 @@ export function hostUserData(props: HostUserDataProps): ec2.UserData {
   userData.addCommands(
     'set -euo pipefail',
     '# Output goes to /var/log/cloud-init-output.log (and the console) through cloud-init.',
+    '# cloud-init may run this without HOME; the AWS CLI and Docker (ECR credential helper config) read it.',
+    'export HOME=/root',
     `REGION=${props.region}`,
     `ASG_NAME=${props.autoScalingGroupName}`,
     `LAUNCH_HOOK=${props.launchHookName}`,
