@@ -20,6 +20,7 @@ export type ApiErrorCode =
   | 'host_timeout'
   | 'output_too_large'
   | 'no_capacity'
+  | 'request_rejected'
   | 'internal_error';
 
 export class ApiError extends Error {
