@@ -17,6 +17,7 @@ import { heartbeatHost, registerHost, setSlotsUsed } from '../../lambdas/shared/
 import { logger } from '../../lambdas/shared/logger';
 import type { SandboxRecord } from '../../lambdas/shared/sandbox-record';
 import { getSandbox } from '../../lambdas/shared/sandbox-store';
+import { sandboxIdPattern } from '../../lambdas/shared/schemas';
 import { markEnded, storageFor } from '../../lambdas/shared/sandboxes';
 import { sandboxesTable } from '../../lambdas/shared/tables';
 import { applyEnvFile, loadHostConfig } from './config';
@@ -41,6 +42,8 @@ export interface DaemonSettings {
   agentSocket: string;
   slots: number;
   heartbeatSeconds: number;
+  /** Period of the reconcile pass (its own loop: a slow pass never delays a heartbeat). */
+  reconcileSeconds: number;
   reconcileGraceSeconds: number;
   hotSyncIntervalSeconds: number;
 }
@@ -48,11 +51,13 @@ export interface DaemonSettings {
 export function daemonSettings(): DaemonSettings {
   const hostId = process.env.HOST_ID ?? '';
   if (!/^(i|mi)-[0-9a-f]{8,17}$/.test(hostId)) throw new Error(`HOST_ID must be an EC2 or SSM managed instance id, got "${hostId}"`);
+  const heartbeatSeconds = seconds('HOST_HEARTBEAT_SECONDS', 15);
   return {
     hostId,
     agentSocket: process.env.AGENT_SOCKET || '/run/ephemeral-sandbox/agent.sock',
     slots: seconds('HOST_SLOTS', 8),
-    heartbeatSeconds: seconds('HOST_HEARTBEAT_SECONDS', 15),
+    heartbeatSeconds,
+    reconcileSeconds: seconds('RECONCILE_INTERVAL_SECONDS', heartbeatSeconds),
     reconcileGraceSeconds: seconds('RECONCILE_GRACE_SECONDS', 60),
     hotSyncIntervalSeconds: seconds('HOT_SYNC_INTERVAL_SECONDS', 60),
   };
@@ -101,31 +106,37 @@ export async function reconcile(s: DaemonSettings, docker: DockerClient, now = D
     if (recordIds.has(sandboxId)) continue;
     if (now - c.Created * 1000 < graceMs) continue; // a create may still be recording it
     // Re-read: the index is eventually consistent, the record is the truth.
-    const record = sandboxId ? await getSandbox(sandboxId) : undefined;
+    const record = sandboxIdPattern.test(sandboxId) ? await getSandbox(sandboxId) : undefined;
     if (record?.live_host_id === s.hostId) continue;
     const tenant = c.Labels[containerLabels.tenantId];
     const user = c.Labels[containerLabels.userId];
     // An ended sandbox keeps its user's files: sync before removing. A half-made one has none worth keeping.
     const graceful = Boolean(record && tenant && user);
     try {
-      await destroySandbox(
-        { sandboxId, graceful, ...(graceful ? { storage: storageFor(tenant!, user!) } : {}) },
-        hostConfig,
-        docker,
-      );
+      if (sandboxIdPattern.test(sandboxId) && c.Names.includes(`/${sandboxId}`)) {
+        await destroySandbox(
+          { sandboxId, graceful, ...(graceful ? { storage: storageFor(tenant!, user!) } : {}) },
+          hostConfig,
+          docker,
+        );
+      } else {
+        // Our labels on a container the host-agent did not name: no sandbox state to save, remove it by id.
+        await docker.removeContainer(c.Id, true);
+      }
     } catch (err) {
       logger.error('reconcile: could not remove an orphaned container; retrying next pass', { sandboxId, err });
       continue;
     }
-    report.removedOrphans.push(sandboxId);
-    logger.warn('reconcile: removed a container with no live record', { sandboxId, hadRecord: Boolean(record) });
+    report.removedOrphans.push(sandboxId || c.Id);
+    logger.warn('reconcile: removed a container with no live record', { sandboxId, containerId: c.Id, hadRecord: Boolean(record) });
   }
 
   for (const r of records) {
     if (containerIds.has(r.sandbox_id)) continue;
     if (!['ready', 'running', 'paused'].includes(r.status)) continue; // creating/shutting_down: their owner (or the reaper) finishes them
     if (now - Date.parse(r.created_at) < graceMs) continue;
-    const ended = await markEnded(r, {
+    // The by-host index does not carry host_id: this host is the one whose slot it held.
+    const ended = await markEnded({ sandbox_id: r.sandbox_id, host_id: s.hostId }, {
       event: 'fail',
       reason: 'container_vanished',
       detail: `container missing on host ${s.hostId}`,
@@ -226,8 +237,8 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
         // Declared lost while we were away: come back as a fresh host; reconcile cleans up.
         await registerHost({ hostId: s.hostId, capacity: s.slots, agentVersion });
       }
-      await reconcile(s, docker);
     }),
+    every(s.reconcileSeconds * 1000, 'reconcile', () => reconcile(s, docker)),
   ];
   if (s.hotSyncIntervalSeconds > 0) stops.push(every(s.hotSyncIntervalSeconds * 1000, 'hot sync', () => syncRunningSandboxes(s, docker)));
   return () => {

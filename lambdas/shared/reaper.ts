@@ -10,7 +10,7 @@ import { QueryCommand } from '@aws-sdk/lib-dynamodb';
 import { dynamo } from './clients/dynamodb';
 import { config } from './config';
 import { hosts } from './host-calls';
-import { activeHosts, markHostLost } from './host-store';
+import { activeHosts, getHost, markHostLost, type HostRecord } from './host-store';
 import { logger } from './logger';
 import { idleDeadline, type SandboxRecord } from './sandbox-record';
 import { getSandbox, transition, TransitionRejectedError, updateSandbox } from './sandbox-store';
@@ -31,6 +31,18 @@ export interface ReapReport {
 }
 
 type Candidate = Pick<SandboxRecord, 'sandbox_id' | 'status' | 'deadline_at'>;
+
+/** How long a complete/error waits for the execs still running in the sandbox (the one that sent it, usually). */
+export const signalExecGraceSeconds = 30;
+
+function execsInFlight(r: SandboxRecord, now: number): number[] {
+  return Object.values(r.execs ?? {}).filter((ends) => ends > now);
+}
+
+/** A shutdown the sandbox asked for (complete / error) and nobody has started driving yet. */
+function signalled(r: SandboxRecord): boolean {
+  return (r.stop_reason === 'completed' || r.stop_reason === 'agent_error') && r.deadline_at !== undefined && r.deadline_at <= Date.parse(r.updated_at) + 1000;
+}
 
 /** Candidates: live sandboxes whose deadline passed, from every shard. */
 export async function dueSandboxes(now: number): Promise<{ items: Candidate[]; consumedReadUnits: number }> {
@@ -72,9 +84,31 @@ async function claim(r: SandboxRecord, now: number): Promise<SandboxRecord | und
   }
 }
 
-async function reapOne(c: Candidate, now: number, report: ReapReport): Promise<void> {
+/** Host records read once per run (only for the hosts of due sandboxes). */
+type HostLookup = (hostId: string) => Promise<HostRecord | undefined>;
+
+function hostLookup(): HostLookup {
+  const seen = new Map<string, Promise<HostRecord | undefined>>();
+  return (hostId) => {
+    let found = seen.get(hostId);
+    if (!found) seen.set(hostId, (found = getHost(hostId)));
+    return found;
+  };
+}
+
+/** Fails a live sandbox of a lost host (its final sync was tried when the host was marked lost). */
+async function failOnLostHost(r: Pick<SandboxRecord, 'sandbox_id' | 'host_id'>, report: ReapReport): Promise<void> {
+  if (await markEnded(r, { event: 'fail', reason: 'host_lost', detail: `host ${r.host_id} stopped heartbeating` })) report.failed++;
+}
+
+async function reapOne(c: Candidate, now: number, report: ReapReport, host: HostLookup): Promise<void> {
   const r = await getSandbox(c.sandbox_id);
   if (!r || r.deadline_at === undefined || r.deadline_at > now) return; // moved on since the query
+  if (r.live_host_id !== undefined && (await host(r.host_id))?.status === 'lost') {
+    // Missed by the run that marked its host lost (e.g. that run was cut short): no host to ask.
+    await failOnLostHost(r, report);
+    return;
+  }
 
   switch (r.status) {
     case 'creating': {
@@ -93,6 +127,11 @@ async function reapOne(c: Candidate, now: number, report: ReapReport): Promise<v
     }
     case 'shutting_down': {
       // Due now (complete/error) or a shutdown that did not finish: drive it.
+      if (signalled(r) && execsInFlight(r, now).length > 0 && now - Date.parse(r.updated_at) < signalExecGraceSeconds * 1000) {
+        // The exec that sent complete/error gets its answer before its container stops; checked again next run.
+        report.busy++;
+        return;
+      }
       const claimed = await claim(r, now);
       if (!claimed) return;
       const outcome = r.stop_reason === 'idle_timeout' || r.stop_reason === 'ttl_expired' ? 'expired' : 'stopped';
@@ -115,7 +154,7 @@ async function reapOne(c: Candidate, now: number, report: ReapReport): Promise<v
         report.deferred++;
         return;
       }
-      const inFlight = Object.values(r.execs ?? {}).filter((ends) => ends > now);
+      const inFlight = execsInFlight(r, now);
       if (inFlight.length > 0) {
         // Never reap a sandbox for idleness while an exec runs.
         await moveDeadline(r, Math.min(Math.max(...inFlight), r.expires_at_ms));
@@ -176,15 +215,22 @@ async function reapLostHosts(now: number, report: ReapReport): Promise<void> {
           ExclusiveStartKey: startKey,
         }),
       );
-      for (const item of (out.Items ?? []) as SandboxRecord[]) {
-        // The host may still answer (the daemon died, not the machine): save the hot tier first.
-        try {
-          await hosts().dispatch(host.host_id, 'sync', { sandboxId: item.sandbox_id, storage: storageFor(item.tenant_id, item.user_id) }, { timeoutSeconds: 30 });
-        } catch (err) {
-          logger.warn('reaper: lost host did not answer the final sync', { sandboxId: item.sandbox_id, err: (err as Error).message });
-        }
-        if (await markEnded({ sandbox_id: item.sandbox_id, host_id: host.host_id }, { event: 'fail', reason: 'host_lost', detail: `host ${host.host_id} stopped heartbeating` })) {
-          report.failed++;
+      // Side by side: a dead host makes each sync wait out its timeout.
+      const outcomes = await Promise.allSettled(
+        ((out.Items ?? []) as SandboxRecord[]).map(async (item) => {
+          // The host may still answer (the daemon died, not the machine): save the hot tier first.
+          try {
+            await hosts().dispatch(host.host_id, 'sync', { sandboxId: item.sandbox_id, storage: storageFor(item.tenant_id, item.user_id) }, { timeoutSeconds: 30 });
+          } catch (err) {
+            logger.warn('reaper: lost host did not answer the final sync', { sandboxId: item.sandbox_id, err: (err as Error).message });
+          }
+          await failOnLostHost({ sandbox_id: item.sandbox_id, host_id: host.host_id }, report);
+        }),
+      );
+      for (const o of outcomes) {
+        if (o.status === 'rejected') {
+          report.errors++;
+          logger.error('reaper: could not fail a sandbox of a lost host; its deadline brings it back', { hostId: host.host_id, err: o.reason });
         }
       }
       startKey = out.LastEvaluatedKey;
@@ -199,7 +245,8 @@ export async function reap(now = Date.now()): Promise<ReapReport> {
   const due = await dueSandboxes(now);
   report.candidates = due.items.length;
   report.consumedReadUnits = due.consumedReadUnits;
-  const results = await Promise.allSettled(due.items.map((c) => reapOne(c, now, report)));
+  const host = hostLookup();
+  const results = await Promise.allSettled(due.items.map((c) => reapOne(c, now, report, host)));
   for (const [i, res] of results.entries()) {
     if (res.status === 'rejected') {
       report.errors++;

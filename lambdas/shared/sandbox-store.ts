@@ -176,6 +176,23 @@ export async function endExec(r: SandboxRecord, execId: string, cwd: string | un
       'exec_end',
       {
         set: { last_activity_at: now, cwd, deadline_at: deadline },
+        names: { '#execs': 'execs', '#eid': execId },
+        extraRemove: '#execs.#eid',
+      },
+      activeStatuses,
+    );
+    return;
+  } catch (err) {
+    if (!(err instanceof TransitionRejectedError)) throw err;
+    if (!err.current || err.current.reap_shard === undefined) return; // ended meanwhile: nothing to record
+  }
+  // Paused or shutting down meanwhile (e.g. the exec ran `sandbox complete`): the
+  // deadline now belongs to that state, so only the exec's entry goes.
+  try {
+    await updateSandbox(
+      r.sandbox_id,
+      'exec_end',
+      {
         names: { '#execs': 'execs', '#eid': execId, '#shard': 'reap_shard' },
         extraRemove: '#execs.#eid',
         condition: 'attribute_exists(#shard)',
