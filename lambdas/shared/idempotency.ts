@@ -24,6 +24,29 @@ interface IdempotencyRecord {
 const keyPattern = /^[A-Za-z0-9_.:-]{1,128}$/;
 const retentionSeconds = 24 * 3600;
 const waitForFirstMs = 180_000;
+/**
+ * An in-progress claim older than this belongs to a create that died: longer
+ * than any create may run (its 120 s host timeout, after which the reaper
+ * fails the half-made sandbox) plus the handler's own time.
+ */
+const abandonedAfterMs = 300_000;
+
+/** Drops an abandoned claim, only if it is still the one we saw (a concurrent retry may have taken it over). */
+async function releaseAbandoned(table: string, seen: IdempotencyRecord): Promise<void> {
+  try {
+    await dynamo().send(
+      new DeleteCommand({
+        TableName: table,
+        Key: { idempotency_key: seen.idempotency_key },
+        ConditionExpression: '#state = :in_progress AND created_at = :created',
+        ExpressionAttributeNames: { '#state': 'state' },
+        ExpressionAttributeValues: { ':in_progress': 'in_progress', ':created': seen.created_at },
+      }),
+    );
+  } catch (err) {
+    if (!(err instanceof ConditionalCheckFailedException)) throw err;
+  }
+}
 
 function stableJson(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(stableJson).join(',')}]`;
@@ -77,6 +100,11 @@ export async function withIdempotency(
       if (existing.state === 'done' && existing.sandbox_id) {
         const record = await getSandbox(existing.sandbox_id);
         if (record) return toView(record);
+      }
+      if (existing.state === 'in_progress' && Date.now() - Date.parse(existing.created_at) > abandonedAfterMs) {
+        // The first attempt died mid-create (the reaper has failed whatever it made): let this one start over.
+        await releaseAbandoned(table, existing);
+        continue;
       }
       if (Date.now() > deadline) throw new ApiError(409, 'conflict', 'a request with this Idempotency-Key is still in progress');
       await new Promise((r) => setTimeout(r, 250));

@@ -17,7 +17,12 @@ import { dynamo } from '../../lambdas/shared/clients/dynamodb';
 import { ssm } from '../../lambdas/shared/clients/ssm';
 import { config } from '../../lambdas/shared/config';
 import { dueSandboxes, reap, type ReapReport } from '../../lambdas/shared/reaper';
+import { hosts } from '../../lambdas/shared/host-calls';
+import { placeSandbox } from '../../lambdas/shared/host-store';
 import { reapShardOf, type SandboxRecord } from '../../lambdas/shared/sandbox-record';
+import { putNewSandbox } from '../../lambdas/shared/sandbox-store';
+import { newSandboxId, storageFor } from '../../lambdas/shared/sandboxes';
+import { takeTenantSlot } from '../../lambdas/shared/tenants';
 import { reapShards, sandboxesTable } from '../../lambdas/shared/tables';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';
 import { apiClient, type ApiClient } from '../support/api-client';
@@ -63,6 +68,43 @@ async function hostDestroys(): Promise<number> {
 
 function total(reports: ReapReport[], field: keyof ReapReport): number {
   return reports.reduce((sum, r) => sum + r[field], 0);
+}
+
+/** A sandbox record with every field a real one has (lambdas/shared/sandboxes.ts createSandbox). */
+function sandboxRecord(o: {
+  now: number;
+  tenant: string;
+  user: string;
+  host: string;
+  status: SandboxRecord['status'];
+  deadline: number;
+  lastActivity?: number;
+  labels?: Record<string, string>;
+}): SandboxRecord {
+  const sandboxId = newSandboxId();
+  const lastActivity = o.lastActivity ?? o.now;
+  return {
+    sandbox_id: sandboxId,
+    tenant_id: o.tenant,
+    user_id: o.user,
+    tenant_user: `${o.tenant}#${o.user}`,
+    status: o.status,
+    host_id: o.host,
+    ...(o.status === 'creating' ? {} : { container_id: randomBytes(32).toString('hex') }),
+    created_at: new Date(o.now).toISOString(),
+    updated_at: new Date(lastActivity).toISOString(),
+    expires_at: new Date(o.now + 7_200_000).toISOString(),
+    expires_at_ms: o.now + 7_200_000,
+    idle_timeout_s: 900,
+    last_activity_at: lastActivity,
+    execs: {},
+    reap_shard: reapShardOf(sandboxId),
+    deadline_at: o.deadline,
+    live_host_id: o.host,
+    cwd: '/home/agent',
+    config: { cpu: 1, memory_mb: 1024, ttl_seconds: 7200, idle_timeout_seconds: 900, network: 'bridge', env: {}, labels: o.labels ?? {} },
+    token_hash: randomBytes(32).toString('hex'),
+  };
 }
 
 describe('the reaper under overlap', () => {
@@ -140,41 +182,54 @@ describe('the reaper under overlap', () => {
   });
 });
 
+describe('a create that died half-way', () => {
+  it('(record creating, container up) is failed by the reaper after the create timeout and its container removed', async () => {
+    const user = uniqueUser('half-made');
+    const now = Date.now();
+    // The first half of a create, as lambdas/shared/sandboxes.ts does it: slots, record, host create...
+    await takeTenantSlot(stack.tenantId);
+    const host = await placeSandbox(now);
+    const r = sandboxRecord({ now, tenant: stack.tenantId, user, host: host.host_id, status: 'creating', deadline: now + 120_000 });
+    await putNewSandbox(r);
+    await hosts().dispatch(
+      host.host_id,
+      'create',
+      { sandboxId: r.sandbox_id, tenantId: stack.tenantId, userId: user, image: config().sandboxImage, cpu: 1, memoryMb: 512, network: 'bridge', storage: storageFor(stack.tenantId, user) },
+      { timeoutSeconds: 120 },
+    );
+    assert.equal(await containerExists(r.sandbox_id), true);
+    // ...and then the create's process dies: nothing records the container.
+    assert.equal((await reap(now + 60_000)).errors, 0);
+    assert.equal((await record(r.sandbox_id)).status, 'creating', 'left alone before the create timeout');
+
+    const report = await reap(now + 121_000);
+    assert.equal(report.errors, 0, JSON.stringify(report));
+    const ended = await record(r.sandbox_id);
+    assert.deepEqual([ended.status, ended.stop_reason], ['failed', 'create_failed']);
+    assert.equal(ended.live_host_id, undefined);
+    assert.equal(await containerExists(r.sandbox_id), false);
+  });
+});
+
 describe('the cost of a reaper run', () => {
   const liveCount = 5000;
   const expiredCount = 10;
   const otherHost = 'mi-00000000000000fee';
 
   function fakeRecord(i: number, now: number, expired: boolean): SandboxRecord {
-    const sandboxId = 'sbx-' + randomBytes(20).toString('hex').replace(/[^a-z0-9]/g, '').slice(0, 20).padEnd(20, '0');
-    const tenant = 'cost-tenant';
-    const user = `u${i % 50}`;
     const host = expired ? stack.hostId : otherHost;
     const created = expired ? now - 20_000 : now - (i % 3600) * 1000;
     const lastActivity = expired ? now - 3_600_000 : now - (i % 600) * 1000;
-    return {
-      sandbox_id: sandboxId,
-      tenant_id: tenant,
-      user_id: user,
-      tenant_user: `${tenant}#${user}`,
+    return sandboxRecord({
+      now: created,
+      tenant: 'cost-tenant',
+      user: `u${i % 50}`,
+      host,
       status: 'running',
-      host_id: host,
-      container_id: randomBytes(32).toString('hex'),
-      created_at: new Date(created).toISOString(),
-      updated_at: new Date(lastActivity).toISOString(),
-      expires_at: new Date(created + 7_200_000).toISOString(),
-      expires_at_ms: created + 7_200_000,
-      idle_timeout_s: 900,
-      last_activity_at: lastActivity,
-      execs: {},
-      reap_shard: reapShardOf(sandboxId),
-      deadline_at: expired ? now - 1000 : lastActivity + 900_000 + 3_600_000,
-      live_host_id: host,
-      cwd: '/home/agent',
-      config: { cpu: 1, memory_mb: 1024, ttl_seconds: 7200, idle_timeout_seconds: 900, network: 'bridge', env: {}, labels: { job: `job-${i}` } },
-      token_hash: randomBytes(32).toString('hex'),
-      heartbeat_at: new Date(lastActivity).toISOString(),
-    };
+      lastActivity,
+      deadline: expired ? now - 1000 : lastActivity + 900_000 + 3_600_000,
+      labels: { job: `job-${i}` },
+    });
   }
 
   async function putAll(items: SandboxRecord[]): Promise<void> {

@@ -4,8 +4,12 @@
  * idle timeout and TTL API, stop/start, and idempotent create.
  */
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
+import { PutCommand } from '@aws-sdk/lib-dynamodb';
 import { containerLabels } from '../../host-agent/src/protocol';
+import { dynamo } from '../../lambdas/shared/clients/dynamodb';
+import { config } from '../../lambdas/shared/config';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';
 import { apiClient, type ApiClient } from '../support/api-client';
 import { containerExists, docker, inspect } from '../support/docker';
@@ -346,6 +350,31 @@ describe('idempotent create', () => {
     const other = await api.create(user, { cpu: 2 }, { 'Idempotency-Key': key });
     assert.equal(other.status, 409);
     assert.equal(other.body.error.code, 'conflict');
+    assert.equal(await containersOf(user), 1);
+  });
+
+  it('a key whose first create died mid-way (claim left in progress) is taken over once that create is surely over', async () => {
+    const user = uniqueUser('idem-abandoned');
+    const key = `abandoned-${user}`;
+    const body = { user_id: user };
+    // The claim a create leaves behind when its process dies, from 10 minutes ago.
+    await dynamo().send(
+      new PutCommand({
+        TableName: config().tables.idempotency,
+        Item: {
+          idempotency_key: `${stack.tenantId}#${key}`,
+          fingerprint: createHash('sha256').update(JSON.stringify(body)).digest('hex'),
+          state: 'in_progress',
+          created_at: new Date(Date.now() - 600_000).toISOString(),
+          expires_at_s: Math.floor(Date.now() / 1000) + 86_400,
+        },
+      }),
+    );
+    const retried = await api.create(user, undefined, { 'Idempotency-Key': key });
+    assert.equal(retried.status, 201, retried.text);
+    made.push(retried.body.sandbox_id);
+    const again = await api.create(user, undefined, { 'Idempotency-Key': key });
+    assert.equal(again.body.sandbox_id, retried.body.sandbox_id);
     assert.equal(await containersOf(user), 1);
   });
 
