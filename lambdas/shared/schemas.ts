@@ -81,9 +81,38 @@ export const destroyQuery = z
   .object({ graceful: z.enum(['true', 'false']).default('true') })
   .strict();
 
-export const completeBody = z.object({ result: z.record(z.string(), z.unknown()).optional() }).strict();
+/** Why DynamoDB could not store `value` as a map attribute, or undefined when it can. */
+function unstorable(value: unknown, depth: number): string | undefined {
+  // The record and the attribute take two of DynamoDB's 32 nesting levels; stay well inside the rest.
+  if (depth > 16) return 'is nested deeper than 16 levels';
+  if (typeof value === 'number') {
+    const ok = Number.isFinite(value) && Math.abs(value) <= Number.MAX_SAFE_INTEGER && (value === 0 || Math.abs(value) >= 1e-130);
+    return ok ? undefined : `holds the number ${value}; numbers must be safe integers or decimals within ±1e-130..2^53`;
+  }
+  if (Array.isArray(value)) {
+    for (const item of value) {
+      const problem = unstorable(item, depth + 1);
+      if (problem) return problem;
+    }
+  } else if (value !== null && typeof value === 'object') {
+    for (const [key, item] of Object.entries(value)) {
+      if (key === '') return 'has an empty key';
+      const problem = unstorable(item, depth + 1);
+      if (problem) return problem;
+    }
+  }
+  return undefined;
+}
+
+/** A JSON object kept on the sandbox record (complete's result, error's details). */
+const storedObject = z.record(z.string(), z.unknown()).superRefine((value, ctx) => {
+  const problem = unstorable(value, 1);
+  if (problem) ctx.addIssue({ code: 'custom', message: problem });
+});
+
+export const completeBody = z.object({ result: storedObject.optional() }).strict();
 export const errorBody = z
-  .object({ error: z.string().min(1).max(4096), details: z.record(z.string(), z.unknown()).optional() })
+  .object({ error: z.string().min(1).max(4096), details: storedObject.optional() })
   .strict();
 /** Refreshes the idle timer; may change the idle timeout and the TTL (never past the configured cap). */
 export function timeoutBody(limits: ControlPlaneConfig['limits']) {

@@ -175,20 +175,19 @@ export async function startLocalApi(o: {
       return send(res, gatewayError(413, 'payload_too_large', `request body exceeds ${gatewayMaxBody} bytes`));
     }
 
-    const headers: Record<string, string> = {};
-    const multiValueHeaders: Record<string, string[]> = {};
+    // Maps, not object literals: a caller's `__proto__` or `constructor` is just a name here.
+    const headerValues = new Map<string, string[]>();
     for (let i = 0; i < req.rawHeaders.length; i += 2) {
       const k = req.rawHeaders[i]!;
-      const v = req.rawHeaders[i + 1]!;
-      headers[k] = v;
-      (multiValueHeaders[k] ??= []).push(v);
+      headerValues.set(k, [...(headerValues.get(k) ?? []), req.rawHeaders[i + 1]!]);
     }
-    const query: Record<string, string> = {};
-    const multiQuery: Record<string, string[]> = {};
-    for (const [k, v] of url.searchParams) {
-      query[k] = v;
-      (multiQuery[k] ??= []).push(v);
-    }
+    const queryValues = new Map<string, string[]>();
+    for (const [k, v] of url.searchParams) queryValues.set(k, [...(queryValues.get(k) ?? []), v]);
+    // fromEntries defines own properties, so those names cannot reach a prototype either.
+    const headers: Record<string, string> = Object.fromEntries([...headerValues].map(([k, vs]) => [k, vs.at(-1)!]));
+    const multiValueHeaders: Record<string, string[]> = Object.fromEntries(headerValues);
+    const query: Record<string, string> = Object.fromEntries([...queryValues].map(([k, vs]) => [k, vs.at(-1)!]));
+    const multiQuery: Record<string, string[]> = Object.fromEntries(queryValues);
     const methodArn = `${arnPrefix}/${stage}/${method}${url.pathname}`;
 
     // The authorizer, as API Gateway runs it before the integration.
@@ -259,6 +258,20 @@ export async function startLocalApi(o: {
         });
       });
       server.keepAliveTimeout = 5000;
+      // Requests Node cannot parse (bad method or request line, headers too large) get the JSON error shape too.
+      server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+        if (!socket.writable) return void socket.destroy();
+        const tooLarge = err.code === 'HPE_HEADER_OVERFLOW';
+        const body = JSON.stringify({
+          error: tooLarge
+            ? { code: 'payload_too_large', message: 'request headers are too large' }
+            : { code: 'validation_error', message: 'the request is not valid HTTP' },
+        });
+        socket.end(
+          `HTTP/1.1 ${tooLarge ? '431 Request Header Fields Too Large' : '400 Bad Request'}\r\nContent-Type: application/json\r\n` +
+            `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+        );
+      });
       server.on('error', reject);
       server.listen(port, host, () => resolve(server));
     });
