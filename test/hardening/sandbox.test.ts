@@ -152,6 +152,22 @@ describe('what runs in a sandbox', () => {
   });
 });
 
+describe('captured output', () => {
+  it('is capped, head and tail kept, and says how much there was', async () => {
+    const id = await createSandbox();
+    const res = await api.exec(id, "head -c 3000000 /dev/zero | tr '\\0' a; echo; head -c 1000000 /dev/zero | tr '\\0' e >&2; echo END");
+    assert.equal(res.status, 200, res.text.slice(0, 300));
+    const out = res.body;
+    assert.equal(out.exit_code, 0);
+    assert.equal(out.stdout_truncated, true);
+    assert.equal(out.stderr_truncated, true);
+    assert.equal(out.stdout_bytes, 3_000_000 + 1 + 4);
+    assert.equal(out.stderr_bytes, 1_000_000);
+    assert.ok(out.stdout.length + out.stderr.length <= 24_000, `${out.stdout.length} + ${out.stderr.length} characters came back`);
+    assert.ok(out.stdout.startsWith('aaaa') && out.stdout.endsWith('END\n'), 'head and tail are kept');
+  });
+});
+
 describe('a fork bomb', () => {
   let bombed: string;
   let bystander: string;
