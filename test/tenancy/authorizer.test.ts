@@ -14,6 +14,7 @@ import { resetConfig } from '../../lambdas/shared/config';
 import { putNewSandbox } from '../../lambdas/shared/sandbox-store';
 import type { SandboxRecord } from '../../lambdas/shared/sandbox-record';
 import { tables } from '../../lambdas/shared/tables';
+import { startLocalApi } from '../../lib/local/api-gateway';
 import { createTables, startDynamoDbLocal, type DynamoDbLocal } from '../../lib/local/dynamodb-local';
 
 const arnBase = 'arn:aws:execute-api:eu-west-1:123456789012:abcdef1234/prod';
@@ -122,5 +123,27 @@ describe('the Lambda authorizer', () => {
     const missing = await handler(event(generateSandboxToken('sbx-' + 'b2'.repeat(10))));
     assert.equal(forged.policyDocument.Statement[0]!.Effect, 'Deny');
     assert.deepEqual(missing, forged);
+  });
+});
+
+describe('the authorizer cache (as API Gateway caches authorizer answers per key)', () => {
+  it('keeps accepting a revoked key until its cached answer expires, then refuses it', async () => {
+    // The handlers are not under test here: any route answers 200 once the authorizer lets the request through.
+    const api = await startLocalApi({
+      port: 0,
+      authorizerCacheSeconds: 1,
+      loadHandler: async () => async () => ({ statusCode: 200, headers: { 'Content-Type': 'application/json' }, body: '{}' }),
+    });
+    try {
+      const { key, record } = await createApiKey({ tenantId: 'cached' });
+      const call = async () => (await fetch(`${api.url}/sandboxes`, { headers: { 'X-API-Key': key } })).status;
+      assert.equal(await call(), 200);
+      await revokeApiKey('cached', record.key_id);
+      assert.equal(await call(), 200, 'the cached Allow still stands: revocation takes up to the cache TTL');
+      await new Promise((r) => setTimeout(r, 1_100));
+      assert.equal(await call(), 403);
+    } finally {
+      await api.close();
+    }
   });
 });
