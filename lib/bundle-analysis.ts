@@ -137,7 +137,10 @@ export async function analyzeCalls(label: string, entry: string, tableIndexes: R
   for (const section of sections) {
     const path = section.slice(0, section.indexOf('\n'));
     if (!path.startsWith('lambdas/') && !path.startsWith('host-agent/')) continue;
+    // Generic client helpers (e.g. queryAll) name no table: their callers' modules carry the call.
+    if (path.startsWith('lambdas/shared/clients/')) continue;
     const actions = new Set<string>();
+    if (/\bqueryAll\(/.test(section)) actions.add('dynamodb:Query');
     for (const m of section.matchAll(/\bnew (\w+?)Command\d*\(/g)) {
       const name = m[1]!;
       const documentActions = documentCommands[name];

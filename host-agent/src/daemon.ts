@@ -10,16 +10,12 @@
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { dirname } from 'node:path';
-import { QueryCommand } from '@aws-sdk/lib-dynamodb';
-import { dynamo } from '../../lambdas/shared/clients/dynamodb';
-import { config as controlPlaneConfig } from '../../lambdas/shared/config';
 import { heartbeatHost, registerHost, setSlotsUsed } from '../../lambdas/shared/host-store';
 import { logger } from '../../lambdas/shared/logger';
 import type { SandboxRecord } from '../../lambdas/shared/sandbox-record';
-import { getSandbox } from '../../lambdas/shared/sandbox-store';
+import { getSandbox, liveSandboxesOnHost } from '../../lambdas/shared/sandbox-store';
 import { sandboxIdPattern } from '../../lambdas/shared/schemas';
 import { markEnded, storageFor } from '../../lambdas/shared/sandboxes';
-import { sandboxesTable } from '../../lambdas/shared/tables';
 import { applyEnvFile, loadHostConfig } from './config';
 import { DockerClient } from './docker';
 import { envelopeLine, runHostAgent } from './invocation';
@@ -63,25 +59,6 @@ export function daemonSettings(): DaemonSettings {
   };
 }
 
-async function liveRecordsOnHost(hostId: string): Promise<SandboxRecord[]> {
-  const items: SandboxRecord[] = [];
-  let startKey: Record<string, unknown> | undefined;
-  do {
-    const out = await dynamo().send(
-      new QueryCommand({
-        TableName: controlPlaneConfig().tables.sandboxes,
-        IndexName: sandboxesTable.indexes[3].name,
-        KeyConditionExpression: 'live_host_id = :h',
-        ExpressionAttributeValues: { ':h': hostId },
-        ExclusiveStartKey: startKey,
-      }),
-    );
-    items.push(...((out.Items ?? []) as SandboxRecord[]));
-    startKey = out.LastEvaluatedKey;
-  } while (startKey);
-  return items;
-}
-
 export interface ReconcileReport {
   containers: number;
   liveRecords: number;
@@ -95,7 +72,7 @@ export async function reconcile(s: DaemonSettings, docker: DockerClient, now = D
   const containers = await docker.listContainers({
     label: [`${containerLabels.owner}=${ownerLabelValue}`, `${containerLabels.hostId}=${s.hostId}`],
   });
-  const records = await liveRecordsOnHost(s.hostId);
+  const records = await liveSandboxesOnHost(s.hostId);
   const recordIds = new Set(records.map((r) => r.sandbox_id));
   const containerIds = new Set(containers.map((c) => c.Labels[containerLabels.sandboxId] ?? ''));
   const graceMs = s.reconcileGraceSeconds * 1000;
@@ -148,13 +125,13 @@ export async function reconcile(s: DaemonSettings, docker: DockerClient, now = D
     }
   }
 
-  await setSlotsUsed(s.hostId, (await liveRecordsOnHost(s.hostId)).length);
+  await setSlotsUsed(s.hostId, (await liveSandboxesOnHost(s.hostId)).length);
   return report;
 }
 
 async function syncRunningSandboxes(s: DaemonSettings, docker: DockerClient): Promise<void> {
   const hostConfig = loadHostConfig();
-  for (const r of await liveRecordsOnHost(s.hostId)) {
+  for (const r of await liveSandboxesOnHost(s.hostId)) {
     if (r.status !== 'ready' && r.status !== 'running') continue;
     try {
       await syncSandbox({ sandboxId: r.sandbox_id, storage: storageFor(r.tenant_id, r.user_id) }, hostConfig, docker);

@@ -6,7 +6,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import { GetCommand, PutCommand, QueryCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
-import { dynamo } from './clients/dynamodb';
+import { dynamo, queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { apiKeysTable } from './tables';
 
@@ -141,21 +141,12 @@ async function touchLastUsed(record: ApiKeyRecord, now: number): Promise<void> {
 
 export async function listApiKeys(tenantId?: string): Promise<Omit<ApiKeyRecord, 'key_hash'>[]> {
   if (!tenantId) throw new Error('listing keys needs a tenant');
-  const items: ApiKeyRecord[] = [];
-  let startKey: Record<string, unknown> | undefined;
-  do {
-    const out = await dynamo().send(
-      new QueryCommand({
-        TableName: config().tables.apiKeys,
-        IndexName: apiKeysTable.indexes[0].name,
-        KeyConditionExpression: 'tenant_id = :t',
-        ExpressionAttributeValues: { ':t': tenantId },
-        ExclusiveStartKey: startKey,
-      }),
-    );
-    items.push(...((out.Items ?? []) as ApiKeyRecord[]));
-    startKey = out.LastEvaluatedKey;
-  } while (startKey);
+  const { items } = await queryAll<ApiKeyRecord>({
+    TableName: config().tables.apiKeys,
+    IndexName: apiKeysTable.indexes[0].name,
+    KeyConditionExpression: 'tenant_id = :t',
+    ExpressionAttributeValues: { ':t': tenantId },
+  });
   return items.map(({ key_hash: _hash, ...rest }) => rest);
 }
 

@@ -4,8 +4,8 @@
  * two creates can never both take a host's last slot.
  */
 import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
-import { GetCommand, QueryCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
-import { dynamo } from './clients/dynamodb';
+import { GetCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
+import { dynamo, queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError } from './errors';
 import { hostsTable } from './tables';
@@ -77,22 +77,13 @@ export async function getHost(hostId: string): Promise<HostRecord | undefined> {
 
 /** Hosts accepting placements (Query on the sparse by-pool index). */
 export async function activeHosts(): Promise<HostRecord[]> {
-  const items: HostRecord[] = [];
-  let startKey: Record<string, unknown> | undefined;
-  do {
-    const out = await dynamo().send(
-      new QueryCommand({
-        TableName: table(),
-        IndexName: hostsTable.indexes[0].name,
-        KeyConditionExpression: '#pool = :active',
-        ExpressionAttributeNames: { '#pool': 'pool' },
-        ExpressionAttributeValues: { ':active': 'active' },
-        ExclusiveStartKey: startKey,
-      }),
-    );
-    items.push(...((out.Items ?? []) as HostRecord[]));
-    startKey = out.LastEvaluatedKey;
-  } while (startKey);
+  const { items } = await queryAll<HostRecord>({
+    TableName: table(),
+    IndexName: hostsTable.indexes[0].name,
+    KeyConditionExpression: '#pool = :active',
+    ExpressionAttributeNames: { '#pool': 'pool' },
+    ExpressionAttributeValues: { ':active': 'active' },
+  });
   return items;
 }
 

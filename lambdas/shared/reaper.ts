@@ -6,14 +6,13 @@
  * candidate is re-read and claimed with a conditional write, so overlapping
  * reaper runs and user destroys never both act on one sandbox.
  */
-import { QueryCommand } from '@aws-sdk/lib-dynamodb';
-import { dynamo } from './clients/dynamodb';
+import { queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { hosts } from './host-calls';
 import { activeHosts, getHost, markHostLost, type HostRecord } from './host-store';
 import { logger } from './logger';
 import { idleDeadline, type SandboxRecord } from './sandbox-record';
-import { getSandbox, transition, TransitionRejectedError, updateSandbox } from './sandbox-store';
+import { getSandbox, liveSandboxesOnHost, transition, TransitionRejectedError, updateSandbox } from './sandbox-store';
 import { beginShutdown, finishShutdown, markEnded, shutdownRetrySeconds, storageFor } from './sandboxes';
 import { reapShards, sandboxesTable } from './tables';
 
@@ -46,27 +45,21 @@ function signalled(r: SandboxRecord): boolean {
 
 /** Candidates: live sandboxes whose deadline passed, from every shard. */
 export async function dueSandboxes(now: number): Promise<{ items: Candidate[]; consumedReadUnits: number }> {
-  const items: Candidate[] = [];
-  let consumed = 0;
-  for (let shard = 0; shard < reapShards; shard++) {
-    let startKey: Record<string, unknown> | undefined;
-    do {
-      const out = await dynamo().send(
-        new QueryCommand({
-          TableName: config().tables.sandboxes,
-          IndexName: sandboxesTable.indexes[2].name,
-          KeyConditionExpression: 'reap_shard = :s AND deadline_at <= :now',
-          ExpressionAttributeValues: { ':s': String(shard), ':now': now },
-          ReturnConsumedCapacity: 'TOTAL',
-          ExclusiveStartKey: startKey,
-        }),
-      );
-      consumed += out.ConsumedCapacity?.CapacityUnits ?? 0;
-      items.push(...((out.Items ?? []) as Candidate[]));
-      startKey = out.LastEvaluatedKey;
-    } while (startKey);
-  }
-  return { items, consumedReadUnits: consumed };
+  const shards = await Promise.all(
+    Array.from({ length: reapShards }, (_, shard) =>
+      queryAll<Candidate>({
+        TableName: config().tables.sandboxes,
+        IndexName: sandboxesTable.indexes[2].name,
+        KeyConditionExpression: 'reap_shard = :s AND deadline_at <= :now',
+        ExpressionAttributeValues: { ':s': String(shard), ':now': now },
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    ),
+  );
+  return {
+    items: shards.flatMap((s) => s.items),
+    consumedReadUnits: shards.reduce((sum, s) => sum + s.consumedReadUnits, 0),
+  };
 }
 
 /** Claims a due record for this run: moves its deadline out, only if nobody else did. */
@@ -204,37 +197,24 @@ async function reapLostHosts(now: number, report: ReapReport): Promise<void> {
     if (!(await markHostLost(host.host_id, cutoff))) continue;
     report.hostsLost++;
     logger.warn('reaper: host lost', { hostId: host.host_id, lastHeartbeatAt: new Date(host.last_heartbeat_at).toISOString() });
-    let startKey: Record<string, unknown> | undefined;
-    do {
-      const out = await dynamo().send(
-        new QueryCommand({
-          TableName: config().tables.sandboxes,
-          IndexName: sandboxesTable.indexes[3].name,
-          KeyConditionExpression: 'live_host_id = :h',
-          ExpressionAttributeValues: { ':h': host.host_id },
-          ExclusiveStartKey: startKey,
-        }),
-      );
-      // Side by side: a dead host makes each sync wait out its timeout.
-      const outcomes = await Promise.allSettled(
-        ((out.Items ?? []) as SandboxRecord[]).map(async (item) => {
-          // The host may still answer (the daemon died, not the machine): save the hot tier first.
-          try {
-            await hosts().dispatch(host.host_id, 'sync', { sandboxId: item.sandbox_id, storage: storageFor(item.tenant_id, item.user_id) }, { timeoutSeconds: 30 });
-          } catch (err) {
-            logger.warn('reaper: lost host did not answer the final sync', { sandboxId: item.sandbox_id, err: (err as Error).message });
-          }
-          await failOnLostHost({ sandbox_id: item.sandbox_id, host_id: host.host_id }, report);
-        }),
-      );
-      for (const o of outcomes) {
-        if (o.status === 'rejected') {
-          report.errors++;
-          logger.error('reaper: could not fail a sandbox of a lost host; its deadline brings it back', { hostId: host.host_id, err: o.reason });
+    // Side by side: a dead host makes each sync wait out its timeout.
+    const outcomes = await Promise.allSettled(
+      (await liveSandboxesOnHost(host.host_id)).map(async (item) => {
+        // The host may still answer (the daemon died, not the machine): save the hot tier first.
+        try {
+          await hosts().dispatch(host.host_id, 'sync', { sandboxId: item.sandbox_id, storage: storageFor(item.tenant_id, item.user_id) }, { timeoutSeconds: 30 });
+        } catch (err) {
+          logger.warn('reaper: lost host did not answer the final sync', { sandboxId: item.sandbox_id, err: (err as Error).message });
         }
+        await failOnLostHost({ sandbox_id: item.sandbox_id, host_id: host.host_id }, report);
+      }),
+    );
+    for (const o of outcomes) {
+      if (o.status === 'rejected') {
+        report.errors++;
+        logger.error('reaper: could not fail a sandbox of a lost host; its deadline brings it back', { hostId: host.host_id, err: o.reason });
       }
-      startKey = out.LastEvaluatedKey;
-    } while (startKey);
+    }
   }
 }
 

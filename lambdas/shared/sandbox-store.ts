@@ -5,7 +5,7 @@
 import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import { unmarshall } from '@aws-sdk/util-dynamodb';
 import { GetCommand, PutCommand, QueryCommand, UpdateCommand, type QueryCommandInput } from '@aws-sdk/lib-dynamodb';
-import { dynamo } from './clients/dynamodb';
+import { dynamo, queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError, notFound } from './errors';
 import { activeStatuses, allowedFrom, type SandboxEvent, type SandboxStatus } from './sandbox-state';
@@ -267,4 +267,15 @@ function decodePageToken(token: string, tenantId: string): Record<string, unknow
   } catch {
     throw new ApiError(400, 'validation_error', 'next_token: is not a valid page token');
   }
+}
+
+/** Sandboxes holding a container on a host (Query on the sparse by-host index). */
+export async function liveSandboxesOnHost(hostId: string): Promise<SandboxRecord[]> {
+  const { items } = await queryAll<SandboxRecord>({
+    TableName: table(),
+    IndexName: sandboxesTable.indexes[3].name,
+    KeyConditionExpression: 'live_host_id = :h',
+    ExpressionAttributeValues: { ':h': hostId },
+  });
+  return items;
 }

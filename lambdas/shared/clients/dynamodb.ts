@@ -1,6 +1,6 @@
 /** The DynamoDB document client, created once per process (endpoint from AWS_ENDPOINT_URL_DYNAMODB when set). */
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import { DynamoDBDocumentClient, QueryCommand, type QueryCommandInput } from '@aws-sdk/lib-dynamodb';
 
 let client: DynamoDBDocumentClient | undefined;
 
@@ -9,4 +9,18 @@ export function dynamo(): DynamoDBDocumentClient {
     marshallOptions: { removeUndefinedValues: true },
   });
   return client;
+}
+
+/** Every item a Query matches, page by page, with the read capacity it consumed. */
+export async function queryAll<T>(input: QueryCommandInput): Promise<{ items: T[]; consumedReadUnits: number }> {
+  const items: T[] = [];
+  let consumedReadUnits = 0;
+  let startKey: Record<string, unknown> | undefined;
+  do {
+    const out = await dynamo().send(new QueryCommand({ ...input, ExclusiveStartKey: startKey }));
+    consumedReadUnits += out.ConsumedCapacity?.CapacityUnits ?? 0;
+    items.push(...((out.Items ?? []) as T[]));
+    startKey = out.LastEvaluatedKey;
+  } while (startKey);
+  return { items, consumedReadUnits };
 }
