@@ -18,8 +18,11 @@ export async function sandboxNetworkGateway(name: string): Promise<string> {
   try {
     info = await docker.getNetwork(name).inspect();
   } catch {
-    const { ensureSandboxNetwork } = await import('../../host-agent/src/network');
-    await ensureSandboxNetwork();
+    const [{ ensureSandboxNetwork }, { loadHostConfig }] = await Promise.all([
+      import('../../host-agent/src/network'),
+      import('../../host-agent/src/config'),
+    ]);
+    await ensureSandboxNetwork(loadHostConfig({ ...process.env, SANDBOX_NETWORK: name }));
     info = await docker.getNetwork(name).inspect();
   }
   const gateway = info.IPAM?.Config?.find((c) => c.Gateway)?.Gateway;
@@ -43,4 +46,13 @@ export async function removeContainersOfHost(hostId: string, stateDir: string): 
   for (const m of mounts) {
     await run('umount', ['-l', m]).catch(() => run('fusermount', ['-uz', m]));
   }
+}
+
+/** Removes a stack's sandbox network and its firewall chains. */
+export async function removeNetwork(name: string): Promise<void> {
+  const [{ removeSandboxNetwork }, { loadHostConfig }] = await Promise.all([
+    import('../../host-agent/src/network'),
+    import('../../host-agent/src/config'),
+  ]);
+  await removeSandboxNetwork(loadHostConfig({ ...process.env, SANDBOX_NETWORK: name }));
 }

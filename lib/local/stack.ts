@@ -21,7 +21,7 @@ import { createTables, startDynamoDbLocal, type DynamoDbLocal } from './dynamodb
 import { freePort } from './free-port';
 import { localS3Credentials, startS3Endpoint, type S3Endpoint } from './s3-endpoint';
 import { startSsmEndpoint, type SsmEndpoint } from './ssm-endpoint';
-import { sandboxNetworkGateway } from './sandbox-network';
+import { removeNetwork, sandboxNetworkGateway } from './sandbox-network';
 
 export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -117,7 +117,11 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
   try {
     const [dynamodb, s3] = await Promise.all([startDynamoDbLocal(), startS3Endpoint({ buckets: ['ephemeral-sandbox-local'] })]);
     cleanups.push(() => dynamodb.close(), () => s3.close());
-    const gateway = await sandboxNetworkGateway(o.env?.SANDBOX_NETWORK ?? 'sbx-net');
+    // A network (and firewall chains) of its own, so stacks side by side (npm start and
+    // npm test) never rewrite each other's egress rules.
+    const sandboxNetwork = o.env?.SANDBOX_NETWORK ?? `sbx-${hostId.slice(-8)}`;
+    const gateway = await sandboxNetworkGateway(sandboxNetwork);
+    cleanups.push(() => removeNetwork(sandboxNetwork));
     const sandboxApiUrl = `http://${gateway}:${port}`;
 
     const env: Record<string, string> = {
@@ -140,7 +144,7 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
       HOST_ID: hostId,
       HOST_SLOTS: String(o.slots ?? 16),
       STATE_DIR: stateDir,
-      SANDBOX_NETWORK: 'sbx-net',
+      SANDBOX_NETWORK: sandboxNetwork,
       EGRESS_ALLOW: `${gateway}:${port}`,
       COLD_MOUNT_DRIVER: process.env.COLD_MOUNT_DRIVER ?? 's3fs',
       HOST_HEARTBEAT_SECONDS: String((o.hostHeartbeatMs ?? 5000) / 1000),
