@@ -7,6 +7,7 @@
  * (protobufjs reads __dirname). Types come from @types/dockerode.
  */
 import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
 import Modem from 'docker-modem';
 import type {
   ContainerCreateOptions,
@@ -33,6 +34,8 @@ export interface ExecCreateOptions {
   User?: string;
   Env?: string[];
   WorkingDir?: string;
+  /** Only for execs started with startExecWithStdin. */
+  AttachStdin?: boolean;
   AttachStdout: boolean;
   AttachStderr: boolean;
 }
@@ -162,6 +165,30 @@ export class DockerClient {
     });
   }
 
+  /**
+   * Starts an exec created with AttachStdin over a hijacked connection (HTTP
+   * upgrade on the engine socket). Write the command's stdin to the socket and
+   * end() it to close that stdin (the engine passes the half-close on as EOF);
+   * read the multiplexed stdout/stderr until the engine ends the socket.
+   */
+  startExecWithStdin(execId: string): Promise<Duplex> {
+    const what = `start exec ${execId} with stdin`;
+    return new Promise<Duplex>((resolve, reject) => {
+      this.modem.dial(
+        {
+          method: 'POST',
+          path: `/exec/${execId}/start`,
+          hijack: true,
+          isStream: true,
+          // Success is the 101 upgrade, delivered as the socket; any plain answer (404, 409, 500) is a failure.
+          statusCodes: { 101: true },
+          options: { _body: { Detach: false, Tty: false } },
+        },
+        (error, data) => (error ? reject(describeFailure(error, what)) : resolve(data as Duplex)),
+      );
+    });
+  }
+
   inspectExec(execId: string): Promise<ExecInspectInfo> {
     return this.call('GET', `/exec/${execId}/json`, `inspect exec ${execId}`);
   }
@@ -192,20 +219,25 @@ export class DockerStreamDemuxer {
   private pending: Buffer = Buffer.alloc(0);
   private raw = false;
 
+  /**
+   * `onUnframed`, when given, receives bytes that are not framed (instead of
+   * stdout): for callers that must not take an engine error for data.
+   */
   constructor(
     private readonly onStdout: (chunk: Buffer) => void,
     private readonly onStderr: (chunk: Buffer) => void,
+    private readonly onUnframed: (chunk: Buffer) => void = onStdout,
   ) {}
 
   push(chunk: Buffer): void {
     // After a header that is not one (the engine writes some errors unframed), pass bytes through as stdout.
-    if (this.raw) return this.onStdout(chunk);
+    if (this.raw) return this.onUnframed(chunk);
     this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
     while (this.pending.length >= 8) {
       const type = this.pending[0]!;
       if (type > 2 || this.pending[1] !== 0 || this.pending[2] !== 0 || this.pending[3] !== 0) {
         this.raw = true;
-        this.onStdout(this.pending);
+        this.onUnframed(this.pending);
         this.pending = Buffer.alloc(0);
         return;
       }
@@ -221,7 +253,7 @@ export class DockerStreamDemuxer {
   /** At the end of the stream: a short unframed tail (an engine error) is stdout; a cut-off frame is dropped. */
   end(): void {
     const looksFramed = this.pending.length > 0 && this.pending[0]! <= 2 && this.pending.subarray(1, 4).every((b) => b === 0);
-    if (this.pending.length > 0 && !looksFramed) this.onStdout(this.pending);
+    if (this.pending.length > 0 && !looksFramed) this.onUnframed(this.pending);
     this.pending = Buffer.alloc(0);
   }
 }

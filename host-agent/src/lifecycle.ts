@@ -1,6 +1,7 @@
 /**
  * destroy, pause, resume, sync and status: the verbs that act on an existing sandbox.
  */
+import { existsSync } from 'node:fs';
 import type { z } from 'zod';
 import type { HostConfig } from './config';
 import { DockerApiError, type DockerClient } from './docker';
@@ -12,10 +13,13 @@ import {
   type DestroyResult,
   type HostStatus,
   type SyncReport,
+  type TmpArchiveReport,
+  type TmpRestoreReport,
   type destroyRequest,
   type sandboxRef,
 } from './protocol';
 import { attachCold, detachCold, removeSandboxState, syncHomeUp, type SandboxStorageContext } from './sandbox-storage';
+import { archiveTmp, restoreTmp, tmpArchivePath, tmpArchiveState } from './tmp-archive';
 
 export type DestroyInput = z.output<typeof destroyRequest>;
 export type SandboxRefInput = z.output<typeof sandboxRef>;
@@ -76,26 +80,54 @@ export async function destroySandbox(request: DestroyInput, config: HostConfig, 
 
 /**
  * Stops the container (freeing CPU and memory); its filesystem and home stay
- * on the host. The home is synced up and the cold tier unmounted (resume
- * mounts it again). /tmp is a tmpfs: its contents do not survive a pause.
+ * on the host. /tmp (a tmpfs, lost when the container stops) is archived from
+ * inside the sandbox first; a failed archive refuses the pause and the sandbox
+ * keeps running. Then the home is synced up and the cold tier unmounted
+ * (resume mounts it again).
  */
-export async function pauseSandbox(request: SandboxRefInput, config: HostConfig, docker: DockerClient): Promise<{ paused: boolean }> {
+export async function pauseSandbox(
+  request: SandboxRefInput,
+  config: HostConfig,
+  docker: DockerClient,
+): Promise<{ paused: boolean; tmp?: TmpArchiveReport }> {
   const info = await requireContainer(docker, request.sandboxId);
   const ctx = { config, sandboxId: request.sandboxId, storage: request.storage };
+  let tmp: TmpArchiveReport | undefined;
+  // Stopped: its /tmp is already gone and the archive (if any) holds it. Pending: the running
+  // /tmp is a failed restore nobody has used (the sandbox stayed paused); the archive is the truth.
+  if (info.State.Running && (await tmpArchiveState(config, request.sandboxId, info)) !== 'pending') {
+    tmp = await archiveTmp(docker, config, request.sandboxId, info);
+    if (tmp.warnings.length > 0) console.error(`pause ${request.sandboxId}: /tmp archived with warnings: ${tmp.warnings.join(' | ')}`);
+  }
   await docker.stopContainer(info.Id, stopGraceSeconds);
   await syncHomeUp(ctx);
   await detachCold(ctx, { force: false });
-  return { paused: true };
+  return { paused: true, ...(tmp ? { tmp } : {}) };
 }
 
-/** Starts a paused sandbox's container again (cold tier remounted first); a running one is left as it is. */
-export async function resumeSandbox(request: SandboxRefInput, config: HostConfig, docker: DockerClient): Promise<{ resumed: boolean }> {
+/**
+ * Starts a paused sandbox's container again (cold tier remounted first), then
+ * restores its /tmp and deletes the archive. A failed restore answers an error
+ * with the container running and the archive kept: the next resume (the
+ * sandbox is still paused for the control plane) retries the restore. A running
+ * container is left as it is, apart from such a pending restore.
+ */
+export async function resumeSandbox(
+  request: SandboxRefInput,
+  config: HostConfig,
+  docker: DockerClient,
+): Promise<{ resumed: boolean; tmp?: TmpRestoreReport }> {
   const info = await requireContainer(docker, request.sandboxId);
-  if (info.State.Running) return { resumed: true };
+  if (info.State.Running) {
+    if ((await tmpArchiveState(config, request.sandboxId, info)) !== 'pending') return { resumed: true };
+    return { resumed: true, tmp: await restoreTmp(docker, config, request.sandboxId, info.Id) };
+  }
   // The container's bind of /data/cold is made at start: mount the cold tier before it.
   await attachCold({ config, sandboxId: request.sandboxId, storage: request.storage });
   await docker.startContainer(info.Id);
-  return { resumed: true };
+  // Just started: any archive on the host holds this /tmp (even one from a pause whose stop failed).
+  if (!existsSync(tmpArchivePath(config, request.sandboxId))) return { resumed: true };
+  return { resumed: true, tmp: await restoreTmp(docker, config, request.sandboxId, info.Id) };
 }
 
 /** Uploads the home's changes now (the sandbox keeps running). */

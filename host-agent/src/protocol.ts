@@ -143,6 +143,20 @@ export interface SyncReport {
   ms: number;
 }
 
+/** /tmp kept across a pause: the archive pause left on the host. */
+export interface TmpArchiveReport {
+  bytes: number;
+  /** What tar skipped or warned about (files the sandbox user cannot read, sockets), first lines only. */
+  warnings: string[];
+  ms: number;
+}
+
+/** /tmp put back by a resume. */
+export interface TmpRestoreReport {
+  bytes: number;
+  ms: number;
+}
+
 export interface HostStatus {
   containers: { sandboxId: string; containerId: string; state: string }[];
 }
@@ -151,8 +165,10 @@ export type HostResults = {
   create: CreateResult;
   exec: ExecResult;
   destroy: DestroyResult;
-  pause: { paused: boolean };
-  resume: { resumed: boolean };
+  /** `tmp`: present when /tmp was archived (a running container was paused). */
+  pause: { paused: boolean; tmp?: TmpArchiveReport };
+  /** `tmp`: present when a kept /tmp was restored. */
+  resume: { resumed: boolean; tmp?: TmpRestoreReport };
   sync: SyncReport;
   status: HostStatus;
 };

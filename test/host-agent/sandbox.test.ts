@@ -262,12 +262,14 @@ describe('pause, resume, status, destroy', () => {
   it('pause stops the container and keeps the home; resume brings it back with the files', async () => {
     const id = await host.createSandbox();
     await host.exec(id, 'echo kept > /home/agent/keep.txt');
-    assert.deepEqual(await host.ok('pause', { sandboxId: id }), { paused: true });
+    const pause = await host.ok('pause', { sandboxId: id });
+    assert.equal(pause.paused, true);
+    assert.ok(pause.tmp, '/tmp was archived (test/host-agent/pause-tmp.test.ts covers what it keeps)');
     const paused = await host.ok('status', {});
     assert.equal(paused.containers.find((c) => c.sandboxId === id)?.state, 'exited');
     const refused = await host.run('exec', { sandboxId: id, command: 'true', cwd: '/', timeoutSeconds: 5 });
     assert.equal(!refused.envelope.ok && refused.envelope.error.code, 'bad_request');
-    assert.deepEqual(await host.ok('resume', { sandboxId: id }), { resumed: true });
+    assert.equal((await host.ok('resume', { sandboxId: id })).resumed, true);
     const read = (await host.exec(id, 'cat keep.txt')) as ExecResult;
     assert.equal(read.stdout, 'kept\n');
     await host.ok('destroy', { sandboxId: id, graceful: false });

@@ -265,13 +265,19 @@ describe('idle timeout and TTL', () => {
 });
 
 describe('stop and start', () => {
-  it('stop frees the container (not running) and keeps every file; start brings them back', async () => {
+  it('stop frees the container (not running) and keeps every file, /tmp too; start brings them back', async () => {
     const id = await create(uniqueUser('power'), { idle_timeout_seconds: 300 });
     const write = await exec(
       id,
       'mkdir -p /home/agent/project/src && echo "print(42)" > /home/agent/project/src/main.py && head -c 300000 /dev/urandom > /home/agent/blob.bin && sha256sum /home/agent/blob.bin /home/agent/project/src/main.py',
     );
     assert.equal(write.exit_code, 0, write.stderr);
+    // /tmp is a tmpfs: the host keeps it across the stop in an archive.
+    const scratch = await exec(
+      id,
+      'mkdir -p /tmp/build/obj && head -c 200000 /dev/urandom > /tmp/build/obj/cache.bin && chmod 0600 /tmp/build/obj/cache.bin && sha256sum /tmp/build/obj/cache.bin && stat -c "%a %s %Y" /tmp/build/obj/cache.bin',
+    );
+    assert.equal(scratch.exit_code, 0, scratch.stderr);
 
     const stopped = await api.call('POST', `/sandboxes/${id}/stop`);
     assert.equal(stopped.status, 200, stopped.text);
@@ -291,6 +297,8 @@ describe('stop and start', () => {
     const [sums, printed] = [check.stdout.split('\n').slice(0, 2).join('\n') + '\n', check.stdout.split('\n')[2]];
     assert.equal(sums, write.stdout, 'every file came back byte for byte');
     assert.equal(printed, '42');
+    const scratchBack = await exec(id, 'sha256sum /tmp/build/obj/cache.bin && stat -c "%a %s %Y" /tmp/build/obj/cache.bin');
+    assert.equal(scratchBack.stdout, scratch.stdout, 'the /tmp file came back byte for byte, with its mode and time');
   });
 
   it('stop and start are idempotent, and start refuses a sandbox that ended', async () => {
