@@ -18,6 +18,7 @@ export type ApiErrorCode =
   | 'quota_exceeded'
   | 'host_error'
   | 'host_timeout'
+  | 'host_unavailable'
   | 'output_too_large'
   | 'no_capacity'
   | 'request_rejected'

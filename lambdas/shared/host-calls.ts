@@ -40,6 +40,13 @@ export function hostFailure(err: unknown, action: string): ApiError {
       case 'host_error':
         if (err.hostCode === 'quota_exceeded') return new ApiError(409, 'quota_exceeded', `${action}: ${err.message}`);
         return new ApiError(502, 'host_error', `${action}: ${err.message}`);
+      case 'throttled':
+        // SSM itself said slow down: a retry shortly will go through.
+        return new ApiError(503, 'host_unavailable', `${action}: the host channel is busy; retry shortly`, { 'Retry-After': '2' });
+      case 'host_unreachable':
+        return new ApiError(503, 'host_unavailable', `${action}: the sandbox's host cannot be reached right now: ${err.message}`, {
+          'Retry-After': '10',
+        });
       default:
         return new ApiError(502, 'host_error', `${action}: ${err.message}`);
     }
