@@ -9,6 +9,7 @@
  *   npm run keys -- revoke --tenant acme --key-id k3j9x0a1b2
  *   npm run keys -- create --tenant acme --stage dev [--region eu-west-1]
  */
+import { APIGatewayClient, CreateApiKeyCommand, CreateUsagePlanKeyCommand, GetApiKeysCommand } from '@aws-sdk/client-api-gateway';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -275,35 +276,27 @@ export async function deployedTarget(
 /**
  * The tenant's own API Gateway key in the stage's usage plan (created or
  * reused), whose value the authorizer returns as usageIdentifierKey, so
- * throttling and quota count per tenant. Needs @aws-sdk/client-api-gateway.
+ * throttling and quota count per tenant.
  */
 export async function tenantUsageKey(stage: string, tenantId: string, region: string, readOutputs: StackOutputsReader = cloudFormationOutputs): Promise<string> {
   const { service } = await stageStackNames(stage);
   const planId = (await readOutputs(service, region)).UsagePlanId;
   if (!planId) throw new KeysCliError(`stack ${service} has no output UsagePlanId; pass --usage-key <value> instead`);
-  // Loaded by name: the package is only needed for deployed stages.
-  const moduleName = '@aws-sdk/client-api-gateway';
-  let sdk: any;
-  try {
-    sdk = await import(moduleName);
-  } catch {
-    throw new KeysCliError(`${moduleName} is not installed: add it (npm install ${moduleName}) or pass --usage-key <value> of a key in usage plan ${planId}`);
-  }
-  const client = new sdk.APIGatewayClient({ region });
+  const client = new APIGatewayClient({ region });
   const name = `ephemeral-sandbox-${stage}-${tenantId}`;
   try {
-    const found = await client.send(new sdk.GetApiKeysCommand({ nameQuery: name, includeValues: true, limit: 500 }));
-    let key = (found.items ?? []).find((k: { name?: string }) => k.name === name);
+    const found = await client.send(new GetApiKeysCommand({ nameQuery: name, includeValues: true, limit: 500 }));
+    let key: { id?: string; value?: string } | undefined = (found.items ?? []).find((k) => k.name === name);
     key ??= await client.send(
-      new sdk.CreateApiKeyCommand({ name, enabled: true, description: `Ephemeral Sandbox ${stage}: usage-plan key of tenant ${tenantId}` }),
+      new CreateApiKeyCommand({ name, enabled: true, description: `Ephemeral Sandbox ${stage}: usage-plan key of tenant ${tenantId}` }),
     );
     try {
-      await client.send(new sdk.CreateUsagePlanKeyCommand({ usagePlanId: planId, keyId: key.id, keyType: 'API_KEY' }));
+      await client.send(new CreateUsagePlanKeyCommand({ usagePlanId: planId, keyId: key.id, keyType: 'API_KEY' }));
     } catch (err) {
       if ((err as Error).name !== 'ConflictException') throw err; // already in the plan
     }
     if (!key.value) throw new KeysCliError(`API Gateway returned key ${key.id} without its value`);
-    return key.value as string;
+    return key.value;
   } catch (err) {
     if (err instanceof KeysCliError) throw err;
     throw new KeysCliError(`setting up the usage-plan key ${name} failed: ${(err as Error).name}: ${(err as Error).message}`);
