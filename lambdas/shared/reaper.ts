@@ -128,7 +128,7 @@ async function reapOne(c: Candidate, now: number, report: ReapReport, host: Host
       const claimed = await claim(r, now);
       if (!claimed) return;
       const outcome = r.stop_reason === 'idle_timeout' || r.stop_reason === 'ttl_expired' ? 'expired' : 'stopped';
-      await finishShutdown(claimed, { graceful: true, outcome });
+      await finishOrRetrySoon(claimed, outcome);
       report[outcome]++;
       return;
     }
@@ -138,7 +138,7 @@ async function reapOne(c: Candidate, now: number, report: ReapReport, host: Host
       if (r.expires_at_ms <= now) {
         const shutting = await beginShutdown(r, 'ttl_expired');
         if (!shutting) return;
-        await finishShutdown(shutting, { graceful: true, outcome: 'expired' });
+        await finishOrRetrySoon(shutting, 'expired');
         report.expired++;
         return;
       }
@@ -172,12 +172,29 @@ async function reapOne(c: Candidate, now: number, report: ReapReport, host: Host
         if (err instanceof TransitionRejectedError) return; // activity or another reaper won
         throw err;
       }
-      await finishShutdown(shutting, { graceful: true, outcome: 'expired' });
+      await finishOrRetrySoon(shutting, 'expired');
       report.expired++;
       return;
     }
     default:
       return;
+  }
+}
+
+/** How soon a shutdown that failed on the host is tried again (the claim's lease is longer). */
+const failedShutdownRetrySeconds = 10;
+
+/**
+ * Ends a claimed sandbox on its host; when the host call fails, the lease is
+ * cut short so the next run (not the one after the lease) tries again, and the
+ * failure is reported.
+ */
+async function finishOrRetrySoon(claimed: SandboxRecord, outcome: 'stopped' | 'expired'): Promise<void> {
+  try {
+    await finishShutdown(claimed, { graceful: true, outcome });
+  } catch (err) {
+    await moveDeadline(claimed, Date.now() + failedShutdownRetrySeconds * 1000);
+    throw err;
   }
 }
 

@@ -677,6 +677,11 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
   }
 
   const server = createServer((req, res) => void handle(req, res));
+  // Like AWS endpoints, keep idle connections far longer than Node's 5 s default: the SDK's
+  // agent reuses idle sockets without reading the Keep-Alive hint, and a server closing one
+  // just as a request goes out answers that request with ECONNRESET.
+  server.keepAliveTimeout = 65_000;
+  server.headersTimeout = 66_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.port ?? 0, host, () => {

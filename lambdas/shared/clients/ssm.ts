@@ -4,7 +4,8 @@ import { SSMClient } from '@aws-sdk/client-ssm';
 let client: SSMClient | undefined;
 
 export function ssm(): SSMClient {
-  // Throttling is retried by the dispatcher with its own short backoff.
-  client ??= new SSMClient({ maxAttempts: 1 });
+  // The SDK's standard retries cover transient network errors (a reset keep-alive socket);
+  // the dispatcher adds its own bounded backoff for throttling on top.
+  client ??= new SSMClient({ maxAttempts: 3 });
   return client;
 }
