@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what the local stack needs on a Debian machine (root):
 # the Docker engine, debootstrap (offline base image), s3fs + fuse (cold tier),
+# iptables/iproute2 (egress rules, network tests), curl, Java (DynamoDB Local),
 # awscli (baseline for the sync benchmark). Idempotent: skips what is there.
 set -euo pipefail
 
@@ -12,6 +13,8 @@ command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
 command -v s3fs >/dev/null 2>&1 || need_pkgs+=(s3fs)
 command -v fusermount >/dev/null 2>&1 || need_pkgs+=(fuse3)
 command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
+command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)   # bin/host-agent talks to the host daemon with it
 [ -x /usr/bin/aws ] || need_pkgs+=(awscli)
 command -v java >/dev/null 2>&1 || need_pkgs+=(openjdk-17-jre-headless)
 
