@@ -13,8 +13,8 @@
 /** bash's byte length of $PWD (under LC_ALL=C); kept out of the template so JS does not read it. */
 const pwdByteLength = '${#PWD}';
 
-const wrapperScript = String.raw`__sbx_nonce=$1 __sbx_cwd=$2
-shift 2
+const wrapperScript = String.raw`__sbx_nonce=$1 __sbx_cwd=$2 __sbx_fallback=$3
+shift 3
 printf -v __sbx_cmd %s "$@"
 set --
 exec {__sbx_fd}>&2
@@ -25,8 +25,12 @@ __sbx_report() {
   local LC_ALL=C
   printf '\037%s:%d:%s\n' "$__sbx_nonce" "${pwdByteLength}" "$PWD" >&"$__sbx_fd"
 }
+if [ -n "$__sbx_fallback" ] && [ ! -d "$__sbx_cwd" ]; then
+  printf 'sandbox: the working directory %s no longer exists; running in %s\n' "$__sbx_cwd" "$__sbx_fallback" >&2
+  __sbx_cwd=$__sbx_fallback
+fi
 CDPATH= cd -- "$__sbx_cwd" || exit
-unset __sbx_cwd
+unset __sbx_cwd __sbx_fallback
 trap '__sbx_status=$?; __sbx_report; exit "$__sbx_status"' EXIT
 eval "$__sbx_cmd"
 __sbx_status=$?
@@ -60,11 +64,12 @@ export function cwdMarkerPrefix(nonce: string): Buffer {
 }
 
 /**
- * The exec's argv: `bash -l -c <wrapper> bash <nonce> <cwd> <command pieces...>`.
+ * The exec's argv: `bash -l -c <wrapper> bash <nonce> <cwd> <fallback> <command pieces...>`;
+ * an empty fallback means a missing cwd is an error.
  *
  * @example
  *   execArgv('6f1c...', '/home/agent', 'ls -la "$HOME"')
  */
-export function execArgv(nonce: string, cwd: string, command: string): string[] {
-  return ['/bin/bash', '-l', '-c', wrapperScript, 'bash', nonce, cwd, ...splitCommand(command)];
+export function execArgv(nonce: string, cwd: string, command: string, cwdFallback = ''): string[] {
+  return ['/bin/bash', '-l', '-c', wrapperScript, 'bash', nonce, cwd, cwdFallback, ...splitCommand(command)];
 }

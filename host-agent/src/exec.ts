@@ -40,7 +40,7 @@ function checkCommand(command: string): void {
 async function createExec(docker: DockerClient, request: ExecInput, nonce: string): Promise<string> {
   try {
     const { Id } = await docker.createExec(request.sandboxId, {
-      Cmd: execArgv(nonce, request.cwd, request.command),
+      Cmd: execArgv(nonce, request.cwd, request.command, request.cwdFallback),
       User: request.user,
       Env: Object.entries(request.env).map(([name, value]) => `${name}=${value}`),
       AttachStdout: true,

@@ -77,6 +77,8 @@ export const execRequest = z.object({
   sandboxId,
   command: z.string().min(1),
   cwd: z.string().min(1).max(4096),
+  /** Where to run instead when `cwd` no longer exists (a sticky cwd the last command removed). */
+  cwdFallback: z.string().min(1).max(4096).optional(),
   env: envMap.default({}),
   user: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/).default('agent'),
   timeoutSeconds: z.number().int().min(1).max(3600),

@@ -227,7 +227,16 @@ export async function execInSandbox(p: Principal, sandboxId: string, body: ExecB
     const result = await hosts().dispatch(
       record.host_id,
       'exec',
-      { sandboxId, command: body.command, cwd, env: body.env ?? {}, user: body.user, timeoutSeconds: body.timeout },
+      {
+        sandboxId,
+        command: body.command,
+        cwd,
+        // A sticky cwd the last command removed falls back to the home; an explicit one is the caller's error.
+        ...(body.cwd === undefined ? { cwdFallback: hotPath } : {}),
+        env: body.env ?? {},
+        user: body.user,
+        timeoutSeconds: body.timeout,
+      },
       { timeoutSeconds: hostTimeout },
     );
     // The working directory sticks only for execs that did not name one.

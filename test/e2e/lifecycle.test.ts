@@ -90,6 +90,20 @@ describe('the sandbox lifecycle (create -> exec -> destroy)', () => {
     assert.equal(third.body.stdout, '/tmp/work/deeper\n', 'an explicit cwd does not move the sticky one');
   });
 
+  it('falls back to the home when the sticky working directory was removed, but not for an explicit cwd', async () => {
+    const moved = await api.exec(id, 'mkdir -p /tmp/doomed && cd /tmp/doomed');
+    assert.equal(moved.body.cwd, '/tmp/doomed');
+    await api.exec(id, 'rm -rf /tmp/doomed', { cwd: '/tmp' });
+    const next = await api.exec(id, 'pwd');
+    assert.equal(next.body.exit_code, 0, next.body.stderr);
+    assert.equal(next.body.stdout, '/home/agent\n');
+    assert.match(next.body.stderr, /working directory \/tmp\/doomed no longer exists/);
+    const explicit = await api.exec(id, 'pwd', { cwd: '/tmp/doomed' });
+    assert.notEqual(explicit.body.exit_code, 0);
+    assert.match(explicit.body.stderr, /No such file or directory/);
+    await api.exec(id, 'cd /tmp/work/deeper');
+  });
+
   it('runs a 64 KiB command intact', async () => {
     const payload = randomBytes(33 * 1024).toString('hex').slice(0, 64 * 1024 - 200);
     const command = `cat <<'EOF_PAYLOAD' | tr -d '\\n' | sha256sum\n${payload}\nEOF_PAYLOAD`;
