@@ -8,7 +8,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { build } from 'esbuild';
-import { handlerBuildOptions } from './handler-bundling';
+import { handlerBuildOptions, hostAgentAlias } from './bundling';
 import { handlerEntry, repoRoot } from './paths';
 
 export interface HandlerBundle {
@@ -115,9 +115,6 @@ export function analyzeHandlerCalls(handler: string, tableIndexes: Record<string
   return analyzeCalls(handler, handlerEntry(handler), tableIndexes);
 }
 
-/** Native add-ons of dockerode's optional SSH transport, left out of host bundles as scripts/build.mjs does. */
-const hostExternals = ['cpu-features', './crypto/build/Release/sshcrypto.node'];
-
 /** The same analysis for any entry point of the project (e.g. the host daemon); `label` names it in errors. */
 export async function analyzeCalls(label: string, entry: string, tableIndexes: Record<string, readonly string[]>): Promise<HandlerCalls> {
   const handler = label;
@@ -125,7 +122,8 @@ export async function analyzeCalls(label: string, entry: string, tableIndexes: R
   const keys = Object.keys(tableIdByKey).join('|');
   const result = await build({
     ...handlerBuildOptions(entry, join('/tmp', label, 'index.mjs')),
-    external: hostExternals,
+    // Host programs are bundled with ssh2 swapped for its stand-in, as they ship.
+    alias: hostAgentAlias,
     minify: false,
     sourcemap: false,
     metafile: false,

@@ -3,15 +3,10 @@
  * (NodejsFunction) and scripts/bundle-report.ts (esbuild API) both read, so
  * the sizes the report prints are the sizes that deploy.
  */
-import type { BuildOptions } from 'esbuild';
 import { OutputFormat, type BundlingOptions } from 'aws-cdk-lib/aws-lambda-nodejs';
+import { esmRequireBanner, handlerMainFields, handlerTarget } from './bundling';
 
-/** ESM has no `require`; bundled CommonJS dependencies still call it. */
-export const esmRequireBanner =
-  "import { createRequire as __esCreateRequire } from 'node:module'; const require = __esCreateRequire(import.meta.url);";
-
-export const handlerTarget = 'node22';
-export const handlerMainFields = ['module', 'main'];
+export { esmRequireBanner, handlerBuildOptions, handlerMainFields, handlerTarget } from './bundling';
 
 /** NodejsFunction bundling: local esbuild (no Docker), minified ESM, SDK v3 bundled in. */
 export const handlerBundling: BundlingOptions = {
@@ -27,22 +22,3 @@ export const handlerBundling: BundlingOptions = {
   bundleAwsSDK: true,
   forceDockerBundling: false,
 };
-
-/** The same bundle through esbuild's API (what NodejsFunction runs, as build options). */
-export function handlerBuildOptions(entry: string, outfile: string): BuildOptions {
-  return {
-    entryPoints: [entry],
-    outfile,
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: handlerTarget,
-    mainFields: handlerMainFields,
-    banner: { js: esmRequireBanner },
-    minify: true,
-    sourcemap: true,
-    sourcesContent: false,
-    metafile: true,
-    logLevel: 'warning',
-  };
-}

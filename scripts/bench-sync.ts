@@ -22,6 +22,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { build } from 'esbuild';
+import { hostAgentBuildOptions } from '../lib/bundling';
 import { createS3Client, defaultSyncConcurrency, hotSyncDown, hotSyncUp, type HotSyncOptions } from '../host-agent/src/storage/index';
 import { localS3Credentials, startS3Endpoint } from '../lib/local/s3-endpoint';
 
@@ -61,16 +62,9 @@ async function main(): Promise<void> {
     const bytes = await generateHome(source);
     const runner = join(work, 'hot-sync-runner.mjs');
     await build({
+      ...hostAgentBuildOptions(runner),
       stdin: { contents: runnerSource, resolveDir: repoRoot, loader: 'ts', sourcefile: 'hot-sync-runner.ts' },
-      outfile: runner,
-      bundle: true,
-      platform: 'node',
-      format: 'esm',
-      target: 'node20',
-      minify: true,
-      mainFields: ['module', 'main'],
-      banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
-      logLevel: 'warning',
+      sourcemap: false,
     });
 
     const env = {

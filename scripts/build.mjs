@@ -1,46 +1,34 @@
 #!/usr/bin/env node
 // Bundles every Lambda handler and the host-agent into single ESM files with
 // esbuild: dist/lambdas/<handler>.mjs, dist/host-agent.mjs, dist/host-agent-daemon.mjs.
-// The CDK stack bundles the handlers itself (NodejsFunction, same options);
-// this build is what the local stack's host runs and what bundle sizes report.
+// The options come from lib/bundling.ts, which the CDK stack, the bundle report
+// and the IAM analysis read too. Run with the tsx loader (it imports TypeScript):
+//   node --import tsx scripts/build.mjs [--quiet]
 import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
+import { handlerBuildOptions, hostAgentBuildOptions } from '../lib/bundling.ts';
+import { backgroundHandlerNames, handlerNames } from '../lambdas/shared/routes.ts';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const quiet = process.argv.includes('--quiet');
 
-/** Options shared with the CDK stack's NodejsFunction bundling. */
-export const esbuildOptions = {
-  bundle: true,
-  platform: 'node',
-  format: 'esm',
-  minify: true,
-  sourcemap: 'linked',
-  mainFields: ['module', 'main'],
-  // ESM bundles of CommonJS dependencies need require().
-  banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
-  logLevel: 'warning',
-};
-
-const handlers = [
-  'health', 'create-sandbox', 'list-sandboxes', 'get-sandbox', 'exec-sandbox', 'destroy-sandbox',
-  'sandbox-signal', 'sandbox-timeout', 'sandbox-power', 'reaper', 'authorizer',
-];
-
 const entries = [
-  ...handlers.map((h) => ({ in: join(root, 'lambdas', `${h}.ts`), out: join(root, 'dist', 'lambdas', `${h}.mjs`), target: 'node22' })),
-  { in: join(root, 'host-agent', 'src', 'cli.ts'), out: join(root, 'dist', 'host-agent.mjs'), target: 'node20', hostAgent: true },
-  { in: join(root, 'host-agent', 'src', 'daemon.ts'), out: join(root, 'dist', 'host-agent-daemon.mjs'), target: 'node20', hostAgent: true },
+  ...[...handlerNames, ...backgroundHandlerNames].map((h) => ({
+    in: join(root, 'lambdas', `${h}.ts`),
+    out: join(root, 'dist', 'lambdas', `${h}.mjs`),
+    options: (out) => ({ ...handlerBuildOptions(join(root, 'lambdas', `${h}.ts`), out), metafile: false }),
+  })),
+  ...[
+    ['cli.ts', 'host-agent.mjs'],
+    ['daemon.ts', 'host-agent-daemon.mjs'],
+  ].map(([src, out]) => ({
+    in: join(root, 'host-agent', 'src', src),
+    out: join(root, 'dist', out),
+    options: (outfile) => ({ ...hostAgentBuildOptions(outfile), entryPoints: [join(root, 'host-agent', 'src', src)] }),
+  })),
 ];
-
-/**
- * docker-modem requires ssh2 at load time for ssh:// Docker hosts; the host
- * talks to the local socket only, and ssh2's optional native addons cannot be
- * bundled: swap in a stand-in that refuses ssh://.
- */
-export const hostAgentAlias = { ssh2: join(root, 'host-agent', 'src', 'ssh2-stub.ts') };
 
 const missing = entries.filter((e) => !existsSync(e.in));
 if (missing.length) {
@@ -52,13 +40,7 @@ const started = Date.now();
 await Promise.all(
   entries.map((e) => {
     mkdirSync(dirname(e.out), { recursive: true });
-    return build({
-      ...esbuildOptions,
-      entryPoints: [e.in],
-      outfile: e.out,
-      target: e.target,
-      ...(e.hostAgent ? { alias: hostAgentAlias } : {}),
-    });
+    return build(e.options(e.out));
   }),
 );
 if (!quiet) {

@@ -16,7 +16,7 @@ let built = false;
 /** Runs scripts/build.mjs once per process (both assets come from one build). */
 function buildOnce(): void {
   if (built) return;
-  execFileSync(process.execPath, [join(repoRoot, 'scripts', 'build.mjs'), '--quiet'], { cwd: repoRoot, stdio: 'inherit' });
+  execFileSync(process.execPath, ['--import', 'tsx', join(repoRoot, 'scripts', 'build.mjs'), '--quiet'], { cwd: repoRoot, stdio: 'inherit' });
   built = true;
 }
 

@@ -11,6 +11,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { build } from 'esbuild';
+import { hostAgentBuildOptions } from '../../lib/bundling';
 import Docker from 'dockerode';
 import { userLabelPrefix } from '../../host-agent/src/create';
 import { encodeInline, type HostEnvelope, type HostVerb } from '../../host-agent/src/protocol';
@@ -28,22 +29,15 @@ export function newSandboxId(): string {
 }
 
 /**
- * Bundles host-agent/src/cli.ts like the production build (single minified
- * ESM file, createRequire banner) with ssh2 aliased to the stub.
+ * Bundles host-agent/src/cli.ts with the production build's options (one
+ * minified ESM file, ssh2 swapped for its stand-in).
  */
 export async function bundleAgent(outDir: string): Promise<string> {
   const outfile = join(outDir, 'host-agent.mjs');
   await build({
+    ...hostAgentBuildOptions(outfile),
     entryPoints: [join(repoRoot, 'host-agent', 'src', 'cli.ts')],
-    outfile,
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    minify: true,
-    mainFields: ['module', 'main'],
-    banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
-    alias: { ssh2: join(repoRoot, 'host-agent', 'src', 'ssh2-stub.ts') },
+    sourcemap: false,
     logLevel: 'error',
   });
   return outfile;

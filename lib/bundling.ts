@@ -1,0 +1,64 @@
+/**
+ * The esbuild options every bundle of the project is made with: the Lambda
+ * handlers (the CDK stack, scripts/build.mjs, the bundle report and the IAM
+ * analysis) and the host-agent CLI and daemon (scripts/build.mjs, the host
+ * asset, test fixtures and benchmarks). One definition, so what is tested,
+ * measured and analysed is what ships. No CDK import: `npm start` builds with it.
+ */
+import { join } from 'node:path';
+import type { BuildOptions } from 'esbuild';
+import { repoRoot } from './paths';
+
+/** ESM has no `require`; bundled CommonJS dependencies still call it. */
+export const esmRequireBanner =
+  "import { createRequire as __esCreateRequire } from 'node:module'; const require = __esCreateRequire(import.meta.url);";
+
+export const handlerTarget = 'node22';
+export const handlerMainFields = ['module', 'main'];
+
+/** A Lambda handler as NodejsFunction bundles it: minified ESM for Node 22, SDK v3 bundled in. */
+export function handlerBuildOptions(entry: string, outfile: string): BuildOptions {
+  return {
+    entryPoints: [entry],
+    outfile,
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: handlerTarget,
+    mainFields: handlerMainFields,
+    banner: { js: esmRequireBanner },
+    minify: true,
+    sourcemap: true,
+    sourcesContent: false,
+    metafile: true,
+    logLevel: 'warning',
+  };
+}
+
+/**
+ * docker-modem requires ssh2 at load time for ssh:// Docker hosts; the host
+ * talks to the local socket only, and ssh2's optional native addons cannot be
+ * bundled: a stand-in that refuses ssh:// takes its place.
+ */
+export const hostAgentAlias = { ssh2: join(repoRoot, 'host-agent', 'src', 'ssh2-stub.ts') };
+
+/**
+ * A host-agent program (CLI or daemon) as one minified ESM file; callers add
+ * `entryPoints` (or `stdin`). Node 20 is the oldest Node it runs on (the local
+ * stack); hosts run Node 22.
+ */
+export function hostAgentBuildOptions(outfile: string): BuildOptions {
+  return {
+    outfile,
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    mainFields: handlerMainFields,
+    banner: { js: esmRequireBanner },
+    minify: true,
+    sourcemap: 'linked',
+    alias: hostAgentAlias,
+    logLevel: 'warning',
+  };
+}
