@@ -61,10 +61,6 @@ export function parseSandboxToken(token: string): { sandboxId: string } | undefi
   return m ? { sandboxId: m[1]! } : undefined;
 }
 
-export function isApiKeyShape(key: string): boolean {
-  return keyPattern.test(key);
-}
-
 /**
  * Stores a key for a tenant and returns it (the only time it is shown).
  * `key` adopts a given key (the local stack's SANDBOX_API_KEY); any shape is
