@@ -12,6 +12,7 @@ export type ApiErrorCode =
   | 'method_not_allowed'
   | 'invalid_state'
   | 'conflict'
+  | 'offset_mismatch'
   | 'payload_too_large'
   | 'unsupported_media_type'
   | 'too_many_requests'
@@ -19,6 +20,8 @@ export type ApiErrorCode =
   | 'host_error'
   | 'host_timeout'
   | 'host_unavailable'
+  | 'service_unavailable'
+  | 'gateway_timeout'
   | 'output_too_large'
   | 'no_capacity'
   | 'request_rejected'
@@ -30,15 +33,20 @@ export class ApiError extends Error {
     readonly code: ApiErrorCode,
     message: string,
     readonly headers: Record<string, string> = {},
+    /** More fields a caller can act on (e.g. `expected_offset`), beside code and message. */
+    readonly details: Record<string, unknown> = {},
   ) {
     super(message);
     this.name = 'ApiError';
   }
 
-  toBody(): { error: { code: ApiErrorCode; message: string } } {
-    return { error: { code: this.code, message: this.message } };
+  toBody(): { error: { code: ApiErrorCode; message: string } & Record<string, unknown> } {
+    return { error: { ...this.details, code: this.code, message: this.message } };
   }
 }
 
 export const notFound = (what: string) => new ApiError(404, 'not_found', `${what} not found`);
 export const invalidState = (message: string) => new ApiError(409, 'invalid_state', message);
+/** A dependency that is down for now: 503 with Retry-After, never a 500. */
+export const unavailable = (message: string, retryAfterSeconds = 2) =>
+  new ApiError(503, 'service_unavailable', message, { 'Retry-After': String(retryAfterSeconds) });

@@ -16,49 +16,13 @@ import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
+import { gatewayResponses, gatewayResponseTemplate, integrationTimeoutSeconds } from '../../lambdas/shared/gateway';
 import type { Route } from '../../lambdas/shared/routes';
 import type { DeploymentEnvironment } from '../environment';
 
 export interface SandboxApiProps {
   environment: DeploymentEnvironment;
   removalPolicy: RemovalPolicy;
-}
-
-/** A gateway-generated error in the API's own error shape. */
-interface GatewayError {
-  type: apigw.ResponseType;
-  status: string;
-  code: string;
-  /** A fixed message, or `undefined` to pass the gateway's own message through. */
-  message?: string;
-}
-
-/** Answers API Gateway gives without reaching a handler, in the shape handlers use: {"error":{"code","message"}}. */
-export const gatewayErrors: readonly GatewayError[] = [
-  { type: apigw.ResponseType.UNAUTHORIZED, status: '401', code: 'missing_api_key', message: 'the X-API-Key header is required' },
-  { type: apigw.ResponseType.ACCESS_DENIED, status: '403', code: 'invalid_api_key', message: 'the API key is not valid, or may not call this route' },
-  { type: apigw.ResponseType.INVALID_API_KEY, status: '403', code: 'invalid_api_key', message: 'the API key has no usage plan: ask the operator to attach one' },
-  // REST APIs answer an unknown method or path with 403 "Missing Authentication Token".
-  { type: apigw.ResponseType.MISSING_AUTHENTICATION_TOKEN, status: '404', code: 'not_found', message: 'no route for this method and path' },
-  { type: apigw.ResponseType.RESOURCE_NOT_FOUND, status: '404', code: 'not_found', message: 'no route for this method and path' },
-  { type: apigw.ResponseType.THROTTLED, status: '429', code: 'too_many_requests', message: 'request rate limit exceeded: retry with backoff' },
-  { type: apigw.ResponseType.QUOTA_EXCEEDED, status: '429', code: 'quota_exceeded', message: "this key's daily request quota is used up" },
-  { type: apigw.ResponseType.REQUEST_TOO_LARGE, status: '413', code: 'payload_too_large', message: 'request body too large' },
-  { type: apigw.ResponseType.UNSUPPORTED_MEDIA_TYPE, status: '415', code: 'unsupported_media_type', message: 'send JSON (Content-Type: application/json)' },
-  { type: apigw.ResponseType.BAD_REQUEST_PARAMETERS, status: '400', code: 'validation_error' },
-  { type: apigw.ResponseType.BAD_REQUEST_BODY, status: '400', code: 'validation_error' },
-  { type: apigw.ResponseType.AUTHORIZER_FAILURE, status: '500', code: 'internal_error', message: 'the authorizer failed: retry, and report it if it persists' },
-  { type: apigw.ResponseType.AUTHORIZER_CONFIGURATION_ERROR, status: '500', code: 'internal_error', message: 'the authorizer failed: retry, and report it if it persists' },
-  { type: apigw.ResponseType.INTEGRATION_FAILURE, status: '502', code: 'internal_error', message: 'the handler failed: retry, and report it if it persists' },
-  { type: apigw.ResponseType.INTEGRATION_TIMEOUT, status: '504', code: 'internal_error', message: "the request took longer than API Gateway's 29 s limit" },
-  { type: apigw.ResponseType.DEFAULT_4XX, code: 'request_rejected', status: '' },
-  { type: apigw.ResponseType.DEFAULT_5XX, code: 'internal_error', status: '' },
-];
-
-function errorTemplate(e: GatewayError): string {
-  // $context.error.messageString is already a quoted, escaped JSON string.
-  const message = e.message === undefined ? '$context.error.messageString' : JSON.stringify(e.message);
-  return `{"error":{"code":${JSON.stringify(e.code)},"message":${message}}}`;
 }
 
 export class SandboxApi extends Construct {
@@ -126,12 +90,14 @@ export class SandboxApi extends Construct {
     this.restApi.node.tryRemoveChild('Endpoint');
     this.url = `https://${this.restApi.restApiId}.execute-api.${stack.region}.${stack.urlSuffix}/${e.api.stageName}`;
 
-    for (const err of gatewayErrors) {
-      this.restApi.addGatewayResponse(`Gateway${err.type.responseType}`, {
-        type: err.type,
-        ...(err.status ? { statusCode: err.status } : {}),
-        responseHeaders: { 'Content-Type': "'application/json'" },
-        templates: { 'application/json': errorTemplate(err) },
+    // The gateway's own answers come from the table the local gateway reads too.
+    for (const r of gatewayResponses) {
+      const headers = Object.fromEntries(Object.entries(r.headers ?? {}).map(([k, v]) => [k, `'${v}'`]));
+      this.restApi.addGatewayResponse(`Gateway${r.type}`, {
+        type: apigw.ResponseType.of(r.type),
+        ...(r.status !== undefined ? { statusCode: String(r.status) } : {}),
+        responseHeaders: { 'Content-Type': "'application/json'", ...headers },
+        templates: { 'application/json': gatewayResponseTemplate(r) },
       });
     }
 
@@ -207,7 +173,11 @@ export class SandboxApi extends Construct {
       let integration = integrations.get(route.handler);
       if (!integration) {
         // One integration per function; console test-invoke permissions are not needed.
-        integration = new apigw.LambdaIntegration(functionFor(route.handler), { proxy: true, allowTestInvoke: false });
+        integration = new apigw.LambdaIntegration(functionFor(route.handler), {
+          proxy: true,
+          allowTestInvoke: false,
+          timeout: Duration.seconds(integrationTimeoutSeconds),
+        });
         integrations.set(route.handler, integration);
       }
       const resource = this.restApi.root.resourceForPath(route.path);

@@ -1,18 +1,25 @@
 /**
  * The local API Gateway: turns HTTP requests into API Gateway REST proxy
- * events and calls the same handler modules the Lambdas run, from the same
- * route table the CDK stack reads, behind the same authorizer code.
+ * events and invokes the handlers as Lambda would (lib/local/lambda-runtime.ts:
+ * the deployed bundles, in workers, stopped at their timeout), from the same
+ * route table the CDK stack reads, behind the same authorizer code. Its own
+ * answers (no route, no key, denied, throttled, too large, timed out) come
+ * from the table the CDK configures the deployed gateway with
+ * (lambdas/shared/gateway.ts), and it cuts every request at API Gateway's
+ * integration timeout.
  */
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
 import { allows, decide, type Decision } from '../../lambdas/shared/authorize';
-import { errorResponse } from '../../lambdas/shared/http';
-import { ApiError } from '../../lambdas/shared/errors';
+import {
+  gatewayMaxPayloadBytes,
+  integrationTimeoutSeconds,
+  renderGatewayResponse,
+  type GatewayResponseType,
+} from '../../lambdas/shared/gateway';
 import { routes, type HandlerName, type Route } from '../../lambdas/shared/routes';
-
-/** API Gateway's own payload cap; the handlers enforce the API's smaller one. */
-const gatewayMaxBody = 10 * 1024 * 1024;
+import { LocalFunction, type InvokeOutcome } from './lambda-runtime';
 const stage = 'local';
 const arnPrefix = 'arn:aws:execute-api:local:000000000000:local';
 
@@ -22,6 +29,8 @@ export interface LocalApi {
   url: string;
   /** Extra addresses served (e.g. the sandbox network's gateway). */
   urls: string[];
+  /** The handlers behind the routes. */
+  functions: LocalFunctions;
   close(): Promise<void>;
 }
 
@@ -61,8 +70,9 @@ function send(res: ServerResponse, result: APIGatewayProxyResult): void {
   res.end(result.isBase64Encoded ? Buffer.from(result.body, 'base64') : result.body);
 }
 
-function gatewayError(status: number, code: ConstructorParameters<typeof ApiError>[1], message: string): APIGatewayProxyResult {
-  return errorResponse(new ApiError(status, code, message));
+/** An answer the gateway makes itself, from the shared table. */
+function gatewayAnswer(type: GatewayResponseType, fallback?: { status?: number; message?: string }): APIGatewayProxyResult {
+  return renderGatewayResponse(type, fallback);
 }
 
 async function readBody(req: IncomingMessage): Promise<Buffer | 'too_large'> {
@@ -70,39 +80,25 @@ async function readBody(req: IncomingMessage): Promise<Buffer | 'too_large'> {
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > gatewayMaxBody) return 'too_large';
+    if (size > gatewayMaxPayloadBytes) return 'too_large';
     chunks.push(chunk as Buffer);
   }
   return Buffer.concat(chunks);
 }
 
-function lambdaContext(name: string, requestId: string): Context {
-  return {
-    callbackWaitsForEmptyEventLoop: true,
-    functionName: name,
-    functionVersion: '$LATEST',
-    invokedFunctionArn: `arn:aws:lambda:local:000000000000:function:${name}`,
-    memoryLimitInMB: '512',
-    awsRequestId: requestId,
-    logGroupName: `/aws/lambda/${name}`,
-    logStreamName: 'local',
-    getRemainingTimeInMillis: () => 900_000,
-    done: () => undefined,
-    fail: () => undefined,
-    succeed: () => undefined,
-  };
-}
-
 /** API Gateway's authorizer result cache: one decision per key for `ttlMs`. */
 class DecisionCache {
   private readonly entries = new Map<string, { decision: Decision; expires: number }>();
-  constructor(private readonly ttlMs: number) {}
+  constructor(
+    private readonly ttlMs: number,
+    private readonly authorize: typeof decide,
+  ) {}
   async get(key: string | undefined, methodArn: string): Promise<Decision> {
     // Like API Gateway, the cache is keyed by the identity source (the key) only.
-    if (this.ttlMs <= 0 || key === undefined) return decide(key, methodArn);
+    if (this.ttlMs <= 0 || key === undefined) return this.authorize(key, methodArn);
     const hit = this.entries.get(key);
     if (hit && hit.expires > Date.now()) return hit.decision;
-    const decision = await decide(key, methodArn);
+    const decision = await this.authorize(key, methodArn);
     if (this.entries.size > 10_000) this.entries.clear();
     this.entries.set(key, { decision, expires: Date.now() + this.ttlMs });
     return decision;
@@ -130,6 +126,87 @@ class Throttle {
   }
 }
 
+/** How the local gateway runs a route's handler. */
+export interface LocalFunctions {
+  invoke(name: HandlerName, event: APIGatewayProxyEvent): Promise<InvokeOutcome>;
+  /** Like UpdateFunctionConfiguration on every function: fresh environments with this environment. */
+  updateEnvironment(env: Record<string, string | undefined>): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** The handlers as Lambda runs them: their bundles, in workers, with their timeout and memory. */
+export function bundledFunctions(o: { timeoutSeconds: number; memoryMb: number; env: Record<string, string | undefined> }): LocalFunctions {
+  const functions = new Map<HandlerName, LocalFunction>();
+  let env = o.env;
+  const fn = (name: HandlerName) => {
+    let f = functions.get(name);
+    if (!f) functions.set(name, (f = new LocalFunction({ name, timeoutSeconds: o.timeoutSeconds, memoryMb: o.memoryMb, env })));
+    return f;
+  };
+  return {
+    invoke: (name, event) => fn(name).invoke(event),
+    async updateEnvironment(next) {
+      env = next;
+      await Promise.all([...functions.values()].map((f) => f.updateEnvironment(next)));
+    },
+    async close() {
+      await Promise.all([...functions.values()].map((f) => f.close()));
+    },
+  };
+}
+
+/**
+ * Handlers called in this process (tests of the gateway itself, with handlers
+ * of their own): no worker, and an invocation past `timeoutSeconds` is only
+ * abandoned, not stopped.
+ */
+export function inProcessFunctions(load: (name: HandlerName) => Promise<LambdaHandler>, timeoutSeconds = 29): LocalFunctions {
+  const cache = new Map<HandlerName, Promise<LambdaHandler>>();
+  return {
+    async invoke(name, event) {
+      let h = cache.get(name);
+      if (!h) cache.set(name, (h = load(name)));
+      const handler = await h;
+      const deadline = Date.now() + timeoutSeconds * 1000;
+      const context = {
+        functionName: name,
+        awsRequestId: randomUUID(),
+        getRemainingTimeInMillis: () => Math.max(0, deadline - Date.now()),
+      } as Context;
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<InvokeOutcome>((resolve) => (timer = setTimeout(() => resolve({ kind: 'timeout' }), timeoutSeconds * 1000)));
+      const run = handler(event, context).then(
+        (payload): InvokeOutcome => ({ kind: 'ok', payload }),
+        (err: Error): InvokeOutcome => ({ kind: 'error', errorType: err?.name ?? 'Error', errorMessage: err?.message ?? String(err) }),
+      );
+      try {
+        return await Promise.race([run, timeout]);
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+    async updateEnvironment() {
+      cache.clear();
+    },
+    async close() {},
+  };
+}
+
+/** What API Gateway answers for what Lambda returned (a Lambda proxy integration). */
+function proxyAnswer(outcome: InvokeOutcome): APIGatewayProxyResult {
+  if (outcome.kind === 'timeout') return gatewayAnswer('INTEGRATION_FAILURE');
+  if (outcome.kind === 'error') {
+    // Lambda refused the event itself: API Gateway passes Lambda's 413 on, in its own words.
+    if (outcome.errorType === 'RequestEntityTooLargeException') {
+      return { statusCode: 413, headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ message: 'Request Too Long' }) };
+    }
+    return gatewayAnswer('INTEGRATION_FAILURE');
+  }
+  const r = outcome.payload as Partial<APIGatewayProxyResult> | null;
+  if (!r || typeof r !== 'object' || typeof r.statusCode !== 'number') return gatewayAnswer('INTEGRATION_FAILURE');
+  return { statusCode: r.statusCode, headers: r.headers ?? {}, body: typeof r.body === 'string' ? r.body : '', isBase64Encoded: r.isBase64Encoded === true };
+}
+
 export async function startLocalApi(o: {
   port: number;
   /** Authorizer result cache TTL, as the deployed API's. @default 300 */
@@ -140,39 +217,40 @@ export async function startLocalApi(o: {
   host?: string;
   /** More addresses to listen on (same port), e.g. the sandbox network gateway. */
   extraHosts?: string[];
+  /** How handlers run. @default in-process modules from lambdas/ (tests of the gateway); the local stack passes bundledFunctions */
+  functions?: LocalFunctions;
+  /** Handlers for inProcessFunctions when `functions` is not given. */
   loadHandler?: (name: HandlerName) => Promise<LambdaHandler>;
+  /** API Gateway's integration timeout. @default 29 */
+  integrationTimeoutSeconds?: number;
+  /** The authorizer's decision. @default the project's authorizer logic (lambdas/shared/authorize.ts) */
+  authorize?: typeof decide;
 }): Promise<LocalApi> {
-  const cache = new Map<HandlerName, Promise<LambdaHandler>>();
-  const load =
-    o.loadHandler ??
-    (async (name: HandlerName) => ((await import(`../../lambdas/${name}.ts`)) as { handler: LambdaHandler }).handler);
-  const handlerFor = (name: HandlerName) => {
-    let h = cache.get(name);
-    if (!h) cache.set(name, (h = load(name)));
-    return h;
-  };
+  const functions =
+    o.functions ??
+    inProcessFunctions(
+      o.loadHandler ?? (async (name: HandlerName) => ((await import(`../../lambdas/${name}.ts`)) as { handler: LambdaHandler }).handler),
+    );
+  const cutAfterMs = (o.integrationTimeoutSeconds ?? integrationTimeoutSeconds) * 1000;
 
-  const decisions = new DecisionCache((o.authorizerCacheSeconds ?? 300) * 1000);
+  const decisions = new DecisionCache((o.authorizerCacheSeconds ?? 300) * 1000, o.authorize ?? decide);
   const throttle = new Throttle(o.rateLimit ?? 50, o.burstLimit ?? 100);
 
   const onRequest = async (req: IncomingMessage, res: ServerResponse) => {
     const requestId = randomUUID();
     const url = new URL(req.url ?? '/', 'http://local');
     const method = (req.method ?? 'GET').toUpperCase();
-    const { matches, pathExists } = matchPath(url.pathname);
+    const { matches } = matchPath(url.pathname);
     const match = matches.find((m) => m.route.method === method);
     if (!match) {
       await readBody(req).catch(() => undefined);
-      if (pathExists) {
-        const allowed = matches.map((m) => m.route.method).join(', ');
-        return send(res, { ...gatewayError(405, 'method_not_allowed', `${method} is not allowed on ${url.pathname}; use ${allowed}`) });
-      }
-      return send(res, gatewayError(404, 'not_found', `no route for ${method} ${url.pathname}`));
+      // A REST API answers an unknown path and an unknown method on a known path alike.
+      return send(res, gatewayAnswer('MISSING_AUTHENTICATION_TOKEN'));
     }
     const body = await readBody(req);
     if (body === 'too_large') {
       res.setHeader('Connection', 'close');
-      return send(res, gatewayError(413, 'payload_too_large', `request body exceeds ${gatewayMaxBody} bytes`));
+      return send(res, gatewayAnswer('REQUEST_TOO_LARGE'));
     }
 
     // Maps, not object literals: a caller's `__proto__` or `constructor` is just a name here.
@@ -194,21 +272,17 @@ export async function startLocalApi(o: {
     let authorizer: Record<string, unknown> | null = null;
     if (match.route.auth !== 'none') {
       const key = Object.entries(headers).find(([k]) => k.toLowerCase() === 'x-api-key')?.[1];
+      let decision: Decision;
       try {
-        const decision = await decisions.get(key, methodArn);
-        if (decision.effect === 'unauthorized') return send(res, gatewayError(401, 'missing_api_key', 'the X-API-Key header is required'));
-        if (decision.effect === 'deny') return send(res, gatewayError(403, 'invalid_api_key', 'the API key is not valid'));
-        if (!allows(decision.resources, methodArn)) {
-          return send(res, gatewayError(403, 'forbidden', 'this key may not call this route'));
-        }
-        const wait = throttle.take(decision.context.tenant_id);
-        if (wait > 0) {
-          return send(res, errorResponse(new ApiError(429, 'too_many_requests', 'request rate over the limit for this tenant; slow down', { 'Retry-After': String(wait) })));
-        }
-        authorizer = { ...decision.context, principalId: decision.principalId };
-      } catch (err) {
-        return send(res, errorResponse(err, requestId));
+        decision = await decisions.get(key, methodArn);
+      } catch {
+        // The authorizer Lambda failed (its table unreachable, say): API Gateway's AUTHORIZER_FAILURE.
+        return send(res, gatewayAnswer('AUTHORIZER_FAILURE'));
       }
+      if (decision.effect === 'unauthorized') return send(res, gatewayAnswer('UNAUTHORIZED'));
+      if (decision.effect === 'deny' || !allows(decision.resources, methodArn)) return send(res, gatewayAnswer('ACCESS_DENIED'));
+      if (throttle.take(decision.context.tenant_id) > 0) return send(res, gatewayAnswer('THROTTLED'));
+      authorizer = { ...decision.context, principalId: decision.principalId };
     }
 
     const isText = body.length === 0 || !body.includes(0);
@@ -239,12 +313,14 @@ export async function startLocalApi(o: {
         resourcePath: match.resourcePath,
       },
     };
+    // API Gateway stops waiting at its integration timeout, whatever the function does after.
+    let timer: NodeJS.Timeout | undefined;
+    const cut = new Promise<'cut'>((resolve) => (timer = setTimeout(() => resolve('cut'), cutAfterMs)));
     try {
-      const handler = await handlerFor(match.route.handler);
-      send(res, await handler(event, lambdaContext(match.route.handler, requestId)));
-    } catch (err) {
-      // What API Gateway does when the integration fails: a 5xx, in our error shape.
-      send(res, errorResponse(err, requestId));
+      const outcome = await Promise.race([functions.invoke(match.route.handler, event), cut]);
+      send(res, outcome === 'cut' ? gatewayAnswer('INTEGRATION_TIMEOUT') : proxyAnswer(outcome));
+    } finally {
+      clearTimeout(timer);
     }
   };
 
@@ -252,8 +328,9 @@ export async function startLocalApi(o: {
   const listen = (host: string, port: number) =>
     new Promise<Server>((resolve, reject) => {
       const server = createServer((req, res) => {
-        onRequest(req, res).catch((err) => {
-          if (!res.headersSent) send(res, errorResponse(err));
+        onRequest(req, res).catch(() => {
+          // A fault of the gateway itself: what API Gateway would answer for its own failure.
+          if (!res.headersSent) send(res, gatewayAnswer('DEFAULT_5XX', { status: 500, message: 'the gateway failed' }));
           else res.destroy();
         });
       });
@@ -287,7 +364,9 @@ export async function startLocalApi(o: {
   return {
     url: `http://${host}:${port}`,
     urls,
+    functions,
     close: async () => {
+      await functions.close();
       await Promise.all(
         servers.map(
           (s) =>

@@ -121,10 +121,9 @@ describe('the cap on sandboxes per tenant', () => {
 
   it('gives the slot back when the host fails the create', async () => {
     const api = await keyFor('host-fails');
-    const image = process.env.SANDBOX_IMAGE;
     // An image the host cannot have or pull (a registry on a closed loopback port): the host's create fails.
-    process.env.SANDBOX_IMAGE = '127.0.0.1:9/no-such-image:latest';
-    resetConfig();
+    // Like changing a deployed function's environment: fresh execution environments see it.
+    await stack.api.functions.updateEnvironment({ ...process.env, ...stack.env, SANDBOX_IMAGE: '127.0.0.1:9/no-such-image:latest' });
     try {
       const res = await api.create('u');
       assert.ok(res.status >= 500 && res.status < 600, res.text);
@@ -136,8 +135,7 @@ describe('the cap on sandboxes per tenant', () => {
         [['failed', 'create_failed']],
       );
     } finally {
-      process.env.SANDBOX_IMAGE = image;
-      resetConfig();
+      await stack.api.functions.updateEnvironment({ ...process.env, ...stack.env });
     }
     const after = await api.create('u');
     assert.equal(after.status, 201, after.text);
