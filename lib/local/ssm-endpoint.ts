@@ -5,10 +5,13 @@
  * machine for the instance ids registered with it.
  *
  * Operations: SendCommand, GetCommandInvocation, ListCommandInvocations,
- * CancelCommand. Behaviour follows SSM where it matters to callers: output
- * caps (24,000 chars of stdout, 8,000 of stderr, the beginning kept),
- * executionTimeout, cancellation, eventual consistency right after
- * SendCommand (`invisibleMs`) and throttling (`injectThrottling`).
+ * ListCommands, CancelCommand. Behaviour follows SSM where it matters to
+ * callers: output caps (24,000 chars of stdout, 8,000 of stderr, the beginning
+ * kept), executionTimeout, cancellation, the agent's limit on commands running
+ * at once per instance (`commandWorkersLimit`, the rest queue as Pending, as
+ * the agent's CommandWorkersLimit does), eventual consistency right after
+ * SendCommand (`invisibleMs`), throttling (`injectThrottling`) and slow
+ * answers (`setLatency`).
  *
  * Standalone: `npx tsx lib/local/ssm-endpoint.ts --port 4583 --instance i-0123456789abcdef0`
  */
@@ -36,6 +39,12 @@ export interface SsmEndpointOptions {
   env?: NodeJS.ProcessEnv;
   /** How long a finished command stays queryable. @default 600000 (10 min) */
   recordTtlMs?: number;
+  /**
+   * Commands run at once per instance; more wait, Pending, in arrival order.
+   * The SSM agent's Mds.CommandWorkersLimit (5 unless the host configures it).
+   * @default 5
+   */
+  commandWorkersLimit?: number;
 }
 
 export interface SsmEndpoint {
@@ -44,6 +53,8 @@ export interface SsmEndpoint {
   registerInstance(id: string): void;
   /** The next `n` requests answer ThrottlingException. */
   injectThrottling(n: number): void;
+  /** Every answer from now on waits `ms` first (a slow or distant SSM). */
+  setLatency(ms: number): void;
   /** Kills running commands and stops the server. */
   close(): Promise<void>;
 }
@@ -116,6 +127,8 @@ interface Invocation {
   afterKill?: () => void;
   /** Resolves once the invocation reached a terminal status. */
   finished: Promise<void>;
+  /** True while it occupies one of its instance's workers. */
+  holdsWorker?: boolean;
   finish: () => void;
 }
 
@@ -214,6 +227,12 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
   /** commandId -> invocations, one per instance. */
   const commands = new Map<string, Invocation[]>();
   const scriptRoot = mkdtempSync(join(tmpdir(), 'ssm-endpoint-'));
+  const workersLimit = opts.commandWorkersLimit ?? 5;
+  if (!Number.isInteger(workersLimit) || workersLimit < 1) throw new Error(`commandWorkersLimit must be a whole number >= 1, got ${workersLimit}`);
+  /** Per instance: invocations running now, and those waiting for a worker. */
+  const running = new Map<string, number>();
+  const queued = new Map<string, Invocation[]>();
+  let latencyMs = 0;
   let throttleNext = 0;
   let closing = false;
 
@@ -242,6 +261,26 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
     inv.child = undefined;
     inv.afterKill = undefined;
     inv.finish();
+    if (inv.holdsWorker) {
+      inv.holdsWorker = false;
+      running.set(inv.instanceId, (running.get(inv.instanceId) ?? 1) - 1);
+      startQueued(inv.instanceId);
+    }
+  }
+
+  /** Starts waiting invocations of an instance while it has free workers, oldest first. */
+  function startQueued(instanceId: string): void {
+    const waiting = queued.get(instanceId) ?? [];
+    while (waiting.length > 0 && (running.get(instanceId) ?? 0) < workersLimit) {
+      const inv = waiting.shift()!;
+      if (inv.status !== 'Pending') continue; // cancelled while it waited
+      running.set(instanceId, (running.get(instanceId) ?? 0) + 1);
+      inv.holdsWorker = true;
+      run(inv).catch((err: Error) => {
+        inv.stderr.append(`local SSM endpoint failed to run the command: ${err.message}`);
+        settle(inv, 'Failed', 'Failed', -1);
+      });
+    }
   }
 
   function killGroup(inv: Invocation, reason: 'timeout' | 'cancel'): void {
@@ -427,14 +466,13 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
       };
     });
     commands.set(commandId, invocations);
-    // Delivery is asynchronous, as with the agent: the answer says Pending.
+    // Delivery is asynchronous, as with the agent: the answer says Pending, and a
+    // command waits for one of its instance's workers.
     for (const inv of invocations) {
-      setImmediate(() => {
-        run(inv).catch((err: Error) => {
-          inv.stderr.append(`local SSM endpoint failed to run the command: ${err.message}`);
-          settle(inv, 'Failed', 'Failed', -1);
-        });
-      });
+      const waiting = queued.get(inv.instanceId) ?? [];
+      waiting.push(inv);
+      queued.set(inv.instanceId, waiting);
+      setImmediate(() => startQueued(inv.instanceId));
     }
     return {
       Command: {
@@ -578,6 +616,51 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
     };
   }
 
+  /** What anyone with ssm:ListCommands reads: every command's document parameters, text included. */
+  function listCommands(body: Record<string, unknown>): unknown {
+    if (body.Filters !== undefined && body.Filters !== null) throw validation('Filters are not supported by the local SSM endpoint');
+    const commandId = optionalString(body, 'CommandId');
+    const instanceId = optionalString(body, 'InstanceId');
+    const maxResults = optionalInteger(body, 'MaxResults') ?? 50;
+    if (maxResults < 1 || maxResults > 50) {
+      throw validation(`Value '${maxResults}' at 'maxResults' failed to satisfy constraint: Member must have value between 1 and 50`);
+    }
+    const nextToken = optionalString(body, 'NextToken');
+    let offset = 0;
+    if (nextToken !== undefined) {
+      offset = Number(Buffer.from(nextToken, 'base64url').toString('utf8'));
+      if (!Number.isInteger(offset) || offset < 0) throw new SsmError('InvalidNextToken', 'The specified token is not valid');
+    }
+    if (commandId !== undefined) checkCommandId(commandId);
+    const all = [...commands.entries()]
+      .filter(([id, invs]) => (commandId === undefined || id === commandId) && (instanceId === undefined || invs.some((i) => i.instanceId === instanceId)))
+      .sort((a, b) => b[1][0]!.requestedAt - a[1][0]!.requestedAt);
+    const page = all.slice(offset, offset + maxResults);
+    const next = offset + maxResults < all.length ? Buffer.from(String(offset + maxResults)).toString('base64url') : undefined;
+    return {
+      Commands: page.map(([id, invs]) => {
+        const first = invs[0]!;
+        return {
+          CommandId: id,
+          DocumentName: runShellScript,
+          DocumentVersion: first.documentVersion,
+          Comment: first.comment,
+          Parameters: {
+            commands: first.commands,
+            workingDirectory: [first.workingDirectory],
+            executionTimeout: [String(first.executionTimeoutSeconds)],
+          },
+          InstanceIds: invs.map((i) => i.instanceId),
+          RequestedDateTime: epochSeconds(first.requestedAt),
+          Status: invs.every((i) => isTerminal(i.status)) ? (invs.every((i) => i.status === 'Success') ? 'Success' : 'Failed') : 'InProgress',
+          TargetCount: invs.length,
+          CompletedCount: invs.filter((i) => isTerminal(i.status)).length,
+        };
+      }),
+      ...(next !== undefined ? { NextToken: next } : {}),
+    };
+  }
+
   function cancelCommand(body: Record<string, unknown>): unknown {
     const commandId = requiredString(body, 'CommandId');
     checkCommandId(commandId);
@@ -613,6 +696,7 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
     SendCommand: sendCommand,
     GetCommandInvocation: getCommandInvocation,
     ListCommandInvocations: listCommandInvocations,
+    ListCommands: listCommands,
     CancelCommand: cancelCommand,
   };
 
@@ -648,6 +732,7 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
       const raw = await readBody(req);
+      if (latencyMs > 0) await new Promise((r) => setTimeout(r, latencyMs));
       sweepExpired();
       if (throttleNext > 0) {
         throttleNext -= 1;
@@ -701,6 +786,10 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
     injectThrottling(n: number) {
       if (!Number.isInteger(n) || n < 0) throw new Error(`injectThrottling takes a whole number >= 0, got ${n}`);
       throttleNext = n;
+    },
+    setLatency(ms: number) {
+      if (!Number.isFinite(ms) || ms < 0) throw new Error(`setLatency takes milliseconds >= 0, got ${ms}`);
+      latencyMs = ms;
     },
     async close() {
       if (closing) return;

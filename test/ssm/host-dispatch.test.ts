@@ -113,11 +113,11 @@ describe('host dispatcher', () => {
       dollar: '$HOME ${PATH} $((1+1)) !!',
       glob: '* ? [a-z] ~',
     };
-    const echo = await dispatcher().dispatch(instanceId, 'exec', request, { timeoutSeconds: 30 });
+    const echo = await dispatcher().dispatch(instanceId, 'sync', request, { timeoutSeconds: 30 });
     const answer = echo as unknown as Echo;
     assert.equal(answer.requestSha256, sha256(JSON.stringify(request)));
     assert.deepEqual(answer.request, request);
-    assert.equal(answer.verb, 'exec');
+    assert.equal(answer.verb, 'sync');
     assert.equal(answer.via, 'inline');
     assert.equal(answer.argc, 2);
     assert.equal(existsSync(canary), false, 'caller text was executed by the shell');
@@ -157,7 +157,7 @@ describe('host dispatcher', () => {
 
   it('reports output_too_large when the answer was cut at the SSM stdout cap', async () => {
     await assert.rejects(
-      dispatcher().dispatch(instanceId, 'exec', { fake: 'huge', chars: 30_000 }, { timeoutSeconds: 30 }),
+      dispatcher().dispatch(instanceId, 'sync', { fake: 'huge', chars: 30_000 }, { timeoutSeconds: 30 }),
       dispatchError('output_too_large', (err) => assert.match(err.message, /24000 characters/)),
     );
   });
@@ -174,7 +174,7 @@ describe('host dispatcher', () => {
 
   it('reports host_timeout when the command outruns its execution timeout', async () => {
     await assert.rejects(
-      dispatcher({ executionMarginSeconds: 0 }).dispatch(instanceId, 'exec', { fake: 'sleep', seconds: 10 }, { timeoutSeconds: 1 }),
+      dispatcher({ executionMarginSeconds: 0 }).dispatch(instanceId, 'sync', { fake: 'sleep', seconds: 10 }, { timeoutSeconds: 1 }),
       dispatchError('host_timeout', (err) => assert.match(err.message, /execution timeout/)),
     );
   });
@@ -239,16 +239,17 @@ describe('host dispatcher with eventual consistency', () => {
   it('cancels the command and reports host_timeout when no answer comes before the deadline', async () => {
     const hosts = createHostDispatcher({ ssm, hostAgentCommand, executionMarginSeconds: 0, deadlineSlackSeconds: 0 });
     await assert.rejects(
-      hosts.dispatch(instanceId, 'exec', { fake: 'sleep', seconds: 10 }, { timeoutSeconds: 1 }),
+      hosts.dispatch(instanceId, 'sync', { fake: 'sleep', seconds: 10 }, { timeoutSeconds: 1 }),
       dispatchError('host_timeout', (err) => assert.match(err.message, /the command was cancelled/)),
     );
   });
 });
 
 describe('host dispatch helpers', () => {
-  it('polls from 25 ms growing by half each time up to 400 ms', () => {
+  it('polls from 10 ms growing by 3 ms a poll up to 250 ms', () => {
     const delays = Array.from({ length: 10 }, (_, i) => pollDelayMs(i));
-    assert.deepEqual(delays, [25, 38, 56, 84, 127, 190, 285, 400, 400, 400]);
+    assert.deepEqual(delays, [10, 13, 16, 19, 22, 25, 28, 31, 34, 37]);
+    assert.equal(pollDelayMs(1000), 250);
   });
 
   it('backs off exponentially with jitter, never to zero, capped', () => {
@@ -268,9 +269,9 @@ describe('host dispatch helpers', () => {
   });
 
   it('builds one command line from the command, the verb and an inert argument', () => {
-    assert.equal(buildHostCommandLine('/bin/host-agent', 'exec', 'b64:eyJ9'), '/bin/host-agent exec b64:eyJ9');
+    assert.equal(buildHostCommandLine('/bin/host-agent', 'run', 'b64:eyJ9'), '/bin/host-agent run b64:eyJ9');
     assert.equal(buildHostCommandLine('/bin/host-agent', 'create', 's3:host-requests/a.json'), '/bin/host-agent create s3:host-requests/a.json');
-    assert.throws(() => buildHostCommandLine('/bin/host-agent', 'exec', 'b64:$(id)'), dispatchError('invalid_dispatch'));
+    assert.throws(() => buildHostCommandLine('/bin/host-agent', 'run', 'b64:$(id)'), dispatchError('invalid_dispatch'));
   });
 
   it('parses envelopes and ignores anything that is not one', () => {
