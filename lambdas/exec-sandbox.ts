@@ -1,4 +1,8 @@
-/** POST /sandboxes/{id}/exec: run a command with bash -lc in the sandbox. */
+/**
+ * POST /sandboxes/{id}/exec: run a command and wait for it. 200 with its
+ * output when it ends within the API's time (about 25 s), else 202 with the
+ * command to follow (GET /sandboxes/{id}/commands/{command_id}).
+ */
 import { apiHandler, parse } from './shared/http';
 import { execInSandbox, requireApiKey } from './shared/sandboxes';
 import { execBody } from './shared/schemas';
@@ -7,5 +11,6 @@ export const handler = apiHandler(async (req) => {
   requireApiKey(req.principal);
   const sandboxId = req.sandboxId();
   const body = parse(execBody, req.body ?? {});
-  return { status: 200, body: await execInSandbox(req.principal, sandboxId, body) };
+  const result = await execInSandbox(req.principal, sandboxId, body, req.deadline);
+  return result.done ? { status: 200, body: result.view } : { status: 202, body: result.command };
 });

@@ -138,9 +138,23 @@ export async function analyzeCalls(label: string, entry: string, tableIndexes: R
     // Generic client helpers (e.g. queryAll) name no table: their callers' modules carry the call.
     if (path.startsWith('lambdas/shared/clients/')) continue;
     const actions = new Set<string>();
+    // Transaction items name their own table and action: `Put: { TableName: config().tables.<key>`.
+    // Those pairs are exact; the table is not counted for the module's other calls.
+    const transactItem = /\b(Put|Update|Delete|ConditionCheck):\s*\{\s*TableName:\s*config\d*\(\)\.tables\.(\w+)\b/g;
+    const transactActions: Record<string, string> = { Put: 'dynamodb:PutItem', Update: 'dynamodb:UpdateItem', Delete: 'dynamodb:DeleteItem', ConditionCheck: 'dynamodb:ConditionCheckItem' };
+    for (const m of section.matchAll(transactItem)) {
+      const id = tableIdByKey[m[2]!];
+      if (!id) throw new Error(`${handler}: ${path} names config().tables.${m[2]}, which is no table definition`);
+      if (!calls.tables.has(id)) calls.tables.set(id, { actions: new Set(), indexes: new Set() });
+      calls.tables.get(id)!.actions.add(transactActions[m[1]!]!);
+    }
+    const outsideTransactions = section.replace(transactItem, '');
+    const precise = outsideTransactions !== section;
     if (/\bqueryAll\(/.test(section)) actions.add('dynamodb:Query');
     for (const m of section.matchAll(/\bnew (\w+?)Command\d*\(/g)) {
       const name = m[1]!;
+      // A module whose transactions name their items: TransactWrite is counted item by item above.
+      if (name === 'TransactWrite' && precise) continue;
       const documentActions = documentCommands[name];
       if (documentActions) {
         documentActions.forEach((a) => actions.add(a));
@@ -151,25 +165,30 @@ export async function analyzeCalls(label: string, entry: string, tableIndexes: R
       iamActionsFor(`${client}:${name}`).forEach((a) => actions.add(a));
     }
     const tableIds = new Set<string>();
-    for (const m of section.matchAll(/\.tables\.(\w+)\b/g)) {
+    for (const m of outsideTransactions.matchAll(/\.tables\.(\w+)\b/g)) {
       const id = tableIdByKey[m[1]!];
       if (!id) throw new Error(`${handler}: ${path} names config().tables.${m[1]}, which is no table definition`);
       tableIds.add(id);
     }
     const indexes = new Map<string, Set<string>>();
-    for (const m of section.matchAll(new RegExp(`\\b(${keys})Table\\d*\\.indexes\\[(\\d+)\\]`, 'g'))) {
+    // Indexes are named, never numbered: indexName(<key>Table, '<name>').
+    for (const m of section.matchAll(new RegExp(`\\bindexName\\d*\\(\\s*(${keys})Table\\d*\\s*,\\s*["']([^"']+)["']\\s*\\)`, 'g'))) {
       const tableId = tableIdByKey[m[1]!]!;
-      const indexName = tableIndexes[tableId]?.[Number(m[2])];
-      if (!indexName) throw new Error(`${handler}: ${path} names index ${m[2]} of ${tableId}, which does not exist`);
+      const name = m[2]!;
+      if (!tableIndexes[tableId]?.includes(name)) throw new Error(`${handler}: ${path} names index ${name} of ${tableId}, which does not exist`);
       if (!indexes.has(tableId)) indexes.set(tableId, new Set());
-      indexes.get(tableId)!.add(indexName);
+      indexes.get(tableId)!.add(name);
     }
+    if (/\.indexes\[\d+\]/.test(section)) throw new Error(`${handler}: ${path} refers to an index by position; use indexName(table, name)`);
     for (const action of actions) {
       if (!action.startsWith('dynamodb:')) {
         calls.otherActions.add(action);
         continue;
       }
-      if (tableIds.size === 0) throw new Error(`${handler}: ${path} calls ${action} but names no table from config().tables`);
+      if (tableIds.size === 0) {
+        if (precise) continue; // its only tables are in transaction items
+        throw new Error(`${handler}: ${path} calls ${action} but names no table from config().tables`);
+      }
       for (const tableId of tableIds) {
         if (!calls.tables.has(tableId)) calls.tables.set(tableId, { actions: new Set(), indexes: new Set() });
         const entry = calls.tables.get(tableId)!;

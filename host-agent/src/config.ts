@@ -109,5 +109,12 @@ export function loadHostConfig(env: NodeJS.ProcessEnv = process.env): HostConfig
 /** Where one sandbox's host-side files live. */
 export function sandboxPaths(config: HostConfig, sandboxId: string) {
   const root = join(config.stateDir, 'sandboxes', sandboxId);
-  return { root, home: join(root, 'home'), cold: join(root, 'cold'), hotManifest: join(root, 'hot-manifest.json') };
+  return {
+    root,
+    home: join(root, 'home'),
+    cold: join(root, 'cold'),
+    hotManifest: join(root, 'hot-manifest.json'),
+    /** Commands' stdio FIFOs (made by the host daemon; read-only bind in the sandbox). */
+    io: join(root, 'io'),
+  };
 }

@@ -3,7 +3,8 @@
  */
 import type { ContainerCreateOptions, ContainerInspectInfo } from 'dockerode';
 import type { z } from 'zod';
-import type { HostConfig } from './config';
+import { mkdir } from 'node:fs/promises';
+import { sandboxPaths, type HostConfig } from './config';
 import { DockerApiError, type DockerClient } from './docker';
 import { HostAgentError } from './errors';
 import { containerLabels, ownerLabelValue, type CreateResult, type createRequest } from './protocol';
@@ -16,6 +17,12 @@ export const userLabelPrefix = 'dev.ephemeral-sandbox.label.';
 
 export const sandboxHome = '/home/agent';
 export const sandboxColdMount = '/data/cold';
+/**
+ * Where a sandbox sees its commands' stdio FIFOs: a read-only bind of a
+ * root-owned host directory, so the sandbox can open the FIFOs the host made
+ * and can neither add, remove nor replace any entry there.
+ */
+export const sandboxIoMount = '/run/sandbox/io';
 /** Open files per process inside a sandbox (soft, hard). */
 export const sandboxNofile = { soft: 8192, hard: 8192 };
 /** Size of the /run tmpfs (pid files, sockets of tools that expect a writable /run). */
@@ -27,7 +34,7 @@ export function isOwned(info: { Config?: { Labels?: Record<string, string> | nul
 }
 
 /** The container definition: everything the hardening checklist asks for, in one place. */
-export function containerSpec(request: CreateInput, config: HostConfig, paths: { home: string; cold: string }, networkName: string): ContainerCreateOptions {
+export function containerSpec(request: CreateInput, config: HostConfig, paths: { home: string; cold: string; io: string }, networkName: string): ContainerCreateOptions {
   const memoryBytes = request.memoryMb * 1024 * 1024;
   const labels: Record<string, string> = {};
   for (const [key, value] of Object.entries(request.labels)) labels[userLabelPrefix + key] = value;
@@ -67,7 +74,7 @@ export function containerSpec(request: CreateInput, config: HostConfig, paths: {
         '/tmp': `rw,exec,nosuid,nodev,size=${config.tmpSizeMb}m`,
         '/run': `rw,nosuid,nodev,noexec,size=${runTmpfsMb}m`,
       },
-      Binds: [`${paths.home}:${sandboxHome}:rw`, `${paths.cold}:${sandboxColdMount}:rw`],
+      Binds: [`${paths.home}:${sandboxHome}:rw`, `${paths.cold}:${sandboxColdMount}:rw`, `${paths.io}:${sandboxIoMount}:ro`],
       NanoCpus: Math.round(request.cpu * 1e9),
       Memory: memoryBytes,
       // Equal to Memory: no swap on top of the limit.
@@ -131,9 +138,11 @@ export async function createSandbox(request: CreateInput, config: HostConfig, do
     attachCold(ctx),
   ]);
 
+  const io = sandboxPaths(config, request.sandboxId).io;
+  await mkdir(io, { recursive: true, mode: 0o711 });
   let containerId: string;
   try {
-    ({ Id: containerId } = await docker.createContainer(request.sandboxId, containerSpec(request, config, { home, cold }, networkName)));
+    ({ Id: containerId } = await docker.createContainer(request.sandboxId, containerSpec(request, config, { home, cold, io }, networkName)));
   } catch (error) {
     // A concurrent create of the same sandbox won the name: answer its container.
     if (error instanceof DockerApiError && error.statusCode === 409) {

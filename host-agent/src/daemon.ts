@@ -7,20 +7,26 @@
  *     destroy that never reached the host) is removed after a grace period;
  *   - a live record whose container vanished is marked failed.
  */
+import { randomBytes } from 'node:crypto';
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { dirname } from 'node:path';
+import { s3 } from '../../lambdas/shared/clients/s3';
+import { config as controlPlaneConfig } from '../../lambdas/shared/config';
 import { heartbeatHost, registerHost, setSlotsUsed } from '../../lambdas/shared/host-store';
 import { logger } from '../../lambdas/shared/logger';
 import type { SandboxRecord } from '../../lambdas/shared/sandbox-record';
 import { getSandbox, liveSandboxesOnHost } from '../../lambdas/shared/sandbox-store';
+import { settledStatuses } from '../../lambdas/shared/sandbox-state';
 import { sandboxIdPattern } from '../../lambdas/shared/schemas';
-import { markEnded, storageFor } from '../../lambdas/shared/sandboxes';
+import { beginShutdown, markEnded, storageFor } from '../../lambdas/shared/sandboxes';
 import { applyEnvFile, loadHostConfig } from './config';
 import { DockerClient } from './docker';
-import { envelopeLine, runHostAgent } from './invocation';
+import { CommandRunner } from './commands/runner';
+import { envelopeLine, runHostAgent, type DaemonRuntime } from './invocation';
 import { destroySandbox, syncSandbox } from './lifecycle';
 import { checkEgressRules, ensureSandboxNetwork } from './network';
+import { retryKeptHomes } from './sandbox-storage';
 import { containerLabels, hostVerbs, ownerLabelValue } from './protocol';
 
 const agentVersion = '0.1.0';
@@ -64,6 +70,8 @@ export interface ReconcileReport {
   liveRecords: number;
   removedOrphans: string[];
   failedVanished: string[];
+  /** Containers that exited on their own: their sandboxes are being ended (the reaper syncs and removes them). */
+  endedExited: string[];
 }
 
 /** One reconciliation pass; exported for tests. */
@@ -76,7 +84,7 @@ export async function reconcile(s: DaemonSettings, docker: DockerClient, now = D
   const recordIds = new Set(records.map((r) => r.sandbox_id));
   const containerIds = new Set(containers.map((c) => c.Labels[containerLabels.sandboxId] ?? ''));
   const graceMs = s.reconcileGraceSeconds * 1000;
-  const report: ReconcileReport = { containers: containers.length, liveRecords: records.length, removedOrphans: [], failedVanished: [] };
+  const report: ReconcileReport = { containers: containers.length, liveRecords: records.length, removedOrphans: [], failedVanished: [], endedExited: [] };
 
   for (const c of containers) {
     const sandboxId = c.Labels[containerLabels.sandboxId] ?? '';
@@ -110,18 +118,41 @@ export async function reconcile(s: DaemonSettings, docker: DockerClient, now = D
 
   for (const r of records) {
     if (containerIds.has(r.sandbox_id)) continue;
-    if (!['ready', 'running', 'paused'].includes(r.status)) continue; // creating/shutting_down: their owner (or the reaper) finishes them
+    // creating, pausing, resuming, shutting_down: the verb at work (or the reaper) finishes them.
+    if (!(settledStatuses as readonly string[]).includes(r.status)) continue;
     if (now - Date.parse(r.created_at) < graceMs) continue;
     // The by-host index does not carry host_id: this host is the one whose slot it held.
     const ended = await markEnded({ sandbox_id: r.sandbox_id, host_id: s.hostId }, {
       event: 'fail',
       reason: 'container_vanished',
       detail: `container missing on host ${s.hostId}`,
-      only: ['ready', 'running', 'paused'],
+      only: settledStatuses,
     });
     if (ended) {
       report.failedVanished.push(r.sandbox_id);
       logger.warn('reconcile: container vanished; sandbox marked failed', { sandboxId: r.sandbox_id });
+    }
+    // What the container had on the host (the home on disk, the cold mount and its FUSE process) does not vanish with it:
+    // the home is synced (or kept for a later sync), the rest removed.
+    try {
+      await destroySandbox({ sandboxId: r.sandbox_id, graceful: true, storage: storageFor(r.tenant_id, r.user_id) }, hostConfig, docker);
+    } catch (err) {
+      logger.error('reconcile: could not clean up after a vanished container; retrying next pass', { sandboxId: r.sandbox_id, err });
+    }
+  }
+
+  // A container that exited on its own (its init died, the kernel killed it) is no sandbox any more: end it gracefully.
+  const byId = new Map(containers.map((c) => [c.Labels[containerLabels.sandboxId] ?? '', c]));
+  for (const r of records) {
+    const c = byId.get(r.sandbox_id);
+    if (!c || (r.status !== 'ready' && r.status !== 'running')) continue;
+    if (c.State !== 'exited' && c.State !== 'dead') continue;
+    const full = await getSandbox(r.sandbox_id);
+    if (!full || (full.status !== 'ready' && full.status !== 'running')) continue;
+    // Due at once: the reaper syncs the home and removes the container, as for any end.
+    if (await beginShutdown(full, 'container_exited', `the container exited on its own (${c.Status})`, { dueNow: true })) {
+      report.endedExited.push(r.sandbox_id);
+      logger.warn('reconcile: container exited on its own; sandbox ending', { sandboxId: r.sandbox_id, state: c.Status });
     }
   }
 
@@ -147,7 +178,7 @@ async function syncRunningSandboxes(s: DaemonSettings, docker: DockerClient): Pr
  * envelope line the CLI prints. The SSM command's wrapper (bin/host-agent)
  * uses it so a call costs a curl, not a Node start.
  */
-export async function serveAgentSocket(path: string): Promise<Server> {
+export async function serveAgentSocket(path: string, runtime?: DaemonRuntime): Promise<Server> {
   mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
   rmSync(path, { force: true });
   const server = createServer(async (req, res) => {
@@ -163,7 +194,7 @@ export async function serveAgentSocket(path: string): Promise<Server> {
       res.writeHead(404, { 'Content-Type': 'text/plain' }).end('unknown verb\n');
       return;
     }
-    const envelope = await runHostAgent([verb, Buffer.concat(chunks).toString('utf8')]);
+    const envelope = await runHostAgent([verb, Buffer.concat(chunks).toString('utf8')], runtime);
     res.writeHead(200, { 'Content-Type': 'application/json' }).end(envelopeLine(envelope));
   });
   server.requestTimeout = 0; // execs run up to their own timeout
@@ -173,6 +204,20 @@ export async function serveAgentSocket(path: string): Promise<Server> {
   });
   chmodSync(path, 0o600);
   return server;
+}
+
+/** One lifecycle verb at a time per sandbox: a stop racing a destroy runs after it, never alongside. */
+function perSandboxQueue(): DaemonRuntime['serialize'] {
+  const tails = new Map<string, Promise<unknown>>();
+  return (sandboxId, work) => {
+    const previous = tails.get(sandboxId) ?? Promise.resolve();
+    const next = previous.catch(() => undefined).then(work);
+    tails.set(sandboxId, next);
+    void next.finally(() => {
+      if (tails.get(sandboxId) === next) tails.delete(sandboxId);
+    }).catch(() => undefined);
+    return next;
+  };
 }
 
 /** Runs `fn` every `ms`, never overlapping itself, logging (not swallowing) failures. */
@@ -202,7 +247,16 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
   const egress = await checkEgressRules(hostConfig, docker);
   if (egress.missing.length > 0) throw new Error(`daemon: the egress firewall is incomplete after install: ${egress.missing.join('; ')}`);
   logger.info('daemon: sandbox network ready', { network });
-  const socket = await serveAgentSocket(s.agentSocket);
+  const cp = controlPlaneConfig();
+  const runner = new CommandRunner({
+    docker,
+    hostConfig,
+    s3: s3(),
+    bucket: cp.bucket,
+    runnerId: `${s.hostId}:${randomBytes(6).toString('hex')}`,
+    outputMaxBytes: cp.limits.commandOutputMaxBytes,
+  });
+  const socket = await serveAgentSocket(s.agentSocket, { runner, serialize: perSandboxQueue() });
   await registerHost({ hostId: s.hostId, capacity: s.slots, agentVersion });
   logger.info('daemon: host registered', { hostId: s.hostId, slots: s.slots, agentSocket: s.agentSocket });
 
@@ -215,11 +269,27 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
         await registerHost({ hostId: s.hostId, capacity: s.slots, agentVersion });
       }
     }),
-    every(s.reconcileSeconds * 1000, 'reconcile', () => reconcile(s, docker)),
+    every(s.reconcileSeconds * 1000, 'reconcile', async () => {
+      await reconcile(s, docker);
+      await runner.reconcile((await liveSandboxesOnHost(s.hostId)).map((r) => r.sandbox_id));
+    }),
   ];
+  // Commands a previous incarnation of this daemon ran cannot be followed any more: close them now.
+  await runner.reconcile((await liveSandboxesOnHost(s.hostId)).map((r) => r.sandbox_id)).catch((err) => {
+    logger.error('daemon: closing the commands of a previous run failed; the reconcile loop retries', { err });
+  });
   if (s.hotSyncIntervalSeconds > 0) stops.push(every(s.hotSyncIntervalSeconds * 1000, 'hot sync', () => syncRunningSandboxes(s, docker)));
+  // Homes of ended sandboxes whose last sync failed: tried again until they are in S3.
+  stops.push(
+    every(Math.max(30, s.hotSyncIntervalSeconds) * 1000, 'kept homes', async () => {
+      const { synced, kept } = await retryKeptHomes(loadHostConfig());
+      if (synced.length > 0) logger.info('daemon: kept homes synced', { synced });
+      if (kept.length > 0) logger.warn('daemon: homes still waiting for a sync', { kept });
+    }),
+  );
   return () => {
     stops.forEach((stop) => stop());
+    runner.close();
     socket.close();
     rmSync(s.agentSocket, { force: true });
   };

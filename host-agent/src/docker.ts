@@ -165,6 +165,11 @@ export class DockerClient {
     });
   }
 
+  /** Starts an exec with no attached streams; answers once the engine started it. */
+  startExecDetached(execId: string): Promise<unknown> {
+    return this.call('POST', `/exec/${execId}/start`, `start exec ${execId}`, { body: { Detach: true, Tty: false } });
+  }
+
   /**
    * Starts an exec created with AttachStdin over a hijacked connection (HTTP
    * upgrade on the engine socket). Write the command's stdin to the socket and

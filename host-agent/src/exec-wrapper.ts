@@ -8,22 +8,46 @@
  * taken before the command runs (so its redirections cannot move it), carrying
  * a record framed by a per-exec random nonce:
  *   \x1f <nonce> : <byte length of $PWD> : <$PWD> \n
+ * and a record with an empty payload on a dup of stdout marks the end of the
+ * shell's stdout. Both are the last things the shell writes, so once the host
+ * has read both, it has all the command wrote before it ended.
  */
 
 /** bash's byte length of $PWD (under LC_ALL=C); kept out of the template so JS does not read it. */
 const pwdByteLength = '${#PWD}';
 
-const wrapperScript = String.raw`__sbx_nonce=$1 __sbx_cwd=$2 __sbx_fallback=$3
-shift 3
+const wrapperScript = String.raw`__sbx_nonce=$1 __sbx_cwd=$2 __sbx_fallback=$3 __sbx_io=$4
+shift 4
+# stdio: the FIFOs the host made for this command (not docker's pipes, which a
+# background process would hold open after the command ends).
+exec <"$__sbx_io.in" >"$__sbx_io.out" 2>"$__sbx_io.err" || exit 125
+unset __sbx_io
+# The host moves this shell into the command's cgroup, then writes "go": nothing
+# may start before that, or it could escape the command's kill.
+IFS= read -r __sbx_go || exit 125
+[ "$__sbx_go" = go ] || exit 125
+unset __sbx_go
+# Started: from here the host may close stdin (the shell holds it open now).
+printf '\037%s:2:go\n' "$__sbx_nonce"
 printf -v __sbx_cmd %s "$@"
 set --
-exec {__sbx_fd}>&2
+# A login environment, as bash -l sets it up, without ~/.bash_logout: a login
+# shell runs that at exit, under the command's own shell options (set -e, set -u),
+# and its status would replace the command's.
+if [ -r /etc/profile ]; then . /etc/profile; fi
+for __sbx_f in "$HOME/.bash_profile" "$HOME/.bash_login" "$HOME/.profile"; do
+  if [ -r "$__sbx_f" ]; then . "$__sbx_f"; break; fi
+done
+unset __sbx_f
+exec {__sbx_fd}>&2 {__sbx_ofd}>&1
 __sbx_reported=
 __sbx_report() {
   [ -n "$__sbx_reported" ] && return
   __sbx_reported=1
   local LC_ALL=C
   printf '\037%s:%d:%s\n' "$__sbx_nonce" "${pwdByteLength}" "$PWD" >&"$__sbx_fd"
+  # The end of this shell's stdout: all it wrote is before this record.
+  printf '\037%s:0:\n' "$__sbx_nonce" >&"$__sbx_ofd"
 }
 if [ -n "$__sbx_fallback" ] && [ ! -d "$__sbx_cwd" ]; then
   printf 'sandbox: the working directory %s no longer exists; running in %s\n' "$__sbx_cwd" "$__sbx_fallback" >&2
@@ -64,12 +88,14 @@ export function cwdMarkerPrefix(nonce: string): Buffer {
 }
 
 /**
- * The exec's argv: `bash -l -c <wrapper> bash <nonce> <cwd> <fallback> <command pieces...>`;
- * an empty fallback means a missing cwd is an error.
+ * The exec's argv: `bash -c <wrapper> bash <nonce> <cwd> <fallback> <io> <command pieces...>`
+ * (the wrapper sets up the login environment itself); an empty fallback means
+ * a missing cwd is an error. `<io>.in`, `.out` and `.err` are the command's
+ * FIFOs as the sandbox sees them; `.in` must first carry the line "go".
  *
  * @example
  *   execArgv('6f1c...', '/home/agent', 'ls -la "$HOME"')
  */
-export function execArgv(nonce: string, cwd: string, command: string, cwdFallback = ''): string[] {
-  return ['/bin/bash', '-l', '-c', wrapperScript, 'bash', nonce, cwd, cwdFallback, ...splitCommand(command)];
+export function execArgv(nonce: string, cwd: string, command: string, cwdFallback: string, io: string): string[] {
+  return ['/bin/bash', '-c', wrapperScript, 'bash', nonce, cwd, cwdFallback, io, ...splitCommand(command)];
 }

@@ -6,7 +6,15 @@
 import { applyEnvFile, loadHostConfig, type HostConfig } from './config';
 import { DockerClient } from './docker';
 import { HostAgentError, toHostError } from './errors';
-import { decodeArgument, hostVerbs, requestSchemas, ssmStdoutCap, type HostEnvelope, type HostVerb } from './protocol';
+import type { CommandRunner } from './commands/runner';
+import { daemonOnlyVerbs, decodeArgument, hostVerbs, requestSchemas, ssmStdoutCap, type HostEnvelope, type HostVerb } from './protocol';
+
+/** What the long-lived host daemon lends an invocation it serves (absent in the CLI fallback). */
+export interface DaemonRuntime {
+  runner: CommandRunner;
+  /** Runs lifecycle work on one sandbox after any still running on it (one at a time per sandbox). */
+  serialize<T>(sandboxId: string, work: () => Promise<T>): Promise<T>;
+}
 
 function isVerb(value: string | undefined): value is HostVerb {
   return (hostVerbs as readonly string[]).includes(value ?? '');
@@ -30,19 +38,70 @@ async function readRequest(verb: HostVerb, arg: string, config: HostConfig): Pro
   return parsed.data;
 }
 
-async function dispatch(verb: HostVerb, request: unknown, config: HostConfig): Promise<unknown> {
+async function dispatch(verb: HostVerb, request: unknown, config: HostConfig, runtime: DaemonRuntime | undefined): Promise<unknown> {
   const docker = new DockerClient(config.dockerSocket);
+  if (daemonOnlyVerbs.includes(verb) && !runtime) {
+    throw new HostAgentError('unavailable', `the host daemon is not running on this host; "${verb}" needs it (it is restarted by its service manager): retry shortly`);
+  }
+  const serial = <T>(sandboxId: string, work: () => Promise<T>) => (runtime ? runtime.serialize(sandboxId, work) : work());
   switch (verb) {
-    case 'exec':
-      return (await import('./exec')).runExec(request as never, docker);
-    case 'create':
-      return (await import('./create')).createSandbox(request as never, config, docker);
-    case 'destroy':
-      return (await import('./lifecycle')).destroySandbox(request as never, config, docker);
-    case 'pause':
-      return (await import('./lifecycle')).pauseSandbox(request as never, config, docker);
-    case 'resume':
-      return (await import('./lifecycle')).resumeSandbox(request as never, config, docker);
+    case 'run':
+      return runtime!.runner.run(request as never);
+    case 'kill':
+      return runtime!.runner.kill(request as never);
+    case 'stdin':
+      return runtime!.runner.stdin(request as never);
+    case 'create': {
+      const r = request as { sandboxId: string };
+      return serial(r.sandboxId, async () => {
+        try {
+          const created = await (await import('./create')).createSandbox(request as never, config, docker);
+          await records(async (rec) => rec.recordCreated(r.sandboxId, created.containerId));
+          return created;
+        } catch (error) {
+          // Leave nothing of a failed create behind (mounts, home), and say so on the record.
+          await (await import('./lifecycle')).destroySandbox({ sandboxId: r.sandboxId, graceful: false }, config, docker).catch(() => undefined);
+          await records(async (rec) => rec.recordCreateFailed(r.sandboxId, (error as Error).message));
+          throw error;
+        }
+      });
+    }
+    case 'destroy': {
+      const r = request as { sandboxId: string };
+      return serial(r.sandboxId, async () => {
+        await runtime?.runner.endSandbox(r.sandboxId, 'sandbox_ended');
+        const result = await (await import('./lifecycle')).destroySandbox(request as never, config, docker);
+        await records(async (rec) => rec.recordDestroyed(r.sandboxId, result.keptHome ? `the home could not be synced and is kept on the host (${result.keptHome.reason})` : undefined));
+        return result;
+      });
+    }
+    case 'pause': {
+      const r = request as { sandboxId: string };
+      return serial(r.sandboxId, async () => {
+        await runtime?.runner.endSandbox(r.sandboxId, 'sandbox_paused');
+        try {
+          const result = await (await import('./lifecycle')).pauseSandbox(request as never, config, docker);
+          await records(async (rec) => rec.recordPaused(r.sandboxId, { ok: true }));
+          return result;
+        } catch (error) {
+          await records(async (rec) => rec.recordPaused(r.sandboxId, { ok: false, detail: (error as Error).message }));
+          throw error;
+        }
+      });
+    }
+    case 'resume': {
+      const r = request as { sandboxId: string };
+      return serial(r.sandboxId, async () => {
+        try {
+          const result = await (await import('./lifecycle')).resumeSandbox(request as never, config, docker);
+          await records(async (rec) => rec.recordResumed(r.sandboxId, { ok: true }));
+          return result;
+        } catch (error) {
+          await records(async (rec) => rec.recordResumed(r.sandboxId, { ok: false, detail: (error as Error).message }));
+          throw error;
+        }
+      });
+    }
     case 'sync':
       return (await import('./lifecycle')).syncSandbox(request as never, config, docker);
     case 'status':
@@ -50,8 +109,23 @@ async function dispatch(verb: HostVerb, request: unknown, config: HostConfig): P
   }
 }
 
+/**
+ * Moves the sandbox's record on after the host acted (see records.ts), when
+ * this host is wired to a control plane (its tables configured). A failure to
+ * record is logged, not thrown: the request that asked records the same
+ * outcome when it is still waiting, and the reaper when it is not.
+ */
+async function records(write: (rec: typeof import('./records')) => Promise<void>): Promise<void> {
+  if (!process.env.SANDBOXES_TABLE) return;
+  try {
+    await write(await import('./records'));
+  } catch (error) {
+    console.error(`host-agent: could not record the outcome on the sandbox record: ${(error as Error).message}`);
+  }
+}
+
 /** Runs one invocation and returns the envelope to print. */
-export async function runHostAgent(argv: string[]): Promise<HostEnvelope<HostVerb>> {
+export async function runHostAgent(argv: string[], runtime?: DaemonRuntime): Promise<HostEnvelope<HostVerb>> {
   try {
     const [verb, arg, ...extra] = argv;
     if (!isVerb(verb) || arg === undefined || extra.length > 0) {
@@ -60,7 +134,7 @@ export async function runHostAgent(argv: string[]): Promise<HostEnvelope<HostVer
     applyEnvFile();
     const config = loadHostConfig();
     const request = await readRequest(verb, arg, config);
-    return { ok: true, result: (await dispatch(verb, request, config)) as never };
+    return { ok: true, result: (await dispatch(verb, request, config, runtime)) as never };
   } catch (error) {
     return { ok: false, error: toHostError(error) };
   }

@@ -14,8 +14,25 @@
  */
 import { z } from 'zod';
 
-export const hostVerbs = ['create', 'exec', 'destroy', 'pause', 'resume', 'sync', 'status'] as const;
+export const hostVerbs = ['create', 'destroy', 'pause', 'resume', 'sync', 'status', 'run', 'kill', 'stdin'] as const;
 export type HostVerb = (typeof hostVerbs)[number];
+
+/**
+ * Verbs only the host daemon can serve: a command outlives the SSM call that
+ * started it, so the long-lived daemon must own it (the CLI fallback refuses them).
+ */
+export const daemonOnlyVerbs: readonly HostVerb[] = ['run', 'kill', 'stdin'];
+
+/**
+ * SSM Run Command workers a host needs (the SSM agent's Mds.CommandWorkersLimit,
+ * 5 by default): every slot may have a lifecycle verb queued in the daemon and
+ * a short command verb at once, plus room for the control plane's own calls.
+ * The CDK writes it into the agent's configuration; the local SSM endpoint
+ * emulates the same number.
+ */
+export function ssmCommandWorkersFor(slots: number): number {
+  return 2 * slots + 4;
+}
 
 /** Label keys on every container the host-agent owns. */
 export const containerLabels = {
@@ -32,16 +49,17 @@ export const ownerLabelValue = 'ephemeral-sandbox';
 /** Largest inline encoded request; above it the request is staged in S3. */
 export const maxInlineRequestChars = 24_000;
 
+/**
+ * Verbs whose requests carry a caller's secrets (env values, the sandbox
+ * token): always staged in S3 (deleted once fetched), never in SSM command
+ * text, which anyone with ssm:ListCommands reads and the agent keeps on disk.
+ */
+export const stagedVerbs: readonly HostVerb[] = ['create'];
+
 /** SSM returns at most this many characters of a command's stdout. */
 export const ssmStdoutCap = 24_000;
 /** SSM returns at most this many characters of a command's stderr. */
 export const ssmStderrCap = 8_000;
-
-/**
- * Budget, in characters of the printed JSON, for an exec's stdout + stderr,
- * leaving room for the envelope and JSON escaping below the SSM stdout cap.
- */
-export const execOutputBudgetChars = 20_000;
 
 const sandboxId = z.string().regex(/^sbx-[a-z0-9]{20}$/);
 const safeName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._@=-]{0,127}$/);
@@ -73,18 +91,24 @@ export const createRequest = z.object({
 });
 export type CreateRequest = z.input<typeof createRequest>;
 
-export const execRequest = z.object({
-  sandboxId,
-  command: z.string().min(1),
-  cwd: z.string().min(1).max(4096),
-  /** Where to run instead when `cwd` no longer exists (a sticky cwd the last command removed). */
-  cwdFallback: z.string().min(1).max(4096).optional(),
-  env: envMap.default({}),
-  user: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/).default('agent'),
-  timeoutSeconds: z.number().int().min(1).max(3600),
-  outputBudgetChars: z.number().int().positive().default(execOutputBudgetChars),
-});
-export type ExecRequest = z.input<typeof execRequest>;
+export const commandIdPattern = /^[A-Za-z0-9_-]{1,64}$/;
+const commandId = z.string().regex(commandIdPattern);
+
+/**
+ * Starts a command whose record (text, cwd, env, stdin: the caller's data)
+ * the control plane wrote to the Commands table; the host reads it there, so
+ * none of it travels in SSM. Answers when the command ended within
+ * `answerWithinMs`, or then with its status `running`.
+ */
+export const runRequest = z.object({ sandboxId, commandId, answerWithinMs: z.number().int().min(0).max(10_000).default(0) });
+export type RunRequest = z.input<typeof runRequest>;
+
+export const killRequest = z.object({ sandboxId, commandId, signal: z.enum(['TERM', 'KILL']).default('KILL') });
+export type KillRequest = z.input<typeof killRequest>;
+
+/** Delivers the stdin a caller wrote (held in the Commands table) to a running command. */
+export const stdinRequest = z.object({ sandboxId, commandId });
+export type StdinRequest = z.input<typeof stdinRequest>;
 
 export const destroyRequest = z.object({
   sandboxId,
@@ -99,7 +123,9 @@ export type SandboxRef = z.input<typeof sandboxRef>;
 
 export const requestSchemas = {
   create: createRequest,
-  exec: execRequest,
+  run: runRequest,
+  kill: killRequest,
+  stdin: stdinRequest,
   destroy: destroyRequest,
   pause: sandboxRef,
   resume: sandboxRef,
@@ -114,26 +140,68 @@ export interface CreateResult {
   hotSync?: SyncReport;
 }
 
-export interface ExecResult {
-  exitCode: number;
-  stdout: string;
-  stderr: string;
-  /** Working directory when the command ended (sticky cwd). */
-  cwd: string;
-  durationMs: number;
-  timedOut: boolean;
-  /** True when output was cut to fit; head and tail are kept. */
-  stdoutTruncated: boolean;
-  stderrTruncated: boolean;
-  /** Bytes the command actually wrote. */
+/** Where a command stands, as the host last recorded it. */
+export interface CommandSnapshot {
+  status: 'pending' | 'running' | 'exited' | 'timed_out' | 'killed' | 'lost';
+  exitCode: number | null;
+  startedAt?: string;
+  endedAt?: string;
+  durationMs?: number;
+  finalCwd?: string;
+  endReason?: string;
+  endDetail?: string;
   stdoutBytes: number;
   stderrBytes: number;
+  stdoutTotalBytes: number;
+  stderrTotalBytes: number;
+  stdoutTruncated: boolean;
+  stderrTruncated: boolean;
+}
+
+export interface RunResult {
+  command: CommandSnapshot;
+  /**
+   * The whole output, decoded as UTF-8, when the command ended within
+   * `answerWithinMs` and both streams fit this answer; otherwise read it
+   * from S3 (it is there either way).
+   */
+  output?: { stdout: string; stderr: string };
+}
+
+/** Budget, in bytes of JSON, for the output a run answer may carry inline (below SSM's stdout cap). */
+export const runOutputBudgetChars = 16_000;
+
+/**
+ * Where a command's output lives in the storage bucket, written by the host
+ * while the command runs and read by the API by offset:
+ *   commands/<tenant>/<sandbox>/<command>/<stream>/<end>.<start>
+ * with offsets as 16 zero-padded digits. Chunks are written in order and
+ * never overlap, so the chunk holding byte N is the first key after
+ * `<stream>/<N>.~` (keys sort by their end offset).
+ */
+export function commandOutputPrefix(tenantId: string, sandboxIdValue: string, commandIdValue: string): string {
+  return `commands/${tenantId}/${sandboxIdValue}/${commandIdValue}/`;
+}
+const offsetDigits = 16;
+const pad = (n: number) => String(n).padStart(offsetDigits, '0');
+export function outputChunkKey(prefix: string, stream: 'stdout' | 'stderr', start: number, end: number): string {
+  return `${prefix}${stream}/${pad(end)}.${pad(start)}`;
+}
+/** The ListObjectsV2 StartAfter that lists the chunk holding byte `offset` first. */
+export function outputChunkListStart(prefix: string, stream: 'stdout' | 'stderr', offset: number): string {
+  return `${prefix}${stream}/${pad(offset)}.~`;
+}
+export function parseOutputChunkKey(key: string): { start: number; end: number } | undefined {
+  const m = /\/(\d{16})\.(\d{16})$/.exec(key);
+  return m ? { end: Number(m[1]), start: Number(m[2]) } : undefined;
 }
 
 export interface DestroyResult {
   /** False when there was no container to remove (already gone). */
   removed: boolean;
   hotSync?: SyncReport;
+  /** Set when a graceful end could not sync the home: it is kept on the host and synced later. */
+  keptHome?: { path: string; reason: string };
 }
 
 export interface SyncReport {
@@ -165,7 +233,9 @@ export interface HostStatus {
 
 export type HostResults = {
   create: CreateResult;
-  exec: ExecResult;
+  run: RunResult;
+  kill: { command: CommandSnapshot };
+  stdin: { delivered: number };
   destroy: DestroyResult;
   /** `tmp`: present when /tmp was archived (a running container was paused). */
   pause: { paused: boolean; tmp?: TmpArchiveReport };
@@ -175,15 +245,12 @@ export type HostResults = {
   status: HostStatus;
 };
 
-/** Error codes a host can answer; the control plane maps them to API errors. */
-export type HostErrorCode =
-  | 'bad_request'
-  | 'not_found'
-  | 'quota_exceeded'
-  | 'docker_error'
-  | 'storage_error'
-  | 'internal_error';
-
+/**
+ * Error codes a host can answer; the control plane maps them to API errors.
+ * `unavailable`: the host cannot serve this now (its daemon is not running); retry shortly.
+ */
+export const hostErrorCodes = ['bad_request', 'not_found', 'quota_exceeded', 'docker_error', 'storage_error', 'unavailable', 'internal_error'] as const;
+export type HostErrorCode = (typeof hostErrorCodes)[number];
 export type HostEnvelope<V extends HostVerb> =
   | { ok: true; result: HostResults[V] }
   | { ok: false; error: { code: HostErrorCode; message: string } };

@@ -8,7 +8,7 @@ import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import { GetCommand, PutCommand, QueryCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
 import { dynamo, queryAll } from './clients/dynamodb';
 import { config } from './config';
-import { apiKeysTable } from './tables';
+import { apiKeysTable, indexName } from './tables';
 
 export interface ApiKeyRecord {
   key_hash: string;
@@ -139,7 +139,7 @@ export async function listApiKeys(tenantId?: string): Promise<Omit<ApiKeyRecord,
   if (!tenantId) throw new Error('listing keys needs a tenant');
   const { items } = await queryAll<ApiKeyRecord>({
     TableName: config().tables.apiKeys,
-    IndexName: apiKeysTable.indexes[0].name,
+    IndexName: indexName(apiKeysTable, 'by-tenant'),
     KeyConditionExpression: 'tenant_id = :t',
     ExpressionAttributeValues: { ':t': tenantId },
   });
@@ -151,7 +151,7 @@ export async function revokeApiKey(tenantId: string, keyId: string): Promise<boo
   const keys = await dynamo().send(
     new QueryCommand({
       TableName: config().tables.apiKeys,
-      IndexName: apiKeysTable.indexes[0].name,
+      IndexName: indexName(apiKeysTable, 'by-tenant'),
       KeyConditionExpression: 'tenant_id = :t',
       FilterExpression: 'key_id = :k',
       ExpressionAttributeValues: { ':t': tenantId, ':k': keyId },

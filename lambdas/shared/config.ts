@@ -3,7 +3,7 @@
  * these on every function; the local stack sets them on its own process.
  * AWS endpoints are not here: the SDK reads AWS_ENDPOINT_URL_<SERVICE> itself.
  */
-import { apiKeysTable, hostsTable, idempotencyTable, sandboxesTable, tenantsTable } from './tables';
+import { apiKeysTable, commandsTable, hostsTable, idempotencyTable, sandboxesTable, tenantsTable } from './tables';
 
 function int(name: string, fallback: number): number {
   const raw = process.env[name];
@@ -19,7 +19,7 @@ function str(name: string, fallback: string): string {
 }
 
 export interface ControlPlaneConfig {
-  tables: { sandboxes: string; hosts: string; apiKeys: string; idempotency: string; tenants: string };
+  tables: { sandboxes: string; hosts: string; apiKeys: string; idempotency: string; tenants: string; commands: string };
   /** Storage bucket: hot/cold tiers and staged host requests. */
   bucket: string;
   /** Image the hosts run sandboxes from. */
@@ -41,6 +41,10 @@ export interface ControlPlaneConfig {
     hotSyncIntervalSeconds: number;
     /** Sandboxes a tenant may have not yet ended; a tenant's max_sandboxes overrides it. */
     maxSandboxesPerTenant: number;
+    /** Output kept per stream of a command; past it the stream is cut (and flagged). */
+    commandOutputMaxBytes: number;
+    /** Days command records and output are kept after their sandbox ends. */
+    commandRetentionDays: number;
   };
   /** Host heartbeat age after which a host counts as lost. */
   hostLostAfterSeconds: number;
@@ -54,6 +58,7 @@ export function loadConfig(): ControlPlaneConfig {
       apiKeys: str(apiKeysTable.envVar, 'api-keys'),
       idempotency: str(idempotencyTable.envVar, 'idempotency'),
       tenants: str(tenantsTable.envVar, 'tenants'),
+      commands: str(commandsTable.envVar, 'commands'),
     },
     bucket: str('STORAGE_BUCKET', 'ephemeral-sandbox-storage'),
     sandboxImage: str('SANDBOX_IMAGE', 'ephemeral-sandbox:latest'),
@@ -71,6 +76,8 @@ export function loadConfig(): ControlPlaneConfig {
       hotQuotaBytes: int('HOT_QUOTA_BYTES', 100 * 1024 * 1024),
       hotSyncIntervalSeconds: int('HOT_SYNC_INTERVAL_SECONDS', 60),
       maxSandboxesPerTenant: int('MAX_SANDBOXES_PER_TENANT', 20),
+      commandOutputMaxBytes: int('COMMAND_OUTPUT_MAX_BYTES', 1024 ** 3),
+      commandRetentionDays: int('COMMAND_RETENTION_DAYS', 7),
     },
     hostLostAfterSeconds: int('HOST_LOST_AFTER_SECONDS', 90),
   };

@@ -24,9 +24,11 @@ import {
 import { DeleteObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import {
   encodeInline,
+  hostErrorCodes,
   hostVerbs,
   maxInlineRequestChars,
   ssmStdoutCap,
+  stagedVerbs,
   stagedRequestPrefix,
   type HostErrorCode,
   type HostResults,
@@ -39,6 +41,11 @@ export type HostDispatchErrorCode =
   | 'host_error'
   /** The command outran its execution timeout, or no answer came before the deadline. */
   | 'host_timeout'
+  /**
+   * The caller's wait ran out while the host still works on it: the command
+   * keeps running (it is not cancelled) and finishes on its own.
+   */
+  | 'still_running'
   /** Someone cancelled the command. */
   | 'host_cancelled'
   /** The host-agent failed without printing an answer. */
@@ -58,25 +65,25 @@ export type HostDispatchErrorCode =
   /** Operator configuration is unusable (host-agent command, missing bucket). */
   | 'config_error';
 
-const hostErrorCodes: readonly HostErrorCode[] = [
-  'bad_request',
-  'not_found',
-  'quota_exceeded',
-  'docker_error',
-  'storage_error',
-  'internal_error',
-];
-
 export class HostDispatchError extends Error {
   override readonly name = 'HostDispatchError';
   readonly code: HostDispatchErrorCode;
   /** Set when `code` is `host_error`: what the host-agent answered. */
   readonly hostCode?: HostErrorCode;
+  /** The SSM command, once it was sent. */
+  readonly commandId?: string;
 
-  constructor(code: HostDispatchErrorCode, message: string, opts: { hostCode?: HostErrorCode; cause?: unknown } = {}) {
+  constructor(code: HostDispatchErrorCode, message: string, opts: { hostCode?: HostErrorCode; cause?: unknown; commandId?: string } = {}) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.code = code;
     if (opts.hostCode !== undefined) this.hostCode = opts.hostCode;
+    if (opts.commandId !== undefined) this.commandId = opts.commandId;
+  }
+
+  /** True when the host surely did not act on the request (it was never delivered, or refused as invalid). */
+  get notDelivered(): boolean {
+    return ['host_unreachable', 'throttled', 'staging_failed', 'invalid_dispatch', 'config_error'].includes(this.code) ||
+      (this.code === 'ssm_error' && this.commandId === undefined);
   }
 }
 
@@ -104,11 +111,17 @@ export interface HostDispatcherOptions {
 }
 
 export interface HostDispatcher {
+  /**
+   * Runs `verb` on the host and answers its result. `timeoutSeconds` bounds
+   * the host's work (SSM's execution timeout); `waitSeconds`, when given,
+   * bounds how long this call waits for it: past that it throws `still_running`
+   * and the host carries on (what the API answers 202 for).
+   */
   dispatch<V extends HostVerb>(
     instanceId: string,
     verb: V,
     request: unknown,
-    opts: { timeoutSeconds: number },
+    opts: { timeoutSeconds: number; waitSeconds?: number },
   ): Promise<HostResults[V]>;
 }
 
@@ -119,9 +132,13 @@ const hostAgentCommandPattern = /^[A-Za-z0-9_./=-]+(?: [A-Za-z0-9_./=-]+)*$/;
 const instanceIdPattern = /^(?:i|mi)-[0-9a-f]{8,17}$/;
 const excerptChars = 500;
 
-/** Delay before poll number `attempt` (0-based): initialMs x 1.5^attempt, capped at maxMs. */
-export function pollDelayMs(attempt: number, initialMs = 25, maxMs = 400): number {
-  return Math.min(maxMs, Math.round(initialMs * 1.5 ** attempt));
+/**
+ * Delay before poll number `attempt` (0-based): initialMs, growing by stepMs a
+ * poll, capped at maxMs. Linear, not geometric: most answers come within a few
+ * hundred ms, and a geometric series would notice them up to half a delay late.
+ */
+export function pollDelayMs(attempt: number, initialMs = 10, maxMs = 250, stepMs = 3): number {
+  return Math.min(maxMs, initialMs + attempt * stepMs);
 }
 
 /**
@@ -252,7 +269,7 @@ export function createHostDispatcher(opts: HostDispatcherOptions): HostDispatche
     }
   }
 
-  async function encodeRequest(request: unknown): Promise<EncodedRequest> {
+  async function encodeRequest(verb: HostVerb, request: unknown): Promise<EncodedRequest> {
     if (request === undefined) throw new HostDispatchError('invalid_dispatch', 'host request is missing');
     let inline: string;
     try {
@@ -260,11 +277,12 @@ export function createHostDispatcher(opts: HostDispatcherOptions): HostDispatche
     } catch (err) {
       throw new HostDispatchError('invalid_dispatch', `host request is not serializable as JSON: ${(err as Error).message}`);
     }
-    if (inline.length <= maxInlineRequestChars) return { arg: inline };
+    // Requests with a caller's secrets never go inline: SSM keeps command text (ListCommands, the agent's disk).
+    if (inline.length <= maxInlineRequestChars && !stagedVerbs.includes(verb)) return { arg: inline };
     if (!s3 || !bucket) {
       throw new HostDispatchError(
         'config_error',
-        `host request is ${inline.length} characters encoded, above the ${maxInlineRequestChars} that fit in a command; configure an S3 client and bucket to stage it`,
+        `host ${verb} request must be staged in S3 (it is ${inline.length} characters encoded, or carries secrets); configure an S3 client and bucket`,
       );
     }
     const key = `${stagedRequestPrefix}${randomUUID()}.json`;
@@ -355,7 +373,7 @@ export function createHostDispatcher(opts: HostDispatcherOptions): HostDispatche
     instanceId: string,
     verb: V,
     request: unknown,
-    { timeoutSeconds }: { timeoutSeconds: number },
+    { timeoutSeconds, waitSeconds }: { timeoutSeconds: number; waitSeconds?: number },
   ): Promise<HostResults[V]> {
     if (!instanceIdPattern.test(instanceId)) throw new HostDispatchError('invalid_dispatch', `"${instanceId}" is not an instance id`);
     if (!(hostVerbs as readonly string[]).includes(verb)) throw new HostDispatchError('invalid_dispatch', `unknown host verb "${verb}"`);
@@ -367,8 +385,11 @@ export function createHostDispatcher(opts: HostDispatcherOptions): HostDispatche
       );
     }
     const deadline = now() + (executionTimeout + deadlineSlackSeconds) * 1000;
+    const waitUntil = waitSeconds === undefined ? deadline : Math.min(deadline, now() + waitSeconds * 1000);
 
-    const { arg, stagedKey } = await encodeRequest(request);
+    const { arg, stagedKey } = await encodeRequest(verb, request);
+    /** True once the command was sent and is left running past the caller's wait: the host still needs the staged request. */
+    let leftRunning = false;
     try {
       const commandLine = buildHostCommandLine(hostAgentCommand, verb, arg);
       let commandId: string | undefined;
@@ -394,7 +415,13 @@ export function createHostDispatcher(opts: HostDispatcherOptions): HostDispatche
       /** Consecutive throttled or transient poll failures. */
       let throttles = 0;
       for (;;) {
-        const remaining = deadline - now();
+        if (waitUntil < deadline && now() >= waitUntil) {
+          leftRunning = true;
+          throw new HostDispatchError('still_running', `host-agent ${verb} on ${instanceId} is still running (command ${commandId}); it finishes on its own`, {
+            commandId,
+          });
+        }
+        const remaining = (waitUntil < deadline ? waitUntil : deadline) - now();
         if (remaining <= 0) {
           const cancelled = await cancel(commandId);
           throw new HostDispatchError(
@@ -423,7 +450,8 @@ export function createHostDispatcher(opts: HostDispatcherOptions): HostDispatche
         if (outcome.done) return outcome.result;
       }
     } finally {
-      if (stagedKey) await removeStaged(stagedKey);
+      // A command left running fetches (and deletes) its staged request itself; the bucket's lifecycle rule expires any left over.
+      if (stagedKey && !leftRunning) await removeStaged(stagedKey);
     }
   }
 

@@ -8,7 +8,7 @@ import { GetCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
 import { dynamo, queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError } from './errors';
-import { hostsTable } from './tables';
+import { hostsTable, indexName } from './tables';
 
 export type HostStatus = 'active' | 'draining' | 'lost';
 
@@ -79,7 +79,7 @@ export async function getHost(hostId: string): Promise<HostRecord | undefined> {
 export async function activeHosts(): Promise<HostRecord[]> {
   const { items } = await queryAll<HostRecord>({
     TableName: table(),
-    IndexName: hostsTable.indexes[0].name,
+    IndexName: indexName(hostsTable, 'by-pool'),
     KeyConditionExpression: '#pool = :active',
     ExpressionAttributeNames: { '#pool': 'pool' },
     ExpressionAttributeValues: { ':active': 'active' },

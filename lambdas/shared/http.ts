@@ -9,7 +9,9 @@ import { z } from 'zod';
 import { ApiError } from './errors';
 import { logger } from './logger';
 import { maxBodyBytes } from './routes';
-import { sandboxIdSchema } from './schemas';
+import { dependencyDown } from './dependencies';
+import { handlerBudgetSeconds } from './gateway';
+import { commandIdSchema, sandboxIdSchema } from './schemas';
 
 /** Who is calling, as the authorizer established it. */
 export interface Principal {
@@ -29,6 +31,13 @@ export interface ApiRequest {
   header(name: string): string | undefined;
   /** The `{id}` path parameter, validated; 404 when it cannot be a sandbox id. */
   sandboxId(): string;
+  /** The `{command_id}` path parameter, validated; 404 when it cannot be a command id. */
+  commandId(): string;
+  /**
+   * Epoch ms by which the handler must answer: within the handler budget and
+   * before the function's own timeout. Work that takes longer answers 202.
+   */
+  deadline: number;
 }
 
 export interface ApiResult {
@@ -84,7 +93,7 @@ function principalOf(event: APIGatewayProxyEvent): Principal | undefined {
   };
 }
 
-function toRequest(event: APIGatewayProxyEvent, principal: Principal): ApiRequest {
+function toRequest(event: APIGatewayProxyEvent, principal: Principal, context: Context | undefined): ApiRequest {
   const headers = new Map(Object.entries(event.headers ?? {}).map(([k, v]) => [k.toLowerCase(), v ?? '']));
   return {
     event,
@@ -97,12 +106,37 @@ function toRequest(event: APIGatewayProxyEvent, principal: Principal): ApiReques
       if (!id || !sandboxIdSchema.safeParse(id).success) throw new ApiError(404, 'not_found', `sandbox ${String(id).slice(0, 64)} not found`);
       return id;
     },
+    commandId: () => {
+      const id = event.pathParameters?.command_id;
+      if (!id || !commandIdSchema.safeParse(id).success) throw new ApiError(404, 'not_found', `command ${String(id).slice(0, 64)} not found`);
+      return id;
+    },
+    deadline: handlerDeadline(context),
   };
+}
+
+/** Leave this much of the function's time for answering. */
+const answerMarginMs = 2_000;
+
+function handlerDeadline(context: Context | undefined): number {
+  const now = Date.now();
+  const budget = handlerBudgetSeconds * 1000;
+  const remaining = context?.getRemainingTimeInMillis?.();
+  return now + (typeof remaining === 'number' && remaining > 0 ? Math.min(budget, remaining - answerMarginMs) : budget);
 }
 
 /** Maps any error to the JSON error response; only unexpected ones are 500s. */
 export function errorResponse(err: unknown, requestId?: string): APIGatewayProxyResult {
   if (err instanceof ApiError) return json(err.status, err.toBody(), err.headers);
+  const down = dependencyDown(err);
+  if (down) {
+    logger.warn('a dependency is unavailable', { err, requestId, dependency: down });
+    return json(
+      503,
+      { error: { code: 'service_unavailable', message: `${down} is unavailable right now; retry shortly${requestId ? ` (request ${requestId})` : ''}` } },
+      { 'Retry-After': '2' },
+    );
+  }
   logger.error('unhandled error', { err, requestId });
   return json(500, { error: { code: 'internal_error', message: `internal error${requestId ? ` (request ${requestId})` : ''}` } });
 }
@@ -127,7 +161,7 @@ export function apiHandler(fn: Fn, options: { auth?: 'required' | 'none' } = {})
         if (options.auth !== 'none') throw new ApiError(401, 'missing_api_key', 'the X-API-Key header is required');
         principal = { tenantId: '', kind: 'api-key' };
       }
-      const result = await fn(toRequest(event, principal), context);
+      const result = await fn(toRequest(event, principal, context), context);
       if (result.body === undefined) return { statusCode: result.status, headers: { ...result.headers }, body: '' };
       return json(result.status, result.body, result.headers);
     });

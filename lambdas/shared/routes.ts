@@ -26,6 +26,11 @@ export const handlerNames = [
   'sandbox-signal',
   'sandbox-timeout',
   'sandbox-power',
+  'start-command',
+  'list-commands',
+  'get-command',
+  'kill-command',
+  'write-command-stdin',
 ] as const;
 export type HandlerName = (typeof handlerNames)[number];
 
@@ -45,6 +50,11 @@ export const routes: readonly Route[] = [
   { method: 'POST', path: '/sandboxes/{id}/timeout', handler: 'sandbox-timeout', auth: 'api-key' },
   { method: 'POST', path: '/sandboxes/{id}/stop', handler: 'sandbox-power', auth: 'api-key' },
   { method: 'POST', path: '/sandboxes/{id}/start', handler: 'sandbox-power', auth: 'api-key' },
+  { method: 'POST', path: '/sandboxes/{id}/commands', handler: 'start-command', auth: 'api-key' },
+  { method: 'GET', path: '/sandboxes/{id}/commands', handler: 'list-commands', auth: 'api-key' },
+  { method: 'GET', path: '/sandboxes/{id}/commands/{command_id}', handler: 'get-command', auth: 'api-key' },
+  { method: 'POST', path: '/sandboxes/{id}/commands/{command_id}/kill', handler: 'kill-command', auth: 'api-key' },
+  { method: 'POST', path: '/sandboxes/{id}/commands/{command_id}/stdin', handler: 'write-command-stdin', auth: 'api-key' },
 ];
 
 /** The largest request body the API accepts, in bytes (API Gateway's own cap is 10 MB). */

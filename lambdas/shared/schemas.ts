@@ -3,6 +3,7 @@
  * type the handlers, and name the offending field in every 400.
  */
 import { z } from 'zod';
+import { commandIdPattern } from '../../host-agent/src/protocol';
 import { sandboxStatuses } from './sandbox-state';
 import type { ControlPlaneConfig } from './config';
 
@@ -47,26 +48,84 @@ export function createSandboxBody(limits: ControlPlaneConfig['limits']) {
 }
 export type CreateSandboxBody = z.infer<ReturnType<typeof createSandboxBody>>;
 
+const commandText = z.string().min(1).max(200_000).refine((c) => !c.includes('\0'), 'must not contain NUL');
+const cwdSchema = z
+  .string()
+  .min(1)
+  .max(4096)
+  .regex(/^\/[^\0]*$/, 'must be an absolute path');
+const commandUser = z
+  .string()
+  .regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'must be a valid user name')
+  // Sandboxes never run anything as root, not even root without capabilities.
+  .refine((u) => u !== 'root', 'must not be root: commands run as a non-root user (default agent)')
+  .default('agent');
+/** Initial stdin: text, at most 192 KiB (the body is at most 256 KiB). */
+const stdinText = z.string().max(192 * 1024).refine((d) => Buffer.byteLength(d, 'utf8') <= 192 * 1024, 'must be at most 196608 bytes of UTF-8');
+/** Seconds a call may wait for a change (API Gateway ends every call at 29 s). */
+const waitSeconds = z.coerce.number().min(0).max(20).default(0);
+
+export const commandIdSchema = z.string().regex(commandIdPattern, 'must be 1-64 characters of letters, digits, _ and -');
+
+/** POST /sandboxes/{id}/exec: start a command and wait for it (up to about 25 s). */
 export const execBody = z
   .object({
-    command: z.string().min(1).max(200_000).refine((c) => !c.includes('\0'), 'must not contain NUL'),
+    command: commandText,
     timeout: z.number().int().min(1).max(600).default(30),
-    cwd: z
-      .string()
-      .min(1)
-      .max(4096)
-      .regex(/^\/[^\0]*$/, 'must be an absolute path')
-      .optional(),
+    cwd: cwdSchema.optional(),
     env: envMap.optional(),
-    user: z
-      .string()
-      .regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'must be a valid user name')
-      // Sandboxes never run anything as root, not even root without capabilities.
-      .refine((u) => u !== 'root', 'must not be root: commands run as a non-root user (default agent)')
-      .default('agent'),
+    user: commandUser,
+    stdin: stdinText.optional(),
   })
   .strict();
 export type ExecBody = z.infer<typeof execBody>;
+
+/** POST /sandboxes/{id}/commands: start a command that outlives the request. */
+export const startCommandBody = z
+  .object({
+    command: commandText,
+    cwd: cwdSchema.optional(),
+    env: envMap.optional(),
+    user: commandUser,
+    timeout: z.number().int().min(1).max(86_400).default(3600),
+    stdin: stdinText.optional(),
+    /** Keep stdin open after `stdin` for POST .../stdin (closed with eof: true). */
+    stdin_open: z.boolean().default(false),
+    command_id: commandIdSchema.optional(),
+    wait: z.number().min(0).max(20).default(0),
+  })
+  .strict();
+export type StartCommandBody = z.infer<typeof startCommandBody>;
+
+/** GET /sandboxes/{id}/commands/{command_id} */
+export const commandQuery = z
+  .object({
+    stdout_offset: z.coerce.number().int().min(0).max(Number.MAX_SAFE_INTEGER).default(0),
+    stderr_offset: z.coerce.number().int().min(0).max(Number.MAX_SAFE_INTEGER).default(0),
+    wait: waitSeconds,
+  })
+  .strict();
+
+/** GET /sandboxes/{id}/commands */
+export const listCommandsQuery = z
+  .object({
+    limit: z.coerce.number().int().min(1).max(100).default(50),
+    next_token: z.string().max(2048).regex(/^[A-Za-z0-9_-]+$/, 'is not a valid page token').optional(),
+  })
+  .strict();
+
+export const killCommandBody = z.object({ signal: z.enum(['TERM', 'KILL']).default('KILL') }).strict();
+
+export const commandStdinBody = z
+  .object({
+    data: stdinText,
+    offset: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+    eof: z.boolean().default(false),
+  })
+  .strict();
+
+/** GET /sandboxes/{id}?wait=S: wait up to S seconds for a change of status. */
+export const getSandboxQuery = z.object({ wait: waitSeconds }).strict();
 
 export const listQuery = z
   .object({

@@ -30,6 +30,17 @@ export interface TableDefinition {
   timeToLiveAttribute?: string;
 }
 
+/**
+ * An index of a table, by name (checked by the type system): code and the IAM
+ * analysis refer to indexes this way, never by their position in the list.
+ *
+ * @example indexName(sandboxesTable, 'by-deadline')
+ */
+export function indexName<T extends TableDefinition>(table: T, name: T['indexes'][number]['name']): string {
+  if (!table.indexes.some((i) => i.name === name)) throw new Error(`table ${table.id} has no index ${name}`);
+  return name;
+}
+
 /** Number of partitions of the sparse deadline index; the reaper queries each. */
 export const reapShards = 4;
 
@@ -117,4 +128,27 @@ export const tenantsTable = {
   indexes: [],
 } as const satisfies TableDefinition;
 
-export const tables: readonly TableDefinition[] = [sandboxesTable, hostsTable, apiKeysTable, idempotencyTable, tenantsTable];
+/**
+ * Commands run in sandboxes, kept COMMAND_RETENTION_DAYS after their sandbox
+ * ends (TTL). Items keyed `<command_id>` are command records; items keyed
+ * `<command_id>#stdin#<offset>` hold stdin a caller wrote that the host has not
+ * delivered yet (the id alphabet has no `#`, so the two never collide).
+ */
+export const commandsTable = {
+  id: 'Commands',
+  envVar: 'COMMANDS_TABLE',
+  partitionKey: { name: 'sandbox_id', type: 'S' },
+  sortKey: { name: 'command_id', type: 'S' },
+  indexes: [
+    {
+      // Sparse: only command records carry created_seq (`<created ISO>#<command_id>`); newest first when read backwards.
+      name: 'by-sandbox-created',
+      partitionKey: { name: 'sandbox_id', type: 'S' },
+      sortKey: { name: 'created_seq', type: 'S' },
+      projection: 'ALL',
+    },
+  ],
+  timeToLiveAttribute: 'expires_at_s',
+} as const satisfies TableDefinition;
+
+export const tables: readonly TableDefinition[] = [sandboxesTable, hostsTable, apiKeysTable, idempotencyTable, tenantsTable, commandsTable];

@@ -14,6 +14,7 @@ import { Agent, request as httpRequest } from 'node:http';
 import { connect } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
+import { ListCommandsCommand } from '@aws-sdk/client-ssm';
 import { ScanCommand } from '@aws-sdk/lib-dynamodb';
 import { createApiKey } from '../../lambdas/shared/api-keys';
 import { dynamo } from '../../lambdas/shared/clients/dynamodb';
@@ -23,6 +24,7 @@ import { routes, type Route } from '../../lambdas/shared/routes';
 import { liveStatuses } from '../../lambdas/shared/sandbox-state';
 import { hostVerbs } from '../../host-agent/src/protocol';
 import { getTenant } from '../../lambdas/shared/tenants';
+import { startLocalApi } from '../../lib/local/api-gateway';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';
 import { apiClient, type ApiClient } from '../support/api-client';
 import { docker } from '../support/docker';
@@ -156,6 +158,9 @@ const validBodies: Record<string, () => Record<string, unknown>> = {
   'POST /sandboxes/{id}/timeout': () => ({ idle_timeout_seconds: 600, ttl_seconds: 3600 }),
   'POST /sandboxes/{id}/complete': () => ({ result: { ok: true } }),
   'POST /sandboxes/{id}/error': () => ({ error: 'boom', details: { a: 1 } }),
+  'POST /sandboxes/{id}/commands': () => ({ command: 'true', timeout: 5, cwd: '/tmp', env: { A: 'b' }, user: 'agent', wait: 1 }),
+  'POST /sandboxes/{id}/commands/{command_id}/kill': () => ({ signal: 'TERM' }),
+  'POST /sandboxes/{id}/commands/{command_id}/stdin': () => ({ data: 'x', offset: 0 }),
 };
 
 /** Field paths of a route's body, to break one at a time. */
@@ -235,8 +240,11 @@ function idFor(rng: Rng, t: Targets, route: Route, method: string = route.method
   return { id: bad, encoded: raw ? bad : pct(bad), malformed: true };
 }
 
-function pathFor(route: Route, id: string): string {
-  return route.path.replace('{id}', id);
+/** Command ids: one that exists (made before the fuzz), one that does not, and malformed ones. */
+const commandIds = ['fuzz-cmd', 'no-such-command', 'cmd-' + 'z'.repeat(20), pct('../x'), pct('a b'), 'x'.repeat(65), pct('é'), '%00'];
+
+function pathFor(route: Route, id: string, commandId = 'fuzz-cmd'): string {
+  return route.path.replace('{id}', id).replace('{command_id}', commandId);
 }
 
 function keyHeader(rng: Rng, t: Targets, route: Route): Record<string, string | string[]> {
@@ -358,7 +366,7 @@ function generate(rng: Rng, t: Targets): FuzzRequest {
   let method: string = route.method;
   if (category === 'wrong_method') method = rng.pick(['GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'].filter((m) => m !== route.method));
   const encoded = route.path.includes('{id}') ? idFor(rng, t, route, method).encoded : '';
-  let path = pathFor(route, encoded);
+  let path = pathFor(route, encoded, rng.pick(commandIds));
   if (rng.chance(0.05)) path = rng.pick([path + '/', '/' + path, path.replace('/sandboxes', '/SANDBOXES'), path + '/extra', path.replace(/^\//, '/./')]);
   path += queryFor(rng, route);
   const headers = { ...keyHeader(rng, t, route), ...(category === 'bad_headers' ? extraHeaders(rng) : { 'Content-Type': 'application/json' }) };
@@ -443,7 +451,10 @@ function problemWith(a: Answer): string | undefined {
   if (a.status < 400) return body && typeof body === 'object' ? undefined : 'a 2xx body that is not an object';
   if (!body || typeof body !== 'object' || Object.keys(body).join() !== 'error') return 'not the {"error": ...} shape';
   const e = body.error;
-  if (!e || typeof e !== 'object' || Object.keys(e).sort().join() !== 'code,message') return 'error without exactly code and message';
+  // code and message always; a few errors carry one more field a caller acts on (e.g. expected_offset).
+  if (!e || typeof e !== 'object' || !('code' in e) || !('message' in e) || Object.keys(e).some((k) => !['code', 'message', 'expected_offset'].includes(k))) {
+    return 'error without code and message (or with an undocumented field)';
+  }
   if (typeof e.code !== 'string' || !/^[a-z_]+$/.test(e.code) || typeof e.message !== 'string' || e.message === '') return 'error code/message not strings';
   return undefined;
 }
@@ -481,14 +492,6 @@ before(async () => {
     env: { MAX_SANDBOXES_PER_TENANT: '6' },
   });
   api = apiClient(stack.url, stack.apiKey);
-  ssm().middlewareStack.add(
-    (next) => async (args) => {
-      const input = args.input as { DocumentName?: string; Parameters?: Record<string, string[]> };
-      if (input.DocumentName) hostCommandLines.push(...(input.Parameters?.commands ?? []));
-      return next(args);
-    },
-    { step: 'initialize', name: 'fuzz-host-command-recorder' },
-  );
   const [target, victim] = await Promise.all([api.create('fuzz-target'), api.create('fuzz-victim')]);
   assert.equal(target.status, 201, target.text);
   assert.equal(victim.status, 201, victim.text);
@@ -501,6 +504,9 @@ before(async () => {
     apiKey: stack.apiKey,
     otherTenantKey: (await createApiKey({ tenantId: 'fuzz-other' })).key,
   };
+  // A command the command routes can find (the fuzz may kill it or write its stdin).
+  const cmd = await api.call('POST', `/sandboxes/${targets.target}/commands`, { command: 'cat >/dev/null; sleep 600', command_id: 'fuzz-cmd', stdin_open: true });
+  assert.equal(cmd.status, 202, cmd.text);
 });
 after(async () => {
   for (const [id, key] of made) await apiClient(stack.url, key).destroy(id, false).catch(() => undefined);
@@ -534,7 +540,13 @@ describe(`fuzzing every route with ${total} malformed requests (seed ${seed})`, 
     assert.deepEqual(failures.slice(0, 25), [], `${failures.length} answers broke the contract (replay with FUZZ_SEED=${seed})`);
   });
 
-  it('ran nothing the callers wrote on the host', () => {
+  it('ran nothing the callers wrote on the host', async () => {
+    // Every command SSM was asked to run, as anyone with ssm:ListCommands reads them.
+    for (let next: string | undefined, first = true; first || next; first = false) {
+      const page = await ssm().send(new ListCommandsCommand({ MaxResults: 50, NextToken: next }));
+      for (const c of page.Commands ?? []) hostCommandLines.push(...(c.Parameters?.commands ?? []));
+      next = page.NextToken;
+    }
     // What reached the host's shell: the operator's host-agent path, a fixed verb, and inert base64url or an S3 key.
     const safe = new RegExp(`^${stack.env.HOST_AGENT_COMMAND!.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} (${hostVerbs.join('|')}) (b64:[A-Za-z0-9_-]*|s3:[A-Za-z0-9_\\-/.]{1,512})$`);
     assert.ok(hostCommandLines.length > 20, `the fuzz reached the host (${hostCommandLines.length} commands)`);
@@ -543,7 +555,8 @@ describe(`fuzzing every route with ${total} malformed requests (seed ${seed})`, 
     assert.deepEqual(readdirSync('/tmp').filter((f) => f.startsWith('es-fuzz-pwned-')), []);
   });
 
-  it('answers ids that are not ids with 404 (or 400) without touching DynamoDB', async () => {
+  it('answers ids that are not ids with 404 (or 400) without touching DynamoDB (handlers in this process, so their calls are counted)', async () => {
+    const inProcess = await startLocalApi({ port: 0, rateLimit: 0 });
     let calls = 0;
     const counter = 'fuzz-dynamodb-call-counter';
     dynamo().middlewareStack.add((next) => async (args) => {
@@ -551,11 +564,12 @@ describe(`fuzzing every route with ${total} malformed requests (seed ${seed})`, 
       return next(args);
     }, { step: 'initialize', name: counter });
     try {
+      const direct = apiClient(inProcess.url, stack.apiKey);
       // Warm the authorizer cache for the key, so only the handler could call DynamoDB.
-      assert.equal((await api.call('GET', `/sandboxes/${targets.target}`)).status, 200);
+      assert.equal((await direct.call('GET', `/sandboxes/${targets.target}`)).status, 200);
       // The counter sees the handler's calls: a real id costs a read.
       const beforeReal = calls;
-      assert.equal((await api.call('GET', `/sandboxes/sbx-${'q'.repeat(20)}`)).status, 404);
+      assert.equal((await direct.call('GET', `/sandboxes/sbx-${'q'.repeat(20)}`)).status, 404);
       assert.ok(calls > beforeReal, 'a well-formed id is looked up');
       const rng = prng(seed ^ 0x1d5);
       const idRoutes = routes.filter((r) => r.path.includes('{id}'));
@@ -566,7 +580,7 @@ describe(`fuzzing every route with ${total} malformed requests (seed ${seed})`, 
         if (!malformed || id.includes('/') || id === '.' || id === '..' || /%2f/i.test(id) || /^%2e%2e$|^\.\.?$/i.test(decodeSafe(id))) continue; // dot segments and slashes route elsewhere
         const body = validBodies[`${route.method} ${route.path}`]?.();
         const before = calls;
-        const answer = await send(stack.url, {
+        const answer = await send(inProcess.url, {
           category: 'malformed_id',
           method: route.method,
           path: pathFor(route, encoded),
@@ -581,6 +595,7 @@ describe(`fuzzing every route with ${total} malformed requests (seed ${seed})`, 
       assert.equal(checked, 300);
     } finally {
       dynamo().middlewareStack.remove(counter);
+      await inProcess.close();
     }
   });
 

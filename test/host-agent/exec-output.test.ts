@@ -1,5 +1,5 @@
 /**
- * The pieces of exec that need no Docker: output capping, the cwd side channel,
+ * The pieces of commands that need no Docker: reading output at character boundaries, the cwd side channel,
  * argv splitting, host configuration.
  * Run: node --import tsx --test test/host-agent/exec-output.test.ts
  */
@@ -7,65 +7,37 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { applyEnvFile, loadHostConfig, parseEnvFile } from '../../host-agent/src/config';
-import { CwdMarkerExtractor, StreamCapture, fitOutputs, jsonBytes } from '../../host-agent/src/exec-output';
+import { CwdMarkerExtractor } from '../../host-agent/src/exec-output';
+import { completePrefixLength, nextCharacterStart } from '../../lambdas/shared/command-output';
 import { cwdMarkerPrefix, splitCommand } from '../../host-agent/src/exec-wrapper';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-function capture(bytes: Buffer, limit: number, chunk = 997): StreamCapture {
-  const c = new StreamCapture(limit);
-  for (let i = 0; i < bytes.length; i += chunk) c.push(bytes.subarray(i, i + chunk));
-  return c;
-}
-
-const jsonSize = (s: string) => Buffer.byteLength(JSON.stringify(s)) - 2;
-
-describe('output capping', () => {
-  it('keeps small output whole and untruncated', () => {
-    const out = capture(Buffer.from('hello\n'), 100);
-    const err = capture(Buffer.from('oops\n'), 100);
-    const fitted = fitOutputs(out.snapshot(), err.snapshot(), 100);
-    assert.deepEqual(fitted, { stdout: { text: 'hello\n', truncated: false }, stderr: { text: 'oops\n', truncated: false } });
-  });
-
-  it('keeps the head and the tail of a huge stream, says how much was cut, and counts every byte', () => {
-    const body = Buffer.concat([Buffer.from('HEAD-'), Buffer.alloc(5_000_000, 'x'), Buffer.from('-TAIL')]);
-    const out = capture(body, 20_000, 65_536);
-    assert.equal(out.totalBytes, body.length);
-    const { stdout } = fitOutputs(out.snapshot(), capture(Buffer.alloc(0), 20_000).snapshot(), 20_000);
-    assert.equal(stdout.truncated, true);
-    assert.ok(stdout.text.startsWith('HEAD-xxx'));
-    assert.ok(stdout.text.endsWith('xxx-TAIL'));
-    assert.match(stdout.text, /\[\.\.\. \d+ bytes truncated \.\.\.\]/);
-    assert.ok(jsonSize(stdout.text) <= 20_000);
-  });
-
-  it('stays within the budget in JSON bytes for multibyte text, control characters and invalid UTF-8', () => {
-    const samples = [
-      Buffer.from('日本語テキスト🚀'.repeat(5_000)),
-      Buffer.from('\u0001\u0002"\\\n\t'.repeat(10_000), 'latin1'),
-      randomBytes(300_000),
-    ];
-    for (const sample of samples) {
-      for (const budget of [1_000, 20_000]) {
-        const fitted = fitOutputs(capture(sample, budget).snapshot(), capture(sample, budget).snapshot(), budget);
-        assert.ok(jsonSize(fitted.stdout.text) + jsonSize(fitted.stderr.text) <= budget, `budget ${budget}`);
-        assert.equal(fitted.stdout.truncated, true);
-        assert.ok(jsonBytes(sample) >= sample.length);
-      }
+describe('output read by offset never splits a character', () => {
+  it('holds back an incomplete multi-byte sequence at the end, and only that', () => {
+    const text = Buffer.from('aé€😀', 'utf8'); // 1 + 2 + 3 + 4 bytes
+    for (let cut = 0; cut <= text.length; cut++) {
+      const n = completePrefixLength(text.subarray(0, cut));
+      assert.ok(n <= cut);
+      // What is given decodes without a replacement character, and nothing complete is held back.
+      assert.ok(!text.subarray(0, n).toString('utf8').includes('\uFFFD'), `cut ${cut}`);
+      assert.ok([0, 1, 3, 6, 10].includes(n), `cut ${cut} gave ${n}`);
+      assert.ok(cut - n < 4);
     }
   });
 
-  it('gives a short stream all of itself and the rest of the budget to the long one', () => {
-    const fitted = fitOutputs(capture(Buffer.alloc(100_000, 'o'), 10_000).snapshot(), capture(Buffer.from('short error\n'), 10_000).snapshot(), 10_000);
-    assert.deepEqual(fitted.stderr, { text: 'short error\n', truncated: false });
-    assert.ok(jsonSize(fitted.stdout.text) > 9_000 && jsonSize(fitted.stdout.text) <= 10_000 - 12);
+  it('gives invalid bytes as they are (they are not the start of a character to wait for)', () => {
+    assert.equal(completePrefixLength(Buffer.from([0x61, 0xff])), 2);
+    assert.equal(completePrefixLength(Buffer.from([0x80, 0x80, 0x80, 0x80])), 4);
   });
 
-  it('never cuts a multibyte character in half', () => {
-    const fitted = fitOutputs(capture(Buffer.from('é'.repeat(50_000)), 1_000).snapshot(), capture(Buffer.alloc(0), 1_000).snapshot(), 1_000);
-    assert.ok(!fitted.stdout.text.includes('\ufffd'));
+  it('starts a tail on the next character', () => {
+    const text = Buffer.from('é€😀', 'utf8');
+    assert.equal(nextCharacterStart(text, 1), 2);
+    assert.equal(nextCharacterStart(text, 3), 5);
+    assert.equal(nextCharacterStart(text, 6), 9);
+    assert.equal(nextCharacterStart(text, 0), 0);
   });
 });
 
@@ -94,6 +66,16 @@ describe('cwd side channel', () => {
     const fake = Buffer.concat([cwdMarkerPrefix('b'.repeat(32)), Buffer.from('4:/tmp\n')]);
     const broken = Buffer.concat([cwdMarkerPrefix(nonce), Buffer.from('x:/tmp\n')]);
     assert.deepEqual(extract(Buffer.concat([fake, broken]), 5), { data: Buffer.concat([fake, broken]).toString('utf8'), cwds: [] });
+  });
+
+  it('passes a line on at once, holding back only an end that could begin a record', () => {
+    const seen: string[] = [];
+    const extractor = new CwdMarkerExtractor(cwdMarkerPrefix(nonce), (d) => seen.push(d.toString('utf8')), () => undefined);
+    extractor.push(Buffer.from('first line\n'));
+    assert.deepEqual(seen, ['first line\n'], 'a command following its output sees the line while the command runs');
+    const prefix = cwdMarkerPrefix(nonce);
+    extractor.push(Buffer.concat([Buffer.from('more\n'), prefix.subarray(0, 5)]));
+    assert.deepEqual(seen, ['first line\n', 'more\n'], 'what could be the start of a record waits for the next chunk');
   });
 });
 

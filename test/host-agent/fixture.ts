@@ -162,9 +162,13 @@ export class TestHost {
     return request.sandboxId as string;
   }
 
-  /** Runs a command in a sandbox (defaults: cwd /home/agent, 30 s). */
-  exec(sandboxId: string, command: string, overrides: Record<string, unknown> = {}) {
-    return this.ok('exec', { sandboxId, command, cwd: '/home/agent', timeoutSeconds: 30, ...overrides });
+  /**
+   * Looks inside a sandbox: `bash -lc` as the sandbox user through plain
+   * `docker exec` (commands through the API are the commands tests' subject;
+   * the host-agent tests only need to see what the container holds).
+   */
+  exec(sandboxId: string, command: string, overrides: { cwd?: string; timeoutSeconds?: number } = {}): Promise<ShellResult> {
+    return shell(sandboxId, command, overrides);
   }
 
   /** Removes every container of this run, the network and its firewall chains, and the state directory. */
@@ -176,6 +180,28 @@ export class TestHost {
     await removeSandboxNetwork(loadHostConfig(this.agentEnv()));
     if (this.workDir) await rm(this.workDir, { recursive: true, force: true });
   }
+}
+
+export interface ShellResult {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** `docker exec -u 1000:1000 -w <cwd> <id> bash -lc <command>` (a test's own look inside a sandbox). */
+export function shell(sandboxId: string, command: string, o: { cwd?: string; timeoutSeconds?: number } = {}): Promise<ShellResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('docker', ['exec', '-u', '1000:1000', '-w', o.cwd ?? '/home/agent', sandboxId, 'bash', '-lc', command], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      timeout: (o.timeoutSeconds ?? 60) * 1000,
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ exitCode: code ?? -1, stdout, stderr }));
+  });
 }
 
 /** Host-side shell command (test assertions only; never fed agent input). */

@@ -10,7 +10,6 @@ import { after, before, describe, it } from 'node:test';
 import { loadHostConfig } from '../../host-agent/src/config';
 import { DockerClient } from '../../host-agent/src/docker';
 import { checkEgressRules, ensureSandboxNetwork } from '../../host-agent/src/network';
-import type { ExecResult } from '../../host-agent/src/protocol';
 import { TestHost, docker, hostCommand } from './fixture';
 
 const host = new TestHost();
@@ -41,7 +40,7 @@ async function ipOf(sandboxId: string): Promise<string> {
 
 /** Tries a TCP connection from inside a sandbox; `open` only when the peer answered. */
 async function probe(sandboxId: string, ip: string, port: number): Promise<'open' | 'closed'> {
-  const result = (await host.exec(sandboxId, `timeout 3 bash -c 'exec 3<>/dev/tcp/${ip}/${port}; head -c 64 <&3' 2>/dev/null && echo :open || echo :closed`)) as ExecResult;
+  const result = (await host.exec(sandboxId, `timeout 3 bash -c 'exec 3<>/dev/tcp/${ip}/${port}; head -c 64 <&3' 2>/dev/null && echo :open || echo :closed`));
   return result.stdout.trim().endsWith(':open') ? 'open' : 'closed';
 }
 
@@ -125,7 +124,7 @@ describe('sandbox network', () => {
     const isolated = await host.createSandbox({ network: 'none' });
     const info = await docker.getContainer(isolated).inspect();
     assert.equal(info.HostConfig.NetworkMode, 'none');
-    const result = (await host.exec(isolated, 'ls /sys/class/net; tail -n +2 /proc/net/route | wc -l')) as ExecResult;
+    const result = (await host.exec(isolated, 'ls /sys/class/net; tail -n +2 /proc/net/route | wc -l'));
     assert.equal(result.stdout, 'lo\n0\n');
     assert.equal(await probe(isolated, gateway, hostPort), 'closed');
   });

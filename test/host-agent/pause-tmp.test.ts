@@ -13,7 +13,6 @@ import { existsSync } from 'node:fs';
 import { readdir, readFile, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { ExecResult } from '../../host-agent/src/protocol';
 import { TestHost, docker, hostCommand } from './fixture';
 
 const host = new TestHost();
@@ -21,7 +20,7 @@ before(() => host.start());
 after(() => host.close());
 
 async function sh(id: string, command: string): Promise<string> {
-  const result = (await host.exec(id, command, { cwd: '/tmp' })) as ExecResult;
+  const result = (await host.exec(id, command, { cwd: '/tmp' }));
   assert.equal(result.exitCode, 0, `${command}\n${result.stderr}`);
   return result.stdout;
 }
@@ -124,7 +123,7 @@ describe('/tmp across pause and resume', () => {
   it('keeps a /tmp filled to its size limit', async () => {
     const small = host.createRequest();
     await host.ok('create', small, { SANDBOX_TMP_MB: '16' });
-    const full = await host.exec(small.sandboxId, 'echo small > /tmp/a; head -c 20000000 /dev/urandom > /tmp/fill; echo "exit $?"; stat -c %s /tmp/fill; df -k /tmp | tail -1', { cwd: '/tmp' }) as ExecResult;
+    const full = await host.exec(small.sandboxId, 'echo small > /tmp/a; head -c 20000000 /dev/urandom > /tmp/fill; echo "exit $?"; stat -c %s /tmp/fill; df -k /tmp | tail -1', { cwd: '/tmp' });
     assert.match(full.stdout, /^exit 1\n/, 'the tmpfs is full');
     assert.match(full.stderr, /No space left on device/);
     const size = Number(full.stdout.split('\n')[1]);

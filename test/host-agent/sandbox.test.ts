@@ -1,18 +1,18 @@
 /**
  * The host-agent CLI, bundled as it ships, against the real Docker engine:
- * create (hardening, idempotency), exec (bash -lc semantics, sticky cwd,
- * timeouts, capped output, concurrency), pause/resume, status, destroy, and
- * requests staged in S3.
+ * create (hardening, idempotency), pause/resume, status, destroy, requests
+ * staged in S3, and the command verbs the CLI leaves to the host daemon.
+ * (Commands themselves are tested through the API: test/commands/.)
  * Run: node --import tsx --test test/host-agent/sandbox.test.ts
  */
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { HeadObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { userLabelPrefix } from '../../host-agent/src/create';
-import { containerLabels, ownerLabelValue, ssmStdoutCap, type ExecResult } from '../../host-agent/src/protocol';
+import { containerLabels, ownerLabelValue } from '../../host-agent/src/protocol';
 import { localS3Credentials, startS3Endpoint, type S3Endpoint } from '../../lib/local/s3-endpoint';
 import { TestHost, docker, newSandboxId } from './fixture';
 
@@ -25,7 +25,7 @@ before(async () => {
 });
 after(() => host.close());
 
-const exec = (command: string, overrides: Record<string, unknown> = {}) => host.exec(sandbox, command, overrides) as Promise<ExecResult>;
+const exec = (command: string, overrides: { cwd?: string } = {}) => host.exec(sandbox, command, overrides);
 
 describe('create', () => {
   it('answers a running container with the hardening applied', async () => {
@@ -49,8 +49,10 @@ describe('create', () => {
     assert.ok(!JSON.stringify(info.Mounts).includes('docker.sock'));
     assert.deepEqual(
       info.Mounts.map((m) => m.Destination).sort(),
-      ['/data/cold', '/home/agent'],
+      ['/data/cold', '/home/agent', '/run/sandbox/io'],
     );
+    // Commands' stdio FIFOs: the sandbox may open them, never add, remove or replace one.
+    assert.equal(info.Mounts.find((m) => m.Destination === '/run/sandbox/io')?.RW, false);
     assert.equal(info.Config.Labels[containerLabels.owner], ownerLabelValue);
     assert.equal(info.Config.Labels[containerLabels.sandboxId], sandbox);
     assert.equal(info.Config.Labels[containerLabels.tenantId], 'tenant-test');
@@ -86,133 +88,12 @@ describe('create', () => {
   });
 });
 
-describe('exec', () => {
-  it('runs as the agent user in a login shell', async () => {
-    const result = await exec('whoami; shopt -q login_shell && echo login; echo "$HOME"');
-    assert.equal(result.stdout, 'agent\nlogin\n/home/agent\n');
-    assert.equal(result.exitCode, 0);
-    assert.equal(result.timedOut, false);
-  });
-
-  it('separates stdout from stderr and reports the exit code and byte counts', async () => {
-    const result = await exec('echo out; echo err >&2; echo more; exit 3');
-    assert.equal(result.stdout, 'out\nmore\n');
-    assert.equal(result.stderr, 'err\n');
-    assert.equal(result.exitCode, 3);
-    assert.equal(result.stdoutBytes, 9);
-    assert.equal(result.stderrBytes, 4);
-  });
-
-  it('hands quotes, substitutions, backticks, newlines and unicode to bash unchanged', async () => {
-    const payload = `single ' double " back \` dollar $HOME $(echo sub) \\n backslash \\ tab\there\nnew line; | & > < * ? ! # é 日本語 🚀 \r end`;
-    const quoted = await exec(`cat <<'PAYLOAD_END'\n${payload}\nPAYLOAD_END`);
-    assert.equal(quoted.stdout, payload + '\n');
-    const evaluated = await exec('echo "$(echo sub)" `echo tick` \'$HOME\' "$HOME" $((6*7)) "é🚀"');
-    assert.equal(evaluated.stdout, 'sub tick $HOME /home/agent 42 é🚀\n');
-  });
-
-  it('runs nothing of the command on the host', async () => {
-    const tag = randomBytes(6).toString('hex');
-    const paths = [`/tmp/pwned-on-host-${tag}`, `/tmp/pwned-subst-${tag}`, `/tmp/pwned-tick-${tag}`];
-    const result = await exec(`touch ${paths[0]}; echo $(touch ${paths[1]}) \`touch ${paths[2]}\`; ls ${paths.join(' ')}`);
-    assert.equal(result.exitCode, 0, result.stderr);
-    assert.deepEqual(result.stdout.trim().split('\n'), paths, 'the files exist in the container');
-    for (const path of paths) assert.equal(existsSync(path), false, `${path} must not exist on the host`);
-  });
-
-  it('runs a 64 KiB heredoc intact', async () => {
-    const lines = Array.from({ length: 1500 }, (_, i) => `${String(i).padStart(6, '0')} ${randomBytes(24).toString('base64')} ünï`);
-    const body = lines.join('\n');
-    assert.ok(Buffer.byteLength(body) >= 64 * 1024);
-    const expected = createHash('sha256').update(body + '\n').digest('hex');
-    const result = await exec(`cat <<'EOF' | sha256sum\n${body}\nEOF`);
-    assert.equal(result.stdout.split(' ')[0], expected);
-  });
-
-  it('keeps the working directory between commands', async () => {
-    const first = await exec('mkdir -p "/tmp/with space/and\nnewline" && cd "/tmp/with space/and\nnewline"');
-    assert.equal(first.cwd, '/tmp/with space/and\nnewline');
-    assert.equal(first.stderr, '');
-    const second = await exec('pwd', { cwd: first.cwd });
-    assert.equal(second.stdout, '/tmp/with space/and\nnewline\n');
-    assert.equal(second.cwd, first.cwd);
-    const exited = await exec('cd /usr && exit 4');
-    assert.deepEqual([exited.cwd, exited.exitCode], ['/usr', 4]);
-    const redirected = await exec('exec >/dev/null 2>&1; cd /etc; echo hidden');
-    assert.deepEqual([redirected.cwd, redirected.stdout, redirected.stderr], ['/etc', '', '']);
-  });
-
-  it("answers bash's own error and a non-zero exit for a working directory that does not exist", async () => {
-    const result = await exec('echo should not run', { cwd: '/no/such/dir' });
-    assert.notEqual(result.exitCode, 0);
-    assert.equal(result.stdout, '');
-    assert.match(result.stderr, /cd: \/no\/such\/dir: No such file or directory/);
-    assert.equal(result.cwd, '/no/such/dir');
-  });
-
-  it('kills the whole process tree at the timeout and answers promptly', async () => {
-    const started = Date.now();
-    const result = await exec("bash -c 'sleep 61' & sleep 60; echo never", { timeoutSeconds: 2 });
-    const elapsed = Date.now() - started;
-    assert.equal(result.timedOut, true);
-    assert.equal(result.exitCode, 137);
-    assert.equal(result.stdout, '');
-    assert.ok(elapsed < 10_000, `answered after ${elapsed} ms`);
-    const left = await exec('for p in /proc/[0-9]*; do tr "\\0" " " < "$p/cmdline" 2>/dev/null; echo; done');
-    assert.doesNotMatch(left.stdout, /sleep 6[01]/);
-  });
-
-  it('answers when the shell exits even if a background process keeps the output open', async () => {
-    const result = await exec('sleep 30 & echo started');
-    assert.equal(result.stdout, 'started\n');
-    assert.ok(result.durationMs < 1_800, `took ${result.durationMs} ms`);
-  });
-
-  it('caps huge output to head and tail within the envelope limit, with flags and real byte counts', async () => {
-    const answer = await host.run('exec', {
-      sandboxId: sandbox,
-      command: 'head -c 5000000 /dev/zero | tr "\\0" a; echo; head -c 1000000 /dev/urandom >&2',
-      cwd: '/home/agent',
-      timeoutSeconds: 60,
-    });
-    assert.equal(answer.exitCode, 0);
-    assert.ok(answer.stdout.length < ssmStdoutCap, `printed ${answer.stdout.length} characters`);
-    assert.equal(answer.stdout.trim().split('\n').length, 1);
-    assert.ok(answer.envelope.ok);
-    const result = answer.envelope.result;
-    assert.equal(result.stdoutTruncated, true);
-    assert.equal(result.stderrTruncated, true);
-    assert.equal(result.stdoutBytes, 5_000_001);
-    assert.equal(result.stderrBytes, 1_000_000);
-    assert.ok(result.stdout.startsWith('aaaa') && result.stdout.endsWith('aaaa\n'));
-    assert.match(result.stdout, /bytes truncated/);
-  });
-
-  it('runs 20 commands at once', async () => {
-    const results = await Promise.all(
-      Array.from({ length: 20 }, (_, i) => host.run('exec', { sandboxId: sandbox, command: `sleep 0.3; echo run-${i}`, cwd: '/tmp', timeoutSeconds: 60 })),
-    );
-    results.forEach((answer, i) => {
-      assert.ok(answer.envelope.ok, JSON.stringify(answer.envelope));
-      assert.equal(answer.envelope.result.stdout, `run-${i}\n`);
-      assert.equal(answer.exitCode, 0);
-    });
-  });
-
-  it('answers not_found for a sandbox that has no container', async () => {
-    const answer = await host.run('exec', { sandboxId: newSandboxId(), command: 'true', cwd: '/', timeoutSeconds: 5 });
-    assert.equal(answer.exitCode, 1);
-    assert.deepEqual(answer.envelope.ok, false);
-    assert.equal(!answer.envelope.ok && answer.envelope.error.code, 'not_found');
-  });
-});
-
 describe('requests', () => {
   it('answers bad_request, as one JSON line with exit 1, for an unknown verb, a bad encoding and an invalid request', async () => {
     const cases = [
       host.run('explode' as never, {}),
-      host.run('exec', {}, {}, 'b64:not base64!'),
-      host.run('exec', { sandboxId: 'not-a-sandbox', command: 'true', cwd: '/', timeoutSeconds: 1 }),
+      host.run('destroy', {}, {}, 'b64:not base64!'),
+      host.run('destroy', { sandboxId: 'not-a-sandbox', graceful: true }),
     ];
     for (const answer of await Promise.all(cases)) {
       assert.equal(answer.exitCode, 1);
@@ -232,8 +113,9 @@ describe('requests', () => {
     it('fetches an s3: request, runs it, and deletes it', async () => {
       const key = `host-requests/${randomBytes(8).toString('hex')}.json`;
       const client = new S3Client({ endpoint: s3.url, region: 'us-east-1', forcePathStyle: true, credentials: localS3Credentials });
-      const command = `cat <<'EOF' | wc -c\n${'z'.repeat(40_000)}\nEOF`;
-      await client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: JSON.stringify({ sandboxId: sandbox, command, cwd: '/', timeoutSeconds: 10 }) }));
+      // A create (the verb always staged: its env and token are secrets) with 60 KB of env values.
+      const request = host.createRequest({ env: { BIG: 'z'.repeat(30_000), BIGGER: 'y'.repeat(30_000) } });
+      await client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: JSON.stringify(request) }));
       const env = {
         STORAGE_BUCKET: bucket,
         AWS_ENDPOINT_URL_S3: s3.url,
@@ -242,19 +124,30 @@ describe('requests', () => {
         AWS_ACCESS_KEY_ID: localS3Credentials.accessKeyId,
         AWS_SECRET_ACCESS_KEY: localS3Credentials.secretAccessKey,
       };
-      const answer = await host.run('exec', undefined, env, `s3:${key}`);
+      const answer = await host.run('create', undefined, env, `s3:${key}`);
       assert.ok(answer.envelope.ok, JSON.stringify(answer.envelope));
-      assert.equal(answer.envelope.result.stdout, '40001\n');
+      assert.equal((await host.exec(request.sandboxId as string, 'printf %s "$BIG$BIGGER" | wc -c')).stdout, '60000\n');
       await assert.rejects(client.send(new HeadObjectCommand({ Bucket: bucket, Key: key })));
-      const again = await host.run('exec', undefined, env, `s3:${key}`);
+      await host.ok('destroy', { sandboxId: request.sandboxId, graceful: false });
+      const again = await host.run('create', undefined, env, `s3:${key}`);
       assert.equal(!again.envelope.ok && again.envelope.error.code, 'bad_request');
       client.destroy();
     });
 
     it('refuses keys outside the staging prefix', async () => {
-      const answer = await host.run('exec', undefined, { STORAGE_BUCKET: bucket }, 's3:tenants/acme/users/u1/hot/secret');
+      const answer = await host.run('create', undefined, { STORAGE_BUCKET: bucket }, 's3:tenants/acme/users/u1/hot/secret');
       assert.equal(!answer.envelope.ok && answer.envelope.error.code, 'bad_request');
     });
+  });
+});
+
+describe('command verbs without the host daemon', () => {
+  it('answers unavailable: a command outlives the SSM call, so only the daemon may own one', async () => {
+    for (const verb of ['run', 'kill', 'stdin'] as const) {
+      const answer = await host.run(verb, { sandboxId: sandbox, commandId: 'c1' });
+      assert.equal(answer.exitCode, 1);
+      assert.equal(!answer.envelope.ok && answer.envelope.error.code, 'unavailable', verb);
+    }
   });
 });
 
@@ -267,10 +160,9 @@ describe('pause, resume, status, destroy', () => {
     assert.ok(pause.tmp, '/tmp was archived (test/host-agent/pause-tmp.test.ts covers what it keeps)');
     const paused = await host.ok('status', {});
     assert.equal(paused.containers.find((c) => c.sandboxId === id)?.state, 'exited');
-    const refused = await host.run('exec', { sandboxId: id, command: 'true', cwd: '/', timeoutSeconds: 5 });
-    assert.equal(!refused.envelope.ok && refused.envelope.error.code, 'bad_request');
+    assert.notEqual((await host.exec(id, 'true')).exitCode, 0, 'a stopped container runs nothing');
     assert.equal((await host.ok('resume', { sandboxId: id })).resumed, true);
-    const read = (await host.exec(id, 'cat keep.txt')) as ExecResult;
+    const read = await host.exec(id, 'cat keep.txt');
     assert.equal(read.stdout, 'kept\n');
     await host.ok('destroy', { sandboxId: id, graceful: false });
   });
@@ -294,11 +186,14 @@ describe('pause, resume, status, destroy', () => {
 
   it('a forced destroy kills a busy sandbox at once', async () => {
     const id = await host.createSandbox();
-    const busy = host.run('exec', { sandboxId: id, command: 'sleep 100', cwd: '/', timeoutSeconds: 100 });
+    const busy = host.exec(id, 'sleep 100; echo survived', { timeoutSeconds: 100 });
     await new Promise((r) => setTimeout(r, 500));
+    const started = Date.now();
     assert.deepEqual(await host.ok('destroy', { sandboxId: id, graceful: false }), { removed: true });
+    assert.ok(Date.now() - started < 10_000);
     const answer = await busy;
-    assert.ok(answer.envelope.ok ? answer.envelope.result.exitCode !== 0 : true);
+    assert.notEqual(answer.exitCode, 0);
+    assert.doesNotMatch(answer.stdout, /survived/);
   });
 
   it('refuses to touch a container with a sandbox name that is not ours', async () => {
