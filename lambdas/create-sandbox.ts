@@ -1,4 +1,9 @@
-/** POST /sandboxes: create a sandbox for one of the caller's users. */
+/**
+ * POST /sandboxes: create a sandbox for one of the caller's users. 201 when
+ * it is ready within the API's time, else 202 with status `creating` (follow
+ * with GET /sandboxes/{id}?wait=20). An Idempotency-Key retry answers the same
+ * sandbox as it stands now.
+ */
 import { config } from './shared/config';
 import { apiHandler, parse } from './shared/http';
 import { withIdempotency } from './shared/idempotency';
@@ -8,8 +13,8 @@ import { createSandboxBody } from './shared/schemas';
 export const handler = apiHandler(async (req) => {
   requireApiKey(req.principal);
   const body = parse(createSandboxBody(config().limits), req.body ?? {});
-  const view = await withIdempotency(req.principal.tenantId, req.header('idempotency-key'), body, () =>
-    createSandbox(req.principal, body),
+  const view = await withIdempotency(req.principal.tenantId, req.header('idempotency-key'), body, req.deadline, (onRecorded) =>
+    createSandbox(req.principal, body, { deadline: req.deadline, onRecorded }).then((r) => r.view),
   );
-  return { status: 201, body: view };
+  return { status: view.status === 'creating' ? 202 : 201, body: view };
 });

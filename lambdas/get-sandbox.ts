@@ -1,8 +1,10 @@
-/** GET /sandboxes/{id}: one sandbox. */
-import { apiHandler } from './shared/http';
+/** GET /sandboxes/{id}?wait=S: one sandbox; with `wait`, answers as soon as its status changes (at most S seconds). */
+import { apiHandler, parse } from './shared/http';
 import { getSandboxView, requireApiKey } from './shared/sandboxes';
+import { getSandboxQuery } from './shared/schemas';
 
 export const handler = apiHandler(async (req) => {
   requireApiKey(req.principal);
-  return { status: 200, body: await getSandboxView(req.principal, req.sandboxId()) };
+  const { wait } = parse(getSandboxQuery, req.query, 'query');
+  return { status: 200, body: await getSandboxView(req.principal, req.sandboxId(), { waitMs: wait * 1000, deadline: req.deadline }) };
 });

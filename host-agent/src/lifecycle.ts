@@ -18,7 +18,7 @@ import {
   type destroyRequest,
   type sandboxRef,
 } from './protocol';
-import { attachCold, detachCold, removeSandboxState, syncHomeUp, type SandboxStorageContext } from './sandbox-storage';
+import { attachCold, detachCold, keepHomeForLater, removeSandboxState, syncHomeUp, type SandboxStorageContext } from './sandbox-storage';
 import { archiveTmp, restoreTmp, tmpArchivePath, tmpArchiveState } from './tmp-archive';
 
 export type DestroyInput = z.output<typeof destroyRequest>;
@@ -50,20 +50,35 @@ async function removeIgnoringGone(docker: DockerClient, id: string): Promise<voi
   }
 }
 
+/** A graceful end tries the sync this many times before it keeps the home for later. */
+const syncAttempts = 3;
+
 /**
  * Graceful: stop (SIGTERM, then SIGKILL after the grace), sync the home up,
  * remove. Forced: kill and remove; the home is discarded. Then the cold tier
- * is unmounted and the host-side state removed (after a graceful destroy,
- * only once the sync succeeded: a failed sync leaves the stopped container and
- * the home in place so a retried destroy syncs again).
+ * is unmounted and the host-side state removed. A graceful end whose sync
+ * keeps failing still ends: the home is kept on the host (keptHome says where
+ * and why) and the host daemon syncs it later, so an end never jams.
  */
 export async function destroySandbox(request: DestroyInput, config: HostConfig, docker: DockerClient): Promise<DestroyResult> {
   const ctx: SandboxStorageContext = { config, sandboxId: request.sandboxId, storage: request.storage };
   const info = await ownedContainer(docker, request.sandboxId);
   let hotSync: SyncReport | undefined;
+  let syncError: Error | undefined;
   if (request.graceful) {
     if (info) await docker.stopContainer(info.Id, stopGraceSeconds);
-    hotSync = await syncHomeUp(ctx);
+    for (let attempt = 1; attempt <= syncAttempts; attempt++) {
+      try {
+        hotSync = await syncHomeUp(ctx);
+        syncError = undefined;
+        break;
+      } catch (error) {
+        syncError = error as Error;
+        // A home over its quota will not fit on a second try; anything else may be a passing S3 fault.
+        if ((error as { code?: string }).code === 'quota_exceeded' || attempt === syncAttempts) break;
+        await new Promise((r) => setTimeout(r, 500 * attempt));
+      }
+    }
   } else if (info?.State.Running) {
     try {
       await docker.killContainer(info.Id);
@@ -74,6 +89,11 @@ export async function destroySandbox(request: DestroyInput, config: HostConfig, 
   }
   if (info) await removeIgnoringGone(docker, info.Id);
   await detachCold(ctx, { force: !request.graceful });
+  if (syncError) {
+    const path = await keepHomeForLater(ctx, syncError.message);
+    console.error(`destroy ${request.sandboxId}: the home could not be synced (${syncError.message}); kept at ${path} for a later sync`);
+    return { removed: info !== undefined, keptHome: { path, reason: syncError.message } };
+  }
   await removeSandboxState(ctx);
   return { removed: info !== undefined, ...(hotSync ? { hotSync } : {}) };
 }

@@ -9,7 +9,8 @@
  * directory at /data/cold, and no sync.
  */
 import { existsSync } from 'node:fs';
-import { chown, mkdir, readFile, rm } from 'node:fs/promises';
+import { chown, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { sandboxPaths, type HostConfig } from './config';
 import { HostAgentError } from './errors';
 import type { StorageSpec, SyncReport } from './protocol';
@@ -135,4 +136,45 @@ async function chownTo(path: string, config: HostConfig): Promise<void> {
       `cannot give ${path} to ${config.sandboxUid}:${config.sandboxGid}: ${(error as Error).message} (the host-agent must run as root)`,
     );
   }
+}
+
+/** Where the state of ended sandboxes whose home could not be synced waits for a later sync. */
+function keptRoot(config: HostConfig): string {
+  return join(config.stateDir, 'kept');
+}
+
+/**
+ * A graceful end whose sync failed still ends the sandbox: its state (the
+ * home and the sync manifest) moves aside, with the storage spec, and the
+ * host daemon syncs it later (retryKeptHomes). Call with the cold tier unmounted.
+ */
+export async function keepHomeForLater(ctx: SandboxStorageContext, reason: string): Promise<string> {
+  const from = sandboxPaths(ctx.config, ctx.sandboxId).root;
+  const to = sandboxPaths({ ...ctx.config, stateDir: keptRoot(ctx.config) }, ctx.sandboxId).root;
+  await mkdir(dirname(to), { recursive: true, mode: 0o700 });
+  await rm(to, { recursive: true, force: true });
+  await rename(from, to);
+  await writeFile(join(to, 'kept.json'), JSON.stringify({ storage: ctx.storage, reason, keptAt: new Date().toISOString() }), { mode: 0o600 });
+  return join(to, 'home');
+}
+
+/** Homes kept by ended sandboxes, each synced again; the ones that sync are removed. Answers what is still kept. */
+export async function retryKeptHomes(config: HostConfig): Promise<{ synced: string[]; kept: { sandboxId: string; error: string }[] }> {
+  const kept = keptRoot(config);
+  const keptConfig = { ...config, stateDir: kept };
+  const result = { synced: [] as string[], kept: [] as { sandboxId: string; error: string }[] };
+  const dir = join(kept, 'sandboxes');
+  if (!existsSync(dir)) return result;
+  for (const sandboxId of await readdir(dir)) {
+    const root = join(dir, sandboxId);
+    try {
+      const { storage } = JSON.parse(await readFile(join(root, 'kept.json'), 'utf8')) as { storage?: StorageSpec };
+      await syncHomeUp({ config: keptConfig, sandboxId, storage });
+      await rm(root, { recursive: true, force: true });
+      result.synced.push(sandboxId);
+    } catch (error) {
+      result.kept.push({ sandboxId, error: (error as Error).message });
+    }
+  }
+  return result;
 }

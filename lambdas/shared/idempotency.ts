@@ -1,7 +1,13 @@
 /**
  * Idempotent create: the first request with an Idempotency-Key claims it with
- * a conditional put; a retry with the same key and body gets the same sandbox
- * (waiting for the first to finish), and never makes a second container.
+ * a conditional put and names its sandbox there as soon as the sandbox is
+ * recorded; a retry with the same key and body answers that sandbox as it
+ * stands (creating, ready or failed) and never makes a second container.
+ *
+ * Why not Powertools Idempotency: it replays the first answer; a retry here
+ * must see the sandbox's current state (a create answered 202 `creating` is
+ * `ready` a moment later), and an in-progress create must be reachable by its
+ * retry within the same few seconds the first request is still running.
  */
 import { createHash } from 'node:crypto';
 import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
@@ -23,13 +29,14 @@ interface IdempotencyRecord {
 
 const keyPattern = /^[A-Za-z0-9_.:-]{1,128}$/;
 const retentionSeconds = 24 * 3600;
-const waitForFirstMs = 180_000;
+/** A retry finding the first request between its claim and its sandbox record (milliseconds apart) waits this long at most. */
+const waitForRecordMs = 5_000;
 /**
- * An in-progress claim older than this belongs to a create that died: longer
- * than any create may run (its 120 s host timeout, after which the reaper
- * fails the half-made sandbox) plus the handler's own time.
+ * A claim that names no sandbox yet and is older than this belongs to a
+ * create that died before recording its sandbox (a create names it within
+ * milliseconds of its claim, and no handler outlives API Gateway's 29 s).
  */
-const abandonedAfterMs = 300_000;
+const abandonedAfterMs = 60_000;
 
 /** Drops an abandoned claim, only if it is still the one we saw (a concurrent retry may have taken it over). */
 async function releaseAbandoned(table: string, seen: IdempotencyRecord): Promise<void> {
@@ -63,16 +70,17 @@ export async function withIdempotency(
   tenantId: string,
   key: string | undefined,
   body: unknown,
-  create: () => Promise<SandboxView>,
+  deadline: number,
+  create: (onRecorded: (sandboxId: string) => Promise<void>) => Promise<SandboxView>,
 ): Promise<SandboxView> {
-  if (key === undefined) return create();
+  if (key === undefined) return create(async () => undefined);
   if (!keyPattern.test(key)) {
     throw new ApiError(400, 'validation_error', 'Idempotency-Key: must be 1-128 characters of letters, digits and _.:-');
   }
   const table = config().tables.idempotency;
   const id = `${tenantId}#${key}`;
   const fingerprint = createHash('sha256').update(stableJson(body)).digest('hex');
-  const deadline = Date.now() + waitForFirstMs;
+  const waitUntil = Math.min(deadline - 1_000, Date.now() + waitForRecordMs);
 
   for (;;) {
     try {
@@ -97,7 +105,8 @@ export async function withIdempotency(
       if (existing.fingerprint !== fingerprint) {
         throw new ApiError(409, 'conflict', 'Idempotency-Key was already used with a different request body');
       }
-      if (existing.state === 'done' && existing.sandbox_id) {
+      // The sandbox exists (ready, still creating, or failed): answer it as it is now.
+      if (existing.sandbox_id) {
         const record = await getSandbox(existing.sandbox_id);
         if (record) return toView(record);
       }
@@ -106,13 +115,25 @@ export async function withIdempotency(
         await releaseAbandoned(table, existing);
         continue;
       }
-      if (Date.now() > deadline) throw new ApiError(409, 'conflict', 'a request with this Idempotency-Key is still in progress');
+      if (Date.now() > waitUntil) {
+        throw new ApiError(409, 'conflict', 'a request with this Idempotency-Key is still in progress; retry shortly', { 'Retry-After': '1' });
+      }
       await new Promise((r) => setTimeout(r, 250));
       continue;
     }
 
+    const onRecorded = async (sandboxId: string) => {
+      await dynamo().send(
+        new UpdateCommand({
+          TableName: table,
+          Key: { idempotency_key: id },
+          UpdateExpression: 'SET sandbox_id = :sid',
+          ExpressionAttributeValues: { ':sid': sandboxId },
+        }),
+      );
+    };
     try {
-      const view = await create();
+      const view = await create(onRecorded);
       await dynamo().send(
         new UpdateCommand({
           TableName: table,
@@ -125,7 +146,7 @@ export async function withIdempotency(
       return view;
     } catch (err) {
       // Let a retry try again rather than replaying a failure forever.
-      await dynamo().send(new DeleteCommand({ TableName: table, Key: { idempotency_key: id } }));
+      await dynamo().send(new DeleteCommand({ TableName: table, Key: { idempotency_key: id } })).catch(() => undefined);
       throw err;
     }
   }

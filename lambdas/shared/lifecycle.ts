@@ -7,10 +7,11 @@
 import { config } from './config';
 import { ApiError, invalidState } from './errors';
 import { hostFailure, hosts } from './host-calls';
+import { HostDispatchError } from './host-dispatch';
 import { isActive, isTerminal } from './sandbox-state';
 import { idleDeadline, toView, type SandboxRecord, type SandboxView } from './sandbox-record';
-import { getTenantSandbox, transition, TransitionRejectedError, updateSandbox } from './sandbox-store';
-import { storageFor } from './sandboxes';
+import { getSandbox, getTenantSandbox, transition, TransitionRejectedError, updateSandbox } from './sandbox-store';
+import { storageFor, waitSecondsUntil } from './sandboxes';
 
 /** Deadline that keeps in-flight execs covered. */
 function activityDeadline(r: SandboxRecord, now: number): number {
@@ -34,7 +35,7 @@ export async function heartbeat(tenantId: string, sandboxId: string): Promise<Sa
     // The first heartbeat moves ready -> running; later ones only refresh.
     const updated =
       r.status === 'ready'
-        ? await transition(sandboxId, 'heartbeat', 'running', { set }).catch((err) => {
+        ? await transition(sandboxId, 'heartbeat', { set }).catch((err) => {
             if (err instanceof TransitionRejectedError && err.current?.status === 'running') {
               return updateSandbox(sandboxId, 'heartbeat', { set }, ['running']);
             }
@@ -56,7 +57,7 @@ export async function signalEnd(
   const r = await getTenantSandbox(tenantId, sandboxId);
   if (r.status === 'shutting_down' || isTerminal(r.status)) return toView(r);
   try {
-    const updated = await transition(sandboxId, 'begin_shutdown', 'shutting_down', {
+    const updated = await transition(sandboxId, 'begin_shutdown', {
       set: {
         stop_reason: outcome.kind,
         ...(outcome.kind === 'completed'
@@ -113,40 +114,74 @@ export async function refreshTimeout(
   }
 }
 
-/** stop: the container stops (CPU and memory freed), its filesystem and home stay. */
-export async function pauseSandbox(tenantId: string, sandboxId: string): Promise<SandboxView> {
+/** How long a stop or start may stay unfinished before the reaper drives it again. */
+export const powerRetrySeconds = 120;
+
+/**
+ * stop: the container stops (CPU and memory freed), its filesystem and home
+ * stay. `done` when it is paused before `deadline`; else it is `pausing` and
+ * its host records `paused` (or `ready` again, if the stop failed).
+ */
+export async function pauseSandbox(tenantId: string, sandboxId: string, deadline: number): Promise<{ done: boolean; view: SandboxView }> {
   const r = await getTenantSandbox(tenantId, sandboxId);
-  if (r.status === 'paused') return toView(r);
+  if (r.status === 'paused') return { done: true, view: toView(r) };
+  if (r.status === 'pausing') return { done: false, view: toView(r) };
   if (!isActive(r.status)) throw invalidState(`sandbox ${sandboxId} is ${r.status}; only a ready or running sandbox can be stopped`);
+  let pausing: SandboxRecord;
   try {
-    await hosts().dispatch(r.host_id, 'pause', { sandboxId, storage: storageFor(r.tenant_id, r.user_id) }, { timeoutSeconds: 120 });
-  } catch (err) {
-    throw hostFailure(err, 'stop');
-  }
-  try {
-    // While paused only the TTL applies.
-    return toView(await transition(sandboxId, 'pause', 'paused', { set: { deadline_at: r.expires_at_ms } }));
+    pausing = await transition(sandboxId, 'pause', { set: { deadline_at: Date.now() + powerRetrySeconds * 1000 } });
   } catch (err) {
     rejected(err, 'stop');
   }
+  try {
+    await hosts().dispatch(r.host_id, 'pause', { sandboxId, storage: storageFor(r.tenant_id, r.user_id) }, { timeoutSeconds: 120, waitSeconds: waitSecondsUntil(deadline) });
+  } catch (err) {
+    if (err instanceof HostDispatchError && err.code === 'still_running') return { done: false, view: toView((await getSandbox(sandboxId)) ?? pausing) };
+    // The host keeps the container running when its stop fails (and records that); a stop it never got is undone here.
+    await settleOrUndo(sandboxId, 'pause_failed', { last_activity_at: Date.now(), deadline_at: idleDeadline(pausing, Date.now()) });
+    throw hostFailure(err, 'stop');
+  }
+  const after = await settleOrUndo(sandboxId, 'paused', { deadline_at: pausing.expires_at_ms });
+  return { done: after.status === 'paused', view: toView(after) };
 }
 
-/** start: the stopped container runs again with every file it had. */
-export async function resumeSandbox(tenantId: string, sandboxId: string): Promise<SandboxView> {
+/**
+ * start: the stopped container runs again with every file it had. `done`
+ * when it is ready before `deadline`; else it is `resuming` and its host
+ * records `ready` (or `paused` again, if the start failed).
+ */
+export async function resumeSandbox(tenantId: string, sandboxId: string, deadline: number): Promise<{ done: boolean; view: SandboxView }> {
   const r = await getTenantSandbox(tenantId, sandboxId);
-  if (isActive(r.status)) return toView(r);
+  if (isActive(r.status)) return { done: true, view: toView(r) };
+  if (r.status === 'resuming') return { done: false, view: toView(r) };
   if (r.status !== 'paused') throw invalidState(`sandbox ${sandboxId} is ${r.status}; only a stopped (paused) sandbox can be started`);
+  let resuming: SandboxRecord;
   try {
-    await hosts().dispatch(r.host_id, 'resume', { sandboxId, storage: storageFor(r.tenant_id, r.user_id) }, { timeoutSeconds: 120 });
+    resuming = await transition(sandboxId, 'resume', { set: { deadline_at: Date.now() + powerRetrySeconds * 1000 } });
   } catch (err) {
+    rejected(err, 'start');
+  }
+  try {
+    await hosts().dispatch(r.host_id, 'resume', { sandboxId, storage: storageFor(r.tenant_id, r.user_id) }, { timeoutSeconds: 120, waitSeconds: waitSecondsUntil(deadline) });
+  } catch (err) {
+    if (err instanceof HostDispatchError && err.code === 'still_running') return { done: false, view: toView((await getSandbox(sandboxId)) ?? resuming) };
+    await settleOrUndo(sandboxId, 'resume_failed', { deadline_at: resuming.expires_at_ms });
     throw hostFailure(err, 'start');
   }
   const now = Date.now();
+  const after = await settleOrUndo(sandboxId, 'resumed', { last_activity_at: now, deadline_at: idleDeadline(resuming, now) });
+  return { done: isActive(after.status), view: toView(after) };
+}
+
+/**
+ * Applies the outcome of a stop or start the host finished (the host records
+ * it too; whichever lands first wins), answering the record as it stands.
+ */
+async function settleOrUndo(sandboxId: string, event: 'paused' | 'pause_failed' | 'resumed' | 'resume_failed', set: Record<string, unknown>): Promise<SandboxRecord> {
   try {
-    return toView(
-      await transition(sandboxId, 'resume', 'ready', { set: { last_activity_at: now, deadline_at: idleDeadline(r, now) } }),
-    );
+    return await transition(sandboxId, event, { set });
   } catch (err) {
-    rejected(err, 'start');
+    if (err instanceof TransitionRejectedError && err.current) return err.current;
+    throw err;
   }
 }

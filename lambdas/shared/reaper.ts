@@ -9,12 +9,13 @@
 import { queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { hosts } from './host-calls';
+import { HostDispatchError } from './host-dispatch';
 import { activeHosts, getHost, markHostLost, type HostRecord } from './host-store';
 import { logger } from './logger';
 import { idleDeadline, type SandboxRecord } from './sandbox-record';
 import { getSandbox, liveSandboxesOnHost, transition, TransitionRejectedError, updateSandbox } from './sandbox-store';
 import { beginShutdown, finishShutdown, markEnded, shutdownRetrySeconds, storageFor } from './sandboxes';
-import { reapShards, sandboxesTable } from './tables';
+import { indexName, reapShards, sandboxesTable } from './tables';
 
 export interface ReapReport {
   candidates: number;
@@ -49,7 +50,7 @@ export async function dueSandboxes(now: number): Promise<{ items: Candidate[]; c
     Array.from({ length: reapShards }, (_, shard) =>
       queryAll<Candidate>({
         TableName: config().tables.sandboxes,
-        IndexName: sandboxesTable.indexes[2].name,
+        IndexName: indexName(sandboxesTable, 'by-deadline'),
         KeyConditionExpression: 'reap_shard = :s AND deadline_at <= :now',
         ExpressionAttributeValues: { ':s': String(shard), ':now': now },
         ReturnConsumedCapacity: 'TOTAL',
@@ -109,7 +110,7 @@ async function reapOne(c: Candidate, now: number, report: ReapReport, host: Host
       const claimed = await claim(r, now);
       if (!claimed) return;
       try {
-        await hosts().dispatch(r.host_id, 'destroy', { sandboxId: r.sandbox_id, graceful: false }, { timeoutSeconds: 120 });
+        await hosts().dispatch(r.host_id, 'destroy', { sandboxId: r.sandbox_id, graceful: false }, { timeoutSeconds: 120, waitSeconds: reaperWaitSeconds });
       } catch (err) {
         logger.warn('reaper: could not remove a half-made container; the host reconciles it', { sandboxId: r.sandbox_id, err });
       }
@@ -130,6 +131,24 @@ async function reapOne(c: Candidate, now: number, report: ReapReport, host: Host
       const outcome = r.stop_reason === 'idle_timeout' || r.stop_reason === 'ttl_expired' ? 'expired' : 'stopped';
       await finishOrRetrySoon(claimed, outcome);
       report[outcome]++;
+      return;
+    }
+    case 'pausing':
+    case 'resuming': {
+      // A stop or start whose host never reported back (its request was cut off, the host restarted): drive it again.
+      const claimed = await claim(r, now);
+      if (!claimed) return;
+      const verb = r.status === 'pausing' ? 'pause' : 'resume';
+      try {
+        await hosts().dispatch(r.host_id, verb, { sandboxId: r.sandbox_id, storage: storageFor(r.tenant_id, r.user_id) }, { timeoutSeconds: 120, waitSeconds: reaperWaitSeconds });
+        report.deferred++;
+      } catch (err) {
+        if (err instanceof HostDispatchError && err.code === 'still_running') {
+          report.busy++;
+          return;
+        }
+        throw err;
+      }
       return;
     }
     case 'ready':
@@ -163,7 +182,7 @@ async function reapOne(c: Candidate, now: number, report: ReapReport, host: Host
       // Idle: end it, but only if nothing happened since we read it.
       let shutting: SandboxRecord;
       try {
-        shutting = await transition(r.sandbox_id, 'begin_shutdown', 'shutting_down', {
+        shutting = await transition(r.sandbox_id, 'begin_shutdown', {
           set: { stop_reason: 'idle_timeout', deadline_at: now + shutdownRetrySeconds * 1000 },
           condition: 'last_activity_at = :seen',
           values: { ':seen': r.last_activity_at },
@@ -181,6 +200,9 @@ async function reapOne(c: Candidate, now: number, report: ReapReport, host: Host
   }
 }
 
+/** How long the reaper waits on one host call (its function has 120 s; the host finishes and records what takes longer). */
+const reaperWaitSeconds = 45;
+
 /** How soon a shutdown that failed on the host is tried again (the claim's lease is longer). */
 const failedShutdownRetrySeconds = 10;
 
@@ -191,8 +213,10 @@ const failedShutdownRetrySeconds = 10;
  */
 async function finishOrRetrySoon(claimed: SandboxRecord, outcome: 'stopped' | 'expired'): Promise<void> {
   try {
-    await finishShutdown(claimed, { graceful: true, outcome });
+    await finishShutdown(claimed, { graceful: true, outcome, waitSeconds: reaperWaitSeconds });
   } catch (err) {
+    // The host is still syncing the home: it records the end itself (and the claim brings it back here if not).
+    if (err instanceof HostDispatchError && err.code === 'still_running') return;
     await moveDeadline(claimed, Date.now() + failedShutdownRetrySeconds * 1000);
     throw err;
   }
@@ -219,7 +243,7 @@ async function reapLostHosts(now: number, report: ReapReport): Promise<void> {
       (await liveSandboxesOnHost(host.host_id)).map(async (item) => {
         // The host may still answer (the daemon died, not the machine): save the hot tier first.
         try {
-          await hosts().dispatch(host.host_id, 'sync', { sandboxId: item.sandbox_id, storage: storageFor(item.tenant_id, item.user_id) }, { timeoutSeconds: 30 });
+          await hosts().dispatch(host.host_id, 'sync', { sandboxId: item.sandbox_id, storage: storageFor(item.tenant_id, item.user_id) }, { timeoutSeconds: 30, waitSeconds: 30 });
         } catch (err) {
           logger.warn('reaper: lost host did not answer the final sync', { sandboxId: item.sandbox_id, err: (err as Error).message });
         }

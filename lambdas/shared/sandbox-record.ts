@@ -35,8 +35,10 @@ export interface SandboxRecord {
   idle_timeout_s: number;
   /** Epoch ms of the last exec, heartbeat or file call. */
   last_activity_at: number;
-  /** In-flight execs: exec id -> epoch ms by which it must have ended. */
+  /** Commands in flight: command id -> epoch ms by which it must have ended. */
   execs?: Record<string, number>;
+  /** Set when the sandbox ended: the commands that were still in flight then (closed by the end). */
+  open_commands?: Record<string, number>;
   /** Sparse deadline index (live sandboxes only): min(idle deadline, TTL). */
   reap_shard?: string;
   deadline_at?: number;

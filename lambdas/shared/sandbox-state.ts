@@ -1,17 +1,24 @@
 /**
  * The sandbox state machine: the one place that says which status may follow
  * which. Every status change in DynamoDB is a conditional write whose condition
- * is built from `allowedFrom(event)`, so two concurrent requests cannot both win.
+ * is built from `allowedFrom(event)` and whose new status is `targetOf(event)`,
+ * so two concurrent requests cannot both win.
  *
  *   creating -> ready -> running -> shutting_down -> stopped | expired | failed
- *                 \        \-> paused -> ready (start)
+ *                 \        \-> pausing -> paused -> resuming -> ready  (POST stop / start)
  *                  \-> failed (host lost, create failed, container vanished)
+ *
+ * `pausing` and `resuming` are the host at work on a stop or a start: the host
+ * records where it ends (paused, or ready), whether or not the request that
+ * asked for it is still waiting.
  */
 export const sandboxStatuses = [
   'creating',
   'ready',
   'running',
+  'pausing',
   'paused',
+  'resuming',
   'shutting_down',
   'stopped',
   'expired',
@@ -26,31 +33,47 @@ export type SandboxEvent =
   | 'stopped' // host removed the container after a requested end
   | 'expired' // host removed the container after the reaper ended it
   | 'fail' // create failed, host lost, container vanished
-  | 'pause' // stop: container stopped, filesystem kept
-  | 'resume'; // start: container started again
-
-const transitions: Record<SandboxEvent, { from: readonly SandboxStatus[]; to: SandboxStatus | null }> = {
-  created: { from: ['creating'], to: 'ready' },
-  heartbeat: { from: ['ready'], to: 'running' },
-  begin_shutdown: { from: ['creating', 'ready', 'running', 'paused'], to: 'shutting_down' },
-  stopped: { from: ['shutting_down'], to: 'stopped' },
-  expired: { from: ['shutting_down'], to: 'expired' },
-  fail: { from: ['creating', 'ready', 'running', 'paused', 'shutting_down'], to: 'failed' },
-  pause: { from: ['ready', 'running'], to: 'paused' },
-  resume: { from: ['paused'], to: 'ready' },
-};
+  | 'pause' // stop asked: the host is stopping the container
+  | 'paused' // the host stopped it, filesystem kept
+  | 'pause_failed' // the host could not stop it: it keeps running
+  | 'resume' // start asked: the host is starting the container again
+  | 'resumed' // the host started it
+  | 'resume_failed'; // the host could not start it: it stays stopped
 
 /** Statuses in which a sandbox accepts exec, file and heartbeat calls. */
-export const activeStatuses: readonly SandboxStatus[] = ['ready', 'running'];
+export const activeStatuses = ['ready', 'running'] as const satisfies readonly SandboxStatus[];
 
 /** Statuses after which nothing changes any more. */
-export const terminalStatuses: readonly SandboxStatus[] = ['stopped', 'expired', 'failed'];
+export const terminalStatuses = ['stopped', 'expired', 'failed'] as const satisfies readonly SandboxStatus[];
 
 /** Statuses that hold a container on a host. */
-export const liveStatuses: readonly SandboxStatus[] = ['creating', 'ready', 'running', 'paused', 'shutting_down'];
+export const liveStatuses = ['creating', 'ready', 'running', 'pausing', 'paused', 'resuming', 'shutting_down'] as const satisfies readonly SandboxStatus[];
+
+/** Statuses of a sandbox whose container exists and is settled (no verb at work on it). */
+export const settledStatuses = ['ready', 'running', 'paused'] as const satisfies readonly SandboxStatus[];
+
+const transitions: Record<SandboxEvent, { from: readonly SandboxStatus[]; to: SandboxStatus }> = {
+  created: { from: ['creating'], to: 'ready' },
+  heartbeat: { from: ['ready'], to: 'running' },
+  begin_shutdown: { from: ['creating', 'ready', 'running', 'pausing', 'paused', 'resuming'], to: 'shutting_down' },
+  stopped: { from: ['shutting_down'], to: 'stopped' },
+  expired: { from: ['shutting_down'], to: 'expired' },
+  fail: { from: liveStatuses, to: 'failed' },
+  pause: { from: activeStatuses, to: 'pausing' },
+  paused: { from: ['pausing'], to: 'paused' },
+  pause_failed: { from: ['pausing'], to: 'ready' },
+  resume: { from: ['paused'], to: 'resuming' },
+  resumed: { from: ['resuming'], to: 'ready' },
+  resume_failed: { from: ['resuming'], to: 'paused' },
+};
 
 export function allowedFrom(event: SandboxEvent): readonly SandboxStatus[] {
   return transitions[event].from;
+}
+
+/** The status `event` leads to. */
+export function targetOf(event: SandboxEvent): SandboxStatus {
+  return transitions[event].to;
 }
 
 export function nextStatus(current: SandboxStatus, event: SandboxEvent): SandboxStatus | null {
@@ -59,11 +82,11 @@ export function nextStatus(current: SandboxStatus, event: SandboxEvent): Sandbox
 }
 
 export function isTerminal(status: SandboxStatus): boolean {
-  return terminalStatuses.includes(status);
+  return (terminalStatuses as readonly SandboxStatus[]).includes(status);
 }
 
 export function isActive(status: SandboxStatus): boolean {
-  return activeStatuses.includes(status);
+  return (activeStatuses as readonly SandboxStatus[]).includes(status);
 }
 
 /** Why a sandbox ended, recorded as `stop_reason`. */
@@ -75,5 +98,6 @@ export type StopReason =
   | 'ttl_expired'
   | 'host_lost'
   | 'container_vanished'
+  | 'container_exited'
   | 'create_failed'
   | 'destroy_failed';

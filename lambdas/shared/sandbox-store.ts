@@ -8,9 +8,9 @@ import { GetCommand, PutCommand, QueryCommand, UpdateCommand, type QueryCommandI
 import { dynamo, queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError, notFound } from './errors';
-import { activeStatuses, allowedFrom, type SandboxEvent, type SandboxStatus } from './sandbox-state';
+import { activeStatuses, allowedFrom, targetOf, type SandboxEvent, type SandboxStatus } from './sandbox-state';
 import { idleDeadline, type SandboxRecord } from './sandbox-record';
-import { sandboxesTable } from './tables';
+import { indexName, sandboxesTable } from './tables';
 
 const table = () => config().tables.sandboxes;
 
@@ -131,16 +131,11 @@ function unmarshallItem(item: Record<string, unknown>): unknown {
  * Moves a sandbox through the state machine: one conditional write, allowed
  * only from the statuses the machine permits for `event`.
  */
-export async function transition(
-  sandboxId: string,
-  event: SandboxEvent,
-  to: SandboxStatus,
-  spec: UpdateSpec = {},
-): Promise<SandboxRecord> {
+export async function transition(sandboxId: string, event: SandboxEvent, spec: UpdateSpec = {}): Promise<SandboxRecord> {
   return updateSandbox(
     sandboxId,
     event,
-    { ...spec, set: { ...spec.set, status: to, updated_at: new Date().toISOString() } },
+    { ...spec, set: { ...spec.set, status: targetOf(event), updated_at: new Date().toISOString() } },
     spec.only ? allowedFrom(event).filter((s) => spec.only!.includes(s)) : allowedFrom(event),
   );
 }
@@ -216,7 +211,7 @@ export async function listSandboxes(o: ListOptions): Promise<{ items: SandboxRec
   const byUser = o.userId !== undefined;
   const base: QueryCommandInput = {
     TableName: table(),
-    IndexName: byUser ? sandboxesTable.indexes[1].name : sandboxesTable.indexes[0].name,
+    IndexName: byUser ? indexName(sandboxesTable, 'by-tenant-user') : indexName(sandboxesTable, 'by-tenant'),
     KeyConditionExpression: '#pk = :pk',
     ExpressionAttributeNames: { '#pk': byUser ? 'tenant_user' : 'tenant_id' },
     ExpressionAttributeValues: { ':pk': byUser ? `${o.tenantId}#${o.userId}` : o.tenantId },
@@ -273,7 +268,7 @@ function decodePageToken(token: string, tenantId: string): Record<string, unknow
 export async function liveSandboxesOnHost(hostId: string): Promise<SandboxRecord[]> {
   const { items } = await queryAll<SandboxRecord>({
     TableName: table(),
-    IndexName: sandboxesTable.indexes[3].name,
+    IndexName: indexName(sandboxesTable, 'by-host'),
     KeyConditionExpression: 'live_host_id = :h',
     ExpressionAttributeValues: { ':h': hostId },
   });

@@ -10,6 +10,8 @@ import { ApiError, invalidState } from './errors';
 import { hostFailure, hosts } from './host-calls';
 import { placeSandbox, releaseSlot } from './host-store';
 import type { Principal } from './http';
+import { closeOpenCommands } from './command-store';
+import { HostDispatchError } from './host-dispatch';
 import { logger } from './logger';
 import { isActive, isTerminal, type SandboxStatus, type StopReason } from './sandbox-state';
 import { hotPath, idleDeadline, reapShardOf, toView, type SandboxRecord, type SandboxView } from './sandbox-record';
@@ -24,6 +26,8 @@ import {
   TransitionRejectedError,
 } from './sandbox-store';
 import type { CreateSandboxBody, ExecBody } from './schemas';
+import { isFinalCommandStatus, type CommandStatus } from './command-state';
+import { specOf, startCommand, toCommandView, waitForEnd, wholeOutput, type CommandView } from './commands';
 import { releaseTenantSlot, takeTenantSlot } from './tenants';
 import type { StorageSpec } from '../../host-agent/src/protocol';
 
@@ -49,8 +53,27 @@ export function storageFor(tenantId: string, userId: string): StorageSpec {
   };
 }
 
-/** Creates a sandbox and answers once it is ready (or failed, with the reason). */
-export async function createSandbox(p: Principal, body: CreateSandboxBody): Promise<SandboxView> {
+/** Time left for answering after waiting on a host. */
+const answerReserveMs = 1_500;
+
+/** Seconds a dispatch may wait for its host before the handler answers 202 (the host finishes and records it). */
+export function waitSecondsUntil(deadline: number): number {
+  return Math.max(0.5, (deadline - answerReserveMs - Date.now()) / 1000);
+}
+
+/**
+ * Creates a sandbox: records it (`creating`), asks a host to make it, and
+ * answers `ready` when the host finishes before `deadline`, else the record as
+ * it stands (`creating`): the host records `ready` (or `failed`) itself, and
+ * the reaper fails a create its host never finished.
+ * `onRecorded` learns the id as soon as the record exists (an idempotent
+ * retry answers that sandbox instead of making another).
+ */
+export async function createSandbox(
+  p: Principal,
+  body: CreateSandboxBody,
+  o: { deadline: number; onRecorded?: (sandboxId: string) => Promise<void> },
+): Promise<{ view: SandboxView; ready: boolean }> {
   const c = config();
   const now = Date.now();
   const sandboxId = newSandboxId();
@@ -105,6 +128,7 @@ export async function createSandbox(p: Principal, body: CreateSandboxBody): Prom
     await releaseTenantSlot(p.tenantId);
     throw err;
   }
+  await o.onRecorded?.(sandboxId);
 
   let containerId: string;
   try {
@@ -129,23 +153,29 @@ export async function createSandbox(p: Principal, body: CreateSandboxBody): Prom
         labels: record.config.labels,
         storage: storageFor(p.tenantId, body.user_id),
       },
-      { timeoutSeconds: createTimeoutSeconds },
+      { timeoutSeconds: createTimeoutSeconds, waitSeconds: waitSecondsUntil(o.deadline) },
     );
     containerId = created.containerId;
   } catch (err) {
+    if (err instanceof HostDispatchError && err.code === 'still_running') {
+      // The host is at it (pulling, syncing the home): it records the outcome; the caller follows with GET.
+      const current = (await getSandbox(sandboxId)) ?? record;
+      return { view: toView(current), ready: current.status !== 'creating' };
+    }
     const failure = hostFailure(err, 'create');
-    await failCreate(record, failure.message);
+    await failCreate(record, failure.message, o.deadline);
     throw failure;
   }
 
+  // The host recorded `ready`; this covers a host that could not write it.
   try {
-    const ready = await transition(sandboxId, 'created', 'ready', {
+    const ready = await transition(sandboxId, 'created', {
       set: { container_id: containerId, last_activity_at: Date.now(), deadline_at: idleDeadline(record, Date.now()) },
     });
-    return toView(ready);
+    return { view: toView(ready), ready: true };
   } catch (err) {
-    // Destroyed while it was being created: the destroy owns the container now.
-    if (err instanceof TransitionRejectedError && err.current) return toView(err.current);
+    // Recorded by the host already, or destroyed while it was being created (the destroy owns the container now).
+    if (err instanceof TransitionRejectedError && err.current) return { view: toView(err.current), ready: err.current.status !== 'creating' };
     throw err;
   }
 }
@@ -157,34 +187,51 @@ export async function createSandbox(p: Principal, body: CreateSandboxBody): Prom
  */
 export async function markEnded(
   record: Pick<SandboxRecord, 'sandbox_id' | 'host_id'>,
-  end: { event: 'fail'; reason: StopReason; detail?: string; only?: readonly SandboxStatus[] } | { event: 'stopped' | 'expired' },
+  end: { event: 'fail'; reason: StopReason; detail?: string; only?: readonly SandboxStatus[] } | { event: 'stopped' | 'expired'; detail?: string },
+  /** Filled with the record as it is when another caller ended it first (saves reading it again). */
+  seen: { current?: SandboxRecord } = {},
 ): Promise<SandboxRecord | undefined> {
-  const to = end.event === 'fail' ? 'failed' : end.event;
+  let ended: SandboxRecord;
   try {
-    const ended = await transition(record.sandbox_id, end.event, to, {
+    ended = await transition(record.sandbox_id, end.event, {
       set: {
         ended_at: new Date().toISOString(),
-        ...(end.event === 'fail' ? { stop_reason: end.reason, ...(end.detail ? { stop_detail: end.detail } : {}) } : {}),
+        ...(end.event === 'fail' ? { stop_reason: end.reason } : {}),
+        ...(end.detail ? { stop_detail: end.detail } : {}),
       },
       remove: ['reap_shard', 'deadline_at', 'live_host_id', 'execs'],
+      // The commands still on the record (every open one is) are kept aside to be closed below, without a query.
+      names: { '#execs': 'execs' },
+      values: { ':none': {} },
+      extraSet: 'open_commands = if_not_exists(#execs, :none)',
       ...(end.event === 'fail' && end.only ? { only: end.only } : {}),
     });
-    await releaseSlot(record.host_id);
-    await releaseTenantSlot(ended.tenant_id);
-    return ended;
   } catch (err) {
-    if (err instanceof TransitionRejectedError) return undefined;
+    if (err instanceof TransitionRejectedError) {
+      if (err.current) seen.current = err.current;
+      return undefined;
+    }
     throw err;
   }
+  await releaseSlot(record.host_id);
+  await releaseTenantSlot(ended.tenant_id);
+  // Its commands end with it: what its host could not record is `killed` (or `lost` with the host).
+  const hostGone = end.event === 'fail' && end.reason === 'host_lost';
+  const open = Object.keys(ended.open_commands ?? {});
+  if (open.length > 0) {
+    await closeOpenCommands(record.sandbox_id, open, hostGone ? 'lost' : 'killed', hostGone ? 'host_lost' : 'sandbox_ended', ended.stop_reason);
+  }
+  return ended;
 }
 
-async function failCreate(record: SandboxRecord, detail: string): Promise<void> {
-  await markEnded(record, { event: 'fail', reason: 'create_failed', detail });
+async function failCreate(record: SandboxRecord, detail: string, deadline: number): Promise<void> {
+  await markEnded(record, { event: 'fail', reason: 'create_failed', detail, only: ['creating'] });
   // The host may have made a container before failing: remove it now; if
   // this fails too, the host's reconciliation removes the orphan.
   try {
-    await hosts().dispatch(record.host_id, 'destroy', { sandboxId: record.sandbox_id, graceful: false }, { timeoutSeconds: 60 });
+    await hosts().dispatch(record.host_id, 'destroy', { sandboxId: record.sandbox_id, graceful: false }, { timeoutSeconds: 60, waitSeconds: waitSecondsUntil(deadline) });
   } catch (err) {
+    if (err instanceof HostDispatchError && err.code === 'still_running') return;
     logger.error('create: cleanup of a failed create did not finish; reconciliation will remove the container', {
       sandboxId: record.sandbox_id,
       err,
@@ -203,84 +250,92 @@ export interface ExecView {
   stderr_truncated: boolean;
   stdout_bytes: number;
   stderr_bytes: number;
-}
-
-/** Runs one command in a sandbox with `bash -lc`, answering its output and exit code. */
-export async function execInSandbox(p: Principal, sandboxId: string, body: ExecBody): Promise<ExecView> {
-  const record = await getTenantSandbox(p.tenantId, sandboxId);
-  if (!isActive(record.status)) throw invalidState(`sandbox ${sandboxId} is ${record.status}; exec needs a ready or running sandbox`);
-  const execId = 'x' + randomBytes(6).toString('hex');
-  const now = Date.now();
-  const hostTimeout = body.timeout + 15;
-  let started: SandboxRecord;
-  try {
-    started = await beginExec(record, execId, now + (hostTimeout + 15) * 1000, now);
-  } catch (err) {
-    if (err instanceof TransitionRejectedError) {
-      throw invalidState(`sandbox ${sandboxId} is ${err.current?.status ?? 'gone'}; exec needs a ready or running sandbox`);
-    }
-    throw err;
-  }
-  const cwd = body.cwd ?? started.cwd ?? hotPath;
-  let stickyCwd: string | undefined;
-  try {
-    const result = await hosts().dispatch(
-      record.host_id,
-      'exec',
-      {
-        sandboxId,
-        command: body.command,
-        cwd,
-        // A sticky cwd the last command removed falls back to the home; an explicit one is the caller's error.
-        ...(body.cwd === undefined ? { cwdFallback: hotPath } : {}),
-        env: body.env ?? {},
-        user: body.user,
-        timeoutSeconds: body.timeout,
-      },
-      { timeoutSeconds: hostTimeout },
-    );
-    // The working directory sticks only for execs that did not name one.
-    if (body.cwd === undefined) stickyCwd = result.cwd;
-    return {
-      exit_code: result.exitCode,
-      stdout: result.stdout,
-      stderr: result.stderr,
-      cwd: result.cwd,
-      duration_ms: result.durationMs,
-      timed_out: result.timedOut,
-      stdout_truncated: result.stdoutTruncated,
-      stderr_truncated: result.stderrTruncated,
-      stdout_bytes: result.stdoutBytes,
-      stderr_bytes: result.stderrBytes,
-    };
-  } catch (err) {
-    throw hostFailure(err, 'exec');
-  } finally {
-    await endExec(started, execId, stickyCwd, Date.now());
-  }
+  /** The command this exec ran: GET /sandboxes/{id}/commands/{command_id} reads all of its output. */
+  command_id: string;
+  status: CommandStatus;
 }
 
 /**
- * Ends a sandbox at the caller's request. Idempotent: a sandbox that is
- * already ending or ended answers the same, so concurrent destroys agree.
+ * POST /exec: starts a command and waits for it, within the API's time. A
+ * command that ends in time answers its output (everything up to 1 MiB per
+ * stream, head and tail past that); one that does not answers its record, to
+ * be followed with GET .../commands/{command_id}.
  */
-export async function destroySandbox(p: Principal, sandboxId: string, graceful: boolean): Promise<void> {
+export async function execInSandbox(
+  p: Principal,
+  sandboxId: string,
+  body: ExecBody,
+  deadline: number,
+): Promise<{ done: true; view: ExecView } | { done: false; command: CommandView }> {
+  const started = await startCommand(p, sandboxId, specOf({ ...body, stdin_open: false }), { origin: 'exec', deadline, waitMs: body.timeout * 1000 });
+  let r = started.record;
+  if (!isFinalCommandStatus(r.status)) r = await waitForEnd(r, deadline - 1_500);
+  if (!isFinalCommandStatus(r.status)) return { done: false, command: toCommandView(r) };
+  const out = await wholeOutput(r, isFinalCommandStatus(started.record.status) ? started.inline : undefined);
+  return {
+    done: true,
+    view: {
+      // A command whose host vanished has no exit code of its own.
+      exit_code: r.exit_code ?? (r.status === 'lost' ? -1 : 137),
+      stdout: out.stdout.text,
+      stderr: out.stderr.text,
+      cwd: r.final_cwd ?? r.cwd,
+      duration_ms: r.duration_ms ?? 0,
+      timed_out: r.status === 'timed_out',
+      stdout_truncated: out.stdout.truncated,
+      stderr_truncated: out.stderr.truncated,
+      stdout_bytes: r.stdout_total_bytes ?? r.stdout_bytes ?? 0,
+      stderr_bytes: r.stderr_total_bytes ?? r.stderr_bytes ?? 0,
+      command_id: r.command_id,
+      status: r.status,
+    },
+  };
+}
+
+/**
+ * Ends a sandbox at the caller's request; `done` when it ended before
+ * `deadline` (else its host finishes and records the end). Idempotent: a
+ * sandbox that is already ending or ended answers the same, so concurrent
+ * destroys agree. `graceful: false` always ends it, even with its host
+ * unreachable (the host removes the container when it is back).
+ */
+export async function destroySandbox(p: Principal, sandboxId: string, graceful: boolean, deadline: number): Promise<{ done: boolean; view: SandboxView }> {
   const record = await getTenantSandbox(p.tenantId, sandboxId);
-  if (isTerminal(record.status) || record.status === 'shutting_down') return;
+  if (isTerminal(record.status)) return { done: true, view: toView(record) };
+  if (record.status === 'shutting_down') return { done: false, view: toView(record) };
   const shutting = await beginShutdown(record, 'user_requested');
-  if (!shutting) return;
-  await finishShutdown(shutting, { graceful, outcome: 'stopped' });
+  if (!shutting) {
+    const now = (await getSandbox(sandboxId)) ?? record;
+    return { done: isTerminal(now.status), view: toView(now) };
+  }
+  try {
+    const ended = await finishShutdown(shutting, { graceful, outcome: 'stopped', waitSeconds: waitSecondsUntil(deadline) });
+    return { done: true, view: toView(ended) };
+  } catch (err) {
+    if (err instanceof HostDispatchError && err.code === 'still_running') return { done: false, view: toView((await getSandbox(sandboxId)) ?? shutting) };
+    if (!graceful && !(err instanceof HostDispatchError && err.code === 'still_running')) {
+      // Forced: the record ends now; a container left on a live host is removed by its reconciliation.
+      const ended = await markEnded(shutting, { event: 'stopped', detail: `the host could not be reached to remove the container (${(err as Error).message}); it removes it when it is back` });
+      return { done: true, view: toView(ended ?? (await getSandbox(sandboxId)) ?? shutting) };
+    }
+    throw err instanceof ApiError ? err : hostFailure(err, 'destroy');
+  }
 }
 
 /** Moves a live sandbox to shutting_down; undefined when someone else already is ending it. */
-export async function beginShutdown(record: SandboxRecord, reason: StopReason, detail?: string): Promise<SandboxRecord | undefined> {
+export async function beginShutdown(
+  record: SandboxRecord,
+  reason: StopReason,
+  detail?: string,
+  o: { dueNow?: boolean } = {},
+): Promise<SandboxRecord | undefined> {
   try {
-    return await transition(record.sandbox_id, 'begin_shutdown', 'shutting_down', {
+    return await transition(record.sandbox_id, 'begin_shutdown', {
       set: {
         stop_reason: reason,
         ...(detail ? { stop_detail: detail } : {}),
-        // If this shutdown never finishes, the reaper drives it again.
-        deadline_at: Date.now() + shutdownRetrySeconds * 1000,
+        // If this shutdown never finishes, the reaper drives it again (dueNow: the reaper is the one to drive it).
+        deadline_at: o.dueNow ? Date.now() : Date.now() + shutdownRetrySeconds * 1000,
       },
     });
   } catch (err) {
@@ -291,34 +346,45 @@ export async function beginShutdown(record: SandboxRecord, reason: StopReason, d
 
 /**
  * Removes the sandbox's container (graceful: stop, sync the hot tier back)
- * and records the end. A host failure leaves the sandbox shutting_down with
- * a deadline, so the reaper retries; the caller is told.
+ * and records the end (the host records it too). A host failure leaves the
+ * sandbox shutting_down with a deadline, so the reaper retries; the caller is
+ * told. `still_running` (the wait ran out) is thrown as the HostDispatchError:
+ * the host finishes and records the end.
  */
 export async function finishShutdown(
   record: SandboxRecord,
-  o: { graceful: boolean; outcome: 'stopped' | 'expired' },
+  o: { graceful: boolean; outcome: 'stopped' | 'expired'; waitSeconds?: number },
 ): Promise<SandboxRecord> {
   try {
     await hosts().dispatch(
       record.host_id,
       'destroy',
       { sandboxId: record.sandbox_id, graceful: o.graceful, ...(o.graceful ? { storage: storageFor(record.tenant_id, record.user_id) } : {}) },
-      { timeoutSeconds: 300 },
+      { timeoutSeconds: 300, ...(o.waitSeconds !== undefined ? { waitSeconds: o.waitSeconds } : {}) },
     );
   } catch (err) {
-    const failure = hostFailure(err, 'destroy');
+    if (err instanceof HostDispatchError && err.code === 'still_running') throw err;
     logger.error('shutdown did not finish; the reaper will retry', { sandboxId: record.sandbox_id, err });
-    throw failure;
+    throw err instanceof HostDispatchError ? err : hostFailure(err, 'destroy');
   }
-  const ended = await markEnded(record, { event: o.outcome });
+  const seen: { current?: SandboxRecord } = {};
+  const ended = await markEnded(record, { event: o.outcome }, seen);
   if (ended) return ended;
-  const current = await getSandbox(record.sandbox_id);
-  if (current && isTerminal(current.status)) return current; // another caller recorded the end
+  const current = seen.current ?? (await getSandbox(record.sandbox_id));
+  if (current && isTerminal(current.status)) return current; // the host (or another caller) recorded the end
   throw new Error(`sandbox ${record.sandbox_id}: shutdown finished but the end could not be recorded (status ${current?.status})`);
 }
 
-export async function getSandboxView(p: Principal, sandboxId: string): Promise<SandboxView> {
-  return toView(await getTenantSandbox(p.tenantId, sandboxId));
+/** The sandbox; with `waitMs`, read again until its status changes (long poll, bounded by the deadline). */
+export async function getSandboxView(p: Principal, sandboxId: string, o: { waitMs?: number; deadline?: number } = {}): Promise<SandboxView> {
+  let r = await getTenantSandbox(p.tenantId, sandboxId);
+  const until = Math.min(Date.now() + (o.waitMs ?? 0), (o.deadline ?? Number.POSITIVE_INFINITY) - answerReserveMs);
+  const first = r.status;
+  for (let attempt = 0; r.status === first && !isTerminal(r.status) && Date.now() < until; attempt++) {
+    await new Promise((resolve) => setTimeout(resolve, Math.min(until - Date.now(), 50 + attempt * 25, 500)));
+    r = (await getSandbox(sandboxId)) ?? r;
+  }
+  return toView(r);
 }
 
 export async function listSandboxViews(

@@ -6,7 +6,7 @@
  * reaper on a timer like its schedule.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,11 +16,12 @@ import { resetHosts } from '../../lambdas/shared/host-calls';
 import { logger } from '../../lambdas/shared/logger';
 import { reap, type ReapReport } from '../../lambdas/shared/reaper';
 import { tables } from '../../lambdas/shared/tables';
-import { startLocalApi, type LocalApi } from './api-gateway';
+import { bundledFunctions, startLocalApi, type LocalApi } from './api-gateway';
 import { createTables, startDynamoDbLocal, type DynamoDbLocal } from './dynamodb-local';
 import { freePort } from './free-port';
 import { localS3Credentials, startS3Endpoint, type S3Endpoint } from './s3-endpoint';
 import { startSsmEndpoint, type SsmEndpoint } from './ssm-endpoint';
+import { ssmCommandWorkersFor } from '../../host-agent/src/protocol';
 import { removeNetwork, sandboxNetworkGateway } from './sandbox-network';
 
 export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -42,12 +43,18 @@ export interface LocalStackOptions {
   env?: Record<string, string>;
   /** SSM endpoint's InvocationDoesNotExist window after SendCommand. @default 0 */
   ssmInvisibleMs?: number;
+  /** Commands the host's SSM agent runs at once. @default ssmCommandWorkersFor(slots), as the CDK configures hosts */
+  ssmCommandWorkers?: number;
   /** Authorizer cache TTL like API Gateway's. @default AUTHORIZER_CACHE_SECONDS or 300 */
   authorizerCacheSeconds?: number;
   /** Per-tenant request rate (usage plan). @default TENANT_RATE_LIMIT or 50 */
   rateLimit?: number;
   /** Per-tenant burst (usage plan). @default TENANT_BURST_LIMIT or 100 */
   burstLimit?: number;
+  /** The API handlers' Lambda timeout. @default the dev environment's handlers.apiTimeoutSeconds in cdk.json (29) */
+  functionTimeoutSeconds?: number;
+  /** API Gateway's integration timeout. @default 29, as deployed */
+  integrationTimeoutSeconds?: number;
   /**
    * Where to write the stack's endpoints and table names (mode 0600) for
    * admin tools such as `npm run keys`; removed on close. `npm start` uses
@@ -150,13 +157,21 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
       HOST_HEARTBEAT_SECONDS: String((o.hostHeartbeatMs ?? 5000) / 1000),
       HOST_LOST_AFTER_SECONDS: process.env.HOST_LOST_AFTER_SECONDS ?? '30',
       LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn',
+      // Lambda and the hosts run Node 22; the SDK's notice about Node 20 (this machine's) would repeat in every worker.
+      AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
       ...o.env,
     };
     Object.assign(process.env, env);
     resetConfig();
     resetHosts();
 
-    const ssm = await startSsmEndpoint({ instanceIds: [hostId], invisibleMs: o.ssmInvisibleMs ?? 0, env: { ...process.env } });
+    const ssm = await startSsmEndpoint({
+      instanceIds: [hostId],
+      invisibleMs: o.ssmInvisibleMs ?? 0,
+      env: { ...process.env },
+      // As the host's SSM agent is configured (host user data); tests may set the agent's default (5).
+      commandWorkersLimit: o.ssmCommandWorkers ?? ssmCommandWorkersFor(o.slots ?? 16),
+    });
     cleanups.push(() => ssm.close());
     process.env.AWS_ENDPOINT_URL_SSM = env.AWS_ENDPOINT_URL_SSM = ssm.url;
 
@@ -190,8 +205,15 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
     cleanups.push(stopDaemon);
     await waitForHost(hostId);
 
+    const functionSettings = localFunctionSettings();
     const api = await startLocalApi({
       port,
+      functions: bundledFunctions({
+        timeoutSeconds: o.functionTimeoutSeconds ?? functionSettings.timeoutSeconds,
+        memoryMb: functionSettings.memoryMb,
+        env: { ...process.env, ...env },
+      }),
+      ...(o.integrationTimeoutSeconds !== undefined ? { integrationTimeoutSeconds: o.integrationTimeoutSeconds } : {}),
       extraHosts: [gateway],
       authorizerCacheSeconds: o.authorizerCacheSeconds ?? Number(process.env.AUTHORIZER_CACHE_SECONDS ?? 300),
       rateLimit: o.rateLimit ?? Number(process.env.TENANT_RATE_LIMIT ?? 50),
@@ -255,6 +277,18 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
     await closeAll();
     throw err;
   }
+}
+
+/**
+ * The API functions' timeout and memory: the local stack runs them as the dev
+ * environment in cdk.json deploys them.
+ */
+export function localFunctionSettings(): { timeoutSeconds: number; memoryMb: number } {
+  const cdk = JSON.parse(readFileSync(join(repoRoot, 'cdk.json'), 'utf8')) as {
+    context: { environments: { dev: { handlers: { apiTimeoutSeconds: number; memoryMb: number } } } };
+  };
+  const h = cdk.context.environments.dev.handlers;
+  return { timeoutSeconds: h.apiTimeoutSeconds, memoryMb: h.memoryMb };
 }
 
 async function waitForHost(hostId: string): Promise<void> {

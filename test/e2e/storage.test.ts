@@ -3,7 +3,8 @@
  * with s3rver, the cold tier mounted with s3fs, per user and per tenant.
  */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';
@@ -85,13 +86,13 @@ describe('the hot tier: /home/agent outlives the sandbox', () => {
   it('keeps a file across a graceful destroy, in the next sandbox of the same user, and a deleted file stays deleted', async () => {
     const first = await sandboxFor('alice');
     await run(first, 'echo "remember me" > ~/notes.txt && chmod 640 ~/notes.txt && mkdir -p ~/proj && echo x > ~/proj/gone.txt');
-    assert.equal((await api.destroy(first)).status, 204);
+    assert.equal((await api.destroyAndWait(first)).final.body.status, 'stopped');
     assert.ok((await keys(prefix('alice', 'hot'))).includes('notes.txt'));
 
     const second = await sandboxFor('alice');
     assert.equal(await run(second, 'cat ~/notes.txt && stat -c %a ~/notes.txt'), 'remember me\n640\n');
     await run(second, 'rm ~/proj/gone.txt');
-    assert.equal((await api.destroy(second)).status, 204);
+    assert.equal((await api.destroyAndWait(second)).final.body.status, 'stopped');
     assert.ok(!(await keys(prefix('alice', 'hot'))).includes('proj/gone.txt'), 'the deletion reached S3');
 
     const third = await sandboxFor('alice');
@@ -103,7 +104,7 @@ describe('the hot tier: /home/agent outlives the sandbox', () => {
   it('round-trips 1,000 small files intact', async () => {
     const first = await sandboxFor('bulk');
     const sum = await run(first, 'mkdir -p ~/many && cd ~/many && for i in $(seq 1 1000); do echo "file $i" > f$i.txt; done && cat $(ls | sort) | sha256sum');
-    assert.equal((await api.destroy(first)).status, 204);
+    assert.equal((await api.destroyAndWait(first)).final.body.status, 'stopped');
     const second = await sandboxFor('bulk');
     assert.equal(await run(second, 'cd ~/many && ls | wc -l'), '1000\n');
     assert.equal(await run(second, 'cd ~/many && cat $(ls | sort) | sha256sum'), sum);
@@ -114,7 +115,7 @@ describe('the hot tier: /home/agent outlives the sandbox', () => {
     const mallory = await sandboxFor('mallory');
     assert.equal(await run(mallory, 'test -e ~/notes.txt && echo seen || echo unseen'), 'unseen\n');
     assert.equal(await run(mallory, 'ls -A ~ | grep -c notes || true'), '0\n');
-    await api.destroy(mallory);
+    await api.destroyAndWait(mallory);
     assert.ok(!(await keys(prefix('mallory', 'hot'))).includes('notes.txt'));
   });
 
@@ -130,6 +131,10 @@ describe('the hot tier: /home/agent outlives the sandbox', () => {
       return got.body.status === 'failed' ? got.body : undefined;
     });
     assert.equal(failed.stop_reason, 'container_vanished');
+    // Nothing of it stays on the host: not the cold tier's mount (nor its FUSE process), not the home.
+    await until('the host to clean up after the vanished container', async () =>
+      coldMountsOf(id).length === 0 && !existsSync(join(stack.stateDir, 'sandboxes', id)) ? true : undefined,
+    );
     const next = await sandboxFor('crashy');
     assert.equal(await run(next, 'cat ~/work.txt'), 'saved by the periodic sync\n');
     await api.destroy(next, false);

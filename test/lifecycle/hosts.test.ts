@@ -109,6 +109,22 @@ describe('the host daemon', () => {
     assert.equal(exec.status, 409);
   });
 
+  it('ends a sandbox whose container exited on its own: its home synced, its record stopped with the reason', async () => {
+    const user = uniqueUser('exited');
+    const id = await create(user);
+    await writeHome(id, 'before-exit.txt', 'kept although the container died');
+    // The container's init dies (as an OOM kill of it would): the container exits; nothing asked for it.
+    await docker.getContainer(id).kill({ signal: 'SIGKILL' });
+    const ended = await waitFor('the sandbox to end', async () => {
+      const r = await record(id);
+      return ['stopped', 'failed', 'expired'].includes(r.status) ? r : undefined;
+    }, heartbeatMs + reaperPeriodMs + marginMs * 3);
+    assert.deepEqual([ended.status, ended.stop_reason], ['stopped', 'container_exited']);
+    assert.match(ended.stop_detail ?? '', /exited on its own/);
+    assert.equal(await s3Text(stack, hotPrefix(stack, user) + 'before-exit.txt'), 'kept although the container died\n');
+    assert.equal(await containerExists(id), false);
+  });
+
   it('removes a container with the owner labels and no record after the grace period, and nothing of another host', async () => {
     const orphan = randomSandboxId();
     const oddName = `lc-orphan-${randomBytes(4).toString('hex')}`;

@@ -14,7 +14,7 @@ describe('the sandbox state machine', () => {
   it('refuses every event from a terminal status', () => {
     for (const s of ['stopped', 'expired', 'failed'] as const) {
       assert.ok(isTerminal(s));
-      for (const e of ['created', 'heartbeat', 'begin_shutdown', 'stopped', 'expired', 'fail', 'pause', 'resume'] as const) {
+      for (const e of ['created', 'heartbeat', 'begin_shutdown', 'stopped', 'expired', 'fail', 'pause', 'paused', 'pause_failed', 'resume', 'resumed', 'resume_failed'] as const) {
         assert.equal(nextStatus(s, e), null, `${e} from ${s}`);
       }
     }
@@ -24,9 +24,22 @@ describe('the sandbox state machine', () => {
     assert.deepEqual(sandboxStatuses.filter(isActive), ['ready', 'running']);
   });
 
-  it('pauses only a live sandbox and resumes only a paused one', () => {
+  it('stops only a live sandbox and starts only a stopped one, through pausing and resuming', () => {
     assert.deepEqual([...allowedFrom('pause')], ['ready', 'running']);
+    assert.equal(nextStatus('running', 'pause'), 'pausing');
+    assert.equal(nextStatus('pausing', 'paused'), 'paused');
+    assert.equal(nextStatus('pausing', 'pause_failed'), 'ready');
     assert.deepEqual([...allowedFrom('resume')], ['paused']);
-    assert.equal(nextStatus('paused', 'resume'), 'ready');
+    assert.equal(nextStatus('paused', 'resume'), 'resuming');
+    assert.equal(nextStatus('resuming', 'resumed'), 'ready');
+    assert.equal(nextStatus('resuming', 'resume_failed'), 'paused');
+  });
+
+  it('lets a destroy win over a stop or start at work, and nothing but the host finish one', () => {
+    assert.equal(nextStatus('pausing', 'begin_shutdown'), 'shutting_down');
+    assert.equal(nextStatus('resuming', 'begin_shutdown'), 'shutting_down');
+    assert.equal(nextStatus('pausing', 'pause'), null);
+    assert.equal(nextStatus('shutting_down', 'paused'), null);
+    assert.equal(nextStatus('pausing', 'heartbeat'), null);
   });
 });
