@@ -96,6 +96,10 @@ const environmentSchema = z
       /** Sandboxes a tenant may have not yet ended (a tenant's own item can override it). */
       maxSandboxesPerTenant: positiveInt,
       hostLostAfterSeconds: positiveInt,
+      /** Output kept per stream of a command (past it the stream is cut and flagged). */
+      commandOutputMaxBytes: positiveInt,
+      /** Days command records and output are kept after their sandbox ends (DynamoDB TTL, S3 lifecycle). */
+      commandRetentionDays: positiveInt.max(365),
     }),
   })
   .strict()

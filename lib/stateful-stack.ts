@@ -30,6 +30,7 @@ export class StatefulStack extends Stack {
       noncurrentVersionExpirationDays: props.environment.storage.noncurrentVersionExpirationDays,
       intelligentTieringAfterDays: props.environment.storage.intelligentTieringAfterDays,
       accessLogRetentionDays: props.environment.storage.accessLogRetentionDays,
+      commandOutputExpirationDays: props.environment.limits.commandRetentionDays + Math.ceil(props.environment.limits.maxTtlSeconds / 86_400) + 1,
     });
 
     for (const { definition, table } of this.tables.entries) {

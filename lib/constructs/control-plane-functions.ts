@@ -15,7 +15,7 @@ import { stagedRequestPrefix } from '../../host-agent/src/protocol';
 import type { DeploymentEnvironment } from '../environment';
 import { handlerBundling } from '../handler-bundling';
 import { handlerEntry, lockFile, repoRoot } from '../paths';
-import { handlerAccess, type HandlerAccess } from './handler-access';
+import { commandOutputKeyPrefix, handlerAccess, type HandlerAccess } from './handler-access';
 import type { ProjectTables } from './tables';
 
 /** Where user data installs the host-agent wrapper on every host. */
@@ -76,6 +76,8 @@ export function handlerEnvironment(props: Omit<ControlPlaneFunctionsProps, 'hand
     HOT_SYNC_INTERVAL_SECONDS: String(l.hotSyncIntervalSeconds),
     MAX_SANDBOXES_PER_TENANT: String(l.maxSandboxesPerTenant),
     HOST_LOST_AFTER_SECONDS: String(l.hostLostAfterSeconds),
+    COMMAND_OUTPUT_MAX_BYTES: String(l.commandOutputMaxBytes),
+    COMMAND_RETENTION_DAYS: String(l.commandRetentionDays),
     APP_VERSION: props.appVersion,
     LOG_LEVEL: 'info',
     NODE_OPTIONS: '--enable-source-maps',
@@ -158,6 +160,30 @@ function grantAccess(role: iam.Role, access: HandlerAccess, props: ControlPlaneF
       const indexArns = (grant.indexes ?? []).map((i) => `${table.tableArn}/index/${i}`);
       role.addToPolicy(new iam.PolicyStatement({ actions: ['dynamodb:Query'], resources: [table.tableArn, ...indexArns] }));
     }
+  }
+  if (access.readsCommandOutput) {
+    role.addToPolicy(
+      new iam.PolicyStatement({ sid: 'ReadCommandOutput', actions: ['s3:GetObject'], resources: [props.bucket.arnForObjects(`${commandOutputKeyPrefix}*`)] }),
+    );
+    role.addToPolicy(
+      new iam.PolicyStatement({
+        sid: 'ListCommandOutput',
+        actions: ['s3:ListBucket'],
+        resources: [props.bucket.bucketArn],
+        conditions: { StringLike: { 's3:prefix': [`${commandOutputKeyPrefix}*`] } },
+      }),
+    );
+    NagSuppressions.addResourceSuppressions(
+      role,
+      [
+        {
+          id: 'AwsSolutions-IAM5',
+          reason: 'Command output is stored as objects with generated keys under the commands/ prefix only; the prefix is the narrowest scope possible.',
+          appliesTo: [{ regex: `/^Resource::${storageBucketArnPattern}\\/commands\\/\\*$/g` }],
+        },
+      ],
+      true,
+    );
   }
   if (!access.dispatchesToHosts) return;
 

@@ -6,7 +6,7 @@
  * code actually makes, so it can neither lag behind nor grant extra.
  */
 import type { backgroundHandlerNames, HandlerName } from '../../lambdas/shared/routes';
-import { apiKeysTable, hostsTable, idempotencyTable, sandboxesTable, tenantsTable, type TableDefinition } from '../../lambdas/shared/tables';
+import { apiKeysTable, commandsTable, hostsTable, idempotencyTable, sandboxesTable, tenantsTable, type TableDefinition } from '../../lambdas/shared/tables';
 
 /** Handlers with no API route: the scheduled reaper and the authorizer. */
 export type BackgroundHandlerName = (typeof backgroundHandlerNames)[number];
@@ -35,10 +35,16 @@ export interface HandlerAccess {
    * on staged requests.
    */
   dispatchesToHosts: boolean;
+  /** Reads commands' output from the storage bucket (s3:ListBucket, s3:GetObject under commands/). */
+  readsCommandOutput?: boolean;
 }
 
 /** Actions host dispatch needs, as the tests compare them with the code. */
 export const hostDispatchActions = ['ssm:SendCommand', 'ssm:GetCommandInvocation', 'ssm:CancelCommand', 's3:PutObject', 's3:DeleteObject'] as const;
+/** Actions reading command output needs. */
+export const commandOutputActions = ['s3:ListBucket', 's3:GetObject'] as const;
+/** Where command output lives in the storage bucket (host writes, API reads). */
+export const commandOutputKeyPrefix = 'commands/';
 
 const index = (table: TableDefinition, name: string): string => {
   if (!table.indexes.some((i) => i.name === name)) throw new Error(`table ${table.id} has no index ${name}`);
@@ -59,6 +65,8 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
       { table: hostsTable, actions: ['dynamodb:Query', 'dynamodb:UpdateItem'], indexes: [index(hostsTable, 'by-pool')] },
       // The tenant's sandbox cap: one conditional update takes a slot.
       { table: tenantsTable, actions: ['dynamodb:UpdateItem'] },
+      // Ending a sandbox closes the commands it still had in flight (killed, or lost with their host).
+      { table: commandsTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },
     ],
     dispatchesToHosts: true,
   },
@@ -71,8 +79,13 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
     dispatchesToHosts: false,
   },
   'exec-sandbox': {
-    tables: [{ table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] }],
+    // A command: its record (made with the sandbox's exec entry in one transaction), its output read back.
+    tables: [
+      { table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },
+      { table: commandsTable, actions: ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:DeleteItem'] },
+    ],
     dispatchesToHosts: true,
+    readsCommandOutput: true,
   },
   'destroy-sandbox': {
     tables: [
@@ -80,6 +93,8 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
       // Gives the host's slot and the tenant's slot back.
       { table: hostsTable, actions: ['dynamodb:UpdateItem'] },
       { table: tenantsTable, actions: ['dynamodb:UpdateItem'] },
+      // Ending a sandbox closes the commands it still had in flight (killed, or lost with their host).
+      { table: commandsTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },
     ],
     dispatchesToHosts: true,
   },
@@ -105,6 +120,43 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
       // Finds hosts whose heartbeat stopped and marks them lost; gives back slots of ended sandboxes.
       { table: hostsTable, actions: ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:UpdateItem'], indexes: [index(hostsTable, 'by-pool')] },
       { table: tenantsTable, actions: ['dynamodb:UpdateItem'] },
+      // Ending a sandbox closes the commands it still had in flight (killed, or lost with their host).
+      { table: commandsTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },
+    ],
+    dispatchesToHosts: true,
+  },
+  'start-command': {
+    tables: [
+      { table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },
+      { table: commandsTable, actions: ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:DeleteItem'] },
+    ],
+    dispatchesToHosts: true,
+    readsCommandOutput: true,
+  },
+  'list-commands': {
+    tables: [
+      { table: sandboxesTable, actions: ['dynamodb:GetItem'] },
+      { table: commandsTable, actions: ['dynamodb:Query'], indexes: [index(commandsTable, 'by-sandbox-created')] },
+    ],
+    dispatchesToHosts: false,
+  },
+  'get-command': {
+    tables: [{ table: commandsTable, actions: ['dynamodb:GetItem'] }],
+    dispatchesToHosts: false,
+    readsCommandOutput: true,
+  },
+  'kill-command': {
+    tables: [
+      { table: sandboxesTable, actions: ['dynamodb:GetItem'] },
+      { table: commandsTable, actions: ['dynamodb:GetItem'] },
+    ],
+    dispatchesToHosts: true,
+  },
+  'write-command-stdin': {
+    tables: [
+      { table: sandboxesTable, actions: ['dynamodb:GetItem'] },
+      // The write and the next offset change together (a transaction of a Put and an Update).
+      { table: commandsTable, actions: ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem'] },
     ],
     dispatchesToHosts: true,
   },
@@ -138,6 +190,8 @@ export const hostAccess: HostAccess = {
     { table: hostsTable, actions: ['dynamodb:UpdateItem'] },
     { table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:Query'], indexes: [index(sandboxesTable, 'by-host')] },
     { table: tenantsTable, actions: ['dynamodb:UpdateItem'] },
+    // The daemon runs commands: it claims, follows and ends their records and delivers their stdin.
+    { table: commandsTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:Query', 'dynamodb:DeleteItem'] },
   ],
   storageActions: ['s3:ListBucket', 's3:GetObject', 's3:PutObject', 's3:DeleteObject', 's3:AbortMultipartUpload'],
   mountpointOnlyActions: ['s3:AbortMultipartUpload'],

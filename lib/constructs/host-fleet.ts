@@ -16,6 +16,7 @@ import type { DeploymentEnvironment } from '../environment';
 import { arnPrefixPattern, hostTags, storageBucketArnPattern } from './control-plane-functions';
 import { hostAccess } from './handler-access';
 import type { HostAgentAssets } from './host-agent-assets';
+import { ssmCommandWorkersFor } from '../../host-agent/src/protocol';
 import { hostUserData } from './host-user-data';
 import type { SandboxNetwork } from './network';
 import type { ProjectTables } from './tables';
@@ -79,6 +80,7 @@ export class HostFleet extends Construct {
       sandboxImageRegistry: Fn.select(0, Fn.split('/', props.sandboxImage.imageUri)),
       autoScalingGroupName,
       launchHookName,
+      ssmCommandWorkers: ssmCommandWorkersFor(h.sandboxSlotsPerHost),
     });
 
     this.launchTemplate = new ec2.LaunchTemplate(this, 'LaunchTemplate', {
@@ -197,7 +199,9 @@ export class HostFleet extends Construct {
       if (itemActions.length > 0) this.role.addToPolicy(new iam.PolicyStatement({ actions: [...itemActions], resources: [table.tableArn] }));
       if (grant.actions.includes('dynamodb:Query')) {
         const indexes = grant.indexes ?? [];
-        this.role.addToPolicy(new iam.PolicyStatement({ actions: ['dynamodb:Query'], resources: indexes.map((i) => `${table.tableArn}/index/${i}`) }));
+        // A grant that names indexes queries those; one that names none queries the table itself (a command's items by sandbox).
+        const resources = indexes.length > 0 ? indexes.map((i) => `${table.tableArn}/index/${i}`) : [table.tableArn];
+        this.role.addToPolicy(new iam.PolicyStatement({ actions: ['dynamodb:Query'], resources }));
       }
     }
     props.sandboxImage.repository.grantPull(this.role);

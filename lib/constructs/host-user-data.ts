@@ -23,10 +23,13 @@ export interface HostUserDataProps {
   sandboxImageRegistry: string;
   autoScalingGroupName: string;
   launchHookName: string;
+  /** The SSM agent's Mds.CommandWorkersLimit (commands it runs at once; 5 by default). */
+  ssmCommandWorkers: number;
 }
 
 export const installDir = '/opt/ephemeral-sandbox';
 export const hostEnvFile = '/etc/ephemeral-sandbox/host.env';
+export const ssmAgentConfigFile = '/etc/amazon/ssm/amazon-ssm-agent.json';
 export const hostDaemonUnit = 'ephemeral-sandbox-host.service';
 export const hostReadyUnit = 'ephemeral-sandbox-ready.service';
 /** AL2023 installs Node majors side by side; the versioned binary never changes under us. */
@@ -101,6 +104,13 @@ export function hostUserData(props: HostUserDataProps): ec2.UserData {
     'WantedBy=multi-user.target',
   ].join('\n');
 
+  // The SSM agent runs 5 documents at once by default and queues the rest: a host needs more.
+  // Its Run Command logs hold command text only (ids, never a caller's data); keep them a day, not two weeks.
+  const ssmAgentConfig = JSON.stringify({
+    Mds: { CommandWorkersLimit: props.ssmCommandWorkers },
+    Ssm: { RunCommandLogsRetentionDurationHours: 24 },
+  });
+
   const dockerDaemon = JSON.stringify({
     // No traffic between containers on the default bridge; the host-agent's own network sets the same.
     icc: false,
@@ -128,6 +138,8 @@ export function hostUserData(props: HostUserDataProps): ec2.UserData {
     'retry dnf install -y docker nodejs22 amazon-ecr-credential-helper',
     `retry dnf install -y ${mountpointRpmUrl(props.architecture)}`,
 
+    ...heredoc(ssmAgentConfigFile, '0600', ssmAgentConfig),
+    'systemctl restart amazon-ssm-agent',
     ...heredoc('/etc/docker/daemon.json', '0644', dockerDaemon),
     ...heredoc('/root/.docker/config.json', '0600', JSON.stringify({ credHelpers: { [props.sandboxImageRegistry]: 'ecr-login' } })),
     'systemctl enable --now docker',

@@ -1,5 +1,5 @@
 /**
- * The storage bucket: sandbox hot/cold tiers and staged host requests. Private,
+ * The storage bucket: sandbox hot/cold tiers, commands' output and staged host requests. Private,
  * encrypted, TLS-only, with its own server access log bucket.
  */
 import { Duration, RemovalPolicy } from 'aws-cdk-lib';
@@ -7,6 +7,7 @@ import * as s3 from 'aws-cdk-lib/aws-s3';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
 import { stagedRequestPrefix } from '../../host-agent/src/protocol';
+import { commandOutputKeyPrefix } from './handler-access';
 
 export interface StorageBucketProps {
   removalPolicy: RemovalPolicy;
@@ -18,6 +19,12 @@ export interface StorageBucketProps {
   intelligentTieringAfterDays: number;
   /** How long server access logs are kept. */
   accessLogRetentionDays: number;
+  /**
+   * Days after which command output objects expire: the retention after a
+   * sandbox ends plus the longest a sandbox can live (the rule counts from an
+   * object's creation, not from its sandbox's end).
+   */
+  commandOutputExpirationDays: number;
 }
 
 /**
@@ -55,6 +62,8 @@ export class StorageBucket extends Construct {
       { id: 'abort-incomplete-uploads', abortIncompleteMultipartUploadAfter: Duration.days(1) },
       // Oversized host requests are fetched (and deleted) by the host within seconds; a day covers any failure.
       { id: 'expire-staged-host-requests', prefix: stagedRequestPrefix, expiration: Duration.days(1) },
+      // Commands' output outlives the sandbox for the retention period, then goes (the records go by DynamoDB TTL).
+      { id: 'expire-command-output', prefix: commandOutputKeyPrefix, expiration: Duration.days(props.commandOutputExpirationDays) },
       {
         // Tenant files can sit untouched for months; Intelligent-Tiering cuts their price without retrieval fees or delay.
         id: 'intelligent-tiering-for-idle-files',

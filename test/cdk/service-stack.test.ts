@@ -7,7 +7,8 @@ import { tables } from '../../lambdas/shared/tables';
 import { hostAgentCommand, pascal } from '../../lib/constructs/control-plane-functions';
 import { handlerAccess, hostDispatchActions } from '../../lib/constructs/handler-access';
 import { drainHookName, launchHookName } from '../../lib/constructs/host-fleet';
-import { gatewayErrors } from '../../lib/constructs/sandbox-api';
+import { gatewayResponses, integrationTimeoutSeconds } from '../../lambdas/shared/gateway';
+import { ssmCommandWorkersFor } from '../../host-agent/src/protocol';
 import { resolveEnvironment } from '../../lib/environment';
 import { repoRoot } from '../../lib/paths';
 import { cdkJsonContext, onlyResource, render, resourcesOf, synth, type EnvName } from './fixture';
@@ -122,10 +123,27 @@ for (const env of ['dev', 'prod'] as const) {
       }
     });
 
+    it("lets only functions that read commands' output read it, and only under commands/", () => {
+      for (const handler of allHandlers) {
+        const statements = statementsOfRoleOf(env, functionId(env, handler));
+        const reads = statements.filter((s) => asList(s.Action as string).some((a) => a === 's3:GetObject' || a === 's3:ListBucket'));
+        if (!handlerAccess[handler].readsCommandOutput) {
+          assert.deepEqual(reads, [], `${handler} reads no command output`);
+          continue;
+        }
+        const get = reads.find((s) => asList(s.Action).includes('s3:GetObject'))!;
+        assert.match(render(get.Resource), /StorageBucket.*Arn.*\}\/commands\/\*$/);
+        const list = reads.find((s) => asList(s.Action).includes('s3:ListBucket'))!;
+        assert.deepEqual(list.Condition, { StringLike: { 's3:prefix': ['commands/*'] } });
+      }
+    });
+
     it('lets only host-dispatching functions send commands, to AWS-RunShellScript on this environment\'s hosts', () => {
       for (const handler of allHandlers) {
         const statements = statementsOfRoleOf(env, functionId(env, handler));
-        const other = statements.filter((s) => !asList(s.Action as string).some((a) => a.startsWith('dynamodb:') || a.startsWith('logs:')));
+        const other = statements.filter(
+          (s) => !asList(s.Action as string).some((a) => a.startsWith('dynamodb:') || a.startsWith('logs:') || a === 's3:GetObject' || a === 's3:ListBucket'),
+        );
         if (!handlerAccess[handler].dispatchesToHosts) {
           assert.deepEqual(other, [], `${handler} has no SSM or S3 access`);
           continue;
@@ -244,7 +262,7 @@ for (const env of ['dev', 'prod'] as const) {
     it('answers gateway errors in the API\'s JSON error shape', () => {
       const t = synth(env).serviceTemplate;
       const responses = resourcesOf(t, 'AWS::ApiGateway::GatewayResponse').map(([, r]) => r.Properties!);
-      assert.equal(responses.length, gatewayErrors.length);
+      assert.equal(responses.length, gatewayResponses.length);
       for (const type of ['UNAUTHORIZED', 'ACCESS_DENIED', 'THROTTLED', 'QUOTA_EXCEEDED', 'DEFAULT_4XX', 'DEFAULT_5XX', 'MISSING_AUTHENTICATION_TOKEN', 'INTEGRATION_TIMEOUT']) {
         const r = responses.find((x) => x.ResponseType === type);
         assert.ok(r, type);
@@ -395,6 +413,20 @@ for (const env of ['dev', 'prod'] as const) {
       assert.match(script, /systemctl enable ephemeral-sandbox-host\.service ephemeral-sandbox-ready\.service/);
     });
 
+    it("raises the SSM agent's limit on commands at once to what the host needs (the local SSM endpoint emulates the same number)", () => {
+      const script = userData();
+      const config = /cat > \/etc\/amazon\/ssm\/amazon-ssm-agent\.json <<'EPHEMERAL_SANDBOX_EOF'\n([\s\S]*?)\nEPHEMERAL_SANDBOX_EOF/.exec(script)![1]!;
+      assert.equal(JSON.parse(config).Mds.CommandWorkersLimit, ssmCommandWorkersFor(e.hosts.sandboxSlotsPerHost));
+      assert.ok(JSON.parse(config).Mds.CommandWorkersLimit > 5);
+      assert.ok(script.indexOf('systemctl restart amazon-ssm-agent') > script.indexOf('amazon-ssm-agent.json'));
+    });
+
+    it("gives every API method API Gateway's 29 s integration timeout (the local gateway cuts at the same)", () => {
+      const methods = resourcesOf(synth(env).serviceTemplate, 'AWS::ApiGateway::Method').filter(([, m]) => m.Properties!.Integration);
+      assert.ok(methods.length >= routes.length);
+      for (const [, m] of methods) assert.equal(m.Properties!.Integration.TimeoutInMillis, integrationTimeoutSeconds * 1000);
+    });
+
     it('writes the host settings the host daemon reads into /etc/ephemeral-sandbox/host.env', () => {
       const script = userData();
       const envFile = /cat > \/etc\/ephemeral-sandbox\/host\.env <<'EPHEMERAL_SANDBOX_EOF'\n([\s\S]*?)\nEPHEMERAL_SANDBOX_EOF/.exec(script)![1]!;
@@ -438,6 +470,8 @@ for (const env of ['dev', 'prod'] as const) {
         'dynamodb:UpdateItem on <TablesSandboxes>',
         'dynamodb:Query on <TablesSandboxes>/index/by-host',
         'dynamodb:UpdateItem on <TablesTenants>',
+        // Commands: the host daemon runs them (claims, follows, ends them; delivers and drops their stdin).
+        ...['dynamodb:DeleteItem', 'dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:UpdateItem'].map((a) => `${a} on <TablesCommands>`),
         ...['ecr:BatchCheckLayerAvailability', 'ecr:BatchGetImage', 'ecr:GetDownloadUrlForLayer'].map((a) => `${a} on <image repository>`),
         'ecr:GetAuthorizationToken on *',
         's3:GetObject on arn:${AWS::Partition}:s3:::<asset object>',

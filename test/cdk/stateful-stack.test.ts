@@ -1,15 +1,18 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { Match } from 'aws-cdk-lib/assertions';
-import { tables } from '../../lambdas/shared/tables';
+import { commandsTable, sandboxesTable, tables, type TableDefinition } from '../../lambdas/shared/tables';
 import { stagedRequestPrefix } from '../../host-agent/src/protocol';
 import { render, resourcesOf, synth, type EnvName } from './fixture';
 
-function tableByKey(env: EnvName, partitionKey: string) {
-  const found = resourcesOf(synth(env).statefulTemplate, 'AWS::DynamoDB::Table').filter(([, t]) =>
-    (t.Properties!.KeySchema as { AttributeName: string; KeyType: string }[]).some((k) => k.KeyType === 'HASH' && k.AttributeName === partitionKey),
-  );
-  assert.equal(found.length, 1, `one table keyed on ${partitionKey}`);
+/** The table built from `definition`: the one with its partition and sort keys. */
+function tableFor(env: EnvName, definition: TableDefinition) {
+  const wanted = [
+    { AttributeName: definition.partitionKey.name, KeyType: 'HASH' },
+    ...(definition.sortKey ? [{ AttributeName: definition.sortKey.name, KeyType: 'RANGE' }] : []),
+  ];
+  const found = resourcesOf(synth(env).statefulTemplate, 'AWS::DynamoDB::Table').filter(([, t]) => JSON.stringify(t.Properties!.KeySchema) === JSON.stringify(wanted));
+  assert.equal(found.length, 1, `one table keyed on ${JSON.stringify(wanted)}`);
   return found[0]![1];
 }
 
@@ -34,7 +37,7 @@ for (const env of ['dev', 'prod'] as const) {
       const t = synth(env).statefulTemplate;
       t.resourceCountIs('AWS::DynamoDB::Table', tables.length);
       for (const definition of tables) {
-        const table = tableByKey(env, definition.partitionKey.name);
+        const table = tableFor(env, definition);
         assert.equal(table.Properties!.BillingMode, 'PAY_PER_REQUEST');
         assert.deepEqual(table.Properties!.PointInTimeRecoverySpecification, { PointInTimeRecoveryEnabled: true });
         assert.equal(table.Properties!.ProvisionedThroughput, undefined);
@@ -43,7 +46,7 @@ for (const env of ['dev', 'prod'] as const) {
 
     it('creates exactly the indexes the code queries, with their keys and projections', () => {
       for (const definition of tables) {
-        const table = tableByKey(env, definition.partitionKey.name);
+        const table = tableFor(env, definition);
         const gsis = (table.Properties!.GlobalSecondaryIndexes ?? []) as any[];
         assert.deepEqual(gsis.map((g) => g.IndexName).sort(), definition.indexes.map((i) => i.name).sort(), `${definition.id} indexes`);
         for (const index of definition.indexes) {
@@ -63,7 +66,7 @@ for (const env of ['dev', 'prod'] as const) {
     });
 
     it('gives the reaper a sparse deadline index to query (no Scan)', () => {
-      const sandboxes = tableByKey(env, 'sandbox_id');
+      const sandboxes = tableFor(env, sandboxesTable);
       const byDeadline = (sandboxes.Properties!.GlobalSecondaryIndexes as any[]).find((g) => g.IndexName === 'by-deadline');
       assert.deepEqual(byDeadline.KeySchema, [
         { AttributeName: 'reap_shard', KeyType: 'HASH' },
@@ -73,7 +76,7 @@ for (const env of ['dev', 'prod'] as const) {
 
     it('turns on TTL housekeeping where a definition names the attribute', () => {
       for (const definition of tables) {
-        const table = tableByKey(env, definition.partitionKey.name);
+        const table = tableFor(env, definition);
         assert.deepEqual(
           table.Properties!.TimeToLiveSpecification,
           definition.timeToLiveAttribute ? { AttributeName: definition.timeToLiveAttribute, Enabled: true } : undefined,
@@ -121,6 +124,20 @@ for (const env of ['dev', 'prod'] as const) {
       for (const s of denies) {
         assert.deepEqual(s.Resource.map(render).sort(), [`\${${bucketId}.Arn}`, `\${${bucketId}.Arn}/*`].sort());
       }
+    });
+
+    it("keeps commands' output for the retention after the longest a sandbox lives, then expires it", () => {
+      const [, bucket] = storageBucket(env);
+      const rule = (bucket.Properties!.LifecycleConfiguration.Rules as any[]).find((r) => r.Id === 'expire-command-output');
+      const l = synth(env).stateful.node.tryGetContext('environments')[env].limits;
+      assert.deepEqual(rule, {
+        Id: 'expire-command-output',
+        Prefix: 'commands/',
+        ExpirationInDays: l.commandRetentionDays + Math.ceil(l.maxTtlSeconds / 86_400) + 1,
+        Status: 'Enabled',
+      });
+      const commands = tableFor(env, commandsTable);
+      assert.deepEqual(commands.Properties!.TimeToLiveSpecification, { AttributeName: 'expires_at_s', Enabled: true });
     });
 
     it('expires staged host requests, aborts stale uploads and tiers idle files', () => {
