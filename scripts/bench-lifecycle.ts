@@ -3,6 +3,10 @@
  * one run on the same machine, image and container:
  *   - exec round trip through the API (`true`) vs `docker exec <container> true`
  *   - create through the API (answers when ready) vs `docker run -d <image>`
+ *   - a line's trip from a running command to a caller following it
+ *     (GET .../commands/{id}?wait=), p50 and p95
+ *   - reading 100 MB of a command's output through the API by offsets, vs
+ *     `docker exec <container> cat` of the same bytes
  * Prints median and p95 of each, side by side, with the ratios.
  */
 import { execFileSync } from 'node:child_process';
@@ -11,6 +15,7 @@ import { startLocalStack } from '../lib/local/stack';
 import { apiClient } from '../test/support/api-client';
 
 const execRuns = Number(process.env.BENCH_EXEC_RUNS ?? 40);
+const lineRuns = Number(process.env.BENCH_LINE_RUNS ?? 40);
 const createRuns = Number(process.env.BENCH_CREATE_RUNS ?? 12);
 
 function percentile(values: number[], p: number): number {
@@ -53,6 +58,45 @@ try {
     );
     dockerExec.push(await time(() => execFileSync('docker', ['exec', id, 'true'])));
   }
+  // A line's trip: the command prints its own clock (same machine, same clock); a follower waits for each line.
+  const lineCommand = `for i in $(seq 1 ${lineRuns}); do sleep 0.4; date +%s%N; done`;
+  const started = await api.call('POST', `/sandboxes/${id}/commands`, { command: lineCommand, command_id: 'bench-lines', timeout: 300 });
+  if (started.status !== 202) throw new Error(`line command failed to start: ${started.text}`);
+  const lineLatency: number[] = [];
+  let offset = 0;
+  let pending = '';
+  while (lineLatency.length < lineRuns) {
+    const g = await api.call('GET', `/sandboxes/${id}/commands/bench-lines?stdout_offset=${offset}&wait=10`);
+    const seenAt = Date.now();
+    offset = g.body.stdout_offset_next;
+    pending += g.body.stdout;
+    const lines = pending.split('\n');
+    pending = lines.pop() ?? '';
+    for (const line of lines) if (line) lineLatency.push(seenAt - Number(BigInt(line) / 1_000_000n));
+    if (!['running', 'pending'].includes(g.body.status) && g.body.stdout === '') break;
+  }
+
+  // 100 MB of output, read back through the API by offsets, and the same bytes through docker exec.
+  const big = await api.call('POST', `/sandboxes/${id}/commands`, {
+    command: 'head -c 75000000 /dev/urandom | base64 -w 100 | tee /tmp/bench-out.txt',
+    command_id: 'bench-100mb',
+    timeout: 600,
+    wait: 20,
+  });
+  for (let status = big.body.status; status === 'running' || status === 'pending'; ) {
+    status = (await api.call('GET', `/sandboxes/${id}/commands/bench-100mb?stdout_offset=999999999999&wait=10`)).body.status;
+  }
+  let readBytes = 0;
+  const apiRead = await time(async () => {
+    let so = 0;
+    for (;;) {
+      const g = await api.call('GET', `/sandboxes/${id}/commands/bench-100mb?stdout_offset=${so}`);
+      if (g.body.stdout_offset_next === so) break;
+      readBytes += Buffer.byteLength(g.body.stdout);
+      so = g.body.stdout_offset_next;
+    }
+  });
+  const dockerRead = await time(() => execFileSync('docker', ['exec', id, 'cat', '/tmp/bench-out.txt'], { maxBuffer: 200 * 1024 * 1024 }));
   await api.destroy(id, false);
 
   const apiCreate: number[] = [];
@@ -81,7 +125,10 @@ try {
   console.log('|------------------------------------|--------|--------|--------|--------|-------|');
   console.log(row('exec `true`: API vs docker exec', apiExec, dockerExec));
   console.log(row('create: API (ready) vs docker run -d', apiCreate, dockerRun));
-  console.log('\nours = HTTP -> local API Gateway -> handler -> DynamoDB Local -> local SSM -> host-agent -> Docker API');
+  const mbps = (ms: number) => readBytes / 1e6 / (ms / 1000);
+  console.log(`\nline written -> returned to a follower (GET ?wait=): p50 ${percentile(lineLatency, 50).toFixed(0)} ms, p95 ${percentile(lineLatency, 95).toFixed(0)} ms (${lineLatency.length} lines)`);
+  console.log(`reading ${(readBytes / 1e6).toFixed(0)} MB of output by offsets: API ${mbps(apiRead).toFixed(1)} MB/s (${(apiRead / 1000).toFixed(1)} s) vs docker exec cat ${mbps(dockerRead).toFixed(1)} MB/s (${(dockerRead / 1000).toFixed(1)} s)`);
+  console.log('\nours = HTTP -> local API Gateway -> handler (its bundle, in a worker) -> DynamoDB Local -> local SSM -> host-agent -> host daemon -> Docker API; output via s3rver');
   console.log('base = the docker CLI against the same engine, same image, same container');
 } finally {
   await stack.close();
