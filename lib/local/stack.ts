@@ -19,7 +19,8 @@ import { tables } from '../../lambdas/shared/tables';
 import { startLocalApi, type LocalApi } from './api-gateway';
 import { createTables, startDynamoDbLocal, type DynamoDbLocal } from './dynamodb-local';
 import { freePort } from './free-port';
-import { localS3Credentials, startS3Endpoint, type S3Endpoint } from './s3-endpoint';
+import { startS3Endpoint, type S3Endpoint } from './s3-endpoint';
+import { generateLocalCredentials, type LocalCredentials } from './sigv4';
 import { startSsmEndpoint, type SsmEndpoint } from './ssm-endpoint';
 import { removeNetwork, sandboxNetworkGateway } from './sandbox-network';
 
@@ -66,6 +67,8 @@ export interface LocalStackState {
   dynamodbEndpoint: string;
   s3Endpoint: string;
   ssmEndpoint: string;
+  /** The stack's own credentials: the three endpoints accept nothing else. */
+  credentials: LocalCredentials;
   /** Table env var (e.g. API_KEYS_TABLE) -> physical name. */
   tables: Record<string, string>;
   startedAt: string;
@@ -114,8 +117,14 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
     }
   };
 
+  // One random pair per stack, for DynamoDB, S3 and SSM alike; it reaches the handlers, the
+  // host daemon and s3fs through the environment and password files, never a command line.
+  const credentials = generateLocalCredentials();
   try {
-    const [dynamodb, s3] = await Promise.all([startDynamoDbLocal(), startS3Endpoint({ buckets: ['ephemeral-sandbox-local'] })]);
+    const [dynamodb, s3] = await Promise.all([
+      startDynamoDbLocal({ credentials }),
+      startS3Endpoint({ buckets: ['ephemeral-sandbox-local'], credentials }),
+    ]);
     cleanups.push(() => dynamodb.close(), () => s3.close());
     // A network (and firewall chains) of its own, so stacks side by side (npm start and
     // npm test) never rewrite each other's egress rules.
@@ -126,8 +135,8 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
 
     const env: Record<string, string> = {
       AWS_REGION: 'us-east-1',
-      AWS_ACCESS_KEY_ID: localS3Credentials.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: localS3Credentials.secretAccessKey,
+      AWS_ACCESS_KEY_ID: credentials.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: credentials.secretAccessKey,
       AWS_ENDPOINT_URL_DYNAMODB: dynamodb.endpoint,
       AWS_ENDPOINT_URL_S3: s3.url,
       S3_FORCE_PATH_STYLE: 'true',
@@ -156,7 +165,7 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
     resetConfig();
     resetHosts();
 
-    const ssm = await startSsmEndpoint({ instanceIds: [hostId], invisibleMs: o.ssmInvisibleMs ?? 0, env: { ...process.env } });
+    const ssm = await startSsmEndpoint({ instanceIds: [hostId], invisibleMs: o.ssmInvisibleMs ?? 0, env: { ...process.env }, credentials });
     cleanups.push(() => ssm.close());
     process.env.AWS_ENDPOINT_URL_SSM = env.AWS_ENDPOINT_URL_SSM = ssm.url;
 
@@ -210,6 +219,7 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
         dynamodbEndpoint: dynamodb.endpoint,
         s3Endpoint: s3.url,
         ssmEndpoint: ssm.url,
+        credentials,
         tables: Object.fromEntries(tables.map((t) => [t.envVar, env[t.envVar]!])),
         startedAt: new Date().toISOString(),
       };
