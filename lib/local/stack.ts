@@ -6,7 +6,7 @@
  * reaper on a timer like its schedule.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -55,6 +55,11 @@ export interface LocalStackOptions {
    * .local/stack.json. @default none
    */
   stateFile?: string;
+  /**
+   * Aborts a start in progress (Ctrl-C while `npm start` is still starting):
+   * the start stops at its next step, removes what it made, and rejects.
+   */
+  signal?: AbortSignal;
 }
 
 /** What `stateFile` holds: enough for an admin tool to reach this stack's engines. */
@@ -106,7 +111,7 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
   const hostId = localHostId();
   const stateDir = mkdtempSync(join(tmpdir(), 'ephemeral-sandbox-host-'));
   const port = o.port === 0 ? await freePort() : (o.port ?? 8000);
-  const cleanups: (() => Promise<void> | void)[] = [() => rmSync(stateDir, { recursive: true, force: true })];
+  const cleanups: (() => Promise<void> | void)[] = [() => removeStateDir(stateDir)];
   const closeAll = async () => {
     for (const c of cleanups.reverse()) {
       try {
@@ -126,11 +131,15 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
       startS3Endpoint({ buckets: ['ephemeral-sandbox-local'], credentials }),
     ]);
     cleanups.push(() => dynamodb.close(), () => s3.close());
+    o.signal?.throwIfAborted();
     // A network (and firewall chains) of its own, so stacks side by side (npm start and
     // npm test) never rewrite each other's egress rules.
     const sandboxNetwork = o.env?.SANDBOX_NETWORK ?? `sbx-${hostId.slice(-8)}`;
     const gateway = await sandboxNetworkGateway(sandboxNetwork);
     cleanups.push(() => removeNetwork(sandboxNetwork));
+    // Runs again on close once SSM commands are cancelled and the daemon is stopped: a create
+    // that was still running then may have made a container after the first sweep.
+    cleanups.push(() => removeHostContainers(hostId, stateDir));
     const sandboxApiUrl = `http://${gateway}:${port}`;
 
     const env: Record<string, string> = {
@@ -195,9 +204,10 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
       await exited;
       daemon = null;
     };
+    o.signal?.throwIfAborted();
     startDaemon();
     cleanups.push(stopDaemon);
-    await waitForHost(hostId);
+    await waitForHost(hostId, o.signal);
 
     const api = await startLocalApi({
       port,
@@ -267,15 +277,26 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
   }
 }
 
-async function waitForHost(hostId: string): Promise<void> {
+async function waitForHost(hostId: string, signal?: AbortSignal): Promise<void> {
   const { getHost } = await import('../../lambdas/shared/host-store');
   const started = Date.now();
   while (Date.now() - started < 30_000) {
+    signal?.throwIfAborted();
     const host = await getHost(hostId);
     if (host?.status === 'active') return;
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`the host daemon did not register host ${hostId} within 30 s`);
+}
+
+/** Removes the host's state directory, but never recursively through a mount that is still there (a cold tier's S3 objects). */
+function removeStateDir(stateDir: string): void {
+  const mounted = readFileSync('/proc/mounts', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[1] ?? '')
+    .filter((m) => m === stateDir || m.startsWith(stateDir + '/'));
+  if (mounted.length > 0) throw new Error(`${stateDir} still has mounts (${mounted.join(', ')}); not removing it: unmount them and remove it by hand`);
+  rmSync(stateDir, { recursive: true, force: true });
 }
 
 async function removeHostContainers(hostId: string, stateDir: string): Promise<void> {
