@@ -50,7 +50,7 @@ async function main(): Promise<void> {
   const front = await startSignedProxy({
     // s3fs uploads parts of up to 25 MB (its multipart threshold) with a signed hash: read them whole, then check.
     policy: { credentials, service: 's3', protocol: 'xml', maxBodyBytes: 64 * 1024 * 1024 },
-    upstreamSocket: socket,
+    upstream: { socketPath: socket },
     port: Number(process.env.S3_SERVER_PORT ?? 0),
   });
   process.stdout.write(JSON.stringify({ port: front.port }) + '\n');

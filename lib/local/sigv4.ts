@@ -18,7 +18,7 @@
  */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { request as httpRequest, Agent, createServer, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Server } from 'node:net';
 
 export interface LocalCredentials {
   accessKeyId: string;
@@ -195,6 +195,19 @@ function parseAuthorization(value: string): ParsedAuthorization {
   return { accessKeyId, date, region, service, signedHeaders: signedHeaders.split(';'), signature };
 }
 
+/** Signing keys change once a day per region and service: derive each once (4 HMACs fewer per request). */
+const signingKeys = new Map<string, Buffer>();
+function signingKey(secret: string, date: string, region: string, service: string): Buffer {
+  const id = `${secret}\n${date}\n${region}\n${service}`;
+  let key = signingKeys.get(id);
+  if (!key) {
+    key = hmac(hmac(hmac(hmac(`AWS4${secret}`, date), region), service), 'aws4_request');
+    if (signingKeys.size > 64) signingKeys.clear();
+    signingKeys.set(id, key);
+  }
+  return key;
+}
+
 /** The parts of a request the signature covers. */
 export interface SignedRequestParts {
   method: string;
@@ -288,7 +301,7 @@ export function checkSignature(req: SignedRequestParts, claim: SignatureClaim, b
   const path = q < 0 ? req.url : req.url.slice(0, q);
   const query = canonicalQuery(q < 0 ? '' : req.url.slice(q + 1));
   const scope = `${auth.date}/${auth.region}/${auth.service}/aws4_request`;
-  const key = hmac(hmac(hmac(hmac(`AWS4${policy.credentials.secretAccessKey}`, auth.date), auth.region), auth.service), 'aws4_request');
+  const key = signingKey(policy.credentials.secretAccessKey, auth.date, auth.region, auth.service);
   const provided = Buffer.from(auth.signature, 'hex');
   const matches = canonicalUris(path, policy.service).some((uri) => {
     const canonicalRequest = [req.method, uri, query, canonicalHeaders, auth.signedHeaders.join(';'), payloadHash].join('\n');
@@ -379,10 +392,12 @@ function forwardedHeaders(rawHeaders: readonly string[], body: Buffer | undefine
 
 export interface SignedProxyOptions {
   policy: SigningPolicy;
-  /** The engine behind the front, on a Unix socket only root can open. */
-  upstreamSocket: string;
+  /** The engine behind the front: a Unix socket only root can open, or an address only the front can reach. */
+  upstream: { socketPath: string } | { host: string; port: number };
   /** Port on 127.0.0.1; 0 picks a free one. @default 0 */
   port?: number;
+  /** A listening socket made elsewhere (on the host's loopback, handed to a process in another network namespace); `port` is then its port. */
+  listenOn?: Server;
 }
 
 export interface SignedProxy {
@@ -424,7 +439,7 @@ export async function startSignedProxy(o: SignedProxyOptions): Promise<SignedPro
       return unavailable(res, `reading the request failed: ${(err as Error).message}`);
     }
     const upstream = httpRequest({
-      socketPath: o.upstreamSocket,
+      ...o.upstream,
       agent,
       method: req.method,
       path: req.url,
@@ -454,12 +469,14 @@ export async function startSignedProxy(o: SignedProxyOptions): Promise<SignedPro
   server.headersTimeout = 66_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(o.port ?? 0, '127.0.0.1', () => {
+    const listening = () => {
       server.off('error', reject);
       resolve();
-    });
+    };
+    if (o.listenOn) server.listen(o.listenOn, listening);
+    else server.listen(o.port ?? 0, '127.0.0.1', listening);
   });
-  const { port } = server.address() as AddressInfo;
+  const port = (server.address() as AddressInfo | null)?.port ?? o.port ?? 0;
   return {
     url: `http://127.0.0.1:${port}`,
     port,
