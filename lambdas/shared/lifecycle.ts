@@ -114,38 +114,45 @@ export async function refreshTimeout(
 }
 
 /** stop: the container stops (CPU and memory freed), its filesystem and home stay. */
-export async function pauseSandbox(tenantId: string, sandboxId: string): Promise<SandboxView> {
+/** A stop or start answer: the sandbox, and what of its /tmp did not come through, said where the caller sees it. */
+export type PowerView = SandboxView & { tmp_not_kept?: string[]; tmp_not_restored?: string[] };
+
+export async function pauseSandbox(tenantId: string, sandboxId: string): Promise<PowerView> {
   const r = await getTenantSandbox(tenantId, sandboxId);
   if (r.status === 'paused') return toView(r);
   if (!isActive(r.status)) throw invalidState(`sandbox ${sandboxId} is ${r.status}; only a ready or running sandbox can be stopped`);
+  let notKept: string[] = [];
   try {
-    await hosts().dispatch(r.host_id, 'pause', { sandboxId, storage: storageFor(r.tenant_id, r.user_id) }, { timeoutSeconds: 120 });
+    const paused = await hosts().dispatch(r.host_id, 'pause', { sandboxId, storage: storageFor(r.tenant_id, r.user_id) }, { timeoutSeconds: 120 });
+    notKept = paused.tmp?.warnings ?? [];
   } catch (err) {
     throw hostFailure(err, 'stop');
   }
   try {
     // While paused only the TTL applies.
-    return toView(await transition(sandboxId, 'pause', 'paused', { set: { deadline_at: r.expires_at_ms } }));
+    const view = toView(await transition(sandboxId, 'pause', 'paused', { set: { deadline_at: r.expires_at_ms } }));
+    return notKept.length > 0 ? { ...view, tmp_not_kept: notKept } : view;
   } catch (err) {
     rejected(err, 'stop');
   }
 }
 
 /** start: the stopped container runs again with every file it had. */
-export async function resumeSandbox(tenantId: string, sandboxId: string): Promise<SandboxView> {
+export async function resumeSandbox(tenantId: string, sandboxId: string): Promise<PowerView> {
   const r = await getTenantSandbox(tenantId, sandboxId);
   if (isActive(r.status)) return toView(r);
   if (r.status !== 'paused') throw invalidState(`sandbox ${sandboxId} is ${r.status}; only a stopped (paused) sandbox can be started`);
+  let notRestored: string[] = [];
   try {
-    await hosts().dispatch(r.host_id, 'resume', { sandboxId, storage: storageFor(r.tenant_id, r.user_id) }, { timeoutSeconds: 120 });
+    const resumed = await hosts().dispatch(r.host_id, 'resume', { sandboxId, storage: storageFor(r.tenant_id, r.user_id) }, { timeoutSeconds: 120 });
+    notRestored = resumed.tmp?.warnings ?? [];
   } catch (err) {
     throw hostFailure(err, 'start');
   }
   const now = Date.now();
   try {
-    return toView(
-      await transition(sandboxId, 'resume', 'ready', { set: { last_activity_at: now, deadline_at: idleDeadline(r, now) } }),
-    );
+    const view = toView(await transition(sandboxId, 'resume', 'ready', { set: { last_activity_at: now, deadline_at: idleDeadline(r, now) } }));
+    return notRestored.length > 0 ? { ...view, tmp_not_restored: notRestored } : view;
   } catch (err) {
     rejected(err, 'start');
   }
