@@ -7,12 +7,12 @@
  */
 import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import { unmarshall } from '@aws-sdk/util-dynamodb';
-import { GetCommand, QueryCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
+import { GetCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
 import { dynamo } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError } from './errors';
 import { logger } from './logger';
-import { sandboxesTable } from './tables';
+import { countCreatingSandboxes } from './sandbox-store';
 
 export interface TenantRecord {
   tenant_id: string;
@@ -32,7 +32,6 @@ const table = () => config().tables.tenants;
  * the reaper's period (a minute on AWS) that ends a create that died, with room.
  */
 const createInFlightWindowMs = 15 * 60_000;
-const byTenant = sandboxesTable.indexes.find((i) => i.name === 'by-tenant')!.name;
 
 /**
  * Takes one of the tenant's sandbox slots, or throws 429 too_many_requests
@@ -60,7 +59,8 @@ export async function takeTenantSlot(tenantId: string): Promise<void> {
     const held = old.live_sandboxes ?? 0;
     // The counter holds a slot from the start of a create: say how many are still creates
     // (during a burst, all of them may be), since a create that fails gives its slot back.
-    const creating = Math.min(held, await sandboxesBeingCreated(tenantId));
+    // Eventually consistent: a create that wrote its record a moment ago may be missing, and then counts as not yet ended.
+    const creating = Math.min(held, await countCreatingSandboxes(tenantId, Date.now() - createInFlightWindowMs));
     throw new ApiError(429, 'too_many_requests', tenantFullMessage(tenantId, cap, held, creating), {
       'Retry-After': String(tenantFullRetryAfterSeconds),
     });
@@ -84,34 +84,6 @@ export function tenantFullMessage(tenantId: string, cap: number, held: number, c
         ? `${plural(creating, 'sandbox', 'sandboxes')} still being created (a create that fails gives its slot back)`
         : `${existing} not yet ended and ${creating} still being created (a create that fails gives its slot back)`;
   return `tenant ${tenantId} is at its limit of ${plural(cap, 'sandbox', 'sandboxes')}: ${parts}; destroy one or retry later`;
-}
-
-/**
- * The tenant's sandboxes whose record is still `creating`, among those created
- * within the window a create can last (the by-tenant index, newest first).
- * Eventually consistent like every index read: a create that wrote its record
- * a moment ago may be missing, and then counts as not yet ended.
- */
-async function sandboxesBeingCreated(tenantId: string): Promise<number> {
-  let count = 0;
-  let startKey: Record<string, unknown> | undefined;
-  do {
-    const out = await dynamo().send(
-      new QueryCommand({
-        TableName: config().tables.sandboxes,
-        IndexName: byTenant,
-        KeyConditionExpression: 'tenant_id = :t AND created_at >= :since',
-        FilterExpression: '#status = :creating',
-        ExpressionAttributeNames: { '#status': 'status' },
-        ExpressionAttributeValues: { ':t': tenantId, ':since': new Date(Date.now() - createInFlightWindowMs).toISOString(), ':creating': 'creating' },
-        Select: 'COUNT',
-        ExclusiveStartKey: startKey,
-      }),
-    );
-    count += out.Count ?? 0;
-    startKey = out.LastEvaluatedKey;
-  } while (startKey);
-  return count;
 }
 
 /** Gives a slot back; never below zero (a second give-back for one sandbox is logged, not applied). */
