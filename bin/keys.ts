@@ -192,11 +192,12 @@ export function localTarget(stateFile = defaultStateFile, isAlive = pidAlive): K
     throw new KeysCliError(`${stateFile} is not valid JSON (${(err as Error).message}); restart \`npm start\` to rewrite it`);
   }
   const table = state?.tables?.API_KEYS_TABLE;
-  if (typeof state?.dynamodbEndpoint !== 'string' || typeof table !== 'string') {
-    throw new KeysCliError(`${stateFile} lacks dynamodbEndpoint or tables.API_KEYS_TABLE; restart \`npm start\` to rewrite it`);
-  }
-  if (typeof state.pid === 'number' && !isAlive(state.pid)) {
+  if (typeof state?.pid === 'number' && !isAlive(state.pid)) {
     throw new KeysCliError(`the local stack that wrote ${stateFile} (pid ${state.pid}) is no longer running: start it again with \`npm start\``);
+  }
+  const credentials = state?.credentials;
+  if (typeof state?.dynamodbEndpoint !== 'string' || typeof table !== 'string' || typeof credentials?.accessKeyId !== 'string' || typeof credentials.secretAccessKey !== 'string') {
+    throw new KeysCliError(`${stateFile} lacks dynamodbEndpoint, credentials or tables.API_KEYS_TABLE; restart \`npm start\` to rewrite it`);
   }
   return {
     stage: 'local',
@@ -204,9 +205,9 @@ export function localTarget(stateFile = defaultStateFile, isAlive = pidAlive): K
     region: state.region || 'us-east-1',
     env: {
       AWS_ENDPOINT_URL_DYNAMODB: state.dynamodbEndpoint,
-      // DynamoDB Local takes any credentials; these keep a real profile out of it.
-      AWS_ACCESS_KEY_ID: 'local',
-      AWS_SECRET_ACCESS_KEY: 'local',
+      // The stack's own credentials (its DynamoDB front refuses any other); they also keep a real profile out.
+      AWS_ACCESS_KEY_ID: credentials.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: credentials.secretAccessKey,
     },
     unset: ['AWS_SESSION_TOKEN', 'AWS_PROFILE'],
     description: `local stack ${state.url} (DynamoDB Local ${state.dynamodbEndpoint}, table ${table})`,

@@ -2,18 +2,45 @@
  * `npm start`: the whole control plane on this machine, on loopback, until Ctrl-C.
  * Checks (and where it can, installs and starts) the Docker engine, builds the
  * sandbox image if missing, then starts the local stack and prints the API URL and key.
+ *
+ * Ctrl-C (SIGINT to the whole foreground process group) or SIGTERM, at any point,
+ * leaves nothing behind: the stack's engines run in process groups of their own so
+ * they outlive the signal until the stack has removed its sandboxes, mounts, network
+ * and firewall chains; a start still in progress is aborted and undone. The Docker
+ * engine, when setup-host.sh starts it, runs in a session of its own and stays up.
  */
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { repoRoot, startLocalStack } from '../lib/local/stack';
+import { repoRoot, startLocalStack, type LocalStack } from '../lib/local/stack';
 
 function step(script: string): void {
   const out = spawnSync('bash', [join(repoRoot, 'scripts', script)], { stdio: 'inherit' });
   if (out.status !== 0) {
-    console.error(`npm start: scripts/${script} failed (exit ${out.status}); see its message above`);
+    console.error(`npm start: scripts/${script} failed (${out.signal ?? `exit ${out.status}`}); see its message above`);
     process.exit(1);
   }
 }
+
+const abort = new AbortController();
+let started: Promise<LocalStack> | undefined;
+let stopping = false;
+
+const stop = async (signal: string) => {
+  if (stopping) {
+    console.log(`${signal}: still stopping the local stack (removing its sandboxes)...`);
+    return;
+  }
+  stopping = true;
+  console.log(`\n${signal}: stopping the local stack...`);
+  abort.abort(new Error(`${signal} while the local stack was starting`));
+  // A start in progress undoes itself when aborted; a started stack is closed here.
+  const stack = await started?.catch(() => undefined);
+  await stack?.close();
+  process.exit(0);
+};
+// Before anything is made, so no signal finds the process without them.
+process.on('SIGINT', () => void stop('SIGINT'));
+process.on('SIGTERM', () => void stop('SIGTERM'));
 
 step('setup-host.sh');
 step('build-image.sh');
@@ -25,7 +52,16 @@ if (!Number.isInteger(port) || port < 0 || port > 65535) {
 }
 
 const stateFile = join(repoRoot, '.local', 'stack.json');
-const stack = await startLocalStack({ port, apiKey: process.env.SANDBOX_API_KEY || undefined, stateFile });
+started = startLocalStack({ port, apiKey: process.env.SANDBOX_API_KEY || undefined, stateFile, signal: abort.signal });
+let stack: LocalStack;
+try {
+  stack = await started;
+} catch (err) {
+  // Aborted by a signal: stop() finishes (the start has undone itself).
+  if (stopping) await new Promise(() => undefined);
+  console.error(`npm start: the local stack did not start: ${(err as Error).message}`);
+  process.exit(1);
+}
 const key = stack.apiKey;
 console.log(`
 Ephemeral Sandbox is running (local stack).
@@ -40,14 +76,3 @@ Try:
 
 Ctrl-C stops it and removes its sandboxes.
 `);
-
-let stopping = false;
-const stop = async (signal: string) => {
-  if (stopping) return;
-  stopping = true;
-  console.log(`\n${signal}: stopping the local stack...`);
-  await stack.close();
-  process.exit(0);
-};
-process.on('SIGINT', () => void stop('SIGINT'));
-process.on('SIGTERM', () => void stop('SIGTERM'));

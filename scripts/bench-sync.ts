@@ -24,7 +24,7 @@ import { promisify } from 'node:util';
 import { build } from 'esbuild';
 import { hostAgentBuildOptions } from '../lib/bundling';
 import { createS3Client, defaultSyncConcurrency, hotSyncDown, hotSyncUp, type HotSyncOptions } from '../host-agent/src/storage/index';
-import { localS3Credentials, startS3Endpoint } from '../lib/local/s3-endpoint';
+import { startS3Endpoint } from '../lib/local/s3-endpoint';
 
 const run = promisify(execFile);
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -69,8 +69,8 @@ async function main(): Promise<void> {
 
     const env = {
       ...process.env,
-      AWS_ACCESS_KEY_ID: localS3Credentials.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: localS3Credentials.secretAccessKey,
+      AWS_ACCESS_KEY_ID: endpoint.credentials.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: endpoint.credentials.secretAccessKey,
       AWS_DEFAULT_REGION: 'us-east-1',
       AWS_REGION: 'us-east-1',
       AWS_CONFIG_FILE: '/dev/null',
@@ -228,7 +228,7 @@ async function runTool(tool: Tool, r: ToolRun): Promise<Record<Op, Sample>> {
   }
 
   const withClient = async <T>(fn: (o: HotSyncOptions) => Promise<T>, o: ReturnType<typeof options>) => {
-    const s3 = createS3Client({ endpoint: o.endpoint, forcePathStyle: true, credentials: localS3Credentials });
+    const s3 = createS3Client({ endpoint: o.endpoint, forcePathStyle: true, credentials: { accessKeyId: r.env.AWS_ACCESS_KEY_ID!, secretAccessKey: r.env.AWS_SECRET_ACCESS_KEY! } });
     try {
       return await fn({ ...o, s3 });
     } finally {

@@ -33,8 +33,8 @@ if ! docker info >/dev/null 2>&1; then
     log "the Docker engine is not running and this is not root: start dockerd (or ask an admin) and run again"
     exit 1
   fi
-  log "starting dockerd"
-  nohup dockerd >/var/log/dockerd.log 2>&1 &
+  log "starting dockerd (in a session of its own: it outlives the stack and its Ctrl-C)"
+  bash "$(dirname "$0")/start-daemon.sh" /var/log/dockerd.log dockerd
   for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
   docker info >/dev/null 2>&1 || { log "dockerd did not come up; see /var/log/dockerd.log"; exit 1; }
 fi

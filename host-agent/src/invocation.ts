@@ -81,7 +81,7 @@ async function dispatch(verb: HostVerb, request: unknown, config: HostConfig, ru
         await runtime?.runner.endSandbox(r.sandboxId, 'sandbox_paused');
         try {
           const result = await (await import('./lifecycle')).pauseSandbox(request as never, config, docker);
-          await records(async (rec) => rec.recordPaused(r.sandboxId, { ok: true }));
+          await records(async (rec) => rec.recordPaused(r.sandboxId, { ok: true, tmpNotKept: result.tmp?.warnings ?? [] }));
           return result;
         } catch (error) {
           await records(async (rec) => rec.recordPaused(r.sandboxId, { ok: false, detail: (error as Error).message }));
@@ -94,7 +94,7 @@ async function dispatch(verb: HostVerb, request: unknown, config: HostConfig, ru
       return serial(r.sandboxId, async () => {
         try {
           const result = await (await import('./lifecycle')).resumeSandbox(request as never, config, docker);
-          await records(async (rec) => rec.recordResumed(r.sandboxId, { ok: true }));
+          await records(async (rec) => rec.recordResumed(r.sandboxId, { ok: true, tmpNotRestored: result.tmp?.warnings ?? [] }));
           return result;
         } catch (error) {
           await records(async (rec) => rec.recordResumed(r.sandboxId, { ok: false, detail: (error as Error).message }));

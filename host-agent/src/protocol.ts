@@ -216,7 +216,7 @@ export interface SyncReport {
 /** /tmp kept across a pause: the archive pause left on the host. */
 export interface TmpArchiveReport {
   bytes: number;
-  /** What tar skipped or warned about (files the sandbox user cannot read, sockets), first lines only. */
+  /** What was not kept (files their owner cannot read, root's files, sockets), first lines only. */
   warnings: string[];
   ms: number;
 }
@@ -225,6 +225,8 @@ export interface TmpArchiveReport {
 export interface TmpRestoreReport {
   bytes: number;
   ms: number;
+  /** Other users' files that could not be put back (the sandbox user's never fail silently: the resume fails). */
+  warnings?: string[];
 }
 
 export interface HostStatus {

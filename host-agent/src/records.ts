@@ -48,21 +48,23 @@ export async function recordDestroyed(sandboxId: string, detail?: string): Promi
 }
 
 /** pausing -> paused (only the TTL applies while paused), or back to ready when the stop failed. */
-export async function recordPaused(sandboxId: string, outcome: { ok: true } | { ok: false; detail: string }): Promise<void> {
+export async function recordPaused(sandboxId: string, outcome: { ok: true; tmpNotKept?: string[] } | { ok: false; detail: string }): Promise<void> {
   const r = await getSandbox(sandboxId);
   if (!r || r.status !== 'pausing') return;
   const now = Date.now();
-  if (outcome.ok) await apply(sandboxId, 'paused', { deadline_at: r.expires_at_ms });
+  if (outcome.ok) await apply(sandboxId, 'paused', { deadline_at: r.expires_at_ms, ...(outcome.tmpNotKept?.length ? { tmp_not_kept: outcome.tmpNotKept } : {}) });
   else if (await apply(sandboxId, 'pause_failed', { last_activity_at: now, deadline_at: idleDeadline(r, now), stop_detail: `stop failed: ${outcome.detail}` })) {
     logger.warn('stop failed on the host; the sandbox keeps running', { sandboxId, detail: outcome.detail });
   }
 }
 
 /** resuming -> ready, or back to paused when the start failed. */
-export async function recordResumed(sandboxId: string, outcome: { ok: true } | { ok: false; detail: string }): Promise<void> {
+export async function recordResumed(sandboxId: string, outcome: { ok: true; tmpNotRestored?: string[] } | { ok: false; detail: string }): Promise<void> {
   const r = await getSandbox(sandboxId);
   if (!r || r.status !== 'resuming') return;
   const now = Date.now();
-  if (outcome.ok) await apply(sandboxId, 'resumed', { last_activity_at: now, deadline_at: idleDeadline(r, now) });
+  if (outcome.ok) {
+    await apply(sandboxId, 'resumed', { last_activity_at: now, deadline_at: idleDeadline(r, now), ...(outcome.tmpNotRestored?.length ? { tmp_not_restored: outcome.tmpNotRestored } : {}) });
+  }
   else await apply(sandboxId, 'resume_failed', { deadline_at: r.expires_at_ms, stop_detail: `start failed: ${outcome.detail}` });
 }

@@ -133,15 +133,18 @@ export async function pauseSandbox(tenantId: string, sandboxId: string, deadline
   } catch (err) {
     rejected(err, 'stop');
   }
+  let notKept: string[] = [];
   try {
-    await hosts().dispatch(r.host_id, 'pause', { sandboxId, storage: storageFor(r.tenant_id, r.user_id) }, { timeoutSeconds: 120, waitSeconds: waitSecondsUntil(deadline) });
+    const paused = await hosts().dispatch(r.host_id, 'pause', { sandboxId, storage: storageFor(r.tenant_id, r.user_id) }, { timeoutSeconds: 120, waitSeconds: waitSecondsUntil(deadline) });
+    notKept = paused.tmp?.warnings ?? [];
   } catch (err) {
     if (err instanceof HostDispatchError && err.code === 'still_running') return { done: false, view: toView((await getSandbox(sandboxId)) ?? pausing) };
     // The host keeps the container running when its stop fails (and records that); a stop it never got is undone here.
     await settleOrUndo(sandboxId, 'pause_failed', { last_activity_at: Date.now(), deadline_at: idleDeadline(pausing, Date.now()) });
     throw hostFailure(err, 'stop');
   }
-  const after = await settleOrUndo(sandboxId, 'paused', { deadline_at: pausing.expires_at_ms });
+  // What of /tmp could not be kept is said on the record (the host records it too, for a stop it finished later).
+  const after = await settleOrUndo(sandboxId, 'paused', { deadline_at: pausing.expires_at_ms, ...(notKept.length > 0 ? { tmp_not_kept: notKept } : {}) });
   return { done: after.status === 'paused', view: toView(after) };
 }
 
@@ -161,15 +164,21 @@ export async function resumeSandbox(tenantId: string, sandboxId: string, deadlin
   } catch (err) {
     rejected(err, 'start');
   }
+  let notRestored: string[] = [];
   try {
-    await hosts().dispatch(r.host_id, 'resume', { sandboxId, storage: storageFor(r.tenant_id, r.user_id) }, { timeoutSeconds: 120, waitSeconds: waitSecondsUntil(deadline) });
+    const resumed = await hosts().dispatch(r.host_id, 'resume', { sandboxId, storage: storageFor(r.tenant_id, r.user_id) }, { timeoutSeconds: 120, waitSeconds: waitSecondsUntil(deadline) });
+    notRestored = resumed.tmp?.warnings ?? [];
   } catch (err) {
     if (err instanceof HostDispatchError && err.code === 'still_running') return { done: false, view: toView((await getSandbox(sandboxId)) ?? resuming) };
     await settleOrUndo(sandboxId, 'resume_failed', { deadline_at: resuming.expires_at_ms });
     throw hostFailure(err, 'start');
   }
   const now = Date.now();
-  const after = await settleOrUndo(sandboxId, 'resumed', { last_activity_at: now, deadline_at: idleDeadline(resuming, now) });
+  const after = await settleOrUndo(sandboxId, 'resumed', {
+    last_activity_at: now,
+    deadline_at: idleDeadline(resuming, now),
+    ...(notRestored.length > 0 ? { tmp_not_restored: notRestored } : {}),
+  });
   return { done: isActive(after.status), view: toView(after) };
 }
 

@@ -54,6 +54,10 @@ export interface SandboxRecord {
   ended_at?: string;
   result?: Record<string, unknown>;
   heartbeat_at?: string;
+  /** What of /tmp the last stop could not keep (files their owner cannot read, root's, sockets). */
+  tmp_not_kept?: string[];
+  /** What of /tmp the last start could not put back. */
+  tmp_not_restored?: string[];
 }
 
 export interface SandboxView {
@@ -74,6 +78,8 @@ export interface SandboxView {
   stop_detail?: string;
   ended_at?: string;
   result?: Record<string, unknown>;
+  tmp_not_kept?: string[];
+  tmp_not_restored?: string[];
 }
 
 export function toView(r: SandboxRecord): SandboxView {
@@ -96,6 +102,9 @@ export function toView(r: SandboxRecord): SandboxView {
     ...(r.stop_detail ? { stop_detail: r.stop_detail } : {}),
     ...(r.ended_at ? { ended_at: r.ended_at } : {}),
     ...(r.result ? { result: r.result } : {}),
+    // Said after the stop (or start) that could not keep (or put back) them, until the next one.
+    ...(r.status === 'paused' && r.tmp_not_kept?.length ? { tmp_not_kept: r.tmp_not_kept } : {}),
+    ...(r.status !== 'paused' && r.tmp_not_restored?.length ? { tmp_not_restored: r.tmp_not_restored } : {}),
   };
 }
 

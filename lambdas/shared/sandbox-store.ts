@@ -207,6 +207,33 @@ export interface ListOptions {
   nextToken?: string;
 }
 
+/**
+ * How many of the tenant's sandboxes created since `sinceMs` are still
+ * `creating` (the by-tenant index, recent records only). Eventually
+ * consistent like every index read.
+ */
+export async function countCreatingSandboxes(tenantId: string, sinceMs: number): Promise<number> {
+  let count = 0;
+  let startKey: Record<string, unknown> | undefined;
+  do {
+    const out = await dynamo().send(
+      new QueryCommand({
+        TableName: table(),
+        IndexName: sandboxesTable.indexes[0].name,
+        KeyConditionExpression: 'tenant_id = :t AND created_at >= :since',
+        FilterExpression: '#status = :creating',
+        ExpressionAttributeNames: { '#status': 'status' },
+        ExpressionAttributeValues: { ':t': tenantId, ':since': new Date(sinceMs).toISOString(), ':creating': 'creating' },
+        Select: 'COUNT',
+        ExclusiveStartKey: startKey,
+      }),
+    );
+    count += out.Count ?? 0;
+    startKey = out.LastEvaluatedKey;
+  } while (startKey);
+  return count;
+}
+
 export async function listSandboxes(o: ListOptions): Promise<{ items: SandboxRecord[]; nextToken?: string; total: number }> {
   const byUser = o.userId !== undefined;
   const base: QueryCommandInput = {

@@ -12,6 +12,7 @@ import { dynamo } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError } from './errors';
 import { logger } from './logger';
+import { countCreatingSandboxes } from './sandbox-store';
 
 export interface TenantRecord {
   tenant_id: string;
@@ -25,6 +26,12 @@ export interface TenantRecord {
 export const tenantFullRetryAfterSeconds = 10;
 
 const table = () => config().tables.tenants;
+
+/**
+ * How far back a create can still be in flight: the create timeout (120 s) plus
+ * the reaper's period (a minute on AWS) that ends a create that died, with room.
+ */
+const createInFlightWindowMs = 15 * 60_000;
 
 /**
  * Takes one of the tenant's sandbox slots, or throws 429 too_many_requests
@@ -49,13 +56,34 @@ export async function takeTenantSlot(tenantId: string): Promise<void> {
     if (!(err instanceof ConditionalCheckFailedException)) throw err;
     const old = (err.Item ? unmarshall(err.Item as Parameters<typeof unmarshall>[0]) : {}) as Partial<TenantRecord>;
     const cap = old.max_sandboxes ?? fallback;
-    throw new ApiError(
-      429,
-      'too_many_requests',
-      `tenant ${tenantId} has ${old.live_sandboxes ?? 0} sandboxes not yet ended, its limit is ${cap}; destroy one or retry later`,
-      { 'Retry-After': String(tenantFullRetryAfterSeconds) },
-    );
+    const held = old.live_sandboxes ?? 0;
+    // The counter holds a slot from the start of a create: say how many are still creates
+    // (during a burst, all of them may be), since a create that fails gives its slot back.
+    // Eventually consistent: a create that wrote its record a moment ago may be missing, and then counts as not yet ended.
+    const creating = Math.min(held, await countCreatingSandboxes(tenantId, Date.now() - createInFlightWindowMs));
+    throw new ApiError(429, 'too_many_requests', tenantFullMessage(tenantId, cap, held, creating), {
+      'Retry-After': String(tenantFullRetryAfterSeconds),
+    });
   }
+}
+
+/**
+ * The 429 message for a tenant at its cap: `held` slots, `creating` of them
+ * creates still in flight.
+ *
+ * @example tenantFullMessage('acme', 2, 2, 1)
+ *   // 'tenant acme is at its limit of 2 sandboxes: 1 not yet ended and 1 still being created (a create that fails gives its slot back); destroy one or retry later'
+ */
+export function tenantFullMessage(tenantId: string, cap: number, held: number, creating: number): string {
+  const plural = (n: number, one: string, many: string) => `${n} ${n === 1 ? one : many}`;
+  const existing = held - creating;
+  const parts =
+    creating === 0
+      ? `${plural(existing, 'sandbox', 'sandboxes')} not yet ended`
+      : existing === 0
+        ? `${plural(creating, 'sandbox', 'sandboxes')} still being created (a create that fails gives its slot back)`
+        : `${existing} not yet ended and ${creating} still being created (a create that fails gives its slot back)`;
+  return `tenant ${tenantId} is at its limit of ${plural(cap, 'sandbox', 'sandboxes')}: ${parts}; destroy one or retry later`;
 }
 
 /** Gives a slot back; never below zero (a second give-back for one sandbox is logged, not applied). */

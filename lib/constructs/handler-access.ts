@@ -59,7 +59,8 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
   },
   'create-sandbox': {
     tables: [
-      { table: sandboxesTable, actions: ['dynamodb:PutItem', 'dynamodb:GetItem', 'dynamodb:UpdateItem'] },
+      // The 429 at the tenant's cap counts its creates still in flight (by-tenant, recent records).
+      { table: sandboxesTable, actions: ['dynamodb:PutItem', 'dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:Query'], indexes: [index(sandboxesTable, 'by-tenant')] },
       { table: idempotencyTable, actions: ['dynamodb:PutItem', 'dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem'] },
       // Placement: find an active host, take a slot with a conditional update.
       { table: hostsTable, actions: ['dynamodb:Query', 'dynamodb:UpdateItem'], indexes: [index(hostsTable, 'by-pool')] },

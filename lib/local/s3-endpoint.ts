@@ -1,7 +1,8 @@
 /**
- * A local S3 endpoint for the local stack and tests: s3rver on loopback,
- * credentials S3RVER/S3RVER, path-style requests. The AWS SDK, the AWS CLI and
- * s3fs all talk to it.
+ * A local S3 endpoint for the local stack and tests: s3rver behind a SigV4
+ * front on loopback (s3-server.ts), path-style requests, and credentials of
+ * its own (random per endpoint unless given): s3rver's well-known S3RVER pair
+ * is refused like any other. The AWS SDK, the AWS CLI and s3fs all talk to it.
  *
  * s3rver runs in its own Node process, for two reasons: it signs list
  * continuation tokens with DES, which Node 20's OpenSSL 3 only offers with
@@ -11,12 +12,10 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-
-/** s3rver's fixed credentials (it checks signatures against them). */
-export const localS3Credentials = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } as const;
+import { fileURLToPath } from 'node:url';
+import { generateLocalCredentials, type LocalCredentials } from './sigv4';
 
 export interface S3EndpointOptions {
   /** Port on 127.0.0.1; 0 picks a free one. @default 0 */
@@ -27,6 +26,8 @@ export interface S3EndpointOptions {
   buckets: string[];
   /** Bound on the wait for the server to listen. @default 15000 */
   startTimeoutMs?: number;
+  /** The only credentials accepted. @default fresh random ones (see `credentials` on the endpoint) */
+  credentials?: LocalCredentials;
 }
 
 export interface S3Endpoint {
@@ -34,38 +35,30 @@ export interface S3Endpoint {
   url: string;
   port: number;
   directory: string;
+  /** What clients must sign with. */
+  credentials: LocalCredentials;
   /** The s3rver process (e.g. to read its CPU time). */
   pid: number;
   close(): Promise<void>;
 }
 
-/** Runs inside the child: starts s3rver, prints its port, exits when the parent goes (stdin closes). */
-const serverScript = `
-const S3rver = require(process.env.S3RVER_MODULE);
-const server = new S3rver(JSON.parse(process.env.S3RVER_OPTIONS));
-server.run().then(
-  (address) => process.stdout.write(JSON.stringify({ port: address.port }) + '\\n'),
-  (err) => { console.error(err && err.stack || String(err)); process.exit(1); },
-);
-process.stdin.on('end', () => process.exit(0));
-process.stdin.resume();
-process.on('SIGTERM', () => process.exit(0));
-`;
+const serverEntry = fileURLToPath(new URL('./s3-server.ts', import.meta.url));
 
 /**
- * Starts s3rver on 127.0.0.1 with the given buckets.
+ * Starts s3rver (behind its SigV4 front on 127.0.0.1) with the given buckets.
  *
  * @example
  *   const s3 = await startS3Endpoint({ buckets: ['sandbox-storage'] });
- *   // AWS_ENDPOINT_URL_S3=<s3.url> S3_FORCE_PATH_STYLE=true AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER
+ *   // AWS_ENDPOINT_URL_S3=<s3.url> S3_FORCE_PATH_STYLE=true AWS_ACCESS_KEY_ID=<s3.credentials.accessKeyId> AWS_SECRET_ACCESS_KEY=<...>
  *   await s3.close();
  */
 export async function startS3Endpoint(options: S3EndpointOptions): Promise<S3Endpoint> {
   const ownsDirectory = options.directory === undefined;
   const directory = options.directory ?? (await mkdtemp(join(tmpdir(), 's3rver-')));
+  const credentials = options.credentials ?? generateLocalCredentials();
+  // The engine's socket lives in a directory only root can enter (mkdtemp makes it 0700).
+  const socketDir = await mkdtemp(join(tmpdir(), 's3-endpoint-'));
   const serverOptions = {
-    address: '127.0.0.1',
-    port: options.port ?? 0,
     directory,
     silent: true,
     // Path-style only: a bucket name is never read from the Host header.
@@ -73,13 +66,19 @@ export async function startS3Endpoint(options: S3EndpointOptions): Promise<S3End
     configureBuckets: options.buckets.map((name) => ({ name })),
   };
   const { NODE_OPTIONS: _inherited, ...env } = process.env;
-  const child = spawn(process.execPath, ['--openssl-legacy-provider', '-e', serverScript], {
+  // The credentials travel in the environment, which other users cannot read (/proc/<pid>/environ is the owner's).
+  const child = spawn(process.execPath, ['--openssl-legacy-provider', '--import', import.meta.resolve('tsx'), serverEntry, socketDir], {
     env: {
       ...env,
-      S3RVER_MODULE: createRequire(import.meta.url).resolve('s3rver'),
-      S3RVER_OPTIONS: JSON.stringify(serverOptions),
+      S3_SERVER_OPTIONS: JSON.stringify(serverOptions),
+      S3_SERVER_SOCKET: join(socketDir, 's3rver.sock'),
+      S3_SERVER_PORT: String(options.port ?? 0),
+      S3_SERVER_ACCESS_KEY_ID: credentials.accessKeyId,
+      S3_SERVER_SECRET_ACCESS_KEY: credentials.secretAccessKey,
     },
     stdio: ['pipe', 'pipe', 'pipe'],
+    // Its own process group: a Ctrl-C meant for `npm start` must not take storage away before the stack has cleaned up.
+    detached: true,
   });
 
   let port: number;
@@ -87,6 +86,7 @@ export async function startS3Endpoint(options: S3EndpointOptions): Promise<S3End
     port = await readPort(child, options.startTimeoutMs ?? 15_000);
   } catch (err) {
     child.kill('SIGKILL');
+    await rm(socketDir, { recursive: true, force: true });
     if (ownsDirectory) await rm(directory, { recursive: true, force: true });
     throw err;
   }
@@ -96,6 +96,7 @@ export async function startS3Endpoint(options: S3EndpointOptions): Promise<S3End
     url: `http://127.0.0.1:${port}`,
     port,
     directory,
+    credentials,
     pid: child.pid!,
     async close() {
       if (closed) return;
@@ -105,6 +106,7 @@ export async function startS3Endpoint(options: S3EndpointOptions): Promise<S3End
         child.kill('SIGTERM');
         await exited;
       }
+      await rm(socketDir, { recursive: true, force: true });
       if (ownsDirectory) await rm(directory, { recursive: true, force: true });
     },
   };

@@ -25,6 +25,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import { pathToFileURL } from 'node:url';
+import { admitSigned, generateLocalCredentials, type LocalCredentials, type SigningPolicy } from './sigv4';
 
 export interface SsmEndpointOptions {
   /** 0 (default) picks a free port. */
@@ -45,11 +46,15 @@ export interface SsmEndpointOptions {
    * @default 5
    */
   commandWorkersLimit?: number;
+  /** The only credentials whose SigV4 signatures are accepted. @default fresh random ones (see `credentials` on the endpoint) */
+  credentials?: LocalCredentials;
 }
 
 export interface SsmEndpoint {
   /** e.g. http://127.0.0.1:4583 — pass as the SSMClient `endpoint`. */
   url: string;
+  /** What clients must sign with: nothing else is answered, not even on loopback. */
+  credentials: LocalCredentials;
   registerInstance(id: string): void;
   /** The next `n` requests answer ThrottlingException. */
   injectThrottling(n: number): void;
@@ -219,6 +224,8 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
   const invisibleMs = opts.invisibleMs ?? 0;
   const recordTtlMs = opts.recordTtlMs ?? 10 * 60_000;
   const env = opts.env ?? process.env;
+  // Commands run as root: only callers holding the stack's credentials may send or read them.
+  const signing: SigningPolicy = { credentials: opts.credentials ?? generateLocalCredentials(), service: 'ssm', protocol: 'json', maxBodyBytes: maxRequestBytes };
   const instances = new Set<string>();
   for (const id of opts.instanceIds) {
     assertInstanceId(id);
@@ -730,6 +737,7 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
   }
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    if (!(await admitSigned(req, res, signing))) return;
     try {
       const raw = await readBody(req);
       if (latencyMs > 0) await new Promise((r) => setTimeout(r, latencyMs));
@@ -779,6 +787,7 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
 
   return {
     url: `http://${urlHost}:${address.port}`,
+    credentials: signing.credentials,
     registerInstance(id: string) {
       assertInstanceId(id);
       instances.add(id);
@@ -831,7 +840,10 @@ async function main(argv: string[]): Promise<void> {
   }
   if (instanceIds.length === 0) throw new Error('give at least one --instance i-<hex>');
   const endpoint = await startSsmEndpoint({ port, instanceIds, invisibleMs });
-  process.stdout.write(`local SSM endpoint on ${endpoint.url} for ${instanceIds.join(', ')}\n`);
+  process.stdout.write(
+    `local SSM endpoint on ${endpoint.url} for ${instanceIds.join(', ')}\n` +
+      `sign with AWS_ACCESS_KEY_ID=${endpoint.credentials.accessKeyId} AWS_SECRET_ACCESS_KEY=${endpoint.credentials.secretAccessKey}\n`,
+  );
   const stop = () => void endpoint.close().then(() => process.exit(0));
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);

@@ -19,7 +19,8 @@ import { tables } from '../../lambdas/shared/tables';
 import { bundledFunctions, startLocalApi, type LocalApi } from './api-gateway';
 import { createTables, startDynamoDbLocal, type DynamoDbLocal } from './dynamodb-local';
 import { freePort } from './free-port';
-import { localS3Credentials, startS3Endpoint, type S3Endpoint } from './s3-endpoint';
+import { startS3Endpoint, type S3Endpoint } from './s3-endpoint';
+import { generateLocalCredentials, type LocalCredentials } from './sigv4';
 import { startSsmEndpoint, type SsmEndpoint } from './ssm-endpoint';
 import { ssmCommandWorkersFor } from '../../host-agent/src/protocol';
 import { removeNetwork, sandboxNetworkGateway } from './sandbox-network';
@@ -61,6 +62,11 @@ export interface LocalStackOptions {
    * .local/stack.json. @default none
    */
   stateFile?: string;
+  /**
+   * Aborts a start in progress (Ctrl-C while `npm start` is still starting):
+   * the start stops at its next step, removes what it made, and rejects.
+   */
+  signal?: AbortSignal;
 }
 
 /** What `stateFile` holds: enough for an admin tool to reach this stack's engines. */
@@ -73,6 +79,8 @@ export interface LocalStackState {
   dynamodbEndpoint: string;
   s3Endpoint: string;
   ssmEndpoint: string;
+  /** The stack's own credentials: the three endpoints accept nothing else. */
+  credentials: LocalCredentials;
   /** Table env var (e.g. API_KEYS_TABLE) -> physical name. */
   tables: Record<string, string>;
   startedAt: string;
@@ -110,7 +118,7 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
   const hostId = localHostId();
   const stateDir = mkdtempSync(join(tmpdir(), 'ephemeral-sandbox-host-'));
   const port = o.port === 0 ? await freePort() : (o.port ?? 8000);
-  const cleanups: (() => Promise<void> | void)[] = [() => rmSync(stateDir, { recursive: true, force: true })];
+  const cleanups: (() => Promise<void> | void)[] = [() => removeStateDir(stateDir)];
   const closeAll = async () => {
     for (const c of cleanups.reverse()) {
       try {
@@ -121,20 +129,30 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
     }
   };
 
+  // One random pair per stack, for DynamoDB, S3 and SSM alike; it reaches the handlers, the
+  // host daemon and s3fs through the environment and password files, never a command line.
+  const credentials = generateLocalCredentials();
   try {
-    const [dynamodb, s3] = await Promise.all([startDynamoDbLocal(), startS3Endpoint({ buckets: ['ephemeral-sandbox-local'] })]);
+    const [dynamodb, s3] = await Promise.all([
+      startDynamoDbLocal({ credentials }),
+      startS3Endpoint({ buckets: ['ephemeral-sandbox-local'], credentials }),
+    ]);
     cleanups.push(() => dynamodb.close(), () => s3.close());
+    o.signal?.throwIfAborted();
     // A network (and firewall chains) of its own, so stacks side by side (npm start and
     // npm test) never rewrite each other's egress rules.
     const sandboxNetwork = o.env?.SANDBOX_NETWORK ?? `sbx-${hostId.slice(-8)}`;
     const gateway = await sandboxNetworkGateway(sandboxNetwork);
     cleanups.push(() => removeNetwork(sandboxNetwork));
+    // Runs again on close once SSM commands are cancelled and the daemon is stopped: a create
+    // that was still running then may have made a container after the first sweep.
+    cleanups.push(() => removeHostContainers(hostId, stateDir));
     const sandboxApiUrl = `http://${gateway}:${port}`;
 
     const env: Record<string, string> = {
       AWS_REGION: 'us-east-1',
-      AWS_ACCESS_KEY_ID: localS3Credentials.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: localS3Credentials.secretAccessKey,
+      AWS_ACCESS_KEY_ID: credentials.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: credentials.secretAccessKey,
       AWS_ENDPOINT_URL_DYNAMODB: dynamodb.endpoint,
       AWS_ENDPOINT_URL_S3: s3.url,
       S3_FORCE_PATH_STYLE: 'true',
@@ -169,6 +187,7 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
       instanceIds: [hostId],
       invisibleMs: o.ssmInvisibleMs ?? 0,
       env: { ...process.env },
+      credentials,
       // As the host's SSM agent is configured (host user data); tests may set the agent's default (5).
       commandWorkersLimit: o.ssmCommandWorkers ?? ssmCommandWorkersFor(o.slots ?? 16),
     });
@@ -201,9 +220,10 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
       await exited;
       daemon = null;
     };
+    o.signal?.throwIfAborted();
     startDaemon();
     cleanups.push(stopDaemon);
-    await waitForHost(hostId);
+    await waitForHost(hostId, o.signal);
 
     const functionSettings = localFunctionSettings();
     const api = await startLocalApi({
@@ -232,6 +252,7 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
         dynamodbEndpoint: dynamodb.endpoint,
         s3Endpoint: s3.url,
         ssmEndpoint: ssm.url,
+        credentials,
         tables: Object.fromEntries(tables.map((t) => [t.envVar, env[t.envVar]!])),
         startedAt: new Date().toISOString(),
       };
@@ -291,15 +312,26 @@ export function localFunctionSettings(): { timeoutSeconds: number; memoryMb: num
   return { timeoutSeconds: h.apiTimeoutSeconds, memoryMb: h.memoryMb };
 }
 
-async function waitForHost(hostId: string): Promise<void> {
+async function waitForHost(hostId: string, signal?: AbortSignal): Promise<void> {
   const { getHost } = await import('../../lambdas/shared/host-store');
   const started = Date.now();
   while (Date.now() - started < 30_000) {
+    signal?.throwIfAborted();
     const host = await getHost(hostId);
     if (host?.status === 'active') return;
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`the host daemon did not register host ${hostId} within 30 s`);
+}
+
+/** Removes the host's state directory, but never recursively through a mount that is still there (a cold tier's S3 objects). */
+function removeStateDir(stateDir: string): void {
+  const mounted = readFileSync('/proc/mounts', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[1] ?? '')
+    .filter((m) => m === stateDir || m.startsWith(stateDir + '/'));
+  if (mounted.length > 0) throw new Error(`${stateDir} still has mounts (${mounted.join(', ')}); not removing it: unmount them and remove it by hand`);
+  rmSync(stateDir, { recursive: true, force: true });
 }
 
 async function removeHostContainers(hostId: string, stateDir: string): Promise<void> {

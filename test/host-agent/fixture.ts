@@ -167,7 +167,7 @@ export class TestHost {
    * `docker exec` (commands through the API are the commands tests' subject;
    * the host-agent tests only need to see what the container holds).
    */
-  exec(sandboxId: string, command: string, overrides: { cwd?: string; timeoutSeconds?: number } = {}): Promise<ShellResult> {
+  exec(sandboxId: string, command: string, overrides: { cwd?: string; timeoutSeconds?: number; user?: string } = {}): Promise<ShellResult> {
     return shell(sandboxId, command, overrides);
   }
 
@@ -188,10 +188,11 @@ export interface ShellResult {
   stderr: string;
 }
 
-/** `docker exec -u 1000:1000 -w <cwd> <id> bash -lc <command>` (a test's own look inside a sandbox). */
-export function shell(sandboxId: string, command: string, o: { cwd?: string; timeoutSeconds?: number } = {}): Promise<ShellResult> {
+/** `docker exec -u <user: agent> -w <cwd> <id> bash -lc <command>` (a test's own look inside a sandbox). */
+export function shell(sandboxId: string, command: string, o: { cwd?: string; timeoutSeconds?: number; user?: string } = {}): Promise<ShellResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn('docker', ['exec', '-u', '1000:1000', '-w', o.cwd ?? '/home/agent', sandboxId, 'bash', '-lc', command], {
+    const user = o.user === undefined || o.user === 'agent' ? '1000:1000' : o.user;
+    const child = spawn('docker', ['exec', '-u', user, '-w', o.cwd ?? '/home/agent', sandboxId, 'bash', '-lc', command], {
       stdio: ['ignore', 'pipe', 'pipe'],
       timeout: (o.timeoutSeconds ?? 60) * 1000,
     });

@@ -19,8 +19,8 @@ const host = new TestHost();
 before(() => host.start());
 after(() => host.close());
 
-async function sh(id: string, command: string): Promise<string> {
-  const result = (await host.exec(id, command, { cwd: '/tmp' }));
+async function sh(id: string, command: string, user = 'agent'): Promise<string> {
+  const result = await host.exec(id, command, { cwd: '/tmp', user });
   assert.equal(result.exitCode, 0, `${command}\n${result.stderr}`);
   return result.stdout;
 }
@@ -137,16 +137,65 @@ describe('/tmp across pause and resume', () => {
     await host.ok('destroy', { sandboxId: small.sandboxId, graceful: false });
   });
 
-  it('skips files the sandbox user cannot read, with a note, and keeps the rest', async () => {
+  it('skips files their own owner cannot read, with a note, and keeps the rest', async () => {
     const id = await host.createSandbox();
     await sh(id, 'echo fine > /tmp/readable && echo hidden > /tmp/secret && chmod 000 /tmp/secret && mkdir -p /tmp/closed/in && chmod 000 /tmp/closed');
     const paused = await host.ok('pause', { sandboxId: id });
     assert.equal(paused.paused, true);
     const notes = paused.tmp?.warnings.join('\n') ?? '';
     assert.match(notes, /secret: Warning: Cannot open: Permission denied/);
-    assert.match(notes, /closed: Warning: Cannot open: Permission denied/);
+    assert.match(notes, /closed: its owner \(1000:1000\) cannot list it; it is not kept/);
     await host.ok('resume', { sandboxId: id });
     assert.equal(await sh(id, 'cat /tmp/readable; ls -A /tmp'), 'fine\nreadable\n');
+    await host.ok('destroy', { sandboxId: id, graceful: false });
+  });
+
+  it("keeps other users' files, even ones the sandbox user cannot read, with their owners, in each other's directories", async () => {
+    const id = await host.createSandbox();
+    await sh(id, 'mkdir -m 1777 /tmp/shared && echo mine > /tmp/mine.txt && mkdir /tmp/agent-dir && chmod 0777 /tmp/agent-dir');
+    // As nobody, like an exec with "user": "nobody": mktemp's 0600 files and 0700 directories.
+    await sh(
+      id,
+      [
+        'umask 077',
+        'echo secret > /tmp/nobody-secret',
+        'mkdir /tmp/nobody-dir && echo inner > /tmp/nobody-dir/inner && mkdir /tmp/nobody-dir/sub && echo deep > /tmp/nobody-dir/sub/deep',
+        'echo theirs > /tmp/shared/from-nobody',
+        'echo inside > /tmp/agent-dir/from-nobody',
+        'mkdir -m 1777 /tmp/nobody-open',
+        'touch -d "2001-02-03 04:05:06" /tmp/nobody-secret',
+      ].join(' && '),
+      'nobody',
+    );
+    await sh(id, 'echo back > /tmp/nobody-open/from-agent');
+    // What each owner sees: the sandbox user cannot read nobody's files, nobody cannot read some of the sandbox user's.
+    const view = (user: string) =>
+      sh(id, "find /tmp -mindepth 1 -printf '%u:%g %m %y %T@ %P\\n' 2>/dev/null | sort; find /tmp -type f -readable -exec sha256sum {} + 2>/dev/null | sort", user);
+    const before = { agent: await view('agent'), nobody: await view('nobody') };
+    assert.match(before.nobody, /nobody:nogroup 600 f 981173106\.0+ nobody-secret/);
+    assert.match(before.nobody, /nobody:nogroup 700 d \S+ nobody-dir\n/);
+
+    const paused = await host.ok('pause', { sandboxId: id });
+    assert.deepEqual(paused.tmp?.warnings, []);
+    await host.ok('resume', { sandboxId: id });
+
+    assert.equal(await view('agent'), before.agent);
+    assert.equal(await view('nobody'), before.nobody);
+    assert.equal(await sh(id, 'cat /tmp/nobody-secret /tmp/nobody-dir/sub/deep /tmp/shared/from-nobody /tmp/agent-dir/from-nobody', 'nobody'), 'secret\ndeep\ntheirs\ninside\n');
+    assert.equal(await sh(id, 'cat /tmp/nobody-open/from-agent /tmp/mine.txt'), 'back\nmine\n');
+    await host.ok('destroy', { sandboxId: id, graceful: false });
+  });
+
+  it("reports another user's files that cannot go back (their directory's mode changed after they were made), and restores the rest", async () => {
+    const id = await host.createSandbox();
+    await sh(id, 'mkdir -m 0777 /tmp/was-open && echo mine > /tmp/mine.txt');
+    await sh(id, 'echo theirs > /tmp/was-open/from-nobody && echo top > /tmp/nobody-top', 'nobody');
+    await sh(id, 'chmod 0755 /tmp/was-open');
+    await host.ok('pause', { sandboxId: id });
+    const resumed = await host.ok('resume', { sandboxId: id });
+    assert.match(resumed.tmp?.warnings?.join('\n') ?? '', /files of 65534:65534 not restored: tar as 65534:65534 exited 2: .*was-open\/from-nobody: Cannot open: Permission denied/s);
+    assert.equal(await sh(id, 'cat /tmp/mine.txt /tmp/nobody-top; ls -A /tmp/was-open'), 'mine\ntop\n');
+    assert.equal(existsSync(archivePath(id)), false, 'the archive is not kept for a restore that cannot succeed');
     await host.ok('destroy', { sandboxId: id, graceful: false });
   });
 

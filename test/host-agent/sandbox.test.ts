@@ -13,7 +13,7 @@ import { after, before, describe, it } from 'node:test';
 import { HeadObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { userLabelPrefix } from '../../host-agent/src/create';
 import { containerLabels, ownerLabelValue } from '../../host-agent/src/protocol';
-import { localS3Credentials, startS3Endpoint, type S3Endpoint } from '../../lib/local/s3-endpoint';
+import { startS3Endpoint, type S3Endpoint } from '../../lib/local/s3-endpoint';
 import { TestHost, docker, newSandboxId } from './fixture';
 
 const host = new TestHost();
@@ -112,7 +112,7 @@ describe('requests', () => {
 
     it('fetches an s3: request, runs it, and deletes it', async () => {
       const key = `host-requests/${randomBytes(8).toString('hex')}.json`;
-      const client = new S3Client({ endpoint: s3.url, region: 'us-east-1', forcePathStyle: true, credentials: localS3Credentials });
+      const client = new S3Client({ endpoint: s3.url, region: 'us-east-1', forcePathStyle: true, credentials: s3.credentials });
       // A create (the verb always staged: its env and token are secrets) with 60 KB of env values.
       const request = host.createRequest({ env: { BIG: 'z'.repeat(30_000), BIGGER: 'y'.repeat(30_000) } });
       await client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: JSON.stringify(request) }));
@@ -121,8 +121,8 @@ describe('requests', () => {
         AWS_ENDPOINT_URL_S3: s3.url,
         S3_FORCE_PATH_STYLE: 'true',
         AWS_REGION: 'us-east-1',
-        AWS_ACCESS_KEY_ID: localS3Credentials.accessKeyId,
-        AWS_SECRET_ACCESS_KEY: localS3Credentials.secretAccessKey,
+        AWS_ACCESS_KEY_ID: s3.credentials.accessKeyId,
+        AWS_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey,
       };
       const answer = await host.run('create', undefined, env, `s3:${key}`);
       assert.ok(answer.envelope.ok, JSON.stringify(answer.envelope));

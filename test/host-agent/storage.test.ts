@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import type { StorageSpec } from '../../host-agent/src/protocol';
-import { localS3Credentials, startS3Endpoint, type S3Endpoint } from '../../lib/local/s3-endpoint';
+import { startS3Endpoint, type S3Endpoint } from '../../lib/local/s3-endpoint';
 import { TestHost } from './fixture';
 
 const bucket = 'host-agent-storage';
@@ -26,13 +26,13 @@ const mountedUnder = (dir: string) =>
 
 before(async () => {
   [s3] = await Promise.all([startS3Endpoint({ buckets: [bucket] }), host.start()]);
-  client = new S3Client({ endpoint: s3.url, region: 'us-east-1', forcePathStyle: true, credentials: localS3Credentials });
+  client = new S3Client({ endpoint: s3.url, region: 'us-east-1', forcePathStyle: true, credentials: s3.credentials });
   host.env = {
     AWS_ENDPOINT_URL_S3: s3.url,
     S3_FORCE_PATH_STYLE: 'true',
     AWS_REGION: 'us-east-1',
-    AWS_ACCESS_KEY_ID: localS3Credentials.accessKeyId,
-    AWS_SECRET_ACCESS_KEY: localS3Credentials.secretAccessKey,
+    AWS_ACCESS_KEY_ID: s3.credentials.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey,
     COLD_MOUNT_DRIVER: 's3fs',
   };
   const user = `tenants/t1/users/u-${host.runId}`;

@@ -305,6 +305,24 @@ describe('stop and start', () => {
     assert.equal(scratchBack.stdout, scratch.stdout, 'the /tmp file came back byte for byte, with its mode and time');
   });
 
+  it("keeps other users' /tmp files through stop and start, and the stop answer names what it could not keep", async () => {
+    const id = await create(uniqueUser('power-users'));
+    const theirs = await api.exec(id, 'umask 077 && f=$(mktemp) && echo private > "$f" && d=$(mktemp -d) && echo nested > "$d/in" && echo "$f $d"', { user: 'nobody' });
+    assert.equal(theirs.status, 200, theirs.text);
+    const [file, dir] = theirs.body.stdout.trim().split(' ');
+    const locked = await exec(id, 'echo unreadable > /tmp/locked && chmod 000 /tmp/locked');
+    assert.equal(locked.exit_code, 0, locked.stderr);
+
+    const stopped = await api.call('POST', `/sandboxes/${id}/stop`);
+    assert.equal(stopped.status, 200, stopped.text);
+    assert.deepEqual(stopped.body.tmp_not_kept, ['tar: locked: Warning: Cannot open: Permission denied'], 'a file its own owner cannot read is named');
+    const started = await api.call('POST', `/sandboxes/${id}/start`);
+    assert.equal(started.status, 200, started.text);
+    assert.equal(started.body.tmp_not_restored, undefined);
+    const back = await api.exec(id, `stat -c '%U %a' ${file} ${dir} && cat ${file} ${dir}/in`, { user: 'nobody' });
+    assert.equal(back.body.stdout, 'nobody 600\nnobody 700\nprivate\nnested\n', back.text);
+  });
+
   it('stop and start are idempotent, and start refuses a sandbox that ended', async () => {
     const id = await create(uniqueUser('power-twice'));
     assert.equal((await api.call('POST', `/sandboxes/${id}/stop`)).status, 200);

@@ -93,7 +93,7 @@ describe('host dispatcher', () => {
       },
     });
     // Like the control plane's client: throttling is the dispatcher's to retry.
-    ssm = new SSMClient({ endpoint: endpoint.url, region: 'us-east-1', credentials: { accessKeyId: 'local', secretAccessKey: 'local' }, maxAttempts: 1 });
+    ssm = new SSMClient({ endpoint: endpoint.url, region: 'us-east-1', credentials: endpoint.credentials, maxAttempts: 1 });
   });
 
   after(async () => {
@@ -222,7 +222,7 @@ describe('host dispatcher with eventual consistency', () => {
 
   before(async () => {
     endpoint = await startSsmEndpoint({ instanceIds: [instanceId], invisibleMs: 250 });
-    ssm = new SSMClient({ endpoint: endpoint.url, region: 'us-east-1', credentials: { accessKeyId: 'local', secretAccessKey: 'local' }, maxAttempts: 1 });
+    ssm = new SSMClient({ endpoint: endpoint.url, region: 'us-east-1', credentials: endpoint.credentials, maxAttempts: 1 });
   });
 
   after(async () => {

@@ -22,6 +22,7 @@ import {
   type GetCommandInvocationCommandOutput,
 } from '@aws-sdk/client-ssm';
 import { startSsmEndpoint, type SsmEndpoint } from '../../lib/local/ssm-endpoint';
+import { signedFetch } from '../support/sigv4';
 
 const instanceId = 'i-0123456789abcdef0';
 const terminal = new Set(['Success', 'Failed', 'TimedOut', 'Cancelled']);
@@ -30,7 +31,7 @@ function clientFor(endpoint: SsmEndpoint): SSMClient {
   return new SSMClient({
     endpoint: endpoint.url,
     region: 'us-east-1',
-    credentials: { accessKeyId: 'local', secretAccessKey: 'local' },
+    credentials: endpoint.credentials,
     maxAttempts: 1,
   });
 }
@@ -224,11 +225,12 @@ describe('local SSM endpoint', () => {
       (err) => err instanceof InvocationDoesNotExist,
     );
     await assert.rejects(ssm.send(new CancelCommandCommand({ CommandId: 'not-a-command' })), (err) => (err as Error).name === 'InvalidCommandId');
-    const raw = await fetch(endpoint.url, {
-      method: 'POST',
-      headers: { 'content-type': 'application/x-amz-json-1.1', 'x-amz-target': 'AmazonSSM.DescribeInstanceInformation' },
-      body: '{}',
-    });
+    const raw = await signedFetch(
+      endpoint.url,
+      { headers: { 'content-type': 'application/x-amz-json-1.1', 'x-amz-target': 'AmazonSSM.DescribeInstanceInformation' }, body: '{}' },
+      endpoint.credentials,
+      'ssm',
+    );
     assert.equal(raw.status, 400);
     assert.equal(raw.headers.get('x-amzn-errortype'), 'UnknownOperationException');
     assert.equal(((await raw.json()) as { __type: string }).__type, 'UnknownOperationException');

@@ -28,7 +28,7 @@ import {
   type ColdMountOptions,
 } from '../../host-agent/src/storage/index';
 import { containerLabels, ownerLabelValue } from '../../host-agent/src/protocol';
-import { localS3Credentials, startS3Endpoint, type S3Endpoint } from '../../lib/local/s3-endpoint';
+import { startS3Endpoint, type S3Endpoint } from '../../lib/local/s3-endpoint';
 
 const exec = promisify(execFile);
 const bucket = 'cold-mount-test';
@@ -137,7 +137,7 @@ describe('cold mount with s3fs on a local S3 endpoint', () => {
       uid: 1000,
       gid: 1000,
       endpoint: endpoint.url,
-      credentials: localS3Credentials,
+      credentials: endpoint.credentials,
       secretsDir: join(work, 'secrets'),
       s3,
       env: {},
@@ -149,7 +149,7 @@ describe('cold mount with s3fs on a local S3 endpoint', () => {
 
   before(async () => {
     endpoint = await startS3Endpoint({ buckets: [bucket] });
-    s3 = createS3Client({ endpoint: endpoint.url, forcePathStyle: true, credentials: localS3Credentials });
+    s3 = createS3Client({ endpoint: endpoint.url, forcePathStyle: true, credentials: endpoint.credentials });
     work = await mkdtemp(join(tmpdir(), 'cold-mount-test-'));
   });
 

@@ -19,7 +19,7 @@ import {
   StorageError,
   type HotSyncOptions,
 } from '../../host-agent/src/storage/index';
-import { localS3Credentials, startS3Endpoint, type S3Endpoint } from '../../lib/local/s3-endpoint';
+import { startS3Endpoint, type S3Endpoint } from '../../lib/local/s3-endpoint';
 
 const run = promisify(execFile);
 const bucket = 'hot-sync-test';
@@ -32,7 +32,7 @@ let work: string;
 let sequence = 0;
 
 function newClient(): S3Client {
-  return createS3Client({ endpoint: endpoint.url, forcePathStyle: true, credentials: localS3Credentials });
+  return createS3Client({ endpoint: endpoint.url, forcePathStyle: true, credentials: endpoint.credentials });
 }
 
 /** Options for a fresh home of `user`: its own directory and manifest, under tenant t1. */

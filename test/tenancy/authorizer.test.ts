@@ -41,8 +41,8 @@ before(async () => {
   db = await startDynamoDbLocal();
   Object.assign(process.env, {
     AWS_REGION: 'eu-west-1',
-    AWS_ACCESS_KEY_ID: 'local',
-    AWS_SECRET_ACCESS_KEY: 'local',
+    AWS_ACCESS_KEY_ID: db.credentials.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: db.credentials.secretAccessKey,
     AWS_ENDPOINT_URL_DYNAMODB: db.endpoint,
     LOG_LEVEL: 'error',
     ...Object.fromEntries(tables.map((t) => [t.envVar, `authz-${t.id.toLowerCase()}`])),

@@ -1,0 +1,213 @@
+/**
+ * Ctrl-C on `npm start`: its real entry (`tsx bin/local.ts`, as npm start runs
+ * it, on a free port) in a process group of its own, then SIGINT to the whole
+ * group, as a terminal sends it. Whether the stack was still starting or was
+ * running a sandbox, nothing may be left: no container, network, firewall
+ * chain, mount, state or temporary directory, state file or process; and the
+ * Docker engine still answers. The engine's own start (scripts/setup-host.sh)
+ * is checked with a stand-in daemon, since this machine's engine is shared.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { containerLabels } from '../../host-agent/src/protocol';
+import { removeContainersOfHost, removeNetwork } from '../../lib/local/sandbox-network';
+import { repoRoot } from '../../lib/local/stack';
+import { apiClient } from '../support/api-client';
+import { docker } from '../support/docker';
+import { sleep, waitFor } from './lifecycle-support';
+
+const tsxCli = createRequire(import.meta.url).resolve('tsx/cli');
+const stateFile = join(repoRoot, '.local', 'stack.json');
+const leftovers: { hostId?: string; stateDir?: string; network?: string; tmp: string }[] = [];
+
+/** pid -> [ppid, start time]: the start time tells a live process from a new one with a reused pid. */
+function processTable(): Map<number, { ppid: number; start: string; cmdline: string }> {
+  const table = new Map<number, { ppid: number; start: string; cmdline: string }>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'latin1');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8').replace(/\0/g, ' ');
+      table.set(Number(entry), { ppid: Number(fields[1]), start: fields[19]!, cmdline });
+    } catch {
+      // exited while being read
+    }
+  }
+  return table;
+}
+
+/** The process and all its descendants, each with its start time. */
+function processTree(root: number): Map<number, string> {
+  const table = processTable();
+  const tree = new Map<number, string>();
+  const todo = [root];
+  while (todo.length > 0) {
+    const pid = todo.pop()!;
+    const p = table.get(pid);
+    if (!p || tree.has(pid)) continue;
+    tree.set(pid, p.start);
+    for (const [child, c] of table) if (c.ppid === pid) todo.push(child);
+  }
+  return tree;
+}
+
+function environ(pid: number): Record<string, string> {
+  const raw = readFileSync(`/proc/${pid}/environ`, 'utf8');
+  return Object.fromEntries(raw.split('\0').filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+}
+
+interface Started {
+  child: ChildProcess;
+  output: () => string;
+  exited: Promise<number | null>;
+  tmp: string;
+}
+
+/** `npm start`'s entry as npm runs it (tsx bin/local.ts), in its own process group, with its temporary files in a directory of the test's. */
+function startStack(): Started {
+  const tmp = mkdtempSync(join(tmpdir(), 'ctrl-c-'));
+  const child = spawn(process.execPath, [tsxCli, 'bin/local.ts'], {
+    cwd: repoRoot,
+    detached: true,
+    env: { ...process.env, PORT: '0', TMPDIR: tmp, LOG_LEVEL: 'warn' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  return { child, output: () => output, exited, tmp };
+}
+
+/** The stack's host daemon (found in the process tree): where its state and network are. */
+async function hostOf(s: Started) {
+  const daemonPid = await waitFor(
+    'the host daemon to start',
+    async () => {
+      if (s.child.exitCode !== null) throw new Error(`npm start exited early: ${s.output()}`);
+      const table = processTable();
+      return [...processTree(s.child.pid!).keys()].find((pid) => table.get(pid)?.cmdline.includes('host-agent-daemon.mjs'));
+    },
+    120_000,
+    50,
+  );
+  const env = environ(daemonPid);
+  const host = { hostId: env.HOST_ID!, stateDir: env.STATE_DIR!, network: env.SANDBOX_NETWORK!, tmp: s.tmp };
+  leftovers.push(host);
+  return host;
+}
+
+async function bridgeOf(network: string): Promise<string> {
+  const info = await docker.getNetwork(network).inspect();
+  return (info.Options as Record<string, string> | undefined)?.['com.docker.network.bridge.name'] ?? `br-${String(info.Id).slice(0, 12)}`;
+}
+
+async function ctrlC(s: Started): Promise<{ code: number | null; tree: Map<number, string> }> {
+  const tree = processTree(s.child.pid!);
+  process.kill(-s.child.pid!, 'SIGINT');
+  const code = await Promise.race([s.exited, sleep(90_000).then(() => 'timeout' as const)]);
+  assert.notEqual(code, 'timeout', `npm start did not stop within 90 s of Ctrl-C: ${s.output()}`);
+  return { code: code as number | null, tree };
+}
+
+async function assertNothingLeft(host: { hostId: string; stateDir: string; network: string; tmp: string }, bridge: string, tree: Map<number, string>, output: string) {
+  // Processes: every one of the stack's tree is gone (the engines' helpers included), and none works on its state.
+  await waitFor(
+    'every process of the stack to exit',
+    async () => {
+      const table = processTable();
+      return [...tree].every(([pid, start]) => table.get(pid)?.start !== start);
+    },
+    30_000,
+  ).catch((err: Error) => {
+    const table = processTable();
+    const alive = [...tree].filter(([pid, start]) => table.get(pid)?.start === start).map(([pid]) => `${pid}: ${table.get(pid)?.cmdline}`);
+    throw new Error(`${err.message}\nstill running:\n${alive.join('\n')}\noutput:\n${output}`);
+  });
+  const strays = [...processTable()].filter(([, p]) => p.cmdline.includes(host.stateDir) || p.cmdline.includes(host.tmp)).map(([pid, p]) => `${pid}: ${p.cmdline}`);
+  assert.deepEqual(strays, [], 'processes still work on the stack\'s state');
+
+  const containers = await docker.listContainers({ all: true, filters: { label: [`${containerLabels.hostId}=${host.hostId}`] } });
+  assert.deepEqual(containers.map((c) => c.Names), [], 'containers of the stack are left');
+  await assert.rejects(docker.getNetwork(host.network).inspect(), /no such network|404/i, `the network ${host.network} is left`);
+  for (const save of ['iptables-save', 'ip6tables-save']) {
+    const rules = execFileSync(save, ['-t', 'filter'], { encoding: 'utf8' }).split('\n').filter((l) => l.includes(bridge));
+    assert.deepEqual(rules, [], `${save}: firewall chains or rules of ${bridge} are left`);
+  }
+  const mounts = readFileSync('/proc/mounts', 'utf8').split('\n').filter((l) => l.includes(host.stateDir) || l.includes(host.tmp));
+  assert.deepEqual(mounts, [], 'mounts are left');
+  assert.equal(existsSync(host.stateDir), false, `the state directory ${host.stateDir} is left`);
+  // tsx keeps its compile cache in TMPDIR and build-image.sh its lock file; everything else the stack made there must be gone.
+  assert.deepEqual(readdirSync(host.tmp).filter((e) => !e.startsWith('tsx-') && e !== 'ephemeral-sandbox-build-image.lock'), [], 'temporary directories (S3 data, engine sockets, SSM scripts) are left');
+  assert.equal(existsSync(stateFile), false, `${stateFile} is left`);
+  await docker.ping();
+}
+
+after(async () => {
+  // Only what a failed run left: each step tolerates what is already gone.
+  for (const l of leftovers) {
+    if (l.hostId && l.stateDir) await removeContainersOfHost(l.hostId, l.stateDir).catch(() => undefined);
+    if (l.network) await removeNetwork(l.network).catch(() => undefined);
+    if (l.stateDir && !readFileSync('/proc/mounts', 'utf8').includes(l.stateDir)) rmSync(l.stateDir, { recursive: true, force: true });
+    if (!readFileSync('/proc/mounts', 'utf8').includes(l.tmp)) rmSync(l.tmp, { recursive: true, force: true });
+  }
+});
+
+describe('Ctrl-C on npm start', () => {
+  it('while it is still starting: the start is undone and nothing is left', async () => {
+    const s = startStack();
+    leftovers.push({ tmp: s.tmp });
+    // The daemon starts after the storage engines, the network and its firewall chains: a start half done.
+    const host = await hostOf(s);
+    const bridge = await bridgeOf(host.network);
+    const { code, tree } = await ctrlC(s);
+    assert.equal(code, 0, s.output());
+    await assertNothingLeft(host, bridge, tree, s.output());
+  });
+
+  it('with a sandbox running on its cold and hot storage: the sandbox, its mounts and everything else are removed', async () => {
+    const s = startStack();
+    leftovers.push({ tmp: s.tmp });
+    const host = await hostOf(s);
+    const ready = await waitFor('npm start to print its API URL and key', async () => /API URL:\s+(\S+)\s+API key:\s+(\S+)/.exec(s.output()) ?? undefined, 120_000, 100);
+    const api = apiClient(ready[1]!, ready[2]!);
+    const created = await api.create('ctrl-c-user');
+    assert.equal(created.status, 201, created.text);
+    const exec = await api.exec(created.body.sandbox_id, 'echo kept > ~/notes && ls /data/cold >/dev/null && echo ok');
+    assert.equal(exec.body.stdout, 'ok\n', exec.text);
+    assert.ok(readFileSync('/proc/mounts', 'utf8').includes(host.stateDir), 'the sandbox has its cold mount under the state directory');
+    const bridge = await bridgeOf(host.network);
+    const { code, tree } = await ctrlC(s);
+    assert.equal(code, 0, s.output());
+    await assertNothingLeft(host, bridge, tree, s.output());
+  });
+});
+
+describe('the Docker engine as scripts/setup-host.sh starts it', () => {
+  it('outlives a Ctrl-C of the process group that started it (a sleep stands in for dockerd: this machine\'s engine is shared)', async () => {
+    assert.match(readFileSync(join(repoRoot, 'scripts', 'setup-host.sh'), 'utf8'), /start-daemon\.sh" \/var\/log\/dockerd\.log dockerd/);
+    const log = join(mkdtempSync(join(tmpdir(), 'start-daemon-')), 'daemon.log');
+    const marker = `${Date.now()}${process.pid}`;
+    // As npm start runs setup-host.sh: a foreground group that goes on after starting the daemon.
+    const group = spawn('bash', ['-c', `bash scripts/start-daemon.sh ${log} sleep 3${marker}; sleep 60`], { cwd: repoRoot, detached: true, stdio: 'ignore' });
+    const daemon = await waitFor('the stand-in daemon to start', async () => [...processTable()].find(([, p]) => p.cmdline === `sleep 3${marker} `)?.[0], 10_000, 50);
+    const exited = new Promise((r) => group.once('exit', r));
+    process.kill(-group.pid!, 'SIGINT');
+    await exited;
+    await sleep(200);
+    try {
+      assert.ok(processTable().has(daemon), 'the daemon died with the Ctrl-C of the group that started it');
+      const sid = (pid: number) => readFileSync(`/proc/${pid}/stat`, 'latin1').split(') ')[1]!.split(' ')[3];
+      assert.equal(sid(daemon), String(daemon), 'the daemon leads a session of its own');
+    } finally {
+      process.kill(daemon, 'SIGKILL');
+      rmSync(join(log, '..'), { recursive: true, force: true });
+    }
+  });
+});
