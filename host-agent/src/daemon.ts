@@ -16,7 +16,9 @@ import type { SandboxRecord } from '../../lambdas/shared/sandbox-record';
 import { getSandbox, liveSandboxesOnHost } from '../../lambdas/shared/sandbox-store';
 import { sandboxIdPattern } from '../../lambdas/shared/schemas';
 import { markEnded, storageFor } from '../../lambdas/shared/sandboxes';
+import { EgressLogWriter } from '../../lambdas/shared/egress-log';
 import { applyEnvFile, loadHostConfig } from './config';
+import { startEgressGateway } from './egress/gateway';
 import { DockerClient } from './docker';
 import { envelopeLine, runHostAgent } from './invocation';
 import { destroySandbox, syncSandbox } from './lifecycle';
@@ -202,6 +204,8 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
   const egress = await checkEgressRules(hostConfig, docker);
   if (egress.missing.length > 0) throw new Error(`daemon: the egress firewall is incomplete after install: ${egress.missing.join('; ')}`);
   logger.info('daemon: sandbox network ready', { network });
+  const egressLog = new EgressLogWriter();
+  const gateway = await startEgressGateway(hostConfig, docker, network, egressLog);
   const socket = await serveAgentSocket(s.agentSocket);
   await registerHost({ hostId: s.hostId, capacity: s.slots, agentVersion });
   logger.info('daemon: host registered', { hostId: s.hostId, slots: s.slots, agentSocket: s.agentSocket });
@@ -222,6 +226,7 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
     stops.forEach((stop) => stop());
     socket.close();
     rmSync(s.agentSocket, { force: true });
+    void gateway.stop().finally(() => egressLog.close());
   };
 }
 

@@ -125,6 +125,8 @@ export async function resumeSandbox(
   // The container's bind of /data/cold is made at start: mount the cold tier before it.
   await attachCold({ config, sandboxId: request.sandboxId, storage: request.storage });
   await docker.startContainer(info.Id);
+  // A new address, maybe one a departed sandbox had: rebuild the egress fast path before it runs anything.
+  if (info.HostConfig?.NetworkMode !== 'none') await (await import('./network')).refreshSandboxPolicies(config, docker);
   // Just started: any archive on the host holds this /tmp (even one from a pause whose stop failed).
   if (!existsSync(tmpArchivePath(config, request.sandboxId))) return { resumed: true };
   return { resumed: true, tmp: await restoreTmp(docker, config, request.sandboxId, info.Id) };

@@ -13,8 +13,9 @@
  * alphabet plus `/` and `.`); the host-agent fetches and deletes it.
  */
 import { z } from 'zod';
+import { egressPolicySchema, type EgressPolicy } from './egress/policy';
 
-export const hostVerbs = ['create', 'exec', 'destroy', 'pause', 'resume', 'sync', 'status'] as const;
+export const hostVerbs = ['create', 'exec', 'destroy', 'pause', 'resume', 'sync', 'status', 'network'] as const;
 export type HostVerb = (typeof hostVerbs)[number];
 
 /** Label keys on every container the host-agent owns. */
@@ -67,6 +68,8 @@ export const createRequest = z.object({
   memoryMb: z.number().int().min(64).max(262_144),
   pidsLimit: z.number().int().positive().default(512),
   network: z.enum(['bridge', 'none']).default('bridge'),
+  /** What a bridge sandbox may reach (egress/policy.ts); ignored with network none. */
+  egress: egressPolicySchema.default('allow_all'),
   env: envMap.default({}),
   labels: z.record(z.string().max(63), z.string().max(256)).default({}),
   storage: storageSpec.optional(),
@@ -97,6 +100,10 @@ export type DestroyRequest = z.input<typeof destroyRequest>;
 export const sandboxRef = z.object({ sandboxId, storage: storageSpec.optional() });
 export type SandboxRef = z.input<typeof sandboxRef>;
 
+/** A sandbox's new egress policy, while it runs (or is paused). */
+export const networkRequest = z.object({ sandboxId, egress: egressPolicySchema });
+export type NetworkRequest = z.input<typeof networkRequest>;
+
 export const requestSchemas = {
   create: createRequest,
   exec: execRequest,
@@ -105,6 +112,7 @@ export const requestSchemas = {
   resume: sandboxRef,
   sync: sandboxRef,
   status: z.object({}),
+  network: networkRequest,
 } as const satisfies Record<HostVerb, z.ZodType>;
 
 export interface CreateResult {
@@ -173,6 +181,7 @@ export type HostResults = {
   resume: { resumed: boolean; tmp?: TmpRestoreReport };
   sync: SyncReport;
   status: HostStatus;
+  network: { egress: EgressPolicy };
 };
 
 /** Error codes a host can answer; the control plane maps them to API errors. */

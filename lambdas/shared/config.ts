@@ -3,7 +3,7 @@
  * these on every function; the local stack sets them on its own process.
  * AWS endpoints are not here: the SDK reads AWS_ENDPOINT_URL_<SERVICE> itself.
  */
-import { apiKeysTable, hostsTable, idempotencyTable, sandboxesTable, tenantsTable } from './tables';
+import { apiKeysTable, egressLogTable, hostsTable, idempotencyTable, sandboxesTable, tenantsTable } from './tables';
 
 function int(name: string, fallback: number): number {
   const raw = process.env[name];
@@ -19,7 +19,7 @@ function str(name: string, fallback: string): string {
 }
 
 export interface ControlPlaneConfig {
-  tables: { sandboxes: string; hosts: string; apiKeys: string; idempotency: string; tenants: string };
+  tables: { sandboxes: string; hosts: string; apiKeys: string; idempotency: string; tenants: string; egressLog: string };
   /** Storage bucket: hot/cold tiers and staged host requests. */
   bucket: string;
   /** Image the hosts run sandboxes from. */
@@ -44,6 +44,8 @@ export interface ControlPlaneConfig {
   };
   /** Host heartbeat age after which a host counts as lost. */
   hostLostAfterSeconds: number;
+  /** Days an egress log entry is kept (DynamoDB TTL). */
+  egressLogRetentionDays: number;
 }
 
 export function loadConfig(): ControlPlaneConfig {
@@ -54,6 +56,7 @@ export function loadConfig(): ControlPlaneConfig {
       apiKeys: str(apiKeysTable.envVar, 'api-keys'),
       idempotency: str(idempotencyTable.envVar, 'idempotency'),
       tenants: str(tenantsTable.envVar, 'tenants'),
+      egressLog: str(egressLogTable.envVar, 'egress-log'),
     },
     bucket: str('STORAGE_BUCKET', 'ephemeral-sandbox-storage'),
     sandboxImage: str('SANDBOX_IMAGE', 'ephemeral-sandbox:latest'),
@@ -73,6 +76,7 @@ export function loadConfig(): ControlPlaneConfig {
       maxSandboxesPerTenant: int('MAX_SANDBOXES_PER_TENANT', 20),
     },
     hostLostAfterSeconds: int('HOST_LOST_AFTER_SECONDS', 90),
+    egressLogRetentionDays: int('EGRESS_LOG_RETENTION_DAYS', 7),
   };
 }
 

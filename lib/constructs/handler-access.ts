@@ -6,7 +6,7 @@
  * code actually makes, so it can neither lag behind nor grant extra.
  */
 import type { backgroundHandlerNames, HandlerName } from '../../lambdas/shared/routes';
-import { apiKeysTable, hostsTable, idempotencyTable, sandboxesTable, tenantsTable, type TableDefinition } from '../../lambdas/shared/tables';
+import { apiKeysTable, egressLogTable, hostsTable, idempotencyTable, sandboxesTable, tenantsTable, type TableDefinition } from '../../lambdas/shared/tables';
 
 /** Handlers with no API route: the scheduled reaper and the authorizer. */
 export type BackgroundHandlerName = (typeof backgroundHandlerNames)[number];
@@ -17,6 +17,7 @@ export type DynamoAction =
   | 'dynamodb:UpdateItem'
   | 'dynamodb:DeleteItem'
   | 'dynamodb:Query'
+  | 'dynamodb:BatchWriteItem'
   | 'dynamodb:ConditionCheckItem'
   | 'dynamodb:DescribeTable';
 
@@ -138,6 +139,8 @@ export const hostAccess: HostAccess = {
     { table: hostsTable, actions: ['dynamodb:UpdateItem'] },
     { table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:Query'], indexes: [index(sandboxesTable, 'by-host')] },
     { table: tenantsTable, actions: ['dynamodb:UpdateItem'] },
+    // The resolver's and egress proxy's decisions, in batches.
+    { table: egressLogTable, actions: ['dynamodb:BatchWriteItem'] },
   ],
   storageActions: ['s3:ListBucket', 's3:GetObject', 's3:PutObject', 's3:DeleteObject', 's3:AbortMultipartUpload'],
   mountpointOnlyActions: ['s3:AbortMultipartUpload'],
