@@ -26,6 +26,7 @@ export const handlerNames = [
   'sandbox-signal',
   'sandbox-timeout',
   'sandbox-power',
+  'sandbox-network',
 ] as const;
 export type HandlerName = (typeof handlerNames)[number];
 
@@ -45,6 +46,8 @@ export const routes: readonly Route[] = [
   { method: 'POST', path: '/sandboxes/{id}/timeout', handler: 'sandbox-timeout', auth: 'api-key' },
   { method: 'POST', path: '/sandboxes/{id}/stop', handler: 'sandbox-power', auth: 'api-key' },
   { method: 'POST', path: '/sandboxes/{id}/start', handler: 'sandbox-power', auth: 'api-key' },
+  { method: 'PUT', path: '/sandboxes/{id}/network', handler: 'sandbox-network', auth: 'api-key' },
+  { method: 'GET', path: '/sandboxes/{id}/network/log', handler: 'sandbox-network', auth: 'api-key' },
 ];
 
 /** The largest request body the API accepts, in bytes (API Gateway's own cap is 10 MB). */

@@ -12,7 +12,7 @@ import { placeSandbox, releaseSlot } from './host-store';
 import type { Principal } from './http';
 import { logger } from './logger';
 import { isActive, isTerminal, type SandboxStatus, type StopReason } from './sandbox-state';
-import { hotPath, idleDeadline, reapShardOf, toView, type SandboxRecord, type SandboxView } from './sandbox-record';
+import { egressOf, hotPath, idleDeadline, reapShardOf, toView, type SandboxRecord, type SandboxView } from './sandbox-record';
 import {
   beginExec,
   endExec,
@@ -92,7 +92,7 @@ export async function createSandbox(p: Principal, body: CreateSandboxBody): Prom
       memory_mb: body.config?.memory_mb ?? c.limits.defaultMemoryMb,
       ttl_seconds: ttl,
       idle_timeout_seconds: idle,
-      network: body.config?.network ?? 'bridge',
+      network: body.config?.network ?? { egress: 'allow_all' },
       env: body.config?.env ?? {},
       labels: body.config?.labels ?? {},
     },
@@ -119,7 +119,8 @@ export async function createSandbox(p: Principal, body: CreateSandboxBody): Prom
         cpu: record.config.cpu,
         memoryMb: record.config.memory_mb,
         pidsLimit: c.limits.pidsLimit,
-        network: record.config.network,
+        network: record.config.network === 'none' ? 'none' : 'bridge',
+        egress: egressOf(record.config.network) ?? 'allow_all',
         env: {
           ...record.config.env,
           SANDBOX_ID: sandboxId,

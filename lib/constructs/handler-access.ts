@@ -96,6 +96,14 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
     tables: [{ table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] }],
     dispatchesToHosts: true,
   },
+  'sandbox-network': {
+    tables: [
+      { table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },
+      // The egress log the hosts write, read newest first.
+      { table: egressLogTable, actions: ['dynamodb:Query'] },
+    ],
+    dispatchesToHosts: true,
+  },
   reaper: {
     tables: [
       {
