@@ -5,11 +5,14 @@ import { tables } from '../../lambdas/shared/tables';
 import { stagedRequestPrefix } from '../../host-agent/src/protocol';
 import { render, resourcesOf, synth, type EnvName } from './fixture';
 
-function tableByKey(env: EnvName, partitionKey: string) {
-  const found = resourcesOf(synth(env).statefulTemplate, 'AWS::DynamoDB::Table').filter(([, t]) =>
-    (t.Properties!.KeySchema as { AttributeName: string; KeyType: string }[]).some((k) => k.KeyType === 'HASH' && k.AttributeName === partitionKey),
-  );
-  assert.equal(found.length, 1, `one table keyed on ${partitionKey}`);
+/** The table whose key schema is exactly this partition key (and sort key, if any). */
+function tableByKey(env: EnvName, partitionKey: string, sortKey?: string) {
+  const found = resourcesOf(synth(env).statefulTemplate, 'AWS::DynamoDB::Table').filter(([, t]) => {
+    const keys = t.Properties!.KeySchema as { AttributeName: string; KeyType: string }[];
+    const range = keys.find((k) => k.KeyType === 'RANGE')?.AttributeName;
+    return keys.some((k) => k.KeyType === 'HASH' && k.AttributeName === partitionKey) && range === sortKey;
+  });
+  assert.equal(found.length, 1, `one table keyed on ${partitionKey}${sortKey ? ` + ${sortKey}` : ''}`);
   return found[0]![1];
 }
 
@@ -34,7 +37,7 @@ for (const env of ['dev', 'prod'] as const) {
       const t = synth(env).statefulTemplate;
       t.resourceCountIs('AWS::DynamoDB::Table', tables.length);
       for (const definition of tables) {
-        const table = tableByKey(env, definition.partitionKey.name);
+        const table = tableByKey(env, definition.partitionKey.name, definition.sortKey?.name);
         assert.equal(table.Properties!.BillingMode, 'PAY_PER_REQUEST');
         assert.deepEqual(table.Properties!.PointInTimeRecoverySpecification, { PointInTimeRecoveryEnabled: true });
         assert.equal(table.Properties!.ProvisionedThroughput, undefined);
@@ -43,7 +46,7 @@ for (const env of ['dev', 'prod'] as const) {
 
     it('creates exactly the indexes the code queries, with their keys and projections', () => {
       for (const definition of tables) {
-        const table = tableByKey(env, definition.partitionKey.name);
+        const table = tableByKey(env, definition.partitionKey.name, definition.sortKey?.name);
         const gsis = (table.Properties!.GlobalSecondaryIndexes ?? []) as any[];
         assert.deepEqual(gsis.map((g) => g.IndexName).sort(), definition.indexes.map((i) => i.name).sort(), `${definition.id} indexes`);
         for (const index of definition.indexes) {
@@ -73,7 +76,7 @@ for (const env of ['dev', 'prod'] as const) {
 
     it('turns on TTL housekeeping where a definition names the attribute', () => {
       for (const definition of tables) {
-        const table = tableByKey(env, definition.partitionKey.name);
+        const table = tableByKey(env, definition.partitionKey.name, definition.sortKey?.name);
         assert.deepEqual(
           table.Properties!.TimeToLiveSpecification,
           definition.timeToLiveAttribute ? { AttributeName: definition.timeToLiveAttribute, Enabled: true } : undefined,

@@ -133,8 +133,9 @@ export class PolicyFiles {
     return value;
   }
 
-  forget(sandboxId: string): void {
-    this.cache.delete(sandboxId);
+  /** Forgets sandboxes no longer on this host. */
+  prune(liveSandboxes: Set<string>): void {
+    for (const sandboxId of this.cache.keys()) if (!liveSandboxes.has(sandboxId)) this.cache.delete(sandboxId);
   }
 }
 
@@ -246,8 +247,13 @@ export class EgressAuthority {
     };
   }
 
-  /** Logs a decision (refusals always; the sink decides how much of the rest it keeps). */
-  note(sandboxId: string, kind: EgressKind, target: string, verdict: Verdict): void {
-    this.log.record({ sandboxId, kind, target, verdict: verdict.allowed ? 'allowed' : 'refused', reason: verdict.reason, at: Date.now() });
+  /**
+   * Logs a decision: every refusal; what was admitted only under deny_all or
+   * an allowlist (under allow_all that is all the sandbox's traffic, and says
+   * nothing a policy did).
+   */
+  note(sandbox: SandboxEgress, kind: EgressKind, target: string, verdict: Verdict): void {
+    if (verdict.allowed && sandbox.policy === 'allow_all') return;
+    this.log.record({ sandboxId: sandbox.sandboxId, kind, target, verdict: verdict.allowed ? 'allowed' : 'refused', reason: verdict.reason, at: Date.now() });
   }
 }

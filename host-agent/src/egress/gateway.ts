@@ -53,7 +53,11 @@ export async function startEgressGateway(config: HostConfig, docker: DockerClien
     // Forget answers of sandboxes no longer on this host.
     docker
       .inspectNetwork(network.name)
-      .then((info) => authority.grants.prune(new Set(Object.values(info?.Containers ?? {}).map((c) => c.Name))))
+      .then((info) => {
+        const live = new Set(Object.values(info?.Containers ?? {}).map((c) => c.Name));
+        authority.grants.prune(live);
+        authority.policies.prune(live);
+      })
       .catch((err) => logger.error('egress gateway: pruning remembered answers failed; retrying', { err }));
   }, refreshIntervalMs);
   housekeeping.unref();

@@ -79,7 +79,7 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
     const sandbox = await o.authority.identify(source.ip);
     if (!sandbox) return reset(client); // not a sandbox of this host
     if ((open.get(sandbox.sandboxId)?.size ?? 0) >= maxConnectionsPerSandbox) {
-      o.authority.note(sandbox.sandboxId, 'address', 'proxy', { allowed: false, reason: `more than ${maxConnectionsPerSandbox} open connections` });
+      o.authority.note(sandbox, 'address', 'proxy', { allowed: false, reason: `more than ${maxConnectionsPerSandbox} open connections` });
       return reset(client);
     }
     const destination = await o.originalDestination(source, proxy);
@@ -89,7 +89,7 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
     }
     const target = `${destination.ip}:${destination.port}`;
     const addressVerdict = o.authority.addressVerdict(sandbox, destination.ip);
-    o.authority.note(sandbox.sandboxId, 'address', target, addressVerdict);
+    o.authority.note(sandbox, 'address', target, addressVerdict);
     if (!addressVerdict.allowed) return reset(client);
 
     client.pause();
@@ -104,7 +104,7 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
       grantedAs: o.authority.grants.namesFor(sandbox.sandboxId, destination.ip),
       carried: undefined,
       cut: (verdict, kind) => {
-        if (verdict) o.authority.note(sandbox.sandboxId, kind, tracked.carried ? `${tracked.carried.name} (at ${target})` : target, verdict);
+        if (verdict) o.authority.note(tracked.decidedUnder, kind, tracked.carried ? `${tracked.carried.name} (at ${target})` : target, verdict);
         reset(client);
         upstream.destroy();
       },
@@ -139,7 +139,7 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
         const kind = seen.protocol === 'tls' ? 'sni' : 'http_host';
         tracked.carried = { kind, name: seen.name };
         const verdict = o.authority.nameVerdict(sandbox, seen.name);
-        o.authority.note(sandbox.sandboxId, kind, `${seen.name} (at ${target})`, verdict);
+        o.authority.note(sandbox, kind, `${seen.name} (at ${target})`, verdict);
         if (!verdict.allowed) return done();
       }
       upstream.write(head);

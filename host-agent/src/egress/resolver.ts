@@ -172,7 +172,7 @@ export async function startSandboxResolver(o: SandboxResolverOptions): Promise<S
     if (sandbox === null) return bareAnswer(query, rcode.SERVFAIL);
     if (!sandbox) return bareAnswer(query, rcode.REFUSED); // not a sandbox of this host
     const verdict = o.authority.nameVerdict(sandbox, question.name);
-    o.authority.note(sandbox.sandboxId, 'dns', question.name, verdict);
+    o.authority.note(sandbox, 'dns', question.name, verdict);
     if (!verdict.allowed) return bareAnswer(query, rcode.NXDOMAIN);
 
     let reply: Buffer;
