@@ -15,7 +15,7 @@ export interface HostConfig {
   egressAllow: EgressEndpoint[];
   /** Bucket where oversized requests are staged (`s3:<key>` arguments). */
   storageBucket: string | undefined;
-  /** Size of the /tmp tmpfs inside each sandbox. */
+  /** Largest /tmp tmpfs of a sandbox (SANDBOX_TMP_MB); below it /tmp is half the sandbox's memory (create.ts tmpSizeMbFor). */
   tmpSizeMb: number;
   /**
    * Resolvers the sandbox resolver forwards to (SANDBOX_DNS_UPSTREAM, `ip` or
@@ -140,7 +140,7 @@ export function loadHostConfig(env: NodeJS.ProcessEnv = process.env): HostConfig
     sandboxGid: positiveInt('SANDBOX_GID', get('SANDBOX_GID'), 1000),
     egressAllow: parseEgressAllow(get('EGRESS_ALLOW') ?? ''),
     storageBucket: get('STORAGE_BUCKET') || undefined,
-    tmpSizeMb: positiveInt('SANDBOX_TMP_MB', get('SANDBOX_TMP_MB'), 512),
+    tmpSizeMb: positiveInt('SANDBOX_TMP_MB', get('SANDBOX_TMP_MB'), 4096),
     dnsUpstreams: get('SANDBOX_DNS_UPSTREAM') ? parseDnsUpstreams(get('SANDBOX_DNS_UPSTREAM')!) : undefined,
     egressProxyPort: positiveInt('EGRESS_PROXY_PORT', get('EGRESS_PROXY_PORT'), 15001),
     platformNames: platformNamesOf(get('SANDBOX_API_URL')),
@@ -158,5 +158,7 @@ export function sandboxPaths(config: HostConfig, sandboxId: string) {
     hotManifest: join(root, 'hot-manifest.json'),
     /** The sandbox's egress policy (JSON), read by the host daemon's resolver and proxy. */
     egressPolicy: join(root, 'egress.json'),
+    /** The home's own file system (disk_mb), loop-mounted at `home`. */
+    homeImage: join(root, 'home.img'),
   };
 }

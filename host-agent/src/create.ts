@@ -22,6 +22,15 @@ export const sandboxNofile = { soft: 8192, hard: 8192 };
 /** Size of the /run tmpfs (pid files, sockets of tools that expect a writable /run). */
 const runTmpfsMb = 16;
 
+/**
+ * The /tmp tmpfs of a sandbox: half its memory (its pages count against the
+ * sandbox's memory limit, so a full /tmp leaves the other half to run
+ * commands, stop and start), at most `capMb` (SANDBOX_TMP_MB).
+ */
+export function tmpSizeMbFor(memoryMb: number, capMb: number): number {
+  return Math.max(1, Math.min(capMb, Math.floor(memoryMb / 2)));
+}
+
 /** True when the container carries our owner label. */
 export function isOwned(info: { Config?: { Labels?: Record<string, string> | null } } | undefined): boolean {
   return info?.Config?.Labels?.[containerLabels.owner] === ownerLabelValue;
@@ -72,7 +81,7 @@ export function containerSpec(
       ReadonlyRootfs: true,
       Tmpfs: {
         // exec: Docker's tmpfs default is noexec, which breaks tools that build and run in /tmp.
-        '/tmp': `rw,exec,nosuid,nodev,size=${config.tmpSizeMb}m`,
+        '/tmp': `rw,exec,nosuid,nodev,size=${tmpSizeMbFor(request.memoryMb, config.tmpSizeMb)}m`,
         '/run': `rw,nosuid,nodev,noexec,size=${runTmpfsMb}m`,
       },
       Binds: [`${paths.home}:${sandboxHome}:rw`, `${paths.cold}:${sandboxColdMount}:rw`],
@@ -131,7 +140,7 @@ export async function createSandbox(request: CreateInput, config: HostConfig, do
   const existing = await docker.inspectContainer(request.sandboxId);
   if (existing) return { containerId: await adopt(docker, existing, request, config), hostMs: Date.now() - started };
 
-  const ctx = { config, sandboxId: request.sandboxId, storage: request.storage };
+  const ctx = { config, sandboxId: request.sandboxId, storage: request.storage, diskMb: request.diskMb };
   // Independent steps run side by side: create time is the slowest, not the sum.
   const [network, , { home, hotSync }, cold] = await Promise.all([
     request.network === 'none' ? { name: 'none' } : import('./network').then(({ ensureSandboxNetwork }) => ensureSandboxNetwork(config, docker)),

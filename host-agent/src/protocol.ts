@@ -48,6 +48,9 @@ const sandboxId = z.string().regex(/^sbx-[a-z0-9]{20}$/);
 const safeName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._@=-]{0,127}$/);
 const envMap = z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/), z.string().max(32_768));
 
+/** Smallest home a sandbox may have, in MB (ext4 and the caches of a few tools need room). */
+export const minHomeDiskMb = 64;
+
 export const storageSpec = z.object({
   bucket: z.string().min(3).max(63),
   /** e.g. tenants/acme/users/u1/hot/ */
@@ -68,6 +71,8 @@ export const createRequest = z.object({
   memoryMb: z.number().int().min(64).max(262_144),
   pidsLimit: z.number().int().positive().default(512),
   network: z.enum(['bridge', 'none']).default('bridge'),
+  /** Size of the home's own file system; absent: a plain directory (requests from before disk_mb). */
+  diskMb: z.number().int().min(minHomeDiskMb).max(1_048_576).optional(),
   /** What a bridge sandbox may reach (egress/policy.ts); ignored with network none. */
   egress: egressPolicySchema.default('allow_all'),
   env: envMap.default({}),

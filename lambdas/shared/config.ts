@@ -37,7 +37,12 @@ export interface ControlPlaneConfig {
     maxTtlSeconds: number;
     defaultIdleTimeoutSeconds: number;
     pidsLimit: number;
-    hotQuotaBytes: number;
+    /**
+     * A sandbox's home size (MB) when the caller names none, and the most it may
+     * name: the home's own file system and the hot sync's quota in one number.
+     */
+    defaultDiskMb: number;
+    maxDiskMb: number;
     hotSyncIntervalSeconds: number;
     /** Sandboxes a tenant may have not yet ended; a tenant's max_sandboxes overrides it. */
     maxSandboxesPerTenant: number;
@@ -71,7 +76,8 @@ export function loadConfig(): ControlPlaneConfig {
       maxTtlSeconds: int('MAX_TTL_SECONDS', 86_400),
       defaultIdleTimeoutSeconds: int('DEFAULT_IDLE_TIMEOUT_SECONDS', 900),
       pidsLimit: int('SANDBOX_PIDS_LIMIT', 512),
-      hotQuotaBytes: int('HOT_QUOTA_BYTES', 100 * 1024 * 1024),
+      defaultDiskMb: int('DEFAULT_DISK_MB', 1024),
+      maxDiskMb: int('MAX_DISK_MB', 4096),
       hotSyncIntervalSeconds: int('HOT_SYNC_INTERVAL_SECONDS', 60),
       maxSandboxesPerTenant: int('MAX_SANDBOXES_PER_TENANT', 20),
     },

@@ -25,6 +25,8 @@ export function egressOf(network: SandboxNetworkConfig): EgressPolicy | undefine
 export interface SandboxConfigView {
   cpu: number;
   memory_mb: number;
+  /** Home size (MB): its own file system, and its sync quota. Absent on records from before disk_mb. */
+  disk_mb?: number;
   ttl_seconds: number;
   idle_timeout_seconds: number;
   network: SandboxNetworkConfig;

@@ -4,6 +4,7 @@
  */
 import { z } from 'zod';
 import { egressPolicySchema, readEgressPolicy } from '../../host-agent/src/egress/policy';
+import { minHomeDiskMb } from '../../host-agent/src/protocol';
 import { sandboxStatuses } from './sandbox-state';
 import type { ControlPlaneConfig } from './config';
 import type { SandboxNetworkConfig } from './sandbox-record';
@@ -54,6 +55,7 @@ export function createSandboxBody(limits: ControlPlaneConfig['limits']) {
         .object({
           cpu: z.number().min(0.25).max(limits.maxCpu).optional(),
           memory_mb: z.number().int().min(128).max(limits.maxMemoryMb).optional(),
+          disk_mb: z.number().int().min(minHomeDiskMb).max(limits.maxDiskMb).optional(),
           ttl_seconds: z.number().int().min(60).max(limits.maxTtlSeconds).optional(),
           idle_timeout_seconds: z.number().int().min(30).max(limits.maxTtlSeconds).optional(),
           network: networkConfigSchema.optional(),
