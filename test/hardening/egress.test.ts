@@ -194,6 +194,21 @@ describe('an allowlist', () => {
     await logged(sandbox, { kind: 'http_host', target: `web-b.egress.test (at ${net.web.shared}:80)`, verdict: 'refused' });
   });
 
+  it('reads every request of a kept-alive HTTP connection: a second request for an unlisted site is refused', async () => {
+    const out = await sh(
+      sandbox,
+      [
+        'exec 3<>/dev/tcp/web-a.egress.test/80',
+        "printf 'GET / HTTP/1.1\\r\\nHost: web-a.egress.test\\r\\n\\r\\n' >&3",
+        'sleep 0.5',
+        "printf 'GET / HTTP/1.1\\r\\nHost: web-b.egress.test\\r\\n\\r\\n' >&3",
+        'timeout 3 cat <&3 | grep -o "hello [^ ]*"; true',
+      ].join('; '),
+    );
+    assert.equal(out, 'hello web-a.egress.test\n');
+    await logged(sandbox, { kind: 'http_host', target: `web-b.egress.test (at ${net.web.shared}:80)`, verdict: 'refused' });
+  });
+
   it('logs what it admitted too, with time, name or address, and verdict', async () => {
     const entries = await decisions(sandbox);
     assert.ok(entries.some((d) => d.kind === 'dns' && d.target === 'web-a.egress.test' && d.verdict === 'allowed'), JSON.stringify(entries));

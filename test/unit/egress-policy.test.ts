@@ -19,7 +19,7 @@ import {
   type EgressPolicy,
 } from '../../host-agent/src/egress/policy';
 import { bareAnswer, resolvConfUpstreams } from '../../host-agent/src/egress/resolver';
-import { sniff } from '../../host-agent/src/egress/sniff';
+import { HttpRequestFramer, sniff } from '../../host-agent/src/egress/sniff';
 import { createSandboxBody, networkBody } from '../../lambdas/shared/schemas';
 import { loadConfig } from '../../lambdas/shared/config';
 
@@ -183,6 +183,50 @@ describe('the name a connection carries', () => {
     assert.deepEqual(http('GET / HTTP/1.1\r\nHost: 203.0.113.1\r\n\r\n'), { state: 'named', protocol: 'http', name: undefined });
     assert.deepEqual(http('GET / HTTP/1.1\r\nHost: a.te'), { state: 'need-more' });
     assert.deepEqual(http('SSH-2.0-OpenSSH_9.2\r\n'), { state: 'other' });
+  });
+});
+
+describe('following the requests of a plain HTTP connection', () => {
+  const req = (host: string, extra = '') => `GET / HTTP/1.1\r\nHost: ${host}\r\n${extra}\r\n`;
+  const push = (f: HttpRequestFramer, text: string) => {
+    const step = f.push(Buffer.from(text));
+    return 'error' in step ? step : { forward: step.forward.toString(), names: step.names };
+  };
+
+  it('reads the Host of every request on a kept-alive connection, pipelined or not', () => {
+    const f = new HttpRequestFramer();
+    assert.deepEqual(push(f, req('a.test')), { forward: req('a.test'), names: ['a.test'] });
+    assert.deepEqual(push(f, req('b.test') + req('c.test')), { forward: req('b.test') + req('c.test'), names: ['b.test', 'c.test'] });
+  });
+
+  it('holds a request head back until it is whole', () => {
+    const f = new HttpRequestFramer();
+    assert.deepEqual(push(f, 'GET / HTTP/1.1\r\nHo'), { forward: '', names: [] });
+    assert.deepEqual(push(f, 'st: a.test\r\n\r\n'), { forward: req('a.test'), names: ['a.test'] });
+  });
+
+  it('does not take a body for a request: Content-Length and chunked bodies are skipped whole', () => {
+    const smuggled = req('evil.test');
+    const f = new HttpRequestFramer();
+    const post = `POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: ${smuggled.length}\r\n\r\n${smuggled}`;
+    assert.deepEqual(push(f, post + req('b.test')), { forward: post + req('b.test'), names: ['a.test', 'b.test'] });
+    const chunked = `POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n${smuggled.length.toString(16)};x=y\r\n${smuggled}\r\n0\r\nTrailer: 1\r\n\r\n`;
+    assert.deepEqual(push(f, chunked), { forward: chunked, names: ['a.test'] });
+    assert.deepEqual(push(f, '\r\n' + req('c.test')), { forward: '\r\n' + req('c.test'), names: ['c.test'] });
+  });
+
+  it('refuses what is not HTTP where a request is due, and a Content-Length it cannot trust', () => {
+    const f = new HttpRequestFramer();
+    push(f, req('a.test'));
+    assert.ok('error' in push(f, 'SSH-2.0-x\r\n\r\n'));
+    assert.ok('error' in push(new HttpRequestFramer(), req('a.test', 'Content-Length: 5\r\nContent-Length: 6\r\n')));
+    assert.ok('error' in push(new HttpRequestFramer(), `POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcd\r\n`));
+  });
+
+  it('stops reading after an Upgrade or CONNECT (the stream is no longer HTTP)', () => {
+    const f = new HttpRequestFramer();
+    push(f, req('a.test', 'Upgrade: websocket\r\nConnection: Upgrade\r\n'));
+    assert.deepEqual(push(f, '\x81\x05hello'), { forward: '\x81\x05hello', names: [] });
   });
 });
 

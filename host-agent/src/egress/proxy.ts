@@ -16,7 +16,7 @@ import { logger } from '../../../lambdas/shared/logger';
 import type { EgressAuthority, SandboxEgress, Verdict } from './authority';
 import type { Endpoint, OriginalDestination } from './conntrack';
 import { isNeverReachable } from './policy';
-import { maxSniffBytes, sniff } from './sniff';
+import { HttpRequestFramer, maxSniffBytes, sniff } from './sniff';
 
 /** Open proxied connections one sandbox may hold. */
 const maxConnectionsPerSandbox = 1024;
@@ -135,15 +135,36 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
       clearTimeout(timer);
       client.off('data', onData);
       client.off('end', onEnd);
-      if (seen.state === 'named' && seen.name !== undefined) {
-        const kind = seen.protocol === 'tls' ? 'sni' : 'http_host';
-        tracked.carried = { kind, name: seen.name };
-        const verdict = o.authority.nameVerdict(sandbox, seen.name);
-        o.authority.note(sandbox, kind, `${seen.name} (at ${target})`, verdict);
-        if (!verdict.allowed) return done();
-      }
+      if (seen.state === 'named' && seen.protocol === 'http') return followHttp(head);
+      if (seen.state === 'named' && seen.name !== undefined && !admitsName('sni', seen.name)) return done();
       upstream.write(head);
       client.pipe(upstream);
+    };
+    /** Decides a name the connection carries; remembers it for re-decisions when the policy changes. */
+    const admitsName = (kind: 'sni' | 'http_host', name: string): boolean => {
+      tracked.carried = { kind, name };
+      const verdict = o.authority.nameVerdict(tracked.decidedUnder, name);
+      o.authority.note(tracked.decidedUnder, kind, `${name} (at ${target})`, verdict);
+      return verdict.allowed;
+    };
+    /** Plain HTTP: every request's Host is decided before the request goes on, not only the first one's. */
+    const followHttp = (first: Buffer) => {
+      const framer = new HttpRequestFramer();
+      const feed = (chunk: Buffer) => {
+        const step = framer.push(chunk);
+        if ('error' in step) {
+          o.authority.note(tracked.decidedUnder, 'http_host', target, { allowed: false, reason: `refused: ${step.error}` });
+          return done();
+        }
+        if (!step.names.every((name) => name === undefined || admitsName('http_host', name))) return done();
+        if (step.forward.length > 0 && !upstream.write(step.forward)) {
+          client.pause();
+          upstream.once('drain', () => client.resume());
+        }
+      };
+      client.on('data', feed);
+      client.on('end', () => upstream.end());
+      feed(first);
     };
     const onEnd = () => {
       clearTimeout(timer);

@@ -109,3 +109,88 @@ function serverName(hello: Buffer): string | undefined {
   }
   return undefined;
 }
+
+/**
+ * Follows the client side of a plain HTTP/1 connection request by request
+ * (Content-Length and chunked bodies, pipelining), so the Host of every
+ * request is read, not only the first: a kept-alive connection to a listed
+ * site cannot ask a second request of an unlisted site on the same address.
+ * After a CONNECT or an Upgrade request the stream is no longer HTTP and is
+ * passed through unread.
+ */
+export class HttpRequestFramer {
+  private state: 'head' | 'body' | 'chunk-size' | 'chunk-data' | 'chunk-end' | 'trailers' | 'opaque' = 'head';
+  private pending = Buffer.alloc(0);
+  private remaining = 0;
+
+  /**
+   * Takes what the client sent next. Answers the bytes that may go on now
+   * (a request head only once it is whole) and the name of each request head
+   * completed in them, in order (undefined: no name to check), or an error
+   * when the bytes are not the HTTP the framing says must come.
+   */
+  push(chunk: Buffer): { forward: Buffer; names: (string | undefined)[] } | { error: string } {
+    const forward: Buffer[] = [];
+    const names: (string | undefined)[] = [];
+    let data = this.pending.length > 0 ? Buffer.concat([this.pending, chunk]) : chunk;
+    this.pending = Buffer.alloc(0);
+    while (data.length > 0) {
+      // Empty lines between requests are allowed (RFC 9112 2.2).
+      if (this.state === 'head' && data.length >= 2 && data[0] === 0x0d && data[1] === 0x0a) {
+        forward.push(data.subarray(0, 2));
+        data = data.subarray(2);
+        continue;
+      }
+      if (this.state === 'opaque') {
+        forward.push(data);
+        break;
+      }
+      if (this.state === 'body' || this.state === 'chunk-data') {
+        const take = Math.min(this.remaining, data.length);
+        forward.push(data.subarray(0, take));
+        data = data.subarray(take);
+        this.remaining -= take;
+        if (this.remaining === 0) this.state = this.state === 'body' ? 'head' : 'chunk-end';
+        continue;
+      }
+      const end = data.indexOf(this.state === 'head' ? '\r\n\r\n' : '\r\n');
+      if (end === -1) {
+        if (data.length > maxSniffBytes) return { error: 'an HTTP request head or chunk line larger than the proxy reads' };
+        this.pending = Buffer.from(data);
+        break;
+      }
+      const unit = data.subarray(0, end + (this.state === 'head' ? 4 : 2));
+      data = data.subarray(unit.length);
+      forward.push(unit);
+      if (this.state === 'head') {
+        const seen = sniff(unit);
+        if (seen.state !== 'named' || seen.protocol !== 'http') return { error: 'bytes that are not an HTTP request where the next request was due' };
+        names.push(seen.name);
+        const headers = unit.toString('latin1').split('\r\n');
+        const header = (name: string) =>
+          headers
+            .filter((l) => l.toLowerCase().startsWith(`${name}:`))
+            .map((l) => l.slice(name.length + 1).trim().toLowerCase());
+        if (headers[0]!.startsWith('CONNECT ') || header('upgrade').length > 0) this.state = 'opaque';
+        else if (header('transfer-encoding').some((v) => v.split(',').at(-1)!.trim() === 'chunked')) this.state = 'chunk-size';
+        else {
+          const lengths = [...new Set(header('content-length'))];
+          if (lengths.length > 1 || (lengths.length === 1 && !/^\d{1,15}$/.test(lengths[0]!))) return { error: 'an HTTP request with a Content-Length the proxy cannot trust' };
+          this.remaining = lengths.length === 1 ? Number(lengths[0]) : 0;
+          if (this.remaining > 0) this.state = 'body';
+        }
+      } else if (this.state === 'chunk-size') {
+        const size = Number.parseInt(unit.toString('latin1').split(';')[0]!.trim(), 16);
+        if (!Number.isFinite(size) || size < 0) return { error: 'a chunked HTTP body with a bad chunk size' };
+        this.remaining = size;
+        this.state = size === 0 ? 'trailers' : 'chunk-data';
+      } else if (this.state === 'chunk-end') {
+        if (unit.length !== 2) return { error: 'a chunked HTTP body with data past its chunk size' };
+        this.state = 'chunk-size';
+      } else if (this.state === 'trailers' && unit.length === 2) {
+        this.state = 'head';
+      }
+    }
+    return { forward: Buffer.concat(forward), names };
+  }
+}
