@@ -40,6 +40,11 @@ const environmentSchema = z
       maxHosts: positiveInt,
       sandboxSlotsPerHost: positiveInt,
       rootVolumeGiB: positiveInt.min(30).max(16_384),
+      /**
+       * Encrypted gp3 volume (ext4) for sandbox state at /var/lib/ephemeral-sandbox: each sandbox's home
+       * file system (disk_mb, preallocated) and its kept /tmp while stopped. Must hold every slot at the limits.
+       */
+      stateVolumeGiB: positiveInt.min(1).max(16_384),
       spot: z.strictObject({
         enabled: z.boolean(),
         onDemandBaseCapacity: nonNegativeInt,
@@ -91,7 +96,9 @@ const environmentSchema = z
       maxTtlSeconds: positiveInt,
       defaultIdleTimeoutSeconds: positiveInt,
       pidsLimit: positiveInt,
-      hotQuotaBytes: positiveInt,
+      /** A sandbox's home size when the caller names none, and the most it may name (its sync quota too). */
+      defaultDiskMb: positiveInt.min(64),
+      maxDiskMb: positiveInt.min(64),
       hotSyncIntervalSeconds: nonNegativeInt,
       /** Sandboxes a tenant may have not yet ended (a tenant's own item can override it). */
       maxSandboxesPerTenant: positiveInt,
@@ -126,6 +133,16 @@ const environmentSchema = z
     if (l.defaultCpu > l.maxCpu) ctx.addIssue({ code: 'custom', path: ['limits', 'defaultCpu'], message: 'defaultCpu is above maxCpu' });
     if (l.defaultMemoryMb > l.maxMemoryMb) ctx.addIssue({ code: 'custom', path: ['limits', 'defaultMemoryMb'], message: 'defaultMemoryMb is above maxMemoryMb' });
     if (l.defaultTtlSeconds > l.maxTtlSeconds) ctx.addIssue({ code: 'custom', path: ['limits', 'defaultTtlSeconds'], message: 'defaultTtlSeconds is above maxTtlSeconds' });
+    if (l.defaultDiskMb > l.maxDiskMb) ctx.addIssue({ code: 'custom', path: ['limits', 'defaultDiskMb'], message: 'defaultDiskMb is above maxDiskMb' });
+    // Homes are preallocated and a stopped sandbox keeps its /tmp (up to half its memory) on the host: every slot at the limits must fit.
+    const neededMb = h.sandboxSlotsPerHost * (l.maxDiskMb + Math.ceil(l.maxMemoryMb / 2));
+    if (h.stateVolumeGiB * 1024 < neededMb) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['hosts', 'stateVolumeGiB'],
+        message: `${h.stateVolumeGiB} GiB cannot hold ${h.sandboxSlotsPerHost} slots at maxDiskMb (${l.maxDiskMb}) plus a kept /tmp of half maxMemoryMb (${Math.ceil(l.maxMemoryMb / 2)}): needs at least ${Math.ceil(neededMb / 1024)} GiB`,
+      });
+    }
   });
 
 export type EnvironmentSettings = z.infer<typeof environmentSchema>;

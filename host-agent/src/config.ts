@@ -15,14 +15,28 @@ export interface HostConfig {
   egressAllow: EgressEndpoint[];
   /** Bucket where oversized requests are staged (`s3:<key>` arguments). */
   storageBucket: string | undefined;
-  /** Size of the /tmp tmpfs inside each sandbox. */
+  /** Largest /tmp tmpfs of a sandbox (SANDBOX_TMP_MB); below it /tmp is half the sandbox's memory (create.ts tmpSizeMbFor). */
   tmpSizeMb: number;
+  /**
+   * Resolvers the sandbox resolver forwards to (SANDBOX_DNS_UPSTREAM, `ip` or
+   * `ip:port`, comma-separated); undefined = the host's own, from /etc/resolv.conf.
+   */
+  dnsUpstreams: DnsUpstream[] | undefined;
+  /** Port of the egress proxy on the sandbox network's gateway (EGRESS_PROXY_PORT). */
+  egressProxyPort: number;
+  /** Names every sandbox may resolve and reach whatever its policy: the host part of SANDBOX_API_URL when it is a name. */
+  platformNames: string[];
   /** This host's id (HOST_ID): labels the containers it makes, scopes `status` to them. */
   hostId: string | undefined;
 }
 
 export interface EgressEndpoint {
   ip: string;
+  port: number;
+}
+
+export interface DnsUpstream {
+  address: string;
   port: number;
 }
 
@@ -59,6 +73,31 @@ function parseEgressAllow(list: string): EgressEndpoint[] {
     endpoints.push({ ip: match[1]!, port });
   }
   return endpoints;
+}
+
+function parseDnsUpstreams(list: string): DnsUpstream[] {
+  const upstreams: DnsUpstream[] = [];
+  for (const item of list.split(',').map((s) => s.trim()).filter(Boolean)) {
+    const match = /^(\d{1,3}(?:\.\d{1,3}){3})(?::(\d{1,5}))?$/.exec(item);
+    const port = match?.[2] ? Number(match[2]) : 53;
+    if (!match || !match[1]!.split('.').every((o) => Number(o) <= 255) || port < 1 || port > 65_535) {
+      throw new HostAgentError('bad_request', `SANDBOX_DNS_UPSTREAM entry "${item}" is not an IPv4 address or ip:port`);
+    }
+    upstreams.push({ address: match[1]!, port });
+  }
+  return upstreams;
+}
+
+function platformNamesOf(apiUrl: string | undefined): string[] {
+  if (!apiUrl) return [];
+  let host: string;
+  try {
+    host = new URL(apiUrl).hostname;
+  } catch {
+    throw new HostAgentError('bad_request', `SANDBOX_API_URL "${apiUrl}" is not a URL`);
+  }
+  // An address is reached through EGRESS_ALLOW; only a name needs the resolver's help.
+  return /^[\d.]+$/.test(host) || host.startsWith('[') ? [] : [host.toLowerCase()];
 }
 
 function positiveInt(name: string, raw: string | undefined, fallback: number): number {
@@ -101,7 +140,10 @@ export function loadHostConfig(env: NodeJS.ProcessEnv = process.env): HostConfig
     sandboxGid: positiveInt('SANDBOX_GID', get('SANDBOX_GID'), 1000),
     egressAllow: parseEgressAllow(get('EGRESS_ALLOW') ?? ''),
     storageBucket: get('STORAGE_BUCKET') || undefined,
-    tmpSizeMb: positiveInt('SANDBOX_TMP_MB', get('SANDBOX_TMP_MB'), 512),
+    tmpSizeMb: positiveInt('SANDBOX_TMP_MB', get('SANDBOX_TMP_MB'), 4096),
+    dnsUpstreams: get('SANDBOX_DNS_UPSTREAM') ? parseDnsUpstreams(get('SANDBOX_DNS_UPSTREAM')!) : undefined,
+    egressProxyPort: positiveInt('EGRESS_PROXY_PORT', get('EGRESS_PROXY_PORT'), 15001),
+    platformNames: platformNamesOf(get('SANDBOX_API_URL')),
     hostId: get('HOST_ID') || undefined,
   };
 }
@@ -116,5 +158,9 @@ export function sandboxPaths(config: HostConfig, sandboxId: string) {
     hotManifest: join(root, 'hot-manifest.json'),
     /** Commands' stdio FIFOs (made by the host daemon; read-only bind in the sandbox). */
     io: join(root, 'io'),
+    /** The sandbox's egress policy (JSON), read by the host daemon's resolver and proxy. */
+    egressPolicy: join(root, 'egress.json'),
+    /** The home's own file system (disk_mb), loop-mounted at `home`. */
+    homeImage: join(root, 'home.img'),
   };
 }

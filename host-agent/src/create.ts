@@ -8,6 +8,7 @@ import { sandboxPaths, type HostConfig } from './config';
 import { DockerApiError, type DockerClient } from './docker';
 import { HostAgentError } from './errors';
 import { containerLabels, ownerLabelValue, type CreateResult, type createRequest } from './protocol';
+import { writeEgressPolicyFile } from './egress/sandbox-egress';
 import { attachCold, prepareHome } from './sandbox-storage';
 
 export type CreateInput = z.output<typeof createRequest>;
@@ -28,13 +29,27 @@ export const sandboxNofile = { soft: 8192, hard: 8192 };
 /** Size of the /run tmpfs (pid files, sockets of tools that expect a writable /run). */
 const runTmpfsMb = 16;
 
+/**
+ * The /tmp tmpfs of a sandbox: half its memory (its pages count against the
+ * sandbox's memory limit, so a full /tmp leaves the other half to run
+ * commands, stop and start), at most `capMb` (SANDBOX_TMP_MB).
+ */
+export function tmpSizeMbFor(memoryMb: number, capMb: number): number {
+  return Math.max(1, Math.min(capMb, Math.floor(memoryMb / 2)));
+}
+
 /** True when the container carries our owner label. */
 export function isOwned(info: { Config?: { Labels?: Record<string, string> | null } } | undefined): boolean {
   return info?.Config?.Labels?.[containerLabels.owner] === ownerLabelValue;
 }
 
 /** The container definition: everything the hardening checklist asks for, in one place. */
-export function containerSpec(request: CreateInput, config: HostConfig, paths: { home: string; cold: string; io: string }, networkName: string): ContainerCreateOptions {
+export function containerSpec(
+  request: CreateInput,
+  config: HostConfig,
+  paths: { home: string; cold: string; io: string },
+  network: { name: string; gateway?: string | undefined },
+): ContainerCreateOptions {
   const memoryBytes = request.memoryMb * 1024 * 1024;
   const labels: Record<string, string> = {};
   for (const [key, value] of Object.entries(request.labels)) labels[userLabelPrefix + key] = value;
@@ -63,7 +78,9 @@ export function containerSpec(request: CreateInput, config: HostConfig, paths: {
     NetworkDisabled: request.network === 'none',
     HostConfig: {
       Init: true,
-      NetworkMode: networkName,
+      NetworkMode: network.name,
+      // The sandbox resolver on the gateway (the host daemon's): Docker's embedded DNS forwards every name there.
+      ...(network.gateway ? { Dns: [network.gateway], DnsOptions: [], DnsSearch: [] } : {}),
       Privileged: false,
       CapDrop: ['ALL'],
       // Docker's default seccomp profile stays on: no seccomp=unconfined here.
@@ -71,7 +88,7 @@ export function containerSpec(request: CreateInput, config: HostConfig, paths: {
       ReadonlyRootfs: true,
       Tmpfs: {
         // exec: Docker's tmpfs default is noexec, which breaks tools that build and run in /tmp.
-        '/tmp': `rw,exec,nosuid,nodev,size=${config.tmpSizeMb}m`,
+        '/tmp': `rw,exec,nosuid,nodev,size=${tmpSizeMbFor(request.memoryMb, config.tmpSizeMb)}m`,
         '/run': `rw,nosuid,nodev,noexec,size=${runTmpfsMb}m`,
       },
       Binds: [`${paths.home}:${sandboxHome}:rw`, `${paths.cold}:${sandboxColdMount}:rw`, `${paths.io}:${sandboxIoMount}:ro`],
@@ -110,11 +127,14 @@ async function ensureImage(docker: DockerClient, image: string): Promise<void> {
 }
 
 /** Starts an owned container if it is not running, and answers its id. */
-async function adopt(docker: DockerClient, info: ContainerInspectInfo, sandboxId: string): Promise<string> {
+async function adopt(docker: DockerClient, info: ContainerInspectInfo, request: CreateInput, config: HostConfig): Promise<string> {
   if (!isOwned(info)) {
-    throw new HostAgentError('bad_request', `a container named ${sandboxId} exists on this host and is not a sandbox; remove it or use another id`);
+    throw new HostAgentError('bad_request', `a container named ${request.sandboxId} exists on this host and is not a sandbox; remove it or use another id`);
   }
-  if (!info.State.Running) await docker.startContainer(info.Id);
+  if (!info.State.Running) {
+    await docker.startContainer(info.Id);
+    if (request.network !== 'none') await (await import('./network')).refreshSandboxPolicies(config, docker);
+  }
   return info.Id;
 }
 
@@ -125,29 +145,29 @@ async function adopt(docker: DockerClient, info: ContainerInspectInfo, sandboxId
 export async function createSandbox(request: CreateInput, config: HostConfig, docker: DockerClient): Promise<CreateResult> {
   const started = Date.now();
   const existing = await docker.inspectContainer(request.sandboxId);
-  if (existing) return { containerId: await adopt(docker, existing, request.sandboxId), hostMs: Date.now() - started };
+  if (existing) return { containerId: await adopt(docker, existing, request, config), hostMs: Date.now() - started };
 
-  const ctx = { config, sandboxId: request.sandboxId, storage: request.storage };
+  const ctx = { config, sandboxId: request.sandboxId, storage: request.storage, diskMb: request.diskMb };
   // Independent steps run side by side: create time is the slowest, not the sum.
-  const [networkName, , { home, hotSync }, cold] = await Promise.all([
-    request.network === 'none'
-      ? 'none'
-      : import('./network').then(async ({ ensureSandboxNetwork }) => (await ensureSandboxNetwork(config, docker)).name),
+  const [network, , { home, hotSync }, cold] = await Promise.all([
+    request.network === 'none' ? { name: 'none' } : import('./network').then(({ ensureSandboxNetwork }) => ensureSandboxNetwork(config, docker)),
     ensureImage(docker, request.image),
     prepareHome(ctx),
     attachCold(ctx),
   ]);
+  // Before the container exists: the resolver and proxy must never see it without its policy.
+  if (request.network !== 'none') await writeEgressPolicyFile(config, request.sandboxId, request.egress);
 
   const io = sandboxPaths(config, request.sandboxId).io;
   await mkdir(io, { recursive: true, mode: 0o711 });
   let containerId: string;
   try {
-    ({ Id: containerId } = await docker.createContainer(request.sandboxId, containerSpec(request, config, { home, cold, io }, networkName)));
+    ({ Id: containerId } = await docker.createContainer(request.sandboxId, containerSpec(request, config, { home, cold, io }, network)));
   } catch (error) {
     // A concurrent create of the same sandbox won the name: answer its container.
     if (error instanceof DockerApiError && error.statusCode === 409) {
       const winner = await docker.inspectContainer(request.sandboxId);
-      if (winner) return { containerId: await adopt(docker, winner, request.sandboxId), hostMs: Date.now() - started };
+      if (winner) return { containerId: await adopt(docker, winner, request, config), hostMs: Date.now() - started };
     }
     throw error;
   }
@@ -162,5 +182,7 @@ export async function createSandbox(request: CreateInput, config: HostConfig, do
     }
     throw error;
   }
+  // Docker may have handed it the address of a sandbox that just left: rebuild the fast path before it runs anything.
+  if (request.network !== 'none') await (await import('./network')).refreshSandboxPolicies(config, docker);
   return { containerId, hostMs: Date.now() - started, ...(hotSync ? { hotSync } : {}) };
 }

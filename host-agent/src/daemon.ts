@@ -20,7 +20,9 @@ import { getSandbox, liveSandboxesOnHost } from '../../lambdas/shared/sandbox-st
 import { settledStatuses } from '../../lambdas/shared/sandbox-state';
 import { sandboxIdPattern } from '../../lambdas/shared/schemas';
 import { beginShutdown, markEnded, storageFor } from '../../lambdas/shared/sandboxes';
+import { EgressLogWriter } from '../../lambdas/shared/egress-log';
 import { applyEnvFile, loadHostConfig } from './config';
+import { startEgressGateway } from './egress/gateway';
 import { DockerClient } from './docker';
 import { CommandRunner } from './commands/runner';
 import { envelopeLine, runHostAgent, type DaemonRuntime } from './invocation';
@@ -247,6 +249,8 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
   const egress = await checkEgressRules(hostConfig, docker);
   if (egress.missing.length > 0) throw new Error(`daemon: the egress firewall is incomplete after install: ${egress.missing.join('; ')}`);
   logger.info('daemon: sandbox network ready', { network });
+  const egressLog = new EgressLogWriter();
+  const gateway = await startEgressGateway(hostConfig, docker, network, egressLog);
   const cp = controlPlaneConfig();
   const runner = new CommandRunner({
     docker,
@@ -292,6 +296,7 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
     runner.close();
     socket.close();
     rmSync(s.agentSocket, { force: true });
+    void gateway.stop().finally(() => egressLog.close());
   };
 }
 

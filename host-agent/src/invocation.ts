@@ -106,6 +106,8 @@ async function dispatch(verb: HostVerb, request: unknown, config: HostConfig, ru
       return (await import('./lifecycle')).syncSandbox(request as never, config, docker);
     case 'status':
       return (await import('./lifecycle')).hostStatus(config, docker);
+    case 'network':
+      return (await import('./egress/sandbox-egress')).setSandboxEgress(request as never, config, docker);
   }
 }
 

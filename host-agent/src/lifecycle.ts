@@ -18,7 +18,7 @@ import {
   type destroyRequest,
   type sandboxRef,
 } from './protocol';
-import { attachCold, detachCold, keepHomeForLater, removeSandboxState, syncHomeUp, type SandboxStorageContext } from './sandbox-storage';
+import { attachCold, attachHome, detachCold, keepHomeForLater, removeSandboxState, syncHomeUp, type SandboxStorageContext } from './sandbox-storage';
 import { archiveTmp, restoreTmp, tmpArchivePath, tmpArchiveState } from './tmp-archive';
 
 export type DestroyInput = z.output<typeof destroyRequest>;
@@ -144,7 +144,11 @@ export async function resumeSandbox(
   }
   // The container's bind of /data/cold is made at start: mount the cold tier before it.
   await attachCold({ config, sandboxId: request.sandboxId, storage: request.storage });
+  // Its own file system too, if the host lost the mount (a reboot) while the sandbox was stopped.
+  await attachHome({ config, sandboxId: request.sandboxId });
   await docker.startContainer(info.Id);
+  // A new address, maybe one a departed sandbox had: rebuild the egress fast path before it runs anything.
+  if (info.HostConfig?.NetworkMode !== 'none') await (await import('./network')).refreshSandboxPolicies(config, docker);
   // Just started: any archive on the host holds this /tmp (even one from a pause whose stop failed).
   if (!existsSync(tmpArchivePath(config, request.sandboxId))) return { resumed: true };
   return { resumed: true, tmp: await restoreTmp(docker, config, request.sandboxId, info.Id) };

@@ -2,39 +2,56 @@
  * The sandbox network and its egress firewall.
  *
  * Sandboxes join one user-defined bridge with inter-container communication
- * off. Packets arriving from that bridge pass two host-managed chains:
- *   SBX-FWD-<bridge> (from DOCKER-USER, i.e. routed traffic): replies of
- *     established flows, then the EGRESS_ALLOW endpoints, then DROP to the
- *     link-local (instance metadata), private and carrier-grade NAT ranges;
- *   SBX-IN-<bridge> (from INPUT, i.e. the host itself, gateway included):
- *     replies, the EGRESS_ALLOW endpoints, then DROP.
- * With ip6tables present, the same two chains drop fd00:ec2::254 (IMDS over
+ * off. What leaves a sandbox is decided in three places:
+ *   nat SBX-NAT-<bridge> (from PREROUTING): every DNS packet (port 53, to
+ *     anywhere) goes to the sandbox resolver on the gateway; TCP to the host
+ *     itself and to the EGRESS_ALLOW endpoints is left alone; the rest of the
+ *     TCP goes to SBX-NPOL, which redirects it to the egress proxy, except
+ *     for sandboxes whose policy is allow_all (their fast path: straight out,
+ *     but TCP to private ranges is still redirected, so its refusal is logged);
+ *   filter SBX-FWD-<bridge> (from DOCKER-USER, routed traffic): the
+ *     EGRESS_ALLOW endpoints, then SBX-POL: allow_all sandboxes go on to
+ *     SBX-OPEN (replies, DNS-over-TLS dropped, private, link-local and
+ *     carrier-grade NAT ranges dropped); every other sandbox is dropped here
+ *     (its TCP never gets this far: the proxy carries it);
+ *   filter SBX-IN-<bridge> (from INPUT, the host itself): replies, the
+ *     EGRESS_ALLOW endpoints, the resolver (53) and the proxy (only for
+ *     connections the nat rules redirected), then DROP.
+ * SBX-POL and SBX-NPOL list the allow_all sandboxes by address; they are
+ * rebuilt from Docker's view and the policy files after every start, stop
+ * and policy change (refreshSandboxPolicies), so an address Docker hands to a
+ * new sandbox never keeps a departed sandbox's fast path.
+ * With ip6tables present, the filter chains drop fd00:ec2::254 (IMDS over
  * IPv6) and everything addressed to the host.
  */
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdir, rmdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { loadHostConfig, type EgressEndpoint, type HostConfig } from './config';
+import { loadHostConfig, sandboxPaths, type EgressEndpoint, type HostConfig } from './config';
 import { DockerApiError, DockerClient } from './docker';
+import { blockedIpv4Ranges, readEgressPolicy } from './egress/policy';
 import { HostAgentError } from './errors';
 import { containerLabels, ownerLabelValue } from './protocol';
 
 const run = promisify(execFile);
 
-/** Ranges a sandbox must never reach: link-local (IMDS), RFC 1918, RFC 6598. */
-export const blockedIpv4Ranges = ['169.254.0.0/16', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '100.64.0.0/10'];
+export { blockedIpv4Ranges };
 export const blockedIpv6Ranges = ['fd00:ec2::254/128'];
 
 const iccOption = 'com.docker.network.bridge.enable_icc';
 const bridgeNameOption = 'com.docker.network.bridge.name';
+const sandboxIdPattern = /^sbx-[a-z0-9]{20}$/;
+/** Port of the sandbox resolver on the gateway. */
+export const resolverPort = 53;
 
 export interface SandboxNetwork {
   name: string;
   id: string;
   /** Host interface of the bridge, e.g. br-1a2b3c4d5e6f. */
   bridge: string;
-  /** The bridge's address on the host (sandboxes' default gateway). */
+  /** The bridge's address on the host (sandboxes' default gateway, resolver and egress proxy). */
   gateway: string | undefined;
   subnet: string | undefined;
 }
@@ -47,9 +64,11 @@ export interface EgressCheck {
 }
 
 type Family = 'ipv4' | 'ipv6';
+type Table = 'filter' | 'nat';
 
-interface FamilyRules {
+interface TableRules {
   family: Family;
+  table: Table;
   /** Managed chain name -> its exact rules, in order. */
   chains: Map<string, string[]>;
   /** Rules in built-in (or Docker's) chains that send the bridge's packets to ours. */
@@ -61,84 +80,136 @@ const tools: Record<Family, { save: string; restore: string }> = {
   ipv6: { save: 'ip6tables-save', restore: 'ip6tables-restore' },
 };
 
-/** The filter table as iptables-save prints it: chains and their rules in order. */
-interface FilterTable {
+/** One table as iptables-save prints it: chains and their rules in order. */
+interface SavedTable {
   chains: Set<string>;
   rules: Map<string, string[]>;
 }
 
-async function readFilterTable(family: Family): Promise<FilterTable | undefined> {
+async function readTable(family: Family, table: Table): Promise<SavedTable | undefined> {
   let output: string;
   try {
-    ({ stdout: output } = await run(tools[family].save, ['-t', 'filter'], { maxBuffer: 64 * 1024 * 1024 }));
+    ({ stdout: output } = await run(tools[family].save, ['-t', table], { maxBuffer: 64 * 1024 * 1024 }));
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new HostAgentError('internal_error', `${tools[family].save} failed: ${(error as Error).message.trim()}`);
+    throw new HostAgentError('internal_error', `${tools[family].save} -t ${table} failed: ${(error as Error).message.trim()}`);
   }
-  const table: FilterTable = { chains: new Set(), rules: new Map() };
+  const saved: SavedTable = { chains: new Set(), rules: new Map() };
   for (const line of output.split('\n')) {
-    if (line.startsWith(':')) table.chains.add(line.slice(1).split(' ')[0]!);
+    if (line.startsWith(':')) saved.chains.add(line.slice(1).split(' ')[0]!);
     else if (line.startsWith('-A ')) {
       const chain = line.split(' ')[1]!;
-      const list = table.rules.get(chain);
+      const list = saved.rules.get(chain);
       if (list) list.push(line);
-      else table.rules.set(chain, [line]);
+      else saved.rules.set(chain, [line]);
     }
   }
-  return table;
+  return saved;
 }
 
-function chainNames(bridge: string) {
-  // iptables chain names stop at 28 characters; bridge names at 15.
-  return { forward: `SBX-FWD-${bridge}`, input: `SBX-IN-${bridge}` };
+/** iptables chain names stop at 28 characters; bridge names at 15. */
+export function chainNames(bridge: string) {
+  return {
+    forward: `SBX-FWD-${bridge}`,
+    input: `SBX-IN-${bridge}`,
+    /** Dynamic: allow_all sandboxes by address, then DROP. */
+    policy: `SBX-POL-${bridge}`,
+    open: `SBX-OPEN-${bridge}`,
+    nat: `SBX-NAT-${bridge}`,
+    /** Dynamic: allow_all sandboxes by address, then REDIRECT to the proxy. */
+    natPolicy: `SBX-NPOL-${bridge}`,
+    natOpen: `SBX-NOPEN-${bridge}`,
+  };
 }
 
-function allowRules(chain: string, allow: EgressEndpoint[]): string[] {
-  return allow.map(({ ip, port }) => `-A ${chain} -d ${ip}/32 -p tcp -m tcp --dport ${port} -j ACCEPT`);
+function allowRules(chain: string, allow: EgressEndpoint[], target: 'ACCEPT' | 'RETURN'): string[] {
+  return allow.map(({ ip, port }) => `-A ${chain} -d ${ip}/32 -p tcp -m tcp --dport ${port} -j ${target}`);
 }
 
-/** The rules we want, for one family, given what the table already has (DOCKER-USER may be absent). */
-function desiredRules(family: Family, bridge: string, allow: EgressEndpoint[], table: FilterTable): FamilyRules {
-  const { forward, input } = chainNames(bridge);
+/** The dynamic head of SBX-POL / SBX-NPOL: one rule per allow_all sandbox address, in a stable order. */
+function openRules(chain: string, target: string, openIps: readonly string[]): string[] {
+  return [...openIps].sort().map((ip) => `-A ${chain} -s ${ip}/32 -g ${target}`);
+}
+
+interface DesiredInput {
+  bridge: string;
+  allow: EgressEndpoint[];
+  proxyPort: number;
+  /** Addresses of the sandboxes whose policy is allow_all. */
+  openIps: readonly string[];
+}
+
+/** The rules we want, for one family and table, given what the table already has (DOCKER-USER may be absent). */
+function desiredRules(family: Family, table: Table, input: DesiredInput, saved: SavedTable): TableRules {
+  const c = chainNames(input.bridge);
   const established = (chain: string) => `-A ${chain} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`;
-  const forwardParent = table.chains.has('DOCKER-USER') ? 'DOCKER-USER' : 'FORWARD';
   const chains = new Map<string, string[]>();
-  if (family === 'ipv4') {
-    chains.set(forward, [
-      established(forward),
-      ...allowRules(forward, allow),
-      ...blockedIpv4Ranges.map((range) => `-A ${forward} -d ${range} -j DROP`),
+  const redirect = `-j REDIRECT --to-ports ${input.proxyPort}`;
+  if (family === 'ipv4' && table === 'nat') {
+    chains.set(c.nat, [
+      // Every DNS packet, whatever its address, goes to the sandbox resolver: the only DNS path out.
+      `-A ${c.nat} -p udp -m udp --dport ${resolverPort} -j REDIRECT --to-ports ${resolverPort}`,
+      `-A ${c.nat} -p tcp -m tcp --dport ${resolverPort} -j REDIRECT --to-ports ${resolverPort}`,
+      // The host's own addresses: SBX-IN decides.
+      `-A ${c.nat} -m addrtype --dst-type LOCAL -j RETURN`,
+      ...allowRules(c.nat, input.allow, 'RETURN'),
+      `-A ${c.nat} -p tcp -g ${c.natPolicy}`,
     ]);
-    chains.set(input, [established(input), ...allowRules(input, allow), `-A ${input} -j DROP`]);
+    chains.set(c.natPolicy, [...openRules(c.natPolicy, c.natOpen, input.openIps), `-A ${c.natPolicy} -p tcp ${redirect}`]);
+    // allow_all goes straight out, but its attempts at private ranges reach the proxy, which refuses and logs them.
+    chains.set(c.natOpen, blockedIpv4Ranges.map((range) => `-A ${c.natOpen} -d ${range} -p tcp ${redirect}`));
+    return { family, table, chains, jumps: [{ parent: 'PREROUTING', rule: `-A PREROUTING -i ${input.bridge} -j ${c.nat}` }] };
+  }
+  const forwardParent = saved.chains.has('DOCKER-USER') ? 'DOCKER-USER' : 'FORWARD';
+  if (family === 'ipv4') {
+    chains.set(c.forward, [...allowRules(c.forward, input.allow, 'ACCEPT'), `-A ${c.forward} -g ${c.policy}`]);
+    chains.set(c.policy, [...openRules(c.policy, c.open, input.openIps), `-A ${c.policy} -j DROP`]);
+    chains.set(c.open, [
+      established(c.open),
+      // DNS-over-TLS would be a DNS path around the resolver.
+      `-A ${c.open} -p tcp -m tcp --dport 853 -j DROP`,
+      `-A ${c.open} -p udp -m udp --dport 853 -j DROP`,
+      ...blockedIpv4Ranges.map((range) => `-A ${c.open} -d ${range} -j DROP`),
+    ]);
+    chains.set(c.input, [
+      established(c.input),
+      ...allowRules(c.input, input.allow, 'ACCEPT'),
+      `-A ${c.input} -p udp -m udp --dport ${resolverPort} -j ACCEPT`,
+      `-A ${c.input} -p tcp -m tcp --dport ${resolverPort} -j ACCEPT`,
+      // Only connections the nat rules redirected: the proxy is no service of its own.
+      `-A ${c.input} -p tcp -m tcp --dport ${input.proxyPort} -m conntrack --ctstate DNAT -j ACCEPT`,
+      `-A ${c.input} -j DROP`,
+    ]);
   } else {
-    chains.set(forward, blockedIpv6Ranges.map((range) => `-A ${forward} -d ${range} -j DROP`));
-    chains.set(input, [established(input), `-A ${input} -j DROP`]);
+    chains.set(c.forward, blockedIpv6Ranges.map((range) => `-A ${c.forward} -d ${range} -j DROP`));
+    chains.set(c.input, [established(c.input), `-A ${c.input} -j DROP`]);
   }
   return {
     family,
+    table,
     chains,
     jumps: [
-      { parent: forwardParent, rule: `-A ${forwardParent} -i ${bridge} -j ${forward}` },
-      { parent: 'INPUT', rule: `-A INPUT -i ${bridge} -j ${input}` },
+      { parent: forwardParent, rule: `-A ${forwardParent} -i ${input.bridge} -j ${c.forward}` },
+      { parent: 'INPUT', rule: `-A INPUT -i ${input.bridge} -j ${c.input}` },
     ],
   };
 }
 
 /** A jump counts only if it comes before anything that would end the parent chain for our packets. */
-function jumpInPlace(table: FilterTable, parent: string, rule: string): boolean {
-  const rules = table.rules.get(parent) ?? [];
+function jumpInPlace(saved: SavedTable, parent: string, rule: string): boolean {
+  const rules = saved.rules.get(parent) ?? [];
   const at = rules.indexOf(rule);
   if (at === -1) return false;
   const terminal = rules.findIndex((line) => /^-A \S+ -j (RETURN|ACCEPT)$/.test(line));
   return terminal === -1 || at < terminal;
 }
 
-function missingRules(desired: FamilyRules, table: FilterTable): string[] {
+function missingRules(desired: TableRules, saved: SavedTable): string[] {
   const missing: string[] = [];
-  const tag = desired.family === 'ipv6' ? 'ip6tables ' : '';
+  const tag = `${desired.family === 'ipv6' ? 'ip6tables ' : ''}${desired.table === 'nat' ? '-t nat ' : ''}`;
   for (const [chain, rules] of desired.chains) {
-    const actual = table.rules.get(chain) ?? [];
-    if (!table.chains.has(chain)) missing.push(`${tag}-N ${chain}`);
+    const actual = saved.rules.get(chain) ?? [];
+    if (!saved.chains.has(chain)) missing.push(`${tag}-N ${chain}`);
     const absent = rules.filter((rule) => !actual.includes(rule));
     missing.push(...absent.map((rule) => tag + rule));
     if (absent.length === 0 && actual.join('\n') !== rules.join('\n')) {
@@ -146,31 +217,38 @@ function missingRules(desired: FamilyRules, table: FilterTable): string[] {
     }
   }
   for (const { parent, rule } of desired.jumps) {
-    if (!jumpInPlace(table, parent, rule)) missing.push(`${tag}${rule.replace(/^-A /, '-I ')} (before any RETURN/ACCEPT)`);
+    if (!jumpInPlace(saved, parent, rule)) missing.push(`${tag}${rule.replace(/^-A /, '-I ')} (before any RETURN/ACCEPT)`);
   }
   return missing;
 }
 
-/** Rewrites our chains atomically (one iptables-restore --noflush) and (re)places the jumps. */
-async function installRules(desired: FamilyRules, table: FilterTable): Promise<void> {
-  const lines = ['*filter'];
-  // With --noflush, declaring a chain creates it or flushes it: a whole-chain replace in one commit.
-  for (const chain of desired.chains.keys()) lines.push(`:${chain} - [0:0]`);
-  for (const rules of desired.chains.values()) lines.push(...rules);
-  for (const { parent, rule } of desired.jumps) {
-    if (jumpInPlace(table, parent, rule)) continue;
-    const copies = (table.rules.get(parent) ?? []).filter((line) => line === rule).length;
-    for (let i = 0; i < copies; i += 1) lines.push(rule.replace(/^-A /, '-D '));
-    lines.push(rule.replace(/^-A (\S+) /, '-I $1 1 '));
-  }
-  lines.push('COMMIT', '');
+async function restore(family: Family, lines: string[]): Promise<void> {
   await new Promise<void>((resolve, reject) => {
-    const child = execFile(tools[desired.family].restore, ['-w', '10', '--noflush'], (error, _stdout, stderr) => {
-      if (error) reject(new HostAgentError('internal_error', `${tools[desired.family].restore} failed: ${stderr.trim() || error.message}`));
+    const child = execFile(tools[family].restore, ['-w', '10', '--noflush'], (error, _stdout, stderr) => {
+      if (error) reject(new HostAgentError('internal_error', `${tools[family].restore} failed: ${stderr.trim() || error.message}`));
       else resolve();
     });
     child.stdin!.end(lines.join('\n'));
   });
+}
+
+/** Rewrites the given chains atomically (one iptables-restore --noflush) and (re)places the jumps. */
+async function installRules(desired: TableRules, saved: SavedTable, only?: readonly string[]): Promise<void> {
+  const lines = [`*${desired.table}`];
+  const chains = [...desired.chains].filter(([chain]) => !only || only.includes(chain));
+  // With --noflush, declaring a chain creates it or flushes it: a whole-chain replace in one commit.
+  for (const [chain] of chains) lines.push(`:${chain} - [0:0]`);
+  for (const [, rules] of chains) lines.push(...rules);
+  if (!only) {
+    for (const { parent, rule } of desired.jumps) {
+      if (jumpInPlace(saved, parent, rule)) continue;
+      const copies = (saved.rules.get(parent) ?? []).filter((line) => line === rule).length;
+      for (let i = 0; i < copies; i += 1) lines.push(rule.replace(/^-A /, '-D '));
+      lines.push(rule.replace(/^-A (\S+) /, '-I $1 1 '));
+    }
+  }
+  lines.push('COMMIT', '');
+  await restore(desired.family, lines);
 }
 
 /** Serialises rule installs across concurrent host-agent processes (mkdir is atomic). */
@@ -198,7 +276,9 @@ async function withHostLock<T>(config: HostConfig, name: string, fn: () => Promi
   }
 }
 
-function describeNetwork(info: NonNullable<Awaited<ReturnType<DockerClient['inspectNetwork']>>>): SandboxNetwork {
+type NetworkInfo = NonNullable<Awaited<ReturnType<DockerClient['inspectNetwork']>>>;
+
+function describeNetwork(info: NetworkInfo): SandboxNetwork {
   const ipam = info.IPAM?.Config?.[0];
   return {
     name: info.Name,
@@ -209,16 +289,17 @@ function describeNetwork(info: NonNullable<Awaited<ReturnType<DockerClient['insp
   };
 }
 
-function checkNetworkShape(info: NonNullable<Awaited<ReturnType<DockerClient['inspectNetwork']>>>): string[] {
+function checkNetworkShape(info: NetworkInfo): string[] {
   const problems: string[] = [];
   if (info.Driver !== 'bridge') problems.push(`network ${info.Name} uses driver ${info.Driver}, not bridge`);
   if (info.Options?.[iccOption] !== 'false') {
     problems.push(`network ${info.Name} allows inter-container traffic (${iccOption} is not false); remove it so the host-agent recreates it`);
   }
+  if (!info.IPAM?.Config?.[0]?.Gateway) problems.push(`network ${info.Name} has no IPv4 gateway: the sandbox resolver and egress proxy live there`);
   return problems;
 }
 
-async function findOrCreateNetwork(config: HostConfig, docker: DockerClient): Promise<SandboxNetwork> {
+async function findOrCreateNetwork(config: HostConfig, docker: DockerClient): Promise<NetworkInfo> {
   const name = config.sandboxNetwork;
   let info = await docker.inspectNetwork(name);
   if (!info) {
@@ -239,21 +320,62 @@ async function findOrCreateNetwork(config: HostConfig, docker: DockerClient): Pr
   }
   const problems = checkNetworkShape(info);
   if (problems.length > 0) throw new HostAgentError('docker_error', problems.join('; '));
-  return describeNetwork(info);
+  return info;
 }
 
-async function applyEgressRules(config: HostConfig, network: SandboxNetwork): Promise<void> {
-  for (const family of ['ipv4', 'ipv6'] as const) {
-    const table = await readFilterTable(family);
-    if (!table) {
+/**
+ * Whether a sandbox takes the allow_all fast path: its policy file says so,
+ * or it has none (made before policies existed: the default). A file that
+ * cannot be read keeps the sandbox on the proxy, which refuses its traffic.
+ */
+function isAllowAll(config: HostConfig, sandboxId: string): boolean {
+  let text: string;
+  try {
+    text = readFileSync(sandboxPaths(config, sandboxId).egressPolicy, 'utf8');
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'ENOENT';
+  }
+  try {
+    const read = readEgressPolicy(JSON.parse(text));
+    return read.ok && read.policy === 'allow_all';
+  } catch {
+    return false;
+  }
+}
+
+/** Addresses of the network's sandboxes whose policy is allow_all, from Docker's view (running containers only). */
+function openAddresses(config: HostConfig, info: NetworkInfo): string[] {
+  const ips: string[] = [];
+  for (const container of Object.values(info.Containers ?? {})) {
+    const ip = (container.IPv4Address ?? '').split('/')[0];
+    if (ip && sandboxIdPattern.test(container.Name) && isAllowAll(config, container.Name)) ips.push(ip);
+  }
+  return ips;
+}
+
+function desiredInput(config: HostConfig, info: NetworkInfo): DesiredInput {
+  return { bridge: describeNetwork(info).bridge, allow: config.egressAllow, proxyPort: config.egressProxyPort, openIps: openAddresses(config, info) };
+}
+
+const tablesOf: { family: Family; table: Table }[] = [
+  { family: 'ipv4', table: 'filter' },
+  { family: 'ipv4', table: 'nat' },
+  { family: 'ipv6', table: 'filter' },
+];
+
+async function applyEgressRules(config: HostConfig, docker: DockerClient, info: NetworkInfo): Promise<void> {
+  for (const { family, table } of tablesOf) {
+    const saved = await readTable(family, table);
+    if (!saved) {
       if (family === 'ipv4') throw new HostAgentError('internal_error', 'iptables-save not found: install iptables, the egress firewall needs it');
       continue;
     }
-    const desired = desiredRules(family, network.bridge, config.egressAllow, table);
-    if (missingRules(desired, table).length === 0) continue;
+    if (missingRules(desiredRules(family, table, desiredInput(config, info), saved), saved).length === 0) continue;
     await withHostLock(config, `egress-${family}`, async () => {
-      const fresh = (await readFilterTable(family))!;
-      const again = desiredRules(family, network.bridge, config.egressAllow, fresh);
+      // Under the lock: the containers (and so the open addresses) as they are now.
+      const fresh = (await readTable(family, table))!;
+      const now = (await docker.inspectNetwork(info.Name)) ?? info;
+      const again = desiredRules(family, table, desiredInput(config, now), fresh);
       if (missingRules(again, fresh).length > 0) await installRules(again, fresh);
     });
   }
@@ -264,7 +386,7 @@ const ensured = new Map<string, Promise<SandboxNetwork>>();
 /**
  * Makes sure the sandbox network exists (ICC off) and its egress rules are in
  * place, installing what is missing; idempotent. A check costs one network
- * inspect and one iptables-save per family; the answer is memoised for the
+ * inspect and one iptables-save per table; the answer is memoised for the
  * life of the process (a long-lived daemon passes `recheck` to look again).
  *
  * @example
@@ -275,18 +397,52 @@ export function ensureSandboxNetwork(
   docker = new DockerClient(config.dockerSocket),
   options: { recheck?: boolean } = {},
 ): Promise<SandboxNetwork> {
-  const key = `${config.sandboxNetwork}|${config.egressAllow.map((e) => `${e.ip}:${e.port}`).join(',')}`;
+  const key = `${config.sandboxNetwork}|${config.egressProxyPort}|${config.egressAllow.map((e) => `${e.ip}:${e.port}`).join(',')}`;
   let pending = options.recheck ? undefined : ensured.get(key);
   if (!pending) {
     pending = (async () => {
-      const network = await findOrCreateNetwork(config, docker);
-      await applyEgressRules(config, network);
-      return network;
+      const info = await findOrCreateNetwork(config, docker);
+      await applyEgressRules(config, docker, info);
+      return describeNetwork(info);
     })();
     ensured.set(key, pending);
     pending.catch(() => ensured.delete(key));
   }
   return pending;
+}
+
+/**
+ * Rebuilds the per-sandbox part of the firewall (which addresses take the
+ * allow_all fast path) from Docker's view of the network and the policy
+ * files. Call it after a sandbox's container starts or stops and after its
+ * policy changes; a sandbox leaving the fast path is redirected to the proxy
+ * before its forward rule goes, one joining it is opened before it stops
+ * being redirected, so no packet is let through by a half-made change.
+ */
+export async function refreshSandboxPolicies(config: HostConfig, docker: DockerClient): Promise<void> {
+  await withHostLock(config, 'egress-ipv4', async () => {
+    const info = await docker.inspectNetwork(config.sandboxNetwork);
+    if (!info) return;
+    const input = desiredInput(config, info);
+    const c = chainNames(input.bridge);
+    const [filter, nat] = [await readTable('ipv4', 'filter'), await readTable('ipv4', 'nat')];
+    if (!filter || !nat) throw new HostAgentError('internal_error', 'iptables-save not found: install iptables, the egress firewall needs it');
+    if (!filter.chains.has(c.policy) || !nat.chains.has(c.natPolicy)) {
+      throw new HostAgentError('internal_error', `the egress chains of ${input.bridge} are missing; the host daemon (or the next create) installs them`);
+    }
+    const wanted = {
+      filter: desiredRules('ipv4', 'filter', input, filter),
+      nat: desiredRules('ipv4', 'nat', input, nat),
+    };
+    const same = (saved: SavedTable, desired: TableRules, chain: string) => (saved.rules.get(chain) ?? []).join('\n') === desired.chains.get(chain)!.join('\n');
+    if (same(filter, wanted.filter, c.policy) && same(nat, wanted.nat, c.natPolicy)) return;
+    const wasOpen = (filter.rules.get(c.policy) ?? []).map((rule) => / -s (\S+)\/32 /.exec(rule)?.[1]).filter((ip): ip is string => Boolean(ip));
+    // Open the union first, then switch the redirects, then close what left.
+    const union = desiredRules('ipv4', 'filter', { ...input, openIps: [...new Set([...wasOpen, ...input.openIps])] }, filter);
+    await installRules(union, filter, [c.policy]);
+    await installRules(wanted.nat, nat, [c.natPolicy]);
+    await installRules(wanted.filter, filter, [c.policy]);
+  });
 }
 
 /**
@@ -300,13 +456,13 @@ export async function checkEgressRules(config: HostConfig = loadHostConfig(), do
   if (!info) return { network: config.sandboxNetwork, bridge: undefined, missing: [`network ${config.sandboxNetwork} does not exist`] };
   const network = describeNetwork(info);
   const missing = checkNetworkShape(info);
-  for (const family of ['ipv4', 'ipv6'] as const) {
-    const table = await readFilterTable(family);
-    if (!table) {
-      if (family === 'ipv4') missing.push('iptables-save not found');
+  for (const { family, table } of tablesOf) {
+    const saved = await readTable(family, table);
+    if (!saved) {
+      if (family === 'ipv4') missing.push(`iptables-save -t ${table} not found`);
       continue;
     }
-    missing.push(...missingRules(desiredRules(family, network.bridge, config.egressAllow, table), table));
+    missing.push(...missingRules(desiredRules(family, table, desiredInput(config, info), saved), saved));
   }
   return { network: network.name, bridge: network.bridge, missing };
 }
@@ -321,24 +477,20 @@ export async function removeSandboxNetwork(config: HostConfig = loadHostConfig()
   const { bridge } = describeNetwork(info);
   await docker.removeNetwork(info.Id);
   ensured.clear();
-  for (const family of ['ipv4', 'ipv6'] as const) {
-    const table = await readFilterTable(family);
-    if (!table) continue;
-    const desired = desiredRules(family, bridge, [], table);
-    const lines = ['*filter'];
+  for (const { family, table } of tablesOf) {
+    const saved = await readTable(family, table);
+    if (!saved) continue;
+    const desired = desiredRules(family, table, { bridge, allow: [], proxyPort: config.egressProxyPort, openIps: [] }, saved);
+    const lines = [`*${table}`];
     for (const { parent, rule } of desired.jumps) {
-      for (const line of table.rules.get(parent) ?? []) if (line === rule) lines.push(rule.replace(/^-A /, '-D '));
+      for (const line of saved.rules.get(parent) ?? []) if (line === rule) lines.push(rule.replace(/^-A /, '-D '));
     }
-    for (const chain of desired.chains.keys()) {
-      if (table.chains.has(chain)) lines.push(`-F ${chain}`, `-X ${chain}`);
-    }
+    // Flush every chain first: one may jump to another, and a chain still referenced cannot go.
+    const present = [...desired.chains.keys()].filter((chain) => saved.chains.has(chain));
+    for (const chain of present) lines.push(`-F ${chain}`);
+    for (const chain of present) lines.push(`-X ${chain}`);
     if (lines.length === 1) continue;
     lines.push('COMMIT', '');
-    await new Promise<void>((resolve, reject) => {
-      const child = execFile(tools[family].restore, ['-w', '10', '--noflush'], (error, _stdout, stderr) =>
-        error ? reject(new HostAgentError('internal_error', `${tools[family].restore} failed: ${stderr.trim() || error.message}`)) : resolve(),
-      );
-      child.stdin!.end(lines.join('\n'));
-    });
+    await restore(family, lines);
   }
 }

@@ -13,8 +13,9 @@
  * alphabet plus `/` and `.`); the host-agent fetches and deletes it.
  */
 import { z } from 'zod';
+import { egressPolicySchema, type EgressPolicy } from './egress/policy';
 
-export const hostVerbs = ['create', 'destroy', 'pause', 'resume', 'sync', 'status', 'run', 'kill', 'stdin'] as const;
+export const hostVerbs = ['create', 'destroy', 'pause', 'resume', 'sync', 'status', 'network', 'run', 'kill', 'stdin'] as const;
 export type HostVerb = (typeof hostVerbs)[number];
 
 /**
@@ -65,6 +66,9 @@ const sandboxId = z.string().regex(/^sbx-[a-z0-9]{20}$/);
 const safeName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._@=-]{0,127}$/);
 const envMap = z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/), z.string().max(32_768));
 
+/** Smallest home a sandbox may have, in MB (ext4 and the caches of a few tools need room). */
+export const minHomeDiskMb = 64;
+
 export const storageSpec = z.object({
   bucket: z.string().min(3).max(63),
   /** e.g. tenants/acme/users/u1/hot/ */
@@ -85,6 +89,10 @@ export const createRequest = z.object({
   memoryMb: z.number().int().min(64).max(262_144),
   pidsLimit: z.number().int().positive().default(512),
   network: z.enum(['bridge', 'none']).default('bridge'),
+  /** Size of the home's own file system; absent: a plain directory (requests from before disk_mb). */
+  diskMb: z.number().int().min(minHomeDiskMb).max(1_048_576).optional(),
+  /** What a bridge sandbox may reach (egress/policy.ts); ignored with network none. */
+  egress: egressPolicySchema.default('allow_all'),
   env: envMap.default({}),
   labels: z.record(z.string().max(63), z.string().max(256)).default({}),
   storage: storageSpec.optional(),
@@ -121,6 +129,10 @@ export type DestroyRequest = z.input<typeof destroyRequest>;
 export const sandboxRef = z.object({ sandboxId, storage: storageSpec.optional() });
 export type SandboxRef = z.input<typeof sandboxRef>;
 
+/** A sandbox's new egress policy, while it runs (or is paused). */
+export const networkRequest = z.object({ sandboxId, egress: egressPolicySchema });
+export type NetworkRequest = z.input<typeof networkRequest>;
+
 export const requestSchemas = {
   create: createRequest,
   run: runRequest,
@@ -131,6 +143,7 @@ export const requestSchemas = {
   resume: sandboxRef,
   sync: sandboxRef,
   status: z.object({}),
+  network: networkRequest,
 } as const satisfies Record<HostVerb, z.ZodType>;
 
 export interface CreateResult {
@@ -245,6 +258,7 @@ export type HostResults = {
   resume: { resumed: boolean; tmp?: TmpRestoreReport };
   sync: SyncReport;
   status: HostStatus;
+  network: { egress: EgressPolicy };
 };
 
 /**

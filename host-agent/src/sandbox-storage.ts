@@ -14,12 +14,24 @@ import { dirname, join } from 'node:path';
 import { sandboxPaths, type HostConfig } from './config';
 import { HostAgentError } from './errors';
 import type { StorageSpec, SyncReport } from './protocol';
-import { coldMountDriverFromEnv, createS3Client, hotSyncDown, hotSyncUp, mountCold, unmountCold, type HotSyncReport } from './storage/index';
+import { attachHomeDisk, detachHomeDisk, homeDiskBytes } from './storage/home-disk';
+import {
+  coldMountDriverFromEnv,
+  createS3Client,
+  defaultMaxEntries,
+  hotSyncDown,
+  hotSyncUp,
+  mountCold,
+  unmountCold,
+  type HotSyncReport,
+} from './storage/index';
 
 export interface SandboxStorageContext {
   config: HostConfig;
   sandboxId: string;
   storage?: StorageSpec | undefined;
+  /** Size of the home's own file system; undefined: a plain directory on the host's disk (sandboxes from before disk_mb). */
+  diskMb?: number | undefined;
 }
 
 /** The protocol's report only: the storage report's list of unsynced paths could outgrow SSM's output cap. */
@@ -37,7 +49,16 @@ async function withS3<T>(fn: (s3: ReturnType<typeof createS3Client>) => Promise<
   }
 }
 
-function hotOptions(ctx: SandboxStorageContext, storage: StorageSpec, s3: ReturnType<typeof createS3Client>) {
+/**
+ * The home's one size limit, which the hot sync also enforces: its file
+ * system's size when it has one (whatever quota the request carries, so a
+ * home can never hold more than its sync carries), else the request's quota.
+ */
+async function homeLimitBytes(ctx: SandboxStorageContext, storage: StorageSpec): Promise<number> {
+  return (await homeDiskBytes(sandboxPaths(ctx.config, ctx.sandboxId).homeImage)) ?? storage.hotQuotaBytes;
+}
+
+async function hotOptions(ctx: SandboxStorageContext, storage: StorageSpec, s3: ReturnType<typeof createS3Client>) {
   const paths = sandboxPaths(ctx.config, ctx.sandboxId);
   return {
     s3,
@@ -46,7 +67,7 @@ function hotOptions(ctx: SandboxStorageContext, storage: StorageSpec, s3: Return
     dir: paths.home,
     uid: ctx.config.sandboxUid,
     gid: ctx.config.sandboxGid,
-    quotaBytes: storage.hotQuotaBytes,
+    quotaBytes: await homeLimitBytes(ctx, storage),
     // Outside the home: the sandbox must not be able to edit what we think we synced.
     stateFile: paths.hotManifest,
   };
@@ -59,13 +80,33 @@ function hotOptions(ctx: SandboxStorageContext, storage: StorageSpec, s3: Return
 export async function prepareHome(ctx: SandboxStorageContext): Promise<{ home: string; hotSync?: SyncReport }> {
   const { home, hotManifest } = sandboxPaths(ctx.config, ctx.sandboxId);
   const storage = ctx.storage;
+  if (ctx.diskMb !== undefined) await attachHome(ctx);
   if (!storage || existsSync(hotManifest)) {
     await mkdir(home, { recursive: true, mode: 0o755 });
     await chownTo(home, ctx.config);
     return { home };
   }
-  const report = await withS3((s3) => hotSyncDown(hotOptions(ctx, storage, s3)));
+  const report = await withS3(async (s3) => hotSyncDown(await hotOptions(ctx, storage, s3)));
   return { home, hotSync: toSyncReport(report) };
+}
+
+/**
+ * Mounts the home's own file system at the home (making it, `diskMb` in size,
+ * the first time). Sandboxes without one (no diskMb, no image) keep a plain
+ * directory. Call before the container starts: a bind mount made earlier
+ * would show the empty directory under the mount.
+ */
+export async function attachHome(ctx: SandboxStorageContext): Promise<void> {
+  const { home, homeImage } = sandboxPaths(ctx.config, ctx.sandboxId);
+  if (ctx.diskMb === undefined && !existsSync(homeImage)) return;
+  await attachHomeDisk({
+    image: homeImage,
+    mountPoint: home,
+    sizeMb: ctx.diskMb ?? 0,
+    uid: ctx.config.sandboxUid,
+    gid: ctx.config.sandboxGid,
+    maxEntries: defaultMaxEntries,
+  });
 }
 
 /** The host directory to bind at /data/cold: the cold tier's FUSE mount, or an empty directory. */
@@ -93,7 +134,7 @@ export async function syncHomeUp(ctx: SandboxStorageContext): Promise<SyncReport
   if (!storage) return undefined;
   // A destroy retried after the state was already removed has nothing left to sync.
   if (!existsSync(sandboxPaths(ctx.config, ctx.sandboxId).home)) return undefined;
-  return toSyncReport(await withS3((s3) => hotSyncUp(hotOptions(ctx, storage, s3))));
+  return toSyncReport(await withS3(async (s3) => hotSyncUp(await hotOptions(ctx, storage, s3))));
 }
 
 /** Unmounts the cold tier if it is mounted (force: lazily, even when busy). Idempotent. */
@@ -119,7 +160,10 @@ export async function mountsUnder(dir: string): Promise<string[]> {
  * mounted below it: a recursive delete would walk into the cold tier's bucket.
  */
 export async function removeSandboxState(ctx: SandboxStorageContext): Promise<void> {
-  const { root } = sandboxPaths(ctx.config, ctx.sandboxId);
+  const { root, home } = sandboxPaths(ctx.config, ctx.sandboxId);
+  // The home's own file system goes with the state; lazily, so a reader that has not let go yet (a sync that lost
+  // its race with the end) cannot keep the state from going. The space returns when the last holder closes.
+  await detachHomeDisk(home, { force: true });
   const mounted = await mountsUnder(root);
   if (mounted.length > 0) {
     throw new HostAgentError('storage_error', `not removing ${root}: ${mounted.join(', ')} still mounted; unmount it and retry`);
@@ -150,6 +194,8 @@ function keptRoot(config: HostConfig): string {
  */
 export async function keepHomeForLater(ctx: SandboxStorageContext, reason: string): Promise<string> {
   const from = sandboxPaths(ctx.config, ctx.sandboxId).root;
+  // A home on its own file system moves as its image (unmounted: nothing may write to it any more).
+  await detachHomeDisk(sandboxPaths(ctx.config, ctx.sandboxId).home, { force: true });
   const to = sandboxPaths({ ...ctx.config, stateDir: keptRoot(ctx.config) }, ctx.sandboxId).root;
   await mkdir(dirname(to), { recursive: true, mode: 0o700 });
   await rm(to, { recursive: true, force: true });
@@ -167,12 +213,15 @@ export async function retryKeptHomes(config: HostConfig): Promise<{ synced: stri
   if (!existsSync(dir)) return result;
   for (const sandboxId of await readdir(dir)) {
     const root = join(dir, sandboxId);
+    const ctx = { config: keptConfig, sandboxId };
     try {
       const { storage } = JSON.parse(await readFile(join(root, 'kept.json'), 'utf8')) as { storage?: StorageSpec };
-      await syncHomeUp({ config: keptConfig, sandboxId, storage });
-      await rm(root, { recursive: true, force: true });
+      await attachHome(ctx);
+      await syncHomeUp({ ...ctx, storage });
+      await removeSandboxState(ctx);
       result.synced.push(sandboxId);
     } catch (error) {
+      await detachHomeDisk(sandboxPaths(keptConfig, sandboxId).home, { force: true }).catch(() => undefined);
       result.kept.push({ sandboxId, error: (error as Error).message });
     }
   }

@@ -3,7 +3,7 @@
  * these on every function; the local stack sets them on its own process.
  * AWS endpoints are not here: the SDK reads AWS_ENDPOINT_URL_<SERVICE> itself.
  */
-import { apiKeysTable, commandsTable, hostsTable, idempotencyTable, sandboxesTable, tenantsTable } from './tables';
+import { apiKeysTable, commandsTable, egressLogTable, hostsTable, idempotencyTable, sandboxesTable, tenantsTable } from './tables';
 
 function int(name: string, fallback: number): number {
   const raw = process.env[name];
@@ -19,7 +19,7 @@ function str(name: string, fallback: string): string {
 }
 
 export interface ControlPlaneConfig {
-  tables: { sandboxes: string; hosts: string; apiKeys: string; idempotency: string; tenants: string; commands: string };
+  tables: { sandboxes: string; hosts: string; apiKeys: string; idempotency: string; tenants: string; commands: string; egressLog: string };
   /** Storage bucket: hot/cold tiers and staged host requests. */
   bucket: string;
   /** Image the hosts run sandboxes from. */
@@ -37,7 +37,12 @@ export interface ControlPlaneConfig {
     maxTtlSeconds: number;
     defaultIdleTimeoutSeconds: number;
     pidsLimit: number;
-    hotQuotaBytes: number;
+    /**
+     * A sandbox's home size (MB) when the caller names none, and the most it may
+     * name: the home's own file system and the hot sync's quota in one number.
+     */
+    defaultDiskMb: number;
+    maxDiskMb: number;
     hotSyncIntervalSeconds: number;
     /** Sandboxes a tenant may have not yet ended; a tenant's max_sandboxes overrides it. */
     maxSandboxesPerTenant: number;
@@ -48,6 +53,8 @@ export interface ControlPlaneConfig {
   };
   /** Host heartbeat age after which a host counts as lost. */
   hostLostAfterSeconds: number;
+  /** Days an egress log entry is kept (DynamoDB TTL). */
+  egressLogRetentionDays: number;
 }
 
 export function loadConfig(): ControlPlaneConfig {
@@ -59,6 +66,7 @@ export function loadConfig(): ControlPlaneConfig {
       idempotency: str(idempotencyTable.envVar, 'idempotency'),
       tenants: str(tenantsTable.envVar, 'tenants'),
       commands: str(commandsTable.envVar, 'commands'),
+      egressLog: str(egressLogTable.envVar, 'egress-log'),
     },
     bucket: str('STORAGE_BUCKET', 'ephemeral-sandbox-storage'),
     sandboxImage: str('SANDBOX_IMAGE', 'ephemeral-sandbox:latest'),
@@ -73,13 +81,15 @@ export function loadConfig(): ControlPlaneConfig {
       maxTtlSeconds: int('MAX_TTL_SECONDS', 86_400),
       defaultIdleTimeoutSeconds: int('DEFAULT_IDLE_TIMEOUT_SECONDS', 900),
       pidsLimit: int('SANDBOX_PIDS_LIMIT', 512),
-      hotQuotaBytes: int('HOT_QUOTA_BYTES', 100 * 1024 * 1024),
+      defaultDiskMb: int('DEFAULT_DISK_MB', 1024),
+      maxDiskMb: int('MAX_DISK_MB', 4096),
       hotSyncIntervalSeconds: int('HOT_SYNC_INTERVAL_SECONDS', 60),
       maxSandboxesPerTenant: int('MAX_SANDBOXES_PER_TENANT', 20),
       commandOutputMaxBytes: int('COMMAND_OUTPUT_MAX_BYTES', 1024 ** 3),
       commandRetentionDays: int('COMMAND_RETENTION_DAYS', 7),
     },
     hostLostAfterSeconds: int('HOST_LOST_AFTER_SECONDS', 90),
+    egressLogRetentionDays: int('EGRESS_LOG_RETENTION_DAYS', 7),
   };
 }
 

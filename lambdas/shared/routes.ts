@@ -31,6 +31,7 @@ export const handlerNames = [
   'get-command',
   'kill-command',
   'write-command-stdin',
+  'sandbox-network',
 ] as const;
 export type HandlerName = (typeof handlerNames)[number];
 
@@ -55,6 +56,8 @@ export const routes: readonly Route[] = [
   { method: 'GET', path: '/sandboxes/{id}/commands/{command_id}', handler: 'get-command', auth: 'api-key' },
   { method: 'POST', path: '/sandboxes/{id}/commands/{command_id}/kill', handler: 'kill-command', auth: 'api-key' },
   { method: 'POST', path: '/sandboxes/{id}/commands/{command_id}/stdin', handler: 'write-command-stdin', auth: 'api-key' },
+  { method: 'PUT', path: '/sandboxes/{id}/network', handler: 'sandbox-network', auth: 'api-key' },
+  { method: 'GET', path: '/sandboxes/{id}/network/log', handler: 'sandbox-network', auth: 'api-key' },
 ];
 
 /** The largest request body the API accepts, in bytes (API Gateway's own cap is 10 MB). */

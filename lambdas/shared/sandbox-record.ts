@@ -1,6 +1,7 @@
 /**
  * The sandbox record as stored in DynamoDB, and the view the API shows.
  */
+import type { EgressPolicy } from '../../host-agent/src/egress/policy';
 import { reapShards } from './tables';
 import type { SandboxStatus, StopReason } from './sandbox-state';
 import { isTerminal } from './sandbox-state';
@@ -8,12 +9,27 @@ import { isTerminal } from './sandbox-state';
 export const hotPath = '/home/agent';
 export const coldPath = '/data/cold';
 
+/**
+ * "none": no network at all; {egress}: the bridge under that policy;
+ * "bridge": what records made before egress policies (and callers that still
+ * send it) hold, the same as {egress: "allow_all"}.
+ */
+export type SandboxNetworkConfig = 'bridge' | 'none' | { egress: EgressPolicy };
+
+/** The policy a network config means; undefined for "none". */
+export function egressOf(network: SandboxNetworkConfig): EgressPolicy | undefined {
+  if (network === 'none') return undefined;
+  return network === 'bridge' ? 'allow_all' : network.egress;
+}
+
 export interface SandboxConfigView {
   cpu: number;
   memory_mb: number;
+  /** Home size (MB): its own file system, and its sync quota. Absent on records from before disk_mb. */
+  disk_mb?: number;
   ttl_seconds: number;
   idle_timeout_seconds: number;
-  network: 'bridge' | 'none';
+  network: SandboxNetworkConfig;
   env: Record<string, string>;
   labels: Record<string, string>;
 }

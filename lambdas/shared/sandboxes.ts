@@ -14,7 +14,7 @@ import { closeOpenCommands } from './command-store';
 import { HostDispatchError } from './host-dispatch';
 import { logger } from './logger';
 import { isActive, isTerminal, type SandboxStatus, type StopReason } from './sandbox-state';
-import { hotPath, idleDeadline, reapShardOf, toView, type SandboxRecord, type SandboxView } from './sandbox-record';
+import { egressOf, hotPath, idleDeadline, reapShardOf, toView, type SandboxRecord, type SandboxView } from './sandbox-record';
 import {
   beginExec,
   endExec,
@@ -41,14 +41,19 @@ export function newSandboxId(): string {
   return 'sbx-' + Array.from(randomBytes(20), (b) => alphabet[b % 36]).join('');
 }
 
-export function storageFor(tenantId: string, userId: string): StorageSpec {
+/**
+ * Where a user's tiers live. `diskMb` is the sandbox's home size, which is
+ * also its sync quota (hosts enforce the size of the home's own file system
+ * whatever a request says, so callers that do not know it pass the default).
+ */
+export function storageFor(tenantId: string, userId: string, diskMb = config().limits.defaultDiskMb): StorageSpec {
   const c = config();
   const base = `tenants/${tenantId}/users/${userId}`;
   return {
     bucket: c.bucket,
     hotPrefix: `${base}/hot/`,
     coldPrefix: `${base}/cold/`,
-    hotQuotaBytes: c.limits.hotQuotaBytes,
+    hotQuotaBytes: diskMb * 1024 * 1024,
     syncIntervalSeconds: c.limits.hotSyncIntervalSeconds,
   };
 }
@@ -113,9 +118,10 @@ export async function createSandbox(
     config: {
       cpu: body.config?.cpu ?? c.limits.defaultCpu,
       memory_mb: body.config?.memory_mb ?? c.limits.defaultMemoryMb,
+      disk_mb: body.config?.disk_mb ?? Math.min(c.limits.defaultDiskMb, c.limits.maxDiskMb),
       ttl_seconds: ttl,
       idle_timeout_seconds: idle,
-      network: body.config?.network ?? 'bridge',
+      network: body.config?.network ?? { egress: 'allow_all' },
       env: body.config?.env ?? {},
       labels: body.config?.labels ?? {},
     },
@@ -142,8 +148,10 @@ export async function createSandbox(
         image: c.sandboxImage,
         cpu: record.config.cpu,
         memoryMb: record.config.memory_mb,
+        diskMb: record.config.disk_mb,
         pidsLimit: c.limits.pidsLimit,
-        network: record.config.network,
+        network: record.config.network === 'none' ? 'none' : 'bridge',
+        egress: egressOf(record.config.network) ?? 'allow_all',
         env: {
           ...record.config.env,
           SANDBOX_ID: sandboxId,
@@ -151,7 +159,7 @@ export async function createSandbox(
           SANDBOX_TOKEN: token,
         },
         labels: record.config.labels,
-        storage: storageFor(p.tenantId, body.user_id),
+        storage: storageFor(p.tenantId, body.user_id, record.config.disk_mb),
       },
       { timeoutSeconds: createTimeoutSeconds, waitSeconds: waitSecondsUntil(o.deadline) },
     );

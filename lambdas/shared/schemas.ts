@@ -3,9 +3,11 @@
  * type the handlers, and name the offending field in every 400.
  */
 import { z } from 'zod';
-import { commandIdPattern } from '../../host-agent/src/protocol';
+import { egressPolicySchema, readEgressPolicy } from '../../host-agent/src/egress/policy';
+import { commandIdPattern, minHomeDiskMb } from '../../host-agent/src/protocol';
 import { sandboxStatuses } from './sandbox-state';
 import type { ControlPlaneConfig } from './config';
+import type { SandboxNetworkConfig } from './sandbox-record';
 
 export const sandboxIdPattern = /^sbx-[a-z0-9]{20}$/;
 const envKey = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'must be a valid environment variable name');
@@ -22,6 +24,29 @@ export const userIdSchema = z
 
 export const sandboxIdSchema = z.string().regex(sandboxIdPattern, 'must look like sbx-<20 lowercase letters or digits>');
 
+/**
+ * `config.network`: "none" (no network at all), "bridge" (the internet under
+ * allow_all, as before egress policies), or {"egress": <policy>}.
+ */
+export const networkConfigSchema = z.unknown().transform((value, ctx): SandboxNetworkConfig => {
+  if (value === 'bridge' || value === 'none') return value;
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    ctx.addIssue({ code: 'custom', message: 'must be "none", "bridge" or {"egress": "allow_all" | "deny_all" | {"allow": [...]}}' });
+    return z.NEVER;
+  }
+  const extra = Object.keys(value).filter((k) => k !== 'egress');
+  if (extra.length > 0) {
+    ctx.addIssue({ code: 'custom', message: `unknown field${extra.length > 1 ? 's' : ''} ${extra.join(', ')}; the network object has only "egress"` });
+    return z.NEVER;
+  }
+  const read = readEgressPolicy((value as { egress?: unknown }).egress);
+  if (!read.ok) {
+    ctx.addIssue({ code: 'custom', path: ['egress', ...read.path], message: read.message });
+    return z.NEVER;
+  }
+  return { egress: read.policy };
+});
+
 export function createSandboxBody(limits: ControlPlaneConfig['limits']) {
   return z
     .object({
@@ -30,9 +55,10 @@ export function createSandboxBody(limits: ControlPlaneConfig['limits']) {
         .object({
           cpu: z.number().min(0.25).max(limits.maxCpu).optional(),
           memory_mb: z.number().int().min(128).max(limits.maxMemoryMb).optional(),
+          disk_mb: z.number().int().min(minHomeDiskMb).max(limits.maxDiskMb).optional(),
           ttl_seconds: z.number().int().min(60).max(limits.maxTtlSeconds).optional(),
           idle_timeout_seconds: z.number().int().min(30).max(limits.maxTtlSeconds).optional(),
-          network: z.enum(['bridge', 'none']).optional(),
+          network: networkConfigSchema.optional(),
           env: envMap
             .refine((m) => !reservedEnvKeys.some((k) => k in m), `must not set ${reservedEnvKeys.join(', ')}`)
             .optional(),
@@ -135,6 +161,12 @@ export const listQuery = z
     next_token: z.string().max(2048).regex(/^[A-Za-z0-9_-]+$/, 'is not a valid page token').optional(),
   })
   .strict();
+
+/** PUT /sandboxes/{id}/network */
+export const networkBody = z.object({ egress: egressPolicySchema }).strict();
+
+/** GET /sandboxes/{id}/network/log */
+export const egressLogQuery = z.object({ limit: z.coerce.number().int().min(1).max(500).default(100) }).strict();
 
 export const destroyQuery = z
   .object({ graceful: z.enum(['true', 'false']).default('true') })

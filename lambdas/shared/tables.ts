@@ -151,4 +151,20 @@ export const commandsTable = {
   timeToLiveAttribute: 'expires_at_s',
 } as const satisfies TableDefinition;
 
-export const tables: readonly TableDefinition[] = [sandboxesTable, hostsTable, apiKeysTable, idempotencyTable, tenantsTable, commandsTable];
+/**
+ * The egress log: one item per decision of a sandbox's resolver or egress
+ * proxy (refusals always; allowed names and connections under an allowlist
+ * or deny_all). Written by the host daemon in batches, read newest first by
+ * GET /sandboxes/{id}/network/log; `seq` sorts by time. Items expire after
+ * EGRESS_LOG_RETENTION_DAYS (TTL housekeeping).
+ */
+export const egressLogTable = {
+  id: 'EgressLog',
+  envVar: 'EGRESS_LOG_TABLE',
+  partitionKey: { name: 'sandbox_id', type: 'S' },
+  sortKey: { name: 'seq', type: 'S' },
+  indexes: [],
+  timeToLiveAttribute: 'expires_at_s',
+} as const satisfies TableDefinition;
+
+export const tables: readonly TableDefinition[] = [sandboxesTable, hostsTable, apiKeysTable, idempotencyTable, tenantsTable, commandsTable, egressLogTable];

@@ -6,7 +6,7 @@
  * code actually makes, so it can neither lag behind nor grant extra.
  */
 import type { backgroundHandlerNames, HandlerName } from '../../lambdas/shared/routes';
-import { apiKeysTable, commandsTable, hostsTable, idempotencyTable, sandboxesTable, tenantsTable, type TableDefinition } from '../../lambdas/shared/tables';
+import { apiKeysTable, commandsTable, egressLogTable, hostsTable, idempotencyTable, sandboxesTable, tenantsTable, type TableDefinition } from '../../lambdas/shared/tables';
 
 /** Handlers with no API route: the scheduled reaper and the authorizer. */
 export type BackgroundHandlerName = (typeof backgroundHandlerNames)[number];
@@ -17,6 +17,7 @@ export type DynamoAction =
   | 'dynamodb:UpdateItem'
   | 'dynamodb:DeleteItem'
   | 'dynamodb:Query'
+  | 'dynamodb:BatchWriteItem'
   | 'dynamodb:ConditionCheckItem'
   | 'dynamodb:DescribeTable';
 
@@ -111,6 +112,14 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
     tables: [{ table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] }],
     dispatchesToHosts: true,
   },
+  'sandbox-network': {
+    tables: [
+      { table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },
+      // The egress log the hosts write, read newest first.
+      { table: egressLogTable, actions: ['dynamodb:Query'] },
+    ],
+    dispatchesToHosts: true,
+  },
   reaper: {
     tables: [
       {
@@ -193,6 +202,8 @@ export const hostAccess: HostAccess = {
     { table: tenantsTable, actions: ['dynamodb:UpdateItem'] },
     // The daemon runs commands: it claims, follows and ends their records and delivers their stdin.
     { table: commandsTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:Query', 'dynamodb:DeleteItem'] },
+    // The resolver's and egress proxy's decisions, in batches.
+    { table: egressLogTable, actions: ['dynamodb:BatchWriteItem'] },
   ],
   storageActions: ['s3:ListBucket', 's3:GetObject', 's3:PutObject', 's3:DeleteObject', 's3:AbortMultipartUpload'],
   mountpointOnlyActions: ['s3:AbortMultipartUpload'],

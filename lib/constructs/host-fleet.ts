@@ -32,6 +32,9 @@ export interface HostFleetProps {
   controlPlaneEnv: Record<string, string>;
 }
 
+/** Block device of the sandbox state volume (user data finds it under this name or its /dev/xvd twin). */
+export const stateDeviceName = '/dev/sdb';
+
 /** Lifecycle hook that holds a new host until its setup finished (user data completes it). */
 export const launchHookName = 'sandbox-host-launching';
 /** Lifecycle hook that holds a terminating host while it drains (its consumer comes with the fleet work). */
@@ -81,6 +84,7 @@ export class HostFleet extends Construct {
       autoScalingGroupName,
       launchHookName,
       ssmCommandWorkers: ssmCommandWorkersFor(h.sandboxSlotsPerHost),
+      stateDevice: stateDeviceName,
     });
 
     this.launchTemplate = new ec2.LaunchTemplate(this, 'LaunchTemplate', {
@@ -102,6 +106,15 @@ export class HostFleet extends Construct {
         {
           deviceName: '/dev/xvda',
           volume: ec2.BlockDeviceVolume.ebs(h.rootVolumeGiB, {
+            encrypted: true,
+            volumeType: ec2.EbsDeviceVolumeType.GP3,
+            deleteOnTermination: true,
+          }),
+        },
+        {
+          // Sandbox state (each home's own ext4 file system, preallocated): apart from the root, so no sandbox can fill it.
+          deviceName: stateDeviceName,
+          volume: ec2.BlockDeviceVolume.ebs(h.stateVolumeGiB, {
             encrypted: true,
             volumeType: ec2.EbsDeviceVolumeType.GP3,
             deleteOnTermination: true,

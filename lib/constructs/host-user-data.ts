@@ -25,9 +25,15 @@ export interface HostUserDataProps {
   launchHookName: string;
   /** The SSM agent's Mds.CommandWorkersLimit (commands it runs at once; 5 by default). */
   ssmCommandWorkers: number;
+  /** Block device name of the sandbox state volume (formatted ext4, mounted at stateDir). */
+  stateDevice: string;
 }
 
 export const installDir = '/opt/ephemeral-sandbox';
+/** Sandbox state on the host (STATE_DIR's default): homes' file systems, kept /tmp archives, policies. */
+export const stateDir = '/var/lib/ephemeral-sandbox';
+/** File system label of the state volume (fstab mounts it by label: NVMe device names are not stable). */
+export const stateVolumeLabel = 'sbx-state';
 export const hostEnvFile = '/etc/ephemeral-sandbox/host.env';
 export const ssmAgentConfigFile = '/etc/amazon/ssm/amazon-ssm-agent.json';
 export const hostDaemonUnit = 'ephemeral-sandbox-host.service';
@@ -135,17 +141,27 @@ export function hostUserData(props: HostUserDataProps): ec2.UserData {
     'retry() { local n=0; until "$@"; do n=$((n+1)); [ $n -ge 5 ] && return 1; echo "retrying ($n): $*"; sleep $((n*5)); done; }',
 
     '# Packages: Docker, Node 22 and the ECR credential helper from the AL2023 repositories; mountpoint-s3 from its official release bucket.',
-    'retry dnf install -y docker nodejs22 amazon-ecr-credential-helper',
+    '# conntrack-tools: the egress proxy reads original destinations with it where the kernel has no /proc/net/nf_conntrack;',
+    '# e2fsprogs and util-linux (mkfs.ext4, fallocate, mount): each sandbox home is a loop-mounted ext4 file system.',
+    'retry dnf install -y docker nodejs22 amazon-ecr-credential-helper conntrack-tools e2fsprogs util-linux',
     `retry dnf install -y ${mountpointRpmUrl(props.architecture)}`,
 
     ...heredoc(ssmAgentConfigFile, '0600', ssmAgentConfig),
     'systemctl restart amazon-ssm-agent',
+    '# The sandbox state volume: ext4, made once (a rebooted or warm-pool host keeps it), mounted by label.',
+    `for _ in $(seq 1 60); do for dev in ${props.stateDevice} ${props.stateDevice.replace('/dev/sd', '/dev/xvd')}; do [ -b "$dev" ] && STATE_DEV=$dev && break 2; done; sleep 1; done`,
+    `[ -n "\${STATE_DEV:-}" ] || { echo "the state volume ${props.stateDevice} did not appear"; false; }`,
+    `blkid -L ${stateVolumeLabel} >/dev/null 2>&1 || mkfs.ext4 -q -L ${stateVolumeLabel} -m 0 "$STATE_DEV"`,
+    `install -d -m 0755 ${stateDir}`,
+    `grep -q 'LABEL=${stateVolumeLabel} ' /etc/fstab || echo 'LABEL=${stateVolumeLabel} ${stateDir} ext4 defaults,noatime,nofail 0 2' >> /etc/fstab`,
+    `mountpoint -q ${stateDir} || mount ${stateDir}`,
+
     ...heredoc('/etc/docker/daemon.json', '0644', dockerDaemon),
     ...heredoc('/root/.docker/config.json', '0600', JSON.stringify({ credHelpers: { [props.sandboxImageRegistry]: 'ecr-login' } })),
     'systemctl enable --now docker',
 
     '# The host-agent CLI and the host daemon (bundled by scripts/build.mjs), and the wrapper SSM runs.',
-    `install -d -m 0755 ${installDir}/bin ${installDir}/libexec /etc/ephemeral-sandbox /var/lib/ephemeral-sandbox`,
+    `install -d -m 0755 ${installDir}/bin ${installDir}/libexec /etc/ephemeral-sandbox`,
     `retry aws s3 cp --region "$REGION" --only-show-errors ${props.hostAgentS3Url} ${installDir}/host-agent.mjs`,
     `retry aws s3 cp --region "$REGION" --only-show-errors ${props.hostDaemonS3Url} ${installDir}/host-agent-daemon.mjs`,
     `retry aws s3 cp --region "$REGION" --only-show-errors ${props.hostAgentWrapperS3Url} ${installDir}/libexec/host-agent`,

@@ -73,6 +73,12 @@ describe('per-environment settings from cdk.json', () => {
     assert.throws(() => resolveEnvironment('dev', bad), /hosts\.warmPoolMinSize: a warm pool needs a single instance type and Spot off/);
   });
 
+  it('rejects a state volume that cannot hold every slot at the disk and memory limits (homes are preallocated)', () => {
+    const bad = withChange('prod', (e) => (e.hosts.stateVolumeGiB = 100));
+    assert.throws(() => resolveEnvironment('prod', bad), /hosts\.stateVolumeGiB: 100 GiB cannot hold 12 slots at maxDiskMb \(8192\) plus a kept \/tmp of half maxMemoryMb \(4096\): needs at least 144 GiB/);
+    assert.throws(() => resolveEnvironment('dev', withChange('dev', (e) => (e.limits.defaultDiskMb = 8192))), /limits\.defaultDiskMb: defaultDiskMb is above maxDiskMb/);
+  });
+
   it('rejects instance types of different architectures', () => {
     const bad = withChange('dev', (e) => (e.hosts.instanceTypes = ['t4g.medium', 't3.medium']));
     assert.throws(() => resolveEnvironment('dev', bad), /instance types mix architectures/);

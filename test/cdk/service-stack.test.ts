@@ -341,10 +341,20 @@ for (const env of ['dev', 'prod'] as const) {
       assert.equal(launchData().InstanceType, e.hosts.instanceTypes[0]);
     });
 
-    it('encrypts the root volume and sizes it from context', () => {
+    it('encrypts the root and sandbox state volumes and sizes them from context', () => {
       assert.deepEqual(launchData().BlockDeviceMappings, [
         { DeviceName: '/dev/xvda', Ebs: { DeleteOnTermination: true, Encrypted: true, VolumeSize: e.hosts.rootVolumeGiB, VolumeType: 'gp3' } },
+        { DeviceName: '/dev/sdb', Ebs: { DeleteOnTermination: true, Encrypted: true, VolumeSize: e.hosts.stateVolumeGiB, VolumeType: 'gp3' } },
       ]);
+    });
+
+    it('formats the state volume ext4 once and mounts it by label where sandbox homes live', () => {
+      const script = userData();
+      assert.match(script, /blkid -L sbx-state >\/dev\/null 2>&1 \|\| mkfs\.ext4 -q -L sbx-state -m 0 "\$STATE_DEV"/);
+      assert.match(script, /LABEL=sbx-state \/var\/lib\/ephemeral-sandbox ext4 defaults,noatime,nofail 0 2/);
+      assert.match(script, /mountpoint -q \/var\/lib\/ephemeral-sandbox \|\| mount \/var\/lib\/ephemeral-sandbox/);
+      // Before anything writes there: the mount comes ahead of the host-agent's install.
+      assert.ok(script.indexOf('mount /var/lib/ephemeral-sandbox') < script.indexOf('host-agent-daemon.mjs'));
     });
 
     it('runs hosts with AmazonSSMManagedInstanceCore and tags SSM matches', () => {
@@ -400,7 +410,7 @@ for (const env of ['dev', 'prod'] as const) {
     it('installs Docker, Node 22, mountpoint-s3, the host-agent and the sandbox image in user data', () => {
       const script = userData();
       assert.ok(script.startsWith('#!/bin/bash\nset -euo pipefail\n'));
-      assert.match(script, /dnf install -y docker nodejs22 amazon-ecr-credential-helper/);
+      assert.match(script, /dnf install -y docker nodejs22 amazon-ecr-credential-helper conntrack-tools e2fsprogs util-linux/);
       assert.match(script, /dnf install -y https:\/\/s3\.amazonaws\.com\/mountpoint-s3-release\/latest\/arm64\/mount-s3\.rpm/);
       assert.match(script, /aws s3 cp .* s3:\/\/cdk-hnb659fds-assets-\$\{AWS::AccountId\}-\$\{AWS::Region\}\/\S+ \/opt\/ephemeral-sandbox\/host-agent\.mjs/);
       assert.match(script, /aws s3 cp .* \/opt\/ephemeral-sandbox\/host-agent-daemon\.mjs/);
@@ -440,7 +450,8 @@ for (const env of ['dev', 'prod'] as const) {
       assert.match(values.SANDBOX_IMAGE!, /cdk-hnb659fds-container-assets/);
       // The daemon runs control-plane code: it gets the functions' configuration too.
       for (const name of configEnvVars()) assert.ok(values[name] !== undefined, `host.env ${name}`);
-      assert.equal(values.HOT_QUOTA_BYTES, String(e.limits.hotQuotaBytes));
+      assert.equal(values.DEFAULT_DISK_MB, String(e.limits.defaultDiskMb));
+      assert.equal(values.MAX_DISK_MB, String(e.limits.maxDiskMb));
       assert.match(script, /echo "HOST_ID=\$INSTANCE_ID" >> \/etc\/ephemeral-sandbox\/host\.env/);
       assert.match(script, /INSTANCE_ID=\$\(imds instance-id\)/);
       assert.match(script, /X-aws-ec2-metadata-token/);
@@ -472,6 +483,7 @@ for (const env of ['dev', 'prod'] as const) {
         'dynamodb:UpdateItem on <TablesTenants>',
         // Commands: the host daemon runs them (claims, follows, ends them; delivers and drops their stdin).
         ...['dynamodb:DeleteItem', 'dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:UpdateItem'].map((a) => `${a} on <TablesCommands>`),
+        'dynamodb:BatchWriteItem on <TablesEgressLog>',
         ...['ecr:BatchCheckLayerAvailability', 'ecr:BatchGetImage', 'ecr:GetDownloadUrlForLayer'].map((a) => `${a} on <image repository>`),
         'ecr:GetAuthorizationToken on *',
         's3:GetObject on arn:${AWS::Partition}:s3:::<asset object>',

@@ -141,7 +141,10 @@ describe('egress from a sandbox', () => {
         if (!reached) await new Promise((r) => setTimeout(r, 100));
       }
       assert.ok(reached.length > 0, 'the host reaches the neighbour');
-      assert.match(await curlFrom(sandbox, `http://${address}:8080/`), /^fail (7|28)$/);
+      // TCP to a private range is handed to the egress proxy, which refuses it (a reset: 56, or 7 when it lands while
+      // curl still confirms the connect) and logs it.
+      assert.match(await curlFrom(sandbox, `http://${address}:8080/`), /^fail (7|52|56)$/);
+      await refusalLogged(sandbox, `${address}:8080`);
     } finally {
       await neighbour.remove({ force: true });
     }
@@ -158,7 +161,8 @@ describe('between sandboxes', () => {
     const addressOfB = (await inspect(b)).NetworkSettings.Networks[stack.env.SANDBOX_NETWORK!]!.IPAddress;
     assert.ok(addressOfB);
     assert.ok((await hostGet(`http://${addressOfB}:8080/`)).length > 0, 'the host reaches b');
-    assert.match(await curlFrom(a, `http://${addressOfB}:8080/`), /^fail (7|28)$/);
+    assert.match(await curlFrom(a, `http://${addressOfB}:8080/`), /^fail (7|52|56)$/);
+    await refusalLogged(a, `${addressOfB}:8080`);
   });
 
   it('publishes no port: nothing from outside the host comes in', async () => {
@@ -207,6 +211,19 @@ describe('the host firewall at daemon start', () => {
     assert.match(await curlFrom(sandbox, 'http://169.254.169.254/'), /^fail (7|28)$/);
   });
 });
+
+/** Waits for the egress log to show a refused connection to `target` (it is written in batches). */
+async function refusalLogged(sandboxId: string, target: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  let last = '';
+  while (Date.now() < deadline) {
+    const res = await api.call('GET', `/sandboxes/${sandboxId}/network/log`);
+    last = res.text;
+    if (res.status === 200 && res.body.decisions.some((d: { kind: string; target: string; verdict: string }) => d.kind === 'address' && d.target === target && d.verdict === 'refused')) return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  assert.fail(`no refusal of ${target} in the egress log of ${sandboxId}: ${last}`);
+}
 
 async function waitForRegistration(since: number): Promise<void> {
   const { getHost } = await import('../../lambdas/shared/host-store');

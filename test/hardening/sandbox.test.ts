@@ -243,6 +243,13 @@ describe('disk', () => {
     assert.equal((await run(id, 'echo ok')).stdout, 'ok\n');
   });
 
+  it('the home is a file system of its own, disk_mb in size; the root is read-only, so nothing else on disk is writable', async () => {
+    const id = await createSandbox({ disk_mb: 64 });
+    const out = await run(id, "df -m ~ | awk 'NR==2{print $1, $2}'; touch /usr/x 2>&1; touch /var/x 2>&1; echo done");
+    assert.match(out.stdout, /^\/dev\/loop\d+ (6[0-4])\n/);
+    assert.match(out.stdout, /touch: cannot touch '\/usr\/x': Read-only file system\ntouch: cannot touch '\/var\/x': Read-only file system\ndone\n$/);
+  });
+
   it('documents why no per-container disk quota is set on this engine', async () => {
     // Docker's --storage-opt size needs overlay2 over xfs mounted with pquota; say plainly when it is not there.
     const probe = spawnSync(

@@ -5,7 +5,7 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -178,7 +178,15 @@ export class TestHost {
     const { removeSandboxNetwork } = await import('../../host-agent/src/network');
     const { loadHostConfig } = await import('../../host-agent/src/config');
     await removeSandboxNetwork(loadHostConfig(this.agentEnv()));
-    if (this.workDir) await rm(this.workDir, { recursive: true, force: true });
+    if (!this.workDir) return;
+    // Homes are file systems of their own: unmount what is still mounted before removing the directory.
+    const mounts = (await readFile('/proc/self/mounts', 'utf8'))
+      .split('\n')
+      .map((line) => line.split(' ')[1] ?? '')
+      .filter((point) => point.startsWith(this.workDir + '/'))
+      .sort((a, b) => b.length - a.length);
+    for (const point of mounts) await run('umount', ['-l', point]).catch(() => run('fusermount', ['-uz', point]));
+    await rm(this.workDir, { recursive: true, force: true });
   }
 }
 

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { chmod, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rename, rm, symlink, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -240,7 +240,7 @@ describe('hot sync', () => {
       assert.ok(err instanceof QuotaExceededError);
       assert.equal(err.code, 'quota_exceeded');
       assert.equal(err.usedBytes, 5_000);
-      assert.match(err.message, /5000 bytes, more than the hot quota of 4000 bytes/);
+      assert.match(err.message, /5000 bytes, more than its size limit of 4000 bytes \(disk_mb\)/);
       return true;
     });
     assert.deepEqual(await keysUnder(o.prefix), ['kept.txt'], 'nothing uploaded and nothing deleted');
@@ -252,6 +252,23 @@ describe('hot sync', () => {
     const small = home('quota', { quotaBytes: 2_000 });
     await assert.rejects(hotSyncDown(small), QuotaExceededError);
     await assert.rejects(lstat(small.dir), { code: 'ENOENT' });
+  });
+
+  it('leaves out a sparse file that would make the home larger than its limit, keeps its stored version, and syncs the rest', async () => {
+    const o = home('sparse', { quotaBytes: 64 * 1024 });
+    await hotSyncDown(o);
+    await writeFile(join(o.dir, 'holey.img'), 'stored version');
+    await writeFile(join(o.dir, 'notes.txt'), 'kept');
+    await hotSyncUp(o);
+    // A 1 GiB file that takes no space: within the disk, beyond anything a sync could carry or restore.
+    await truncate(join(o.dir, 'holey.img'), 1024 ** 3);
+    await writeFile(join(o.dir, 'new.txt'), 'also synced');
+    const report = await hotSyncUp(o);
+    assert.equal(report.notSyncedTotal, 1);
+    assert.equal(report.notSynced[0]!.path, 'holey.img');
+    assert.match(report.notSynced[0]!.reason, /^sparse file of 1073741824 bytes/);
+    assert.deepEqual(await keysUnder(o.prefix), ['holey.img', 'new.txt', 'notes.txt']);
+    assert.equal(await objectText(o.prefix + 'holey.img'), 'stored version');
   });
 
   it('keeps users apart: another user never sees the files and a manifest cannot be reused for another prefix', async () => {

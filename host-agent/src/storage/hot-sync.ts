@@ -133,7 +133,7 @@ export async function hotSyncDown(o: HotSyncOptions): Promise<HotSyncReport> {
     const storedBytes = remote.reduce((sum, item) => sum + item.size, 0);
     if (storedBytes > cfg.quotaBytes) {
       throw new QuotaExceededError(
-        `the stored home under ${cfg.prefix} holds ${storedBytes} bytes, more than the hot quota of ${cfg.quotaBytes} bytes; raise the quota or remove files from the bucket`,
+        `the stored home under ${cfg.prefix} holds ${storedBytes} bytes, more than this sandbox's home size limit of ${cfg.quotaBytes} bytes; create the sandbox with a larger disk_mb, or remove files from the bucket`,
         storedBytes,
         cfg.quotaBytes,
       );
@@ -233,11 +233,12 @@ export async function hotSyncUp(o: HotSyncOptions): Promise<HotSyncReport> {
     const dirs = new DirDescriptors(root);
     try {
       const local = await walkHome(root, cfg, notSynced);
+      const leftOut = leaveOutSparseFiles(local, cfg.quotaBytes, notSynced);
       let homeBytes = 0;
       for (const e of local.values()) homeBytes += e.kind === 'dir' ? 0 : e.stat.size;
       if (homeBytes > cfg.quotaBytes) {
         throw new QuotaExceededError(
-          `the home holds ${homeBytes} bytes, more than the hot quota of ${cfg.quotaBytes} bytes; nothing was synced. Remove files and sync again`,
+          `the home holds ${homeBytes} bytes, more than its size limit of ${cfg.quotaBytes} bytes (disk_mb); nothing was synced. Remove files and sync again`,
           homeBytes,
           cfg.quotaBytes,
         );
@@ -248,7 +249,8 @@ export async function hotSyncUp(o: HotSyncOptions): Promise<HotSyncReport> {
         if (isUnchanged(manifest.entries[e.relKey], e)) report.skipped += 1;
         else toUpload.push(e);
       }
-      const toDelete = Object.keys(manifest.entries).filter((relKey) => !local.has(relKey));
+      // A file left out keeps whatever version of it is stored.
+      const toDelete = Object.keys(manifest.entries).filter((relKey) => !local.has(relKey) && !leftOut.has(relKey));
 
       if (toUpload.length > 0) {
         // Record intent first: if the host dies mid-upload, the next sync still knows these keys may exist.
@@ -620,6 +622,36 @@ async function runPool<T>(items: readonly T[], concurrency: number, fn: (item: T
 
 function emptyReport(): HotSyncReport {
   return { uploaded: 0, downloaded: 0, deleted: 0, skipped: 0, bytes: 0, ms: 0, retries: 0, notSynced: [], notSyncedTotal: 0 };
+}
+
+/**
+ * Sparse files are the one way a home on its own file system can hold more
+ * bytes (by size) than the file system has room for: `truncate -s 1T` takes
+ * no space. Their contents would upload as zeros and could never be
+ * restored into a home of the same size. While the home's files add up to
+ * more than `quotaBytes`, the sparse ones (the most sparse first) are left out
+ * of the sync and listed in the report, so the rest always syncs. Removes
+ * them from `local`; answers their keys.
+ */
+function leaveOutSparseFiles(local: Map<string, LocalEntry>, quotaBytes: number, notSynced: NotSyncedList): Set<string> {
+  const leftOut = new Set<string>();
+  let total = 0;
+  for (const e of local.values()) total += e.kind === 'dir' ? 0 : e.stat.size;
+  if (total <= quotaBytes) return leftOut;
+  const sparse = [...local.values()]
+    .filter((e) => e.kind === 'file' && e.stat.blocks * 512 < e.stat.size)
+    .sort((a, b) => b.stat.size - b.stat.blocks * 512 - (a.stat.size - a.stat.blocks * 512));
+  for (const e of sparse) {
+    if (total <= quotaBytes) break;
+    total -= e.stat.size;
+    local.delete(e.relKey);
+    leftOut.add(e.relKey);
+    notSynced.add(
+      e.relKey,
+      `sparse file of ${e.stat.size} bytes (${e.stat.blocks * 512} on disk): with it the home would be larger than its size limit of ${quotaBytes} bytes; not synced`,
+    );
+  }
+  return leftOut;
 }
 
 class NotSyncedList {

@@ -1,0 +1,55 @@
+/**
+ * Egress policy of a running sandbox, and its egress log: PUT
+ * /sandboxes/{id}/network hands the new policy to the sandbox's host (in
+ * effect there before the call answers) and records it; GET
+ * /sandboxes/{id}/network/log reads the decisions the host logged.
+ */
+import type { EgressPolicy } from '../../host-agent/src/egress/policy';
+import { readEgressLog, type EgressLogEntry } from './egress-log';
+import { invalidState } from './errors';
+import { hostFailure, hosts } from './host-calls';
+import { toView, type SandboxView } from './sandbox-record';
+import { getTenantSandbox, TransitionRejectedError, updateSandbox } from './sandbox-store';
+
+/** Statuses whose container (running or stopped) is on a host that can take a new policy. */
+const changeable = ['ready', 'running', 'paused'] as const;
+
+/**
+ * Sets a sandbox's egress policy while it runs (or is stopped: it applies at start).
+ *
+ * @example await setEgress(tenantId, sandboxId, { allow: ['api.github.com'] });
+ */
+export async function setEgress(tenantId: string, sandboxId: string, egress: EgressPolicy): Promise<SandboxView> {
+  const r = await getTenantSandbox(tenantId, sandboxId);
+  if (r.config.network === 'none') {
+    throw invalidState(`sandbox ${sandboxId} was created with network "none": it has no network to set an egress policy on`);
+  }
+  if (!(changeable as readonly string[]).includes(r.status)) {
+    throw invalidState(`sandbox ${sandboxId} is ${r.status}; the egress policy can change while it is ready, running or stopped`);
+  }
+  try {
+    await hosts().dispatch(r.host_id, 'network', { sandboxId, egress }, { timeoutSeconds: 30 });
+  } catch (err) {
+    throw hostFailure(err, 'set the egress policy');
+  }
+  try {
+    const updated = await updateSandbox(
+      sandboxId,
+      'network',
+      { set: { updated_at: new Date().toISOString() }, names: { '#cfg': 'config', '#net': 'network' }, values: { ':net': { egress } }, extraSet: '#cfg.#net = :net' },
+      changeable,
+    );
+    return toView(updated);
+  } catch (err) {
+    if (err instanceof TransitionRejectedError) {
+      throw invalidState(`sandbox ${sandboxId} is ${err.current?.status ?? 'gone'}; its egress policy was not recorded`);
+    }
+    throw err;
+  }
+}
+
+/** The newest egress decisions of a sandbox (of any status: the log outlives the sandbox for its retention). */
+export async function egressLogOf(tenantId: string, sandboxId: string, limit: number): Promise<{ sandbox_id: string; decisions: EgressLogEntry[] }> {
+  await getTenantSandbox(tenantId, sandboxId);
+  return { sandbox_id: sandboxId, decisions: await readEgressLog(sandboxId, limit) };
+}
