@@ -5,7 +5,8 @@ import { DynamoDBDocumentClient, QueryCommand, type QueryCommandInput } from '@a
 let client: DynamoDBDocumentClient | undefined;
 
 export function dynamo(): DynamoDBDocumentClient {
-  client ??= DynamoDBDocumentClient.from(new DynamoDBClient({ maxAttempts: 5 }), {
+  // Timeouts: a table that hangs (not refuses) must fail in time for a 503, not outlast the API's 29 s.
+  client ??= DynamoDBDocumentClient.from(new DynamoDBClient({ maxAttempts: 4, requestHandler: { connectionTimeout: 2_000, requestTimeout: 4_000 } }), {
     marshallOptions: { removeUndefinedValues: true },
   });
   return client;

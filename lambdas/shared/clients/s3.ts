@@ -6,6 +6,8 @@ let client: S3Client | undefined;
 export function s3(): S3Client {
   client ??= new S3Client({
     forcePathStyle: process.env.S3_FORCE_PATH_STYLE === 'true',
+    // requestTimeout is the socket's idle time, not the transfer's: big objects keep flowing.
+    requestHandler: { connectionTimeout: 3_000, requestTimeout: 30_000 },
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
   });

@@ -6,6 +6,7 @@ let client: SSMClient | undefined;
 export function ssm(): SSMClient {
   // The SDK's standard retries cover transient network errors (a reset keep-alive socket);
   // the dispatcher adds its own bounded backoff for throttling on top.
-  client ??= new SSMClient({ maxAttempts: 3 });
+  // Timeouts: a dependency that hangs (not refuses) must fail in time for a 503, not outlast the API's 29 s.
+  client ??= new SSMClient({ maxAttempts: 3, requestHandler: { connectionTimeout: 3_000, requestTimeout: 10_000 } });
   return client;
 }
