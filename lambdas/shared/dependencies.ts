@@ -23,6 +23,8 @@ export function dependencyDown(err: unknown): string | undefined {
     'TimeoutError',
     'RequestTimeout',
     'TransactionConflictException',
+    // Our own: an AWS call that would outlast the request's time (clients/deadline.ts).
+    'DeadlineExceeded',
   ];
   const networkCodes = ['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EAI_AGAIN', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_SOCKET'];
   if (transientNames.includes(e.name ?? '') || networkCodes.includes(e.code ?? '')) return service;

@@ -10,6 +10,7 @@ import { ApiError } from './errors';
 import { logger } from './logger';
 import { maxBodyBytes } from './routes';
 import { dependencyDown } from './dependencies';
+import { withCallDeadline } from './clients/deadline';
 import { handlerBudgetSeconds } from './gateway';
 import { commandIdSchema, sandboxIdSchema } from './schemas';
 
@@ -161,7 +162,9 @@ export function apiHandler(fn: Fn, options: { auth?: 'required' | 'none' } = {})
         if (options.auth !== 'none') throw new ApiError(401, 'missing_api_key', 'the X-API-Key header is required');
         principal = { tenantId: '', kind: 'api-key' };
       }
-      const result = await fn(toRequest(event, principal, context), context);
+      const req = toRequest(event, principal, context);
+      // Every AWS call of the request ends by its deadline: a hung dependency is a 503 in time, not a 504.
+      const result = await withCallDeadline(req.deadline, () => fn(req, context));
       if (result.body === undefined) return { statusCode: result.status, headers: { ...result.headers }, body: '' };
       return json(result.status, result.body, result.headers);
     });

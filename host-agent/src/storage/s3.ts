@@ -50,6 +50,8 @@ export function createS3Client(options: S3ClientOptions = {}, env: NodeJS.Proces
       httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets }),
       connectionTimeout: 5_000,
       requestTimeout: 120_000,
+      // Without it the SDK only warns: a hung endpoint would hang a sync for good.
+      throwOnRequestTimeout: true,
     },
   });
 }
