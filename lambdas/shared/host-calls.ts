@@ -39,6 +39,8 @@ export function hostFailure(err: unknown, action: string): ApiError {
         return new ApiError(502, 'output_too_large', `${action}: the host's answer exceeded SSM's 24,000-character output cap`);
       case 'host_error':
         if (err.hostCode === 'quota_exceeded') return new ApiError(409, 'quota_exceeded', `${action}: ${err.message}`);
+        // The host's daemon is down for a moment (its service manager restarts it): the same call goes through shortly.
+        if (err.hostCode === 'unavailable') return new ApiError(503, 'host_unavailable', `${action}: ${err.message}`, { 'Retry-After': '2' });
         return new ApiError(502, 'host_error', `${action}: ${err.message}`);
       case 'throttled':
         // SSM itself said slow down: a retry shortly will go through.
