@@ -14,7 +14,7 @@ import { activeHosts, getHost, markHostLost, type HostRecord } from './host-stor
 import { logger } from './logger';
 import { idleDeadline, type SandboxRecord } from './sandbox-record';
 import { getSandbox, liveSandboxesOnHost, transition, TransitionRejectedError, updateSandbox } from './sandbox-store';
-import { beginShutdown, finishShutdown, markEnded, shutdownRetrySeconds, storageFor } from './sandboxes';
+import { beginShutdown, claimDue, finishShutdown, markEnded, shutdownRetrySeconds, storageFor } from './sandboxes';
 import { indexName, reapShards, sandboxesTable } from './tables';
 
 export interface ReapReport {
@@ -63,21 +63,6 @@ export async function dueSandboxes(now: number): Promise<{ items: Candidate[]; c
   };
 }
 
-/** Claims a due record for this run: moves its deadline out, only if nobody else did. */
-async function claim(r: SandboxRecord, now: number): Promise<SandboxRecord | undefined> {
-  try {
-    return await updateSandbox(
-      r.sandbox_id,
-      'reap_claim',
-      { set: { deadline_at: now + shutdownRetrySeconds * 1000 }, condition: 'deadline_at = :seen', values: { ':seen': r.deadline_at } },
-      [r.status],
-    );
-  } catch (err) {
-    if (err instanceof TransitionRejectedError) return undefined;
-    throw err;
-  }
-}
-
 /** Host records read once per run (only for the hosts of due sandboxes). */
 type HostLookup = (hostId: string) => Promise<HostRecord | undefined>;
 
@@ -107,7 +92,7 @@ async function reapOne(c: Candidate, now: number, report: ReapReport, host: Host
   switch (r.status) {
     case 'creating': {
       // A create that never finished: fail it and remove whatever the host made.
-      const claimed = await claim(r, now);
+      const claimed = await claimDue(r, now);
       if (!claimed) return;
       try {
         await hosts().dispatch(r.host_id, 'destroy', { sandboxId: r.sandbox_id, graceful: false }, { timeoutSeconds: 120, waitSeconds: reaperWaitSeconds });
@@ -126,7 +111,7 @@ async function reapOne(c: Candidate, now: number, report: ReapReport, host: Host
         report.busy++;
         return;
       }
-      const claimed = await claim(r, now);
+      const claimed = await claimDue(r, now);
       if (!claimed) return;
       const outcome = r.stop_reason === 'idle_timeout' || r.stop_reason === 'ttl_expired' ? 'expired' : 'stopped';
       await finishOrRetrySoon(claimed, outcome);
@@ -136,7 +121,7 @@ async function reapOne(c: Candidate, now: number, report: ReapReport, host: Host
     case 'pausing':
     case 'resuming': {
       // A stop or start whose host never reported back (its request was cut off, the host restarted): drive it again.
-      const claimed = await claim(r, now);
+      const claimed = await claimDue(r, now);
       if (!claimed) return;
       const verb = r.status === 'pausing' ? 'pause' : 'resume';
       try {

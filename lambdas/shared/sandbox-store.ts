@@ -4,7 +4,7 @@
  */
 import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import { unmarshall } from '@aws-sdk/util-dynamodb';
-import { GetCommand, PutCommand, QueryCommand, UpdateCommand, type QueryCommandInput } from '@aws-sdk/lib-dynamodb';
+import { BatchGetCommand, GetCommand, PutCommand, QueryCommand, UpdateCommand, type BatchGetCommandOutput, type QueryCommandInput } from '@aws-sdk/lib-dynamodb';
 import { dynamo, queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError, notFound } from './errors';
@@ -208,30 +208,23 @@ export interface ListOptions {
 }
 
 /**
- * How many of the tenant's sandboxes created since `sinceMs` are still
- * `creating` (the by-tenant index, recent records only). Eventually
- * consistent like every index read.
+ * The records of these sandboxes that exist, read consistently (BatchGetItem,
+ * 100 keys a call; keys DynamoDB leaves unprocessed are asked again).
  */
-export async function countCreatingSandboxes(tenantId: string, sinceMs: number): Promise<number> {
-  let count = 0;
-  let startKey: Record<string, unknown> | undefined;
-  do {
-    const out = await dynamo().send(
-      new QueryCommand({
-        TableName: table(),
-        IndexName: sandboxesTable.indexes[0].name,
-        KeyConditionExpression: 'tenant_id = :t AND created_at >= :since',
-        FilterExpression: '#status = :creating',
-        ExpressionAttributeNames: { '#status': 'status' },
-        ExpressionAttributeValues: { ':t': tenantId, ':since': new Date(sinceMs).toISOString(), ':creating': 'creating' },
-        Select: 'COUNT',
-        ExclusiveStartKey: startKey,
-      }),
-    );
-    count += out.Count ?? 0;
-    startKey = out.LastEvaluatedKey;
-  } while (startKey);
-  return count;
+export async function getSandboxes(sandboxIds: readonly string[]): Promise<SandboxRecord[]> {
+  const found: SandboxRecord[] = [];
+  for (let i = 0; i < sandboxIds.length; i += 100) {
+    let keys: Record<string, unknown>[] | undefined = sandboxIds.slice(i, i + 100).map((sandbox_id) => ({ sandbox_id }));
+    for (let round = 0; keys && keys.length > 0; round++) {
+      if (round > 0) await new Promise((r) => setTimeout(r, Math.min(1000, 50 * 2 ** round)));
+      const out: BatchGetCommandOutput = await dynamo().send(
+        new BatchGetCommand({ RequestItems: { [table()]: { Keys: keys, ConsistentRead: true } } }),
+      );
+      found.push(...((out.Responses?.[table()] ?? []) as SandboxRecord[]));
+      keys = out.UnprocessedKeys?.[table()]?.Keys;
+    }
+  }
+  return found;
 }
 
 export async function listSandboxes(o: ListOptions): Promise<{ items: SandboxRecord[]; nextToken?: string; total: number }> {

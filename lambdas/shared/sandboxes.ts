@@ -24,6 +24,7 @@ import {
   putNewSandbox,
   transition,
   TransitionRejectedError,
+  updateSandbox,
 } from './sandbox-store';
 import type { CreateSandboxBody, ExecBody } from './schemas';
 import { isFinalCommandStatus, type CommandStatus } from './command-state';
@@ -85,12 +86,12 @@ export async function createSandbox(
   const ttl = body.config?.ttl_seconds ?? Math.min(c.limits.defaultTtlSeconds, c.limits.maxTtlSeconds);
   const idle = Math.min(body.config?.idle_timeout_seconds ?? c.limits.defaultIdleTimeoutSeconds, ttl);
   // The tenant's cap first: a tenant at its limit never takes a host slot.
-  await takeTenantSlot(p.tenantId);
+  await takeTenantSlot(p.tenantId, sandboxId);
   let host: Awaited<ReturnType<typeof placeSandbox>>;
   try {
     host = await placeSandbox(now);
   } catch (err) {
-    await releaseTenantSlot(p.tenantId);
+    await releaseTenantSlot(p.tenantId, sandboxId);
     throw err;
   }
   const token = generateSandboxToken(sandboxId);
@@ -131,7 +132,7 @@ export async function createSandbox(
     await putNewSandbox(record);
   } catch (err) {
     await releaseSlot(host.host_id);
-    await releaseTenantSlot(p.tenantId);
+    await releaseTenantSlot(p.tenantId, sandboxId);
     throw err;
   }
   await o.onRecorded?.(sandboxId);
@@ -222,7 +223,7 @@ export async function markEnded(
     throw err;
   }
   await releaseSlot(record.host_id);
-  await releaseTenantSlot(ended.tenant_id);
+  await releaseTenantSlot(ended.tenant_id, ended.sandbox_id);
   // Its commands end with it: what its host could not record is `killed` (or `lost` with the host).
   const hostGone = end.event === 'fail' && end.reason === 'host_lost';
   const open = Object.keys(ended.open_commands ?? {});
@@ -310,14 +311,21 @@ export async function execInSandbox(
 export async function destroySandbox(p: Principal, sandboxId: string, graceful: boolean, deadline: number): Promise<{ done: boolean; view: SandboxView }> {
   const record = await getTenantSandbox(p.tenantId, sandboxId);
   if (isTerminal(record.status)) return { done: true, view: toView(record) };
-  if (record.status === 'shutting_down') return { done: false, view: toView(record) };
-  const shutting = await beginShutdown(record, 'user_requested');
-  if (!shutting) {
-    const now = (await getSandbox(sandboxId)) ?? record;
-    return { done: isTerminal(now.status), view: toView(now) };
+  let shutting: SandboxRecord | undefined;
+  if (record.status === 'shutting_down') {
+    // Handed to the reaper (complete/error asked for it) or a try that failed: drive it now, unless someone is at it.
+    shutting = record.deadline_at !== undefined && record.deadline_at <= Date.now() ? await claimDue(record, Date.now()) : undefined;
+    if (!shutting) return { done: false, view: toView(record) };
+  } else {
+    shutting = await beginShutdown(record, 'user_requested');
+    if (!shutting) {
+      const now = (await getSandbox(sandboxId)) ?? record;
+      return { done: isTerminal(now.status), view: toView(now) };
+    }
   }
+  const outcome = shutting.stop_reason === 'idle_timeout' || shutting.stop_reason === 'ttl_expired' ? 'expired' : 'stopped';
   try {
-    const ended = await finishShutdown(shutting, { graceful, outcome: 'stopped', waitSeconds: waitSecondsUntil(deadline) });
+    const ended = await finishShutdown(shutting, { graceful, outcome, waitSeconds: waitSecondsUntil(deadline) });
     return { done: true, view: toView(ended) };
   } catch (err) {
     if (err instanceof HostDispatchError && err.code === 'still_running') return { done: false, view: toView((await getSandbox(sandboxId)) ?? shutting) };
@@ -327,6 +335,24 @@ export async function destroySandbox(p: Principal, sandboxId: string, graceful: 
       return { done: true, view: toView(ended ?? (await getSandbox(sandboxId)) ?? shutting) };
     }
     throw err instanceof ApiError ? err : hostFailure(err, 'destroy');
+  }
+}
+
+/**
+ * Claims a due record (its deadline passed: nobody is driving it) for the
+ * caller: moves its deadline out by a lease, only if nobody else did.
+ */
+export async function claimDue(r: SandboxRecord, now: number): Promise<SandboxRecord | undefined> {
+  try {
+    return await updateSandbox(
+      r.sandbox_id,
+      'reap_claim',
+      { set: { deadline_at: now + shutdownRetrySeconds * 1000 }, condition: 'deadline_at = :seen', values: { ':seen': r.deadline_at } },
+      [r.status],
+    );
+  } catch (err) {
+    if (err instanceof TransitionRejectedError) return undefined;
+    throw err;
   }
 }
 

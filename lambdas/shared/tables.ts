@@ -117,8 +117,8 @@ export const idempotencyTable = {
 } as const satisfies TableDefinition;
 
 /**
- * One item per tenant: `live_sandboxes` counts its sandboxes not yet ended
- * (taken with one conditional UpdateItem at create, given back at the end),
+ * One item per tenant: `live_sandbox_ids` holds the ids of its sandboxes not
+ * yet ended (added with one conditional UpdateItem at create, removed at the end),
  * `max_sandboxes` optionally overrides MAX_SANDBOXES_PER_TENANT.
  */
 export const tenantsTable = {

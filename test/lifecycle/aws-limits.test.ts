@@ -41,7 +41,7 @@ async function createReady(user: string): Promise<string> {
 
 async function liveSandboxesOfTenant(): Promise<number> {
   const out = await dynamo().send(new GetCommand({ TableName: config().tables.tenants, Key: { tenant_id: 'limits' }, ConsistentRead: true }));
-  return Number(out.Item?.live_sandboxes ?? 0);
+  return (out.Item?.live_sandbox_ids as Set<string> | undefined)?.size ?? 0;
 }
 
 describe("the SSM agent's 5 commands at once do not hold commands back", () => {

@@ -194,9 +194,9 @@ describe('a create that died half-way', () => {
     const user = uniqueUser('half-made');
     const now = Date.now();
     // The first half of a create, as lambdas/shared/sandboxes.ts does it: slots, record, host create...
-    await takeTenantSlot(stack.tenantId);
     const host = await placeSandbox(now);
     const r = sandboxRecord({ now, tenant: stack.tenantId, user, host: host.host_id, status: 'creating', deadline: now + 120_000 });
+    await takeTenantSlot(stack.tenantId, r.sandbox_id);
     await putNewSandbox(r);
     // ...the host makes the container and dies before it records it (the host-agent run here with no
     // control plane configured: it makes the container and writes nothing, as a host that died would)...

@@ -13,7 +13,7 @@ import { dynamo } from '../../lambdas/shared/clients/dynamodb';
 import { s3 } from '../../lambdas/shared/clients/s3';
 import { config, resetConfig } from '../../lambdas/shared/config';
 import { getHost } from '../../lambdas/shared/host-store';
-import { getTenant, setTenantSandboxLimit } from '../../lambdas/shared/tenants';
+import { getTenant, liveSandboxCount, setTenantSandboxLimit } from '../../lambdas/shared/tenants';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';
 import { apiClient, type ApiAnswer, type ApiClient } from '../support/api-client';
 import { docker } from '../support/docker';
@@ -44,7 +44,7 @@ function assertTooMany(res: ApiAnswer, message: RegExp) {
 }
 
 async function liveCount(tenantId: string): Promise<number> {
-  return (await getTenant(tenantId))?.live_sandboxes ?? 0;
+  return liveSandboxCount(await getTenant(tenantId));
 }
 
 async function tenantContainers(tenantId: string): Promise<number> {
