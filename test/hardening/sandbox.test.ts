@@ -147,24 +147,34 @@ describe('what runs in a sandbox', () => {
     assert.equal(info.Config.User, '1000:1000');
     const sources = info.Mounts.map((m: any) => `${m.Source}:${m.Destination}`);
     assert.ok(!sources.some((s: string) => s.includes('docker.sock')), sources.join('\n'));
-    assert.deepEqual(info.Mounts.map((m: any) => m.Destination).sort(), ['/data/cold', '/home/agent']);
+    assert.deepEqual(info.Mounts.map((m: any) => m.Destination).sort(), ['/data/cold', '/home/agent', '/run/sandbox/io']);
+    // The commands' stdio pipes: the sandbox can open the FIFOs in it, never add to or change the directory.
+    assert.equal(info.Mounts.find((m: any) => m.Destination === '/run/sandbox/io')?.RW, false);
     assert.ok(info.Mounts.every((m: any) => m.Source.startsWith(stack.stateDir + '/')), 'only its own state is mounted');
   });
 });
 
 describe('captured output', () => {
-  it('is capped, head and tail kept, and says how much there was', async () => {
+  it('is capped at 1 MiB per stream in the answer, head and tail kept, says how much there was, and keeps it all', async () => {
     const id = await createSandbox();
-    const res = await api.exec(id, "head -c 3000000 /dev/zero | tr '\\0' a; echo; head -c 1000000 /dev/zero | tr '\\0' e >&2; echo END");
+    const res = await api.exec(id, "head -c 3000000 /dev/zero | tr '\\0' a; echo; head -c 2000000 /dev/zero | tr '\\0' e >&2; echo END");
     assert.equal(res.status, 200, res.text.slice(0, 300));
     const out = res.body;
     assert.equal(out.exit_code, 0);
     assert.equal(out.stdout_truncated, true);
     assert.equal(out.stderr_truncated, true);
     assert.equal(out.stdout_bytes, 3_000_000 + 1 + 4);
-    assert.equal(out.stderr_bytes, 1_000_000);
-    assert.ok(out.stdout.length + out.stderr.length <= 24_000, `${out.stdout.length} + ${out.stderr.length} characters came back`);
+    assert.equal(out.stderr_bytes, 2_000_000);
+    // 1 MiB of each stream's own bytes, with a line between head and tail that says how much is left out.
+    const kept = (text: string) => Buffer.byteLength(text.replace(/\n\[\.\.\. \d+ bytes truncated \.\.\.\]\n/, ''));
+    assert.match(out.stdout, /\n\[\.\.\. \d+ bytes truncated \.\.\.\]\n/);
+    assert.ok(kept(out.stdout) <= 1 << 20 && kept(out.stderr) <= 1 << 20, `${out.stdout.length} + ${out.stderr.length} characters came back`);
     assert.ok(out.stdout.startsWith('aaaa') && out.stdout.endsWith('END\n'), 'head and tail are kept');
+    // Not capped by SSM's 24,000 characters, and the whole of it is kept: read from the middle by offset.
+    const middle = await api.call('GET', `/sandboxes/${id}/commands/${out.command_id}?stdout_offset=2999990&stderr_offset=1999999`);
+    assert.equal(middle.status, 200, middle.text.slice(0, 300));
+    assert.equal(middle.body.stdout, 'aaaaaaaaaa\nEND\n');
+    assert.equal(middle.body.stderr, 'e');
   });
 });
 
