@@ -302,6 +302,9 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
 
 if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith('host-agent-daemon.mjs')) {
   applyEnvFile(); // /etc/ephemeral-sandbox/host.env on AWS hosts; the real environment wins
+  // A promise nobody awaited that failed is a bug to fix, reported as one; it does not take down every
+  // running command of the host with it (Node's default is to exit).
+  process.on('unhandledRejection', (err) => logger.error('daemon: a failure nothing handled (a bug)', { err }));
   const stop = await runDaemon();
   const shutdown = () => {
     stop();

@@ -95,6 +95,8 @@ export class OutputStore {
   private flushing: Promise<void> | undefined;
   private paused = false;
   private failures = 0;
+  /** The last record of how far the output is stored failed: the next round records it even with no new bytes. */
+  private progressBehind = false;
 
   constructor(private readonly o: OutputStoreOptions) {
     this.streams = { stdout: new StreamBuffer(o.maxBytesPerStream), stderr: new StreamBuffer(o.maxBytesPerStream) };
@@ -128,17 +130,24 @@ export class OutputStore {
 
   /** Uploads everything waiting now (one chunk per stream), in order with earlier uploads. */
   flush(): Promise<void> {
-    const previous = this.flushing ?? Promise.resolve();
-    const round = previous.then(() => this.uploadRound());
-    this.flushing = round.finally(() => {
-      if (this.flushing === round) this.flushing = undefined;
-    });
+    const round = (this.flushing ?? Promise.resolve()).then(() => this.uploadRound());
+    // The next round goes on after a failed one (which has scheduled its retry); only this call's caller
+    // sees the failure, so a round nobody awaits (a timer's) never becomes an unhandled rejection.
+    const tail: Promise<void> = round
+      .then(
+        () => undefined,
+        () => undefined,
+      )
+      .finally(() => {
+        if (this.flushing === tail) this.flushing = undefined;
+      });
+    this.flushing = tail;
     return round;
   }
 
   private async uploadRound(): Promise<void> {
     const taken = (['stdout', 'stderr'] as const).map((name) => [name, this.streams[name].take()] as const);
-    if (taken.every(([, data]) => data === undefined)) return;
+    if (taken.every(([, data]) => data === undefined) && !this.progressBehind) return;
     const results = await Promise.allSettled(
       taken.map(async ([name, data]) => {
         if (!data) return;
@@ -163,7 +172,15 @@ export class OutputStore {
       throw (failed as PromiseRejectedResult).reason;
     }
     this.failures = 0;
-    await this.o.onStored(this.progress());
+    try {
+      await this.o.onStored(this.progress());
+      this.progressBehind = false;
+    } catch (error) {
+      // The bytes are stored; only the record of how far lags. Say so, and record it again soon.
+      this.o.onError?.(error);
+      this.progressBehind = true;
+      this.flushSoon(1_000);
+    }
     const waiting = this.streams.stdout.pendingBytes + this.streams.stderr.pendingBytes;
     if (this.paused && waiting < backpressureBytes / 2) {
       this.paused = false;
