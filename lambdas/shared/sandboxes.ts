@@ -21,7 +21,6 @@ import {
   getSandbox,
   getTenantSandbox,
   listSandboxes as queryList,
-  putNewSandbox,
   transition,
   TransitionRejectedError,
   updateSandbox,
@@ -29,7 +28,7 @@ import {
 import type { CreateSandboxBody, ExecBody } from './schemas';
 import { isFinalCommandStatus, type CommandStatus } from './command-state';
 import { specOf, startCommand, toCommandView, waitForEnd, wholeOutput, type CommandView } from './commands';
-import { releaseTenantSlot, takeTenantSlot } from './tenants';
+import { recordWithTenantSlot, refuseIfTenantFull, releaseTenantSlot } from './tenants';
 import type { StorageSpec } from '../../host-agent/src/protocol';
 
 /** How long a host may take to create a sandbox before the reaper cleans up. */
@@ -85,15 +84,9 @@ export async function createSandbox(
   const sandboxId = newSandboxId();
   const ttl = body.config?.ttl_seconds ?? Math.min(c.limits.defaultTtlSeconds, c.limits.maxTtlSeconds);
   const idle = Math.min(body.config?.idle_timeout_seconds ?? c.limits.defaultIdleTimeoutSeconds, ttl);
-  // The tenant's cap first: a tenant at its limit never takes a host slot.
-  await takeTenantSlot(p.tenantId, sandboxId);
-  let host: Awaited<ReturnType<typeof placeSandbox>>;
-  try {
-    host = await placeSandbox(now);
-  } catch (err) {
-    await releaseTenantSlot(p.tenantId, sandboxId);
-    throw err;
-  }
+  // The tenant's cap first: a tenant at its limit does not take a host slot.
+  await refuseIfTenantFull(p.tenantId);
+  const host = await placeSandbox(now);
   const token = generateSandboxToken(sandboxId);
   const iso = new Date(now).toISOString();
   const record: SandboxRecord = {
@@ -129,10 +122,10 @@ export async function createSandbox(
     token_hash: sha256Hex(token),
   };
   try {
-    await putNewSandbox(record);
+    // The record and the tenant's slot in one transaction; a tenant at its cap answers 429 and gives the host slot back.
+    await recordWithTenantSlot(record);
   } catch (err) {
-    await releaseSlot(host.host_id);
-    await releaseTenantSlot(p.tenantId, sandboxId);
+    await releaseSlot(host.host_id).catch((e: unknown) => logger.error('create: giving the host slot back failed (the host recounts it)', { hostId: host.host_id, err: e }));
     throw err;
   }
   await o.onRecorded?.(sandboxId);

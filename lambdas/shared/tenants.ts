@@ -1,7 +1,7 @@
 /**
  * Tenants: the per-tenant cap on sandboxes not yet ended. A create puts its
- * sandbox id into the tenant's `live_sandbox_ids` set with one conditional
- * UpdateItem before placement, and the end of the sandbox takes it out, so
+ * sandbox id into the tenant's `live_sandbox_ids` set under a condition, in
+ * one transaction with the sandbox's record, and the end of the sandbox takes it out, so
  * two creates can never both take a tenant's last slot. A set rather than a
  * counter: taking or giving back the same sandbox's slot twice (an SDK retry
  * of a request DynamoDB applied after all, two callers ending one sandbox)
@@ -9,15 +9,16 @@
  * The cap is MAX_SANDBOXES_PER_TENANT unless the tenant's item sets its own
  * `max_sandboxes`.
  */
-import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
+import { ConditionalCheckFailedException, TransactionCanceledException } from '@aws-sdk/client-dynamodb';
 import { unmarshall } from '@aws-sdk/util-dynamodb';
-import { GetCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
+import { GetCommand, TransactWriteCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
 import { dynamo } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError } from './errors';
 import { logger } from './logger';
 import { getSandboxes } from './sandbox-store';
 import { isTerminal } from './sandbox-state';
+import type { SandboxRecord } from './sandbox-record';
 
 export interface TenantRecord {
   tenant_id: string;
@@ -38,61 +39,86 @@ export function liveSandboxCount(t: Pick<TenantRecord, 'live_sandbox_ids'> | und
 }
 
 /**
- * Takes one of the tenant's sandbox slots for `sandboxId`, or throws 429
- * too_many_requests (with Retry-After) when the tenant already has its cap of
- * live sandboxes. Taking a slot the sandbox already holds succeeds.
+ * Records a new sandbox and takes one of its tenant's slots for it in one
+ * transaction, or throws 429 too_many_requests (with Retry-After) when the
+ * tenant already has its cap of live sandboxes. One transaction, so a slot
+ * never exists without its record: a create that dies or times out either
+ * holds both (and its record is ended by the reaper like any create that
+ * died) or neither; an SDK retry carries the same ClientRequestToken and is
+ * applied once.
  */
-export async function takeTenantSlot(tenantId: string, sandboxId: string): Promise<void> {
+export async function recordWithTenantSlot(record: SandboxRecord): Promise<void> {
   for (let attempt = 0; ; attempt++) {
-    const old = await tryTake(tenantId, sandboxId);
-    if (!old) return;
-    const cap = old.max_sandboxes ?? config().limits.maxSandboxesPerTenant;
-    const held = [...(old.live_sandbox_ids ?? [])];
-    // A slot whose sandbox has ended is one its end could not give back (the
-    // function was stopped between the two writes): give it back now, then try again.
-    const records = new Map((await getSandboxes(held)).map((r) => [r.sandbox_id, r]));
-    const stale = held.filter((id) => {
-      const r = records.get(id);
-      return r !== undefined && isTerminal(r.status);
-    });
-    if (stale.length > 0 && attempt === 0) {
-      for (const id of stale) await releaseTenantSlot(tenantId, id);
-      logger.warn('tenant slots of ended sandboxes given back', { tenantId, sandboxIds: stale });
-      continue;
+    try {
+      await dynamo().send(
+        new TransactWriteCommand({
+          TransactItems: [
+            { Update: { ...takeSlot(record.tenant_id, record.sandbox_id), ReturnValuesOnConditionCheckFailure: 'ALL_OLD' } },
+            { Put: { TableName: config().tables.sandboxes, Item: record, ConditionExpression: 'attribute_not_exists(sandbox_id)' } },
+          ],
+        }),
+      );
+      return;
+    } catch (err) {
+      const refused = err instanceof TransactionCanceledException ? err.CancellationReasons?.[0] : undefined;
+      if (refused?.Code !== 'ConditionalCheckFailed') throw err;
+      const old = (refused.Item ? unmarshall(refused.Item as Parameters<typeof unmarshall>[0]) : {}) as Partial<TenantRecord>;
+      // Only a first refusal may give back slots of ended sandboxes and try again.
+      if (!(await refuseIfFull(record.tenant_id, old, attempt === 0))) throw new Error('tenant slot refused under the cap');
     }
-    // No record yet: a create that took its slot a moment ago and has not written its record.
-    const creating = held.filter((id) => (records.get(id)?.status ?? 'creating') === 'creating').length;
-    throw new ApiError(429, 'too_many_requests', tenantFullMessage(tenantId, cap, held.length, creating), {
-      'Retry-After': String(tenantFullRetryAfterSeconds),
-    });
   }
 }
 
-/** Adds the id to the tenant's set under its cap; answers the tenant's item when the cap refused it. */
-async function tryTake(tenantId: string, sandboxId: string): Promise<Partial<TenantRecord> | undefined> {
+/**
+ * Throws 429 when the tenant is at its cap now (a consistent read), so a
+ * create refused for its tenant never takes a host slot; the transaction in
+ * recordWithTenantSlot is what holds the cap under races.
+ */
+export async function refuseIfTenantFull(tenantId: string): Promise<void> {
+  await refuseIfFull(tenantId, await getTenant(tenantId));
+}
+
+/** The UpdateItem that adds the id to the tenant's set under its cap (taking a slot it holds already succeeds). */
+function takeSlot(tenantId: string, sandboxId: string) {
   const fallback = config().limits.maxSandboxesPerTenant;
   // No set yet counts as zero, which is under any cap of at least one.
-  const under = (cap: string, allowEmpty: boolean) =>
-    allowEmpty ? `(attribute_not_exists(#live) OR size(#live) < ${cap})` : `size(#live) < ${cap}`;
-  try {
-    await dynamo().send(
-      new UpdateCommand({
-        TableName: table(),
-        Key: { tenant_id: tenantId },
-        UpdateExpression: 'ADD #live :id',
-        ConditionExpression:
-          `contains(#live, :sid) OR (attribute_not_exists(max_sandboxes) AND ${under(':default', fallback > 0)}) ` +
-          `OR (attribute_exists(max_sandboxes) AND ${under('max_sandboxes', true)} AND max_sandboxes > :zero)`,
-        ExpressionAttributeNames: { '#live': 'live_sandbox_ids' },
-        ExpressionAttributeValues: { ':id': new Set([sandboxId]), ':sid': sandboxId, ':default': fallback, ':zero': 0 },
-        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
-      }),
-    );
-    return undefined;
-  } catch (err) {
-    if (!(err instanceof ConditionalCheckFailedException)) throw err;
-    return (err.Item ? unmarshall(err.Item as Parameters<typeof unmarshall>[0]) : {}) as Partial<TenantRecord>;
+  const under = (cap: string, allowEmpty: boolean) => (allowEmpty ? `(attribute_not_exists(#live) OR size(#live) < ${cap})` : `size(#live) < ${cap}`);
+  return {
+    TableName: table(),
+    Key: { tenant_id: tenantId },
+    UpdateExpression: 'ADD #live :id',
+    ConditionExpression:
+      `contains(#live, :sid) OR (attribute_not_exists(max_sandboxes) AND ${under(':default', fallback > 0)}) ` +
+      `OR (attribute_exists(max_sandboxes) AND ${under('max_sandboxes', true)} AND max_sandboxes > :zero)`,
+    ExpressionAttributeNames: { '#live': 'live_sandbox_ids' },
+    ExpressionAttributeValues: { ':id': new Set([sandboxId]), ':sid': sandboxId, ':default': fallback, ':zero': 0 },
+  };
+}
+
+/**
+ * Throws 429 when the tenant item shows it at its cap, after giving back the
+ * slots of sandboxes that have ended (an end whose give-back did not land);
+ * answers true when it gave some back (worth another try), false when under the cap.
+ */
+async function refuseIfFull(tenantId: string, t: Partial<TenantRecord> | undefined, heal = true): Promise<boolean> {
+  const cap = t?.max_sandboxes ?? config().limits.maxSandboxesPerTenant;
+  const held = [...(t?.live_sandbox_ids ?? [])];
+  if (held.length < cap) return false;
+  const records = new Map((await getSandboxes(held)).map((r) => [r.sandbox_id, r]));
+  const stale = held.filter((id) => {
+    const r = records.get(id);
+    // No record: the slot was taken with one that has gone (records are never deleted while live), or by an older version.
+    return r === undefined || isTerminal(r.status);
+  });
+  if (heal && stale.length > 0 && held.length - stale.length < cap) {
+    for (const id of stale) await releaseTenantSlot(tenantId, id);
+    logger.warn('tenant slots of ended sandboxes given back', { tenantId, sandboxIds: stale });
+    return true;
   }
+  const creating = held.filter((id) => records.get(id)?.status === 'creating').length;
+  throw new ApiError(429, 'too_many_requests', tenantFullMessage(tenantId, cap, held.length, creating), {
+    'Retry-After': String(tenantFullRetryAfterSeconds),
+  });
 }
 
 /**

@@ -21,9 +21,8 @@ import { config } from '../../lambdas/shared/config';
 import { dueSandboxes, reap, type ReapReport } from '../../lambdas/shared/reaper';
 import { placeSandbox } from '../../lambdas/shared/host-store';
 import { reapShardOf, type SandboxRecord } from '../../lambdas/shared/sandbox-record';
-import { putNewSandbox } from '../../lambdas/shared/sandbox-store';
 import { newSandboxId, storageFor } from '../../lambdas/shared/sandboxes';
-import { takeTenantSlot } from '../../lambdas/shared/tenants';
+import { recordWithTenantSlot } from '../../lambdas/shared/tenants';
 import { indexName, reapShards, sandboxesTable } from '../../lambdas/shared/tables';
 import { encodeInline } from '../../host-agent/src/protocol';
 import { repoRoot } from '../../lib/paths';
@@ -196,8 +195,7 @@ describe('a create that died half-way', () => {
     // The first half of a create, as lambdas/shared/sandboxes.ts does it: slots, record, host create...
     const host = await placeSandbox(now);
     const r = sandboxRecord({ now, tenant: stack.tenantId, user, host: host.host_id, status: 'creating', deadline: now + 120_000 });
-    await takeTenantSlot(stack.tenantId, r.sandbox_id);
-    await putNewSandbox(r);
+    await recordWithTenantSlot(r);
     // ...the host makes the container and dies before it records it (the host-agent run here with no
     // control plane configured: it makes the container and writes nothing, as a host that died would)...
     const request = { sandboxId: r.sandbox_id, tenantId: stack.tenantId, userId: user, image: config().sandboxImage, cpu: 1, memoryMb: 512, network: 'bridge', storage: storageFor(stack.tenantId, user) };

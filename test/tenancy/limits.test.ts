@@ -115,15 +115,19 @@ describe('the cap on sandboxes per tenant', () => {
     );
     assertTooMany(await api.create('big-home'), /^tenant burst is at its limit of 2 sandboxes: 2 sandboxes still being created \(a create that fails gives its slot back\); destroy one or retry later$/);
     for (const res of await Promise.all(burst)) {
-      assert.equal(res.status, 201, res.text);
+      // 202 when the create outlasted the API's time: the host finishes it and the sandbox is followed to ready.
+      assert.ok(res.status === 201 || res.status === 202, res.text);
       live.push({ api, id: res.body.sandbox_id });
+      if (res.status === 202) await waitFor(`${res.body.sandbox_id} to be ready`, async () => (await api.get(res.body.sandbox_id)).body.status === 'ready', 120_000, 250);
     }
     assertTooMany(await api.create('big-home'), /^tenant burst is at its limit of 2 sandboxes: 2 sandboxes not yet ended; destroy one or retry later$/);
   });
 
   it('counts back to zero when every sandbox of the tenant has ended', async () => {
     for (const entry of live.splice(0)) {
-      assert.equal((await entry.api.destroy(entry.id, false)).status, 204);
+      const { answer, final } = await entry.api.destroyAndWait(entry.id, false);
+      assert.ok(answer.status === 204 || answer.status === 202, answer.text);
+      assert.equal(final.body.status, 'stopped', final.text);
     }
     for (const tenant of ['capped', 'uncapped-neighbour', 'defaulted', 'burst']) assert.equal(await liveCount(tenant), 0, tenant);
   });
