@@ -8,6 +8,7 @@
  */
 import { queryAll } from './clients/dynamodb';
 import { config } from './config';
+import { hostLostEvent, publishEvent } from './events';
 import { hosts } from './host-calls';
 import { HostDispatchError } from './host-dispatch';
 import { activeHosts, getHost, markHostLost, type HostRecord } from './host-store';
@@ -238,6 +239,7 @@ async function reapLostHosts(now: number, report: ReapReport): Promise<void> {
     if (!(await markHostLost(host.host_id, cutoff))) continue;
     report.hostsLost++;
     logger.warn('reaper: host lost', { hostId: host.host_id, lastHeartbeatAt: new Date(host.last_heartbeat_at).toISOString() });
+    await publishEvent(hostLostEvent(host.host_id, host.last_heartbeat_at));
     // Side by side: a dead host makes each sync wait out its timeout.
     const outcomes = await Promise.allSettled(
       (await liveSandboxesOnHost(host.host_id)).map(async (item) => {
