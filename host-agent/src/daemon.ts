@@ -15,6 +15,7 @@ import { s3 } from '../../lambdas/shared/clients/s3';
 import { config as controlPlaneConfig } from '../../lambdas/shared/config';
 import { heartbeatHost, registerHost, setSlotsUsed } from '../../lambdas/shared/host-store';
 import { logger } from '../../lambdas/shared/logger';
+import { publishHostFigures } from './host-metrics';
 import type { SandboxRecord } from '../../lambdas/shared/sandbox-record';
 import { getSandbox, liveSandboxesOnHost } from '../../lambdas/shared/sandbox-store';
 import { settledStatuses } from '../../lambdas/shared/sandbox-state';
@@ -242,6 +243,8 @@ function every(ms: number, name: string, fn: () => Promise<unknown>): () => void
 }
 
 export async function runDaemon(s = daemonSettings()): Promise<() => void> {
+  // Every line this host writes names it, in the control plane's JSON shape.
+  logger.appendPersistentKeys({ host_id: s.hostId });
   const hostConfig = loadHostConfig();
   const docker = new DockerClient(hostConfig.dockerSocket);
   const network = await ensureSandboxNetwork(hostConfig, docker, { recheck: true });
@@ -275,7 +278,9 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
     }),
     every(s.reconcileSeconds * 1000, 'reconcile', async () => {
       await reconcile(s, docker);
-      await runner.reconcile((await liveSandboxesOnHost(s.hostId)).map((r) => r.sandbox_id));
+      const live = await liveSandboxesOnHost(s.hostId);
+      await runner.reconcile(live.map((r) => r.sandbox_id));
+      publishHostFigures(s.hostId, live, runner.runningCount);
     }),
   ];
   // Commands a previous incarnation of this daemon ran cannot be followed any more: close them now.
