@@ -19,6 +19,7 @@ import type { HostAgentAssets } from './host-agent-assets';
 import { ssmCommandWorkersFor } from '../../host-agent/src/protocol';
 import { hostUserData } from './host-user-data';
 import type { SandboxNetwork } from './network';
+import type { SandboxEventBus } from './observability';
 import type { ProjectTables } from './tables';
 
 export interface HostFleetProps {
@@ -30,6 +31,8 @@ export interface HostFleetProps {
   hostAgent: HostAgentAssets;
   /** The control plane's configuration (what the functions get): the host daemon reads the same settings. */
   controlPlaneEnv: Record<string, string>;
+  /** The lifecycle event bus: the host records outcomes and commands' ends, and publishes their events. */
+  events: SandboxEventBus;
 }
 
 /** Block device of the sandbox state volume (user data finds it under this name or its /dev/xvd twin). */
@@ -205,6 +208,7 @@ export class HostFleet extends Construct {
     const objectActions = hostAccess.storageActions.filter((a) => a !== 's3:ListBucket');
     this.role.addToPolicy(new iam.PolicyStatement({ sid: 'ListStorage', actions: ['s3:ListBucket'], resources: [bucket.bucketArn] }));
     this.role.addToPolicy(new iam.PolicyStatement({ sid: 'ReadWriteStorage', actions: [...objectActions], resources: [bucket.arnForObjects('*')] }));
+    if (hostAccess.publishesEvents) props.events.grantPut(this.role);
     // Registration, heartbeats, reconciliation of the sandboxes on this host (handler-access.ts, checked against the bundles).
     for (const grant of hostAccess.tables) {
       const table = props.tables.table(grant.table);
