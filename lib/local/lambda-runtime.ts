@@ -29,6 +29,11 @@ export interface LocalFunctionSpec {
   env: Record<string, string | undefined>;
   /** @default dist/lambdas/<name>.mjs */
   bundle?: string;
+  /**
+   * Where the function's stdout and stderr go, line by line (what Lambda sends
+   * to CloudWatch Logs). @default this process's own stdout and stderr
+   */
+  output?: (stream: 'stdout' | 'stderr') => (chunk: Buffer | string) => void;
 }
 
 interface Environment {
@@ -64,9 +69,13 @@ export class LocalFunction {
       workerData: { bundle: this.bundle, functionName: this.spec.name, memoryMb: this.spec.memoryMb },
       env: Object.fromEntries(Object.entries(this.spec.env).filter(([, v]) => v !== undefined)) as Record<string, string>,
       execArgv: ['--enable-source-maps'],
-      stdout: false,
-      stderr: false,
+      stdout: this.spec.output !== undefined,
+      stderr: this.spec.output !== undefined,
     });
+    if (this.spec.output) {
+      worker.stdout.on('data', this.spec.output('stdout'));
+      worker.stderr.on('data', this.spec.output('stderr'));
+    }
     const environment: Environment = { worker, busy: true };
     this.all.add(environment);
     return new Promise((resolve, reject) => {
