@@ -5,6 +5,11 @@
  * the number of sandboxes past their deadline, not with the table. Each
  * candidate is re-read and claimed with a conditional write, so overlapping
  * reaper runs and user destroys never both act on one sandbox.
+ *
+ * Why not Powertools Idempotency for Scheduler's at-least-once delivery: a
+ * run is never the same work twice (it reads what is due now), and each
+ * sandbox is claimed by that conditional write, which already makes a second
+ * delivery, an overlapping run or a retry harmless.
  */
 import { queryAll } from './clients/dynamodb';
 import { config } from './config';
