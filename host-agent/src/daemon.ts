@@ -16,6 +16,7 @@ import { config as controlPlaneConfig } from '../../lambdas/shared/config';
 import { heartbeatHost, registerHost, setSlotsUsed } from '../../lambdas/shared/host-store';
 import { logger } from '../../lambdas/shared/logger';
 import { publishHostFigures } from './host-metrics';
+import { shipDaemonOutput } from './log-shipper';
 import type { SandboxRecord } from '../../lambdas/shared/sandbox-record';
 import { getSandbox, liveSandboxesOnHost } from '../../lambdas/shared/sandbox-store';
 import { settledStatuses } from '../../lambdas/shared/sandbox-state';
@@ -51,6 +52,8 @@ export interface DaemonSettings {
   reconcileSeconds: number;
   reconcileGraceSeconds: number;
   hotSyncIntervalSeconds: number;
+  /** CloudWatch Logs group the daemon ships its lines to (HOST_LOG_GROUP; unset locally: not shipped). */
+  logGroup?: string;
 }
 
 export function daemonSettings(): DaemonSettings {
@@ -65,6 +68,7 @@ export function daemonSettings(): DaemonSettings {
     reconcileSeconds: seconds('RECONCILE_INTERVAL_SECONDS', heartbeatSeconds),
     reconcileGraceSeconds: seconds('RECONCILE_GRACE_SECONDS', 60),
     hotSyncIntervalSeconds: seconds('HOT_SYNC_INTERVAL_SECONDS', 60),
+    logGroup: process.env.HOST_LOG_GROUP || undefined,
   };
 }
 
@@ -307,10 +311,13 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
 
 if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith('host-agent-daemon.mjs')) {
   applyEnvFile(); // /etc/ephemeral-sandbox/host.env on AWS hosts; the real environment wins
-  const stop = await runDaemon();
+  // On AWS its lines (logs and EMF metrics) go to the host log group as well as the journal.
+  const settings = daemonSettings();
+  const stopShipping = shipDaemonOutput(settings);
+  const stop = await runDaemon(settings);
   const shutdown = () => {
     stop();
-    process.exit(0);
+    void (stopShipping?.() ?? Promise.resolve()).finally(() => process.exit(0));
   };
   process.on('SIGTERM', shutdown);
   process.on('SIGINT', shutdown);
