@@ -14,7 +14,7 @@ import { backgroundHandlerNames, handlerNames, routes } from '../lambdas/shared/
 import { ControlPlaneFunctions, handlerEnvironment } from './constructs/control-plane-functions';
 import { HostAgentAssets } from './constructs/host-agent-assets';
 import { HostFleet } from './constructs/host-fleet';
-import { PlatformAlarms, SandboxEventBus } from './constructs/observability';
+import { hostLogGroup, PlatformAlarms, SandboxEventBus } from './constructs/observability';
 import { SandboxNetwork } from './constructs/network';
 import { ReaperSchedule } from './constructs/reaper-schedule';
 import { SandboxApi } from './constructs/sandbox-api';
@@ -101,6 +101,7 @@ export class ServiceStack extends Stack {
       hostAgent: new HostAgentAssets(this, 'HostAgent'),
       controlPlaneEnv: handlerEnvironment(controlPlane),
       events: this.events,
+      daemonLogGroup: hostLogGroup(this, 'HostLogs', { envName: e.name, retentionDays: e.logRetentionDays, removalPolicy }),
     });
 
     this.observability = new PlatformAlarms(this, 'Observability', {

@@ -208,6 +208,8 @@ export interface HostAccess {
   mountpointOnlyActions: readonly string[];
   /** The host records outcomes (ready, paused, ended) and commands' ends: it publishes their events. */
   publishesEvents: boolean;
+  /** On the host log group: the daemon ships its lines (logs and EMF metrics) there, one stream per host. */
+  logActions: readonly string[];
 }
 
 export const hostAccess: HostAccess = {
@@ -223,4 +225,5 @@ export const hostAccess: HostAccess = {
   storageActions: ['s3:ListBucket', 's3:GetObject', 's3:PutObject', 's3:DeleteObject', 's3:AbortMultipartUpload'],
   mountpointOnlyActions: ['s3:AbortMultipartUpload'],
   publishesEvents: true,
+  logActions: ['logs:CreateLogStream', 'logs:PutLogEvents'],
 };

@@ -13,6 +13,7 @@ import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kms from 'aws-cdk-lib/aws-kms';
+import * as logs from 'aws-cdk-lib/aws-logs';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
@@ -57,6 +58,15 @@ export class SandboxEventBus extends Construct {
   grantPut(grantee: iam.IGrantable): void {
     this.bus.grantPutEventsTo(grantee);
   }
+}
+
+/** The log group every host's daemon ships its lines to (one stream per host): its logs and its metrics. */
+export function hostLogGroup(scope: Construct, id: string, props: { envName: string; retentionDays: number; removalPolicy: RemovalPolicy }): logs.LogGroup {
+  return new logs.LogGroup(scope, id, {
+    logGroupName: `/ephemeral-sandbox/${props.envName}/hosts`,
+    retention: props.retentionDays as logs.RetentionDays,
+    removalPolicy: props.removalPolicy,
+  });
 }
 
 export interface PlatformAlarmsProps {

@@ -62,11 +62,12 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
     }
   });
 
-  it('host role: DynamoDB, storage and event bus actions of the host daemon and CLI bundles', async () => {
+  it('host role: DynamoDB, storage, event bus and log shipping actions of the host daemon and CLI bundles', async () => {
     const both = await Promise.all(['daemon', 'cli'].map((e) => analyzeCalls(`host-agent ${e}`, join(hostAgentDir, 'src', `${e}.ts`), tableIndexes)));
     const used = new Map<string, { actions: Set<string>; indexes: Set<string> }>();
     const storage = new Set<string>();
     const published = new Set<string>();
+    const shipped = new Set<string>();
     for (const calls of both) {
       for (const [table, e] of calls.tables) {
         const entry = used.get(table) ?? { actions: new Set<string>(), indexes: new Set<string>() };
@@ -74,7 +75,7 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
         e.indexes.forEach((i) => entry.indexes.add(i));
         used.set(table, entry);
       }
-      calls.otherActions.forEach((a) => (a.startsWith('events:') ? published.add(a) : storage.add(a)));
+      calls.otherActions.forEach((a) => (a.startsWith('events:') ? published.add(a) : a.startsWith('logs:') ? shipped.add(a) : storage.add(a)));
     }
     const usedTables = Object.fromEntries([...used].map(([t, e]) => [t, { actions: [...e.actions].sort(), indexes: [...e.indexes].sort() }]));
     const granted = Object.fromEntries(
@@ -84,5 +85,6 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
     const grantedStorage = hostAccess.storageActions.filter((a) => !hostAccess.mountpointOnlyActions.includes(a)).sort();
     assert.deepEqual(grantedStorage, [...storage].sort(), `host: ${fix} (hostAccess.storageActions)`);
     assert.deepEqual(hostAccess.publishesEvents ? [...eventBusActions] : [], [...published].sort(), `host: ${fix} (hostAccess.publishesEvents)`);
+    assert.deepEqual([...hostAccess.logActions].sort(), [...shipped].sort(), `host: ${fix} (hostAccess.logActions)`);
   });
 });
