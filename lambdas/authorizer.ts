@@ -6,8 +6,9 @@
 import type { APIGatewayAuthorizerResult, APIGatewayRequestAuthorizerEvent } from 'aws-lambda';
 import { decide } from './shared/authorize';
 import { logger } from './shared/logger';
+import { lambdaEntry } from './shared/observability';
 
-export async function handler(event: APIGatewayRequestAuthorizerEvent): Promise<APIGatewayAuthorizerResult> {
+async function authorize(event: APIGatewayRequestAuthorizerEvent): Promise<APIGatewayAuthorizerResult> {
   const headers = Object.fromEntries(Object.entries(event.headers ?? {}).map(([k, v]) => [k.toLowerCase(), v]));
   const decision = await decide(headers['x-api-key'] ?? undefined, event.methodArn);
   // Throwing 'Unauthorized' is how a Lambda authorizer makes API Gateway answer 401.
@@ -23,6 +24,8 @@ export async function handler(event: APIGatewayRequestAuthorizerEvent): Promise<
     ...(decision.usageIdentifierKey ? { usageIdentifierKey: decision.usageIdentifierKey } : {}),
   };
 }
+
+export const handler = lambdaEntry(authorize);
 
 function policy(effect: 'Allow' | 'Deny', resources: string[]) {
   return { Version: '2012-10-17', Statement: [{ Action: 'execute-api:Invoke', Effect: effect, Resource: resources }] };

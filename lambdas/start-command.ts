@@ -5,10 +5,12 @@
 import { isFinalCommandStatus } from './shared/command-state';
 import { readOutput, specOf, startCommand, toCommandView, waitForEnd } from './shared/commands';
 import { apiHandler, parse } from './shared/http';
+import { emitMetrics } from './shared/metrics';
 import { requireApiKey } from './shared/sandboxes';
 import { startCommandBody } from './shared/schemas';
 
 export const handler = apiHandler(async (req) => {
+  const startedAt = Date.now();
   requireApiKey(req.principal);
   const sandboxId = req.sandboxId();
   const body = parse(startCommandBody, req.body ?? {});
@@ -22,5 +24,6 @@ export const handler = apiHandler(async (req) => {
   let record = started.record;
   if (!isFinalCommandStatus(record.status) && waitMs > 0) record = await waitForEnd(record, Math.min(Date.now() + waitMs, req.deadline - 1_500));
   const output = await readOutput(record, { stdout: 0, stderr: 0 });
+  emitMetrics({ Outcome: record.status }, { CommandStartLatency: Date.now() - startedAt });
   return { status: isFinalCommandStatus(record.status) ? 200 : 202, body: { ...toCommandView(record), ...output } };
 });

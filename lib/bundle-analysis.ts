@@ -52,7 +52,8 @@ export function bundleHandlers(handlers: readonly string[], outDir: string): Pro
 /**
  * IAM actions an SDK operation needs. Most are `<service>:<Operation>`; the
  * exceptions are S3's listing/multipart calls and DynamoDB transactions,
- * which IAM authorizes per item action.
+ * which IAM authorizes per item action, and clients whose IAM prefix is not
+ * their package's name (EventBridge is `events:`, CloudWatch Logs `logs:`).
  */
 export function iamActionsFor(sdkOperation: string): string[] {
   const [client, operation] = sdkOperation.split(':') as [string, string];
@@ -69,7 +70,9 @@ export function iamActionsFor(sdkOperation: string): string[] {
     'dynamodb:TransactGetItems': ['dynamodb:GetItem'],
     'dynamodb:TransactWriteItems': ['dynamodb:ConditionCheckItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem'],
   };
-  return special[sdkOperation] ?? [`${client}:${operation}`];
+  // Clients whose IAM service prefix differs from their package name.
+  const iamPrefix: Record<string, string> = { eventbridge: 'events', 'cloudwatch-logs': 'logs' };
+  return special[sdkOperation] ?? [`${iamPrefix[client] ?? client}:${operation}`];
 }
 
 /** What a handler's own code (not the SDK's internals) calls, after tree-shaking. */
@@ -100,7 +103,7 @@ const documentCommands: Record<string, string[]> = {
 const lowerFirst = (id: string) => id.charAt(0).toLowerCase() + id.slice(1);
 
 function sdkClientOf(operation: string): string | undefined {
-  for (const client of ['dynamodb', 'ssm', 's3', 'ec2', 'sqs', 'sts', 'autoscaling', 'ecr', 'cloudwatch']) {
+  for (const client of ['dynamodb', 'ssm', 's3', 'eventbridge', 'cloudwatch-logs', 'ec2', 'sqs', 'sts', 'autoscaling', 'ecr', 'cloudwatch']) {
     if (existsSync(join(repoRoot, 'node_modules', '@aws-sdk', `client-${client}`, 'dist-es', 'commands', `${operation}Command.js`))) return client;
   }
   return undefined;

@@ -87,6 +87,31 @@ const environmentSchema = z
       intelligentTieringAfterDays: nonNegativeInt,
       accessLogRetentionDays: positiveInt,
     }),
+    observability: z.strictObject({
+      /** Where alarms are mailed (an SNS email subscription, confirmed by its recipient); null = the topic only. */
+      alarmEmail: z.string().regex(/^[^@\s]+@[^@\s]+\.[^@\s]+$/, 'must be an email address').nullable(),
+      /** Alarm thresholds; each alarm looks at 5-minute periods. */
+      alarms: z.strictObject({
+        /** Share of API requests answered 5xx, in percent. */
+        api5xxRatePercent: z.number().positive().max(100),
+        /** API latency (p99) the callers see, in ms. */
+        apiP99LatencyMs: positiveInt,
+        /** no_capacity (503) answers in 5 minutes. */
+        noCapacityAnswers: positiveInt,
+        /** Hosts marked lost in 5 minutes. */
+        hostsLost: positiveInt,
+        /** Failed reaper runs in 5 minutes (the dead-letter queue alarms on any message). */
+        reaperErrors: positiveInt,
+        /** Errors plus throttles of one function in 5 minutes. */
+        lambdaErrorsAndThrottles: positiveInt,
+        /** Read and write throttle events of one table in 5 minutes. */
+        dynamoDbThrottles: positiveInt,
+        /** SSM calls answered ThrottlingException in 5 minutes. */
+        ssmThrottles: positiveInt,
+        /** Lifecycle events the bus did not take, after retries, in 5 minutes. */
+        eventsNotDelivered: positiveInt,
+      }),
+    }),
     limits: z.strictObject({
       defaultCpu: z.number().positive(),
       maxCpu: z.number().positive(),

@@ -14,6 +14,7 @@ import { backgroundHandlerNames, handlerNames, routes } from '../lambdas/shared/
 import { ControlPlaneFunctions, handlerEnvironment } from './constructs/control-plane-functions';
 import { HostAgentAssets } from './constructs/host-agent-assets';
 import { HostFleet } from './constructs/host-fleet';
+import { hostLogGroup, PlatformAlarms, SandboxEventBus } from './constructs/observability';
 import { SandboxNetwork } from './constructs/network';
 import { ReaperSchedule } from './constructs/reaper-schedule';
 import { SandboxApi } from './constructs/sandbox-api';
@@ -36,6 +37,8 @@ export class ServiceStack extends Stack {
   public readonly fleet: HostFleet;
   public readonly network: SandboxNetwork;
   public readonly reaperSchedule: ReaperSchedule;
+  public readonly events: SandboxEventBus;
+  public readonly observability: PlatformAlarms;
 
   constructor(scope: Construct, id: string, props: ServiceStackProps) {
     const e = props.environment;
@@ -60,7 +63,10 @@ export class ServiceStack extends Stack {
 
     this.api = new SandboxApi(this, 'Api', { environment: e, removalPolicy });
 
+    this.events = new SandboxEventBus(this, 'Events', { envName: e.name, archiveRetentionDays: e.logRetentionDays });
+
     const controlPlane = {
+      events: this.events,
       environment: e,
       tables: props.tables,
       bucket: props.bucket,
@@ -94,6 +100,17 @@ export class ServiceStack extends Stack {
       sandboxImage,
       hostAgent: new HostAgentAssets(this, 'HostAgent'),
       controlPlaneEnv: handlerEnvironment(controlPlane),
+      events: this.events,
+      daemonLogGroup: hostLogGroup(this, 'HostLogs', { envName: e.name, retentionDays: e.logRetentionDays, removalPolicy }),
+    });
+
+    this.observability = new PlatformAlarms(this, 'Observability', {
+      environment: e,
+      restApi: this.api.restApi,
+      functions: this.functions.functions,
+      reaper,
+      reaperDeadLetterQueue: this.reaperSchedule.deadLetterQueue,
+      tables: props.tables.entries,
     });
 
     new CfnOutput(this, 'ApiUrl', { value: this.api.restApi.url, description: 'Base URL of the API (stage included)' });
@@ -101,6 +118,8 @@ export class ServiceStack extends Stack {
     new CfnOutput(this, 'DefaultUsageKeyId', { value: this.api.defaultUsageKey.keyId, description: 'API Gateway key of the usage plan (its value becomes usageIdentifierKey)' });
     new CfnOutput(this, 'HostAutoScalingGroupName', { value: this.fleet.autoScalingGroup.autoScalingGroupName, description: 'Auto Scaling group of sandbox hosts' });
     new CfnOutput(this, 'SandboxImageUri', { value: sandboxImage.imageUri, description: 'Sandbox image in ECR' });
+    new CfnOutput(this, 'EventBusName', { value: this.events.bus.eventBusName, description: 'EventBridge bus with sandbox.* and command.finished events' });
+    new CfnOutput(this, 'AlarmTopicArn', { value: this.observability.topic.topicArn, description: 'SNS topic every alarm notifies' });
     new CfnOutput(this, 'ReaperDeadLetterQueueUrl', { value: this.reaperSchedule.deadLetterQueue.queueUrl, description: 'Reaper schedule deliveries that failed' });
   }
 }

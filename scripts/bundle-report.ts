@@ -1,17 +1,45 @@
 /**
  * Bundles every Lambda handler exactly as the CDK stack does (minified ESM,
  * node22, SDK v3 bundled; options from lib/handler-bundling.ts) and prints
- * each bundle's size.
+ * each bundle's size and its cold-start init time: how long loading the
+ * bundle takes in a fresh Node process with a Lambda-like environment (the
+ * part of Lambda's Init Duration the code controls), the median of several
+ * runs. Next to each figure is the baseline (docs/bundle-baseline.json), so a
+ * change shows what it cost.
  *
- *   npx tsx scripts/bundle-report.ts              # table
- *   npx tsx scripts/bundle-report.ts --markdown   # table for the README
- *   npx tsx scripts/bundle-report.ts --json       # machine-readable
+ *   npm run bundle-report                        # table, with the baseline
+ *   npm run bundle-report -- --markdown          # table for the README / DEPLOY
+ *   npm run bundle-report -- --json              # machine-readable
+ *   npm run bundle-report -- --save-baseline     # measure and keep as the new baseline
+ *   npm run bundle-report -- --check             # exit 1 if any init is over the budget
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { backgroundHandlerNames, handlerNames } from '../lambdas/shared/routes';
+import { tables } from '../lambdas/shared/tables';
 import { bundleHandlers, type HandlerBundle } from '../lib/bundle-analysis';
+import { repoRoot } from '../lib/paths';
+
+/** The issue's budget for a handler's init. */
+const initBudgetMs = 150;
+const runs = Number(process.env.BUNDLE_REPORT_RUNS ?? 7);
+const baselineFile = join(repoRoot, 'docs', 'bundle-baseline.json');
+
+interface Measured extends HandlerBundle {
+  /** Median CPU ms (user + system) to import the bundle in a fresh process. */
+  initMs: number;
+  /** Median wall-clock ms of the same imports (inflated when the machine is busy). */
+  initWallMs: number;
+}
+
+interface Baseline {
+  measuredAt: string;
+  commit: string;
+  note: string;
+  handlers: Record<string, { bytes: number; gzipBytes: number; initMs: number; initWallMs: number }>;
+}
 
 const kb = (bytes: number) => (bytes / 1024).toFixed(0);
 
@@ -19,34 +47,115 @@ function clientsOf(b: HandlerBundle): string {
   return [...new Set(b.sdkOperations.map((op) => op.split(':')[0]))].join(', ') || '-';
 }
 
-function table(bundles: HandlerBundle[], markdown: boolean): string {
-  const header = ['handler', 'bundle KB', 'gzip KB', 'source map KB', 'SDK clients'];
-  const rows = bundles.map((b) => [b.handler, kb(b.bytes), kb(b.gzipBytes), kb(b.sourceMapBytes), clientsOf(b)]);
+/** What Lambda sets (and the stack adds) before the handler module loads; nothing is called. */
+function lambdaLikeEnv(handler: string): NodeJS.ProcessEnv {
+  return {
+    PATH: process.env.PATH,
+    AWS_REGION: 'us-east-1',
+    AWS_EXECUTION_ENV: 'AWS_Lambda_nodejs22.x',
+    AWS_LAMBDA_FUNCTION_NAME: handler,
+    AWS_LAMBDA_FUNCTION_MEMORY_SIZE: '512',
+    AWS_ACCESS_KEY_ID: 'AKIDEXAMPLE',
+    AWS_SECRET_ACCESS_KEY: 'secret',
+    _X_AMZN_TRACE_ID: 'Root=1-00000000-000000000000000000000000;Parent=0000000000000000;Sampled=0',
+    POWERTOOLS_SERVICE_NAME: 'ephemeral-sandbox',
+    POWERTOOLS_METRICS_NAMESPACE: 'EphemeralSandbox/report',
+    EVENT_BUS_NAME: 'ephemeral-sandbox-report',
+    ...Object.fromEntries(tables.map((t) => [t.envVar, t.id.toLowerCase()])),
+  };
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+/**
+ * Median import time of `file` over `runs` fresh processes: CPU time (what the
+ * code costs, steady on a shared machine) and wall time (what a quiet machine
+ * would also show, plus any waiting for the CPU).
+ */
+function initTime(handler: string, file: string): { cpuMs: number; wallMs: number } {
+  const probe = [
+    'const c = process.cpuUsage(); const t = performance.now();',
+    `await import(${JSON.stringify(file)});`,
+    'const u = process.cpuUsage(c); process.stdout.write(JSON.stringify({ cpu: (u.user + u.system) / 1000, wall: performance.now() - t }));',
+  ].join(' ');
+  const cpu: number[] = [];
+  const wall: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const out = spawnSync(process.execPath, ['--input-type=module', '-e', probe], { env: lambdaLikeEnv(handler), encoding: 'utf8' });
+    if (out.status !== 0) throw new Error(`${handler}: loading the bundle failed: ${out.stderr.trim().split('\n').slice(-3).join(' | ')}`);
+    const m = JSON.parse(out.stdout) as { cpu: number; wall: number };
+    cpu.push(m.cpu);
+    wall.push(m.wall);
+  }
+  return { cpuMs: median(cpu), wallMs: median(wall) };
+}
+
+function readBaseline(): Baseline | undefined {
+  return existsSync(baselineFile) ? (JSON.parse(readFileSync(baselineFile, 'utf8')) as Baseline) : undefined;
+}
+
+function table(bundles: Measured[], baseline: Baseline | undefined, markdown: boolean): string {
+  const header = ['handler', 'bundle KB', 'gzip KB', 'init ms (CPU)', 'init ms (wall)', 'before: KB', 'before: init ms (CPU)', 'SDK clients'];
+  const rows = bundles.map((b) => {
+    const before = baseline?.handlers[b.handler];
+    return [b.handler, kb(b.bytes), kb(b.gzipBytes), b.initMs.toFixed(0), b.initWallMs.toFixed(0), before ? kb(before.bytes) : '-', before ? before.initMs.toFixed(0) : '-', clientsOf(b)];
+  });
   const total = bundles.reduce((sum, b) => sum + b.bytes, 0);
+  const slowest = Math.max(...bundles.map((b) => b.initMs));
+  const footer = `${bundles.length} handlers, ${kb(total)} KB in total; slowest init ${slowest.toFixed(0)} ms of CPU (budget ${initBudgetMs} ms; median of ${runs} fresh processes on this machine, load average ${loadavg()[0]!.toFixed(1)})${
+    baseline ? `; before: ${baseline.note} (${baseline.commit.slice(0, 10)})` : ''
+  }`;
   if (markdown) {
     return [
       `| ${header.join(' | ')} |`,
-      `|${header.map((_, i) => (i === 0 || i === 4 ? '---' : '---:')).join('|')}|`,
+      `|${header.map((_, i) => (i === 0 || i === header.length - 1 ? '---' : '---:')).join('|')}|`,
       ...rows.map((r) => `| ${r.join(' | ')} |`),
+      '',
+      footer,
     ].join('\n');
   }
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === 0 || i === 4 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
-  return [line(header), ...rows.map(line), '', `${bundles.length} handlers, ${kb(total)} KB in total`].join('\n');
+  const line = (cells: string[]) => cells.map((c, i) => (i === 0 || i === header.length - 1 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
+  return [line(header), ...rows.map(line), '', footer].join('\n');
+}
+
+function gitCommit(): string {
+  const out = spawnSync('git', ['rev-parse', 'HEAD'], { cwd: repoRoot, encoding: 'utf8' });
+  return out.status === 0 ? out.stdout.trim() : 'unknown';
 }
 
 async function main(): Promise<void> {
   const args = new Set(process.argv.slice(2));
-  const unknown = [...args].filter((a) => !['--json', '--markdown'].includes(a));
+  const unknown = [...args].filter((a) => !['--json', '--markdown', '--save-baseline', '--check'].includes(a));
   if (unknown.length > 0) {
-    console.error(`bundle-report: unknown argument ${unknown.join(' ')} (use --json or --markdown)`);
+    console.error(`bundle-report: unknown argument ${unknown.join(' ')} (use --json, --markdown, --save-baseline or --check)`);
     process.exit(2);
   }
   const outDir = mkdtempSync(join(tmpdir(), 'bundle-report-'));
   try {
     const bundles = await bundleHandlers([...handlerNames, ...backgroundHandlerNames], outDir);
-    if (args.has('--json')) console.log(JSON.stringify(bundles, null, 2));
-    else console.log(table(bundles, args.has('--markdown')));
+    // One at a time: parallel imports on a small machine would measure each other.
+    const measured: Measured[] = bundles.map((b) => {
+      const t = initTime(b.handler, join(outDir, b.handler, 'index.mjs'));
+      return { ...b, initMs: t.cpuMs, initWallMs: t.wallMs };
+    });
+    if (args.has('--save-baseline')) {
+      const baseline: Baseline = {
+        measuredAt: new Date().toISOString(),
+        commit: gitCommit(),
+        note: process.env.BASELINE_NOTE ?? 'the baseline',
+        handlers: Object.fromEntries(measured.map((m) => [m.handler, { bytes: m.bytes, gzipBytes: m.gzipBytes, initMs: Number(m.initMs.toFixed(1)), initWallMs: Number(m.initWallMs.toFixed(1)) }])),
+      };
+      writeFileSync(baselineFile, JSON.stringify(baseline, null, 2) + '\n');
+    }
+    const baseline = readBaseline();
+    if (args.has('--json')) console.log(JSON.stringify({ budgetMs: initBudgetMs, bundles: measured, baseline }, null, 2));
+    else console.log(table(measured, baseline, args.has('--markdown')));
+    const over = measured.filter((m) => m.initMs > initBudgetMs);
+    if (args.has('--check') && over.length > 0) {
+      console.error(`bundle-report: init over ${initBudgetMs} ms: ${over.map((m) => `${m.handler} ${m.initMs.toFixed(0)} ms`).join(', ')}`);
+      process.exitCode = 1; // not exit(): the bundles' temporary directory is removed first
+    }
   } finally {
     rmSync(outDir, { recursive: true, force: true });
   }

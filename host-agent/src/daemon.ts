@@ -15,6 +15,8 @@ import { s3 } from '../../lambdas/shared/clients/s3';
 import { config as controlPlaneConfig } from '../../lambdas/shared/config';
 import { heartbeatHost, registerHost, setSlotsUsed } from '../../lambdas/shared/host-store';
 import { logger } from '../../lambdas/shared/logger';
+import { publishHostFigures } from './host-metrics';
+import { shipDaemonOutput } from './log-shipper';
 import type { SandboxRecord } from '../../lambdas/shared/sandbox-record';
 import { getSandbox, liveSandboxesOnHost } from '../../lambdas/shared/sandbox-store';
 import { settledStatuses } from '../../lambdas/shared/sandbox-state';
@@ -50,6 +52,8 @@ export interface DaemonSettings {
   reconcileSeconds: number;
   reconcileGraceSeconds: number;
   hotSyncIntervalSeconds: number;
+  /** CloudWatch Logs group the daemon ships its lines to (HOST_LOG_GROUP; unset locally: not shipped). */
+  logGroup?: string;
 }
 
 export function daemonSettings(): DaemonSettings {
@@ -64,6 +68,7 @@ export function daemonSettings(): DaemonSettings {
     reconcileSeconds: seconds('RECONCILE_INTERVAL_SECONDS', heartbeatSeconds),
     reconcileGraceSeconds: seconds('RECONCILE_GRACE_SECONDS', 60),
     hotSyncIntervalSeconds: seconds('HOT_SYNC_INTERVAL_SECONDS', 60),
+    logGroup: process.env.HOST_LOG_GROUP || undefined,
   };
 }
 
@@ -242,6 +247,8 @@ function every(ms: number, name: string, fn: () => Promise<unknown>): () => void
 }
 
 export async function runDaemon(s = daemonSettings()): Promise<() => void> {
+  // Every line this host writes names it, in the control plane's JSON shape.
+  logger.appendPersistentKeys({ host_id: s.hostId });
   const hostConfig = loadHostConfig();
   const docker = new DockerClient(hostConfig.dockerSocket);
   const network = await ensureSandboxNetwork(hostConfig, docker, { recheck: true });
@@ -275,7 +282,9 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
     }),
     every(s.reconcileSeconds * 1000, 'reconcile', async () => {
       await reconcile(s, docker);
-      await runner.reconcile((await liveSandboxesOnHost(s.hostId)).map((r) => r.sandbox_id));
+      const live = await liveSandboxesOnHost(s.hostId);
+      await runner.reconcile(live.map((r) => r.sandbox_id));
+      publishHostFigures(s.hostId, live, runner.runningCount);
     }),
   ];
   // Commands a previous incarnation of this daemon ran cannot be followed any more: close them now.
@@ -305,10 +314,13 @@ if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith
   // A promise nobody awaited that failed is a bug to fix, reported as one; it does not take down every
   // running command of the host with it (Node's default is to exit).
   process.on('unhandledRejection', (err) => logger.error('daemon: a failure nothing handled (a bug)', { err }));
-  const stop = await runDaemon();
+  // On AWS its lines (logs and EMF metrics) go to the host log group as well as the journal.
+  const settings = daemonSettings();
+  const stopShipping = shipDaemonOutput(settings);
+  const stop = await runDaemon(settings);
   const shutdown = () => {
     stop();
-    process.exit(0);
+    void (stopShipping?.() ?? Promise.resolve()).finally(() => process.exit(0));
   };
   process.on('SIGTERM', shutdown);
   process.on('SIGINT', shutdown);

@@ -11,6 +11,7 @@
 import { existsSync } from 'node:fs';
 import { chown, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { emitMetrics } from '../../lambdas/shared/metrics';
 import { sandboxPaths, type HostConfig } from './config';
 import { HostAgentError } from './errors';
 import type { StorageSpec, SyncReport } from './protocol';
@@ -35,8 +36,10 @@ export interface SandboxStorageContext {
 }
 
 /** The protocol's report only: the storage report's list of unsynced paths could outgrow SSM's output cap. */
-function toSyncReport(report: HotSyncReport): SyncReport {
+/** The sync's figures for its answer, and for the HotSyncBytes / HotSyncDuration metrics. */
+function toSyncReport(report: HotSyncReport, direction: 'down' | 'up'): SyncReport {
   const { uploaded, downloaded, deleted, skipped, bytes, ms } = report;
+  emitMetrics({ Direction: direction }, { HotSyncBytes: bytes, HotSyncDuration: ms });
   return { uploaded, downloaded, deleted, skipped, bytes, ms };
 }
 
@@ -87,7 +90,7 @@ export async function prepareHome(ctx: SandboxStorageContext): Promise<{ home: s
     return { home };
   }
   const report = await withS3(async (s3) => hotSyncDown(await hotOptions(ctx, storage, s3)));
-  return { home, hotSync: toSyncReport(report) };
+  return { home, hotSync: toSyncReport(report, 'down') };
 }
 
 /**
@@ -134,7 +137,7 @@ export async function syncHomeUp(ctx: SandboxStorageContext): Promise<SyncReport
   if (!storage) return undefined;
   // A destroy retried after the state was already removed has nothing left to sync.
   if (!existsSync(sandboxPaths(ctx.config, ctx.sandboxId).home)) return undefined;
-  return toSyncReport(await withS3(async (s3) => hotSyncUp(await hotOptions(ctx, storage, s3))));
+  return toSyncReport(await withS3(async (s3) => hotSyncUp(await hotOptions(ctx, storage, s3))), 'up');
 }
 
 /** Unmounts the cold tier if it is mounted (force: lazily, even when busy). Idempotent. */

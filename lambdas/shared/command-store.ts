@@ -9,6 +9,8 @@ import { DeleteCommand, GetCommand, PutCommand, QueryCommand, TransactWriteComma
 import { dynamo, queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError } from './errors';
+import { commandFinishedEvent, publishEvent } from './events';
+import { emitMetrics } from './metrics';
 import { openCommandStatuses, type CommandEndReason, type CommandRecord, type CommandStatus } from './command-state';
 import { idleDeadline, type SandboxRecord } from './sandbox-record';
 import { commandsTable, indexName } from './tables';
@@ -286,12 +288,25 @@ function finishExpression(end: CommandEnd) {
 }
 
 /** Records a command's end (from pending or running); throws CommandConflictError when it already ended. */
-export function finishCommand(sandboxId: string, commandId: string, end: CommandEnd, from: readonly CommandStatus[] = openCommandStatuses): Promise<CommandRecord> {
-  return updateCommand(sandboxId, commandId, {
+export async function finishCommand(
+  sandboxId: string,
+  commandId: string,
+  end: CommandEnd,
+  from: readonly CommandStatus[] = openCommandStatuses,
+): Promise<CommandRecord> {
+  const record = await updateCommand(sandboxId, commandId, {
     set: finishedFields(end),
     remove: ['env', 'stdin'],
     from,
   });
+  await announceFinished(record);
+  return record;
+}
+
+/** The write that ended a command won: its metrics and its command.finished event (which never throws). */
+async function announceFinished(r: CommandRecord): Promise<void> {
+  emitMetrics({ Status: r.status }, { CommandsFinished: 1, CommandDuration: r.duration_ms });
+  await publishEvent(commandFinishedEvent(r));
 }
 
 /**
@@ -339,7 +354,11 @@ export async function finishCommandOnSandbox(
         ],
       }),
     );
-    return { record: { ...r, ...finishedFields(end), status: end.status } as CommandRecord, sandboxUpdated: true };
+    const record = { ...r, ...finishedFields(end), status: end.status } as CommandRecord;
+    delete record.env;
+    delete record.stdin;
+    await announceFinished(record);
+    return { record, sandboxUpdated: true };
   } catch (err) {
     if (!(err instanceof TransactionCanceledException)) throw err;
     const [commandReason] = err.CancellationReasons ?? [];

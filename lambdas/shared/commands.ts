@@ -4,6 +4,13 @@
  * outlive the request, the sandbox and the host: the host writes them to
  * DynamoDB and S3 as the command runs, and the API reads them there, so no
  * call waits longer than API Gateway allows and no output is lost.
+ *
+ * Why not Powertools Idempotency for a retried start (same command_id): the
+ * command's record is its own idempotency record (a conditional put on the id,
+ * with the request's fingerprint: another body is a 409), and a retry answers
+ * the command as it stands now (running, then exited with its output), which
+ * a replay of the first answer could not; stdin writes are idempotent by
+ * offset, kills by the command's status.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { config } from './config';

@@ -9,6 +9,7 @@ import type { EgressDecision, EgressLogSink } from '../../host-agent/src/egress/
 import { dynamo } from './clients/dynamodb';
 import { config } from './config';
 import { logger } from './logger';
+import { emitMetrics } from './metrics';
 
 export type EgressVerdict = 'allowed' | 'refused' | 'not_logged';
 
@@ -52,6 +53,7 @@ export class EgressLogWriter implements EgressLogSink {
   private readonly timer: NodeJS.Timeout;
   private flushing: Promise<void> | undefined;
   private dropped = 0;
+  private readonly refusals = new Map<string, number>();
   private readonly o: Required<EgressLogWriterOptions>;
 
   constructor(options: EgressLogWriterOptions = {}) {
@@ -61,6 +63,8 @@ export class EgressLogWriter implements EgressLogSink {
   }
 
   record(d: EgressDecision): void {
+    // Every refusal counts (rate-limited logging or not); the counts go out as metrics with each flush.
+    if (d.verdict === 'refused') this.refusals.set(d.kind, (this.refusals.get(d.kind) ?? 0) + 1);
     if (d.verdict === 'allowed') {
       const key = `${d.sandboxId}|${d.kind}|${d.target}`;
       if (d.at - (this.recentAllowed.get(key) ?? -Infinity) < this.o.allowedDedupeMs) return;
@@ -112,6 +116,8 @@ export class EgressLogWriter implements EgressLogSink {
   }
 
   private async writeAll(): Promise<void> {
+    for (const [kind, count] of this.refusals) emitMetrics({ Kind: kind }, { EgressRefusals: count });
+    this.refusals.clear();
     if (this.dropped > 0) {
       logger.error('egress log: the write buffer overflowed; entries were lost', { dropped: this.dropped });
       this.dropped = 0;

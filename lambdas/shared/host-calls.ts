@@ -7,20 +7,40 @@ import { ApiError } from './errors';
 import { ssm } from './clients/ssm';
 import { s3 } from './clients/s3';
 import { createHostDispatcher, HostDispatchError, type HostDispatcher } from './host-dispatch';
+import { emitMetrics } from './metrics';
 
 let dispatcher: HostDispatcher | undefined;
 
 export function hosts(): HostDispatcher {
-  dispatcher ??= createHostDispatcher({
-    ssm: ssm(),
-    s3: s3(),
-    bucket: config().bucket,
-    hostAgentCommand: config().hostAgentCommand,
-    // Interactive exec: notice a finished command within tens of ms.
-    pollInitialMs: 10,
-    pollMaxMs: 250,
-  });
+  dispatcher ??= counted(
+    createHostDispatcher({
+      ssm: ssm(),
+      s3: s3(),
+      bucket: config().bucket,
+      hostAgentCommand: config().hostAgentCommand,
+      // Interactive exec: notice a finished command within tens of ms.
+      pollInitialMs: 10,
+      pollMaxMs: 250,
+      onThrottle: () => emitMetrics({}, { SsmThrottled: 1 }),
+    }),
+  );
   return dispatcher;
+}
+
+/** Every host call counted by verb and outcome (ok, or the dispatch error's code: still_running, host_timeout...). */
+function counted(inner: HostDispatcher): HostDispatcher {
+  return {
+    async dispatch(instanceId, verb, request, opts) {
+      try {
+        const result = await inner.dispatch(instanceId, verb, request, opts);
+        emitMetrics({ Verb: verb, Outcome: 'ok' }, { HostDispatch: 1 });
+        return result;
+      } catch (err) {
+        emitMetrics({ Verb: verb, Outcome: err instanceof HostDispatchError ? err.code : 'error' }, { HostDispatch: 1 });
+        throw err;
+      }
+    },
+  };
 }
 
 /** Test and local-stack hook: forget the dispatcher so config changes apply. */

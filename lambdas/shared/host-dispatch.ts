@@ -104,6 +104,8 @@ export interface HostDispatcherOptions {
   deadlineSlackSeconds?: number;
   /** Throttled SendCommand/CancelCommand calls are retried this many times. @default 6 */
   maxThrottleRetries?: number;
+  /** Told of every throttled SSM call (the metric behind the SSM throttling alarm). */
+  onThrottle?: (operation: string) => void;
   sleep?: (ms: number) => Promise<void>;
   now?: () => number;
   /** In [0, 1): jitter source. */
@@ -259,6 +261,7 @@ export function createHostDispatcher(opts: HostDispatcherOptions): HostDispatche
         return await call();
       } catch (err) {
         if (!isThrottling(err)) throw err;
+        opts.onThrottle?.(operation);
         if (attempt >= maxThrottleRetries) {
           throw new HostDispatchError('throttled', `SSM ${operation} was throttled ${attempt + 1} times in a row; retry shortly`, {
             cause: err,

@@ -8,6 +8,8 @@ import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-l
 import { z } from 'zod';
 import { ApiError } from './errors';
 import { logger } from './logger';
+import { emitMetrics } from './metrics';
+import { observability } from './observability';
 import { maxBodyBytes } from './routes';
 import { dependencyDown } from './dependencies';
 import { withCallDeadline } from './clients/deadline';
@@ -144,16 +146,42 @@ export function errorResponse(err: unknown, requestId?: string): APIGatewayProxy
 
 type Fn = (req: ApiRequest, context: Context) => Promise<ApiResult>;
 
+/** The error code of an answer (`{"error": {"code"}}`), for the ApiErrors metric. */
+function errorCodeOf(response: APIGatewayProxyResult): string | undefined {
+  if (response.statusCode < 400) return undefined;
+  try {
+    const code = (JSON.parse(response.body) as { error?: { code?: unknown } }).error?.code;
+    return typeof code === 'string' ? code : `http_${response.statusCode}`;
+  } catch {
+    return `http_${response.statusCode}`;
+  }
+}
+
 /**
- * Wraps an API handler. `auth: 'none'` routes get an anonymous principal.
+ * Wraps an API handler: the Powertools middlewares (observability.ts), the
+ * sandbox id on every log line of a request that names one, every error
+ * answered as the JSON error shape and counted by its code.
  *
  * @example export const handler = apiHandler(async (req) => ({ status: 200, body: { ok: true } }));
  */
 export function apiHandler(fn: Fn, options: { auth?: 'required' | 'none' } = {}) {
   return middy<APIGatewayProxyEvent, APIGatewayProxyResult>()
+    .use(observability())
     .use({
+      before: async (request) => {
+        // Only an id that can be one (never caller text of any length) goes on the lines.
+        const id = request.event.pathParameters?.id;
+        if (id && sandboxIdSchema.safeParse(id).success) logger.appendKeys({ sandbox_id: id });
+      },
+      // Registered after the metrics middleware, so this runs first on the way out and its metric is in the flush.
+      after: async (request) => {
+        const code = request.response ? errorCodeOf(request.response) : undefined;
+        if (code) emitMetrics({ Code: code }, { ApiErrors: 1 });
+      },
       onError: async (request) => {
         request.response = errorResponse(request.error, request.context?.awsRequestId);
+        const code = errorCodeOf(request.response);
+        if (code) emitMetrics({ Code: code }, { ApiErrors: 1 });
       },
     })
     .handler(async (event, context) => {

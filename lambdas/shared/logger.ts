@@ -1,23 +1,31 @@
-/** A small structured logger: one JSON object per line, level from LOG_LEVEL. */
-const levels = { debug: 10, info: 20, warn: 30, error: 40, silent: 99 } as const;
-type Level = Exclude<keyof typeof levels, 'silent'>;
+/**
+ * The one logger of the control plane: Powertools Logger, one JSON object per
+ * line. In a Lambda function `injectLambdaContext` (lambdas/shared/observability.ts)
+ * adds the request id and the function; `apiHandler` adds the sandbox id; the
+ * host daemon adds its host id (`logger.appendPersistentKeys({ host_id })`),
+ * so every line of every part of the platform has the same shape.
+ *
+ * Level from LOG_LEVEL (debug, info, warn, error, silent); `applyLogLevel()`
+ * reads it again when a process changes its environment (the local stack).
+ *
+ * @example logger.warn('reaper: host lost', { hostId });
+ */
+import { Logger } from '@aws-lambda-powertools/logger';
 
-function threshold(): number {
-  const name = (process.env.LOG_LEVEL ?? 'info').toLowerCase() as keyof typeof levels;
-  return levels[name] ?? levels.info;
+/** `service` on every line (and the metrics' service dimension). */
+export const serviceName = 'ephemeral-sandbox';
+
+type Level = 'DEBUG' | 'INFO' | 'WARN' | 'ERROR' | 'SILENT';
+const levels: readonly Level[] = ['DEBUG', 'INFO', 'WARN', 'ERROR', 'SILENT'];
+
+function levelFromEnv(): Level {
+  const raw = (process.env.LOG_LEVEL ?? 'info').toUpperCase();
+  return (levels as readonly string[]).includes(raw) ? (raw as Level) : 'INFO';
 }
 
-function write(level: Level, message: string, fields?: Record<string, unknown>): void {
-  if (levels[level] < threshold()) return;
-  const line = JSON.stringify({ level, time: new Date().toISOString(), message, ...fields }, (_k, v) =>
-    v instanceof Error ? { name: v.name, message: v.message, stack: v.stack } : v,
-  );
-  (level === 'error' || level === 'warn' ? process.stderr : process.stdout).write(line + '\n');
-}
+export const logger = new Logger({ serviceName: process.env.POWERTOOLS_SERVICE_NAME ?? serviceName, logLevel: levelFromEnv() });
 
-export const logger = {
-  debug: (m: string, f?: Record<string, unknown>) => write('debug', m, f),
-  info: (m: string, f?: Record<string, unknown>) => write('info', m, f),
-  warn: (m: string, f?: Record<string, unknown>) => write('warn', m, f),
-  error: (m: string, f?: Record<string, unknown>) => write('error', m, f),
-};
+/** Re-reads LOG_LEVEL (a process that sets its environment after start, like `npm start`). */
+export function applyLogLevel(): void {
+  logger.setLogLevel(levelFromEnv());
+}

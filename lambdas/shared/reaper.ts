@@ -5,9 +5,15 @@
  * the number of sandboxes past their deadline, not with the table. Each
  * candidate is re-read and claimed with a conditional write, so overlapping
  * reaper runs and user destroys never both act on one sandbox.
+ *
+ * Why not Powertools Idempotency for Scheduler's at-least-once delivery: a
+ * run is never the same work twice (it reads what is due now), and each
+ * sandbox is claimed by that conditional write, which already makes a second
+ * delivery, an overlapping run or a retry harmless.
  */
 import { queryAll } from './clients/dynamodb';
 import { config } from './config';
+import { hostLostEvent, publishEvent } from './events';
 import { hosts } from './host-calls';
 import { HostDispatchError } from './host-dispatch';
 import { activeHosts, getHost, markHostLost, type HostRecord } from './host-store';
@@ -223,6 +229,7 @@ async function reapLostHosts(now: number, report: ReapReport): Promise<void> {
     if (!(await markHostLost(host.host_id, cutoff))) continue;
     report.hostsLost++;
     logger.warn('reaper: host lost', { hostId: host.host_id, lastHeartbeatAt: new Date(host.last_heartbeat_at).toISOString() });
+    await publishEvent(hostLostEvent(host.host_id, host.last_heartbeat_at));
     // Side by side: a dead host makes each sync wait out its timeout.
     const outcomes = await Promise.allSettled(
       (await liveSandboxesOnHost(host.host_id)).map(async (item) => {

@@ -8,6 +8,7 @@ import { BatchGetCommand, GetCommand, PutCommand, QueryCommand, UpdateCommand, t
 import { dynamo, queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError, notFound } from './errors';
+import { eventForTransition, publishEvent, sandboxEvent } from './events';
 import { activeStatuses, allowedFrom, targetOf, type SandboxEvent, type SandboxStatus } from './sandbox-state';
 import { idleDeadline, type SandboxRecord } from './sandbox-record';
 import { indexName, sandboxesTable } from './tables';
@@ -26,10 +27,12 @@ export class TransitionRejectedError extends Error {
   }
 }
 
+/** Writes a new record (creating) and publishes sandbox.created once it is there. */
 export async function putNewSandbox(record: SandboxRecord): Promise<void> {
   await dynamo().send(
     new PutCommand({ TableName: table(), Item: record, ConditionExpression: 'attribute_not_exists(sandbox_id)' }),
   );
+  await publishEvent(sandboxEvent('sandbox.created', record));
 }
 
 export async function getSandbox(sandboxId: string): Promise<SandboxRecord | undefined> {
@@ -129,15 +132,20 @@ function unmarshallItem(item: Record<string, unknown>): unknown {
 
 /**
  * Moves a sandbox through the state machine: one conditional write, allowed
- * only from the statuses the machine permits for `event`.
+ * only from the statuses the machine permits for `event`. The write that wins
+ * publishes the lifecycle event it makes true (events.ts), so every change is
+ * announced once, by whoever made it; publishing never throws.
  */
 export async function transition(sandboxId: string, event: SandboxEvent, spec: UpdateSpec = {}): Promise<SandboxRecord> {
-  return updateSandbox(
+  const updated = await updateSandbox(
     sandboxId,
     event,
     { ...spec, set: { ...spec.set, status: targetOf(event), updated_at: new Date().toISOString() } },
     spec.only ? allowedFrom(event).filter((s) => spec.only!.includes(s)) : allowedFrom(event),
   );
+  const type = eventForTransition(event);
+  if (type) await publishEvent(sandboxEvent(type, updated));
+  return updated;
 }
 
 /**

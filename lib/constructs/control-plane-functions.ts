@@ -15,7 +15,9 @@ import { stagedRequestPrefix } from '../../host-agent/src/protocol';
 import type { DeploymentEnvironment } from '../environment';
 import { handlerBundling } from '../handler-bundling';
 import { handlerEntry, lockFile, repoRoot } from '../paths';
+import { metricNamespace, metricService } from '../../lambdas/shared/metric-names';
 import { commandOutputKeyPrefix, handlerAccess, type HandlerAccess } from './handler-access';
+import type { SandboxEventBus } from './observability';
 import type { ProjectTables } from './tables';
 
 /** Where user data installs the host-agent wrapper on every host. */
@@ -49,6 +51,8 @@ export interface ControlPlaneFunctionsProps {
   removalPolicy: RemovalPolicy;
   /** Version string the health route reports. */
   appVersion: string;
+  /** The environment's lifecycle event bus (EVENT_BUS_NAME; PutEvents for handlers that publish). */
+  events: SandboxEventBus;
 }
 
 /** `create-sandbox` -> `CreateSandbox`, for construct ids. */
@@ -82,6 +86,13 @@ export function handlerEnvironment(props: Omit<ControlPlaneFunctionsProps, 'hand
     // The egress log is a log: kept as long as the environment keeps its logs.
     EGRESS_LOG_RETENTION_DAYS: String(props.environment.logRetentionDays),
     APP_VERSION: props.appVersion,
+    EVENT_BUS_NAME: props.events.bus.eventBusName,
+    // Powertools: one service, one metrics namespace per environment; events (they carry API keys) and
+    // responses (records, command output) never go into logs or traces.
+    POWERTOOLS_SERVICE_NAME: metricService,
+    POWERTOOLS_METRICS_NAMESPACE: metricNamespace(props.environment.name),
+    POWERTOOLS_LOGGER_LOG_EVENT: 'false',
+    POWERTOOLS_TRACER_CAPTURE_RESPONSE: 'false',
     LOG_LEVEL: 'info',
     NODE_OPTIONS: '--enable-source-maps',
   };
@@ -126,7 +137,20 @@ export class ControlPlaneFunctions extends Construct {
         depsLockFilePath: lockFile,
         bundling: handlerBundling,
         description: `Ephemeral Sandbox ${e.name}: ${name}`,
+        // X-Ray: the handler's segment (Powertools Tracer) and each AWS call in it.
+        tracing: lambda.Tracing.ACTIVE,
       });
+      NagSuppressions.addResourceSuppressions(
+        role,
+        [
+          {
+            id: 'AwsSolutions-IAM5',
+            reason: 'Active tracing: xray:PutTraceSegments and xray:PutTelemetryRecords support no resource-level permissions.',
+            appliesTo: ['Resource::*'],
+          },
+        ],
+        true,
+      );
       // Make sure the policy exists before the function can run.
       fn.node.addDependency(role);
       NagSuppressions.addResourceSuppressions(fn, [
@@ -164,6 +188,7 @@ function grantAccess(role: iam.Role, access: HandlerAccess, props: ControlPlaneF
       role.addToPolicy(new iam.PolicyStatement({ actions: ['dynamodb:Query'], resources: [table.tableArn, ...indexArns] }));
     }
   }
+  if (access.publishesEvents) props.events.grantPut(role);
   if (access.readsCommandOutput) {
     role.addToPolicy(
       new iam.PolicyStatement({ sid: 'ReadCommandOutput', actions: ['s3:GetObject'], resources: [props.bucket.arnForObjects(`${commandOutputKeyPrefix}*`)] }),

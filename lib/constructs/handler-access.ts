@@ -38,7 +38,15 @@ export interface HandlerAccess {
   dispatchesToHosts: boolean;
   /** Reads commands' output from the storage bucket (s3:ListBucket, s3:GetObject under commands/). */
   readsCommandOutput?: boolean;
+  /**
+   * Puts lifecycle events on the environment's bus (events:PutEvents on that
+   * bus): its bundle holds the state machine's writes or a command's end.
+   */
+  publishesEvents?: boolean;
 }
+
+/** Actions publishing lifecycle events needs. */
+export const eventBusActions = ['events:PutEvents'] as const;
 
 /** Actions host dispatch needs, as the tests compare them with the code. */
 export const hostDispatchActions = ['ssm:SendCommand', 'ssm:GetCommandInvocation', 'ssm:CancelCommand', 's3:PutObject', 's3:DeleteObject'] as const;
@@ -71,6 +79,7 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
       { table: commandsTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },
     ],
     dispatchesToHosts: true,
+    publishesEvents: true,
   },
   'list-sandboxes': {
     tables: [{ table: sandboxesTable, actions: ['dynamodb:Query'], indexes: [index(sandboxesTable, 'by-tenant'), index(sandboxesTable, 'by-tenant-user')] }],
@@ -99,10 +108,12 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
       { table: commandsTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },
     ],
     dispatchesToHosts: true,
+    publishesEvents: true,
   },
   'sandbox-signal': {
     tables: [{ table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] }],
     dispatchesToHosts: false,
+    publishesEvents: true,
   },
   'sandbox-timeout': {
     tables: [{ table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] }],
@@ -111,6 +122,7 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
   'sandbox-power': {
     tables: [{ table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] }],
     dispatchesToHosts: true,
+    publishesEvents: true,
   },
   'sandbox-network': {
     tables: [
@@ -134,6 +146,7 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
       { table: commandsTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },
     ],
     dispatchesToHosts: true,
+    publishesEvents: true,
   },
   'start-command': {
     tables: [
@@ -193,6 +206,10 @@ export interface HostAccess {
   storageActions: readonly string[];
   /** Storage actions no project code calls but mountpoint-s3 (the cold tier's FUSE client) does. */
   mountpointOnlyActions: readonly string[];
+  /** The host records outcomes (ready, paused, ended) and commands' ends: it publishes their events. */
+  publishesEvents: boolean;
+  /** On the host log group: the daemon ships its lines (logs and EMF metrics) there, one stream per host. */
+  logActions: readonly string[];
 }
 
 export const hostAccess: HostAccess = {
@@ -207,4 +224,6 @@ export const hostAccess: HostAccess = {
   ],
   storageActions: ['s3:ListBucket', 's3:GetObject', 's3:PutObject', 's3:DeleteObject', 's3:AbortMultipartUpload'],
   mountpointOnlyActions: ['s3:AbortMultipartUpload'],
+  publishesEvents: true,
+  logActions: ['logs:CreateLogStream', 'logs:PutLogEvents'],
 };

@@ -19,6 +19,8 @@ import type { HostAgentAssets } from './host-agent-assets';
 import { ssmCommandWorkersFor } from '../../host-agent/src/protocol';
 import { hostUserData } from './host-user-data';
 import type { SandboxNetwork } from './network';
+import type * as logs from 'aws-cdk-lib/aws-logs';
+import type { SandboxEventBus } from './observability';
 import type { ProjectTables } from './tables';
 
 export interface HostFleetProps {
@@ -30,6 +32,10 @@ export interface HostFleetProps {
   hostAgent: HostAgentAssets;
   /** The control plane's configuration (what the functions get): the host daemon reads the same settings. */
   controlPlaneEnv: Record<string, string>;
+  /** The lifecycle event bus: the host records outcomes and commands' ends, and publishes their events. */
+  events: SandboxEventBus;
+  /** Where each host's daemon ships its lines (logs and EMF metrics), one stream per host (HOST_LOG_GROUP). */
+  daemonLogGroup: logs.ILogGroup;
 }
 
 /** Block device of the sandbox state volume (user data finds it under this name or its /dev/xvd twin). */
@@ -71,6 +77,7 @@ export class HostFleet extends Construct {
         AWS_DEFAULT_REGION: stack.region,
         DEPLOYMENT_ENV: e.name,
         HOST_SLOTS: String(h.sandboxSlotsPerHost),
+        HOST_LOG_GROUP: props.daemonLogGroup.logGroupName,
         COLD_MOUNT_DRIVER: 'mountpoint-s3',
         AUTO_SCALING_GROUP_NAME: autoScalingGroupName,
         LAUNCH_LIFECYCLE_HOOK: launchHookName,
@@ -205,6 +212,8 @@ export class HostFleet extends Construct {
     const objectActions = hostAccess.storageActions.filter((a) => a !== 's3:ListBucket');
     this.role.addToPolicy(new iam.PolicyStatement({ sid: 'ListStorage', actions: ['s3:ListBucket'], resources: [bucket.bucketArn] }));
     this.role.addToPolicy(new iam.PolicyStatement({ sid: 'ReadWriteStorage', actions: [...objectActions], resources: [bucket.arnForObjects('*')] }));
+    if (hostAccess.publishesEvents) props.events.grantPut(this.role);
+    this.role.addToPolicy(new iam.PolicyStatement({ sid: 'ShipDaemonLines', actions: [...hostAccess.logActions], resources: [`${props.daemonLogGroup.logGroupArn}`] }));
     // Registration, heartbeats, reconciliation of the sandboxes on this host (handler-access.ts, checked against the bundles).
     for (const grant of hostAccess.tables) {
       const table = props.tables.table(grant.table);

@@ -61,6 +61,8 @@ export class SandboxApi extends Construct {
       ...(executionLogging ? { cloudWatchRoleRemovalPolicy: RemovalPolicy.RETAIN } : {}),
       deployOptions: {
         stageName: e.api.stageName,
+        // X-Ray from the gateway on: a trace follows a request into its handler.
+        tracingEnabled: true,
         accessLogDestination: new apigw.LogGroupLogDestination(accessLogs),
         accessLogFormat: apigw.AccessLogFormat.custom(
           JSON.stringify({

@@ -135,12 +135,24 @@ export interface LocalFunctions {
 }
 
 /** The handlers as Lambda runs them: their bundles, in workers, with their timeout and memory. */
-export function bundledFunctions(o: { timeoutSeconds: number; memoryMb: number; env: Record<string, string | undefined> }): LocalFunctions {
+export function bundledFunctions(o: {
+  timeoutSeconds: number;
+  memoryMb: number;
+  env: Record<string, string | undefined>;
+  /** Each function's output, line by line (the local stack reads metrics from it). @default this process's output */
+  output?: (name: HandlerName, stream: 'stdout' | 'stderr') => (chunk: Buffer | string) => void;
+}): LocalFunctions {
   const functions = new Map<HandlerName, LocalFunction>();
   let env = o.env;
   const fn = (name: HandlerName) => {
     let f = functions.get(name);
-    if (!f) functions.set(name, (f = new LocalFunction({ name, timeoutSeconds: o.timeoutSeconds, memoryMb: o.memoryMb, env })));
+    const output = o.output;
+    if (!f) {
+      functions.set(
+        name,
+        (f = new LocalFunction({ name, timeoutSeconds: o.timeoutSeconds, memoryMb: o.memoryMb, env, ...(output ? { output: (stream) => output(name, stream) } : {}) })),
+      );
+    }
     return f;
   };
   return {

@@ -29,6 +29,11 @@ export interface LocalFunctionSpec {
   env: Record<string, string | undefined>;
   /** @default dist/lambdas/<name>.mjs */
   bundle?: string;
+  /**
+   * Where the function's stdout and stderr go, line by line (what Lambda sends
+   * to CloudWatch Logs). @default this process's own stdout and stderr
+   */
+  output?: (stream: 'stdout' | 'stderr') => (chunk: Buffer | string) => void;
 }
 
 interface Environment {
@@ -62,11 +67,24 @@ export class LocalFunction {
   private start(): Promise<Environment> {
     const worker = new Worker(new URL('./lambda-worker.mjs', import.meta.url), {
       workerData: { bundle: this.bundle, functionName: this.spec.name, memoryMb: this.spec.memoryMb },
-      env: Object.fromEntries(Object.entries(this.spec.env).filter(([, v]) => v !== undefined)) as Record<string, string>,
+      env: {
+        ...(Object.fromEntries(Object.entries(this.spec.env).filter(([, v]) => v !== undefined)) as Record<string, string>),
+        // What Lambda sets for every execution environment (Powertools reads them: the cold start, the function's name).
+        AWS_LAMBDA_FUNCTION_NAME: this.spec.name,
+        AWS_LAMBDA_FUNCTION_MEMORY_SIZE: String(this.spec.memoryMb),
+        AWS_LAMBDA_FUNCTION_VERSION: '$LATEST',
+        AWS_LAMBDA_INITIALIZATION_TYPE: 'on-demand',
+        // No X-Ray daemon here: the tracer stays off, as it is outside Lambda.
+        POWERTOOLS_TRACE_ENABLED: 'false',
+      },
       execArgv: ['--enable-source-maps'],
-      stdout: false,
-      stderr: false,
+      stdout: this.spec.output !== undefined,
+      stderr: this.spec.output !== undefined,
     });
+    if (this.spec.output) {
+      worker.stdout.on('data', this.spec.output('stdout'));
+      worker.stderr.on('data', this.spec.output('stderr'));
+    }
     const environment: Environment = { worker, busy: true };
     this.all.add(environment);
     return new Promise((resolve, reject) => {

@@ -13,15 +13,19 @@ import { fileURLToPath } from 'node:url';
 import { createApiKey } from '../../lambdas/shared/api-keys';
 import { resetConfig } from '../../lambdas/shared/config';
 import { resetHosts } from '../../lambdas/shared/host-calls';
-import { logger } from '../../lambdas/shared/logger';
+import { applyLogLevel, logger } from '../../lambdas/shared/logger';
+import { setMetricSink } from '../../lambdas/shared/metrics';
 import { reap, type ReapReport } from '../../lambdas/shared/reaper';
+import { reportReaperRun } from '../../lambdas/shared/reaper-metrics';
 import { tables } from '../../lambdas/shared/tables';
 import { bundledFunctions, startLocalApi, type LocalApi } from './api-gateway';
 import { createTables, startDynamoDbLocal, type DynamoDbLocal } from './dynamodb-local';
+import { startLocalEventBus, type LocalEventBus } from './event-bus';
 import { freePort } from './free-port';
 import { startS3Endpoint, type S3Endpoint } from './s3-endpoint';
 import { generateLocalCredentials, type LocalCredentials } from './sigv4';
 import { startSsmEndpoint, type SsmEndpoint } from './ssm-endpoint';
+import { LocalTelemetry } from './telemetry';
 import { ssmCommandWorkersFor } from '../../host-agent/src/protocol';
 import { removeNetwork, sandboxNetworkGateway } from './sandbox-network';
 
@@ -98,6 +102,10 @@ export interface LocalStack {
   s3: S3Endpoint;
   ssm: SsmEndpoint;
   api: LocalApi;
+  /** The environment's event bus: every sandbox.* and command.finished event, in order. */
+  events: LocalEventBus;
+  /** Metrics every part wrote (EMF lines of the handlers, the host daemon and the reaper), in order. */
+  telemetry: LocalTelemetry;
   /** Environment the handlers and the host-agent run with. */
   env: Record<string, string>;
   runReaper(): Promise<ReapReport>;
@@ -133,11 +141,19 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
   // host daemon and s3fs through the environment and password files, never a command line.
   const credentials = generateLocalCredentials();
   try {
-    const [dynamodb, s3] = await Promise.all([
+    const [dynamodb, s3, events] = await Promise.all([
       startDynamoDbLocal({ credentials }),
       startS3Endpoint({ buckets: ['ephemeral-sandbox-local'], credentials }),
+      startLocalEventBus({ credentials }),
     ]);
-    cleanups.push(() => dynamodb.close(), () => s3.close());
+    cleanups.push(() => dynamodb.close(), () => s3.close(), () => events.close());
+    // What the parts print goes through here: EMF lines become metric records (printed at debug only).
+    const telemetry = new LocalTelemetry({ printEmf: (process.env.LOG_LEVEL ?? '').toLowerCase() === 'debug' });
+    setMetricSink((emf) => telemetry.add('stack', emf));
+    cleanups.push(() => setMetricSink(undefined));
+    // `npm start` with LOG_LEVEL=debug prints every event as it lands on the bus.
+    const stopPrinting = events.onEvent((e) => logger.debug('event', { 'detail-type': e.detailType, source: e.source, detail: e.detail }));
+    cleanups.push(stopPrinting);
     o.signal?.throwIfAborted();
     // A network (and firewall chains) of its own, so stacks side by side (npm start and
     // npm test) never rewrite each other's egress rules.
@@ -155,6 +171,10 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
       AWS_SECRET_ACCESS_KEY: credentials.secretAccessKey,
       AWS_ENDPOINT_URL_DYNAMODB: dynamodb.endpoint,
       AWS_ENDPOINT_URL_S3: s3.url,
+      AWS_ENDPOINT_URL_EVENTBRIDGE: events.url,
+      EVENT_BUS_NAME: events.name,
+      POWERTOOLS_SERVICE_NAME: 'ephemeral-sandbox',
+      POWERTOOLS_METRICS_NAMESPACE: 'EphemeralSandbox/local',
       S3_FORCE_PATH_STYLE: 'true',
       AWS_REQUEST_CHECKSUM_CALCULATION: 'WHEN_REQUIRED',
       AWS_RESPONSE_CHECKSUM_VALIDATION: 'WHEN_REQUIRED',
@@ -180,6 +200,7 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
       ...o.env,
     };
     Object.assign(process.env, env);
+    applyLogLevel();
     resetConfig();
     resetHosts();
 
@@ -205,9 +226,12 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
     const startDaemon = () => {
       daemon = spawn(process.execPath, [join(repoRoot, 'dist', 'host-agent-daemon.mjs')], {
         env: { ...process.env, ...env },
-        stdio: ['ignore', 'inherit', 'inherit'],
+        stdio: ['ignore', 'pipe', 'pipe'],
       });
       const child = daemon;
+      // Its lines as a host's would reach CloudWatch Logs: passed on, and its metrics read.
+      child.stdout?.on('data', telemetry.lines('host-daemon', 'stdout'));
+      child.stderr?.on('data', telemetry.lines('host-daemon', 'stderr'));
       child.on('exit', () => {
         if (daemon === child) daemon = null;
       });
@@ -232,6 +256,7 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
         timeoutSeconds: o.functionTimeoutSeconds ?? functionSettings.timeoutSeconds,
         memoryMb: functionSettings.memoryMb,
         env: { ...process.env, ...env },
+        output: (name, stream) => telemetry.lines(name, stream),
       }),
       ...(o.integrationTimeoutSeconds !== undefined ? { integrationTimeoutSeconds: o.integrationTimeoutSeconds } : {}),
       extraHosts: [gateway],
@@ -264,7 +289,14 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
     }
 
     let reaping: Promise<ReapReport> | undefined;
-    const runReaper = () => (reaping ??= reap().finally(() => (reaping = undefined)));
+    // As the reaper function runs: the run, then its report and the fleet's capacity as metrics.
+    const runReaper = () =>
+      (reaping ??= reap()
+        .then(async (report) => {
+          await reportReaperRun(report);
+          return report;
+        })
+        .finally(() => (reaping = undefined)));
     const interval = o.reaperIntervalMs ?? 5000;
     if (interval > 0) {
       const timer = setInterval(() => {
@@ -287,6 +319,8 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
       s3,
       ssm,
       api,
+      events,
+      telemetry,
       env,
       runReaper,
       daemon: () => daemon,

@@ -9,7 +9,7 @@ import { backgroundHandlerNames, handlerNames } from '../../lambdas/shared/route
 import { tables } from '../../lambdas/shared/tables';
 import { join } from 'node:path';
 import { analyzeCalls, analyzeHandlerCalls, type HandlerCalls } from '../../lib/bundle-analysis';
-import { commandOutputActions, handlerAccess, hostAccess, hostDispatchActions } from '../../lib/constructs/handler-access';
+import { commandOutputActions, eventBusActions, handlerAccess, hostAccess, hostDispatchActions } from '../../lib/constructs/handler-access';
 import { hostAgentDir } from '../../lib/paths';
 
 const tableIndexes = Object.fromEntries(tables.map((t) => [t.id, t.indexes.map((i) => i.name)]));
@@ -41,11 +41,17 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
       assert.deepEqual(granted, used, `${handler}: ${fix}`);
     });
 
-    it(`${handler}: host dispatch (SSM Run Command, staged requests) and command output reads only if the code does them`, async () => {
+    it(`${handler}: host dispatch (SSM Run Command, staged requests), command output reads and event publishing only if the code does them`, async () => {
       const calls = await analyze(handler);
       const used = [...calls.otherActions].sort();
       const access = handlerAccess[handler];
-      const granted = [...new Set([...(access.dispatchesToHosts ? hostDispatchActions : []), ...(access.readsCommandOutput ? commandOutputActions : [])])].sort();
+      const granted = [
+        ...new Set([
+          ...(access.dispatchesToHosts ? hostDispatchActions : []),
+          ...(access.readsCommandOutput ? commandOutputActions : []),
+          ...(access.publishesEvents ? eventBusActions : []),
+        ]),
+      ].sort();
       assert.deepEqual(granted, used, `${handler}: ${fix}`);
     });
   }
@@ -56,10 +62,12 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
     }
   });
 
-  it('host role: DynamoDB and storage actions of the host daemon and CLI bundles', async () => {
+  it('host role: DynamoDB, storage, event bus and log shipping actions of the host daemon and CLI bundles', async () => {
     const both = await Promise.all(['daemon', 'cli'].map((e) => analyzeCalls(`host-agent ${e}`, join(hostAgentDir, 'src', `${e}.ts`), tableIndexes)));
     const used = new Map<string, { actions: Set<string>; indexes: Set<string> }>();
     const storage = new Set<string>();
+    const published = new Set<string>();
+    const shipped = new Set<string>();
     for (const calls of both) {
       for (const [table, e] of calls.tables) {
         const entry = used.get(table) ?? { actions: new Set<string>(), indexes: new Set<string>() };
@@ -67,7 +75,7 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
         e.indexes.forEach((i) => entry.indexes.add(i));
         used.set(table, entry);
       }
-      calls.otherActions.forEach((a) => storage.add(a));
+      calls.otherActions.forEach((a) => (a.startsWith('events:') ? published.add(a) : a.startsWith('logs:') ? shipped.add(a) : storage.add(a)));
     }
     const usedTables = Object.fromEntries([...used].map(([t, e]) => [t, { actions: [...e.actions].sort(), indexes: [...e.indexes].sort() }]));
     const granted = Object.fromEntries(
@@ -76,5 +84,7 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
     assert.deepEqual(granted, usedTables, `host: ${fix} (hostAccess)`);
     const grantedStorage = hostAccess.storageActions.filter((a) => !hostAccess.mountpointOnlyActions.includes(a)).sort();
     assert.deepEqual(grantedStorage, [...storage].sort(), `host: ${fix} (hostAccess.storageActions)`);
+    assert.deepEqual(hostAccess.publishesEvents ? [...eventBusActions] : [], [...published].sort(), `host: ${fix} (hostAccess.publishesEvents)`);
+    assert.deepEqual([...hostAccess.logActions].sort(), [...shipped].sort(), `host: ${fix} (hostAccess.logActions)`);
   });
 });

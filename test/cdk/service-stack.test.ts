@@ -142,7 +142,11 @@ for (const env of ['dev', 'prod'] as const) {
       for (const handler of allHandlers) {
         const statements = statementsOfRoleOf(env, functionId(env, handler));
         const other = statements.filter(
-          (s) => !asList(s.Action as string).some((a) => a.startsWith('dynamodb:') || a.startsWith('logs:') || a === 's3:GetObject' || a === 's3:ListBucket'),
+          (s) =>
+            !asList(s.Action as string).some(
+              // Tracing (every function) and event publishing are checked in observability.test.ts.
+              (a) => a.startsWith('dynamodb:') || a.startsWith('logs:') || a.startsWith('xray:') || a === 'events:PutEvents' || a === 's3:GetObject' || a === 's3:ListBucket',
+            ),
         );
         if (!handlerAccess[handler].dispatchesToHosts) {
           assert.deepEqual(other, [], `${handler} has no SSM or S3 access`);
@@ -452,12 +456,15 @@ for (const env of ['dev', 'prod'] as const) {
       for (const name of configEnvVars()) assert.ok(values[name] !== undefined, `host.env ${name}`);
       assert.equal(values.DEFAULT_DISK_MB, String(e.limits.defaultDiskMb));
       assert.equal(values.MAX_DISK_MB, String(e.limits.maxDiskMb));
+      // The daemon ships its lines (logs and EMF metrics) to the hosts' own log group, kept as long as the functions' logs.
+      assert.match(values.HOST_LOG_GROUP!, /^\$\{HostLogs[0-9A-F]{8}\}$/);
+      synth(env).serviceTemplate.hasResourceProperties('AWS::Logs::LogGroup', { LogGroupName: `/ephemeral-sandbox/${e.name}/hosts`, RetentionInDays: e.logRetentionDays });
       assert.match(script, /echo "HOST_ID=\$INSTANCE_ID" >> \/etc\/ephemeral-sandbox\/host\.env/);
       assert.match(script, /INSTANCE_ID=\$\(imds instance-id\)/);
       assert.match(script, /X-aws-ec2-metadata-token/);
     });
 
-    it('gives hosts the storage, table, image and lifecycle access they use, and nothing else', () => {
+    it('gives hosts the storage, table, image, lifecycle, event and log access they use, and nothing else', () => {
       const t = synth(env).serviceTemplate;
       const profile = t.toJSON().Resources[launchData().IamInstanceProfile.Arn['Fn::GetAtt'][0]];
       const roleId = profile.Properties.Roles[0].Ref;
@@ -470,7 +477,9 @@ for (const env of ['dev', 'prod'] as const) {
         pair
           .replace(/\$\{output:PublishOutputFnGetAtt(Tables[A-Za-z]+?|StorageBucket)[0-9A-F]{8}Arn[0-9A-F]{8}\}/g, '<$1>')
           .replace(/cdk-hnb659fds-assets-\$\{AWS::AccountId\}-\$\{AWS::Region\}\/[0-9a-f]{64}\S*/, '<asset object>')
-          .replace(/ on arn:.*:repository\/cdk-hnb659fds-container-assets-.*$/, ' on <image repository>');
+          .replace(/ on arn:.*:repository\/cdk-hnb659fds-container-assets-.*$/, ' on <image repository>')
+          .replace(/\$\{EventsBus[0-9A-F]{8}\.Arn\}/, '<event bus>')
+          .replace(/\$\{HostLogs[0-9A-F]{8}\.Arn\}/, '<host log group>');
       const got = [...pairs].map(simplify);
       const asg = `arn:\${AWS::Partition}:autoscaling:\${AWS::Region}:\${AWS::AccountId}:autoScalingGroup:*:autoScalingGroupName/EphemeralSandbox-${env}-Service-hosts`;
       const expected = [
@@ -489,6 +498,10 @@ for (const env of ['dev', 'prod'] as const) {
         's3:GetObject on arn:${AWS::Partition}:s3:::<asset object>',
         `autoscaling:CompleteLifecycleAction on ${asg}`,
         `autoscaling:RecordLifecycleActionHeartbeat on ${asg}`,
+        // Lifecycle events (the host records outcomes and commands' ends) and its lines to its log group.
+        'events:PutEvents on <event bus>',
+        'logs:CreateLogStream on <host log group>',
+        'logs:PutLogEvents on <host log group>',
       ];
       assert.deepEqual([...new Set(got)].sort(), expected.sort());
     });

@@ -563,6 +563,11 @@ export class CommandRunner {
   }
 
   /** Daemon shutdown: stop following commands (their processes die with the daemon's supervision ending). */
+  /** Commands this daemon is running now (the host's CommandsRunning figure). */
+  get runningCount(): number {
+    return this.running.size;
+  }
+
   close(): void {
     for (const c of this.running.values()) void c.stdio.close();
   }

@@ -1,11 +1,12 @@
 /** The S3 client, created once per process (endpoint from AWS_ENDPOINT_URL_S3 when set). */
 import { S3Client } from '@aws-sdk/client-s3';
 import { boundByCallDeadline } from './deadline';
+import { traced } from '../tracer';
 
 let client: S3Client | undefined;
 
 export function s3(): S3Client {
-  client ??= boundByCallDeadline(
+  client ??= traced(boundByCallDeadline(
     new S3Client({
     forcePathStyle: process.env.S3_FORCE_PATH_STYLE === 'true',
     // requestTimeout is the socket's idle time, not the transfer's: big objects keep flowing.
@@ -14,6 +15,6 @@ export function s3(): S3Client {
     responseChecksumValidation: 'WHEN_REQUIRED',
     }),
     'S3',
-  );
+  ));
   return client;
 }
