@@ -15,6 +15,7 @@ import { GetCommand, TransactWriteCommand, UpdateCommand } from '@aws-sdk/lib-dy
 import { dynamo } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError } from './errors';
+import { publishEvent, sandboxEvent } from './events';
 import { logger } from './logger';
 import { getSandboxes } from './sandbox-store';
 import { isTerminal } from './sandbox-state';
@@ -45,7 +46,7 @@ export function liveSandboxCount(t: Pick<TenantRecord, 'live_sandbox_ids'> | und
  * never exists without its record: a create that dies or times out either
  * holds both (and its record is ended by the reaper like any create that
  * died) or neither; an SDK retry carries the same ClientRequestToken and is
- * applied once.
+ * applied once. Publishes sandbox.created once the record is there.
  */
 export async function recordWithTenantSlot(record: SandboxRecord): Promise<void> {
   for (let attempt = 0; ; attempt++) {
@@ -58,6 +59,7 @@ export async function recordWithTenantSlot(record: SandboxRecord): Promise<void>
           ],
         }),
       );
+      await publishEvent(sandboxEvent('sandbox.created', record));
       return;
     } catch (err) {
       const refused = err instanceof TransactionCanceledException ? err.CancellationReasons?.[0] : undefined;
