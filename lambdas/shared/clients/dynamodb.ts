@@ -1,14 +1,17 @@
 /** The DynamoDB document client, created once per process (endpoint from AWS_ENDPOINT_URL_DYNAMODB when set). */
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { DynamoDBDocumentClient, QueryCommand, type QueryCommandInput } from '@aws-sdk/lib-dynamodb';
+import { timeSdkClient } from '../timing';
 
 let client: DynamoDBDocumentClient | undefined;
 
 export function dynamo(): DynamoDBDocumentClient {
   // Timeouts: a table that hangs (not refuses) must fail in time for a 503, not outlast the API's 29 s.
-  client ??= DynamoDBDocumentClient.from(new DynamoDBClient({ maxAttempts: 4, requestHandler: { connectionTimeout: 2_000, requestTimeout: 4_000 } }), {
-    marshallOptions: { removeUndefinedValues: true },
-  });
+  if (!client) {
+    const base = new DynamoDBClient({ maxAttempts: 4, requestHandler: { connectionTimeout: 2_000, requestTimeout: 4_000 } });
+    timeSdkClient(base, 'ddb');
+    client = DynamoDBDocumentClient.from(base, { marshallOptions: { removeUndefinedValues: true } });
+  }
   return client;
 }
 

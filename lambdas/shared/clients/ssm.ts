@@ -1,5 +1,6 @@
 /** The SSM client, created once per process (endpoint from AWS_ENDPOINT_URL_SSM when set). */
 import { SSMClient } from '@aws-sdk/client-ssm';
+import { timeSdkClient } from '../timing';
 
 let client: SSMClient | undefined;
 
@@ -7,6 +8,9 @@ export function ssm(): SSMClient {
   // The SDK's standard retries cover transient network errors (a reset keep-alive socket);
   // the dispatcher adds its own bounded backoff for throttling on top.
   // Timeouts: a dependency that hangs (not refuses) must fail in time for a 503, not outlast the API's 29 s.
-  client ??= new SSMClient({ maxAttempts: 3, requestHandler: { connectionTimeout: 3_000, requestTimeout: 10_000 } });
+  if (!client) {
+    client = new SSMClient({ maxAttempts: 3, requestHandler: { connectionTimeout: 3_000, requestTimeout: 10_000 } });
+    timeSdkClient(client, 'ssm');
+  }
   return client;
 }
