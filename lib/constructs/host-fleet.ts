@@ -71,6 +71,7 @@ export class HostFleet extends Construct {
         AWS_DEFAULT_REGION: stack.region,
         DEPLOYMENT_ENV: e.name,
         HOST_SLOTS: String(h.sandboxSlotsPerHost),
+        WARM_CONTAINERS_PER_HOST: String(h.warmContainersPerHost),
         COLD_MOUNT_DRIVER: 'mountpoint-s3',
         AUTO_SCALING_GROUP_NAME: autoScalingGroupName,
         LAUNCH_LIFECYCLE_HOOK: launchHookName,

@@ -95,6 +95,8 @@ export class OutputStore {
   private flushing: Promise<void> | undefined;
   private paused = false;
   private failures = 0;
+  /** Draining at the command's end: its end record carries the counters, so no progress write of its own. */
+  private draining = false;
 
   constructor(private readonly o: OutputStoreOptions) {
     this.streams = { stdout: new StreamBuffer(o.maxBytesPerStream), stderr: new StreamBuffer(o.maxBytesPerStream) };
@@ -163,7 +165,7 @@ export class OutputStore {
       throw (failed as PromiseRejectedResult).reason;
     }
     this.failures = 0;
-    await this.o.onStored(this.progress());
+    if (!this.draining) await this.o.onStored(this.progress());
     const waiting = this.streams.stdout.pendingBytes + this.streams.stderr.pendingBytes;
     if (this.paused && waiting < backpressureBytes / 2) {
       this.paused = false;
@@ -174,9 +176,12 @@ export class OutputStore {
 
   /**
    * Stores everything that is left, retrying for up to `deadlineMs`; answers
-   * what could not be stored (0 when all was).
+   * what could not be stored (0 when all was). For the command's end: the
+   * progress callback is not called any more (the end record says it all, one
+   * DynamoDB write instead of two).
    */
   async drain(deadlineMs: number): Promise<{ unstored: number; error?: unknown }> {
+    this.draining = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     const until = Date.now() + deadlineMs;
