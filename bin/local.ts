@@ -11,7 +11,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { repoRoot, startLocalStack, type LocalStack } from '../lib/local/stack';
+import { localHostSettings, repoRoot, startLocalStack, type LocalStack } from '../lib/local/stack';
 
 function step(script: string): void {
   const out = spawnSync('bash', [join(repoRoot, 'scripts', script)], { stdio: 'inherit' });
@@ -52,7 +52,14 @@ if (!Number.isInteger(port) || port < 0 || port > 65535) {
 }
 
 const stateFile = join(repoRoot, '.local', 'stack.json');
-started = startLocalStack({ port, apiKey: process.env.SANDBOX_API_KEY || undefined, stateFile, signal: abort.signal });
+started = startLocalStack({
+  port,
+  apiKey: process.env.SANDBOX_API_KEY || undefined,
+  stateFile,
+  signal: abort.signal,
+  // The deployed shape: each host keeps the dev environment's warm containers ready.
+  warmContainers: Number(process.env.WARM_CONTAINERS_PER_HOST ?? localHostSettings().warmContainers),
+});
 let stack: LocalStack;
 try {
   stack = await started;

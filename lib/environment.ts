@@ -52,6 +52,11 @@ const environmentSchema = z
       }),
       /** Stopped, pre-initialised instances kept ready; 0 = no warm pool. */
       warmPoolMinSize: nonNegativeInt,
+      /**
+       * Running, hardened containers of the default shape each host keeps ready for creates to claim
+       * (WARM_CONTAINERS_PER_HOST); never sandboxes, never slots; 0 = every create makes its container.
+       */
+      warmContainersPerHost: nonNegativeInt.max(32),
       /** How long a terminating host may drain (termination lifecycle hook heartbeat timeout). */
       drainTimeoutSeconds: positiveInt.min(30).max(7200),
       /** How long first-boot setup may take before the launch hook abandons the instance. */

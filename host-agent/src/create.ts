@@ -10,6 +10,8 @@ import { HostAgentError } from './errors';
 import { containerLabels, ownerLabelValue, type CreateResult, type createRequest } from './protocol';
 import { writeEgressPolicyFile } from './egress/sandbox-egress';
 import { attachCold, prepareHome } from './sandbox-storage';
+import { span } from '../../lambdas/shared/timing';
+import type { WarmPool } from './warm-pool';
 
 export type CreateInput = z.output<typeof createRequest>;
 
@@ -126,13 +128,22 @@ async function ensureImage(docker: DockerClient, image: string): Promise<void> {
   }
 }
 
+/** FIFOs for the sandbox's first commands, made off the create's path (fifo-stdio.ts); a failure costs only a later spawn. */
+function startSpareFifos(io: string): void {
+  void import('./commands/fifo-stdio').then(({ makeSpareFifos }) => makeSpareFifos(io)).catch(() => undefined);
+}
+
 /** Starts an owned container if it is not running, and answers its id. */
 async function adopt(docker: DockerClient, info: ContainerInspectInfo, request: CreateInput, config: HostConfig): Promise<string> {
   if (!isOwned(info)) {
     throw new HostAgentError('bad_request', `a container named ${request.sandboxId} exists on this host and is not a sandbox; remove it or use another id`);
   }
   if (!info.State.Running) {
+    const { linkPoolBinds, readClaim, applyIdentity } = await import('./claim');
+    const claim = readClaim(config, request.sandboxId);
+    if (claim) await linkPoolBinds(config, request.sandboxId, claim);
     await docker.startContainer(info.Id);
+    if (claim) await applyIdentity(docker, info.Id, request.sandboxId);
     if (request.network !== 'none') await (await import('./network')).refreshSandboxPolicies(config, docker);
   }
   return info.Id;
@@ -142,7 +153,7 @@ async function adopt(docker: DockerClient, info: ContainerInspectInfo, request: 
  * Creates and starts the sandbox's container; a retried create answers the
  * existing container instead of making a second one.
  */
-export async function createSandbox(request: CreateInput, config: HostConfig, docker: DockerClient): Promise<CreateResult> {
+export async function createSandbox(request: CreateInput, config: HostConfig, docker: DockerClient, pool?: WarmPool): Promise<CreateResult> {
   const started = Date.now();
   const existing = await docker.inspectContainer(request.sandboxId);
   if (existing) return { containerId: await adopt(docker, existing, request, config), hostMs: Date.now() - started };
@@ -150,13 +161,23 @@ export async function createSandbox(request: CreateInput, config: HostConfig, do
   const ctx = { config, sandboxId: request.sandboxId, storage: request.storage, diskMb: request.diskMb };
   // Independent steps run side by side: create time is the slowest, not the sum.
   const [network, , { home, hotSync }, cold] = await Promise.all([
-    request.network === 'none' ? { name: 'none' } : import('./network').then(({ ensureSandboxNetwork }) => ensureSandboxNetwork(config, docker)),
-    ensureImage(docker, request.image),
-    prepareHome(ctx),
-    attachCold(ctx),
+    request.network === 'none' ? { name: 'none' } : span('host.network', () => import('./network').then(({ ensureSandboxNetwork }) => ensureSandboxNetwork(config, docker))),
+    span('host.image', () => ensureImage(docker, request.image)),
+    span('host.storage.home', () => prepareHome(ctx)),
+    span('host.storage.cold', () => attachCold(ctx)),
   ]);
   // Before the container exists: the resolver and proxy must never see it without its policy.
   if (request.network !== 'none') await writeEgressPolicyFile(config, request.sandboxId, request.egress);
+
+  // A warm pool container of the same shape, when the host daemon has one: no Docker create or start.
+  const pooled = pool?.take(request);
+  if (pooled) {
+    const { claimPoolContainer } = await import('./claim');
+    if (await span('host.claim', () => claimPoolContainer(pooled, request, config, docker, pool!, network as { id?: string }))) {
+      startSpareFifos(sandboxPaths(config, request.sandboxId).io);
+      return { containerId: pooled.containerId, hostMs: Date.now() - started, pooled: true, ...(hotSync ? { hotSync } : {}) };
+    }
+  }
 
   const io = sandboxPaths(config, request.sandboxId).io;
   await mkdir(io, { recursive: true, mode: 0o711 });
@@ -183,6 +204,7 @@ export async function createSandbox(request: CreateInput, config: HostConfig, do
     throw error;
   }
   // Docker may have handed it the address of a sandbox that just left: rebuild the fast path before it runs anything.
-  if (request.network !== 'none') await (await import('./network')).refreshSandboxPolicies(config, docker);
+  if (request.network !== 'none') await span('host.egress-refresh', async () => (await import('./network')).refreshSandboxPolicies(config, docker));
+  startSpareFifos(io);
   return { containerId, hostMs: Date.now() - started, ...(hotSync ? { hotSync } : {}) };
 }

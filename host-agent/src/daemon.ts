@@ -7,9 +7,10 @@
  *     destroy that never reached the host) is removed after a grace period;
  *   - a live record whose container vanished is marked failed.
  */
-import { randomBytes } from 'node:crypto';
-import { chmodSync, mkdirSync, rmSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { chmodSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { dirname } from 'node:path';
 import { s3 } from '../../lambdas/shared/clients/s3';
 import { config as controlPlaneConfig } from '../../lambdas/shared/config';
@@ -23,6 +24,7 @@ import { settledStatuses } from '../../lambdas/shared/sandbox-state';
 import { sandboxIdPattern } from '../../lambdas/shared/schemas';
 import { beginShutdown, markEnded, storageFor } from '../../lambdas/shared/sandboxes';
 import { EgressLogWriter } from '../../lambdas/shared/egress-log';
+import { inScope, span } from '../../lambdas/shared/timing';
 import { applyEnvFile, loadHostConfig } from './config';
 import { startEgressGateway } from './egress/gateway';
 import { DockerClient } from './docker';
@@ -32,6 +34,8 @@ import { destroySandbox, syncSandbox } from './lifecycle';
 import { checkEgressRules, ensureSandboxNetwork } from './network';
 import { retryKeptHomes } from './sandbox-storage';
 import { containerLabels, hostVerbs, ownerLabelValue } from './protocol';
+import { readClaim } from './claim';
+import { isUnclaimedPoolContainer, poolSettings, sandboxIdOf, WarmPool } from './warm-pool';
 
 const agentVersion = '0.1.0';
 
@@ -84,24 +88,29 @@ export interface ReconcileReport {
 /** One reconciliation pass; exported for tests. */
 export async function reconcile(s: DaemonSettings, docker: DockerClient, now = Date.now()): Promise<ReconcileReport> {
   const hostConfig = loadHostConfig();
-  const containers = await docker.listContainers({
-    label: [`${containerLabels.owner}=${ownerLabelValue}`, `${containerLabels.hostId}=${s.hostId}`],
-  });
+  // Unclaimed warm pool containers are no sandboxes: the pool reconciles them (WarmPool.reconcile).
+  const containers = (
+    await docker.listContainers({
+      label: [`${containerLabels.owner}=${ownerLabelValue}`, `${containerLabels.hostId}=${s.hostId}`],
+    })
+  ).filter((c) => !isUnclaimedPoolContainer(c));
   const records = await liveSandboxesOnHost(s.hostId);
   const recordIds = new Set(records.map((r) => r.sandbox_id));
-  const containerIds = new Set(containers.map((c) => c.Labels[containerLabels.sandboxId] ?? ''));
+  const containerIds = new Set(containers.map((c) => sandboxIdOf(c) ?? ''));
   const graceMs = s.reconcileGraceSeconds * 1000;
   const report: ReconcileReport = { containers: containers.length, liveRecords: records.length, removedOrphans: [], failedVanished: [], endedExited: [] };
 
   for (const c of containers) {
-    const sandboxId = c.Labels[containerLabels.sandboxId] ?? '';
+    const sandboxId = sandboxIdOf(c) ?? '';
     if (recordIds.has(sandboxId)) continue;
     if (now - c.Created * 1000 < graceMs) continue; // a create may still be recording it
     // Re-read: the index is eventually consistent, the record is the truth.
     const record = sandboxIdPattern.test(sandboxId) ? await getSandbox(sandboxId) : undefined;
     if (record?.live_host_id === s.hostId) continue;
-    const tenant = c.Labels[containerLabels.tenantId];
-    const user = c.Labels[containerLabels.userId];
+    // A claimed pool container has no sandbox labels: its claim record says whose it is.
+    const claim = c.Labels[containerLabels.tenantId] ? undefined : sandboxIdPattern.test(sandboxId) ? readClaim(hostConfig, sandboxId) : undefined;
+    const tenant = c.Labels[containerLabels.tenantId] ?? claim?.tenantId;
+    const user = c.Labels[containerLabels.userId] ?? claim?.userId;
     // An ended sandbox keeps its user's files: sync before removing. A half-made one has none worth keeping.
     const graceful = Boolean(record && tenant && user);
     try {
@@ -149,7 +158,7 @@ export async function reconcile(s: DaemonSettings, docker: DockerClient, now = D
   }
 
   // A container that exited on its own (its init died, the kernel killed it) is no sandbox any more: end it gracefully.
-  const byId = new Map(containers.map((c) => [c.Labels[containerLabels.sandboxId] ?? '', c]));
+  const byId = new Map(containers.map((c) => [sandboxIdOf(c) ?? '', c]));
   for (const r of records) {
     const c = byId.get(r.sandbox_id);
     if (!c || (r.status !== 'ready' && r.status !== 'running')) continue;
@@ -179,16 +188,36 @@ async function syncRunningSandboxes(s: DaemonSettings, docker: DockerClient): Pr
   }
 }
 
+/** Where the daemon says how to reach its loopback listener: `<port> <token>`, root only (0600). */
+export function agentEndpointFile(socketPath: string): string {
+  return `${socketPath}.endpoint`;
+}
+
 /**
- * Serves host-agent verbs on a root-only unix socket: POST /v1/<verb> with
- * the request argument (`b64:...` or `s3:...`) as the body answers the same
- * envelope line the CLI prints. The SSM command's wrapper (bin/host-agent)
- * uses it so a call costs a curl, not a Node start.
+ * Serves host-agent verbs: POST /v1/<verb> with the request argument
+ * (`b64:...` or `s3:...`) as the body answers the same envelope line the CLI
+ * prints. Two doors to the same handler: a root-only unix socket, and a
+ * listener on 127.0.0.1 that admits only requests bearing a random token
+ * kept in a root-only file (agentEndpointFile). The SSM command's wrapper
+ * (bin/host-agent, bash) uses the loopback door with bash's own /dev/tcp, so
+ * a call costs no process at all beyond the wrapper's shell (a curl start
+ * costs more than the daemon's whole answer to an exec); the unix socket
+ * stays for curl and other clients. Sandboxes cannot reach the host's loopback.
  */
 export async function serveAgentSocket(path: string, runtime?: DaemonRuntime): Promise<Server> {
   mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
   rmSync(path, { force: true });
-  const server = createServer(async (req, res) => {
+  const token = randomBytes(32).toString('hex');
+  const tokenBytes = Buffer.from(`Bearer ${token}`);
+  const handle = async (req: IncomingMessage, res: ServerResponse, tcp: boolean) => {
+    if (tcp) {
+      const given = Buffer.from(req.headers.authorization ?? '');
+      if (given.length !== tokenBytes.length || !timingSafeEqual(given, tokenBytes)) {
+        req.resume();
+        res.writeHead(403, { 'Content-Type': 'text/plain', Connection: 'close' }).end('forbidden\n');
+        return;
+      }
+    }
     const verb = /^\/v1\/([a-z]+)$/.exec(req.url ?? '')?.[1];
     const chunks: Buffer[] = [];
     let size = 0;
@@ -201,15 +230,29 @@ export async function serveAgentSocket(path: string, runtime?: DaemonRuntime): P
       res.writeHead(404, { 'Content-Type': 'text/plain' }).end('unknown verb\n');
       return;
     }
-    const envelope = await runHostAgent([verb, Buffer.concat(chunks).toString('utf8')], runtime);
-    res.writeHead(200, { 'Content-Type': 'application/json' }).end(envelopeLine(envelope));
-  });
-  server.requestTimeout = 0; // execs run up to their own timeout
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(path, () => resolve());
-  });
+    const envelope = await span(`daemon.${verb}`, () => runHostAgent([verb, Buffer.concat(chunks).toString('utf8')], runtime));
+    const line = envelopeLine(envelope);
+    res.writeHead(200, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(line), ...(tcp ? { Connection: 'close' } : {}) }).end(line);
+  };
+  const server = createServer((req, res) => void handle(req, res, false));
+  const loopback = createServer((req, res) => void handle(req, res, true));
+  for (const s of [server, loopback]) s.requestTimeout = 0; // execs run up to their own timeout
+  const listen = (srv: Server, ...args: unknown[]) =>
+    new Promise<void>((resolve, reject) => {
+      srv.once('error', reject);
+      (srv.listen as (...a: unknown[]) => void)(...args, () => resolve());
+    });
+  await listen(server, path);
   chmodSync(path, 0o600);
+  await listen(loopback, 0, '127.0.0.1');
+  const endpoint = agentEndpointFile(path);
+  // Written whole, then renamed: the wrapper never reads half a line.
+  writeFileSync(`${endpoint}.tmp`, `${(loopback.address() as AddressInfo).port} ${token}\n`, { mode: 0o600 });
+  renameSync(`${endpoint}.tmp`, endpoint);
+  server.once('close', () => {
+    loopback.close();
+    rmSync(endpoint, { force: true });
+  });
   return server;
 }
 
@@ -233,7 +276,7 @@ function every(ms: number, name: string, fn: () => Promise<unknown>): () => void
   let timer: NodeJS.Timeout | undefined;
   const tick = async () => {
     try {
-      await fn();
+      await inScope('background', fn);
     } catch (err) {
       logger.error(`daemon: ${name} failed`, { err });
     }
@@ -267,21 +310,27 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
     runnerId: `${s.hostId}:${randomBytes(6).toString('hex')}`,
     outputMaxBytes: cp.limits.commandOutputMaxBytes,
   });
-  const socket = await serveAgentSocket(s.agentSocket, { runner, serialize: perSandboxQueue() });
+  const pool = new WarmPool(hostConfig, docker, poolSettings());
+  // A previous daemon's pool containers may be of another image or network: start from a clean pool.
+  await pool.reconcile().catch((err) => logger.error('daemon: warm pool cleanup failed; the reconcile loop retries', { err }));
+  pool.refill();
+  const socket = await serveAgentSocket(s.agentSocket, { runner, serialize: perSandboxQueue(), pool });
   await registerHost({ hostId: s.hostId, capacity: s.slots, agentVersion });
   logger.info('daemon: host registered', { hostId: s.hostId, slots: s.slots, agentSocket: s.agentSocket });
 
   const stops = [
     every(s.heartbeatSeconds * 1000, 'heartbeat', async () => {
       const running = (await docker.listContainers({ label: [`${containerLabels.hostId}=${s.hostId}`, `${containerLabels.owner}=${ownerLabelValue}`] }, false))
-        .length;
-      if (!(await heartbeatHost(s.hostId, { runningSandboxes: running }))) {
+        .filter((c) => !isUnclaimedPoolContainer(c)).length;
+      if (!(await heartbeatHost(s.hostId, { runningSandboxes: running, warmContainers: pool.stats().ready }))) {
         // Declared lost while we were away: come back as a fresh host; reconcile cleans up.
         await registerHost({ hostId: s.hostId, capacity: s.slots, agentVersion });
       }
     }),
     every(s.reconcileSeconds * 1000, 'reconcile', async () => {
       await reconcile(s, docker);
+      await pool.reconcile();
+      pool.refill();
       const live = await liveSandboxesOnHost(s.hostId);
       await runner.reconcile(live.map((r) => r.sandbox_id));
       publishHostFigures(s.hostId, live, runner.runningCount);
@@ -302,6 +351,7 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
   );
   return () => {
     stops.forEach((stop) => stop());
+    void pool.close();
     runner.close();
     socket.close();
     rmSync(s.agentSocket, { force: true });

@@ -17,6 +17,7 @@ import type {
   NetworkInspectInfo,
 } from 'dockerode';
 import { HostAgentError } from './errors';
+import { span, timingsOn } from '../../lambdas/shared/timing';
 
 /** An Engine API answer outside 2xx/304. */
 export class DockerApiError extends HostAgentError {
@@ -81,6 +82,19 @@ export class DockerClient {
     what: string,
     { query, body, stream = false }: { query?: Query; body?: unknown; stream?: boolean } = {},
   ): Promise<T> {
+    if (timingsOn()) {
+      const op = `docker.${method} ${path.replace(/^\/(containers|exec|images|networks)\/[^/]+/, '/$1/{id}')}`;
+      return span(op, () => this.dial<T>(method, path, what, { query, body, stream }));
+    }
+    return this.dial<T>(method, path, what, { query, body, stream });
+  }
+
+  private dial<T>(
+    method: string,
+    path: string,
+    what: string,
+    { query, body, stream }: { query?: Query | undefined; body?: unknown; stream: boolean },
+  ): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       this.modem.dial(
         {
@@ -121,6 +135,16 @@ export class DockerClient {
 
   startContainer(id: string): Promise<unknown> {
     return this.call('POST', `/containers/${encodeURIComponent(id)}/start`, `start container ${id}`);
+  }
+
+  /** Changes a container's resources in place (`docker update`): CPU, memory, processes. */
+  updateContainer(id: string, resources: { NanoCpus: number; Memory: number; MemorySwap: number; PidsLimit: number }): Promise<unknown> {
+    return this.call('POST', `/containers/${encodeURIComponent(id)}/update`, `update container ${id}`, { body: resources });
+  }
+
+  /** Renames a container (its network endpoint follows). */
+  renameContainer(id: string, name: string): Promise<unknown> {
+    return this.call('POST', `/containers/${encodeURIComponent(id)}/rename`, `rename container ${id} to ${name}`, { query: { name } });
   }
 
   /** SIGTERM, then SIGKILL after `graceSeconds`; a stopped container is not an error (304). */

@@ -7,6 +7,8 @@ import { applyEnvFile, loadHostConfig, type HostConfig } from './config';
 import { DockerClient } from './docker';
 import { HostAgentError, toHostError } from './errors';
 import type { CommandRunner } from './commands/runner';
+import type { WarmPool } from './warm-pool';
+import { span } from '../../lambdas/shared/timing';
 import { daemonOnlyVerbs, decodeArgument, hostVerbs, requestSchemas, ssmStdoutCap, type HostEnvelope, type HostVerb } from './protocol';
 
 /** What the long-lived host daemon lends an invocation it serves (absent in the CLI fallback). */
@@ -14,6 +16,8 @@ export interface DaemonRuntime {
   runner: CommandRunner;
   /** Runs lifecycle work on one sandbox after any still running on it (one at a time per sandbox). */
   serialize<T>(sandboxId: string, work: () => Promise<T>): Promise<T>;
+  /** Ready containers a create may claim (warm-pool.ts); absent: every create is cold. */
+  pool?: WarmPool;
 }
 
 function isVerb(value: string | undefined): value is HostVerb {
@@ -29,7 +33,7 @@ async function readRequest(verb: HostVerb, arg: string, config: HostConfig): Pro
   }
   let raw: unknown;
   if ('inline' in decoded) raw = decoded.inline;
-  else raw = await (await import('./staged-request')).fetchStagedRequest(config, decoded.s3Key);
+  else raw = await span('host.staged-fetch', async () => (await import('./staged-request')).fetchStagedRequest(config, decoded.s3Key));
   const parsed = requestSchemas[verb].safeParse(raw);
   if (!parsed.success) {
     const issues = parsed.error.issues.map((issue) => `${issue.path.join('.') || '(request)'}: ${issue.message}`);
@@ -55,7 +59,7 @@ async function dispatch(verb: HostVerb, request: unknown, config: HostConfig, ru
       const r = request as { sandboxId: string };
       return serial(r.sandboxId, async () => {
         try {
-          const created = await (await import('./create')).createSandbox(request as never, config, docker);
+          const created = await (await import('./create')).createSandbox(request as never, config, docker, runtime?.pool);
           await records(async (rec) => rec.recordCreated(r.sandboxId, created.containerId));
           return created;
         } catch (error) {
@@ -120,7 +124,7 @@ async function dispatch(verb: HostVerb, request: unknown, config: HostConfig, ru
 async function records(write: (rec: typeof import('./records')) => Promise<void>): Promise<void> {
   if (!process.env.SANDBOXES_TABLE) return;
   try {
-    await write(await import('./records'));
+    await span('host.record', async () => write(await import('./records')));
   } catch (error) {
     console.error(`host-agent: could not record the outcome on the sandbox record: ${(error as Error).message}`);
   }

@@ -19,6 +19,10 @@ import {
   type sandboxRef,
 } from './protocol';
 import { attachCold, attachHome, detachCold, keepHomeForLater, removeSandboxState, syncHomeUp, type SandboxStorageContext } from './sandbox-storage';
+import { applyIdentity, linkPoolBinds, readClaim, releasePoolDir, unlinkColdBind } from './claim';
+import { isUnclaimedPoolContainer, sandboxIdOf } from './warm-pool';
+import { forgetSpareFifos } from './commands/fifo-stdio';
+import { sandboxPaths } from './config';
 import { archiveTmp, restoreTmp, tmpArchivePath, tmpArchiveState } from './tmp-archive';
 
 export type DestroyInput = z.output<typeof destroyRequest>;
@@ -88,6 +92,9 @@ export async function destroySandbox(request: DestroyInput, config: HostConfig, 
     }
   }
   if (info) await removeIgnoringGone(docker, info.Id);
+  // A claimed pool container's directory holds binds of the home and cold tier: they go first, so both can.
+  await releasePoolDir(config, request.sandboxId);
+  forgetSpareFifos(sandboxPaths(config, request.sandboxId).io);
   await detachCold(ctx, { force: !request.graceful });
   if (syncError) {
     const path = await keepHomeForLater(ctx, syncError.message);
@@ -121,6 +128,7 @@ export async function pauseSandbox(
   }
   await docker.stopContainer(info.Id, stopGraceSeconds);
   await syncHomeUp(ctx);
+  await unlinkColdBind(config, request.sandboxId);
   await detachCold(ctx, { force: false });
   return { paused: true, ...(tmp ? { tmp } : {}) };
 }
@@ -146,7 +154,12 @@ export async function resumeSandbox(
   await attachCold({ config, sandboxId: request.sandboxId, storage: request.storage });
   // Its own file system too, if the host lost the mount (a reboot) while the sandbox was stopped.
   await attachHome({ config, sandboxId: request.sandboxId });
+  // A claimed pool container sees both through its own directory's binds (gone after a host restart).
+  const claim = readClaim(config, request.sandboxId);
+  if (claim) await linkPoolBinds(config, request.sandboxId, claim);
   await docker.startContainer(info.Id);
+  // Docker gives it the pool name again at every start.
+  if (claim) await applyIdentity(docker, info.Id, request.sandboxId);
   // A new address, maybe one a departed sandbox had: rebuild the egress fast path before it runs anything.
   if (info.HostConfig?.NetworkMode !== 'none') await (await import('./network')).refreshSandboxPolicies(config, docker);
   // Just started: any archive on the host holds this /tmp (even one from a pause whose stop failed).
@@ -167,10 +180,10 @@ export async function syncSandbox(request: SandboxRefInput, config: HostConfig, 
 export async function hostStatus(config: HostConfig, docker: DockerClient): Promise<HostStatus> {
   const label = [`${containerLabels.owner}=${ownerLabelValue}`];
   if (config.hostId) label.push(`${containerLabels.hostId}=${config.hostId}`);
-  const containers = await docker.listContainers({ label });
+  const containers = (await docker.listContainers({ label })).filter((c) => !isUnclaimedPoolContainer(c));
   return {
     containers: containers.map((c) => ({
-      sandboxId: c.Labels[containerLabels.sandboxId] ?? (c.Names[0] ?? '').replace(/^\//, ''),
+      sandboxId: sandboxIdOf(c) ?? (c.Names[0] ?? '').replace(/^\//, ''),
       containerId: c.Id,
       state: c.State,
     })),

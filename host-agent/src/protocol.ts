@@ -150,6 +150,8 @@ export interface CreateResult {
   containerId: string;
   /** ms the host spent: pull/create/start and hot sync. */
   hostMs: number;
+  /** True when a warm pool container was claimed instead of a cold Docker create and start. */
+  pooled?: boolean;
   hotSync?: SyncReport;
 }
 

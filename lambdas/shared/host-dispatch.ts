@@ -35,6 +35,7 @@ import {
   type HostVerb,
 } from '../../host-agent/src/protocol';
 import { logger } from './logger';
+import { span } from './timing';
 
 export type HostDispatchErrorCode =
   /** The host-agent answered `ok: false`; see `hostCode`. */
@@ -393,6 +394,8 @@ export function createHostDispatcher(opts: HostDispatcherOptions): HostDispatche
     const { arg, stagedKey } = await encodeRequest(verb, request);
     /** True once the command was sent and is left running past the caller's wait: the host still needs the staged request. */
     let leftRunning = false;
+    /** True once the host answered: it fetched the staged request, and deleted it, before anything else. */
+    let answered = false;
     try {
       const commandLine = buildHostCommandLine(hostAgentCommand, verb, arg);
       let commandId: string | undefined;
@@ -433,7 +436,7 @@ export function createHostDispatcher(opts: HostDispatcherOptions): HostDispatche
           );
         }
         const wait = throttles > 0 ? throttleBackoffMs(throttles - 1, random) : pollDelayMs(polls++, pollInitialMs, pollMaxMs);
-        await sleep(Math.min(wait, remaining));
+        await span('ssm.poll-wait', () => sleep(Math.min(wait, remaining)));
         let inv: GetCommandInvocationCommandOutput;
         try {
           inv = await ssm.send(new GetCommandInvocationCommand({ CommandId: commandId, InstanceId: instanceId }));
@@ -450,13 +453,19 @@ export function createHostDispatcher(opts: HostDispatcherOptions): HostDispatche
           throw ssmFailure('GetCommandInvocation', instanceId, err);
         }
         const outcome = interpret(instanceId, verb, inv);
-        if (outcome.done) return outcome.result;
+        if (outcome.done) {
+          answered = true;
+          return outcome.result;
+        }
       }
     } finally {
-      // A command left running fetches (and deletes) its staged request itself; the bucket's lifecycle rule expires any left over.
-      if (stagedKey && !leftRunning) await removeStaged(stagedKey);
+      // A command left running fetches (and deletes) its staged request itself, as one that answered did; the bucket's
+      // lifecycle rule expires any left over. Only a command that never got that far leaves it for us.
+      if (stagedKey && !leftRunning && !answered) await removeStaged(stagedKey);
     }
   }
 
-  return { dispatch };
+  return {
+    dispatch: (instanceId, verb, request, o) => span(`ssm.dispatch.${verb}`, () => dispatch(instanceId, verb, request, o)),
+  };
 }

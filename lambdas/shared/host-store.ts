@@ -22,6 +22,8 @@ export interface HostRecord {
   registered_at: string;
   last_heartbeat_at: number;
   running_sandboxes?: number;
+  /** Warm pool containers ready on the host at its last heartbeat (never sandboxes, never slots). */
+  warm_containers?: number;
   agent_version?: string;
   lost_at?: string;
 }
@@ -51,16 +53,17 @@ export async function registerHost(h: { hostId: string; capacity: number; agentV
 }
 
 /** Heartbeat from a host daemon; refused (false) once the host was marked lost. */
-export async function heartbeatHost(hostId: string, fields: { runningSandboxes: number; now?: number }): Promise<boolean> {
+export async function heartbeatHost(hostId: string, fields: { runningSandboxes: number; warmContainers?: number; now?: number }): Promise<boolean> {
+  const warm = fields.warmContainers !== undefined;
   try {
     await dynamo().send(
       new UpdateCommand({
         TableName: table(),
         Key: { host_id: hostId },
-        UpdateExpression: 'SET last_heartbeat_at = :now, running_sandboxes = :n',
+        UpdateExpression: `SET last_heartbeat_at = :now, running_sandboxes = :n${warm ? ', warm_containers = :w' : ''}`,
         ConditionExpression: 'attribute_exists(host_id) AND #status <> :lost',
         ExpressionAttributeNames: { '#status': 'status' },
-        ExpressionAttributeValues: { ':now': fields.now ?? Date.now(), ':n': fields.runningSandboxes, ':lost': 'lost' },
+        ExpressionAttributeValues: { ':now': fields.now ?? Date.now(), ':n': fields.runningSandboxes, ':lost': 'lost', ...(warm ? { ':w': fields.warmContainers } : {}) },
       }),
     );
     return true;

@@ -13,8 +13,9 @@ import { observability } from './observability';
 import { maxBodyBytes } from './routes';
 import { dependencyDown } from './dependencies';
 import { withCallDeadline } from './clients/deadline';
-import { handlerBudgetSeconds } from './gateway';
+import { handlerBudgetSeconds, integrationTimeoutSeconds } from './gateway';
 import { commandIdSchema, sandboxIdSchema } from './schemas';
+import { span } from './timing';
 
 /** Who is calling, as the authorizer established it. */
 export interface Principal {
@@ -114,19 +115,25 @@ function toRequest(event: APIGatewayProxyEvent, principal: Principal, context: C
       if (!id || !commandIdSchema.safeParse(id).success) throw new ApiError(404, 'not_found', `command ${String(id).slice(0, 64)} not found`);
       return id;
     },
-    deadline: handlerDeadline(context),
+    deadline: handlerDeadline(context, event.requestContext?.requestTimeEpoch),
   };
 }
 
 /** Leave this much of the function's time for answering. */
 const answerMarginMs = 2_000;
 
-function handlerDeadline(context: Context | undefined): number {
+function handlerDeadline(context: Context | undefined, requestTimeEpoch?: number): number {
   const now = Date.now();
   const budget = handlerBudgetSeconds * 1000;
   const remaining = context?.getRemainingTimeInMillis?.();
-  return now + (typeof remaining === 'number' && remaining > 0 ? Math.min(budget, remaining - answerMarginMs) : budget);
+  const deadline = now + (typeof remaining === 'number' && remaining > 0 ? Math.min(budget, remaining - answerMarginMs) : budget);
+  // The gateway's clock started at the request, before a cold start (a burst starts many): answer within its limit.
+  if (typeof requestTimeEpoch !== 'number' || requestTimeEpoch <= 0 || requestTimeEpoch > now) return deadline;
+  return Math.min(deadline, requestTimeEpoch + (integrationTimeoutSeconds - gatewayReserveSeconds) * 1000);
 }
+
+/** What the gateway's own limit keeps back from a handler that started late: the answer's trip back, with room. */
+const gatewayReserveSeconds = 4;
 
 /** Maps any error to the JSON error response; only unexpected ones are 500s. */
 export function errorResponse(err: unknown, requestId?: string): APIGatewayProxyResult {
@@ -192,7 +199,7 @@ export function apiHandler(fn: Fn, options: { auth?: 'required' | 'none' } = {})
       }
       const req = toRequest(event, principal, context);
       // Every AWS call of the request ends by its deadline: a hung dependency is a 503 in time, not a 504.
-      const result = await withCallDeadline(req.deadline, () => fn(req, context));
+      const result = await withCallDeadline(req.deadline, () => span('handler', () => fn(req, context)));
       if (result.body === undefined) return { statusCode: result.status, headers: { ...result.headers }, body: '' };
       return json(result.status, result.body, result.headers);
     });

@@ -78,6 +78,7 @@ export class HostFleet extends Construct {
         DEPLOYMENT_ENV: e.name,
         HOST_SLOTS: String(h.sandboxSlotsPerHost),
         HOST_LOG_GROUP: props.daemonLogGroup.logGroupName,
+        WARM_CONTAINERS_PER_HOST: String(h.warmContainersPerHost),
         COLD_MOUNT_DRIVER: 'mountpoint-s3',
         AUTO_SCALING_GROUP_NAME: autoScalingGroupName,
         LAUNCH_LIFECYCLE_HOOK: launchHookName,

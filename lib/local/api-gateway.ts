@@ -12,6 +12,7 @@ import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
 import { allows, decide, type Decision } from '../../lambdas/shared/authorize';
+import { span } from '../../lambdas/shared/timing';
 import {
   gatewayMaxPayloadBytes,
   integrationTimeoutSeconds,
@@ -286,7 +287,7 @@ export async function startLocalApi(o: {
       const key = Object.entries(headers).find(([k]) => k.toLowerCase() === 'x-api-key')?.[1];
       let decision: Decision;
       try {
-        decision = await decisions.get(key, methodArn);
+        decision = await span('gateway.authorizer', () => decisions.get(key, methodArn));
       } catch {
         // The authorizer Lambda failed (its table unreachable, say): API Gateway's AUTHORIZER_FAILURE.
         return send(res, gatewayAnswer('AUTHORIZER_FAILURE'));
@@ -329,7 +330,7 @@ export async function startLocalApi(o: {
     let timer: NodeJS.Timeout | undefined;
     const cut = new Promise<'cut'>((resolve) => (timer = setTimeout(() => resolve('cut'), cutAfterMs)));
     try {
-      const outcome = await Promise.race([functions.invoke(match.route.handler, event), cut]);
+      const outcome = await Promise.race([span('lambda.invoke', () => functions.invoke(match.route.handler, event)), cut]);
       send(res, outcome === 'cut' ? gatewayAnswer('INTEGRATION_TIMEOUT') : proxyAnswer(outcome));
     } finally {
       clearTimeout(timer);
@@ -340,7 +341,7 @@ export async function startLocalApi(o: {
   const listen = (host: string, port: number) =>
     new Promise<Server>((resolve, reject) => {
       const server = createServer((req, res) => {
-        onRequest(req, res).catch(() => {
+        span('gateway.request', () => onRequest(req, res)).catch(() => {
           // A fault of the gateway itself: what API Gateway would answer for its own failure.
           if (!res.headersSent) send(res, gatewayAnswer('DEFAULT_5XX', { status: 500, message: 'the gateway failed' }));
           else res.destroy();

@@ -44,6 +44,8 @@ export async function removeContainersOfHost(hostId: string, stateDir: string): 
     .filter((m) => m.startsWith(stateDir + '/'))
     .sort((a, b) => b.length - a.length);
   for (const m of mounts) {
+    // A lazy unmount above takes what is below it (and its propagated copies) along.
+    if (!readFileSync('/proc/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === m)) continue;
     await run('umount', ['-l', m]).catch(() => run('fusermount', ['-uz', m]));
   }
 }

@@ -23,8 +23,10 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
 import { StringDecoder } from 'node:string_decoder';
 import { pathToFileURL } from 'node:url';
+import { recordSpan } from '../../lambdas/shared/timing';
 import { admitSigned, generateLocalCredentials, type LocalCredentials, type SigningPolicy } from './sigv4';
 
 export interface SsmEndpointOptions {
@@ -329,6 +331,7 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
       return;
     }
 
+    const spawnedAt = performance.now();
     const child = spawn('/bin/sh', [join(dir, '_script.sh')], {
       cwd,
       env,
@@ -342,6 +345,8 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
 
     let exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
     const finishFromExit = () => {
+      // What the host spends on the script (shell, host-agent wrapper, the daemon's work), for the bench's breakdown.
+      recordSpan('ssm-agent.script', performance.now() - spawnedAt);
       inv.stdout.end();
       inv.stderr.end();
       const code = exit?.code ?? null;

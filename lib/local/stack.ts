@@ -40,6 +40,12 @@ export interface LocalStackOptions {
   tenantId?: string;
   /** Sandbox slots of the local host. @default 16 */
   slots?: number;
+  /**
+   * Warm pool containers the local host keeps ready (WARM_CONTAINERS_PER_HOST). `npm start` and
+   * `npm run bench` use the dev environment's `hosts.warmContainersPerHost` (localHostSettings).
+   * @default WARM_CONTAINERS_PER_HOST or 0
+   */
+  warmContainers?: number;
   /** Reaper period in ms; 0 turns the timer off (tests call runReaper). @default 5000 */
   reaperIntervalMs?: number;
   /** Host daemon heartbeat/reconcile period. @default 5000 */
@@ -188,6 +194,7 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
       SANDBOX_API_URL: sandboxApiUrl,
       HOST_ID: hostId,
       HOST_SLOTS: String(o.slots ?? 16),
+      WARM_CONTAINERS_PER_HOST: String(o.warmContainers ?? process.env.WARM_CONTAINERS_PER_HOST ?? 0),
       STATE_DIR: stateDir,
       SANDBOX_NETWORK: sandboxNetwork,
       EGRESS_ALLOW: `${gateway}:${port}`,
@@ -225,7 +232,7 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
     let daemon: ChildProcess | null = null;
     const startDaemon = () => {
       daemon = spawn(process.execPath, [join(repoRoot, 'dist', 'host-agent-daemon.mjs')], {
-        env: { ...process.env, ...env },
+        env: { ...process.env, ...env, SANDBOX_TIMINGS_ROLE: 'host' },
         stdio: ['ignore', 'pipe', 'pipe'],
       });
       const child = daemon;
@@ -255,7 +262,7 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
       functions: bundledFunctions({
         timeoutSeconds: o.functionTimeoutSeconds ?? functionSettings.timeoutSeconds,
         memoryMb: functionSettings.memoryMb,
-        env: { ...process.env, ...env },
+        env: { ...process.env, ...env, SANDBOX_TIMINGS_ROLE: 'handler' },
         output: (name, stream) => telemetry.lines(name, stream),
       }),
       ...(o.integrationTimeoutSeconds !== undefined ? { integrationTimeoutSeconds: o.integrationTimeoutSeconds } : {}),
@@ -332,6 +339,14 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
     await closeAll();
     throw err;
   }
+}
+
+/** The dev environment's per-host settings in cdk.json that the local host takes too. */
+export function localHostSettings(): { warmContainers: number } {
+  const cdk = JSON.parse(readFileSync(join(repoRoot, 'cdk.json'), 'utf8')) as {
+    context: { environments: { dev: { hosts: { warmContainersPerHost: number } } } };
+  };
+  return { warmContainers: cdk.context.environments.dev.hosts.warmContainersPerHost };
 }
 
 /**

@@ -446,6 +446,7 @@ for (const env of ['dev', 'prod'] as const) {
       const envFile = /cat > \/etc\/ephemeral-sandbox\/host\.env <<'EPHEMERAL_SANDBOX_EOF'\n([\s\S]*?)\nEPHEMERAL_SANDBOX_EOF/.exec(script)![1]!;
       const values = Object.fromEntries(envFile.split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
       assert.equal(values.HOST_SLOTS, String(e.hosts.sandboxSlotsPerHost));
+      assert.equal(values.WARM_CONTAINERS_PER_HOST, String(e.hosts.warmContainersPerHost));
       assert.equal(values.COLD_MOUNT_DRIVER, 'mountpoint-s3');
       assert.equal(values.AWS_REGION, '${AWS::Region}');
       assert.match(values.SANDBOXES_TABLE!, /TablesSandboxes/);

@@ -62,6 +62,17 @@ describe('the API handler wrapper', () => {
     assert.doesNotMatch(body.error.message, /secret/);
   });
 
+  it('ends the handler\'s work within the gateway\'s limit counted from the request time (a cold start ate part of it)', async () => {
+    const seen = apiHandler(async (req) => ({ status: 200, body: { deadline: req.deadline } }));
+    const started = Date.now();
+    const late = await seen(event({ requestContext: { ...event().requestContext, requestTimeEpoch: started - 20_000 } as any }), ctx);
+    // 29 s from the request, less the 4 s kept for the answer's trip back: 5 s from now, not the handler's 25 s budget.
+    assert.equal(JSON.parse(late.body).deadline, started - 20_000 + 25_000);
+    const fresh = await seen(event({ requestContext: { ...event().requestContext, requestTimeEpoch: Date.now() } as any }), ctx);
+    const budget = JSON.parse(fresh.body).deadline - Date.now();
+    assert.ok(budget > 24_000 && budget <= 25_000, `a request that just arrived keeps the handler's budget (${budget} ms)`);
+  });
+
   it('names the offending field in validation errors', () => {
     assert.throws(
       () => parse(execBody, { command: 'ls', timeout: 700 }),

@@ -14,8 +14,9 @@
  * host's call, made when the shell's end records arrived or the shell is gone.
  */
 import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { constants, open } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { mkdir, rename, rm } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -46,12 +47,61 @@ async function openFifo(path: string, readable: boolean): Promise<Socket> {
   return new Socket({ fd, readable, writable: !readable });
 }
 
+/**
+ * Spare FIFO triples made ahead, per io directory, in `<io>/.spare` (root only,
+ * mode 0700: the sandbox cannot enter it, and their names are random). Node has
+ * no mkfifo: a command that finds a spare renames it into place instead of
+ * starting a process; the spares are made again in batches, off the command's path.
+ */
+const spares = new Map<string, string[]>();
+const refilling = new Set<string>();
+const spareBatch = 4;
+
+const spareDir = (ioDir: string) => join(ioDir, '.spare');
+
+/** Makes `count` spare triples in one process; commands in this process take them (makeFifoStdio). */
+export async function makeSpareFifos(ioDir: string, count = spareBatch): Promise<void> {
+  const dir = spareDir(ioDir);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const bases = Array.from({ length: count }, () => join(dir, randomBytes(16).toString('hex')));
+  await run('mkfifo', ['-m', '0666', ...bases.flatMap((b) => [`${b}.in`, `${b}.out`, `${b}.err`])]);
+  spares.set(ioDir, [...(spares.get(ioDir) ?? []), ...bases]);
+}
+
+/** Starts a batch of spares when few are left (never waited for; a failure only means the next command makes its own). */
+function refillSpares(ioDir: string): void {
+  if (refilling.has(ioDir) || (spares.get(ioDir)?.length ?? 0) > 1) return;
+  refilling.add(ioDir);
+  void makeSpareFifos(ioDir)
+    .catch(() => undefined)
+    .finally(() => refilling.delete(ioDir));
+}
+
+/** Renames a spare triple to the command's names; false when there is none (or it is gone with its sandbox). */
+async function takeSpare(ioDir: string, p: { in: string; out: string; err: string }): Promise<boolean> {
+  const base = spares.get(ioDir)?.shift();
+  if (!base) return false;
+  try {
+    await Promise.all([rename(`${base}.in`, p.in), rename(`${base}.out`, p.out), rename(`${base}.err`, p.err)]);
+    return true;
+  } catch {
+    await Promise.all([p.in, p.out, p.err].map((f) => rm(f, { force: true })));
+    spares.delete(ioDir);
+    return false;
+  }
+}
+
+/** Forgets the spares of an io directory (its sandbox ended; the files go with its state). */
+export function forgetSpareFifos(ioDir: string): void {
+  spares.delete(ioDir);
+}
+
 /** Makes the FIFOs (any user of the sandbox may open them: the directory is the sandbox's alone) and opens the host's ends. */
 export async function makeFifoStdio(ioDir: string, commandId: string): Promise<FifoStdio> {
   const p = fifoPaths(ioDir, commandId);
   await Promise.all([p.in, p.out, p.err].map((f) => rm(f, { force: true })));
-  // Node has no mkfifo; one short-lived process per command.
-  await run('mkfifo', ['-m', '0666', p.in, p.out, p.err]);
+  if (!(await takeSpare(ioDir, p))) await run('mkfifo', ['-m', '0666', p.in, p.out, p.err]);
+  refillSpares(ioDir);
   const [stdin, stdout, stderr] = await Promise.all([openFifo(p.in, false), openFifo(p.out, true), openFifo(p.err, true)]);
   return {
     stdin,

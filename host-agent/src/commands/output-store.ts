@@ -97,6 +97,8 @@ export class OutputStore {
   private failures = 0;
   /** The last record of how far the output is stored failed: the next round records it even with no new bytes. */
   private progressBehind = false;
+  /** Draining at the command's end: its end record carries the counters, so no progress write of its own. */
+  private draining = false;
 
   constructor(private readonly o: OutputStoreOptions) {
     this.streams = { stdout: new StreamBuffer(o.maxBytesPerStream), stderr: new StreamBuffer(o.maxBytesPerStream) };
@@ -172,14 +174,16 @@ export class OutputStore {
       throw (failed as PromiseRejectedResult).reason;
     }
     this.failures = 0;
-    try {
-      await this.o.onStored(this.progress());
-      this.progressBehind = false;
-    } catch (error) {
-      // The bytes are stored; only the record of how far lags. Say so, and record it again soon.
-      this.o.onError?.(error);
-      this.progressBehind = true;
-      this.flushSoon(1_000);
+    if (!this.draining) {
+      try {
+        await this.o.onStored(this.progress());
+        this.progressBehind = false;
+      } catch (error) {
+        // The bytes are stored; only the record of how far lags. Say so, and record it again soon.
+        this.o.onError?.(error);
+        this.progressBehind = true;
+        this.flushSoon(1_000);
+      }
     }
     const waiting = this.streams.stdout.pendingBytes + this.streams.stderr.pendingBytes;
     if (this.paused && waiting < backpressureBytes / 2) {
@@ -191,9 +195,12 @@ export class OutputStore {
 
   /**
    * Stores everything that is left, retrying for up to `deadlineMs`; answers
-   * what could not be stored (0 when all was).
+   * what could not be stored (0 when all was). For the command's end: the
+   * progress callback is not called any more (the end record says it all, one
+   * DynamoDB write instead of two).
    */
   async drain(deadlineMs: number): Promise<{ unstored: number; error?: unknown }> {
+    this.draining = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     const until = Date.now() + deadlineMs;

@@ -30,7 +30,9 @@ import { whileDependencyDown } from '../../../lambdas/shared/dependencies';
 import { logger } from '../../../lambdas/shared/logger';
 import { endExec, getSandbox } from '../../../lambdas/shared/sandbox-store';
 import { sandboxPaths, type HostConfig } from '../config';
+import { sandboxEnv } from '../claim';
 import { sandboxIoMount } from '../create';
+import type { ExecInspectInfo } from 'dockerode';
 import { DockerApiError, type DockerClient } from '../docker';
 import { HostAgentError } from '../errors';
 import { CwdMarkerExtractor } from '../exec-output';
@@ -39,6 +41,7 @@ import { commandOutputPrefix, runOutputBudgetChars, type CommandSnapshot, type R
 import { CommandCgroup } from './cgroup';
 import { makeFifoStdio, type FifoStdio } from './fifo-stdio';
 import { OutputStore } from './output-store';
+import { span } from '../../../lambdas/shared/timing';
 
 export interface CommandRunnerOptions {
   docker: DockerClient;
@@ -175,7 +178,7 @@ export class CommandRunner {
     let record: CommandRecord;
     let claimed: CommandRecord;
     try {
-      ({ before: record, after: claimed } = await claimCommandStart(sandboxId, commandId, { runnerId: this.o.runnerId, startedAt: new Date().toISOString() }));
+      ({ before: record, after: claimed } = await span('runner.claim', () => claimCommandStart(sandboxId, commandId, { runnerId: this.o.runnerId, startedAt: new Date().toISOString() })));
     } catch (err) {
       if (!(err instanceof CommandConflictError)) throw err;
       // A concurrent delivery of the same start may be running it here.
@@ -201,7 +204,8 @@ export class CommandRunner {
       ({ Id: execId } = await this.o.docker.createExec(sandboxId, {
         Cmd: execArgv(nonce, record.cwd, record.command, record.cwd_fallback ?? '', `${sandboxIoMount}/${commandId}`),
         User: record.user,
-        Env: Object.entries(env).map(([name, value]) => `${name}=${value}`),
+        // A claimed pool container's sandbox env first (a cold container has it in its config); the command's wins.
+        Env: [...sandboxEnv(this.o.hostConfig, sandboxId), ...Object.entries(env).map(([name, value]) => `${name}=${value}`)],
         AttachStdin: false,
         AttachStdout: false,
         AttachStderr: false,
@@ -300,14 +304,14 @@ export class CommandRunner {
     for (const stream of [io.stdin, io.stdout, io.stderr]) stream.on('error', () => undefined);
 
     let finishing = false;
-    const finish = () => {
+    const finish = (exited?: ExecInspectInfo) => {
       if (finishing) return;
       finishing = true;
       clearTimeout(timeoutTimer);
       clearTimeout(backstop);
       stdoutMarks.end();
       stderrMarks.end();
-      void this.complete(c).then(resolveDone, (err: unknown) => {
+      void this.complete(c, exited).then(resolveDone, (err: unknown) => {
         logger.error('command: recording the end failed', { sandboxId, commandId, err });
         resolveDone(c.record);
       });
@@ -316,10 +320,12 @@ export class CommandRunner {
     const watchExit = async () => {
       if (watching) return;
       watching = true;
-      // The end records come just before the shell exits: wait for the exit itself (its code is the command's).
+      // The end records come just before the shell exits: wait for the exit itself (its code is the command's),
+      // watching the process first (a signal 0, no engine call), then asking the engine for its exit code.
+      for (let waited = 0; !finishing && isAlive(pid) && waited < 200; waited++) await new Promise((r) => setTimeout(r, 1));
       for (let attempt = 0; !finishing; attempt++) {
         const info = await this.o.docker.inspectExec(execId).catch(() => undefined);
-        if (info && !info.Running) return finish();
+        if (info && !info.Running) return finish(info);
         await new Promise((r) => setTimeout(r, Math.min(50, 2 + attempt * 2)));
       }
     };
@@ -330,7 +336,7 @@ export class CommandRunner {
         () => {
           if (finishing || watching) return;
           if (isAlive(pid)) return checkGone(attempt + 1);
-          setTimeout(finish, drainAfterExitMs);
+          setTimeout(() => finish(), drainAfterExitMs);
         },
         Math.min(exitBackstopMs, 25 * (attempt + 1)),
       );
@@ -379,10 +385,11 @@ export class CommandRunner {
     }
   }
 
-  private async complete(c: Running): Promise<CommandRecord> {
+  /** `exited`: the engine's report of the exec's end when the caller already has it (saves asking again). */
+  private async complete(c: Running, exited?: ExecInspectInfo): Promise<CommandRecord> {
     const r = c.record;
     // The engine reports the exit a moment after the process is gone.
-    let info = await this.o.docker.inspectExec(c.execId).catch(() => undefined);
+    let info = exited ?? (await this.o.docker.inspectExec(c.execId).catch(() => undefined));
     for (let attempt = 0; info?.Running && attempt < 100; attempt++) {
       await new Promise((resolve) => setTimeout(resolve, 20));
       info = await this.o.docker.inspectExec(c.execId).catch(() => undefined);
@@ -434,7 +441,7 @@ export class CommandRunner {
     const cwd = r.cwd_fallback !== undefined ? end.finalCwd : undefined;
     let ended: CommandRecord;
     try {
-      const out = await whileDependencyDown(() => finishCommandOnSandbox(r, end, { ...(cwd !== undefined ? { cwd } : {}), now: Date.now() }), {
+      const out = await whileDependencyDown(() => span('runner.settle', () => finishCommandOnSandbox(r, end, { ...(cwd !== undefined ? { cwd } : {}), now: Date.now() })), {
         // The end is the one thing about a command that must land: keep trying while DynamoDB is away.
         forMs: 10 * 60_000,
         onRetry: (err) => logger.warn('command: recording its end failed; retrying', { commandId: r.command_id, err }),

@@ -8,6 +8,7 @@
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
+import { timeSdkClient } from '../../../lambdas/shared/timing';
 
 /** Sockets per client: parallel transfers (default 32) plus headroom for listings and retries. */
 export const defaultMaxSockets = 64;
@@ -33,7 +34,7 @@ export interface S3ClientOptions {
  */
 export function createS3Client(options: S3ClientOptions = {}, env: NodeJS.ProcessEnv = process.env): S3Client {
   const maxSockets = options.maxSockets ?? defaultMaxSockets;
-  return new S3Client({
+  const client = new S3Client({
     region: options.region ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION ?? 'us-east-1',
     ...(options.endpoint ? { endpoint: options.endpoint } : {}),
     forcePathStyle: options.forcePathStyle ?? env.S3_FORCE_PATH_STYLE === 'true',
@@ -54,4 +55,6 @@ export function createS3Client(options: S3ClientOptions = {}, env: NodeJS.Proces
       throwOnRequestTimeout: true,
     },
   });
+  timeSdkClient(client, 's3');
+  return client;
 }

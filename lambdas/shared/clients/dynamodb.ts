@@ -3,14 +3,17 @@ import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { DynamoDBDocumentClient, QueryCommand, type QueryCommandInput } from '@aws-sdk/lib-dynamodb';
 import { boundByCallDeadline } from './deadline';
 import { traced } from '../tracer';
+import { timeSdkClient } from '../timing';
 
 let client: DynamoDBDocumentClient | undefined;
 
 export function dynamo(): DynamoDBDocumentClient {
   // Timeouts: a table that hangs (not refuses) must fail in time for a 503, not outlast the API's 29 s.
-  client ??= DynamoDBDocumentClient.from(traced(boundByCallDeadline(new DynamoDBClient({ maxAttempts: 4, requestHandler: { connectionTimeout: 2_000, requestTimeout: 4_000, throwOnRequestTimeout: true } }), 'DynamoDB')), {
-    marshallOptions: { removeUndefinedValues: true },
-  });
+  if (!client) {
+    const base = new DynamoDBClient({ maxAttempts: 4, requestHandler: { connectionTimeout: 2_000, requestTimeout: 4_000, throwOnRequestTimeout: true } });
+    timeSdkClient(base, 'ddb');
+    client = DynamoDBDocumentClient.from(traced(boundByCallDeadline(base, 'DynamoDB')), { marshallOptions: { removeUndefinedValues: true } });
+  }
   return client;
 }
 

@@ -2,19 +2,20 @@
 import { S3Client } from '@aws-sdk/client-s3';
 import { boundByCallDeadline } from './deadline';
 import { traced } from '../tracer';
+import { timeSdkClient } from '../timing';
 
 let client: S3Client | undefined;
 
 export function s3(): S3Client {
-  client ??= traced(boundByCallDeadline(
-    new S3Client({
+  if (client) return client;
+  const base = new S3Client({
     forcePathStyle: process.env.S3_FORCE_PATH_STYLE === 'true',
     // requestTimeout is the socket's idle time, not the transfer's: big objects keep flowing.
     requestHandler: { connectionTimeout: 3_000, requestTimeout: 30_000, throwOnRequestTimeout: true },
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
-    }),
-    'S3',
-  ));
+  });
+  timeSdkClient(base, 's3');
+  client = traced(boundByCallDeadline(base, 'S3'));
   return client;
 }

@@ -2,6 +2,7 @@
 import { SSMClient } from '@aws-sdk/client-ssm';
 import { boundByCallDeadline } from './deadline';
 import { traced } from '../tracer';
+import { timeSdkClient } from '../timing';
 
 let client: SSMClient | undefined;
 
@@ -9,6 +10,10 @@ export function ssm(): SSMClient {
   // The SDK's standard retries cover transient network errors (a reset keep-alive socket);
   // the dispatcher adds its own bounded backoff for throttling on top.
   // Timeouts: a dependency that hangs (not refuses) must fail in time for a 503, not outlast the API's 29 s.
-  client ??= traced(boundByCallDeadline(new SSMClient({ maxAttempts: 3, requestHandler: { connectionTimeout: 3_000, requestTimeout: 10_000, throwOnRequestTimeout: true } }), 'SSM'));
+  if (!client) {
+    const base = new SSMClient({ maxAttempts: 3, requestHandler: { connectionTimeout: 3_000, requestTimeout: 10_000, throwOnRequestTimeout: true } });
+    timeSdkClient(base, 'ssm');
+    client = traced(boundByCallDeadline(base, 'SSM'));
+  }
   return client;
 }

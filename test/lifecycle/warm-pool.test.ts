@@ -1,0 +1,216 @@
+/**
+ * Issue 15 on the real local stack: the host daemon keeps warm containers of
+ * the default shape; a create claims one and gets what a cold create gets
+ * (hardening, resources, hostname, env and token, home and cold tier, network
+ * policy); a claimed container is never handed out again; destroy, stop/start
+ * and a restarted daemon handle pool containers; and the SSM wrapper reaches
+ * the daemon through its loopback door without starting a process.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { request } from 'node:http';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { getHost } from '../../lambdas/shared/host-store';
+import { encodeInline } from '../../host-agent/src/protocol';
+import { poolLabel } from '../../host-agent/src/warm-pool';
+import { repoRoot, startLocalStack, type LocalStack } from '../../lib/local/stack';
+import { apiClient, type ApiClient } from '../support/api-client';
+import { containerExists, docker, inspect } from '../support/docker';
+import { uniqueUser, waitFor } from './lifecycle-support';
+
+const depth = 2;
+let stack: LocalStack;
+let api: ApiClient;
+const made: string[] = [];
+
+before(async () => {
+  stack = await startLocalStack({ port: 0, reaperIntervalMs: 0, hostHeartbeatMs: 1000, warmContainers: depth, env: { RECONCILE_GRACE_SECONDS: '2' } });
+  api = apiClient(stack.url, stack.apiKey);
+});
+after(async () => {
+  for (const id of made) await api?.destroy(id, false).catch(() => undefined);
+  await stack?.close();
+});
+
+/** Unclaimed pool containers of this stack's host that are running. */
+async function readyPool(): Promise<{ Id: string; Names: string[] }[]> {
+  const list = await docker.listContainers({ filters: { label: [poolLabel, `dev.ephemeral-sandbox.host-id=${stack.hostId}`] } });
+  return list.filter((c) => c.Names[0]!.startsWith('/sbxpool-'));
+}
+
+function poolFull(): Promise<unknown> {
+  return waitFor('the warm pool to be full', async () => (await readyPool()).length >= depth, 120_000, 100);
+}
+
+async function create(user: string, config?: Record<string, unknown>): Promise<string> {
+  const res = await api.createReady(user, config);
+  assert.equal(res.status, 201, res.text);
+  made.push(res.body.sandbox_id);
+  return res.body.sandbox_id;
+}
+
+async function sh(id: string, command: string): Promise<string> {
+  const res = await api.exec(id, command);
+  assert.equal(res.status, 200, res.text);
+  assert.equal(res.body.exit_code, 0, `${command}: ${res.body.stderr}`);
+  return res.body.stdout;
+}
+
+/** What a sandbox's container must have alike, however it was made. */
+function hardening(info: Awaited<ReturnType<typeof inspect>>) {
+  const h = info.HostConfig;
+  return {
+    user: info.Config.User,
+    capDrop: h.CapDrop,
+    capAdd: h.CapAdd ?? null,
+    securityOpt: h.SecurityOpt,
+    readonlyRootfs: h.ReadonlyRootfs,
+    privileged: h.Privileged,
+    init: h.Init,
+    ipcMode: h.IpcMode,
+    oomScoreAdj: h.OomScoreAdj,
+    ulimits: h.Ulimits,
+    networkMode: h.NetworkMode,
+    dns: h.Dns,
+    publishAll: h.PublishAllPorts,
+    restart: h.RestartPolicy?.Name,
+    pids: h.PidsLimit,
+    nanoCpus: h.NanoCpus,
+    binds: (h.Binds ?? []).map((b: string) => b.split(':')[1]).sort(),
+  };
+}
+
+describe('the warm pool', () => {
+  it('keeps warm containers that are no sandboxes: not counted, not named as one, not reconciled away', async () => {
+    await poolFull();
+    const before = (await readyPool()).map((c) => c.Id).sort();
+    // Several reconcile passes (1 s apart, 2 s grace): none takes a pool container for an orphan.
+    await new Promise((r) => setTimeout(r, 4000));
+    assert.deepEqual((await readyPool()).map((c) => c.Id).sort(), before);
+    for (const c of await readyPool()) assert.doesNotMatch(c.Names[0]!, /sbx-[a-z0-9]{20}$/);
+    const host = await waitFor('a heartbeat with the pool figure', async () => {
+      const h = await getHost(stack.hostId);
+      return h?.warm_containers === depth ? h : undefined;
+    }, 20_000);
+    assert.equal(host.running_sandboxes, 0, 'pool containers are not sandboxes');
+    assert.equal(host.slots_used ?? 0, 0, 'pool containers hold no slot');
+  });
+
+  it('gives a create a claimed container with what a cold create gives: hardening, resources, hostname, env, token, home and cold tier', async () => {
+    await poolFull();
+    const pool = new Set((await readyPool()).map((c) => c.Id));
+    const user = uniqueUser('pool');
+    const id = await create(user, { env: { GREETING: 'hello pool' }, cpu: 1, memory_mb: 1024 });
+    const info = await inspect(id);
+    assert.ok(pool.has(info.Id), 'the sandbox runs in a container that was in the pool');
+    assert.equal(info.Name, `/${id}`);
+    assert.equal(info.HostConfig.Memory, 1024 * 1024 * 1024);
+    assert.equal(info.HostConfig.MemorySwap, 1024 * 1024 * 1024);
+
+    const cold = await create(uniqueUser('cold'), { memory_mb: 2048 });
+    const coldInfo = await inspect(cold);
+    assert.ok(!coldInfo.Config.Labels[poolLabel], 'a shape the pool does not hold is made cold');
+    assert.deepEqual(hardening(info), hardening(coldInfo));
+
+    const out = await sh(
+      id,
+      'hostname; cat /etc/hostname; echo "$HOSTNAME|$SANDBOX_ID|$GREETING|${#SANDBOX_TOKEN}"; whoami; grep -c "[[:space:]]$(hostname)$" /etc/hosts; df --output=size -m /tmp | tail -1',
+    );
+    const [hostname, etcHostname, env, who, hostsLines, tmpMb] = out.trim().split('\n');
+    assert.equal(hostname, id);
+    assert.equal(etcHostname, id);
+    const [h, sid, greeting, tokenLength] = env!.split('|');
+    assert.deepEqual([h, sid, greeting], [id, id, 'hello pool']);
+    assert.ok(Number(tokenLength) > 20, 'the sandbox token is delivered');
+    assert.equal(who, 'agent');
+    assert.equal(hostsLines, '1');
+    assert.equal(Number(tmpMb), 512, '/tmp is half the memory, as for a cold create');
+
+    // The home and cold tier are the user's, mounted as for a cold create (the home nosuid,nodev).
+    const mounts = await sh(id, 'awk \'$5=="/home/agent"||$5=="/data/cold"{print $5, $6, $(NF-2)}\' /proc/self/mountinfo | tail -2');
+    assert.match(mounts, /\/home\/agent rw,nosuid,nodev\S* ext4/);
+    assert.match(mounts, /\/data\/cold \S+ fuse\.s3fs/);
+    await sh(id, 'echo kept > ~/note.txt && echo cold > /data/cold/pool-cold.txt');
+    const token = (await api.call('POST', `/sandboxes/${id}/heartbeat`)).status;
+    assert.equal(token, 200);
+
+    // Another create never gets this container, and the pool fills up again behind the claim.
+    await poolFull();
+    const other = await create(uniqueUser('pool2'));
+    assert.notEqual((await inspect(other)).Id, info.Id);
+
+    // The next sandbox of the same user sees the home and the cold tier.
+    const destroyed = await api.destroyAndWait(id, true);
+    assert.equal(destroyed.final.body.status, 'stopped', destroyed.final.text);
+    assert.equal(await containerExists(info.Id), false, 'a claimed container is removed, never reused');
+    await poolFull();
+    const again = await create(user);
+    assert.equal(await sh(again, 'cat ~/note.txt /data/cold/pool-cold.txt'), 'kept\ncold\n');
+  });
+
+  it('keeps a claimed sandbox whole across stop and start, and leaves no mount behind at its end', async () => {
+    await poolFull();
+    const id = await create(uniqueUser('pause'));
+    assert.ok((await inspect(id)).Config.Labels[poolLabel], 'claimed from the pool');
+    await sh(id, 'echo before > ~/f.txt; echo tmp > /tmp/t.txt');
+    const stop = await api.call('POST', `/sandboxes/${id}/stop`);
+    assert.ok([200, 202].includes(stop.status), stop.text);
+    const start = await api.call('POST', `/sandboxes/${id}/start`);
+    assert.ok([200, 202].includes(start.status), start.text);
+    await waitFor('the sandbox to be ready again', async () => (await api.get(id)).body.status === 'ready', 60_000);
+    assert.equal(await sh(id, 'hostname; cat ~/f.txt /tmp/t.txt; echo "$SANDBOX_ID"'), `${id}\nbefore\ntmp\n${id}\n`);
+    const poolDir = join(stack.stateDir, 'pool', (await inspect(id)).Config.Labels[poolLabel]!);
+    const destroyed = await api.destroyAndWait(id, false);
+    assert.equal(destroyed.final.body.status, 'stopped', destroyed.final.text);
+    const mounts = readFileSync('/proc/mounts', 'utf8');
+    assert.ok(!mounts.includes(poolDir), 'the pool directory is unmounted');
+    assert.ok(!mounts.includes(join(stack.stateDir, 'sandboxes', id)), 'the sandbox state is unmounted');
+  });
+
+  it('removes the pool containers of a daemon that died and fills a fresh pool when it is back', async () => {
+    await poolFull();
+    const old = (await readyPool()).map((c) => c.Id);
+    await stack.stopDaemon();
+    stack.startDaemon();
+    await waitFor('the old pool containers to go', async () => {
+      for (const c of old) if (await containerExists(c)) return false;
+      return true;
+    }, 60_000);
+    await poolFull();
+  });
+});
+
+describe('the SSM wrapper (bin/host-agent)', () => {
+  it('reaches the host daemon through its loopback door with no process of its own (no curl, no node on PATH)', async () => {
+    await waitFor('the daemon to listen', async () => (await readyPool()).length > 0, 60_000);
+    const out = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+      const child = spawn(join(repoRoot, 'host-agent', 'bin', 'host-agent'), ['status', encodeInline({})], {
+        env: { AGENT_SOCKET: stack.env.AGENT_SOCKET!, PATH: '/nonexistent' },
+      });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (c) => (stdout += c));
+      child.stderr.on('data', (c) => (stderr += c));
+      child.on('close', (code) => resolve({ code, stdout, stderr }));
+    });
+    assert.equal(out.code, 0, out.stderr);
+    const envelope = JSON.parse(out.stdout);
+    assert.equal(envelope.ok, true);
+    assert.ok(Array.isArray(envelope.result.containers));
+  });
+
+  it('refuses a request on the loopback door without the daemon token', async () => {
+    const [port] = readFileSync(`${stack.env.AGENT_SOCKET}.endpoint`, 'utf8').trim().split(' ');
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = request({ host: '127.0.0.1', port: Number(port), method: 'POST', path: '/v1/status', headers: { Authorization: 'Bearer nope' } }, (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
+      req.on('error', reject);
+      req.end(encodeInline({}));
+    });
+    assert.equal(status, 403);
+  });
+});
