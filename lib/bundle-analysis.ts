@@ -69,7 +69,9 @@ export function iamActionsFor(sdkOperation: string): string[] {
     'dynamodb:TransactGetItems': ['dynamodb:GetItem'],
     'dynamodb:TransactWriteItems': ['dynamodb:ConditionCheckItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem'],
   };
-  return special[sdkOperation] ?? [`${client}:${operation}`];
+  // The SDK package names a few services differently from their IAM prefix.
+  const iamPrefix: Record<string, string> = { 'auto-scaling': 'autoscaling' };
+  return special[sdkOperation] ?? [`${iamPrefix[client] ?? client}:${operation}`];
 }
 
 /** What a handler's own code (not the SDK's internals) calls, after tree-shaking. */
@@ -100,7 +102,7 @@ const documentCommands: Record<string, string[]> = {
 const lowerFirst = (id: string) => id.charAt(0).toLowerCase() + id.slice(1);
 
 function sdkClientOf(operation: string): string | undefined {
-  for (const client of ['dynamodb', 'ssm', 's3', 'ec2', 'sqs', 'sts', 'autoscaling', 'ecr', 'cloudwatch']) {
+  for (const client of ['dynamodb', 'ssm', 's3', 'ec2', 'sqs', 'sts', 'auto-scaling', 'ecr', 'cloudwatch']) {
     if (existsSync(join(repoRoot, 'node_modules', '@aws-sdk', `client-${client}`, 'dist-es', 'commands', `${operation}Command.js`))) return client;
   }
   return undefined;

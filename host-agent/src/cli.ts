@@ -6,10 +6,12 @@
  * Prints exactly one JSON line (a HostEnvelope) on stdout and exits 0 when
  * ok, 1 on error.
  */
+import { logToStderrOnly } from '../../lambdas/shared/logger';
 import { envelopeLine, runHostAgent } from './invocation';
 
 async function main(): Promise<void> {
-  // stdout carries exactly one JSON line: anything a library logs goes to stderr.
+  // stdout carries exactly one JSON line: our logger and anything a library logs go to stderr.
+  logToStderrOnly();
   console.log = console.error;
   console.info = console.error;
   console.debug = console.error;

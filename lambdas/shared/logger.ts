@@ -7,12 +7,18 @@ function threshold(): number {
   return levels[name] ?? levels.info;
 }
 
+let allToStderr = false;
+/** Sends every line to stderr (the host-agent CLI, whose stdout carries exactly one answer line). */
+export function logToStderrOnly(): void {
+  allToStderr = true;
+}
+
 function write(level: Level, message: string, fields?: Record<string, unknown>): void {
   if (levels[level] < threshold()) return;
   const line = JSON.stringify({ level, time: new Date().toISOString(), message, ...fields }, (_k, v) =>
     v instanceof Error ? { name: v.name, message: v.message, stack: v.stack } : v,
   );
-  (level === 'error' || level === 'warn' ? process.stderr : process.stdout).write(line + '\n');
+  (allToStderr || level === 'error' || level === 'warn' ? process.stderr : process.stdout).write(line + '\n');
 }
 
 export const logger = {

@@ -80,7 +80,9 @@ describe('the host daemon', () => {
     const id = await create(uniqueUser('register'));
     const first = await getHost(stack.hostId);
     assert.equal(first?.status, 'active');
-    assert.equal(first?.capacity, 16);
+    assert.equal(first?.capacity.sandboxes, 16);
+    assert.ok(first!.capacity.cpu_milli > 0 && first!.capacity.memory_mb > 0 && first!.capacity.disk_mb > 0, JSON.stringify(first!.capacity));
+    assert.deepEqual(Object.keys(first!.allocations), [id], 'its one sandbox holds an allocation');
     assert.match(first!.host_id, /^mi-[0-9a-f]{17}$/);
     const later = await waitFor('two more heartbeats', async () => {
       const h = await getHost(stack.hostId);
