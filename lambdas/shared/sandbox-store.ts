@@ -219,7 +219,7 @@ export async function countCreatingSandboxes(tenantId: string, sinceMs: number):
     const out = await dynamo().send(
       new QueryCommand({
         TableName: table(),
-        IndexName: sandboxesTable.indexes[0].name,
+        IndexName: indexName(sandboxesTable, 'by-tenant'),
         KeyConditionExpression: 'tenant_id = :t AND created_at >= :since',
         FilterExpression: '#status = :creating',
         ExpressionAttributeNames: { '#status': 'status' },

@@ -77,8 +77,8 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
         indexes: [index(sandboxesTable, 'by-tenant'), index(sandboxesTable, 'by-waiting')],
       },
       { table: idempotencyTable, actions: ['dynamodb:PutItem', 'dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem'] },
-      // Placement: find an active host, take a slot with a conditional update.
-      { table: hostsTable, actions: ['dynamodb:Query', 'dynamodb:UpdateItem'], indexes: [index(hostsTable, 'by-pool')] },
+      // Placement: find an active host, take an allocation with a conditional update (and read one back to give it back).
+      { table: hostsTable, actions: ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:UpdateItem'], indexes: [index(hostsTable, 'by-pool')] },
       // The tenant's sandbox cap: one conditional update takes a slot.
       { table: tenantsTable, actions: ['dynamodb:UpdateItem'] },
       // Ending a sandbox closes the commands it still had in flight (killed, or lost with their host).
@@ -108,8 +108,8 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
   'destroy-sandbox': {
     tables: [
       { table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },
-      // Gives the host's slot and the tenant's slot back.
-      { table: hostsTable, actions: ['dynamodb:UpdateItem'] },
+      // Gives the sandbox's share of its host (read first: exactly what the entry holds) and the tenant's slot back.
+      { table: hostsTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },
       { table: tenantsTable, actions: ['dynamodb:UpdateItem'] },
       // Ending a sandbox closes the commands it still had in flight (killed, or lost with their host).
       { table: commandsTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },

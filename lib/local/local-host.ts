@@ -138,7 +138,7 @@ export async function startLocalHost(ctx: LocalHostContext, o: LocalHostOptions 
       // Whatever the daemon's service left behind (a verb still running) goes as systemd's KillMode=control-group does.
       await killCgroup(join(cgroupDir, 'daemon')).catch(() => undefined);
       await killCgroup(join(cgroupDir, 'mounts')).catch(() => undefined);
-      removeCgroupTree(cgroupDir);
+      await removeCgroupTreeWhenEmpty(cgroupDir);
     });
     cleanups.push(() => removeContainersOfHost(hostId, stateDir));
     if (o.waitForRegistration ?? true) await waitForHost(hostId, ctx.signal);
@@ -192,6 +192,23 @@ function removeStateDir(stateDir: string): void {
     .filter((m) => m === stateDir || m.startsWith(stateDir + '/'));
   if (mounted.length > 0) throw new Error(`${stateDir} still has mounts (${mounted.join(', ')}); not removing it: unmount them and remove it by hand`);
   rmSync(stateDir, { recursive: true, force: true });
+}
+
+/**
+ * Removes an emptied cgroup tree; a cgroup whose last process was just killed
+ * may still count as populated for a moment (EBUSY), so it is tried again for a while.
+ */
+export async function removeCgroupTreeWhenEmpty(dir: string, timeoutMs = 5_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      removeCgroupTree(dir);
+      return;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EBUSY' || Date.now() > until) throw error;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
 }
 
 /** Removes an emptied cgroup directory and its (empty) children, deepest first. */

@@ -27,7 +27,7 @@ import { ssmCommandWorkersFor } from '../../host-agent/src/protocol';
 import { localCgroupRoot } from './host-supervisor';
 import { startAutoScalingEndpoint, type AutoScalingEndpoint, type HookSpecification } from './autoscaling-endpoint';
 import { onFleetEvent } from '../../lambdas/shared/drain';
-import { localHostId, removeCgroupTree, startLocalHost, type LocalHost, type LocalHostContext, type LocalHostOptions } from './local-host';
+import { localHostId, removeCgroupTreeWhenEmpty, startLocalHost, type LocalHost, type LocalHostContext, type LocalHostOptions } from './local-host';
 
 export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -249,7 +249,7 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
 
     // The hosts: each an "instance" with its own id, state, network and supervised daemon.
     const stackCgroup = join(localCgroupRoot(), `stack-${process.pid}-${randomBytes(4).toString('hex')}`);
-    cleanups.push(() => removeCgroupTree(stackCgroup));
+    cleanups.push(() => removeCgroupTreeWhenEmpty(stackCgroup));
     const hosts: LocalHost[] = [];
     const hostContext: LocalHostContext = {
       repoRoot,
