@@ -71,7 +71,7 @@ export function iamActionsFor(sdkOperation: string): string[] {
     'dynamodb:TransactWriteItems': ['dynamodb:ConditionCheckItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem'],
   };
   // Clients whose IAM service prefix differs from their package name.
-  const iamPrefix: Record<string, string> = { eventbridge: 'events', 'cloudwatch-logs': 'logs' };
+  const iamPrefix: Record<string, string> = { eventbridge: 'events', 'cloudwatch-logs': 'logs', 'auto-scaling': 'autoscaling' };
   return special[sdkOperation] ?? [`${iamPrefix[client] ?? client}:${operation}`];
 }
 
@@ -103,7 +103,7 @@ const documentCommands: Record<string, string[]> = {
 const lowerFirst = (id: string) => id.charAt(0).toLowerCase() + id.slice(1);
 
 function sdkClientOf(operation: string): string | undefined {
-  for (const client of ['dynamodb', 'ssm', 's3', 'eventbridge', 'cloudwatch-logs', 'ec2', 'sqs', 'sts', 'autoscaling', 'ecr', 'cloudwatch']) {
+  for (const client of ['dynamodb', 'ssm', 's3', 'eventbridge', 'cloudwatch-logs', 'ec2', 'sqs', 'sts', 'auto-scaling', 'ecr', 'cloudwatch']) {
     if (existsSync(join(repoRoot, 'node_modules', '@aws-sdk', `client-${client}`, 'dist-es', 'commands', `${operation}Command.js`))) return client;
   }
   return undefined;

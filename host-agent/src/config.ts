@@ -26,6 +26,12 @@ export interface HostConfig {
   egressProxyPort: number;
   /** Names every sandbox may resolve and reach whatever its policy: the host part of SANDBOX_API_URL when it is a name. */
   platformNames: string[];
+  /**
+   * The API as this host's sandboxes reach it (SANDBOX_API_URL in host.env):
+   * where a sandbox can reach the API is a property of its host's network, so
+   * it replaces the control plane's value in a sandbox's environment.
+   */
+  sandboxApiUrl: string | undefined;
   /** This host's id (HOST_ID): labels the containers it makes, scopes `status` to them. */
   hostId: string | undefined;
 }
@@ -144,6 +150,7 @@ export function loadHostConfig(env: NodeJS.ProcessEnv = process.env): HostConfig
     dnsUpstreams: get('SANDBOX_DNS_UPSTREAM') ? parseDnsUpstreams(get('SANDBOX_DNS_UPSTREAM')!) : undefined,
     egressProxyPort: positiveInt('EGRESS_PROXY_PORT', get('EGRESS_PROXY_PORT'), 15001),
     platformNames: platformNamesOf(get('SANDBOX_API_URL')),
+    sandboxApiUrl: get('SANDBOX_API_URL') || undefined,
     hostId: get('HOST_ID') || undefined,
   };
 }

@@ -70,7 +70,10 @@ export function containerSpec(
     WorkingDir: sandboxHome,
     // A keep-alive: commands arrive through exec; docker-init (Init) reaps what they leave behind.
     Cmd: ['sleep', 'infinity'],
-    Env: Object.entries(request.env).map(([name, value]) => `${name}=${value}`),
+    Env: Object.entries({
+      ...request.env,
+      ...(config.sandboxApiUrl && request.env.SANDBOX_API_URL !== undefined ? { SANDBOX_API_URL: config.sandboxApiUrl } : {}),
+    }).map(([name, value]) => `${name}=${value}`),
     Labels: labels,
     AttachStdin: false,
     AttachStdout: false,
@@ -93,7 +96,9 @@ export function containerSpec(
         '/tmp': `rw,exec,nosuid,nodev,size=${tmpSizeMbFor(request.memoryMb, config.tmpSizeMb)}m`,
         '/run': `rw,nosuid,nodev,noexec,size=${runTmpfsMb}m`,
       },
-      Binds: [`${paths.home}:${sandboxHome}:rw`, `${paths.cold}:${sandboxColdMount}:rw`, `${paths.io}:${sandboxIoMount}:ro`],
+      // rslave on the cold tier: a mount the host makes there later (a FUSE client that died, mounted again) reaches the
+      // container; nothing the container mounts reaches the host. The state directory is a shared mount for this (readopt.ts).
+      Binds: [`${paths.home}:${sandboxHome}:rw`, `${paths.cold}:${sandboxColdMount}:rw,rslave`, `${paths.io}:${sandboxIoMount}:ro`],
       NanoCpus: Math.round(request.cpu * 1e9),
       Memory: memoryBytes,
       // Equal to Memory: no swap on top of the limit.

@@ -14,7 +14,10 @@ import type { AddressInfo } from 'node:net';
 import { dirname } from 'node:path';
 import { s3 } from '../../lambdas/shared/clients/s3';
 import { config as controlPlaneConfig } from '../../lambdas/shared/config';
-import { heartbeatHost, registerHost, setSlotsUsed } from '../../lambdas/shared/host-store';
+import { addAllocation, getHost, heartbeatHost, recordScaleInProtection, registerHost, releaseAllocation, type HostRecord } from '../../lambdas/shared/host-store';
+import { setScaleInProtection } from '../../lambdas/shared/fleet';
+import { wantsScaleInProtection } from '../../lambdas/shared/fleet-scaling';
+import { allocationCorrections, resourcesOf, type Resources } from '../../lambdas/shared/placement';
 import { logger } from '../../lambdas/shared/logger';
 import { publishHostFigures } from './host-metrics';
 import { shipDaemonOutput } from './log-shipper';
@@ -30,9 +33,13 @@ import { startEgressGateway } from './egress/gateway';
 import { DockerClient } from './docker';
 import { CommandRunner } from './commands/runner';
 import { envelopeLine, runHostAgent, type DaemonRuntime } from './invocation';
+import { HostDrain } from './drain';
+import { takeWaitingCreates } from './waiting';
 import { destroySandbox, syncSandbox } from './lifecycle';
 import { checkEgressRules, ensureSandboxNetwork } from './network';
 import { retryKeptHomes } from './sandbox-storage';
+import { hostResources } from './host-resources';
+import { adoptSandboxes } from './readopt';
 import { containerLabels, hostVerbs, ownerLabelValue } from './protocol';
 import { readClaim } from './claim';
 import { isUnclaimedPoolContainer, poolSettings, sandboxIdOf, WarmPool } from './warm-pool';
@@ -58,6 +65,10 @@ export interface DaemonSettings {
   hotSyncIntervalSeconds: number;
   /** CloudWatch Logs group the daemon ships its lines to (HOST_LOG_GROUP; unset locally: not shipped). */
   logGroup?: string;
+  /** The longest a drain may take (hosts.drainTimeoutSeconds). */
+  drainTimeoutSeconds: number;
+  /** The termination lifecycle hook a draining host heartbeats and completes (DRAIN_LIFECYCLE_HOOK). */
+  drainHookName: string | undefined;
 }
 
 export function daemonSettings(): DaemonSettings {
@@ -73,6 +84,8 @@ export function daemonSettings(): DaemonSettings {
     reconcileGraceSeconds: seconds('RECONCILE_GRACE_SECONDS', 60),
     hotSyncIntervalSeconds: seconds('HOT_SYNC_INTERVAL_SECONDS', 60),
     logGroup: process.env.HOST_LOG_GROUP || undefined,
+    drainTimeoutSeconds: seconds('DRAIN_TIMEOUT_SECONDS', 300),
+    drainHookName: process.env.DRAIN_LIFECYCLE_HOOK || undefined,
   };
 }
 
@@ -83,6 +96,9 @@ export interface ReconcileReport {
   failedVanished: string[];
   /** Containers that exited on their own: their sandboxes are being ended (the reaper syncs and removes them). */
   endedExited: string[];
+  /** Allocations on the host item given back (their sandbox ended or never came) and added (a sandbox here had none). */
+  allocationsReleased: string[];
+  allocationsAdded: string[];
 }
 
 /** One reconciliation pass; exported for tests. */
@@ -98,7 +114,15 @@ export async function reconcile(s: DaemonSettings, docker: DockerClient, now = D
   const recordIds = new Set(records.map((r) => r.sandbox_id));
   const containerIds = new Set(containers.map((c) => sandboxIdOf(c) ?? ''));
   const graceMs = s.reconcileGraceSeconds * 1000;
-  const report: ReconcileReport = { containers: containers.length, liveRecords: records.length, removedOrphans: [], failedVanished: [], endedExited: [] };
+  const report: ReconcileReport = {
+    containers: containers.length,
+    liveRecords: records.length,
+    removedOrphans: [],
+    failedVanished: [],
+    endedExited: [],
+    allocationsReleased: [],
+    allocationsAdded: [],
+  };
 
   for (const c of containers) {
     const sandboxId = sandboxIdOf(c) ?? '';
@@ -172,8 +196,53 @@ export async function reconcile(s: DaemonSettings, docker: DockerClient, now = D
     }
   }
 
-  await setSlotsUsed(s.hostId, (await liveSandboxesOnHost(s.hostId)).length);
+  const corrected = await reconcileAllocations(s.hostId, await liveSandboxesOnHost(s.hostId), now, graceMs);
+  report.allocationsReleased = corrected.released;
+  report.allocationsAdded = corrected.added;
   return report;
+}
+
+/**
+ * Corrects the host item's allocations against the sandboxes that live here
+ * (placement.ts allocationCorrections decides): shares of ended sandboxes or
+ * of creates that never recorded their sandbox go, a live sandbox without one
+ * gets one. Records the index does not show yet are read consistently first.
+ */
+export async function reconcileAllocations(
+  hostId: string,
+  live: readonly Pick<SandboxRecord, 'sandbox_id'>[],
+  now: number,
+  graceMs: number,
+): Promise<{ released: string[]; added: string[] }> {
+  const host = await getHost(hostId);
+  if (!host?.allocations) return { released: [], added: [] };
+  const liveIds = new Set(live.map((r) => r.sandbox_id));
+  const stillHere = new Map<string, 'here' | 'ended' | 'missing'>();
+  for (const sandboxId of Object.keys(host.allocations)) {
+    if (liveIds.has(sandboxId)) continue;
+    const r = await getSandbox(sandboxId);
+    stillHere.set(sandboxId, !r ? 'missing' : r.live_host_id === hostId ? 'here' : 'ended');
+  }
+  const liveShares = new Map<string, Resources>();
+  for (const { sandbox_id: sandboxId } of live) {
+    if (host.allocations[sandboxId]) {
+      liveShares.set(sandboxId, resourcesOf({ cpu: 0, memory_mb: 0 }));
+      continue;
+    }
+    const full = await getSandbox(sandboxId);
+    if (full?.live_host_id === hostId) liveShares.set(sandboxId, resourcesOf(full.config, controlPlaneConfig().limits.defaultDiskMb));
+  }
+  const { release, add } = allocationCorrections(host.allocations, liveShares, stillHere, now, graceMs);
+  const released: string[] = [];
+  const added: string[] = [];
+  for (const sandboxId of release) {
+    if (await releaseAllocation(hostId, sandboxId)) released.push(sandboxId);
+  }
+  for (const a of add) {
+    if (await addAllocation(hostId, a.sandboxId, a.resources, now)) added.push(a.sandboxId);
+  }
+  if (released.length > 0 || added.length > 0) logger.warn('reconcile: allocations corrected', { hostId, released, added });
+  return { released, added };
 }
 
 async function syncRunningSandboxes(s: DaemonSettings, docker: DockerClient): Promise<void> {
@@ -289,6 +358,35 @@ function every(ms: number, name: string, fn: () => Promise<unknown>): () => void
   };
 }
 
+/**
+ * What the daemon does with its host record at each heartbeat: drain when the
+ * host was marked draining (the drain verb may never have arrived), keep its
+ * scale-in protection matching whether it holds sandboxes, and take creates
+ * waiting for capacity while it has room.
+ */
+function heartbeatActions(
+  s: DaemonSettings,
+  runtime: DaemonRuntime,
+  startDrain: (reason: string, deadlineAt: number) => unknown,
+  draining: () => boolean,
+): (host: HostRecord | undefined) => Promise<void> {
+  return async (host) => {
+    if (!host) return;
+    if (host.status === 'draining') {
+      if (!draining()) startDrain(host.drain_reason ?? 'marked draining', host.drain_deadline_at ?? Date.now() + s.drainTimeoutSeconds * 1000);
+      return;
+    }
+    const protect = wantsScaleInProtection(host);
+    if (host.scale_in_protected !== protect) {
+      const outcome = await setScaleInProtection(s.hostId, protect);
+      if (outcome === 'done') await recordScaleInProtection(s.hostId, protect);
+      else if (outcome === 'not_in_group') logger.warn('daemon: this host is not in its Auto Scaling group; no scale-in protection', { hostId: s.hostId });
+    }
+    const taken = await takeWaitingCreates(s.hostId, runtime);
+    if (taken.length > 0) logger.info('daemon: took creates that waited for capacity', { hostId: s.hostId, sandboxes: taken });
+  };
+}
+
 export async function runDaemon(s = daemonSettings()): Promise<() => void> {
   // Every line this host writes names it, in the control plane's JSON shape.
   logger.appendPersistentKeys({ host_id: s.hostId });
@@ -314,18 +412,48 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
   // A previous daemon's pool containers may be of another image or network: start from a clean pool.
   await pool.reconcile().catch((err) => logger.error('daemon: warm pool cleanup failed; the reconcile loop retries', { err }));
   pool.refill();
-  const socket = await serveAgentSocket(s.agentSocket, { runner, serialize: perSandboxQueue(), pool });
-  await registerHost({ hostId: s.hostId, capacity: s.slots, agentVersion });
-  logger.info('daemon: host registered', { hostId: s.hostId, slots: s.slots, agentSocket: s.agentSocket });
+  const serialize = perSandboxQueue();
+  const runtime: DaemonRuntime = { runner, serialize, pool };
+  const drain = new HostDrain({ hostId: s.hostId, hookName: s.drainHookName }, runtime);
+  const startDrain = (reason: string, deadlineAt: number) => drain.start(reason, Math.min(deadlineAt, Date.now() + s.drainTimeoutSeconds * 1000));
+  runtime.drain = async (request) => {
+    const { started } = startDrain(request.reason, Date.now() + request.deadlineSeconds * 1000);
+    return { draining: true, started, sandboxes: (await liveSandboxesOnHost(s.hostId)).length };
+  };
+  const socket = await serveAgentSocket(s.agentSocket, runtime);
+  // Sandboxes a previous incarnation left running are this daemon's now: check them, mend what died (a cold mount).
+  const adopt = async () =>
+    adoptSandboxes(
+      loadHostConfig(),
+      docker,
+      (await liveSandboxesOnHost(s.hostId)).map((r) => ({ sandboxId: r.sandbox_id, status: r.status, storage: storageFor(r.tenant_id, r.user_id) })),
+      serialize,
+    );
+  const adopted = await adopt();
+  if (adopted.length > 0) {
+    logger.info('daemon: running sandboxes re-adopted', {
+      sandboxes: adopted.length,
+      coldMounts: Object.fromEntries(['alive', 'remounted', 'failed', 'not_mounted'].map((k) => [k, adopted.filter((a) => a.cold === k).length])),
+    });
+  }
+  const capacity = hostResources(hostConfig.stateDir, s.slots);
+  const registered = await registerHost({ hostId: s.hostId, capacity, agentVersion });
+  logger.info('daemon: host registered', { hostId: s.hostId, status: registered, capacity, agentSocket: s.agentSocket });
+  const onHeartbeat = heartbeatActions(s, runtime, startDrain, () => drain.active);
+  // Creates that waited for a host (this one may have been launched for them) are taken at once, not at the next heartbeat.
+  await onHeartbeat(await getHost(s.hostId)).catch((err) => logger.error('daemon: first heartbeat actions failed; the heartbeat retries', { err }));
 
   const stops = [
     every(s.heartbeatSeconds * 1000, 'heartbeat', async () => {
       const running = (await docker.listContainers({ label: [`${containerLabels.hostId}=${s.hostId}`, `${containerLabels.owner}=${ownerLabelValue}`] }, false))
         .filter((c) => !isUnclaimedPoolContainer(c)).length;
-      if (!(await heartbeatHost(s.hostId, { runningSandboxes: running, warmContainers: pool.stats().ready }))) {
+      const host = await heartbeatHost(s.hostId, { runningSandboxes: running, warmContainers: pool.stats().ready });
+      if (!host) {
         // Declared lost while we were away: come back as a fresh host; reconcile cleans up.
-        await registerHost({ hostId: s.hostId, capacity: s.slots, agentVersion });
+        await registerHost({ hostId: s.hostId, capacity, agentVersion });
+        return;
       }
+      await onHeartbeat(host);
     }),
     every(s.reconcileSeconds * 1000, 'reconcile', async () => {
       await reconcile(s, docker);
@@ -334,6 +462,7 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
       const live = await liveSandboxesOnHost(s.hostId);
       await runner.reconcile(live.map((r) => r.sandbox_id));
       publishHostFigures(s.hostId, live, runner.runningCount);
+      await adopt();
     }),
   ];
   // Commands a previous incarnation of this daemon ran cannot be followed any more: close them now.
@@ -367,7 +496,11 @@ if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith
   // On AWS its lines (logs and EMF metrics) go to the host log group as well as the journal.
   const settings = daemonSettings();
   const stopShipping = shipDaemonOutput(settings);
-  const stop = await runDaemon(settings);
+  const stop = await runDaemon(settings).catch((err: unknown) => {
+    // Its service manager starts it again (Restart=always); say why it stopped, once, through the one logger.
+    logger.error('daemon: could not start', { err });
+    process.exit(1);
+  });
   const shutdown = () => {
     stop();
     void (stopShipping?.() ?? Promise.resolve()).finally(() => process.exit(0));

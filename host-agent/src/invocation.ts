@@ -3,13 +3,14 @@
  * and build the envelope. The exec path loads only what exec needs; the other
  * verbs' modules (and the S3 client) are imported on demand.
  */
+import { logger } from '../../lambdas/shared/logger';
 import { applyEnvFile, loadHostConfig, type HostConfig } from './config';
 import { DockerClient } from './docker';
 import { HostAgentError, toHostError } from './errors';
 import type { CommandRunner } from './commands/runner';
 import type { WarmPool } from './warm-pool';
 import { span } from '../../lambdas/shared/timing';
-import { daemonOnlyVerbs, decodeArgument, hostVerbs, requestSchemas, ssmStdoutCap, type HostEnvelope, type HostVerb } from './protocol';
+import { daemonOnlyVerbs, decodeArgument, hostVerbs, requestSchemas, ssmStdoutCap, type HostEnvelope, type HostResults, type HostVerb } from './protocol';
 
 /** What the long-lived host daemon lends an invocation it serves (absent in the CLI fallback). */
 export interface DaemonRuntime {
@@ -18,6 +19,8 @@ export interface DaemonRuntime {
   serialize<T>(sandboxId: string, work: () => Promise<T>): Promise<T>;
   /** Ready containers a create may claim (warm-pool.ts); absent: every create is cold. */
   pool?: WarmPool;
+  /** Starts draining the host (once); answers at once. */
+  drain?(request: { reason: string; deadlineSeconds: number }): Promise<HostResults['drain']>;
 }
 
 function isVerb(value: string | undefined): value is HostVerb {
@@ -55,6 +58,9 @@ async function dispatch(verb: HostVerb, request: unknown, config: HostConfig, ru
       return runtime!.runner.kill(request as never);
     case 'stdin':
       return runtime!.runner.stdin(request as never);
+    case 'drain':
+      if (!runtime!.drain) throw new HostAgentError('unavailable', 'this host daemon cannot drain (no drain configured)');
+      return runtime!.drain(request as never);
     case 'create': {
       const r = request as { sandboxId: string };
       return serial(r.sandboxId, async () => {
@@ -126,7 +132,7 @@ async function records(write: (rec: typeof import('./records')) => Promise<void>
   try {
     await span('host.record', async () => write(await import('./records')));
   } catch (error) {
-    console.error(`host-agent: could not record the outcome on the sandbox record: ${(error as Error).message}`);
+    logger.error('host-agent: could not record the outcome on the sandbox record; the caller or the reaper records it', { err: error });
   }
 }
 

@@ -3,6 +3,7 @@
  */
 import { existsSync } from 'node:fs';
 import type { z } from 'zod';
+import { logger } from '../../lambdas/shared/logger';
 import type { HostConfig } from './config';
 import { DockerApiError, type DockerClient } from './docker';
 import { HostAgentError } from './errors';
@@ -98,7 +99,7 @@ export async function destroySandbox(request: DestroyInput, config: HostConfig, 
   await detachCold(ctx, { force: !request.graceful });
   if (syncError) {
     const path = await keepHomeForLater(ctx, syncError.message);
-    console.error(`destroy ${request.sandboxId}: the home could not be synced (${syncError.message}); kept at ${path} for a later sync`);
+    logger.warn('destroy: the home could not be synced; kept on the host for a later sync', { sandboxId: request.sandboxId, keptAt: path, err: syncError });
     return { removed: info !== undefined, keptHome: { path, reason: syncError.message } };
   }
   await removeSandboxState(ctx);
@@ -124,7 +125,7 @@ export async function pauseSandbox(
   // /tmp is a failed restore nobody has used (the sandbox stayed paused); the archive is the truth.
   if (info.State.Running && (await tmpArchiveState(config, request.sandboxId, info)) !== 'pending') {
     tmp = await archiveTmp(docker, config, request.sandboxId, info);
-    if (tmp.warnings.length > 0) console.error(`pause ${request.sandboxId}: /tmp archived with warnings: ${tmp.warnings.join(' | ')}`);
+    if (tmp.warnings.length > 0) logger.warn('pause: /tmp archived with warnings', { sandboxId: request.sandboxId, warnings: tmp.warnings });
   }
   await docker.stopContainer(info.Id, stopGraceSeconds);
   await syncHomeUp(ctx);

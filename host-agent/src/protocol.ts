@@ -15,14 +15,14 @@
 import { z } from 'zod';
 import { egressPolicySchema, type EgressPolicy } from './egress/policy';
 
-export const hostVerbs = ['create', 'destroy', 'pause', 'resume', 'sync', 'status', 'network', 'run', 'kill', 'stdin'] as const;
+export const hostVerbs = ['create', 'destroy', 'pause', 'resume', 'sync', 'status', 'network', 'run', 'kill', 'stdin', 'drain'] as const;
 export type HostVerb = (typeof hostVerbs)[number];
 
 /**
  * Verbs only the host daemon can serve: a command outlives the SSM call that
  * started it, so the long-lived daemon must own it (the CLI fallback refuses them).
  */
-export const daemonOnlyVerbs: readonly HostVerb[] = ['run', 'kill', 'stdin'];
+export const daemonOnlyVerbs: readonly HostVerb[] = ['run', 'kill', 'stdin', 'drain'];
 
 /**
  * SSM Run Command workers a host needs (the SSM agent's Mds.CommandWorkersLimit,
@@ -129,6 +129,18 @@ export type DestroyRequest = z.input<typeof destroyRequest>;
 export const sandboxRef = z.object({ sandboxId, storage: storageSpec.optional() });
 export type SandboxRef = z.input<typeof sandboxRef>;
 
+/**
+ * The host is leaving the fleet (a termination lifecycle action, a Spot
+ * interruption warning): stop taking sandboxes, sync and end every one, then
+ * let the termination go ahead. Answers at once; the daemon drains.
+ */
+export const drainRequest = z.object({
+  reason: z.string().min(1).max(200),
+  /** Drain within this many seconds (a Spot warning leaves two minutes). */
+  deadlineSeconds: z.number().int().min(10).max(7200),
+});
+export type DrainRequest = z.input<typeof drainRequest>;
+
 /** A sandbox's new egress policy, while it runs (or is paused). */
 export const networkRequest = z.object({ sandboxId, egress: egressPolicySchema });
 export type NetworkRequest = z.input<typeof networkRequest>;
@@ -144,6 +156,7 @@ export const requestSchemas = {
   sync: sandboxRef,
   status: z.object({}),
   network: networkRequest,
+  drain: drainRequest,
 } as const satisfies Record<HostVerb, z.ZodType>;
 
 export interface CreateResult {
@@ -261,6 +274,8 @@ export type HostResults = {
   sync: SyncReport;
   status: HostStatus;
   network: { egress: EgressPolicy };
+  /** `started`: this call started the drain (false: it was draining already). */
+  drain: { draining: true; started: boolean; sandboxes: number };
 };
 
 /**

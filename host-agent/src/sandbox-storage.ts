@@ -15,6 +15,7 @@ import { emitMetrics } from '../../lambdas/shared/metrics';
 import { sandboxPaths, type HostConfig } from './config';
 import { HostAgentError } from './errors';
 import type { StorageSpec, SyncReport } from './protocol';
+import { ensureSharedMount } from './storage/shared-mount';
 import { attachHomeDisk, detachHomeDisk, homeDiskBytes } from './storage/home-disk';
 import {
   coldMountDriverFromEnv,
@@ -116,6 +117,8 @@ export async function attachHome(ctx: SandboxStorageContext): Promise<void> {
 export async function attachCold(ctx: SandboxStorageContext): Promise<string> {
   const { cold } = sandboxPaths(ctx.config, ctx.sandboxId);
   await mkdir(cold, { recursive: true, mode: 0o755 });
+  // The container binds it `rslave` (create.ts): Docker needs the state directory to be a shared mount.
+  await ensureSharedMount(ctx.config.stateDir);
   if (!ctx.storage) {
     await chownTo(cold, ctx.config);
     return cold;

@@ -3,6 +3,7 @@
  * these on every function; the local stack sets them on its own process.
  * AWS endpoints are not here: the SDK reads AWS_ENDPOINT_URL_<SERVICE> itself.
  */
+import { placementStrategies, type PlacementStrategy } from './placement';
 import { apiKeysTable, commandsTable, egressLogTable, hostsTable, idempotencyTable, sandboxesTable, tenantsTable } from './tables';
 
 function int(name: string, fallback: number): number {
@@ -16,6 +17,12 @@ function int(name: string, fallback: number): number {
 function str(name: string, fallback: string): string {
   const raw = process.env[name];
   return raw === undefined || raw === '' ? fallback : raw;
+}
+
+function oneOf<T extends string>(name: string, allowed: readonly T[], fallback: T): T {
+  const raw = str(name, fallback);
+  if (!(allowed as readonly string[]).includes(raw)) throw new Error(`environment variable ${name} must be one of ${allowed.join(', ')}, got "${raw}"`);
+  return raw as T;
 }
 
 export interface ControlPlaneConfig {
@@ -53,6 +60,16 @@ export interface ControlPlaneConfig {
   };
   /** Host heartbeat age after which a host counts as lost. */
   hostLostAfterSeconds: number;
+  /** spread (emptiest host first) or binpack (fullest host that fits first). */
+  placementStrategy: PlacementStrategy;
+  /** How long a create that found no room waits for a host before it fails with no_capacity. */
+  capacityWaitSeconds: number;
+  /** The Auto Scaling group of hosts, asked for capacity when a create finds no room ('' = none to ask). */
+  autoScalingGroupName: string;
+  /** Most sandboxes a host takes (its HOST_SLOTS): sizes a host the fleet has not seen yet. */
+  hostSlots: number;
+  /** The longest a host may drain before it is terminated anyway (hosts.drainTimeoutSeconds). */
+  drainTimeoutSeconds: number;
   /** Days an egress log entry is kept (DynamoDB TTL). */
   egressLogRetentionDays: number;
 }
@@ -89,6 +106,11 @@ export function loadConfig(): ControlPlaneConfig {
       commandRetentionDays: int('COMMAND_RETENTION_DAYS', 7),
     },
     hostLostAfterSeconds: int('HOST_LOST_AFTER_SECONDS', 90),
+    placementStrategy: oneOf('PLACEMENT_STRATEGY', placementStrategies, 'spread'),
+    capacityWaitSeconds: int('CAPACITY_WAIT_SECONDS', 600),
+    autoScalingGroupName: str('AUTO_SCALING_GROUP_NAME', ''),
+    hostSlots: int('HOST_SLOTS', 8),
+    drainTimeoutSeconds: int('DRAIN_TIMEOUT_SECONDS', 300),
     egressLogRetentionDays: int('EGRESS_LOG_RETENTION_DAYS', 7),
   };
 }

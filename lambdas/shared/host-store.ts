@@ -1,62 +1,119 @@
 /**
  * Hosts in DynamoDB: registration and heartbeats (by the host daemon), and
- * placement (by create): a slot is taken with one conditional UpdateItem, so
- * two creates can never both take a host's last slot.
+ * placement (by create). A host advertises what it can allocate (CPU, memory,
+ * disk, sandboxes); each sandbox's share is one entry of the host's
+ * `allocations` map, taken together with the totals in one conditional
+ * UpdateItem, so two creates can never both take a host's last gigabyte, and
+ * given back the same way (once: the entry must still be there). The daemon's
+ * reconciliation corrects the entries against the sandboxes really there
+ * (placement.ts decides, this module writes).
  */
 import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import { GetCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
 import { dynamo, queryAll } from './clients/dynamodb';
 import { config } from './config';
-import { ApiError } from './errors';
+import { rankHosts, zeroResources, type Allocation, type PlacementStrategy, type Resources } from './placement';
 import { hostsTable, indexName } from './tables';
 
 export type HostStatus = 'active' | 'draining' | 'lost';
+/** The by-pool index partitions: hosts taking placements, and hosts draining (still watched for heartbeats). */
+export type HostPool = 'active' | 'draining';
 
 export interface HostRecord {
   host_id: string;
-  /** 'active' while the host accepts placements (sparse by-pool index). */
-  pool?: 'active';
+  /** Set while the host heartbeats into the control plane's view: 'active' takes placements (sparse by-pool index). */
+  pool?: HostPool;
   status: HostStatus;
-  capacity: number;
-  slots_used: number;
+  /** What the host may hand out. */
+  capacity: Resources;
+  /** The sum of `allocations`, kept with them in every write. */
+  allocated: Resources;
+  /** sandbox id -> its share. */
+  allocations: Record<string, Allocation>;
   registered_at: string;
   last_heartbeat_at: number;
   running_sandboxes?: number;
   /** Warm pool containers ready on the host at its last heartbeat (never sandboxes, never slots). */
   warm_containers?: number;
   agent_version?: string;
+  /** Image (by digest) the host has pulled and creates on it use. */
+  image?: string;
+  /** Whether the host asked Auto Scaling to protect it from scale-in (it holds sandboxes). */
+  scale_in_protected?: boolean;
+  draining_since?: string;
+  /** Why it drains: a termination lifecycle action, a Spot interruption warning, an operator. */
+  drain_reason?: string;
+  /** Epoch ms by which its drain must be over (the environment's longest drain, or a Spot warning's two minutes). */
+  drain_deadline_at?: number;
   lost_at?: string;
 }
 
 const table = () => config().tables.hosts;
 
-/** Registers (or re-registers) a host as active with `capacity` slots. */
-export async function registerHost(h: { hostId: string; capacity: number; agentVersion?: string; now?: number }): Promise<void> {
+// `capacity` is one of DynamoDB's reserved words: every attribute of placement goes by a placeholder.
+const allocationNames = { '#allocs': 'allocations', '#used': 'allocated' };
+/** Adds :cpu, :mem, :disk and :one (a sandbox) to the totals. */
+const addToTotals =
+  '#used.cpu_milli = #used.cpu_milli + :cpu, #used.memory_mb = #used.memory_mb + :mem, #used.disk_mb = #used.disk_mb + :disk, #used.sandboxes = #used.sandboxes + :one';
+
+function isConditionFailure(err: unknown): boolean {
+  return err instanceof ConditionalCheckFailedException;
+}
+
+/**
+ * Registers (or re-registers) a host with what it can allocate. A new or
+ * returning host (lost, or never seen) becomes active; a host that is
+ * draining stays draining (its daemon restarted in the middle of a drain).
+ */
+export async function registerHost(h: { hostId: string; capacity: Resources; agentVersion?: string; image?: string; now?: number }): Promise<HostStatus> {
   const now = h.now ?? Date.now();
+  const common = {
+    ':cap': h.capacity,
+    ':zero': zeroResources,
+    ':none': {},
+    ':iso': new Date(now).toISOString(),
+    ':now': now,
+    ':v': h.agentVersion ?? 'unknown',
+  };
+  const fields =
+    '#cap = :cap, #used = if_not_exists(#used, :zero), #allocs = if_not_exists(#allocs, :none), registered_at = if_not_exists(registered_at, :iso), last_heartbeat_at = :now, agent_version = :v' +
+    (h.image ? ', #image = :image' : '');
+  const fieldNames = { '#cap': 'capacity', '#used': 'allocated', '#allocs': 'allocations', ...(h.image ? { '#image': 'image' } : {}) };
+  const values = { ...common, ...(h.image ? { ':image': h.image } : {}) };
+  try {
+    await dynamo().send(
+      new UpdateCommand({
+        TableName: table(),
+        Key: { host_id: h.hostId },
+        // slots_used: the counter allocations replaced.
+        UpdateExpression: `SET #pool = :active, #status = :active, ${fields} REMOVE lost_at, slots_used`,
+        ConditionExpression: 'attribute_not_exists(host_id) OR #status <> :draining',
+        ExpressionAttributeNames: { '#pool': 'pool', '#status': 'status', ...fieldNames },
+        ExpressionAttributeValues: { ...values, ':active': 'active', ':draining': 'draining' },
+      }),
+    );
+    return 'active';
+  } catch (err) {
+    if (!isConditionFailure(err)) throw err;
+  }
   await dynamo().send(
     new UpdateCommand({
       TableName: table(),
       Key: { host_id: h.hostId },
-      UpdateExpression:
-        'SET #pool = :active, #status = :active, #capacity = :cap, slots_used = if_not_exists(slots_used, :zero), registered_at = if_not_exists(registered_at, :iso), last_heartbeat_at = :now, agent_version = :v REMOVE lost_at',
-      ExpressionAttributeNames: { '#pool': 'pool', '#status': 'status', '#capacity': 'capacity' },
-      ExpressionAttributeValues: {
-        ':active': 'active',
-        ':cap': h.capacity,
-        ':zero': 0,
-        ':iso': new Date(now).toISOString(),
-        ':now': now,
-        ':v': h.agentVersion ?? 'unknown',
-      },
+      UpdateExpression: `SET ${fields}`,
+      ConditionExpression: '#status = :draining',
+      ExpressionAttributeNames: { '#status': 'status', ...fieldNames },
+      ExpressionAttributeValues: { ...values, ':draining': 'draining' },
     }),
   );
+  return 'draining';
 }
 
-/** Heartbeat from a host daemon; refused (false) once the host was marked lost. */
-export async function heartbeatHost(hostId: string, fields: { runningSandboxes: number; warmContainers?: number; now?: number }): Promise<boolean> {
+/** Heartbeat from a host daemon: the host as it stands now, or undefined once it was marked lost. */
+export async function heartbeatHost(hostId: string, fields: { runningSandboxes: number; warmContainers?: number; now?: number }): Promise<HostRecord | undefined> {
   const warm = fields.warmContainers !== undefined;
   try {
-    await dynamo().send(
+    const out = await dynamo().send(
       new UpdateCommand({
         TableName: table(),
         Key: { host_id: hostId },
@@ -64,11 +121,12 @@ export async function heartbeatHost(hostId: string, fields: { runningSandboxes: 
         ConditionExpression: 'attribute_exists(host_id) AND #status <> :lost',
         ExpressionAttributeNames: { '#status': 'status' },
         ExpressionAttributeValues: { ':now': fields.now ?? Date.now(), ':n': fields.runningSandboxes, ':lost': 'lost', ...(warm ? { ':w': fields.warmContainers } : {}) },
+        ReturnValues: 'ALL_NEW',
       }),
     );
-    return true;
+    return out.Attributes as HostRecord;
   } catch (err) {
-    if (err instanceof ConditionalCheckFailedException) return false;
+    if (isConditionFailure(err)) return undefined;
     throw err;
   }
 }
@@ -78,79 +136,216 @@ export async function getHost(hostId: string): Promise<HostRecord | undefined> {
   return out.Item as HostRecord | undefined;
 }
 
-/** Hosts accepting placements (Query on the sparse by-pool index). */
-export async function activeHosts(): Promise<HostRecord[]> {
+/** Hosts in one pool (Query on the sparse by-pool index). */
+export async function hostsInPool(pool: HostPool): Promise<HostRecord[]> {
   const { items } = await queryAll<HostRecord>({
     TableName: table(),
     IndexName: indexName(hostsTable, 'by-pool'),
-    KeyConditionExpression: '#pool = :active',
+    KeyConditionExpression: '#pool = :pool',
     ExpressionAttributeNames: { '#pool': 'pool' },
-    ExpressionAttributeValues: { ':active': 'active' },
+    ExpressionAttributeValues: { ':pool': pool },
   });
   return items;
 }
 
-/**
- * Takes a slot on the least-loaded live host. Throws 503 no_capacity when
- * every live host is full (the Auto Scaling group adds hosts).
- */
-export async function placeSandbox(now = Date.now()): Promise<HostRecord> {
-  const freshAfter = now - config().hostLostAfterSeconds * 1000;
-  const candidates = (await activeHosts())
-    .filter((h) => h.last_heartbeat_at >= freshAfter && h.slots_used < h.capacity)
-    .sort((a, b) => a.slots_used / a.capacity - b.slots_used / b.capacity);
-  for (const host of candidates) {
-    try {
-      const out = await dynamo().send(
-        new UpdateCommand({
-          TableName: table(),
-          Key: { host_id: host.host_id },
-          UpdateExpression: 'SET slots_used = slots_used + :one',
-          ConditionExpression: '#pool = :active AND slots_used < #capacity',
-          ExpressionAttributeNames: { '#pool': 'pool', '#capacity': 'capacity' },
-          ExpressionAttributeValues: { ':one': 1, ':active': 'active' },
-          ReturnValues: 'ALL_NEW',
-        }),
-      );
-      return out.Attributes as HostRecord;
-    } catch (err) {
-      if (!(err instanceof ConditionalCheckFailedException)) throw err; // full since we read it: next host
-    }
-  }
-  throw new ApiError(503, 'no_capacity', 'no sandbox host has a free slot right now; retry shortly', { 'Retry-After': '5' });
+/** Hosts accepting placements. */
+export function activeHosts(): Promise<HostRecord[]> {
+  return hostsInPool('active');
 }
 
-/** Gives a slot back; never below zero. */
-export async function releaseSlot(hostId: string): Promise<void> {
+/**
+ * Takes `request` on `host` for `sandboxId`: one conditional write that
+ * holds only while the host is active, has the capacity it had when it was
+ * read, and still has room (the totals never pass the capacity). False when
+ * it lost the race (another create took the room, the host left the pool).
+ */
+export async function takeAllocation(host: Pick<HostRecord, 'host_id' | 'capacity'>, sandboxId: string, request: Resources, now = Date.now()): Promise<HostRecord | undefined> {
+  const c = host.capacity;
+  try {
+    const out = await dynamo().send(
+      new UpdateCommand({
+        TableName: table(),
+        Key: { host_id: host.host_id },
+        UpdateExpression: `SET #allocs.#sbx = :entry, ${addToTotals}`,
+        ConditionExpression: [
+          '#pool = :active',
+          'attribute_not_exists(#allocs.#sbx)',
+          '#cap.cpu_milli = :capCpu AND #cap.memory_mb = :capMem AND #cap.disk_mb = :capDisk AND #cap.sandboxes = :capCount',
+          '#used.cpu_milli <= :roomCpu AND #used.memory_mb <= :roomMem AND #used.disk_mb <= :roomDisk AND #used.sandboxes <= :roomCount',
+        ].join(' AND '),
+        ExpressionAttributeNames: { '#pool': 'pool', '#sbx': sandboxId, ...allocationNames, '#cap': 'capacity' },
+        ExpressionAttributeValues: {
+          ':entry': { cpu_milli: request.cpu_milli, memory_mb: request.memory_mb, disk_mb: request.disk_mb, at: now } satisfies Allocation,
+          ':cpu': request.cpu_milli,
+          ':mem': request.memory_mb,
+          ':disk': request.disk_mb,
+          ':one': 1,
+          ':active': 'active',
+          ':capCpu': c.cpu_milli,
+          ':capMem': c.memory_mb,
+          ':capDisk': c.disk_mb,
+          ':capCount': c.sandboxes,
+          ':roomCpu': c.cpu_milli - request.cpu_milli,
+          ':roomMem': c.memory_mb - request.memory_mb,
+          ':roomDisk': c.disk_mb - request.disk_mb,
+          ':roomCount': c.sandboxes - 1,
+        },
+        ReturnValues: 'ALL_NEW',
+      }),
+    );
+    return out.Attributes as HostRecord;
+  } catch (err) {
+    if (isConditionFailure(err)) return undefined;
+    throw err;
+  }
+}
+
+/**
+ * Places a sandbox: tries the hosts it fits on in the strategy's order and
+ * takes the first allocation that holds. Undefined when no active host has
+ * room (the caller waits for capacity).
+ */
+export async function placeSandbox(
+  sandboxId: string,
+  request: Resources,
+  o: { strategy?: PlacementStrategy; image?: string; now?: number } = {},
+): Promise<HostRecord | undefined> {
+  const now = o.now ?? Date.now();
+  const ranked = rankHosts(await activeHosts(), request, {
+    strategy: o.strategy ?? config().placementStrategy,
+    freshAfter: now - config().hostLostAfterSeconds * 1000,
+    image: o.image,
+  });
+  for (const host of ranked) {
+    const taken = await takeAllocation(host, sandboxId, request, now);
+    if (taken) return taken;
+  }
+  return undefined;
+}
+
+/**
+ * Gives a sandbox's share back: only if it is still there (so a release that
+ * runs twice, or after the daemon's reconciliation, subtracts once), exactly
+ * what the entry holds.
+ */
+export async function releaseAllocation(hostId: string, sandboxId: string): Promise<boolean> {
+  if (!hostId) return false;
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const out = await dynamo().send(
+      new GetCommand({
+        TableName: table(),
+        Key: { host_id: hostId },
+        ProjectionExpression: '#allocs.#sbx',
+        ExpressionAttributeNames: { '#allocs': 'allocations', '#sbx': sandboxId },
+        ConsistentRead: true,
+      }),
+    );
+    const entry = (out.Item as { allocations?: Record<string, Allocation> } | undefined)?.allocations?.[sandboxId];
+    if (!entry) return false;
+    try {
+      await dynamo().send(
+        new UpdateCommand({
+          TableName: table(),
+          Key: { host_id: hostId },
+          UpdateExpression:
+            'REMOVE #allocs.#sbx SET #used.cpu_milli = #used.cpu_milli - :cpu, #used.memory_mb = #used.memory_mb - :mem, #used.disk_mb = #used.disk_mb - :disk, #used.sandboxes = #used.sandboxes - :one',
+          ConditionExpression: '#allocs.#sbx.#at = :at',
+          ExpressionAttributeNames: { '#sbx': sandboxId, '#at': 'at', ...allocationNames },
+          ExpressionAttributeValues: { ':cpu': entry.cpu_milli, ':mem': entry.memory_mb, ':disk': entry.disk_mb, ':one': 1, ':at': entry.at },
+        }),
+      );
+      return true;
+    } catch (err) {
+      // Released (or replaced) meanwhile: read again.
+      if (!isConditionFailure(err)) throw err;
+    }
+  }
+  throw new Error(`host ${hostId}: the allocation of ${sandboxId} kept changing while it was being released`);
+}
+
+/**
+ * Records the share of a sandbox that lives on the host without one (the
+ * daemon's reconciliation): no capacity check, it is there already.
+ */
+export async function addAllocation(hostId: string, sandboxId: string, resources: Resources, now = Date.now()): Promise<boolean> {
   try {
     await dynamo().send(
       new UpdateCommand({
         TableName: table(),
         Key: { host_id: hostId },
-        UpdateExpression: 'SET slots_used = slots_used - :one',
-        ConditionExpression: 'slots_used > :zero',
-        ExpressionAttributeValues: { ':one': 1, ':zero': 0 },
+        UpdateExpression: `SET #allocs.#sbx = :entry, ${addToTotals}`,
+        ConditionExpression: 'attribute_exists(#allocs) AND attribute_not_exists(#allocs.#sbx)',
+        ExpressionAttributeNames: { '#sbx': sandboxId, ...allocationNames },
+        ExpressionAttributeValues: {
+          ':entry': { cpu_milli: resources.cpu_milli, memory_mb: resources.memory_mb, disk_mb: resources.disk_mb, at: now } satisfies Allocation,
+          ':cpu': resources.cpu_milli,
+          ':mem': resources.memory_mb,
+          ':disk': resources.disk_mb,
+          ':one': 1,
+        },
       }),
     );
+    return true;
   } catch (err) {
-    if (!(err instanceof ConditionalCheckFailedException)) throw err;
+    if (isConditionFailure(err)) return false;
+    throw err;
   }
 }
 
-/** Sets slots_used to the counted truth (the daemon's reconciliation). */
-export async function setSlotsUsed(hostId: string, used: number): Promise<void> {
+/**
+ * Takes a host out of placement because it is going away: active -> draining
+ * (it stays in the draining pool, so a host that dies while draining is still
+ * found lost). Answers the host when this call moved it, undefined when it
+ * was draining (or lost, or unknown) already.
+ */
+export async function markHostDraining(hostId: string, reason: string, deadlineAt: number, now = Date.now()): Promise<HostRecord | undefined> {
+  try {
+    const out = await dynamo().send(
+      new UpdateCommand({
+        TableName: table(),
+        Key: { host_id: hostId },
+        UpdateExpression: 'SET #status = :draining, #pool = :draining, draining_since = :iso, drain_reason = :reason, drain_deadline_at = :deadline',
+        ConditionExpression: '#status = :active',
+        ExpressionAttributeNames: { '#status': 'status', '#pool': 'pool' },
+        ExpressionAttributeValues: { ':draining': 'draining', ':active': 'active', ':iso': new Date(now).toISOString(), ':reason': reason, ':deadline': deadlineAt },
+        ReturnValues: 'ALL_NEW',
+      }),
+    );
+    return out.Attributes as HostRecord;
+  } catch (err) {
+    if (isConditionFailure(err)) return undefined;
+    throw err;
+  }
+}
+
+/** Records whether the host is protected from scale-in (what it last asked Auto Scaling for). */
+export async function recordScaleInProtection(hostId: string, isProtected: boolean): Promise<void> {
   await dynamo().send(
     new UpdateCommand({
       TableName: table(),
       Key: { host_id: hostId },
-      UpdateExpression: 'SET slots_used = :n',
+      UpdateExpression: 'SET scale_in_protected = :p',
       ConditionExpression: 'attribute_exists(host_id)',
-      ExpressionAttributeValues: { ':n': used },
+      ExpressionAttributeValues: { ':p': isProtected },
     }),
   );
 }
 
-/** Marks a host lost (reaper): out of the placement pool. Only one caller wins. */
+/** Records the image (by digest) the host now serves creates with, once it has pulled it. */
+export async function recordHostImage(hostId: string, image: string): Promise<void> {
+  await dynamo().send(
+    new UpdateCommand({
+      TableName: table(),
+      Key: { host_id: hostId },
+      UpdateExpression: 'SET #image = :image',
+      ConditionExpression: 'attribute_exists(host_id)',
+      ExpressionAttributeNames: { '#image': 'image' },
+      ExpressionAttributeValues: { ':image': image },
+    }),
+  );
+}
+
+/** Marks a host lost (reaper): out of every pool. Only one caller wins. */
 export async function markHostLost(hostId: string, lastSeenBefore: number): Promise<boolean> {
   try {
     await dynamo().send(
@@ -165,7 +360,7 @@ export async function markHostLost(hostId: string, lastSeenBefore: number): Prom
     );
     return true;
   } catch (err) {
-    if (err instanceof ConditionalCheckFailedException) return false;
+    if (isConditionFailure(err)) return false;
     throw err;
   }
 }

@@ -23,8 +23,8 @@ export async function reportReaperRun(report: ReapReport): Promise<void> {
   for (const reason of ['expired', 'stopped', 'failed'] as const) emitMetrics({ Reason: reason }, { ReaperEnded: report[reason] });
   try {
     const hosts = await activeHosts();
-    const total = hosts.reduce((sum, h) => sum + h.capacity, 0);
-    const used = hosts.reduce((sum, h) => sum + Math.min(h.slots_used, h.capacity), 0);
+    const total = hosts.reduce((sum, h) => sum + h.capacity.sandboxes, 0);
+    const used = hosts.reduce((sum, h) => sum + Math.min(h.allocated.sandboxes, h.capacity.sandboxes), 0);
     emitMetrics({}, { ActiveHosts: hosts.length, SlotsTotal: total, SlotsUsed: used, SlotsFree: total - used });
   } catch (err) {
     // The run itself is done and reported; a missing capacity point shows as a gap on the dashboard.

@@ -16,7 +16,8 @@ import { config } from './config';
 import { hostLostEvent, publishEvent } from './events';
 import { hosts } from './host-calls';
 import { HostDispatchError } from './host-dispatch';
-import { activeHosts, getHost, markHostLost, type HostRecord } from './host-store';
+import { getHost, hostsInPool, markHostLost, type HostRecord } from './host-store';
+import { reportUnhealthy } from './fleet';
 import { logger } from './logger';
 import { idleDeadline, type SandboxRecord } from './sandbox-record';
 import { getSandbox, liveSandboxesOnHost, transition, TransitionRejectedError, updateSandbox } from './sandbox-store';
@@ -97,6 +98,18 @@ async function reapOne(c: Candidate, now: number, report: ReapReport, host: Host
 
   switch (r.status) {
     case 'creating': {
+      if (r.waiting) {
+        // No host took it within the capacity wait: it fails, and nothing exists on any host.
+        const ended = await markEnded(r, {
+          event: 'fail',
+          reason: 'no_capacity',
+          detail: `no host had room for it within ${config().capacityWaitSeconds} s`,
+          only: ['creating'],
+          whileWaiting: true,
+        });
+        if (ended) report.failed++;
+        return;
+      }
       // A create that never finished: fail it and remove whatever the host made.
       const claimed = await claimDue(r, now);
       if (!claimed) return;
@@ -221,15 +234,30 @@ async function moveDeadline(r: SandboxRecord, deadline: number): Promise<void> {
   }
 }
 
-/** Hosts that stopped heartbeating: out of placement, their sandboxes failed (after a last sync try). */
+/**
+ * Hosts that stopped heartbeating (active or draining): out of placement,
+ * reported unhealthy to their Auto Scaling group (which replaces them), their
+ * sandboxes failed (after a last sync try). A daemon that restarts is back
+ * within seconds (systemd restarts it; hostDaemonService.restartSeconds), far
+ * inside hostLostAfterSeconds: only a host that is gone stays silent that long.
+ */
 async function reapLostHosts(now: number, report: ReapReport): Promise<void> {
   const cutoff = now - config().hostLostAfterSeconds * 1000;
-  for (const host of await activeHosts()) {
+  const watched = [...(await hostsInPool('active')), ...(await hostsInPool('draining'))];
+  for (const host of watched) {
     if (host.last_heartbeat_at >= cutoff) continue;
     if (!(await markHostLost(host.host_id, cutoff))) continue;
     report.hostsLost++;
     logger.warn('reaper: host lost', { hostId: host.host_id, lastHeartbeatAt: new Date(host.last_heartbeat_at).toISOString() });
     await publishEvent(hostLostEvent(host.host_id, host.last_heartbeat_at));
+    try {
+      const told = await reportUnhealthy(host.host_id);
+      logger.info('reaper: lost host reported unhealthy to its Auto Scaling group', { hostId: host.host_id, outcome: told });
+    } catch (err) {
+      // Auto Scaling's own EC2 health checks still replace a machine that is really down; the report is the faster path.
+      report.errors++;
+      logger.error('reaper: could not report a lost host unhealthy', { hostId: host.host_id, err });
+    }
     // Side by side: a dead host makes each sync wait out its timeout.
     const outcomes = await Promise.allSettled(
       (await liveSandboxesOnHost(host.host_id)).map(async (item) => {

@@ -36,7 +36,7 @@ export const handlerNames = [
 export type HandlerName = (typeof handlerNames)[number];
 
 /** Handlers that are not behind an API route (scheduled or authorizer). */
-export const backgroundHandlerNames = ['reaper', 'authorizer'] as const;
+export const backgroundHandlerNames = ['reaper', 'authorizer', 'fleet-events', 'fleet-capacity'] as const;
 
 export const routes: readonly Route[] = [
   { method: 'GET', path: '/health', handler: 'health', auth: 'none' },

@@ -60,6 +60,12 @@ export interface SandboxRecord {
   deadline_at?: number;
   /** Sparse by-host index (while the sandbox holds a container). */
   live_host_id?: string;
+  /** Sparse by-waiting index: 'capacity' while the create waits for a host with room (host_id is '' until one takes it). */
+  waiting?: 'capacity';
+  /** What a caller sees of why a create has not moved on yet. */
+  status_detail?: 'waiting_for_capacity';
+  /** Where a waiting create's host request (env, token) is staged until a host takes it (host-requests/...). */
+  staged_request?: string;
   /** Sticky working directory for exec. */
   cwd: string;
   config: SandboxConfigView;
@@ -80,7 +86,10 @@ export interface SandboxView {
   sandbox_id: string;
   user_id: string;
   status: SandboxStatus;
-  host_id: string;
+  /** Why a create has not moved on yet: `waiting_for_capacity` while no host has room for it. */
+  status_detail?: 'waiting_for_capacity';
+  /** null while a create waits for a host. */
+  host_id: string | null;
   created_at: string;
   updated_at: string;
   expires_at: string;
@@ -104,7 +113,8 @@ export function toView(r: SandboxRecord): SandboxView {
     sandbox_id: r.sandbox_id,
     user_id: r.user_id,
     status: r.status,
-    host_id: r.host_id,
+    ...(r.status_detail && r.status === 'creating' ? { status_detail: r.status_detail } : {}),
+    host_id: r.host_id || null,
     created_at: r.created_at,
     updated_at: r.updated_at,
     expires_at: r.expires_at,

@@ -100,4 +100,8 @@ export type StopReason =
   | 'container_vanished'
   | 'container_exited'
   | 'create_failed'
-  | 'destroy_failed';
+  | 'destroy_failed'
+  /** Its host was taken out of the fleet (scale-in, instance refresh, a Spot interruption): its home was synced first. */
+  | 'host_draining'
+  /** No host had room for it within CAPACITY_WAIT_SECONDS. */
+  | 'no_capacity';

@@ -6,9 +6,12 @@
 import { randomBytes } from 'node:crypto';
 import { generateSandboxToken, sha256Hex } from './api-keys';
 import { config } from './config';
-import { ApiError, invalidState } from './errors';
+import { ApiError, invalidState, unavailable } from './errors';
 import { hostFailure, hosts } from './host-calls';
-import { placeSandbox, releaseSlot } from './host-store';
+import { placeSandbox, releaseAllocation } from './host-store';
+import { resourcesOf, type Resources } from './placement';
+import { dropWaitingRequest, stageWaitingRequest, waitingRequestKey } from './capacity-wait';
+import { requestCapacity, setScaleInProtection } from './fleet';
 import type { Principal } from './http';
 import { closeOpenCommands } from './command-store';
 import { HostDispatchError } from './host-dispatch';
@@ -29,10 +32,10 @@ import type { CreateSandboxBody, ExecBody } from './schemas';
 import { isFinalCommandStatus, type CommandStatus } from './command-state';
 import { specOf, startCommand, toCommandView, waitForEnd, wholeOutput, type CommandView } from './commands';
 import { recordWithTenantSlot, refuseIfTenantFull, releaseTenantSlot } from './tenants';
-import type { StorageSpec } from '../../host-agent/src/protocol';
+import type { CreateRequest, StorageSpec } from '../../host-agent/src/protocol';
 
 /** How long a host may take to create a sandbox before the reaper cleans up. */
-const createTimeoutSeconds = 120;
+export const createTimeoutSeconds = 120;
 /** How long a shutdown may stay unfinished before the reaper drives it again. */
 export const shutdownRetrySeconds = 120;
 
@@ -67,10 +70,14 @@ export function waitSecondsUntil(deadline: number): number {
 }
 
 /**
- * Creates a sandbox: records it (`creating`), asks a host to make it, and
- * answers `ready` when the host finishes before `deadline`, else the record as
- * it stands (`creating`): the host records `ready` (or `failed`) itself, and
- * the reaper fails a create its host never finished.
+ * Creates a sandbox: takes room for it on a host, records it (`creating`),
+ * asks the host to make it, and answers `ready` when the host finishes before
+ * `deadline`, else the record as it stands (`creating`): the host records
+ * `ready` (or `failed`) itself, and the reaper fails a create its host never
+ * finished. When no host has room, the create is recorded waiting for
+ * capacity (`status_detail: waiting_for_capacity`), the Auto Scaling group is
+ * asked for hosts, and the first host with room makes it (or the reaper fails
+ * it with `no_capacity` after CAPACITY_WAIT_SECONDS).
  * `onRecorded` learns the id as soon as the record exists (an idempotent
  * retry answers that sandbox instead of making another).
  */
@@ -84,9 +91,19 @@ export async function createSandbox(
   const sandboxId = newSandboxId();
   const ttl = body.config?.ttl_seconds ?? Math.min(c.limits.defaultTtlSeconds, c.limits.maxTtlSeconds);
   const idle = Math.min(body.config?.idle_timeout_seconds ?? c.limits.defaultIdleTimeoutSeconds, ttl);
-  // The tenant's cap first: a tenant at its limit does not take a host slot.
+  const sandboxConfig = {
+    cpu: body.config?.cpu ?? c.limits.defaultCpu,
+    memory_mb: body.config?.memory_mb ?? c.limits.defaultMemoryMb,
+    disk_mb: body.config?.disk_mb ?? Math.min(c.limits.defaultDiskMb, c.limits.maxDiskMb),
+  };
+  const share = resourcesOf(sandboxConfig);
+  // The tenant's cap first: a tenant at its limit never takes room on a host.
   await refuseIfTenantFull(p.tenantId);
-  const host = await placeSandbox(now);
+  const host = await placeSandbox(sandboxId, share, { now, image: c.sandboxImage });
+  // Waiting only makes sense when something can bring a host: an Auto Scaling group to ask (and a wait to allow).
+  if (!host && (!c.autoScalingGroupName || c.capacityWaitSeconds <= 0)) {
+    throw new ApiError(503, 'no_capacity', 'no sandbox host has room for this sandbox right now; retry shortly', { 'Retry-After': '5' });
+  }
   const token = generateSandboxToken(sandboxId);
   const iso = new Date(now).toISOString();
   const record: SandboxRecord = {
@@ -95,7 +112,7 @@ export async function createSandbox(
     user_id: body.user_id,
     tenant_user: `${p.tenantId}#${body.user_id}`,
     status: 'creating',
-    host_id: host.host_id,
+    host_id: host?.host_id ?? '',
     created_at: iso,
     updated_at: iso,
     expires_at: new Date(now + ttl * 1000).toISOString(),
@@ -104,15 +121,13 @@ export async function createSandbox(
     last_activity_at: now,
     execs: {},
     reap_shard: reapShardOf(sandboxId),
-    // Until the host answers, the deadline is the create timeout: a create
-    // that dies half-way is found and cleaned up by the reaper.
-    deadline_at: now + createTimeoutSeconds * 1000,
-    live_host_id: host.host_id,
+    // Until the host answers, the deadline is the create timeout (or, while it waits for a host, the capacity wait):
+    // a create that dies half-way, or that no host takes, is found and cleaned up by the reaper.
+    deadline_at: now + (host ? createTimeoutSeconds : c.capacityWaitSeconds) * 1000,
+    ...(host ? { live_host_id: host.host_id } : { waiting: 'capacity' as const, status_detail: 'waiting_for_capacity' as const }),
     cwd: hotPath,
     config: {
-      cpu: body.config?.cpu ?? c.limits.defaultCpu,
-      memory_mb: body.config?.memory_mb ?? c.limits.defaultMemoryMb,
-      disk_mb: body.config?.disk_mb ?? Math.min(c.limits.defaultDiskMb, c.limits.maxDiskMb),
+      ...sandboxConfig,
       ttl_seconds: ttl,
       idle_timeout_seconds: idle,
       network: body.config?.network ?? { egress: 'allow_all' },
@@ -121,42 +136,52 @@ export async function createSandbox(
     },
     token_hash: sha256Hex(token),
   };
+  const request: CreateRequest = {
+    sandboxId,
+    tenantId: p.tenantId,
+    userId: body.user_id,
+    // A host names the image it has (by digest) when it takes a waiting create; a placed one runs what the control plane runs.
+    image: host?.image ?? c.sandboxImage,
+    cpu: record.config.cpu,
+    memoryMb: record.config.memory_mb,
+    diskMb: record.config.disk_mb,
+    pidsLimit: c.limits.pidsLimit,
+    network: record.config.network === 'none' ? 'none' : 'bridge',
+    egress: egressOf(record.config.network) ?? 'allow_all',
+    env: {
+      ...record.config.env,
+      SANDBOX_ID: sandboxId,
+      SANDBOX_API_URL: c.sandboxApiUrl,
+      SANDBOX_TOKEN: token,
+    },
+    labels: record.config.labels,
+    storage: storageFor(p.tenantId, body.user_id, record.config.disk_mb),
+  };
+  if (!host) return waitForCapacity(p, record, request, share, o);
+
   try {
     // The record and the tenant's slot in one transaction; a tenant at its cap answers 429 and gives the host slot back.
     await recordWithTenantSlot(record);
   } catch (err) {
-    await releaseSlot(host.host_id).catch((e: unknown) => logger.error('create: giving the host slot back failed (the host recounts it)', { hostId: host.host_id, err: e }));
+    await releaseAllocation(host.host_id, sandboxId).catch((e: unknown) =>
+      logger.error("create: giving the host's share back failed (the host's reconciliation corrects it)", { hostId: host.host_id, err: e }),
+    );
     throw err;
   }
   await o.onRecorded?.(sandboxId);
+  // The host's first sandbox: protect it from scale-in now, not at its daemon's next heartbeat (which repeats it if this fails).
+  if (host.allocated.sandboxes === 1 && !host.scale_in_protected) {
+    await setScaleInProtection(host.host_id, true).catch((err) =>
+      logger.warn('create: scale-in protection of the host failed; its daemon sets it at its next heartbeat', { hostId: host.host_id, err }),
+    );
+  }
 
   let containerId: string;
   try {
-    const created = await hosts().dispatch(
-      host.host_id,
-      'create',
-      {
-        sandboxId,
-        tenantId: p.tenantId,
-        userId: body.user_id,
-        image: c.sandboxImage,
-        cpu: record.config.cpu,
-        memoryMb: record.config.memory_mb,
-        diskMb: record.config.disk_mb,
-        pidsLimit: c.limits.pidsLimit,
-        network: record.config.network === 'none' ? 'none' : 'bridge',
-        egress: egressOf(record.config.network) ?? 'allow_all',
-        env: {
-          ...record.config.env,
-          SANDBOX_ID: sandboxId,
-          SANDBOX_API_URL: c.sandboxApiUrl,
-          SANDBOX_TOKEN: token,
-        },
-        labels: record.config.labels,
-        storage: storageFor(p.tenantId, body.user_id, record.config.disk_mb),
-      },
-      { timeoutSeconds: createTimeoutSeconds, waitSeconds: waitSecondsUntil(o.deadline) },
-    );
+    const created = await hosts().dispatch(host.host_id, 'create', request, {
+      timeoutSeconds: createTimeoutSeconds,
+      waitSeconds: waitSecondsUntil(o.deadline),
+    });
     containerId = created.containerId;
   } catch (err) {
     if (err instanceof HostDispatchError && err.code === 'still_running') {
@@ -183,13 +208,56 @@ export async function createSandbox(
 }
 
 /**
+ * No host has room: the create waits for one. Its host request (the caller's
+ * env and the sandbox's token) is staged in S3, the record says it waits, and
+ * the group is asked for capacity; the caller gets `202 creating` and follows
+ * with GET. A failed ask is reported and not fatal: the fleet function asks
+ * again every minute while creates wait.
+ */
+async function waitForCapacity(
+  p: Principal,
+  record: SandboxRecord,
+  request: CreateRequest,
+  share: Resources,
+  o: { onRecorded?: (sandboxId: string) => Promise<void> },
+): Promise<{ view: SandboxView; ready: boolean }> {
+  let staged: string;
+  try {
+    staged = await stageWaitingRequest(record.sandbox_id, request);
+  } catch (err) {
+    throw unavailable(`no host has room and the create could not be queued (${(err as Error).message}); retry shortly`, 5);
+  }
+  const waiting: SandboxRecord = { ...record, staged_request: staged };
+  try {
+    // The record and the tenant's slot in one transaction, as for a placed create.
+    await recordWithTenantSlot(waiting);
+  } catch (err) {
+    await dropWaitingRequest(staged);
+    throw err;
+  }
+  await o.onRecorded?.(record.sandbox_id);
+  try {
+    const answer = await requestCapacity({ also: [] });
+    logger.info('create: waiting for capacity', { sandboxId: record.sandbox_id, share, ...answer });
+  } catch (err) {
+    logger.error('create: asking the Auto Scaling group for capacity failed; the fleet function asks again within a minute', {
+      sandboxId: record.sandbox_id,
+      err,
+    });
+  }
+  return { view: toView(waiting), ready: false };
+}
+
+/**
  * Records the end of a sandbox (the one way into a terminal status): takes it
- * out of the deadline and host indexes and gives its host and tenant slots back. Answers
+ * out of the deadline and host indexes and gives its share of its host and its tenant slot back. Answers
  * undefined when another caller ended it first.
  */
 export async function markEnded(
   record: Pick<SandboxRecord, 'sandbox_id' | 'host_id'>,
-  end: { event: 'fail'; reason: StopReason; detail?: string; only?: readonly SandboxStatus[] } | { event: 'stopped' | 'expired'; detail?: string },
+  end:
+    | { event: 'fail'; reason: StopReason; detail?: string; only?: readonly SandboxStatus[]; /** Only while it still waits for a host (no host took it meanwhile). */ whileWaiting?: boolean }
+    | { event: 'stopped' | 'expired'; detail?: string },
   /** Filled with the record as it is when another caller ended it first (saves reading it again). */
   seen: { current?: SandboxRecord } = {},
 ): Promise<SandboxRecord | undefined> {
@@ -201,11 +269,12 @@ export async function markEnded(
         ...(end.event === 'fail' ? { stop_reason: end.reason } : {}),
         ...(end.detail ? { stop_detail: end.detail } : {}),
       },
-      remove: ['reap_shard', 'deadline_at', 'live_host_id', 'execs'],
+      remove: ['reap_shard', 'deadline_at', 'live_host_id', 'execs', 'waiting', 'status_detail', 'staged_request'],
       // The commands still on the record (every open one is) are kept aside to be closed below, without a query.
-      names: { '#execs': 'execs' },
+      names: { '#execs': 'execs', ...(end.event === 'fail' && end.whileWaiting ? { '#waiting': 'waiting' } : {}) },
       values: { ':none': {} },
       extraSet: 'open_commands = if_not_exists(#execs, :none)',
+      ...(end.event === 'fail' && end.whileWaiting ? { condition: 'attribute_exists(#waiting)' } : {}),
       ...(end.event === 'fail' && end.only ? { only: end.only } : {}),
     });
   } catch (err) {
@@ -215,8 +284,11 @@ export async function markEnded(
     }
     throw err;
   }
-  await releaseSlot(record.host_id);
+  // The host on the record as it ended (a waiting create may have been taken by a host since the caller read it).
+  await releaseAllocation(ended.host_id, record.sandbox_id);
   await releaseTenantSlot(ended.tenant_id, ended.sandbox_id);
+  // A create that ended while it waited leaves its staged host request behind: nobody will fetch it.
+  if (record.sandbox_id && !ended.host_id) await dropWaitingRequest(waitingRequestKey(record.sandbox_id));
   // Its commands end with it: what its host could not record is `killed` (or `lost` with the host).
   const hostGone = end.event === 'fail' && end.reason === 'host_lost';
   const open = Object.keys(ended.open_commands ?? {});
@@ -316,6 +388,11 @@ export async function destroySandbox(p: Principal, sandboxId: string, graceful: 
       return { done: isTerminal(now.status), view: toView(now) };
     }
   }
+  if (!shutting.host_id) {
+    // A create still waiting for a host: there is nothing on any host to remove.
+    const ended = await markEnded(shutting, { event: 'stopped', detail: 'ended while it waited for a host' });
+    return { done: true, view: toView(ended ?? (await getSandbox(sandboxId)) ?? shutting) };
+  }
   const outcome = shutting.stop_reason === 'idle_timeout' || shutting.stop_reason === 'ttl_expired' ? 'expired' : 'stopped';
   try {
     const ended = await finishShutdown(shutting, { graceful, outcome, waitSeconds: waitSecondsUntil(deadline) });
@@ -382,6 +459,19 @@ export async function finishShutdown(
   record: SandboxRecord,
   o: { graceful: boolean; outcome: 'stopped' | 'expired'; waitSeconds?: number },
 ): Promise<SandboxRecord> {
+  // A create that ended while it waited for a host has nothing on a host to remove.
+  if (record.host_id) {
+    await removeOnHost(record, o);
+  }
+  const seen: { current?: SandboxRecord } = {};
+  const ended = await markEnded(record, { event: o.outcome }, seen);
+  if (ended) return ended;
+  const current = seen.current ?? (await getSandbox(record.sandbox_id));
+  if (current && isTerminal(current.status)) return current; // the host (or another caller) recorded the end
+  throw new Error(`sandbox ${record.sandbox_id}: shutdown finished but the end could not be recorded (status ${current?.status})`);
+}
+
+async function removeOnHost(record: SandboxRecord, o: { graceful: boolean; waitSeconds?: number }): Promise<void> {
   try {
     await hosts().dispatch(
       record.host_id,
@@ -394,12 +484,6 @@ export async function finishShutdown(
     logger.error('shutdown did not finish; the reaper will retry', { sandboxId: record.sandbox_id, err });
     throw err instanceof HostDispatchError ? err : hostFailure(err, 'destroy');
   }
-  const seen: { current?: SandboxRecord } = {};
-  const ended = await markEnded(record, { event: o.outcome }, seen);
-  if (ended) return ended;
-  const current = seen.current ?? (await getSandbox(record.sandbox_id));
-  if (current && isTerminal(current.status)) return current; // the host (or another caller) recorded the end
-  throw new Error(`sandbox ${record.sandbox_id}: shutdown finished but the end could not be recorded (status ${current?.status})`);
 }
 
 /** The sandbox; with `waitMs`, read again until its status changes (long poll, bounded by the deadline). */

@@ -70,6 +70,13 @@ export const sandboxesTable = {
       projection: ['status', 'tenant_id', 'user_id', 'host_id', 'container_id', 'expires_at_ms', 'last_activity_at', 'execs', 'idle_timeout_s'],
     },
     {
+      // Sparse: `waiting` is set while a create waits for a host with room (rest at zero, a full fleet); oldest first.
+      name: 'by-waiting',
+      partitionKey: { name: 'waiting', type: 'S' },
+      sortKey: { name: 'created_at', type: 'S' },
+      projection: ['config', 'deadline_at', 'staged_request'],
+    },
+    {
       // Sparse: live_host_id is set while a sandbox holds a container on a host.
       name: 'by-host',
       partitionKey: { name: 'live_host_id', type: 'S' },

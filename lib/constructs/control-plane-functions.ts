@@ -81,6 +81,12 @@ export function handlerEnvironment(props: Omit<ControlPlaneFunctionsProps, 'hand
     HOT_SYNC_INTERVAL_SECONDS: String(l.hotSyncIntervalSeconds),
     MAX_SANDBOXES_PER_TENANT: String(l.maxSandboxesPerTenant),
     HOST_LOST_AFTER_SECONDS: String(l.hostLostAfterSeconds),
+    PLACEMENT_STRATEGY: 'spread',
+    // Empty: no group to ask yet (the scaling policy, hooks and fleet-events rules are not wired), so a create with no room answers 503.
+    AUTO_SCALING_GROUP_NAME: '',
+    CAPACITY_WAIT_SECONDS: '600',
+    HOST_SLOTS: String(props.environment.hosts.sandboxSlotsPerHost),
+    DRAIN_TIMEOUT_SECONDS: '300',
     COMMAND_OUTPUT_MAX_BYTES: String(l.commandOutputMaxBytes),
     COMMAND_RETENTION_DAYS: String(l.commandRetentionDays),
     // The egress log is a log: kept as long as the environment keeps its logs.

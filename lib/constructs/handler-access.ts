@@ -43,10 +43,20 @@ export interface HandlerAccess {
    * bus): its bundle holds the state machine's writes or a command's end.
    */
   publishesEvents?: boolean;
+  /** Calls on the hosts' Auto Scaling group (granted on that group only; DescribeAutoScalingGroups on any, as IAM requires). */
+  autoScaling?: readonly AutoScalingAction[];
 }
 
 /** Actions publishing lifecycle events needs. */
 export const eventBusActions = ['events:PutEvents'] as const;
+
+export type AutoScalingAction =
+  | 'autoscaling:DescribeAutoScalingGroups'
+  | 'autoscaling:SetDesiredCapacity'
+  | 'autoscaling:SetInstanceProtection'
+  | 'autoscaling:SetInstanceHealth'
+  | 'autoscaling:CompleteLifecycleAction'
+  | 'autoscaling:RecordLifecycleActionHeartbeat';
 
 /** Actions host dispatch needs, as the tests compare them with the code. */
 export const hostDispatchActions = ['ssm:SendCommand', 'ssm:GetCommandInvocation', 'ssm:CancelCommand', 's3:PutObject', 's3:DeleteObject'] as const;
@@ -68,11 +78,15 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
   },
   'create-sandbox': {
     tables: [
-      // The 429 at the tenant's cap counts its creates still in flight (by-tenant, recent records).
-      { table: sandboxesTable, actions: ['dynamodb:PutItem', 'dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:Query'], indexes: [index(sandboxesTable, 'by-tenant')] },
+      // The 429 at the tenant's cap counts its creates still in flight (by-tenant, recent records); asking for capacity counts the waiting creates.
+      {
+        table: sandboxesTable,
+        actions: ['dynamodb:PutItem', 'dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:Query'],
+        indexes: [index(sandboxesTable, 'by-tenant'), index(sandboxesTable, 'by-waiting')],
+      },
       { table: idempotencyTable, actions: ['dynamodb:PutItem', 'dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem'] },
-      // Placement: find an active host, take a slot with a conditional update.
-      { table: hostsTable, actions: ['dynamodb:Query', 'dynamodb:UpdateItem'], indexes: [index(hostsTable, 'by-pool')] },
+      // Placement: find an active host, take an allocation with a conditional update (and read one back to give it back).
+      { table: hostsTable, actions: ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:UpdateItem'], indexes: [index(hostsTable, 'by-pool')] },
       // The tenant's sandbox cap: one conditional update takes a slot.
       { table: tenantsTable, actions: ['dynamodb:UpdateItem'] },
       // Ending a sandbox closes the commands it still had in flight (killed, or lost with their host).
@@ -80,6 +94,8 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
     ],
     dispatchesToHosts: true,
     publishesEvents: true,
+    // A create with no room asks the group for hosts; a host's first sandbox protects it from scale-in.
+    autoScaling: ['autoscaling:DescribeAutoScalingGroups', 'autoscaling:SetDesiredCapacity', 'autoscaling:SetInstanceProtection'],
   },
   'list-sandboxes': {
     tables: [{ table: sandboxesTable, actions: ['dynamodb:Query'], indexes: [index(sandboxesTable, 'by-tenant'), index(sandboxesTable, 'by-tenant-user')] }],
@@ -101,8 +117,8 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
   'destroy-sandbox': {
     tables: [
       { table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },
-      // Gives the host's slot and the tenant's slot back.
-      { table: hostsTable, actions: ['dynamodb:UpdateItem'] },
+      // Gives the sandbox's share of its host (read first: exactly what the entry holds) and the tenant's slot back.
+      { table: hostsTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },
       { table: tenantsTable, actions: ['dynamodb:UpdateItem'] },
       // Ending a sandbox closes the commands it still had in flight (killed, or lost with their host).
       { table: commandsTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },
@@ -139,7 +155,7 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
         actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:Query'],
         indexes: [index(sandboxesTable, 'by-deadline'), index(sandboxesTable, 'by-host')],
       },
-      // Finds hosts whose heartbeat stopped and marks them lost; gives back slots of ended sandboxes.
+      // Finds hosts whose heartbeat stopped and marks them lost; gives back the shares of ended sandboxes.
       { table: hostsTable, actions: ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:UpdateItem'], indexes: [index(hostsTable, 'by-pool')] },
       { table: tenantsTable, actions: ['dynamodb:UpdateItem'] },
       // Ending a sandbox closes the commands it still had in flight (killed, or lost with their host).
@@ -147,6 +163,26 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
     ],
     dispatchesToHosts: true,
     publishesEvents: true,
+    // A lost host is reported unhealthy so the group replaces it.
+    autoScaling: ['autoscaling:SetInstanceHealth'],
+  },
+  'fleet-events': {
+    tables: [
+      // The host leaves placement (draining).
+      { table: hostsTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },
+    ],
+    // The drain verb, over SSM.
+    dispatchesToHosts: true,
+    // A lost host's termination goes ahead at once.
+    autoScaling: ['autoscaling:CompleteLifecycleAction'],
+  },
+  'fleet-capacity': {
+    tables: [
+      { table: hostsTable, actions: ['dynamodb:Query'], indexes: [index(hostsTable, 'by-pool')] },
+      { table: sandboxesTable, actions: ['dynamodb:Query'], indexes: [index(sandboxesTable, 'by-waiting')] },
+    ],
+    dispatchesToHosts: false,
+    autoScaling: ['autoscaling:DescribeAutoScalingGroups', 'autoscaling:SetDesiredCapacity'],
   },
   'start-command': {
     tables: [
@@ -210,12 +246,19 @@ export interface HostAccess {
   publishesEvents: boolean;
   /** On the host log group: the daemon ships its lines (logs and EMF metrics) there, one stream per host. */
   logActions: readonly string[];
+  /** On the host's own Auto Scaling group: its scale-in protection, and the lifecycle actions it completes. */
+  autoScaling: readonly AutoScalingAction[];
 }
 
 export const hostAccess: HostAccess = {
   tables: [
-    { table: hostsTable, actions: ['dynamodb:UpdateItem'] },
-    { table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:Query'], indexes: [index(sandboxesTable, 'by-host')] },
+    // Registration, heartbeats, allocations (reconciled, and taken for waiting creates), drain.
+    { table: hostsTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },
+    {
+      table: sandboxesTable,
+      actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:Query'],
+      indexes: [index(sandboxesTable, 'by-host'), index(sandboxesTable, 'by-waiting')],
+    },
     { table: tenantsTable, actions: ['dynamodb:UpdateItem'] },
     // The daemon runs commands: it claims, follows and ends their records and delivers their stdin.
     { table: commandsTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:Query', 'dynamodb:DeleteItem'] },
@@ -226,4 +269,5 @@ export const hostAccess: HostAccess = {
   mountpointOnlyActions: ['s3:AbortMultipartUpload'],
   publishesEvents: true,
   logActions: ['logs:CreateLogStream', 'logs:PutLogEvents'],
+  autoScaling: ['autoscaling:SetInstanceProtection', 'autoscaling:CompleteLifecycleAction', 'autoscaling:RecordLifecycleActionHeartbeat'],
 };

@@ -32,6 +32,8 @@ export interface LocalApi {
   urls: string[];
   /** The handlers behind the routes. */
   functions: LocalFunctions;
+  /** Serves the API on one more address, same port (a host's sandbox network gateway). Idempotent. */
+  serveOn(address: string): Promise<string>;
   close(): Promise<void>;
 }
 
@@ -378,6 +380,14 @@ export async function startLocalApi(o: {
     url: `http://${host}:${port}`,
     urls,
     functions,
+    async serveOn(address: string) {
+      const url = `http://${address}:${port}`;
+      if (!urls.includes(url)) {
+        servers.push(await listen(address, port));
+        urls.push(url);
+      }
+      return url;
+    },
     close: async () => {
       await functions.close();
       await Promise.all(

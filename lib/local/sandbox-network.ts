@@ -41,7 +41,8 @@ export async function removeContainersOfHost(hostId: string, stateDir: string): 
   const mounts = readFileSync('/proc/mounts', 'utf8')
     .split('\n')
     .map((l) => l.split(' ')[1] ?? '')
-    .filter((m) => m.startsWith(stateDir + '/'))
+    // The state directory itself too: the host binds it onto itself as a shared mount (host-agent/src/readopt.ts).
+    .filter((m) => m === stateDir || m.startsWith(stateDir + '/'))
     .sort((a, b) => b.length - a.length);
   for (const m of mounts) {
     // A lazy unmount above takes what is below it (and its propagated copies) along.

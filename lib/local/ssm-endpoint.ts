@@ -57,7 +57,17 @@ export interface SsmEndpoint {
   url: string;
   /** What clients must sign with: nothing else is answered, not even on loopback. */
   credentials: LocalCredentials;
-  registerInstance(id: string): void;
+  /**
+   * Adds an instance whose commands run on this machine, with its own
+   * environment (a host's HOST_ID, AGENT_SOCKET, STATE_DIR...) when given.
+   */
+  registerInstance(id: string, env?: NodeJS.ProcessEnv): void;
+  /**
+   * The instance is gone (terminated): new commands to it are refused
+   * (InvalidInstanceId), and those it was running or holding end as
+   * Undeliverable, their processes killed (the machine that ran them is gone).
+   */
+  deregisterInstance(id: string): void;
   /** The next `n` requests answer ThrottlingException. */
   injectThrottling(n: number): void;
   /** Every answer from now on waits `ms` first (a slow or distant SSM). */
@@ -128,7 +138,7 @@ interface Invocation {
   workingDirectory: string;
   executionTimeoutSeconds: number;
   child?: ChildProcess;
-  killReason?: 'timeout' | 'cancel';
+  killReason?: 'timeout' | 'cancel' | 'gone';
   timer?: NodeJS.Timeout;
   /** Set while the script runs: finishes the invocation even if escaped grandchildren hold the pipes. */
   afterKill?: () => void;
@@ -229,6 +239,8 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
   // Commands run as root: only callers holding the stack's credentials may send or read them.
   const signing: SigningPolicy = { credentials: opts.credentials ?? generateLocalCredentials(), service: 'ssm', protocol: 'json', maxBodyBytes: maxRequestBytes };
   const instances = new Set<string>();
+  /** Per-instance environments (several local hosts on one machine); the others run with `env`. */
+  const instanceEnv = new Map<string, NodeJS.ProcessEnv>();
   for (const id of opts.instanceIds) {
     assertInstanceId(id);
     instances.add(id);
@@ -292,7 +304,7 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
     }
   }
 
-  function killGroup(inv: Invocation, reason: 'timeout' | 'cancel'): void {
+  function killGroup(inv: Invocation, reason: 'timeout' | 'cancel' | 'gone'): void {
     const child = inv.child;
     inv.killReason ??= reason;
     if (!child?.pid) return;
@@ -334,7 +346,7 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
     const spawnedAt = performance.now();
     const child = spawn('/bin/sh', [join(dir, '_script.sh')], {
       cwd,
-      env,
+      env: instanceEnv.get(inv.instanceId) ?? env,
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -351,6 +363,7 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
       inv.stderr.end();
       const code = exit?.code ?? null;
       if (inv.killReason === 'timeout') settle(inv, 'TimedOut', 'ExecutionTimedOut', -1);
+      else if (inv.killReason === 'gone') settle(inv, 'Failed', 'Undeliverable', -1);
       else if (inv.killReason === 'cancel') settle(inv, 'Cancelled', 'Cancelled', -1);
       else if (code === 0) settle(inv, 'Success', 'Success', 0);
       else {
@@ -793,9 +806,21 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
   return {
     url: `http://${urlHost}:${address.port}`,
     credentials: signing.credentials,
-    registerInstance(id: string) {
+    registerInstance(id: string, instanceEnvironment?: NodeJS.ProcessEnv) {
       assertInstanceId(id);
       instances.add(id);
+      if (instanceEnvironment) instanceEnv.set(id, instanceEnvironment);
+    },
+    deregisterInstance(id: string) {
+      instances.delete(id);
+      instanceEnv.delete(id);
+      for (const invocations of commands.values()) {
+        for (const inv of invocations) {
+          if (inv.instanceId !== id || isTerminal(inv.status)) continue;
+          if (inv.status === 'Pending' || !inv.child) settle(inv, 'Failed', 'Undeliverable', -1);
+          else killGroup(inv, 'gone');
+        }
+      }
     },
     injectThrottling(n: number) {
       if (!Number.isInteger(n) || n < 0) throw new Error(`injectThrottling takes a whole number >= 0, got ${n}`);

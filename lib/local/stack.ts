@@ -1,13 +1,14 @@
 /**
  * The local stack: the whole control plane on one machine, on real engines.
  * DynamoDB Local, s3rver, the local SSM endpoint running commands on this
- * machine (the one registered host), the local API Gateway calling the same
- * handler modules, the host-agent against the real Docker engine, and the
+ * machine (for each registered host, with its own environment), the local API
+ * Gateway calling the same handler modules, one or more hosts (local-host.ts:
+ * a supervised host daemon each, against the real Docker engine), and the
  * reaper on a timer like its schedule.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import type { ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createApiKey } from '../../lambdas/shared/api-keys';
@@ -27,7 +28,10 @@ import { generateLocalCredentials, type LocalCredentials } from './sigv4';
 import { startSsmEndpoint, type SsmEndpoint } from './ssm-endpoint';
 import { LocalTelemetry } from './telemetry';
 import { ssmCommandWorkersFor } from '../../host-agent/src/protocol';
-import { removeNetwork, sandboxNetworkGateway } from './sandbox-network';
+import { localCgroupRoot } from './host-supervisor';
+import { startAutoScalingEndpoint, type AutoScalingEndpoint, type HookSpecification } from './autoscaling-endpoint';
+import { onFleetEvent } from '../../lambdas/shared/drain';
+import { localHostId, removeCgroupTreeWhenEmpty, startLocalHost, type LocalHost, type LocalHostContext, type LocalHostOptions } from './local-host';
 
 export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -38,7 +42,16 @@ export interface LocalStackOptions {
   apiKey?: string;
   /** Tenant the key belongs to. @default 'default' */
   tenantId?: string;
-  /** Sandbox slots of the local host. @default 16 */
+  /** Hosts started with the stack (more join with addHost). @default 1 (0 with autoScaling: the group launches them) */
+  hosts?: number;
+  /**
+   * An Auto Scaling group of local hosts: EC2 Auto Scaling cannot run here, so
+   * a stand-in (autoscaling-endpoint.ts) answers its API and launches and
+   * terminates local hosts; the control plane calls it as it calls AWS.
+   * @default none (fixed hosts; creates with no room answer 503)
+   */
+  autoScaling?: { minSize: number; maxSize: number; desiredCapacity: number; terminateHook?: HookSpecification };
+  /** Sandbox slots of each host started with the stack. @default 16 */
   slots?: number;
   /**
    * Warm pool containers the local host keeps ready (WARM_CONTAINERS_PER_HOST). `npm start` and
@@ -46,11 +59,13 @@ export interface LocalStackOptions {
    * @default WARM_CONTAINERS_PER_HOST or 0
    */
   warmContainers?: number;
+  /** What each host started with the stack advertises (HOST_ALLOCATABLE_*). @default the machine's */
+  allocatable?: LocalHostOptions['allocatable'];
   /** Reaper period in ms; 0 turns the timer off (tests call runReaper). @default 5000 */
   reaperIntervalMs?: number;
   /** Host daemon heartbeat/reconcile period. @default 5000 */
   hostHeartbeatMs?: number;
-  /** Extra environment for the handlers and the host (limits etc.). */
+  /** Extra environment for the handlers and the hosts (limits etc.). */
   env?: Record<string, string>;
   /** SSM endpoint's InvocationDoesNotExist window after SendCommand. @default 0 */
   ssmInvisibleMs?: number;
@@ -100,10 +115,12 @@ export interface LocalStack {
   url: string;
   apiKey: string;
   tenantId: string;
-  hostId: string;
-  /** URL the sandboxes use to reach the API (sandbox network gateway). */
-  sandboxApiUrl: string;
-  stateDir: string;
+  /** The first host's id (most tests use one host). */
+  readonly hostId: string;
+  /** URL the first host's sandboxes use to reach the API (their sandbox network's gateway). */
+  readonly sandboxApiUrl: string;
+  /** The first host's state directory. */
+  readonly stateDir: string;
   dynamodb: DynamoDbLocal;
   s3: S3Endpoint;
   ssm: SsmEndpoint;
@@ -112,29 +129,30 @@ export interface LocalStack {
   events: LocalEventBus;
   /** Metrics every part wrote (EMF lines of the handlers, the host daemon and the reaper), in order. */
   telemetry: LocalTelemetry;
-  /** Environment the handlers and the host-agent run with. */
+  /** Environment the handlers run with, and the first host's. */
   env: Record<string, string>;
   runReaper(): Promise<ReapReport>;
-  /** The host daemon child process (null once stopped). */
+  /** Every host running now, in the order they joined. */
+  hosts(): LocalHost[];
+  /** Starts one more host (another "instance"). */
+  addHost(o?: LocalHostOptions): Promise<LocalHost>;
+  /** Removes a host and everything it made (its containers, mounts, network, state). */
+  removeHost(hostId: string): Promise<void>;
+  /** The first host's daemon process (null once stopped, or between a crash and its restart). */
   daemon(): ChildProcess | null;
   stopDaemon(): Promise<void>;
   startDaemon(): void;
+  /** The Auto Scaling stand-in (with the autoScaling option). */
+  autoScaling?: AutoScalingEndpoint;
   close(): Promise<void>;
-}
-
-/** A local host id in SSM's managed-instance form (on-premises hosts are mi-...). */
-function localHostId(): string {
-  return 'mi-' + Array.from({ length: 17 }, () => '0123456789abcdef'[Math.floor(Math.random() * 16)]).join('');
 }
 
 export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalStack> {
   const tenantId = o.tenantId ?? 'default';
-  const hostId = localHostId();
-  const stateDir = mkdtempSync(join(tmpdir(), 'ephemeral-sandbox-host-'));
   const port = o.port === 0 ? await freePort() : (o.port ?? 8000);
-  const cleanups: (() => Promise<void> | void)[] = [() => removeStateDir(stateDir)];
+  const cleanups: (() => Promise<void> | void)[] = [];
   const closeAll = async () => {
-    for (const c of cleanups.reverse()) {
+    for (const c of cleanups.splice(0).reverse()) {
       try {
         await c();
       } catch (err) {
@@ -144,7 +162,7 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
   };
 
   // One random pair per stack, for DynamoDB, S3 and SSM alike; it reaches the handlers, the
-  // host daemon and s3fs through the environment and password files, never a command line.
+  // host daemons and s3fs through the environment and password files, never a command line.
   const credentials = generateLocalCredentials();
   try {
     const [dynamodb, s3, events] = await Promise.all([
@@ -161,15 +179,6 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
     const stopPrinting = events.onEvent((e) => logger.debug('event', { 'detail-type': e.detailType, source: e.source, detail: e.detail }));
     cleanups.push(stopPrinting);
     o.signal?.throwIfAborted();
-    // A network (and firewall chains) of its own, so stacks side by side (npm start and
-    // npm test) never rewrite each other's egress rules.
-    const sandboxNetwork = o.env?.SANDBOX_NETWORK ?? `sbx-${hostId.slice(-8)}`;
-    const gateway = await sandboxNetworkGateway(sandboxNetwork);
-    cleanups.push(() => removeNetwork(sandboxNetwork));
-    // Runs again on close once SSM commands are cancelled and the daemon is stopped: a create
-    // that was still running then may have made a container after the first sweep.
-    cleanups.push(() => removeHostContainers(hostId, stateDir));
-    const sandboxApiUrl = `http://${gateway}:${port}`;
 
     const env: Record<string, string> = {
       AWS_REGION: 'us-east-1',
@@ -190,16 +199,10 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
       HOST_AGENT_COMMAND: join(repoRoot, 'host-agent', 'bin', 'host-agent'),
       HOST_AGENT_BUNDLE: join(repoRoot, 'dist', 'host-agent.mjs'),
       NODE_BINARY: process.execPath,
-      AGENT_SOCKET: join(stateDir, 'agent.sock'),
-      SANDBOX_API_URL: sandboxApiUrl,
-      HOST_ID: hostId,
-      HOST_SLOTS: String(o.slots ?? 16),
+      // Each host tells its own sandboxes where the API is (its network's gateway); this is the API itself.
+      SANDBOX_API_URL: `http://127.0.0.1:${port}`,
       WARM_CONTAINERS_PER_HOST: String(o.warmContainers ?? process.env.WARM_CONTAINERS_PER_HOST ?? 0),
-      STATE_DIR: stateDir,
-      SANDBOX_NETWORK: sandboxNetwork,
-      EGRESS_ALLOW: `${gateway}:${port}`,
       COLD_MOUNT_DRIVER: process.env.COLD_MOUNT_DRIVER ?? 's3fs',
-      HOST_HEARTBEAT_SECONDS: String((o.hostHeartbeatMs ?? 5000) / 1000),
       HOST_LOST_AFTER_SECONDS: process.env.HOST_LOST_AFTER_SECONDS ?? '30',
       LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn',
       // Lambda and the hosts run Node 22; the SDK's notice about Node 20 (this machine's) would repeat in every worker.
@@ -212,7 +215,7 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
     resetHosts();
 
     const ssm = await startSsmEndpoint({
-      instanceIds: [hostId],
+      instanceIds: [],
       invisibleMs: o.ssmInvisibleMs ?? 0,
       env: { ...process.env },
       credentials,
@@ -222,39 +225,40 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
     cleanups.push(() => ssm.close());
     process.env.AWS_ENDPOINT_URL_SSM = env.AWS_ENDPOINT_URL_SSM = ssm.url;
 
+    // The group's launches wait until the stack can start hosts (below).
+    let hostsReady: (ctx: { add: (o: LocalHostOptions) => Promise<LocalHost>; remove: (hostId: string) => Promise<void> }) => void = () => undefined;
+    const canStartHosts = new Promise<Parameters<typeof hostsReady>[0]>((r) => (hostsReady = r));
+    let autoScaling: AutoScalingEndpoint | undefined;
+    if (o.autoScaling) {
+      const groupName = 'ephemeral-sandbox-local-hosts';
+      autoScaling = await startAutoScalingEndpoint({
+        credentials,
+        groupName,
+        ...o.autoScaling,
+        ...(o.autoScaling.terminateHook ? { terminateHook: o.autoScaling.terminateHook } : {}),
+        newInstanceId: localHostId,
+        launch: async (hostId) => void (await (await canStartHosts).add({ hostId, slots: o.slots ?? 16, ...(o.allocatable ? { allocatable: o.allocatable } : {}) })),
+        // A terminated instance is gone at once: what it ran goes with it.
+        terminate: async (hostId) => (await canStartHosts).remove(hostId),
+        // EventBridge to the fleet-events function (run here in the stack's process, as the reaper is).
+        onEvent: async (event) => void (await onFleetEvent(event)),
+      });
+      const endpoint = autoScaling;
+      cleanups.push(() => endpoint.close());
+      Object.assign(env, {
+        AUTO_SCALING_GROUP_NAME: groupName,
+        AWS_ENDPOINT_URL_AUTO_SCALING: endpoint.url,
+        ...(o.autoScaling.terminateHook ? { DRAIN_LIFECYCLE_HOOK: o.autoScaling.terminateHook.name } : {}),
+      });
+      Object.assign(process.env, env);
+      resetConfig();
+    }
+
     await createTables(
       dynamodb.client,
       tables.map((def) => ({ def, name: env[def.envVar]! })),
     );
     const { key: apiKey } = await createApiKey({ tenantId, key: o.apiKey, description: 'local stack key' });
-
-    // The host daemon: registers this machine as a host, heartbeats, reconciles.
-    let daemon: ChildProcess | null = null;
-    const startDaemon = () => {
-      daemon = spawn(process.execPath, [join(repoRoot, 'dist', 'host-agent-daemon.mjs')], {
-        env: { ...process.env, ...env, SANDBOX_TIMINGS_ROLE: 'host' },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      const child = daemon;
-      // Its lines as a host's would reach CloudWatch Logs: passed on, and its metrics read.
-      child.stdout?.on('data', telemetry.lines('host-daemon', 'stdout'));
-      child.stderr?.on('data', telemetry.lines('host-daemon', 'stderr'));
-      child.on('exit', () => {
-        if (daemon === child) daemon = null;
-      });
-    };
-    const stopDaemon = async () => {
-      const child = daemon;
-      if (!child || child.exitCode !== null) return;
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGKILL');
-      await exited;
-      daemon = null;
-    };
-    o.signal?.throwIfAborted();
-    startDaemon();
-    cleanups.push(stopDaemon);
-    await waitForHost(hostId, o.signal);
 
     const functionSettings = localFunctionSettings();
     const api = await startLocalApi({
@@ -266,12 +270,59 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
         output: (name, stream) => telemetry.lines(name, stream),
       }),
       ...(o.integrationTimeoutSeconds !== undefined ? { integrationTimeoutSeconds: o.integrationTimeoutSeconds } : {}),
-      extraHosts: [gateway],
       authorizerCacheSeconds: o.authorizerCacheSeconds ?? Number(process.env.AUTHORIZER_CACHE_SECONDS ?? 300),
       rateLimit: o.rateLimit ?? Number(process.env.TENANT_RATE_LIMIT ?? 50),
       burstLimit: o.burstLimit ?? Number(process.env.TENANT_BURST_LIMIT ?? 100),
     });
     cleanups.push(() => api.close());
+
+    // The hosts: each an "instance" with its own id, state, network and supervised daemon.
+    const stackCgroup = join(localCgroupRoot(), `stack-${process.pid}-${randomBytes(4).toString('hex')}`);
+    cleanups.push(() => removeCgroupTreeWhenEmpty(stackCgroup));
+    const hosts: LocalHost[] = [];
+    const hostContext: LocalHostContext = {
+      repoRoot,
+      baseEnv: env,
+      ssm,
+      apiPort: port,
+      serveApiOn: async (address) => void (await api.serveOn(address)),
+      cgroupDir: stackCgroup,
+      heartbeatSeconds: (o.hostHeartbeatMs ?? 5000) / 1000,
+      // Each daemon's lines as a host's would reach CloudWatch Logs: passed on, and its metrics read.
+      daemonOutput: (child) => {
+        child.stdout?.on('data', telemetry.lines('host-daemon', 'stdout'));
+        child.stderr?.on('data', telemetry.lines('host-daemon', 'stderr'));
+      },
+      ...(o.signal ? { signal: o.signal } : {}),
+    };
+    const addHost = async (ho: LocalHostOptions = {}) => {
+      const host = await startLocalHost(hostContext, ho);
+      hosts.push(host);
+      return host;
+    };
+    const removeHost = async (hostId: string) => {
+      const i = hosts.findIndex((h) => h.hostId === hostId);
+      if (i < 0) return;
+      const [host] = hosts.splice(i, 1);
+      await host!.close();
+    };
+    // Runs first on close (pushed last): every host, with its containers and mounts.
+    cleanups.push(async () => {
+      for (const h of hosts.splice(0).reverse()) await h.close();
+    });
+    hostsReady({ add: addHost, remove: removeHost });
+    for (let i = 0; i < (o.hosts ?? (o.autoScaling ? 0 : 1)); i++) {
+      o.signal?.throwIfAborted();
+      await addHost({ slots: o.slots ?? 16, ...(o.allocatable ? { allocatable: o.allocatable } : {}) });
+    }
+    const first = () => {
+      const h = hosts[0];
+      if (!h) throw new Error('the local stack has no host (it rests at zero)');
+      return h;
+    };
+    // The test process calls host-agent code directly too: it sees the first host's settings.
+    if (hosts[0]) Object.assign(env, hosts[0].env);
+    Object.assign(process.env, env);
 
     if (o.stateFile) {
       const stateFile = o.stateFile;
@@ -279,7 +330,7 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
         pid: process.pid,
         url: api.url,
         region: env.AWS_REGION!,
-        hostId,
+        hostId: hosts[0]?.hostId ?? '',
         tenantId,
         dynamodbEndpoint: dynamodb.endpoint,
         s3Endpoint: s3.url,
@@ -312,16 +363,20 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
       timer.unref();
       cleanups.push(() => clearInterval(timer));
     }
-    // Runs first on close: remove every container and mount this stack's host made.
-    cleanups.push(() => removeHostContainers(hostId, stateDir));
 
     return {
       url: api.url,
       apiKey,
       tenantId,
-      hostId,
-      sandboxApiUrl,
-      stateDir,
+      get hostId() {
+        return first().hostId;
+      },
+      get sandboxApiUrl() {
+        return first().sandboxApiUrl;
+      },
+      get stateDir() {
+        return first().stateDir;
+      },
       dynamodb,
       s3,
       ssm,
@@ -330,9 +385,13 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
       telemetry,
       env,
       runReaper,
-      daemon: () => daemon,
-      stopDaemon,
-      startDaemon,
+      hosts: () => [...hosts],
+      addHost,
+      removeHost,
+      ...(autoScaling ? { autoScaling } : {}),
+      daemon: () => first().daemon(),
+      stopDaemon: () => first().stopDaemon(),
+      startDaemon: () => first().startDaemon(),
       close: closeAll,
     };
   } catch (err) {
@@ -361,29 +420,3 @@ export function localFunctionSettings(): { timeoutSeconds: number; memoryMb: num
   return { timeoutSeconds: h.apiTimeoutSeconds, memoryMb: h.memoryMb };
 }
 
-async function waitForHost(hostId: string, signal?: AbortSignal): Promise<void> {
-  const { getHost } = await import('../../lambdas/shared/host-store');
-  const started = Date.now();
-  while (Date.now() - started < 30_000) {
-    signal?.throwIfAborted();
-    const host = await getHost(hostId);
-    if (host?.status === 'active') return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`the host daemon did not register host ${hostId} within 30 s`);
-}
-
-/** Removes the host's state directory, but never recursively through a mount that is still there (a cold tier's S3 objects). */
-function removeStateDir(stateDir: string): void {
-  const mounted = readFileSync('/proc/mounts', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[1] ?? '')
-    .filter((m) => m === stateDir || m.startsWith(stateDir + '/'));
-  if (mounted.length > 0) throw new Error(`${stateDir} still has mounts (${mounted.join(', ')}); not removing it: unmount them and remove it by hand`);
-  rmSync(stateDir, { recursive: true, force: true });
-}
-
-async function removeHostContainers(hostId: string, stateDir: string): Promise<void> {
-  const { removeContainersOfHost } = await import('./sandbox-network');
-  await removeContainersOfHost(hostId, stateDir);
-}

@@ -41,7 +41,7 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
       assert.deepEqual(granted, used, `${handler}: ${fix}`);
     });
 
-    it(`${handler}: host dispatch (SSM Run Command, staged requests), command output reads and event publishing only if the code does them`, async () => {
+    it(`${handler}: host dispatch (SSM Run Command, staged requests), command output reads and event publishing and Auto Scaling calls only if the code does them`, async () => {
       const calls = await analyze(handler);
       const used = [...calls.otherActions].sort();
       const access = handlerAccess[handler];
@@ -50,6 +50,7 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
           ...(access.dispatchesToHosts ? hostDispatchActions : []),
           ...(access.readsCommandOutput ? commandOutputActions : []),
           ...(access.publishesEvents ? eventBusActions : []),
+          ...(access.autoScaling ?? []),
         ]),
       ].sort();
       assert.deepEqual(granted, used, `${handler}: ${fix}`);
@@ -83,8 +84,10 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
     );
     assert.deepEqual(granted, usedTables, `host: ${fix} (hostAccess)`);
     const grantedStorage = hostAccess.storageActions.filter((a) => !hostAccess.mountpointOnlyActions.includes(a)).sort();
-    assert.deepEqual(grantedStorage, [...storage].sort(), `host: ${fix} (hostAccess.storageActions)`);
+    assert.deepEqual(grantedStorage, [...storage].filter((a) => a.startsWith('s3:')).sort(), `host: ${fix} (hostAccess.storageActions)`);
+    assert.deepEqual([...hostAccess.autoScaling].sort(), [...storage].filter((a) => a.startsWith('autoscaling:')).sort(), `host: ${fix} (hostAccess.autoScaling)`);
     assert.deepEqual(hostAccess.publishesEvents ? [...eventBusActions] : [], [...published].sort(), `host: ${fix} (hostAccess.publishesEvents)`);
     assert.deepEqual([...hostAccess.logActions].sort(), [...shipped].sort(), `host: ${fix} (hostAccess.logActions)`);
+    assert.deepEqual([...storage].filter((a) => !a.startsWith('s3:') && !a.startsWith('autoscaling:')), [], 'host: calls no other AWS service');
   });
 });

@@ -486,10 +486,13 @@ for (const env of ['dev', 'prod'] as const) {
       const expected = [
         's3:ListBucket on <StorageBucket>',
         ...['s3:AbortMultipartUpload', 's3:DeleteObject', 's3:GetObject', 's3:PutObject'].map((a) => `${a} on <StorageBucket>/*`),
+        'dynamodb:GetItem on <TablesHosts>',
         'dynamodb:UpdateItem on <TablesHosts>',
         'dynamodb:GetItem on <TablesSandboxes>',
         'dynamodb:UpdateItem on <TablesSandboxes>',
         'dynamodb:Query on <TablesSandboxes>/index/by-host',
+        // Creates that waited for capacity, claimed by a host with room.
+        'dynamodb:Query on <TablesSandboxes>/index/by-waiting',
         'dynamodb:UpdateItem on <TablesTenants>',
         // Commands: the host daemon runs them (claims, follows, ends them; delivers and drops their stdin).
         ...['dynamodb:DeleteItem', 'dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:UpdateItem'].map((a) => `${a} on <TablesCommands>`),

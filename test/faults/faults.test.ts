@@ -110,7 +110,7 @@ async function assertNothingLeaked(ids: string[]): Promise<void> {
   await waitFor('the tenant count to match what is live', async () => (await tenantLiveCount()) === mine.length, 30_000).catch(async (err: Error) => {
     throw new Error(`${err.message}: count ${await tenantLiveCount()}, live ${JSON.stringify(mine.map((r) => [r.sandbox_id, r.status]))}`);
   });
-  await waitFor("the host's slots to match what is live", async () => (await getHost(stack.hostId))?.slots_used === live.length, 30_000);
+  await waitFor("the host's allocations to match what is live", async () => Object.keys((await getHost(stack.hostId))?.allocations ?? {}).length === live.length, 30_000);
 }
 
 async function createReady(user: string): Promise<string> {

@@ -80,7 +80,9 @@ describe('the host daemon', () => {
     const id = await create(uniqueUser('register'));
     const first = await getHost(stack.hostId);
     assert.equal(first?.status, 'active');
-    assert.equal(first?.capacity, 16);
+    assert.equal(first?.capacity.sandboxes, 16);
+    assert.ok(first!.capacity.cpu_milli > 0 && first!.capacity.memory_mb > 0 && first!.capacity.disk_mb > 0, JSON.stringify(first!.capacity));
+    assert.deepEqual(Object.keys(first!.allocations), [id], 'its one sandbox holds an allocation');
     assert.match(first!.host_id, /^mi-[0-9a-f]{17}$/);
     const later = await waitFor('two more heartbeats', async () => {
       const h = await getHost(stack.hostId);
@@ -129,12 +131,13 @@ describe('the host daemon', () => {
     const orphan = randomSandboxId();
     const oddName = `lc-orphan-${randomBytes(4).toString('hex')}`;
     const otherHosts = randomSandboxId();
+    // The grace runs from the orphan's creation: timed from here, not after the slower starts below.
+    const started = Date.now();
     await startLabelled(orphan, { [containerLabels.hostId]: stack.hostId, [containerLabels.sandboxId]: orphan, [containerLabels.tenantId]: 't', [containerLabels.userId]: 'u' });
     await startLabelled(oddName, { [containerLabels.hostId]: stack.hostId });
     await startLabelled(otherHosts, { [containerLabels.hostId]: 'mi-00000000000000bee', [containerLabels.sandboxId]: otherHosts });
-    const started = Date.now();
     // Docker reports creation times in whole seconds: look well inside the grace.
-    await sleep(graceSeconds * 1000 - 1500);
+    await sleep(Math.max(0, started + graceSeconds * 1000 - 1500 - Date.now()));
     assert.equal(await containerExists(orphan), true, 'kept during the grace period (a create may still be recording it)');
 
     await waitFor('the orphans to be removed', async () => !(await containerExists(orphan)) && !(await containerExists(oddName)), graceSeconds * 1000 + heartbeatMs + marginMs);

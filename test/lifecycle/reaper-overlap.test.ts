@@ -19,7 +19,8 @@ import { dynamo } from '../../lambdas/shared/clients/dynamodb';
 import { ssm } from '../../lambdas/shared/clients/ssm';
 import { config } from '../../lambdas/shared/config';
 import { dueSandboxes, reap, type ReapReport } from '../../lambdas/shared/reaper';
-import { placeSandbox } from '../../lambdas/shared/host-store';
+import { getHost, placeSandbox } from '../../lambdas/shared/host-store';
+import { resourcesOf } from '../../lambdas/shared/placement';
 import { reapShardOf, type SandboxRecord } from '../../lambdas/shared/sandbox-record';
 import { newSandboxId, storageFor } from '../../lambdas/shared/sandboxes';
 import { recordWithTenantSlot } from '../../lambdas/shared/tenants';
@@ -193,8 +194,10 @@ describe('a create that died half-way', () => {
     const user = uniqueUser('half-made');
     const now = Date.now();
     // The first half of a create, as lambdas/shared/sandboxes.ts does it: slots, record, host create...
-    const host = await placeSandbox(now);
-    const r = sandboxRecord({ now, tenant: stack.tenantId, user, host: host.host_id, status: 'creating', deadline: now + 120_000 });
+    const placeholder = sandboxRecord({ now, tenant: stack.tenantId, user, host: '', status: 'creating', deadline: now + 120_000 });
+    const host = await placeSandbox(placeholder.sandbox_id, resourcesOf(placeholder.config), { now });
+    assert.ok(host, 'the local host has room');
+    const r = { ...placeholder, host_id: host.host_id, live_host_id: host.host_id };
     await recordWithTenantSlot(r);
     // ...the host makes the container and dies before it records it (the host-agent run here with no
     // control plane configured: it makes the container and writes nothing, as a host that died would)...
@@ -215,6 +218,7 @@ describe('a create that died half-way', () => {
     assert.deepEqual([ended.status, ended.stop_reason], ['failed', 'create_failed']);
     assert.equal(ended.live_host_id, undefined);
     assert.equal(await containerExists(r.sandbox_id), false);
+    assert.equal((await getHost(host.host_id))?.allocations[r.sandbox_id], undefined, 'its share of the host was given back');
   });
 });
 

@@ -95,7 +95,7 @@ describe('the warm pool', () => {
       return h?.warm_containers === depth ? h : undefined;
     }, 20_000);
     assert.equal(host.running_sandboxes, 0, 'pool containers are not sandboxes');
-    assert.equal(host.slots_used ?? 0, 0, 'pool containers hold no slot');
+    assert.deepEqual(host.allocations ?? {}, {}, 'pool containers hold no allocation');
   });
 
   it('gives a create a claimed container with what a cold create gives: hardening, resources, hostname, env, token, home and cold tier', async () => {

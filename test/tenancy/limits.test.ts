@@ -134,19 +134,19 @@ describe('the cap on sandboxes per tenant', () => {
 
   it('gives the slot back when no host has room (503)', async () => {
     const api = await keyFor('no-room');
-    // The daemon's reconciliation would reset slots_used: hold it off while the host looks full.
+    // The daemon's reconciliation would correct the allocation: hold it off while the host looks full.
     await stack.stopDaemon();
     const host = (await getHost(stack.hostId))!;
-    const setUsed = (n: number) =>
-      dynamo().send(new UpdateCommand({ TableName: config().tables.hosts, Key: { host_id: stack.hostId }, UpdateExpression: 'SET slots_used = :n', ExpressionAttributeValues: { ':n': n } }));
+    const setUsed = (memoryMb: number) =>
+      dynamo().send(new UpdateCommand({ TableName: config().tables.hosts, Key: { host_id: stack.hostId }, UpdateExpression: 'SET allocated.memory_mb = :n', ExpressionAttributeValues: { ':n': memoryMb } }));
     try {
-      await setUsed(host.capacity);
+      await setUsed(host.capacity.memory_mb);
       const res = await api.create('u');
       assert.equal(res.status, 503, res.text);
       assert.equal(res.body.error.code, 'no_capacity');
       assert.equal(await liveCount('no-room'), 0);
     } finally {
-      await setUsed(host.slots_used);
+      await setUsed(host.allocated.memory_mb);
       stack.startDaemon();
       await waitForHeartbeat();
     }

@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { HostAgentError } from '../errors';
 
 /** Where the cgroup2 file system is mounted, from /proc/self/mountinfo. */
-function cgroup2Root(): string {
+export function cgroup2Root(): string {
   for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
     // ... <mount point> ... - <fs type> <source> <options>
     const [left, right] = line.split(' - ');

@@ -13,10 +13,11 @@
  */
 import { createHash } from 'node:crypto';
 import { spawn } from 'node:child_process';
-import { mkdir, readdir, readFile, realpath, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { HeadObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { removeScope, scopedCommand } from '../process-scope';
 import { ColdMountError, StorageError } from './errors';
 import { createS3Client } from './s3';
 
@@ -118,6 +119,11 @@ function resolveMount(o: ColdMountOptions): ResolvedMount {
     secretsDir: o.secretsDir ?? defaultSecretsDir,
     readyTimeoutMs: o.readyTimeoutMs ?? 15_000,
   };
+}
+
+/** The scope (process-scope.ts) a mount point's FUSE client runs in: outside the daemon's service, so it survives a daemon restart. */
+export function coldMountScope(mountPoint: string): string {
+  return 'cold-' + createHash('sha256').update(resolve(mountPoint)).digest('hex').slice(0, 24);
 }
 
 /** Where the s3fs password file of a mount point lives (one per mount point, removed at unmount). */
@@ -225,7 +231,7 @@ export async function mountCold(o: ColdMountOptions): Promise<void> {
   }
 
   try {
-    const exit = await runDaemonizing(command);
+    const exit = await runDaemonizing({ ...command, ...scopedCommand(command.file, command.args, coldMountScope(mountPoint)) });
     if (exit.code !== 0) {
       throw new ColdMountError(`${command.file} could not mount s3://${m.bucket}/${m.prefix} at ${mountPoint} (exit ${exit.code}): ${exit.stderr.trim() || 'no message'}`);
     }
@@ -271,6 +277,32 @@ export async function unmountCold(mountPoint: string, options: UnmountOptions = 
     if (Date.now() > deadline) throw new ColdMountError(`${target} is still mounted after ${timeoutMs} ms`);
   }
   await rm(s3fsPasswdFile(target, options.secretsDir ?? defaultSecretsDir), { force: true });
+  // The FUSE client exits once unmounted; a lazily detached one may take a moment (its empty scope goes with the next unmount).
+  removeScope(coldMountScope(target));
+}
+
+/**
+ * Whether the mount at `mountPoint` answers: listed in /proc/mounts and its
+ * root stat-able within `timeoutMs`. A FUSE client that died leaves its mount
+ * listed and answering ENOTCONN ("Transport endpoint is not connected"). A
+ * stat of the root is answered by the client itself, without an S3 request.
+ */
+export async function coldMountAlive(mountPoint: string, timeoutMs = 5_000): Promise<boolean> {
+  if (!(await isMounted(mountPoint))) return false;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      stat(mountPoint),
+      new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error('timeout')), timeoutMs);
+      }),
+    ]);
+    return true;
+  } catch {
+    return false;
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 export interface MountEntry {

@@ -16,6 +16,8 @@ export {
   mountCold,
   unmountCold,
   isMounted,
+  coldMountAlive,
+  coldMountScope,
   coldMountDriverFromEnv,
   coldMountDrivers,
   s3fsCommand,

@@ -1,0 +1,13 @@
+/**
+ * Scheduled every minute by EventBridge Scheduler: publishes the fleet's
+ * capacity metric (what the target tracking policy scales on) and asks for
+ * capacity for creates still waiting for a host.
+ */
+import { measureFleet } from './shared/fleet-metric';
+import { logger } from './shared/logger';
+
+export async function handler(): Promise<Awaited<ReturnType<typeof measureFleet>>> {
+  const measurement = await measureFleet();
+  logger.info('fleet measured', { ...measurement });
+  return measurement;
+}

@@ -1,0 +1,143 @@
+/**
+ * Creates that found no host with room: recorded `creating` with
+ * `status_detail: waiting_for_capacity` and no host (the sparse by-waiting
+ * index lists them, oldest first), their host request (env and token: the
+ * caller's secrets) staged in S3 under a key of their own. A host with room
+ * takes one with a single transaction (its share of the host and the
+ * sandbox's host together, so neither can happen without the other) and
+ * makes it; the reaper fails one nobody took within CAPACITY_WAIT_SECONDS.
+ */
+import { TransactionCanceledException } from '@aws-sdk/client-dynamodb';
+import { DeleteObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { TransactWriteCommand } from '@aws-sdk/lib-dynamodb';
+import { dynamo, queryAll } from './clients/dynamodb';
+import { s3 } from './clients/s3';
+import { config } from './config';
+import { logger } from './logger';
+import type { HostRecord } from './host-store';
+import { resourcesOf, type Allocation, type Resources } from './placement';
+import type { SandboxRecord } from './sandbox-record';
+import { indexName, sandboxesTable } from './tables';
+import { stagedRequestPrefix } from '../../host-agent/src/protocol';
+
+/** Where a waiting create's host request waits (the hosts fetch and delete it; the bucket expires leftovers after a day). */
+export function waitingRequestKey(sandboxId: string): string {
+  return `${stagedRequestPrefix}waiting/${sandboxId}.json`;
+}
+
+/** Stages a waiting create's host request (it carries the caller's env and the sandbox token: never in a table). */
+export async function stageWaitingRequest(sandboxId: string, request: unknown): Promise<string> {
+  const key = waitingRequestKey(sandboxId);
+  await s3().send(new PutObjectCommand({ Bucket: config().bucket, Key: key, Body: JSON.stringify(request), ContentType: 'application/json' }));
+  return key;
+}
+
+/** Removes a staged request nobody will fetch any more (a waiting create that ended). */
+export async function dropWaitingRequest(key: string | undefined): Promise<void> {
+  if (!key) return;
+  try {
+    await s3().send(new DeleteObjectCommand({ Bucket: config().bucket, Key: key }));
+  } catch (err) {
+    // The bucket's lifecycle rule expires host-requests/ after a day: a leftover does not outlive that.
+    logger.warn('a waiting create\u2019s staged request was not removed; the bucket lifecycle rule expires it', { key, err });
+  }
+}
+
+export type WaitingCreate = Pick<SandboxRecord, 'sandbox_id' | 'created_at' | 'config' | 'deadline_at' | 'staged_request'>;
+
+/** Creates waiting for a host, oldest first (Query on the sparse by-waiting index). */
+export async function waitingCreates(): Promise<WaitingCreate[]> {
+  const { items } = await queryAll<WaitingCreate>({
+    TableName: config().tables.sandboxes,
+    IndexName: indexName(sandboxesTable, 'by-waiting'),
+    KeyConditionExpression: '#waiting = :capacity',
+    ExpressionAttributeNames: { '#waiting': 'waiting' },
+    ExpressionAttributeValues: { ':capacity': 'capacity' },
+  });
+  return items;
+}
+
+/** What each waiting create needs from a host. */
+export function waitingDemand(waiting: readonly WaitingCreate[]): Resources[] {
+  return waiting.map((w) => resourcesOf(w.config, config().limits.defaultDiskMb));
+}
+
+/**
+ * Takes a waiting create for `host`: in one transaction, its share of the
+ * host (while the host is active, unchanged in capacity and with room) and
+ * the sandbox's host (while it still waits). 'taken', or why not: the host
+ * has no room left ('no_room'), or the create is no longer waiting ('gone').
+ */
+export async function claimWaitingCreate(
+  host: Pick<HostRecord, 'host_id' | 'capacity'>,
+  sandboxId: string,
+  request: Resources,
+  createTimeoutSeconds: number,
+  now = Date.now(),
+): Promise<'taken' | 'no_room' | 'gone'> {
+  const c = host.capacity;
+  try {
+    await dynamo().send(
+      new TransactWriteCommand({
+        TransactItems: [
+          {
+            Update: {
+              TableName: config().tables.hosts,
+              Key: { host_id: host.host_id },
+              UpdateExpression:
+                'SET #allocs.#sbx = :entry, #used.cpu_milli = #used.cpu_milli + :cpu, #used.memory_mb = #used.memory_mb + :mem, #used.disk_mb = #used.disk_mb + :disk, #used.sandboxes = #used.sandboxes + :one',
+              ConditionExpression: [
+                '#pool = :active',
+                'attribute_not_exists(#allocs.#sbx)',
+                '#cap.cpu_milli = :capCpu AND #cap.memory_mb = :capMem AND #cap.disk_mb = :capDisk AND #cap.sandboxes = :capCount',
+                '#used.cpu_milli <= :roomCpu AND #used.memory_mb <= :roomMem AND #used.disk_mb <= :roomDisk AND #used.sandboxes <= :roomCount',
+              ].join(' AND '),
+              ExpressionAttributeNames: { '#pool': 'pool', '#sbx': sandboxId, '#allocs': 'allocations', '#used': 'allocated', '#cap': 'capacity' },
+              ExpressionAttributeValues: {
+                ':entry': { cpu_milli: request.cpu_milli, memory_mb: request.memory_mb, disk_mb: request.disk_mb, at: now } satisfies Allocation,
+                ':cpu': request.cpu_milli,
+                ':mem': request.memory_mb,
+                ':disk': request.disk_mb,
+                ':one': 1,
+                ':active': 'active',
+                ':capCpu': c.cpu_milli,
+                ':capMem': c.memory_mb,
+                ':capDisk': c.disk_mb,
+                ':capCount': c.sandboxes,
+                ':roomCpu': c.cpu_milli - request.cpu_milli,
+                ':roomMem': c.memory_mb - request.memory_mb,
+                ':roomDisk': c.disk_mb - request.disk_mb,
+                ':roomCount': c.sandboxes - 1,
+              },
+            },
+          },
+          {
+            Update: {
+              TableName: config().tables.sandboxes,
+              Key: { sandbox_id: sandboxId },
+              // From now on it is an ordinary create on this host: the create timeout applies.
+              UpdateExpression: 'SET host_id = :h, live_host_id = :h, deadline_at = :deadline, updated_at = :iso REMOVE #waiting, status_detail',
+              ConditionExpression: '#status = :creating AND #waiting = :capacity',
+              ExpressionAttributeNames: { '#status': 'status', '#waiting': 'waiting' },
+              ExpressionAttributeValues: {
+                ':h': host.host_id,
+                ':deadline': now + createTimeoutSeconds * 1000,
+                ':iso': new Date(now).toISOString(),
+                ':creating': 'creating',
+                ':capacity': 'capacity',
+              },
+            },
+          },
+        ],
+      }),
+    );
+    return 'taken';
+  } catch (err) {
+    if (!(err instanceof TransactionCanceledException)) throw err;
+    const [hostReason, sandboxReason] = err.CancellationReasons ?? [];
+    if (sandboxReason?.Code === 'ConditionalCheckFailed') return 'gone';
+    if (hostReason?.Code === 'ConditionalCheckFailed') return 'no_room';
+    // TransactionConflict (another host claiming it right now) and the like: someone else is at it.
+    return 'gone';
+  }
+}

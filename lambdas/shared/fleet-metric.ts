@@ -1,0 +1,67 @@
+/**
+ * The fleet's capacity metric, published every minute (fleet-capacity
+ * function, EventBridge Scheduler): allocated and free CPU and memory of the
+ * hosts taking placements, creates waiting for a host, and the utilization the
+ * target tracking policy keeps at 100 - headroom. Published in CloudWatch's
+ * Embedded Metric Format (one JSON log line: no PutMetricData call, no extra
+ * permission). Creates still waiting are asked capacity for again here, so a
+ * failed ask at create time is retried within a minute.
+ */
+import { waitingCreates, waitingDemand } from './capacity-wait';
+import { config } from './config';
+import { requestCapacity, type CapacityAnswer } from './fleet';
+import { capacityMetric, type CapacityMetric } from './fleet-scaling';
+import { hostsInPool } from './host-store';
+
+/** One source for the CDK's policy and alarms and this publisher. */
+export const fleetMetricNamespace = 'EphemeralSandbox/Fleet';
+export const fleetMetricDimension = 'AutoScalingGroupName';
+export const fleetMetrics = {
+  utilization: { name: 'FleetUtilization', unit: 'Percent' },
+  allocatedCpu: { name: 'AllocatedCpu', unit: 'Count' },
+  freeCpu: { name: 'FreeCpu', unit: 'Count' },
+  allocatedMemory: { name: 'AllocatedMemoryMb', unit: 'Megabytes' },
+  freeMemory: { name: 'FreeMemoryMb', unit: 'Megabytes' },
+  pendingCreates: { name: 'PendingCreates', unit: 'Count' },
+  activeHosts: { name: 'ActiveHosts', unit: 'Count' },
+} as const;
+
+/** The EMF record of one measurement. */
+export function emfRecord(metric: CapacityMetric, groupName: string, now: number): Record<string, unknown> {
+  const values: Record<string, number> = {
+    [fleetMetrics.utilization.name]: metric.utilizationPercent,
+    [fleetMetrics.allocatedCpu.name]: metric.allocatedCpu,
+    [fleetMetrics.freeCpu.name]: metric.freeCpu,
+    [fleetMetrics.allocatedMemory.name]: metric.allocatedMemoryMb,
+    [fleetMetrics.freeMemory.name]: metric.freeMemoryMb,
+    [fleetMetrics.pendingCreates.name]: metric.pendingCreates,
+    [fleetMetrics.activeHosts.name]: metric.activeHosts,
+  };
+  return {
+    _aws: {
+      Timestamp: now,
+      CloudWatchMetrics: [
+        {
+          Namespace: fleetMetricNamespace,
+          Dimensions: [[fleetMetricDimension]],
+          Metrics: Object.values(fleetMetrics).map((m) => ({ Name: m.name, Unit: m.unit })),
+        },
+      ],
+    },
+    [fleetMetricDimension]: groupName,
+    ...values,
+  };
+}
+
+export interface FleetMeasurement extends CapacityMetric {
+  capacity?: CapacityAnswer;
+}
+
+/** Measures the fleet, publishes the metric, and asks for capacity for creates still waiting. */
+export async function measureFleet(now = Date.now(), write: (line: string) => void = (l) => process.stdout.write(l + '\n')): Promise<FleetMeasurement> {
+  const [active, draining, waiting] = await Promise.all([hostsInPool('active'), hostsInPool('draining'), waitingCreates()]);
+  const metric = capacityMetric([...active, ...draining], waitingDemand(waiting));
+  write(JSON.stringify(emfRecord(metric, config().autoScalingGroupName, now)));
+  if (waiting.length === 0) return metric;
+  return { ...metric, capacity: await requestCapacity() };
+}
