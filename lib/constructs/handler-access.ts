@@ -78,17 +78,18 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
   },
   'create-sandbox': {
     tables: [
-      // The 429 at the tenant's cap counts its creates still in flight (by-tenant, recent records); asking for capacity counts the waiting creates.
+      // The record is put in one transaction with the tenant's slot; at the tenant's cap the records of the
+      // sandboxes holding its slots are read (BatchGetItem); asking for capacity counts the waiting creates.
       {
         table: sandboxesTable,
-        actions: ['dynamodb:PutItem', 'dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:Query'],
-        indexes: [index(sandboxesTable, 'by-tenant'), index(sandboxesTable, 'by-waiting')],
+        actions: ['dynamodb:PutItem', 'dynamodb:GetItem', 'dynamodb:BatchGetItem', 'dynamodb:UpdateItem', 'dynamodb:Query'],
+        indexes: [index(sandboxesTable, 'by-waiting')],
       },
       { table: idempotencyTable, actions: ['dynamodb:PutItem', 'dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem'] },
       // Placement: find an active host, take an allocation with a conditional update (and read one back to give it back).
       { table: hostsTable, actions: ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:UpdateItem'], indexes: [index(hostsTable, 'by-pool')] },
-      // The tenant's sandbox cap: one conditional update takes a slot.
-      { table: tenantsTable, actions: ['dynamodb:UpdateItem'] },
+      // The tenant's sandbox cap: read first, then a conditional update (in the record's transaction) takes a slot.
+      { table: tenantsTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },
       // Ending a sandbox closes the commands it still had in flight (killed, or lost with their host).
       { table: commandsTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] },
     ],
