@@ -25,6 +25,7 @@ import { applyEnvFile, loadHostConfig } from './config';
 import { startEgressGateway } from './egress/gateway';
 import { DockerClient } from './docker';
 import { CommandRunner } from './commands/runner';
+import { SandboxFiles } from './files/sandbox-files';
 import { envelopeLine, runHostAgent, type DaemonRuntime } from './invocation';
 import { destroySandbox, syncSandbox } from './lifecycle';
 import { checkEgressRules, ensureSandboxNetwork } from './network';
@@ -260,7 +261,8 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
     runnerId: `${s.hostId}:${randomBytes(6).toString('hex')}`,
     outputMaxBytes: cp.limits.commandOutputMaxBytes,
   });
-  const socket = await serveAgentSocket(s.agentSocket, { runner, serialize: perSandboxQueue() });
+  const files = new SandboxFiles({ docker, hostConfig, s3: s3(), bucket: cp.bucket });
+  const socket = await serveAgentSocket(s.agentSocket, { runner, files, serialize: perSandboxQueue() });
   await registerHost({ hostId: s.hostId, capacity: s.slots, agentVersion });
   logger.info('daemon: host registered', { hostId: s.hostId, slots: s.slots, agentSocket: s.agentSocket });
 

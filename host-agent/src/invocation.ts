@@ -7,11 +7,14 @@ import { applyEnvFile, loadHostConfig, type HostConfig } from './config';
 import { DockerClient } from './docker';
 import { HostAgentError, toHostError } from './errors';
 import type { CommandRunner } from './commands/runner';
+import type { SandboxFiles } from './files/sandbox-files';
 import { daemonOnlyVerbs, decodeArgument, hostVerbs, requestSchemas, ssmStdoutCap, type HostEnvelope, type HostVerb } from './protocol';
 
 /** What the long-lived host daemon lends an invocation it serves (absent in the CLI fallback). */
 export interface DaemonRuntime {
   runner: CommandRunner;
+  /** File operations and the transfers that outlive their SSM call. */
+  files: SandboxFiles;
   /** Runs lifecycle work on one sandbox after any still running on it (one at a time per sandbox). */
   serialize<T>(sandboxId: string, work: () => Promise<T>): Promise<T>;
 }
@@ -51,6 +54,8 @@ async function dispatch(verb: HostVerb, request: unknown, config: HostConfig, ru
       return runtime!.runner.kill(request as never);
     case 'stdin':
       return runtime!.runner.stdin(request as never);
+    case 'files':
+      return runtime!.files.handle(request as never);
     case 'create': {
       const r = request as { sandboxId: string };
       return serial(r.sandboxId, async () => {
@@ -70,6 +75,7 @@ async function dispatch(verb: HostVerb, request: unknown, config: HostConfig, ru
       const r = request as { sandboxId: string };
       return serial(r.sandboxId, async () => {
         await runtime?.runner.endSandbox(r.sandboxId, 'sandbox_ended');
+        await runtime?.files.endSandbox(r.sandboxId);
         const result = await (await import('./lifecycle')).destroySandbox(request as never, config, docker);
         await records(async (rec) => rec.recordDestroyed(r.sandboxId, result.keptHome ? `the home could not be synced and is kept on the host (${result.keptHome.reason})` : undefined));
         return result;
@@ -79,6 +85,7 @@ async function dispatch(verb: HostVerb, request: unknown, config: HostConfig, ru
       const r = request as { sandboxId: string };
       return serial(r.sandboxId, async () => {
         await runtime?.runner.endSandbox(r.sandboxId, 'sandbox_paused');
+        await runtime?.files.endSandbox(r.sandboxId);
         try {
           const result = await (await import('./lifecycle')).pauseSandbox(request as never, config, docker);
           await records(async (rec) => rec.recordPaused(r.sandboxId, { ok: true, tmpNotKept: result.tmp?.warnings ?? [] }));
