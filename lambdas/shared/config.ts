@@ -55,6 +55,8 @@ export interface ControlPlaneConfig {
   hostLostAfterSeconds: number;
   /** Days an egress log entry is kept (DynamoDB TTL). */
   egressLogRetentionDays: number;
+  /** Seconds a presigned upload or download URL stays valid. */
+  filesUrlTtlSeconds: number;
 }
 
 export function loadConfig(): ControlPlaneConfig {
@@ -90,6 +92,7 @@ export function loadConfig(): ControlPlaneConfig {
     },
     hostLostAfterSeconds: int('HOST_LOST_AFTER_SECONDS', 90),
     egressLogRetentionDays: int('EGRESS_LOG_RETENTION_DAYS', 7),
+    filesUrlTtlSeconds: int('FILES_URL_TTL_SECONDS', 900),
   };
 }
 

@@ -9,7 +9,7 @@ import { backgroundHandlerNames, handlerNames } from '../../lambdas/shared/route
 import { tables } from '../../lambdas/shared/tables';
 import { join } from 'node:path';
 import { analyzeCalls, analyzeHandlerCalls, type HandlerCalls } from '../../lib/bundle-analysis';
-import { commandOutputActions, handlerAccess, hostAccess, hostDispatchActions } from '../../lib/constructs/handler-access';
+import { commandOutputActions, fileStagingActions, handlerAccess, homeReadActions, hostAccess, hostDispatchActions } from '../../lib/constructs/handler-access';
 import { hostAgentDir } from '../../lib/paths';
 
 const tableIndexes = Object.fromEntries(tables.map((t) => [t.id, t.indexes.map((i) => i.name)]));
@@ -41,11 +41,18 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
       assert.deepEqual(granted, used, `${handler}: ${fix}`);
     });
 
-    it(`${handler}: host dispatch (SSM Run Command, staged requests) and command output reads only if the code does them`, async () => {
+    it(`${handler}: host dispatch (SSM Run Command, staged requests), command output, file staging and stored homes only if the code does them`, async () => {
       const calls = await analyze(handler);
       const used = [...calls.otherActions].sort();
       const access = handlerAccess[handler];
-      const granted = [...new Set([...(access.dispatchesToHosts ? hostDispatchActions : []), ...(access.readsCommandOutput ? commandOutputActions : [])])].sort();
+      const granted = [
+        ...new Set([
+          ...(access.dispatchesToHosts ? hostDispatchActions : []),
+          ...(access.readsCommandOutput ? commandOutputActions : []),
+          ...(access.stagesFiles ? fileStagingActions : []),
+          ...(access.readsHomes ? homeReadActions : []),
+        ]),
+      ].sort();
       assert.deepEqual(granted, used, `${handler}: ${fix}`);
     });
   }
