@@ -143,6 +143,10 @@ export async function completeUpload(p: Principal, sandboxId: string, uploadId: 
   if (!spec || spec.kind !== 'upload') throw notFound(`upload ${uploadId} of sandbox ${sandboxId} (unknown, or its staging area expired)`);
   const size = await stagedObjectSize(folder + fileStagingObjects.data);
   if (size === undefined) {
+    // The host may have finished between the two reads: it records the result before it drops the object.
+    const justEnded = await getStagedJson<TransferState>(folder + fileStagingObjects.result);
+    const answer = justEnded && ended(justEnded, view);
+    if (answer) return answer;
     throw new ApiError(409, 'conflict', `upload ${uploadId}: nothing was uploaded yet; PUT the bytes to the upload's url first (it is valid until the expires_at it came with)`, {}, {
       path: spec.path,
     });

@@ -210,6 +210,8 @@ export class SandboxFiles {
         // Nothing records it: the next call about it runs it again, which writes the same file again.
         logger.error('files: could not record how a transfer ended', { sandboxId: req.sandboxId, transferId: req.transferId, err });
       }
+      // Only now: a complete that finds no result must still find the upload's object (not a missing one it would call "nothing uploaded yet").
+      if (req.op === 'upload') await this.dropUploadObjects(req.staging);
       await this.releaseActivity(req.sandboxId, req.transferId);
       return state;
     };
@@ -257,10 +259,13 @@ export class SandboxFiles {
       return { status: 'done', result: { path: req.path, size: out.value.size, sha256: out.value.sha256, mode: out.value.mode }, finished_at: finishedAt() };
     } finally {
       opened.body.destroy();
-      // Used once, whatever the outcome: a failed upload is started again with a new URL.
-      for (const name of [fileStagingObjects.data, fileStagingObjects.spec]) {
-        await deleteStaged(this.staging, req.staging + name).catch((err) => logger.warn('files: staged upload not deleted; the lifecycle rule will', { key: req.staging + name, err }));
-      }
+    }
+  }
+
+  /** An upload's object and spec are used once, whatever the outcome (a failed upload starts again with a new URL). */
+  private async dropUploadObjects(staging: string): Promise<void> {
+    for (const name of [fileStagingObjects.data, fileStagingObjects.spec]) {
+      await deleteStaged(this.staging, staging + name).catch((err) => logger.warn('files: staged upload not deleted; the lifecycle rule will', { key: staging + name, err }));
     }
   }
 
