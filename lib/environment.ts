@@ -137,6 +137,8 @@ const environmentSchema = z
       commandOutputMaxBytes: positiveInt,
       /** Days command records and output are kept after their sandbox ends (DynamoDB TTL, S3 lifecycle). */
       commandRetentionDays: positiveInt.max(365),
+      /** Seconds a presigned upload or download URL of the files API stays valid (S3 allows up to 7 days; role credentials may end it sooner). */
+      filesUrlTtlSeconds: positiveInt.min(60).max(43_200),
     }),
   })
   .strict()

@@ -32,6 +32,7 @@ import { applyEnvFile, loadHostConfig } from './config';
 import { startEgressGateway } from './egress/gateway';
 import { DockerClient } from './docker';
 import { CommandRunner } from './commands/runner';
+import { SandboxFiles } from './files/sandbox-files';
 import { envelopeLine, runHostAgent, type DaemonRuntime } from './invocation';
 import { HostDrain } from './drain';
 import { takeWaitingCreates } from './waiting';
@@ -408,12 +409,13 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
     runnerId: `${s.hostId}:${randomBytes(6).toString('hex')}`,
     outputMaxBytes: cp.limits.commandOutputMaxBytes,
   });
+  const files = new SandboxFiles({ docker, hostConfig, s3: s3(), bucket: cp.bucket });
   const pool = new WarmPool(hostConfig, docker, poolSettings());
   // A previous daemon's pool containers may be of another image or network: start from a clean pool.
   await pool.reconcile().catch((err) => logger.error('daemon: warm pool cleanup failed; the reconcile loop retries', { err }));
   pool.refill();
   const serialize = perSandboxQueue();
-  const runtime: DaemonRuntime = { runner, serialize, pool };
+  const runtime: DaemonRuntime = { runner, files, serialize, pool };
   const drain = new HostDrain({ hostId: s.hostId, hookName: s.drainHookName }, runtime);
   const startDrain = (reason: string, deadlineAt: number) => drain.start(reason, Math.min(deadlineAt, Date.now() + s.drainTimeoutSeconds * 1000));
   runtime.drain = async (request) => {

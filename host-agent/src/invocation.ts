@@ -11,10 +11,13 @@ import type { CommandRunner } from './commands/runner';
 import type { WarmPool } from './warm-pool';
 import { span } from '../../lambdas/shared/timing';
 import { daemonOnlyVerbs, decodeArgument, hostVerbs, requestSchemas, ssmStdoutCap, type HostEnvelope, type HostResults, type HostVerb } from './protocol';
+import type { SandboxFiles } from './files/sandbox-files';
 
 /** What the long-lived host daemon lends an invocation it serves (absent in the CLI fallback). */
 export interface DaemonRuntime {
   runner: CommandRunner;
+  /** File operations and the transfers that outlive their SSM call. */
+  files: SandboxFiles;
   /** Runs lifecycle work on one sandbox after any still running on it (one at a time per sandbox). */
   serialize<T>(sandboxId: string, work: () => Promise<T>): Promise<T>;
   /** Ready containers a create may claim (warm-pool.ts); absent: every create is cold. */
@@ -61,6 +64,8 @@ async function dispatch(verb: HostVerb, request: unknown, config: HostConfig, ru
     case 'drain':
       if (!runtime!.drain) throw new HostAgentError('unavailable', 'this host daemon cannot drain (no drain configured)');
       return runtime!.drain(request as never);
+    case 'files':
+      return runtime!.files.handle(request as never);
     case 'create': {
       const r = request as { sandboxId: string };
       return serial(r.sandboxId, async () => {
@@ -80,6 +85,7 @@ async function dispatch(verb: HostVerb, request: unknown, config: HostConfig, ru
       const r = request as { sandboxId: string };
       return serial(r.sandboxId, async () => {
         await runtime?.runner.endSandbox(r.sandboxId, 'sandbox_ended');
+        await runtime?.files.endSandbox(r.sandboxId);
         const result = await (await import('./lifecycle')).destroySandbox(request as never, config, docker);
         await records(async (rec) => rec.recordDestroyed(r.sandboxId, result.keptHome ? `the home could not be synced and is kept on the host (${result.keptHome.reason})` : undefined));
         return result;
@@ -89,6 +95,7 @@ async function dispatch(verb: HostVerb, request: unknown, config: HostConfig, ru
       const r = request as { sandboxId: string };
       return serial(r.sandboxId, async () => {
         await runtime?.runner.endSandbox(r.sandboxId, 'sandbox_paused');
+        await runtime?.files.endSandbox(r.sandboxId);
         try {
           const result = await (await import('./lifecycle')).pauseSandbox(request as never, config, docker);
           await records(async (rec) => rec.recordPaused(r.sandboxId, { ok: true, tmpNotKept: result.tmp?.warnings ?? [] }));

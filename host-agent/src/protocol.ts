@@ -15,14 +15,15 @@
 import { z } from 'zod';
 import { egressPolicySchema, type EgressPolicy } from './egress/policy';
 
-export const hostVerbs = ['create', 'destroy', 'pause', 'resume', 'sync', 'status', 'network', 'run', 'kill', 'stdin', 'drain'] as const;
+export const hostVerbs = ['create', 'destroy', 'pause', 'resume', 'sync', 'status', 'network', 'run', 'kill', 'stdin', 'drain', 'files'] as const;
 export type HostVerb = (typeof hostVerbs)[number];
 
 /**
- * Verbs only the host daemon can serve: a command outlives the SSM call that
- * started it, so the long-lived daemon must own it (the CLI fallback refuses them).
+ * Verbs only the host daemon can serve: a command (or a file transfer)
+ * outlives the SSM call that started it, so the long-lived daemon must own it
+ * (the CLI fallback refuses them).
  */
-export const daemonOnlyVerbs: readonly HostVerb[] = ['run', 'kill', 'stdin', 'drain'];
+export const daemonOnlyVerbs: readonly HostVerb[] = ['run', 'kill', 'stdin', 'drain', 'files'];
 
 /**
  * SSM Run Command workers a host needs (the SSM agent's Mds.CommandWorkersLimit,
@@ -51,11 +52,11 @@ export const ownerLabelValue = 'ephemeral-sandbox';
 export const maxInlineRequestChars = 24_000;
 
 /**
- * Verbs whose requests carry a caller's secrets (env values, the sandbox
- * token): always staged in S3 (deleted once fetched), never in SSM command
+ * Verbs whose requests carry a caller's data (env values, the sandbox
+ * token, file paths): always staged in S3 (deleted once fetched), never in SSM command
  * text, which anyone with ssm:ListCommands reads and the agent keeps on disk.
  */
-export const stagedVerbs: readonly HostVerb[] = ['create'];
+export const stagedVerbs: readonly HostVerb[] = ['create', 'files'];
 
 /** SSM returns at most this many characters of a command's stdout. */
 export const ssmStdoutCap = 24_000;
@@ -145,8 +146,194 @@ export type DrainRequest = z.input<typeof drainRequest>;
 export const networkRequest = z.object({ sandboxId, egress: egressPolicySchema });
 export type NetworkRequest = z.input<typeof networkRequest>;
 
+/**
+ * Files. Every operation runs in the sandbox as its user (files/sandbox-tool.ts);
+ * its bytes travel through a staging folder in the storage bucket, never
+ * through SSM (which carries only the verb and the staged request's key):
+ *   files-staging/<tenant>/<sandbox>/<operation id>/
+ *     data         the bytes (an inline read or write, an upload, a download)
+ *     spec.json    what an upload or download was asked for (the API writes it)
+ *     result.json  how a transfer ended (the host writes it; the API answers from it)
+ *     listing.json a directory page too large for the host's one-line answer
+ * Folders are deleted once used, and a lifecycle rule expires what is left.
+ */
+export const fileStagingPrefix = 'files-staging/';
+export const fileStagingObjects = { data: 'data', spec: 'spec.json', result: 'result.json', listing: 'listing.json' } as const;
+/** Operation ids: `op-` for inline calls, `upl-` uploads, `dl-` downloads. */
+export const fileOperationIdPattern = /^(?:op|upl|dl)-[a-z0-9]{20}$/;
+export function fileStagingFolder(tenantId: string, sandboxIdValue: string, operationId: string): string {
+  return `${fileStagingPrefix}${tenantId}/${sandboxIdValue}/${operationId}/`;
+}
+const stagingFolder = z
+  .string()
+  .max(512)
+  .regex(/^files-staging\/[A-Za-z0-9][A-Za-z0-9._@=-]{0,127}\/sbx-[a-z0-9]{20}\/(?:op|upl|dl)-[a-z0-9]{20}\/$/, 'must be a file staging folder');
+
+/**
+ * The entry a transfer holds in its sandbox's `execs` (with the time it must
+ * have ended by): like a running command, it keeps the reaper from ending the
+ * sandbox for idleness; the host removes it when the transfer ends.
+ */
+export function transferActivityKey(transferId: string): string {
+  return `xfer-${transferId}`;
+}
+
+/** The longest path the API takes, in bytes (Linux's PATH_MAX). */
+export const maxFilePathBytes = 4096;
+const filePath = z
+  .string()
+  .min(1)
+  .refine((p) => p.startsWith('/') && !p.includes('\0') && Buffer.byteLength(p) <= maxFilePathBytes, 'must be an absolute path without NUL, at most 4096 bytes');
+const fileMode = z.number().int().min(0).max(0o7777);
+const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/);
+/** The largest single object S3 takes in one PUT (a presigned upload is one PUT). */
+export const maxUploadBytes = 5 * 1024 ** 3;
+/** A transfer (upload or download) is stopped past this. */
+export const fileTransferTimeoutSeconds = 3600;
+/** How long the host holds its answer to a transfer's start (the rest is followed through result.json). */
+const transferAnswerMs = z.number().int().min(0).max(20_000).default(0);
+
+export const filesRequest = z.discriminatedUnion('op', [
+  z.object({ op: z.literal('stat'), sandboxId, path: filePath }),
+  z.object({
+    op: z.literal('list'),
+    sandboxId,
+    path: filePath,
+    recursive: z.boolean(),
+    limit: z.number().int().min(1).max(1000),
+    /** The last entry of the previous page, as path components below `path`. */
+    after: z.array(z.string().max(maxFilePathBytes)).max(2048).optional(),
+    staging: stagingFolder,
+  }),
+  z.object({ op: z.literal('read'), sandboxId, path: filePath, maxBytes: z.number().int().positive(), staging: stagingFolder }),
+  z.object({
+    op: z.literal('write'),
+    sandboxId,
+    path: filePath,
+    staging: stagingFolder,
+    size: z.number().int().min(0),
+    sha256: sha256Hex,
+    mode: fileMode.optional(),
+    mkdirs: z.boolean(),
+  }),
+  z.object({ op: z.literal('mkdir'), sandboxId, path: filePath, parents: z.boolean() }),
+  z.object({ op: z.literal('delete'), sandboxId, path: filePath, recursive: z.boolean() }),
+  z.object({ op: z.literal('move'), sandboxId, from: filePath, to: filePath, overwrite: z.boolean() }),
+  z.object({
+    op: z.literal('upload'),
+    sandboxId,
+    transferId: z.string().regex(fileOperationIdPattern),
+    staging: stagingFolder,
+    path: filePath,
+    size: z.number().int().min(0).max(maxUploadBytes),
+    sha256: sha256Hex.optional(),
+    extract: z.enum(['tar', 'tar.gz']).optional(),
+    mode: fileMode.optional(),
+    mkdirs: z.boolean(),
+    answerWithinMs: transferAnswerMs,
+  }),
+  z.object({
+    op: z.literal('download'),
+    sandboxId,
+    transferId: z.string().regex(fileOperationIdPattern),
+    staging: stagingFolder,
+    path: filePath,
+    archive: z.literal('tar.gz').optional(),
+    answerWithinMs: transferAnswerMs,
+  }),
+]);
+export type FilesRequest = z.input<typeof filesRequest>;
+
+/** Why a file operation failed, named for the API (which maps each to its status). */
+export type FileErrorCode =
+  | 'not_found'
+  | 'permission_denied'
+  | 'is_a_directory'
+  | 'not_a_directory'
+  | 'exists'
+  | 'not_empty'
+  | 'not_a_file'
+  | 'no_space'
+  | 'too_large'
+  | 'checksum_mismatch'
+  | 'invalid_archive'
+  | 'incomplete'
+  | 'invalid_path'
+  | 'busy'
+  | 'extract_failed'
+  | 'sandbox_not_running'
+  | 'timeout'
+  | 'failed';
+
+export interface FileError {
+  code: FileErrorCode;
+  /** The path the error is about (the caller's, or the one inside it that failed). */
+  path: string;
+  message: string;
+}
+
+export interface FileEntryInfo {
+  path: string;
+  name: string;
+  type: 'file' | 'dir' | 'symlink' | 'other';
+  size: number;
+  /** Permission bits, four octal digits. */
+  mode: string;
+  mtime_ms: number;
+  link_target?: string;
+}
+
+export interface FileListing {
+  entries: FileEntryInfo[];
+  /** Set when there is more: the last entry's components below the listed directory. */
+  after?: string[];
+  /** Directories below the listed one that could not be read (recursive listings). */
+  skipped: { path: string; code: string }[];
+}
+
+/** What a finished transfer produced (result.json, and the API's answer). */
+export interface TransferResult {
+  path: string;
+  size: number;
+  sha256: string;
+  /** Uploads of a file: its mode. */
+  mode?: string;
+  /** Uploads with extract: the entries unpacked. */
+  entries?: number;
+  /** Downloads as an archive: what tar could not read (unreadable files), first lines. */
+  warnings?: string[];
+}
+
+export type TransferState =
+  | { status: 'running' }
+  | { status: 'done'; result: TransferResult; finished_at: string }
+  | { status: 'failed'; error: FileError; finished_at: string };
+
+/** The host's answer to a files request: the field of its operation, or `error`. */
+export interface FilesAnswer {
+  error?: FileError;
+  /** stat, mkdir, move */
+  entry?: FileEntryInfo;
+  /** list, when the page fits the answer */
+  listing?: FileListing;
+  /** list, when it did not: the listing.json key in the staging folder */
+  listingKey?: string;
+  /** read: the bytes are the staging folder's data object */
+  content?: { size: number; sha256: string; mode: string; mtime_ms: number };
+  /** write */
+  written?: { path: string; size: number; sha256: string; mode: string };
+  /** delete */
+  deleted?: { path: string; type: FileEntryInfo['type'] };
+  /** upload, download */
+  transfer?: TransferState;
+}
+
+/** Budget, in bytes of JSON, for a listing the host's answer carries inline (below SSM's stdout cap). */
+export const listingAnswerBudgetChars = 16_000;
+
 export const requestSchemas = {
   create: createRequest,
+  files: filesRequest,
   run: runRequest,
   kill: killRequest,
   stdin: stdinRequest,
@@ -276,6 +463,7 @@ export type HostResults = {
   network: { egress: EgressPolicy };
   /** `started`: this call started the drain (false: it was draining already). */
   drain: { draining: true; started: boolean; sandboxes: number };
+  files: FilesAnswer;
 };
 
 /**

@@ -72,6 +72,8 @@ export interface ControlPlaneConfig {
   drainTimeoutSeconds: number;
   /** Days an egress log entry is kept (DynamoDB TTL). */
   egressLogRetentionDays: number;
+  /** Seconds a presigned upload or download URL stays valid. */
+  filesUrlTtlSeconds: number;
 }
 
 export function loadConfig(): ControlPlaneConfig {
@@ -112,6 +114,7 @@ export function loadConfig(): ControlPlaneConfig {
     hostSlots: int('HOST_SLOTS', 8),
     drainTimeoutSeconds: int('DRAIN_TIMEOUT_SECONDS', 300),
     egressLogRetentionDays: int('EGRESS_LOG_RETENTION_DAYS', 7),
+    filesUrlTtlSeconds: int('FILES_URL_TTL_SECONDS', 900),
   };
 }
 

@@ -25,7 +25,18 @@ export type ApiErrorCode =
   | 'output_too_large'
   | 'no_capacity'
   | 'request_rejected'
-  | 'internal_error';
+  | 'internal_error'
+  // Files: each names the path in the error's `path`.
+  | 'permission_denied'
+  | 'is_a_directory'
+  | 'not_a_directory'
+  | 'not_a_file'
+  | 'exists'
+  | 'too_large'
+  | 'no_space'
+  | 'checksum_mismatch'
+  | 'invalid_archive'
+  | 'not_acceptable';
 
 export class ApiError extends Error {
   constructor(
@@ -42,6 +53,17 @@ export class ApiError extends Error {
 
   toBody(): { error: { code: ApiErrorCode; message: string } & Record<string, unknown> } {
     return { error: { ...this.details, code: this.code, message: this.message } };
+  }
+}
+
+/**
+ * Work the host carries on with past the API's time (a slow delete, say): the
+ * call answers 202 with where it stands, and repeating the call shows the end.
+ */
+export class StillInProgress extends Error {
+  constructor(readonly body: Record<string, unknown>) {
+    super('still in progress');
+    this.name = 'StillInProgress';
   }
 }
 

@@ -16,6 +16,51 @@ export const gatewayMaxPayloadBytes = 10 * 1024 * 1024;
 export const lambdaMaxPayloadBytes = 6_291_556;
 
 /**
+ * Media types the REST API treats as binary (its `binaryMediaTypes`). API
+ * Gateway decides by these alone: a request body whose Content-Type is one of
+ * them reaches the handler base64-encoded (any other body arrives as UTF-8
+ * text, and bytes that are not UTF-8 are lost), and a base64 answer goes back
+ * as bytes only when the request's first Accept type is one of them (otherwise
+ * the caller gets the base64 text). The CDK configures the API with this list
+ * and the local gateway decides with it (isBinaryMediaType, acceptsBinary).
+ */
+export const binaryMediaTypes: readonly string[] = ['application/octet-stream'];
+
+/** `type/subtype` of a header value, lower-cased, without parameters (`; charset=...`). */
+function mediaTypeOf(value: string | undefined): string | undefined {
+  const type = value?.split(';')[0]?.trim().toLowerCase();
+  return type ? type : undefined;
+}
+
+/** An entry of binaryMediaTypes matches a type exactly, or through its `*` type or subtype; the header's own wildcards are literal. */
+function matchesBinary(type: string | undefined, types: readonly string[]): boolean {
+  if (!type) return false;
+  return types.some((pattern) => {
+    const [pMain, pSub] = pattern.toLowerCase().split('/');
+    const [main, sub] = type.split('/');
+    return (pMain === '*' || pMain === main) && (pSub === '*' || pSub === sub);
+  });
+}
+
+/** Whether API Gateway passes a request body with this Content-Type to the handler as base64 (binary). */
+export function isBinaryMediaType(contentType: string | undefined, types: readonly string[] = binaryMediaTypes): boolean {
+  return matchesBinary(mediaTypeOf(contentType), types);
+}
+
+/** Whether API Gateway turns a base64 answer into bytes for a request with this Accept header (its first type decides). */
+export function acceptsBinary(accept: string | undefined, types: readonly string[] = binaryMediaTypes): boolean {
+  return matchesBinary(mediaTypeOf(accept?.split(',')[0]), types);
+}
+
+/**
+ * The most bytes a file call carries in its body (a PUT) or its answer (a
+ * GET): their base64 (4/3 of it, 5,592,408 characters) and the rest of the
+ * event or answer fit Lambda's 6 MB payload. Larger files go through the
+ * upload and download routes (presigned S3 URLs).
+ */
+export const filesInlineMaxBytes = 4 * 1024 * 1024;
+
+/**
  * How long a handler may spend before answering: the integration timeout
  * minus a margin for the gateway, the authorizer and the answer's trip back.
  * Anything that could take longer answers 202 and is finished by the host,

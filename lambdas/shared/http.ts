@@ -6,11 +6,11 @@
 import middy from '@middy/core';
 import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
 import { z } from 'zod';
-import { ApiError } from './errors';
+import { ApiError, StillInProgress } from './errors';
 import { logger } from './logger';
 import { emitMetrics } from './metrics';
 import { observability } from './observability';
-import { maxBodyBytes } from './routes';
+import { maxBodyBytes, routes } from './routes';
 import { dependencyDown } from './dependencies';
 import { withCallDeadline } from './clients/deadline';
 import { handlerBudgetSeconds, integrationTimeoutSeconds } from './gateway';
@@ -29,8 +29,13 @@ export interface Principal {
 export interface ApiRequest {
   event: APIGatewayProxyEvent;
   principal: Principal;
-  /** Parsed JSON body, `undefined` when the body is empty. */
+  /** Parsed JSON body, `undefined` when the body is empty (and on routes that take bytes: see rawBody). */
   body: unknown;
+  /**
+   * Binary routes: the body's bytes, and whether API Gateway passed them as
+   * binary (base64, their Content-Type is one of binaryMediaTypes) or as text.
+   */
+  rawBody(): { bytes: Buffer; binary: boolean };
   query: Record<string, string>;
   header(name: string): string | undefined;
   /** The `{id}` path parameter, validated; 404 when it cannot be a sandbox id. */
@@ -48,6 +53,8 @@ export interface ApiResult {
   status: number;
   body?: unknown;
   headers?: Record<string, string>;
+  /** Bytes to answer instead of JSON (base64 in the proxy answer; API Gateway decodes them for an Accept in binaryMediaTypes). */
+  binary?: Buffer;
 }
 
 const jsonHeaders = { 'Content-Type': 'application/json' };
@@ -84,6 +91,10 @@ function readBody(event: APIGatewayProxyEvent): unknown {
   }
 }
 
+function takesBytes(event: APIGatewayProxyEvent): boolean {
+  return routes.some((r) => r.body === 'bytes' && r.path === event.resource && r.method === event.httpMethod);
+}
+
 function principalOf(event: APIGatewayProxyEvent): Principal | undefined {
   const ctx = event.requestContext?.authorizer as Record<string, unknown> | null | undefined;
   const tenantId = ctx?.tenant_id;
@@ -102,7 +113,12 @@ function toRequest(event: APIGatewayProxyEvent, principal: Principal, context: C
   return {
     event,
     principal,
-    body: readBody(event),
+    // A route that takes bytes (the route table says so) never has them parsed, or capped, as JSON.
+    body: takesBytes(event) ? undefined : readBody(event),
+    rawBody: () => ({
+      bytes: event.body ? Buffer.from(event.body, event.isBase64Encoded ? 'base64' : 'utf8') : Buffer.alloc(0),
+      binary: event.isBase64Encoded === true,
+    }),
     query: Object.fromEntries(Object.entries(event.queryStringParameters ?? {}).map(([k, v]) => [k, v ?? ''])),
     header: (name) => headers.get(name.toLowerCase()),
     sandboxId: () => {
@@ -138,6 +154,7 @@ const gatewayReserveSeconds = 4;
 /** Maps any error to the JSON error response; only unexpected ones are 500s. */
 export function errorResponse(err: unknown, requestId?: string): APIGatewayProxyResult {
   if (err instanceof ApiError) return json(err.status, err.toBody(), err.headers);
+  if (err instanceof StillInProgress) return json(202, err.body);
   const down = dependencyDown(err);
   if (down) {
     logger.warn('a dependency is unavailable', { err, requestId, dependency: down });
@@ -200,6 +217,14 @@ export function apiHandler(fn: Fn, options: { auth?: 'required' | 'none' } = {})
       const req = toRequest(event, principal, context);
       // Every AWS call of the request ends by its deadline: a hung dependency is a 503 in time, not a 504.
       const result = await withCallDeadline(req.deadline, () => span('handler', () => fn(req, context)));
+      if (result.binary) {
+        return {
+          statusCode: result.status,
+          headers: { 'Content-Type': 'application/octet-stream', ...result.headers },
+          body: result.binary.toString('base64'),
+          isBase64Encoded: true,
+        };
+      }
       if (result.body === undefined) return { statusCode: result.status, headers: { ...result.headers }, body: '' };
       return json(result.status, result.body, result.headers);
     });

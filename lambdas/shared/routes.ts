@@ -14,6 +14,8 @@ export interface Route {
   path: string;
   handler: HandlerName;
   auth: RouteAuth;
+  /** `bytes`: the body is a file's raw bytes (Content-Type application/octet-stream), not JSON. */
+  body?: 'bytes';
 }
 
 export const handlerNames = [
@@ -32,6 +34,9 @@ export const handlerNames = [
   'kill-command',
   'write-command-stdin',
   'sandbox-network',
+  'sandbox-files',
+  'sandbox-file-transfers',
+  'home-files',
 ] as const;
 export type HandlerName = (typeof handlerNames)[number];
 
@@ -58,6 +63,20 @@ export const routes: readonly Route[] = [
   { method: 'POST', path: '/sandboxes/{id}/commands/{command_id}/stdin', handler: 'write-command-stdin', auth: 'api-key' },
   { method: 'PUT', path: '/sandboxes/{id}/network', handler: 'sandbox-network', auth: 'api-key' },
   { method: 'GET', path: '/sandboxes/{id}/network/log', handler: 'sandbox-network', auth: 'api-key' },
+  { method: 'GET', path: '/sandboxes/{id}/files', handler: 'sandbox-files', auth: 'api-key' },
+  { method: 'PUT', path: '/sandboxes/{id}/files', handler: 'sandbox-files', auth: 'api-key', body: 'bytes' },
+  { method: 'DELETE', path: '/sandboxes/{id}/files', handler: 'sandbox-files', auth: 'api-key' },
+  { method: 'GET', path: '/sandboxes/{id}/files/list', handler: 'sandbox-files', auth: 'api-key' },
+  { method: 'GET', path: '/sandboxes/{id}/files/stat', handler: 'sandbox-files', auth: 'api-key' },
+  { method: 'POST', path: '/sandboxes/{id}/files/mkdir', handler: 'sandbox-files', auth: 'api-key' },
+  { method: 'POST', path: '/sandboxes/{id}/files/move', handler: 'sandbox-files', auth: 'api-key' },
+  { method: 'POST', path: '/sandboxes/{id}/files/upload', handler: 'sandbox-file-transfers', auth: 'api-key' },
+  { method: 'POST', path: '/sandboxes/{id}/files/upload/{upload_id}/complete', handler: 'sandbox-file-transfers', auth: 'api-key' },
+  { method: 'POST', path: '/sandboxes/{id}/files/download', handler: 'sandbox-file-transfers', auth: 'api-key' },
+  { method: 'GET', path: '/sandboxes/{id}/files/download/{download_id}', handler: 'sandbox-file-transfers', auth: 'api-key' },
+  { method: 'GET', path: '/users/{user_id}/home/files', handler: 'home-files', auth: 'api-key' },
+  { method: 'GET', path: '/users/{user_id}/home/files/list', handler: 'home-files', auth: 'api-key' },
+  { method: 'POST', path: '/users/{user_id}/home/files/download', handler: 'home-files', auth: 'api-key' },
 ];
 
 /** The largest request body the API accepts, in bytes (API Gateway's own cap is 10 MB). */

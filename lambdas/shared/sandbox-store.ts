@@ -9,7 +9,7 @@ import { dynamo, queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError, notFound } from './errors';
 import { eventForTransition, publishEvent, sandboxEvent } from './events';
-import { activeStatuses, allowedFrom, targetOf, type SandboxEvent, type SandboxStatus } from './sandbox-state';
+import { activeStatuses, allowedFrom, liveStatuses, targetOf, type SandboxEvent, type SandboxStatus } from './sandbox-state';
 import { idleDeadline, type SandboxRecord } from './sandbox-record';
 import { indexName, sandboxesTable } from './tables';
 
@@ -168,6 +168,21 @@ export async function beginExec(r: SandboxRecord, execId: string, execEndsBy: nu
   );
 }
 
+/**
+ * Records activity (a file call): the idle timer starts again, and the
+ * deadline still covers execs in flight. A sandbox that stopped being active
+ * meanwhile has nothing to record: the call that raced it fails on its own.
+ */
+export async function recordActivity(r: SandboxRecord, now: number): Promise<void> {
+  const inFlight = Object.values(r.execs ?? {}).filter((ends) => ends > now);
+  const deadline = Math.max(idleDeadline(r, now), ...inFlight.map((ends) => Math.min(ends, r.expires_at_ms)));
+  try {
+    await updateSandbox(r.sandbox_id, 'activity', { set: { last_activity_at: now, deadline_at: deadline } }, activeStatuses);
+  } catch (err) {
+    if (!(err instanceof TransitionRejectedError)) throw err;
+  }
+}
+
 /** Records an exec ending: activity, sticky cwd, and the idle deadline from now. */
 export async function endExec(r: SandboxRecord, execId: string, cwd: string | undefined, now: number): Promise<void> {
   // Another exec still in flight keeps the deadline out to its own end.
@@ -290,6 +305,27 @@ function decodePageToken(token: string, tenantId: string): Record<string, unknow
   } catch {
     throw new ApiError(400, 'validation_error', 'next_token: is not a valid page token');
   }
+}
+
+/**
+ * A user's sandboxes not yet ended, newest first. Only records made within
+ * `sinceMs` are read: no sandbox outlives its TTL, so older ones have ended.
+ */
+export async function liveSandboxesOfUser(tenantId: string, userId: string, sinceMs: number): Promise<SandboxRecord[]> {
+  const { items } = await queryAll<SandboxRecord>({
+    TableName: table(),
+    IndexName: indexName(sandboxesTable, 'by-tenant-user'),
+    KeyConditionExpression: 'tenant_user = :tu AND created_at >= :since',
+    FilterExpression: '#status IN (' + liveStatuses.map((_, i) => `:s${i}`).join(', ') + ')',
+    ExpressionAttributeNames: { '#status': 'status' },
+    ExpressionAttributeValues: {
+      ':tu': `${tenantId}#${userId}`,
+      ':since': new Date(sinceMs).toISOString(),
+      ...Object.fromEntries(liveStatuses.map((st, i) => [`:s${i}`, st])),
+    },
+    ScanIndexForward: false,
+  });
+  return items;
 }
 
 /** Sandboxes holding a container on a host (Query on the sparse by-host index). */

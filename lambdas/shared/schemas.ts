@@ -214,3 +214,60 @@ export function timeoutBody(limits: ControlPlaneConfig['limits']) {
     })
     .strict();
 }
+
+/**
+ * Files. A path is absolute or relative to /home/agent; file-paths.ts checks
+ * the rest (NUL, length, well-formed Unicode) and names the field in the 400.
+ */
+const pathText = z.string();
+const flag = z.enum(['true', 'false']).transform((v) => v === 'true');
+/** Permission bits as octal digits (e.g. 0644, 755): a number would be read as decimal. */
+const octalMode = z
+  .string()
+  .regex(/^[0-7]{3,4}$/, 'must be 3 or 4 octal digits, e.g. 0644')
+  .transform((m) => Number.parseInt(m, 8));
+const sha256Text = z
+  .string()
+  .regex(/^[0-9a-fA-F]{64}$/, 'must be 64 hex digits')
+  .transform((h) => h.toLowerCase());
+const pageToken = z.string().max(16_384).regex(/^[A-Za-z0-9_-]+$/, 'is not a valid page token');
+
+/** GET /sandboxes/{id}/files, GET .../files/stat, GET /users/{user_id}/home/files */
+export const filePathQuery = z.object({ path: pathText }).strict();
+/** PUT /sandboxes/{id}/files */
+export const writeFileQuery = z.object({ path: pathText, mode: octalMode.optional(), mkdirs: flag.default(false) }).strict();
+/** DELETE /sandboxes/{id}/files */
+export const deleteFileQuery = z.object({ path: pathText, recursive: flag.default(false) }).strict();
+/** GET /sandboxes/{id}/files/list, GET /users/{user_id}/home/files/list */
+export const listFilesQuery = z
+  .object({
+    path: pathText.optional(),
+    recursive: flag.default(false),
+    limit: z.coerce.number().int().min(1).max(1000).default(100),
+    next_token: pageToken.optional(),
+  })
+  .strict();
+export type ListFilesQuery = z.infer<typeof listFilesQuery>;
+/** POST /sandboxes/{id}/files/mkdir */
+export const mkdirBody = z.object({ path: pathText, parents: z.boolean().default(false) }).strict();
+/** POST /sandboxes/{id}/files/move */
+export const moveBody = z.object({ from: pathText, to: pathText, overwrite: z.boolean().default(false) }).strict();
+/** POST /sandboxes/{id}/files/upload */
+export const uploadBody = z
+  .object({
+    path: pathText,
+    sha256: sha256Text.optional(),
+    extract: z.enum(['tar', 'tar.gz']).optional(),
+    mode: octalMode.optional(),
+    mkdirs: z.boolean().default(false),
+  })
+  .strict()
+  .refine((b) => b.extract === undefined || b.mode === undefined, { message: 'mode applies to a file; an archive keeps the modes it holds', path: ['mode'] });
+export type UploadBody = z.infer<typeof uploadBody>;
+/** POST /sandboxes/{id}/files/download */
+export const downloadBody = z.object({ path: pathText, archive: z.literal('tar.gz').optional() }).strict();
+export type DownloadBody = z.infer<typeof downloadBody>;
+/** GET /sandboxes/{id}/files/download/{download_id}, POST .../upload/{upload_id}/complete */
+export const transferQuery = z.object({ wait: waitSeconds }).strict();
+/** POST /users/{user_id}/home/files/download */
+export const homeDownloadBody = z.object({ path: pathText }).strict();

@@ -16,7 +16,8 @@ import type { DeploymentEnvironment } from '../environment';
 import { handlerBundling } from '../handler-bundling';
 import { handlerEntry, lockFile, repoRoot } from '../paths';
 import { metricNamespace, metricService } from '../../lambdas/shared/metric-names';
-import { commandOutputKeyPrefix, handlerAccess, type HandlerAccess } from './handler-access';
+import { fileStagingPrefix } from '../../host-agent/src/protocol';
+import { commandOutputKeyPrefix, handlerAccess, storedHomeKeyPattern, type HandlerAccess } from './handler-access';
 import type { SandboxEventBus } from './observability';
 import type { ProjectTables } from './tables';
 
@@ -89,6 +90,7 @@ export function handlerEnvironment(props: Omit<ControlPlaneFunctionsProps, 'hand
     DRAIN_TIMEOUT_SECONDS: '300',
     COMMAND_OUTPUT_MAX_BYTES: String(l.commandOutputMaxBytes),
     COMMAND_RETENTION_DAYS: String(l.commandRetentionDays),
+    FILES_URL_TTL_SECONDS: String(l.filesUrlTtlSeconds),
     // The egress log is a log: kept as long as the environment keeps its logs.
     EGRESS_LOG_RETENTION_DAYS: String(props.environment.logRetentionDays),
     APP_VERSION: props.appVersion,
@@ -214,6 +216,50 @@ function grantAccess(role: iam.Role, access: HandlerAccess, props: ControlPlaneF
           id: 'AwsSolutions-IAM5',
           reason: 'Command output is stored as objects with generated keys under the commands/ prefix only; the prefix is the narrowest scope possible.',
           appliesTo: [{ regex: `/^Resource::${storageBucketArnPattern}\\/commands\\/\\*$/g` }],
+        },
+      ],
+      true,
+    );
+  }
+  if (access.stagesFiles) {
+    role.addToPolicy(
+      new iam.PolicyStatement({
+        sid: 'StageFiles',
+        // Presigned upload and download URLs act with these same permissions, on the one key each names.
+        actions: ['s3:PutObject', 's3:GetObject', 's3:DeleteObject'],
+        resources: [props.bucket.arnForObjects(`${fileStagingPrefix}*`)],
+      }),
+    );
+    NagSuppressions.addResourceSuppressions(
+      role,
+      [
+        {
+          id: 'AwsSolutions-IAM5',
+          reason: 'File bytes and transfer records are staged as objects with generated keys under the files-staging/ prefix only; the prefix is the narrowest scope possible.',
+          appliesTo: [{ regex: `/^Resource::${storageBucketArnPattern}\\/files-staging\\/\\*$/g` }],
+        },
+      ],
+      true,
+    );
+  }
+  if (access.readsHomes) {
+    role.addToPolicy(new iam.PolicyStatement({ sid: 'ReadStoredHomes', actions: ['s3:GetObject'], resources: [props.bucket.arnForObjects(storedHomeKeyPattern)] }));
+    role.addToPolicy(
+      new iam.PolicyStatement({
+        sid: 'ListStoredHomes',
+        actions: ['s3:ListBucket'],
+        resources: [props.bucket.bucketArn],
+        conditions: { StringLike: { 's3:prefix': [storedHomeKeyPattern] } },
+      }),
+    );
+    NagSuppressions.addResourceSuppressions(
+      role,
+      [
+        {
+          id: 'AwsSolutions-IAM5',
+          reason:
+            "Stored homes are objects under tenants/<tenant>/users/<user>/hot/; the tenant comes from the caller's key at run time (the handler builds the prefix from it), so IAM can only name the pattern.",
+          appliesTo: [{ regex: `/^Resource::${storageBucketArnPattern}\\/tenants\\/\\*\\/users\\/\\*\\/hot\\/\\*$/g` }],
         },
       ],
       true,

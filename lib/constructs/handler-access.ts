@@ -17,6 +17,7 @@ export type DynamoAction =
   | 'dynamodb:UpdateItem'
   | 'dynamodb:DeleteItem'
   | 'dynamodb:Query'
+  | 'dynamodb:BatchGetItem'
   | 'dynamodb:BatchWriteItem'
   | 'dynamodb:ConditionCheckItem'
   | 'dynamodb:DescribeTable';
@@ -45,6 +46,14 @@ export interface HandlerAccess {
   publishesEvents?: boolean;
   /** Calls on the hosts' Auto Scaling group (granted on that group only; DescribeAutoScalingGroups on any, as IAM requires). */
   autoScaling?: readonly AutoScalingAction[];
+  /**
+   * Stages file bytes and transfer records under files-staging/ (s3:PutObject,
+   * GetObject, DeleteObject), and presigns URLs for them (a presigned URL acts
+   * with its signer's permissions: the same grants).
+   */
+  stagesFiles?: boolean;
+  /** Reads users' stored homes (s3:ListBucket, s3:GetObject under tenants/<t>/users/<u>/hot/), and presigns GETs of them. */
+  readsHomes?: boolean;
 }
 
 /** Actions publishing lifecycle events needs. */
@@ -64,6 +73,12 @@ export const hostDispatchActions = ['ssm:SendCommand', 'ssm:GetCommandInvocation
 export const commandOutputActions = ['s3:ListBucket', 's3:GetObject'] as const;
 /** Where command output lives in the storage bucket (host writes, API reads). */
 export const commandOutputKeyPrefix = 'commands/';
+/** Actions staging file bytes needs. */
+export const fileStagingActions = ['s3:PutObject', 's3:GetObject', 's3:DeleteObject'] as const;
+/** Actions reading stored homes needs. */
+export const homeReadActions = ['s3:ListBucket', 's3:GetObject'] as const;
+/** Stored homes in the storage bucket: tenants/<tenant>/users/<user>/hot/ (lambdas/shared/sandboxes.ts storageFor). */
+export const storedHomeKeyPattern = 'tenants/*/users/*/hot/*';
 
 const index = (table: TableDefinition, name: string): string => {
   if (!table.indexes.some((i) => i.name === name)) throw new Error(`table ${table.id} has no index ${name}`);
@@ -220,6 +235,24 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
     ],
     dispatchesToHosts: true,
   },
+  'sandbox-files': {
+    // The sandbox (its tenant, its host) and the activity each file call records.
+    tables: [{ table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] }],
+    dispatchesToHosts: true,
+    stagesFiles: true,
+  },
+  'sandbox-file-transfers': {
+    // The sandbox, its activity, and the exec entry a transfer holds while it runs.
+    tables: [{ table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] }],
+    dispatchesToHosts: true,
+    stagesFiles: true,
+  },
+  'home-files': {
+    // Whether a sandbox of the user is live (its copy may lag): recent records of the user.
+    tables: [{ table: sandboxesTable, actions: ['dynamodb:Query'], indexes: [index(sandboxesTable, 'by-tenant-user')] }],
+    dispatchesToHosts: false,
+    readsHomes: true,
+  },
   authorizer: {
     tables: [
       // Key lookup by hash; last-used bookkeeping.
@@ -266,8 +299,9 @@ export const hostAccess: HostAccess = {
     // The resolver's and egress proxy's decisions, in batches.
     { table: egressLogTable, actions: ['dynamodb:BatchWriteItem'] },
   ],
+  // AbortMultipartUpload: a download that fails leaves no half object (and mountpoint-s3 aborts its own uploads).
   storageActions: ['s3:ListBucket', 's3:GetObject', 's3:PutObject', 's3:DeleteObject', 's3:AbortMultipartUpload'],
-  mountpointOnlyActions: ['s3:AbortMultipartUpload'],
+  mountpointOnlyActions: [],
   publishesEvents: true,
   logActions: ['logs:CreateLogStream', 'logs:PutLogEvents'],
   autoScaling: ['autoscaling:SetInstanceProtection', 'autoscaling:CompleteLifecycleAction', 'autoscaling:RecordLifecycleActionHeartbeat'],

@@ -16,7 +16,7 @@ import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
-import { gatewayResponses, gatewayResponseTemplate, integrationTimeoutSeconds } from '../../lambdas/shared/gateway';
+import { binaryMediaTypes, gatewayResponses, gatewayResponseTemplate, integrationTimeoutSeconds } from '../../lambdas/shared/gateway';
 import type { Route } from '../../lambdas/shared/routes';
 import type { DeploymentEnvironment } from '../environment';
 
@@ -56,6 +56,8 @@ export class SandboxApi extends Construct {
       description: `Ephemeral Sandbox control plane (${e.name})`,
       endpointTypes: [apigw.EndpointType.REGIONAL],
       apiKeySourceType: apigw.ApiKeySourceType.AUTHORIZER,
+      // File bytes pass as binary (base64 to and from the handlers); the local gateway decides with the same list.
+      binaryMediaTypes: [...binaryMediaTypes],
       // Execution logs need the account-level API Gateway role; retained so another stack's logging keeps working.
       cloudWatchRole: executionLogging,
       ...(executionLogging ? { cloudWatchRoleRemovalPolicy: RemovalPolicy.RETAIN } : {}),

@@ -1,12 +1,12 @@
 /**
- * The storage bucket: sandbox hot/cold tiers, commands' output and staged host requests. Private,
+ * The storage bucket: sandbox hot/cold tiers, commands' output, staged host requests and staged file transfers. Private,
  * encrypted, TLS-only, with its own server access log bucket.
  */
 import { Duration, RemovalPolicy } from 'aws-cdk-lib';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
-import { stagedRequestPrefix } from '../../host-agent/src/protocol';
+import { fileStagingPrefix, stagedRequestPrefix } from '../../host-agent/src/protocol';
 import { commandOutputKeyPrefix } from './handler-access';
 
 export interface StorageBucketProps {
@@ -62,6 +62,9 @@ export class StorageBucket extends Construct {
       { id: 'abort-incomplete-uploads', abortIncompleteMultipartUploadAfter: Duration.days(1) },
       // Oversized host requests are fetched (and deleted) by the host within seconds; a day covers any failure.
       { id: 'expire-staged-host-requests', prefix: stagedRequestPrefix, expiration: Duration.days(1) },
+      // File bytes and transfer records are deleted once used; what a failure or an unread download leaves goes after a day
+      // (presigned URLs expire in minutes, and a transfer is stopped after an hour).
+      { id: 'expire-file-staging', prefix: fileStagingPrefix, expiration: Duration.days(1) },
       // Commands' output outlives the sandbox for the retention period, then goes (the records go by DynamoDB TTL).
       { id: 'expire-command-output', prefix: commandOutputKeyPrefix, expiration: Duration.days(props.commandOutputExpirationDays) },
       {

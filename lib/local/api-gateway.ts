@@ -14,7 +14,9 @@ import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-l
 import { allows, decide, type Decision } from '../../lambdas/shared/authorize';
 import { span } from '../../lambdas/shared/timing';
 import {
+  acceptsBinary,
   gatewayMaxPayloadBytes,
+  isBinaryMediaType,
   integrationTimeoutSeconds,
   renderGatewayResponse,
   type GatewayResponseType,
@@ -66,11 +68,16 @@ function matchPath(path: string): { matches: Match[]; pathExists: boolean } {
   return { matches, pathExists: matches.length > 0 };
 }
 
-function send(res: ServerResponse, result: APIGatewayProxyResult): void {
+/**
+ * Writes an answer as API Gateway would: a base64 body (isBase64Encoded)
+ * becomes bytes only when the request's first Accept type is one of the API's
+ * binaryMediaTypes; otherwise the caller gets the base64 text itself.
+ */
+function send(res: ServerResponse, result: APIGatewayProxyResult, accept?: string): void {
   const headers: Record<string, string> = {};
   for (const [k, v] of Object.entries(result.headers ?? {})) headers[k] = String(v);
   res.writeHead(result.statusCode, headers);
-  res.end(result.isBase64Encoded ? Buffer.from(result.body, 'base64') : result.body);
+  res.end(result.isBase64Encoded && acceptsBinary(accept) ? Buffer.from(result.body, 'base64') : result.body);
 }
 
 /** An answer the gateway makes itself, from the shared table. */
@@ -300,7 +307,9 @@ export async function startLocalApi(o: {
       authorizer = { ...decision.context, principalId: decision.principalId };
     }
 
-    const isText = body.length === 0 || !body.includes(0);
+    // API Gateway's rule: a body is binary (base64 to the handler) when its Content-Type is one of the binary media types.
+    const contentType = Object.entries(headers).find(([k]) => k.toLowerCase() === 'content-type')?.[1];
+    const isText = body.length === 0 || !isBinaryMediaType(contentType);
     const event: APIGatewayProxyEvent = {
       resource: match.resourcePath,
       path: url.pathname,
@@ -333,7 +342,8 @@ export async function startLocalApi(o: {
     const cut = new Promise<'cut'>((resolve) => (timer = setTimeout(() => resolve('cut'), cutAfterMs)));
     try {
       const outcome = await Promise.race([span('lambda.invoke', () => functions.invoke(match.route.handler, event)), cut]);
-      send(res, outcome === 'cut' ? gatewayAnswer('INTEGRATION_TIMEOUT') : proxyAnswer(outcome));
+      const accept = Object.entries(headers).find(([k]) => k.toLowerCase() === 'accept')?.[1];
+      send(res, outcome === 'cut' ? gatewayAnswer('INTEGRATION_TIMEOUT') : proxyAnswer(outcome), accept);
     } finally {
       clearTimeout(timer);
     }

@@ -3,11 +3,14 @@
  * stack's back-end services (the DynamoDB and S3 fronts and the SSM endpoint).
  * One module, so the three endpoints accept exactly the same requests: those
  * signed with the stack's own credentials by the unchanged AWS SDK v3 clients,
- * the AWS CLI or s3fs. Unsigned requests, other keys, wrong signatures,
- * signatures older or newer than 15 minutes, bodies that do not match their
- * signed hash, presigned URLs and aws-chunked uploads are all refused, in the
+ * the AWS CLI or s3fs, and presigned URLs (query-string SigV4, as the SDK's
+ * presigner makes them) until they expire. Unsigned requests, other keys,
+ * wrong signatures, signatures older or newer than 15 minutes, expired or
+ * not-yet-valid presigned URLs, bodies that do not match their signed hash,
+ * Signature Version 2 and aws-chunked uploads are all refused, in the
  * service's own error format (JSON for DynamoDB and SSM, XML for S3), so SDK
- * clients raise their usual errors.
+ * clients raise their usual errors. The S3 front also refuses what S3 itself
+ * does before reading a body: a PUT without Content-Length, or over 5 GiB.
  *
  * @example
  *   const signing = { credentials: generateLocalCredentials(), service: 'ssm', protocol: 'json', maxBodyBytes: 1 << 20 } as const;
@@ -51,7 +54,19 @@ export interface SigningPolicy {
 }
 
 /** Why a request was refused. */
-export type SignatureFault = 'missing' | 'malformed' | 'unknown_key' | 'expired' | 'mismatch' | 'payload_mismatch' | 'unsupported' | 'too_large';
+export type SignatureFault =
+  | 'missing'
+  | 'malformed'
+  | 'unknown_key'
+  | 'expired'
+  /** A presigned URL past its X-Amz-Expires. */
+  | 'url_expired'
+  | 'mismatch'
+  | 'payload_mismatch'
+  | 'unsupported'
+  | 'too_large'
+  /** An S3 PUT without Content-Length (S3 takes no chunked uploads). */
+  | 'length_required';
 
 export class SignatureRefusedError extends Error {
   constructor(
@@ -76,22 +91,31 @@ const faultAnswers: Record<SigningPolicy['protocol'], Record<SignatureFault, [nu
     malformed: [400, 'IncompleteSignatureException'],
     unknown_key: [400, 'UnrecognizedClientException'],
     expired: [400, 'InvalidSignatureException'],
+    url_expired: [403, 'InvalidSignatureException'],
     mismatch: [400, 'InvalidSignatureException'],
     payload_mismatch: [400, 'InvalidSignatureException'],
     unsupported: [400, 'IncompleteSignatureException'],
     too_large: [413, 'ValidationException'],
+    length_required: [411, 'ValidationException'],
   },
   xml: {
     missing: [403, 'AccessDenied'],
     malformed: [400, 'AuthorizationHeaderMalformed'],
     unknown_key: [403, 'InvalidAccessKeyId'],
     expired: [403, 'RequestTimeTooSkewed'],
+    url_expired: [403, 'AccessDenied'],
     mismatch: [403, 'SignatureDoesNotMatch'],
     payload_mismatch: [400, 'XAmzContentSHA256Mismatch'],
     unsupported: [501, 'NotImplemented'],
     too_large: [400, 'EntityTooLarge'],
+    length_required: [411, 'MissingContentLength'],
   },
 };
+
+/** The longest a presigned URL may be valid (SigV4's limit: 7 days). */
+export const maxPresignedExpirySeconds = 604_800;
+/** The largest object S3 takes in one PUT. */
+export const maxS3PutBytes = 5 * 1024 ** 3;
 
 export function sha256Hex(data: Buffer | string): string {
   return createHash('sha256').update(data).digest('hex');
@@ -133,17 +157,24 @@ function canonicalUris(path: string, service: string): string[] {
   return [uriEscape(normalized).replace(/%2F/g, '/')];
 }
 
-/** Parameters sorted by name then value, each encoded once; '+' is a plus, not a space. */
-function canonicalQuery(query: string): string {
-  if (query === '') return '';
-  const pairs = query
+/** The query's parameters, decoded ('+' is a plus, not a space). */
+function queryPairs(query: string): [string, string][] {
+  return query
     .split('&')
     .filter((p) => p !== '')
     .map((p) => {
       const eq = p.indexOf('=');
       const [k, v] = eq < 0 ? [p, ''] : [p.slice(0, eq), p.slice(eq + 1)];
-      return [uriEscape(safeDecode(k)), uriEscape(safeDecode(v))] as const;
+      return [safeDecode(k), safeDecode(v)];
     });
+}
+
+/** Parameters sorted by name then value, each encoded once; a presigned URL's own signature is not part of what it signed. */
+function canonicalQuery(query: string, presigned: boolean): string {
+  if (query === '') return '';
+  const pairs = queryPairs(query)
+    .filter(([k]) => !(presigned && k === 'X-Amz-Signature'))
+    .map(([k, v]) => [uriEscape(k), uriEscape(v)] as const);
   pairs.sort(([ak, av], [bk, bv]) => (ak < bk ? -1 : ak > bk ? 1 : av < bv ? -1 : av > bv ? 1 : 0));
   return pairs.map(([k, v]) => `${k}=${v}`).join('&');
 }
@@ -225,8 +256,67 @@ export function requestParts(req: IncomingMessage): SignedRequestParts {
 export interface SignatureClaim {
   auth: ParsedAuthorization;
   amzDate: string;
-  /** x-amz-content-sha256 as sent, if any. */
+  /** x-amz-content-sha256 as sent, if any (a presigned URL's body is UNSIGNED-PAYLOAD unless it says otherwise). */
   declaredPayloadHash?: string;
+  /** A presigned URL: the signature is in the query, and the URL is valid this long after amzDate. */
+  presigned?: { expiresSeconds: number };
+}
+
+const parseAmzDate = (d: string) => Date.UTC(+d.slice(0, 4), +d.slice(4, 6) - 1, +d.slice(6, 8), +d.slice(9, 11), +d.slice(11, 13), +d.slice(13, 15));
+
+/**
+ * A presigned URL's claim, from its query: X-Amz-Algorithm, -Credential,
+ * -Date, -Expires, -SignedHeaders, -Signature. Valid from its date (within
+ * the clock skew AWS allows) until its expiry.
+ */
+function readPresignedClaim(headers: Map<string, string[]>, query: string, policy: SigningPolicy): SignatureClaim {
+  const params = new Map<string, string[]>();
+  for (const [k, v] of queryPairs(query)) params.set(k, [...(params.get(k) ?? []), v]);
+  const one = (name: string): string | undefined => {
+    const values = params.get(name);
+    if (values && values.length > 1) throw new SignatureRefusedError('malformed', `the presigned URL has ${name} more than once`);
+    return values?.[0];
+  };
+  if (one('Signature') !== undefined || one('AWSAccessKeyId') !== undefined) {
+    throw new SignatureRefusedError('unsupported', 'Signature Version 2 presigned URLs are not accepted; presign with Signature Version 4');
+  }
+  if (headers.has('authorization')) {
+    throw new SignatureRefusedError('malformed', 'only one auth mechanism allowed: the X-Amz-Algorithm query parameter or the Authorization header, not both');
+  }
+  const algorithmName = one('X-Amz-Algorithm');
+  if (algorithmName !== algorithm) throw new SignatureRefusedError('unsupported', `only ${algorithm} presigned URLs are accepted, not "${String(algorithmName).slice(0, 40)}"`);
+  const credential = one('X-Amz-Credential');
+  const signedHeaders = one('X-Amz-SignedHeaders');
+  const signature = one('X-Amz-Signature');
+  const amzDate = one('X-Amz-Date');
+  const expires = one('X-Amz-Expires');
+  if (!credential || !signedHeaders || !signature || !amzDate || !expires) {
+    throw new SignatureRefusedError('malformed', 'a presigned URL needs X-Amz-Credential, X-Amz-Date, X-Amz-Expires, X-Amz-SignedHeaders and X-Amz-Signature');
+  }
+  const auth = parseAuthorization(`${algorithm} Credential=${credential}, SignedHeaders=${signedHeaders}, Signature=${signature}`);
+  if (auth.accessKeyId !== policy.credentials.accessKeyId) throw new SignatureRefusedError('unknown_key', `the access key id ${auth.accessKeyId.slice(0, 40)} is not this stack's`);
+  if (auth.service !== policy.service) throw new SignatureRefusedError('mismatch', `the URL is signed for service "${auth.service}", this endpoint is "${policy.service}"`);
+  if (!auth.signedHeaders.includes('host')) throw new SignatureRefusedError('malformed', 'the host header must be signed');
+  if (!/^\d{8}T\d{6}Z$/.test(amzDate)) throw new SignatureRefusedError('malformed', 'X-Amz-Date must be yyyymmddThhmmssZ');
+  if (amzDate.slice(0, 8) !== auth.date) throw new SignatureRefusedError('malformed', `the credential scope date ${auth.date} is not the date of X-Amz-Date ${amzDate}`);
+  const expiresSeconds = Number(expires);
+  if (!/^\d{1,6}$/.test(expires) || expiresSeconds < 1 || expiresSeconds > maxPresignedExpirySeconds) {
+    throw new SignatureRefusedError('malformed', `X-Amz-Expires must be a number of seconds from 1 to ${maxPresignedExpirySeconds}`);
+  }
+  const signedAt = parseAmzDate(amzDate);
+  const now = (policy.now ?? Date.now)();
+  if (signedAt - now > maxClockSkewMs) {
+    throw new SignatureRefusedError('expired', `the presigned URL is not yet valid: signed at ${amzDate}, the endpoint's clock says ${new Date(now).toISOString()}`);
+  }
+  if (now > signedAt + expiresSeconds * 1000) {
+    throw new SignatureRefusedError('url_expired', `Request has expired: the URL was valid for ${expiresSeconds} s from ${amzDate}; it is now ${new Date(now).toISOString()}`);
+  }
+  const declared = one('X-Amz-Content-Sha256') ?? headers.get('x-amz-content-sha256')?.[0] ?? unsignedPayload;
+  if (declared.startsWith('STREAMING-')) throw new SignatureRefusedError('unsupported', `${declared} (aws-chunked) uploads are not supported by the local S3 endpoint`);
+  if (declared !== unsignedPayload && !/^[0-9a-f]{64}$/.test(declared)) {
+    throw new SignatureRefusedError('malformed', 'X-Amz-Content-Sha256 must be 64 lower-case hex digits or UNSIGNED-PAYLOAD');
+  }
+  return { auth, amzDate, declaredPayloadHash: declared, presigned: { expiresSeconds } };
 }
 
 /**
@@ -236,9 +326,7 @@ export interface SignatureClaim {
 export function readSignatureClaim(req: SignedRequestParts, policy: SigningPolicy): SignatureClaim {
   const headers = headerValues(req.rawHeaders);
   const query = req.url.includes('?') ? req.url.slice(req.url.indexOf('?') + 1) : '';
-  if (/(?:^|&)(?:X-Amz-Signature|X-Amz-Algorithm|Signature)=/i.test(query)) {
-    throw new SignatureRefusedError('unsupported', 'presigned URLs are not accepted by the local stack; sign the request with the Authorization header');
-  }
+  if (/(?:^|&)(?:X-Amz-Signature|X-Amz-Algorithm|X-Amz-Credential|Signature|AWSAccessKeyId)=/i.test(query)) return readPresignedClaim(headers, query, policy);
   const authorization = headers.get('authorization');
   if (!authorization) throw new SignatureRefusedError('missing', 'the request is not signed: send it with the stack\'s credentials (AWS Signature Version 4)');
   if (authorization.length !== 1) throw new SignatureRefusedError('malformed', 'the request has more than one Authorization header');
@@ -255,7 +343,7 @@ export function readSignatureClaim(req: SignedRequestParts, policy: SigningPolic
     throw new SignatureRefusedError('malformed', 'the request needs a signed x-amz-date header (yyyymmddThhmmssZ)');
   }
   if (amzDate.slice(0, 8) !== auth.date) throw new SignatureRefusedError('malformed', `the credential scope date ${auth.date} is not the date of x-amz-date ${amzDate}`);
-  const signedAt = Date.UTC(+amzDate.slice(0, 4), +amzDate.slice(4, 6) - 1, +amzDate.slice(6, 8), +amzDate.slice(9, 11), +amzDate.slice(11, 13), +amzDate.slice(13, 15));
+  const signedAt = parseAmzDate(amzDate);
   const now = (policy.now ?? Date.now)();
   if (Math.abs(now - signedAt) > maxClockSkewMs) {
     throw new SignatureRefusedError('expired', `Signature expired or not yet valid: signed at ${amzDate}, the endpoint's clock says ${new Date(now).toISOString()} (at most 15 minutes apart)`);
@@ -299,7 +387,7 @@ export function checkSignature(req: SignedRequestParts, claim: SignatureClaim, b
     .join('');
   const q = req.url.indexOf('?');
   const path = q < 0 ? req.url : req.url.slice(0, q);
-  const query = canonicalQuery(q < 0 ? '' : req.url.slice(q + 1));
+  const query = canonicalQuery(q < 0 ? '' : req.url.slice(q + 1), claim.presigned !== undefined);
   const scope = `${auth.date}/${auth.region}/${auth.service}/aws4_request`;
   const key = signingKey(policy.credentials.secretAccessKey, auth.date, auth.region, auth.service);
   const provided = Buffer.from(auth.signature, 'hex');
@@ -377,6 +465,14 @@ export async function admitSigned(req: IncomingMessage, res: ServerResponse, pol
   }
 }
 
+/** What S3 refuses before it reads a PUT's body: no Content-Length (S3 takes no chunked uploads), or more than 5 GiB. */
+export function checkS3PutLength(contentLength: string | undefined): void {
+  if (contentLength === undefined) throw new SignatureRefusedError('length_required', 'You must provide the Content-Length HTTP header.');
+  if (Number(contentLength) > maxS3PutBytes) {
+    throw new SignatureRefusedError('too_large', `Your proposed upload of ${contentLength} bytes exceeds the maximum allowed object size of ${maxS3PutBytes} bytes`);
+  }
+}
+
 /** Hop-by-hop headers (and Expect, answered by this front) are not forwarded. */
 const notForwarded = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'expect', 'te', 'trailer']);
 
@@ -432,6 +528,7 @@ export async function startSignedProxy(o: SignedProxyOptions): Promise<SignedPro
     try {
       const parts = requestParts(req);
       const claim = readSignatureClaim(parts, o.policy);
+      if (o.policy.service === 's3' && req.method === 'PUT') checkS3PutLength(req.headers['content-length']);
       body = needsBody(claim) ? await readBounded(req, o.policy.maxBodyBytes) : undefined;
       checkSignature(parts, claim, body, o.policy);
     } catch (err) {

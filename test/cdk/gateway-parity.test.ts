@@ -9,7 +9,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { Decision } from '../../lambdas/shared/authorize';
-import { gatewayResponses, type GatewayResponseType } from '../../lambdas/shared/gateway';
+import type { APIGatewayProxyEvent } from 'aws-lambda';
+import { binaryMediaTypes, gatewayResponses, type GatewayResponseType } from '../../lambdas/shared/gateway';
 import { startLocalApi, type LocalApi } from '../../lib/local/api-gateway';
 import { resourcesOf, synth } from './fixture';
 
@@ -43,6 +44,9 @@ const tokenDecision: Decision = {
 
 let api: LocalApi;
 let throttled: LocalApi;
+/** Its file routes echo what the gateway passed them, and answer every byte value base64-encoded. */
+let binary: LocalApi;
+const allBytes = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
 
 before(async () => {
   const authorize = async (key: string | undefined): Promise<Decision> => {
@@ -59,10 +63,16 @@ before(async () => {
   };
   api = await startLocalApi({ port: 0, authorize, loadHandler: loadHandler as never, integrationTimeoutSeconds: 1, rateLimit: 0 });
   throttled = await startLocalApi({ port: 0, authorize, loadHandler: loadHandler as never, rateLimit: 1, burstLimit: 1 });
+  const echo = async () => async (event: APIGatewayProxyEvent) =>
+    event.httpMethod === 'GET'
+      ? { statusCode: 200, headers: { 'Content-Type': 'application/octet-stream' }, body: allBytes.toString('base64'), isBase64Encoded: true }
+      : { statusCode: 200, headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ base64: event.isBase64Encoded, body: event.body }) };
+  binary = await startLocalApi({ port: 0, authorize, loadHandler: echo as never, rateLimit: 0 });
 });
 after(async () => {
   await api?.close();
   await throttled?.close();
+  await binary?.close();
 });
 
 async function call(base: string, method: string, path: string, o: { key?: string; body?: string | Buffer } = {}) {
@@ -111,5 +121,38 @@ describe('the local gateway answers as the deployed one is configured to', () =>
   it('lets the handler answer as it likes when it is in time', async () => {
     const res = await call(api.url, 'POST', '/sandboxes', { key: 'good', body: '{}' });
     assert.equal(res.status, 200);
+  });
+});
+
+describe('binary bodies: the local gateway decides text or base64 as the deployed API is configured to', () => {
+  const files = '/sandboxes/sbx-aaaaaaaaaaaaaaaaaaaa/files?path=x';
+  const send = (contentType: string | undefined, body: Buffer) =>
+    fetch(binary.url + files, { method: 'PUT', headers: { 'X-API-Key': 'good', ...(contentType ? { 'Content-Type': contentType } : {}) }, body }).then(
+      async (r) => (await r.json()) as { base64: boolean; body: string },
+    );
+
+  it('configures the deployed REST API with the shared binary media types', () => {
+    const apis = resourcesOf(synth('dev').serviceTemplate, 'AWS::ApiGateway::RestApi');
+    assert.equal(apis.length, 1);
+    assert.deepEqual(apis[0]![1].Properties!.BinaryMediaTypes, [...binaryMediaTypes]);
+  });
+
+  it('passes a body with a binary Content-Type as base64 (every byte kept), and any other as UTF-8 text, NUL bytes or not', async () => {
+    const asBinary = await send('application/octet-stream', allBytes);
+    assert.equal(asBinary.base64, true);
+    assert.deepEqual(Buffer.from(asBinary.body, 'base64'), allBytes);
+    const asText = await send('text/plain', allBytes);
+    assert.equal(asText.base64, false, 'a NUL byte does not make a body binary; its Content-Type does');
+    assert.notDeepEqual(Buffer.from(asText.body, 'utf8'), allBytes, 'bytes that are not UTF-8 are lost on the text path, as on API Gateway');
+    assert.equal((await send(undefined, Buffer.from('{"a":1}'))).base64, false);
+  });
+
+  it("answers a base64 body as bytes only when the first Accept type is binary, else as the base64 text", async () => {
+    const read = (accept?: string) =>
+      fetch(binary.url + files, { headers: { 'X-API-Key': 'good', ...(accept ? { Accept: accept } : {}) } }).then(async (r) => Buffer.from(await r.arrayBuffer()));
+    assert.deepEqual(await read('application/octet-stream'), allBytes);
+    assert.deepEqual(await read('application/octet-stream;q=1, */*'), allBytes);
+    assert.equal((await read('*/*')).toString('latin1'), allBytes.toString('base64'));
+    assert.equal((await read('application/json, application/octet-stream')).toString('latin1'), allBytes.toString('base64'));
   });
 });

@@ -9,7 +9,7 @@ import { backgroundHandlerNames, handlerNames } from '../../lambdas/shared/route
 import { tables } from '../../lambdas/shared/tables';
 import { join } from 'node:path';
 import { analyzeCalls, analyzeHandlerCalls, type HandlerCalls } from '../../lib/bundle-analysis';
-import { commandOutputActions, eventBusActions, handlerAccess, hostAccess, hostDispatchActions } from '../../lib/constructs/handler-access';
+import { commandOutputActions, eventBusActions, fileStagingActions, handlerAccess, homeReadActions, hostAccess, hostDispatchActions } from '../../lib/constructs/handler-access';
 import { hostAgentDir } from '../../lib/paths';
 
 const tableIndexes = Object.fromEntries(tables.map((t) => [t.id, t.indexes.map((i) => i.name)]));
@@ -41,7 +41,7 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
       assert.deepEqual(granted, used, `${handler}: ${fix}`);
     });
 
-    it(`${handler}: host dispatch (SSM Run Command, staged requests), command output reads and event publishing and Auto Scaling calls only if the code does them`, async () => {
+    it(`${handler}: host dispatch (SSM Run Command, staged requests), command output, file staging, stored homes, event publishing and Auto Scaling calls only if the code does them`, async () => {
       const calls = await analyze(handler);
       const used = [...calls.otherActions].sort();
       const access = handlerAccess[handler];
@@ -51,6 +51,8 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
           ...(access.readsCommandOutput ? commandOutputActions : []),
           ...(access.publishesEvents ? eventBusActions : []),
           ...(access.autoScaling ?? []),
+          ...(access.stagesFiles ? fileStagingActions : []),
+          ...(access.readsHomes ? homeReadActions : []),
         ]),
       ].sort();
       assert.deepEqual(granted, used, `${handler}: ${fix}`);

@@ -6,7 +6,18 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { checkSignature, generateLocalCredentials, readSignatureClaim, SignatureRefusedError, type SigningPolicy, type SignedRequestParts } from '../../lib/local/sigv4';
+import { GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import {
+  checkS3PutLength,
+  checkSignature,
+  generateLocalCredentials,
+  needsBody,
+  readSignatureClaim,
+  SignatureRefusedError,
+  type SigningPolicy,
+  type SignedRequestParts,
+} from '../../lib/local/sigv4';
 import { signRequest, type RawRequest } from '../support/sigv4';
 
 const credentials = generateLocalCredentials();
@@ -85,12 +96,74 @@ describe('SigV4 check: everything else is refused', () => {
     assert.equal(await verdict(listTables, 'dynamodb', { policy: { now: () => Date.now() + 14 * 60_000 } }), 'admitted');
   });
 
-  it('refuses presigned URLs, signature version 2 and aws-chunked uploads, which it does not check', async () => {
-    const presigned: SignedRequestParts = { method: 'GET', url: '/bucket/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=00', rawHeaders: ['Host', 'h'] };
-    assert.throws(() => readSignatureClaim(presigned, policy('s3')), (e) => e instanceof SignatureRefusedError && e.fault === 'unsupported');
+  it('refuses signature version 2 (header or presigned) and aws-chunked uploads, which it does not check', async () => {
     const v2: SignedRequestParts = { method: 'GET', url: '/bucket/k', rawHeaders: ['Host', 'h', 'Authorization', 'AWS S3RVER:abc='] };
     assert.throws(() => readSignatureClaim(v2, policy('s3')), (e) => e instanceof SignatureRefusedError && e.fault === 'unsupported');
+    const v2Url: SignedRequestParts = { method: 'GET', url: '/bucket/k?AWSAccessKeyId=S3RVER&Expires=9999999999&Signature=abc%3D', rawHeaders: ['Host', 'h'] };
+    assert.throws(() => readSignatureClaim(v2Url, policy('s3')), (e) => e instanceof SignatureRefusedError && e.fault === 'unsupported');
     const chunked = await verdict({ method: 'PUT', path: '/bucket/k', body: 'x', headers: { 'x-amz-content-sha256': 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD' } }, 's3');
     assert.equal(chunked, 'unsupported');
+  });
+});
+
+describe('SigV4 check: presigned URLs (query-string signatures, as the SDK presigner makes them)', () => {
+  const client = (as = credentials) =>
+    new S3Client({ region: 'us-east-1', endpoint, forcePathStyle: true, credentials: as, requestChecksumCalculation: 'WHEN_REQUIRED' });
+  /** Presigns like the files API does, then checks like the S3 front at `at` ms after signing; answers the fault or 'admitted'. */
+  async function presignedVerdict(
+    command: PutObjectCommand | GetObjectCommand,
+    o: { expiresIn?: number; at?: number; as?: typeof credentials; tamper?: (u: URL) => void; headers?: string[] } = {},
+  ): Promise<string> {
+    const signedAt = Date.now();
+    const url = new URL(await getSignedUrl(client(o.as), command, { expiresIn: o.expiresIn ?? 900 }));
+    o.tamper?.(url);
+    const parts: SignedRequestParts = { method: command instanceof PutObjectCommand ? 'PUT' : 'GET', url: url.pathname + url.search, rawHeaders: ['Host', url.host, ...(o.headers ?? [])] };
+    try {
+      const p = policy('s3', { now: () => signedAt + (o.at ?? 0) });
+      const claim = readSignatureClaim(parts, p);
+      assert.equal(needsBody(claim), false, 'a presigned body streams: it is UNSIGNED-PAYLOAD');
+      checkSignature(parts, claim, undefined, p);
+      return 'admitted';
+    } catch (err) {
+      if (err instanceof SignatureRefusedError) return err.fault;
+      throw err;
+    }
+  }
+  const put = (key = 'files-staging/t/sbx/upl-1/data') => new PutObjectCommand({ Bucket: 'bucket', Key: key });
+  const get = (key = 'files-staging/t/sbx/dl-1/data') => new GetObjectCommand({ Bucket: 'bucket', Key: key });
+
+  it('admits a presigned PUT and GET until they expire, for keys with spaces, unicode and reserved characters', async () => {
+    assert.equal(await presignedVerdict(put()), 'admitted');
+    assert.equal(await presignedVerdict(get()), 'admitted');
+    assert.equal(await presignedVerdict(get("tenants/t/users/u/hot/a b/été +x~(1)!*'.txt")), 'admitted');
+    assert.equal(await presignedVerdict(put(), { at: 899_000 }), 'admitted');
+  });
+
+  it('refuses a URL past its expiry (403 AccessDenied, as S3 answers "Request has expired"), and one not yet valid', async () => {
+    assert.equal(await presignedVerdict(put(), { at: 901_000 }), 'url_expired');
+    assert.equal(await presignedVerdict(get(), { expiresIn: 60, at: 61_000 }), 'url_expired');
+    assert.equal(await presignedVerdict(get(), { at: -16 * 60_000 }), 'expired');
+  });
+
+  it('refuses a URL whose key, method, expiry or signature was changed, or that was signed with another key or secret', async () => {
+    assert.equal(await presignedVerdict(get(), { tamper: (u) => (u.pathname = u.pathname.replace('dl-1', 'dl-2')) }), 'mismatch');
+    assert.equal(await presignedVerdict(get(), { tamper: (u) => u.searchParams.set('X-Amz-Expires', '604800') }), 'mismatch');
+    assert.equal(await presignedVerdict(get(), { tamper: (u) => u.searchParams.set('X-Amz-Signature', '0'.repeat(64)) }), 'mismatch');
+    assert.equal(await presignedVerdict(get(), { tamper: (u) => u.searchParams.set('x-id', 'PutObject') }), 'mismatch');
+    assert.equal(await presignedVerdict(get(), { as: generateLocalCredentials() }), 'unknown_key');
+    assert.equal(await presignedVerdict(get(), { as: { ...credentials, secretAccessKey: 'not-the-secret' } }), 'mismatch');
+  });
+
+  it('refuses a URL valid longer than 7 days, one missing its parts, and one that also carries an Authorization header', async () => {
+    assert.equal(await presignedVerdict(get(), { tamper: (u) => u.searchParams.set('X-Amz-Expires', '604801') }), 'malformed');
+    assert.equal(await presignedVerdict(get(), { tamper: (u) => u.searchParams.delete('X-Amz-Date') }), 'malformed');
+    assert.equal(await presignedVerdict(get(), { headers: ['Authorization', 'AWS4-HMAC-SHA256 Credential=x'] }), 'malformed');
+  });
+
+  it('refuses what S3 refuses before reading a PUT body: no Content-Length, or more than 5 GiB', () => {
+    assert.throws(() => checkS3PutLength(undefined), (e) => e instanceof SignatureRefusedError && e.fault === 'length_required');
+    assert.throws(() => checkS3PutLength(String(5 * 1024 ** 3 + 1)), (e) => e instanceof SignatureRefusedError && e.fault === 'too_large');
+    assert.doesNotThrow(() => checkS3PutLength(String(5 * 1024 ** 3)));
+    assert.doesNotThrow(() => checkS3PutLength('0'));
   });
 });
