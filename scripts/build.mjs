@@ -1,15 +1,17 @@
 #!/usr/bin/env node
 // Bundles every Lambda handler and the host-agent into single ESM files with
-// esbuild: dist/lambdas/<handler>.mjs, dist/host-agent.mjs, dist/host-agent-daemon.mjs.
+// esbuild: dist/lambdas/<handler>.mjs, dist/host-agent.mjs, dist/host-agent-daemon.mjs;
+// writes the OpenAPI document to docs/openapi.json.
 // The options come from lib/bundling.ts, which the CDK stack, the bundle report
 // and the IAM analysis read too. Run with the tsx loader (it imports TypeScript):
 //   node --import tsx scripts/build.mjs [--quiet]
-import { existsSync, mkdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
 import { handlerBuildOptions, hostAgentBuildOptions } from '../lib/bundling.ts';
 import { backgroundHandlerNames, handlerNames } from '../lambdas/shared/routes.ts';
+import { openApiDocument } from '../lambdas/shared/openapi.ts';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const quiet = process.argv.includes('--quiet');
@@ -37,6 +39,11 @@ if (missing.length) {
 }
 
 const started = Date.now();
+// The document for the default limits (a deployment serves its own at GET /openapi.json); written only when it changed.
+const openApiPath = join(root, 'docs', 'openapi.json');
+const openApi = JSON.stringify(openApiDocument(), null, 2) + '\n';
+if (!existsSync(openApiPath) || readFileSync(openApiPath, 'utf8') !== openApi) writeFileSync(openApiPath, openApi);
+
 await Promise.all(
   entries.map((e) => {
     mkdirSync(dirname(e.out), { recursive: true });

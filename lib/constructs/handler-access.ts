@@ -72,6 +72,8 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
     tables: [{ table: sandboxesTable, actions: ['dynamodb:DescribeTable'] }],
     dispatchesToHosts: false,
   },
+  // The OpenAPI document: built from the route table and schemas in the bundle, no AWS access.
+  openapi: { tables: [], dispatchesToHosts: false },
   'create-sandbox': {
     tables: [
       // The 429 at the tenant's cap counts its creates still in flight (by-tenant, recent records).
