@@ -1,11 +1,12 @@
 #!/usr/bin/env node
 // Bundles every Lambda handler and the host-agent into single ESM files with
 // esbuild: dist/lambdas/<handler>.mjs, dist/host-agent.mjs, dist/host-agent-daemon.mjs;
-// writes the OpenAPI document to docs/openapi.json.
+// writes the OpenAPI document to docs/openapi.json and builds the SDK (sdk/dist).
 // The options come from lib/bundling.ts, which the CDK stack, the bundle report
 // and the IAM analysis read too. Run with the tsx loader (it imports TypeScript):
 //   node --import tsx scripts/build.mjs [--quiet]
-import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
@@ -32,6 +33,16 @@ const entries = [
   })),
 ];
 
+// The SDK (sdk/, an npm workspace): ESM for Node 20+, no dependencies.
+const sdkEntries = [
+  ['index.ts', 'index.js', {}],
+].map(([src, out, extra]) => ({
+  in: join(root, 'sdk', 'src', src),
+  out: join(root, 'sdk', 'dist', out),
+  options: (outfile) => ({ entryPoints: [join(root, 'sdk', 'src', src)], outfile, bundle: true, platform: 'node', format: 'esm', target: 'node20', logLevel: 'warning', ...extra }),
+}));
+entries.push(...sdkEntries);
+
 const missing = entries.filter((e) => !existsSync(e.in));
 if (missing.length) {
   console.error(`build: missing entry points:\n${missing.map((e) => '  ' + e.in).join('\n')}`);
@@ -50,6 +61,13 @@ await Promise.all(
     return build(e.options(e.out));
   }),
 );
+// The SDK's type declarations (tsc), when a source is newer than them.
+const sdkSrc = join(root, 'sdk', 'src');
+const declarations = join(root, 'sdk', 'dist', 'index.d.ts');
+const newest = Math.max(...readdirSync(sdkSrc).map((f) => statSync(join(sdkSrc, f)).mtimeMs), statSync(join(root, 'sdk', 'tsconfig.json')).mtimeMs);
+if (!existsSync(declarations) || statSync(declarations).mtimeMs < newest) {
+  execFileSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(root, 'sdk', 'tsconfig.json')], { stdio: 'inherit' });
+}
 if (!quiet) {
   const rows = entries.map((e) => `${(statSync(e.out).size / 1024).toFixed(0).padStart(6)} KB  ${e.out.slice(root.length + 1)}`);
   console.log(`build: ${entries.length} bundles in ${Date.now() - started} ms\n${rows.join('\n')}`);
