@@ -6,7 +6,7 @@
 // and the IAM analysis read too. Run with the tsx loader (it imports TypeScript):
 //   node --import tsx scripts/build.mjs [--quiet]
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
@@ -33,9 +33,10 @@ const entries = [
   })),
 ];
 
-// The SDK (sdk/, an npm workspace): ESM for Node 20+, no dependencies.
+// The SDK (sdk/, an npm workspace): ESM for Node 20+, no dependencies; the sbx bin with its shebang.
 const sdkEntries = [
   ['index.ts', 'index.js', {}],
+  ['bin.ts', 'cli.js', { banner: { js: '#!/usr/bin/env node' } }],
 ].map(([src, out, extra]) => ({
   in: join(root, 'sdk', 'src', src),
   out: join(root, 'sdk', 'dist', out),
@@ -61,6 +62,7 @@ await Promise.all(
     return build(e.options(e.out));
   }),
 );
+chmodSync(join(root, 'sdk', 'dist', 'cli.js'), 0o755);
 // The SDK's type declarations (tsc), when a source is newer than them.
 const sdkSrc = join(root, 'sdk', 'src');
 const declarations = join(root, 'sdk', 'dist', 'index.d.ts');
