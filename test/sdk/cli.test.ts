@@ -6,8 +6,9 @@
  * Run: npm run build && node --import tsx --test test/sdk/cli.test.ts
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,7 +16,8 @@ import { after, before, describe, it } from 'node:test';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';
 import { Sandbox } from '../../sdk/src/index';
 
-const cli = join(import.meta.dirname, '..', '..', 'sdk', 'dist', 'cli.js');
+const root = join(import.meta.dirname, '..', '..');
+const cli = join(root, 'sdk', 'dist', 'cli.js');
 let stack: LocalStack;
 let work: string;
 let id: string;
@@ -133,6 +135,62 @@ describe('sbx', () => {
     assert.equal(logs.stdout, '1\n2\n3\n4\n5\n');
     const followed = await sbx(['logs', id, 'cli-logs', '--follow', '--json']);
     assert.equal(JSON.parse(followed.stdout).exitCode, 0);
+  });
+
+  it('shows live output and a progress bar in a real terminal (tmux), and the exit status', { skip: spawnSync('tmux', ['-V']).status !== 0 && 'tmux is not installed' }, async () => {
+    const session = `sbx-test-${process.pid}`;
+    const local = join(work, 'tty.bin');
+    await writeFile(local, randomBytes(12 * 1024 * 1024));
+    const script = join(work, 'tty.sh');
+    await writeFile(
+      script,
+      [
+        `export SANDBOX_API_KEY='${stack.apiKey}' SANDBOX_API_URL='${stack.url}'`,
+        `node '${cli}' cp '${local}' '${id}:tty.bin'`,
+        `node '${cli}' exec ${id} -- 'for i in 1 2 3 4 5 6; do echo tick $i; sleep 2; done; exit 5'; echo "EXIT=$?"`,
+        'sleep 600',
+      ].join('\n'),
+    );
+    execFileSync('tmux', ['new-session', '-d', '-s', session, '-x', '120', '-y', '40', `bash ${script}`]);
+    const pane = () => execFileSync('tmux', ['capture-pane', '-p', '-t', session]).toString();
+    try {
+      let seen = '';
+      let sawLive = false;
+      for (let i = 0; i < 300 && !seen.includes('EXIT='); i++) {
+        await new Promise((r) => setTimeout(r, 300));
+        seen = pane();
+        // A tick on screen while the command still runs (no later tick yet, no exit).
+        if (/tick 1/.test(seen) && !/tick 6/.test(seen) && !seen.includes('EXIT=')) sawLive = true;
+      }
+      assert.match(seen, /\[#{30}\] 12\.0\/12\.0 MiB/, `a progress bar reached its end:\n${seen}`);
+      assert.ok(sawLive, `output appeared while the command ran:\n${seen}`);
+      assert.match(seen, /tick 6\s+EXIT=5/, seen);
+    } finally {
+      spawnSync('tmux', ['kill-session', '-t', session]);
+    }
+  });
+
+  it("runs the README's CLI quick start as written", async () => {
+    const readme = readFileSync(join(root, 'README.md'), 'utf8');
+    const block = /### CLI quick start\n\n```sh\n([\s\S]*?)```/.exec(readme)?.[1];
+    assert.ok(block, 'the README has a CLI quick start');
+    // Its first line exports the key and URL npm start printed: this stack's instead.
+    const lines = block.split('\n');
+    assert.match(lines[0] ?? '', /^export SANDBOX_API_URL=/);
+    // Asynchronously: the local stack answers from this very process.
+    const result = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+      const child = spawn('bash', ['-c', lines.slice(1).join('\n')], { cwd: root, env: { ...process.env, SANDBOX_API_KEY: stack.apiKey, SANDBOX_API_URL: stack.url, HOME: work } });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+      child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+      child.on('close', (status) => resolve({ status, stdout, stderr }));
+    });
+    assert.equal(result.status, 0, result.stderr);
+    assert.match(result.stdout, /tick 1\ntick 2\ntick 3\nexit status 3\n/);
+    assert.match(result.stdout, /one argument each, quoted\n/);
+    assert.equal(readFileSync('/tmp/back.txt', 'utf8'), 'hello\n');
+    assert.match(result.stdout, /sbx-[a-z0-9]{20} stopped\n$/);
   });
 
   it('stops, starts and removes', async () => {
