@@ -8,7 +8,7 @@
  * --json on every command prints the API's answer as JSON. The key and URL come from
  * SANDBOX_API_KEY / SANDBOX_API_URL, else ~/.config/ephemeral-sandbox/config.json ({"apiKey", "apiUrl"}).
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { CommandHandle } from './commands.js';
@@ -26,7 +26,7 @@ const usage = `usage: sbx <command> [options]
   exec <id> [--cwd DIR] [--env K=V]... -- <cmd> [args...]     run a command, output live; exits with its status
                                                               (one argument is shell text; several are quoted each)
   logs <id> <command_id> [--follow]                           a command's output (--follow until it ends)
-  cp <local> <id>:<path> | cp <id>:<path> <local>             copy a file in or out (progress on a terminal)
+  cp <local> <id>:<path> | cp <id>:<path> <local>             copy a file or directory in or out (progress on a terminal)
   stop <id> | start <id> | rm <id> [--force]                  pause, resume, end (--force: not graceful)
 
   --json      print the API's answers as JSON
@@ -202,9 +202,15 @@ export async function main(argv: readonly string[]): Promise<number> {
       const dst = remote(to as string);
       if (!!src === !!dst) throw new SandboxError('cp copies between this machine and a sandbox: one side is <id>:<path>');
       const sbx = await Sandbox.connect((src ?? dst)!.id, options);
+      const onProgress = progressBar(`${from} -> ${to}`);
+      // Directories travel as tar.gz, unpacked on the other side.
       const result = dst
-        ? await sbx.files.upload(from as string, dst.path, { mkdirs: true, onProgress: progressBar(`${from} -> ${to}`) })
-        : await sbx.files.download(src!.path, to as string, { onProgress: progressBar(`${from} -> ${to}`) });
+        ? statSync(from as string).isDirectory()
+          ? await sbx.files.uploadDirectory(from as string, dst.path, { mkdirs: true, onProgress })
+          : await sbx.files.upload(from as string, dst.path, { mkdirs: true, onProgress })
+        : (await sbx.files.stat(src!.path)).type === 'dir'
+          ? await sbx.files.downloadDirectory(src!.path, to as string, { onProgress })
+          : await sbx.files.download(src!.path, to as string, { onProgress });
       out(result, `${result.size} bytes, sha256 ${result.sha256}`);
       return 0;
     }

@@ -4,9 +4,10 @@
  * presigned S3 URLs (up to 5 GiB), streamed from and to disk, with progress,
  * and checked by sha256 at the end. Paths are absolute or relative to /home/agent.
  */
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
@@ -102,6 +103,20 @@ function presigned(method: 'PUT' | 'GET', url: string, o: { body?: Readable; len
       o.body.pipe(req);
     } else req.end();
   });
+}
+
+function exitOf(child: ReturnType<typeof spawn>, what: string): Promise<void> {
+  let stderr = '';
+  child.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
+  return new Promise((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve() : reject(new SandboxError(`${what} failed (${code}): ${stderr.trim().slice(0, 300)}`))));
+  });
+}
+
+/** Runs a local program to its end. */
+function run(cmd: string, args: string[]): Promise<void> {
+  return exitOf(spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] }), cmd);
 }
 
 function toBytes(data: string | Uint8Array | ArrayBuffer): Uint8Array {
@@ -223,10 +238,10 @@ export class Files {
     return { path: done.path, size: done.size, sha256: done.sha256, via: 'presigned' };
   }
 
-  private async uploadStream(open: () => Readable, size: number, remotePath: string, o: TransferOptions): Promise<TransferDone> {
+  private async uploadStream(open: () => Readable, size: number, remotePath: string, o: TransferOptions & { extract?: 'tar.gz' }): Promise<TransferDone> {
     const base = await this.base();
     const ticket = await this.client.json<UploadTicket>('POST', `${base}/upload`, {
-      body: { path: remotePath, ...(o.mkdirs ? { mkdirs: true } : {}), ...(o.mode ? { mode: o.mode } : {}) },
+      body: { path: remotePath, ...(o.mkdirs ? { mkdirs: true } : {}), ...(o.mode && !o.extract ? { mode: o.mode } : {}), ...(o.extract ? { extract: o.extract } : {}) },
       // Nothing happens until the bytes arrive: a second ticket is harmless.
       idempotent: true,
       signal: o.signal,
@@ -238,8 +253,40 @@ export class Files {
     const res = await presigned('PUT', ticket.url, { body: m.stream, length: size, signal: o.signal });
     res.resume();
     const done = await this.followTransfer('POST', `${base}/upload/${ticket.upload_id}/complete`, o);
-    if (done.sha256 !== m.digest()) throw new ChecksumError(`${done.path}: the sandbox holds sha256 ${done.sha256}, what was sent is ${m.digest()}`);
+    if (!o.extract && done.sha256 !== m.digest()) throw new ChecksumError(`${done.path}: the sandbox holds sha256 ${done.sha256}, what was sent is ${m.digest()}`);
     return done;
+  }
+
+  /** Uploads a local directory: packed with tar (gzip), sent through a presigned URL, unpacked at `remotePath` in the sandbox. */
+  async uploadDirectory(localDir: string, remotePath: string, o: TransferOptions = {}): Promise<TransferResult> {
+    const dir = await mkdtemp(join(tmpdir(), 'sbx-upload-'));
+    try {
+      const archive = join(dir, 'dir.tar.gz');
+      await run('tar', ['-czf', archive, '-C', localDir, '.']);
+      const size = (await stat(archive)).size;
+      const done = await this.uploadStream(() => createReadStream(archive), size, remotePath, { ...o, extract: 'tar.gz' });
+      return { path: done.path, size: done.size, sha256: done.sha256, via: 'presigned' };
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  /** Downloads a directory of the sandbox (as tar.gz through a presigned URL) and unpacks it into `localDir`. */
+  async downloadDirectory(remotePath: string, localDir: string, o: TransferOptions = {}): Promise<TransferResult> {
+    const base = await this.base();
+    let done = await this.client.request<TransferDone>('POST', `${base}/download`, { body: { path: remotePath, archive: 'tar.gz' }, idempotent: true, signal: o.signal });
+    if (done.status === 202) done = { ...done, body: await this.followTransfer('GET', `${base}/download/${done.body.download_id}`, o, { wait: 20 }) };
+    const ready = done.body;
+    if (!ready.url) throw new SandboxError(`${remotePath}: the download answered no URL`);
+    await mkdir(localDir, { recursive: true });
+    const res = await presigned('GET', ready.url, { signal: o.signal });
+    const m = meter(ready.size, o.onProgress);
+    const tar = spawn('tar', ['-xzf', '-', '-C', localDir], { stdio: ['pipe', 'ignore', 'pipe'] });
+    const exited = exitOf(tar, 'tar -x');
+    await pipeline(res, m.stream, tar.stdin);
+    await exited;
+    if (m.digest() !== ready.sha256) throw new ChecksumError(`${ready.path}: received sha256 ${m.digest()}, the sandbox's archive is ${ready.sha256}`);
+    return { path: ready.path, size: m.bytes(), sha256: ready.sha256, via: 'presigned' };
   }
 
   /** Repeats a transfer call (each within the API's 29 s) until the host finished it. */

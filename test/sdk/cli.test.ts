@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -116,7 +116,7 @@ describe('sbx', () => {
     assert.equal(final.status, 'killed');
   });
 
-  it('cp copies a file in and out (past the inline limit), and logs prints a command output', async () => {
+  it('cp copies a file and a directory in and out (past the inline limit), and logs prints a command output', async () => {
     const local = join(work, 'data.bin');
     const data = randomBytes(6 * 1024 * 1024);
     await writeFile(local, data);
@@ -129,7 +129,21 @@ describe('sbx', () => {
     assert.equal(JSON.parse(down.stdout).via, 'presigned');
     assert.ok((await readFile(back)).equals(data));
 
+    // A directory goes as tar.gz and is unpacked on the other side, both ways.
+    const tree = join(work, 'tree');
+    await mkdir(join(tree, 'sub', 'deeper'), { recursive: true });
+    await writeFile(join(tree, 'top.txt'), 'top\n');
+    await writeFile(join(tree, 'sub', 'deeper', 'leaf.txt'), 'leaf\n');
+    const dirUp = await sbx(['cp', tree, `${id}:tree`]);
+    assert.equal(dirUp.code, 0, dirUp.stderr);
     const s = await Sandbox.connect(id, { apiKey: stack.apiKey, apiUrl: stack.url });
+    assert.equal(await s.files.read('tree/sub/deeper/leaf.txt', { format: 'text' }), 'leaf\n');
+    const treeBack = join(work, 'tree-back');
+    const dirDown = await sbx(['cp', `${id}:tree`, treeBack]);
+    assert.equal(dirDown.code, 0, dirDown.stderr);
+    assert.equal(await readFile(join(treeBack, 'sub', 'deeper', 'leaf.txt'), 'utf8'), 'leaf\n');
+    assert.equal(await readFile(join(treeBack, 'top.txt'), 'utf8'), 'top\n');
+
     await s.commands.run('seq 1 5', { commandId: 'cli-logs' });
     const logs = await sbx(['logs', id, 'cli-logs']);
     assert.equal(logs.stdout, '1\n2\n3\n4\n5\n');
