@@ -1,15 +1,18 @@
 #!/usr/bin/env node
 // Bundles every Lambda handler and the host-agent into single ESM files with
-// esbuild: dist/lambdas/<handler>.mjs, dist/host-agent.mjs, dist/host-agent-daemon.mjs.
+// esbuild: dist/lambdas/<handler>.mjs, dist/host-agent.mjs, dist/host-agent-daemon.mjs;
+// writes the OpenAPI document to docs/openapi.json and builds the SDK (sdk/dist).
 // The options come from lib/bundling.ts, which the CDK stack, the bundle report
 // and the IAM analysis read too. Run with the tsx loader (it imports TypeScript):
 //   node --import tsx scripts/build.mjs [--quiet]
-import { existsSync, mkdirSync, statSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
 import { handlerBuildOptions, hostAgentBuildOptions } from '../lib/bundling.ts';
 import { backgroundHandlerNames, handlerNames } from '../lambdas/shared/routes.ts';
+import { openApiDocument } from '../lambdas/shared/openapi.ts';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const quiet = process.argv.includes('--quiet');
@@ -30,6 +33,17 @@ const entries = [
   })),
 ];
 
+// The SDK (sdk/, an npm workspace): ESM for Node 20+, no dependencies; the sbx bin with its shebang.
+const sdkEntries = [
+  ['index.ts', 'index.js', {}],
+  ['bin.ts', 'cli.js', { banner: { js: '#!/usr/bin/env node' } }],
+].map(([src, out, extra]) => ({
+  in: join(root, 'sdk', 'src', src),
+  out: join(root, 'sdk', 'dist', out),
+  options: (outfile) => ({ entryPoints: [join(root, 'sdk', 'src', src)], outfile, bundle: true, platform: 'node', format: 'esm', target: 'node20', logLevel: 'warning', ...extra }),
+}));
+entries.push(...sdkEntries);
+
 const missing = entries.filter((e) => !existsSync(e.in));
 if (missing.length) {
   console.error(`build: missing entry points:\n${missing.map((e) => '  ' + e.in).join('\n')}`);
@@ -37,12 +51,25 @@ if (missing.length) {
 }
 
 const started = Date.now();
+// The document for the default limits (a deployment serves its own at GET /openapi.json); written only when it changed.
+const openApiPath = join(root, 'docs', 'openapi.json');
+const openApi = JSON.stringify(openApiDocument(), null, 2) + '\n';
+if (!existsSync(openApiPath) || readFileSync(openApiPath, 'utf8') !== openApi) writeFileSync(openApiPath, openApi);
+
 await Promise.all(
   entries.map((e) => {
     mkdirSync(dirname(e.out), { recursive: true });
     return build(e.options(e.out));
   }),
 );
+chmodSync(join(root, 'sdk', 'dist', 'cli.js'), 0o755);
+// The SDK's type declarations (tsc), when a source is newer than them.
+const sdkSrc = join(root, 'sdk', 'src');
+const declarations = join(root, 'sdk', 'dist', 'index.d.ts');
+const newest = Math.max(...readdirSync(sdkSrc).map((f) => statSync(join(sdkSrc, f)).mtimeMs), statSync(join(root, 'sdk', 'tsconfig.json')).mtimeMs);
+if (!existsSync(declarations) || statSync(declarations).mtimeMs < newest) {
+  execFileSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(root, 'sdk', 'tsconfig.json')], { stdio: 'inherit' });
+}
 if (!quiet) {
   const rows = entries.map((e) => `${(statSync(e.out).size / 1024).toFixed(0).padStart(6)} KB  ${e.out.slice(root.length + 1)}`);
   console.log(`build: ${entries.length} bundles in ${Date.now() - started} ms\n${rows.join('\n')}`);

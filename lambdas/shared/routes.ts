@@ -20,6 +20,7 @@ export interface Route {
 
 export const handlerNames = [
   'health',
+  'openapi',
   'create-sandbox',
   'list-sandboxes',
   'get-sandbox',
@@ -45,6 +46,7 @@ export const backgroundHandlerNames = ['reaper', 'authorizer', 'fleet-events', '
 
 export const routes: readonly Route[] = [
   { method: 'GET', path: '/health', handler: 'health', auth: 'none' },
+  { method: 'GET', path: '/openapi.json', handler: 'openapi', auth: 'none' },
   { method: 'POST', path: '/sandboxes', handler: 'create-sandbox', auth: 'api-key' },
   { method: 'GET', path: '/sandboxes', handler: 'list-sandboxes', auth: 'api-key' },
   { method: 'GET', path: '/sandboxes/{id}', handler: 'get-sandbox', auth: 'api-key' },

@@ -91,6 +91,8 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
     tables: [{ table: sandboxesTable, actions: ['dynamodb:DescribeTable'] }],
     dispatchesToHosts: false,
   },
+  // The OpenAPI document: built from the route table and schemas in the bundle, no AWS access.
+  openapi: { tables: [], dispatchesToHosts: false },
   'create-sandbox': {
     tables: [
       // The record is put in one transaction with the tenant's slot; at the tenant's cap the records of the
