@@ -19,6 +19,7 @@ import { setScaleInProtection } from '../../lambdas/shared/fleet';
 import { wantsScaleInProtection } from '../../lambdas/shared/fleet-scaling';
 import { allocationCorrections, resourcesOf, type Resources } from '../../lambdas/shared/placement';
 import { logger } from '../../lambdas/shared/logger';
+import { ensureSharedMount } from './storage/shared-mount';
 import { publishHostFigures } from './host-metrics';
 import { shipDaemonOutput } from './log-shipper';
 import type { SandboxRecord } from '../../lambdas/shared/sandbox-record';
@@ -410,6 +411,9 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
     outputMaxBytes: cp.limits.commandOutputMaxBytes,
   });
   const files = new SandboxFiles({ docker, hostConfig, s3: s3(), bucket: cp.bucket });
+  // The state directory becomes a shared mount (bound onto itself) before anything mounts below it: made later,
+  // that bind would hide the mounts the pool containers were made with, and a claim's home would never reach them.
+  await ensureSharedMount(hostConfig.stateDir);
   const pool = new WarmPool(hostConfig, docker, poolSettings());
   // A previous daemon's pool containers may be of another image or network: start from a clean pool.
   await pool.reconcile().catch((err) => logger.error('daemon: warm pool cleanup failed; the reconcile loop retries', { err }));
