@@ -2,7 +2,7 @@
  * The SDK (@ephemeral-sandbox/sdk) against the local stack: every method, a
  * command followed across dropped connections without losing or repeating a
  * byte, retries on 429/503 that honour Retry-After, idempotent creates and
- * stdin writes whose answers were lost, a 64 MiB upload and download with
+ * stdin writes whose answers were lost, a 256 MiB upload and download with
  * progress, and seed 002's example run verbatim as its own Node process.
  * Run: node --import tsx --test test/sdk/sdk.test.ts
  */
@@ -219,10 +219,9 @@ describe('files', () => {
     assert.ok(Buffer.from(back).equals(big));
   });
 
-  // 64 MiB, not the issue's 256 MiB: the same presigned path, with CI's time and 2 shared cores in mind.
-  it('uploads and downloads 64 MiB with progress, streaming and checked by sha256', async () => {
+  it('uploads and downloads 256 MiB with progress, streaming and checked by sha256', async () => {
     const local = join(work, 'big-upload.bin');
-    const data = randomBytes(64 * 1024 * 1024);
+    const data = randomBytes(256 * 1024 * 1024);
     await writeFile(local, data);
     const up: Progress[] = [];
     const sent = await sbx.files.upload(local, 'uploads/big.bin', { mkdirs: true, onProgress: (p) => up.push(p) });
