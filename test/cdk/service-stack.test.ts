@@ -5,10 +5,10 @@ import { describe, it } from 'node:test';
 import { backgroundHandlerNames, handlerNames, routes } from '../../lambdas/shared/routes';
 import { tables } from '../../lambdas/shared/tables';
 import { hostAgentCommand, pascal } from '../../lib/constructs/control-plane-functions';
-import { handlerAccess, hostDispatchActions } from '../../lib/constructs/handler-access';
+import { handlerAccess, hostDispatchActions, storedHomeKeyPattern } from '../../lib/constructs/handler-access';
 import { drainHookName, launchHookName } from '../../lib/constructs/host-fleet';
 import { gatewayResponses, integrationTimeoutSeconds } from '../../lambdas/shared/gateway';
-import { ssmCommandWorkersFor } from '../../host-agent/src/protocol';
+import { fileStagingPrefix, ssmCommandWorkersFor } from '../../host-agent/src/protocol';
 import { resolveEnvironment } from '../../lib/environment';
 import { repoRoot } from '../../lib/paths';
 import { cdkJsonContext, onlyResource, render, resourcesOf, synth, type EnvName } from './fixture';
@@ -126,7 +126,17 @@ for (const env of ['dev', 'prod'] as const) {
     it("lets only functions that read commands' output read it, and only under commands/", () => {
       for (const handler of allHandlers) {
         const statements = statementsOfRoleOf(env, functionId(env, handler));
-        const reads = statements.filter((s) => asList(s.Action as string).some((a) => a === 's3:GetObject' || a === 's3:ListBucket'));
+        const allReads = statements.filter((s) => asList(s.Action as string).some((a) => a === 's3:GetObject' || a === 's3:ListBucket'));
+        // Reads of the files API's staging area and of stored homes have their own grants (stagesFiles, readsHomes), checked below.
+        const area = (s: (typeof allReads)[number]) => render(s.Resource) + JSON.stringify(s.Condition ?? {});
+        const staging = allReads.filter((s) => area(s).includes(fileStagingPrefix));
+        const homes = allReads.filter((s) => area(s).includes(storedHomeKeyPattern));
+        const reads = allReads.filter((s) => !staging.includes(s) && !homes.includes(s));
+        assert.equal(staging.length > 0, handlerAccess[handler].stagesFiles === true, `${handler}: file staging reads only with stagesFiles`);
+        assert.equal(homes.length > 0, handlerAccess[handler].readsHomes === true, `${handler}: stored home reads only with readsHomes`);
+        for (const s of homes.filter((h) => asList(h.Action).includes('s3:ListBucket'))) {
+          assert.deepEqual(s.Condition, { StringLike: { 's3:prefix': [storedHomeKeyPattern] } }, `${handler} lists stored homes only`);
+        }
         if (!handlerAccess[handler].readsCommandOutput) {
           assert.deepEqual(reads, [], `${handler} reads no command output`);
           continue;
