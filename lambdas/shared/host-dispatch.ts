@@ -413,6 +413,13 @@ export function createHostDispatcher(opts: HostDispatcherOptions): HostDispatche
         );
         commandId = sent.Command?.CommandId;
       } catch (err) {
+        if (errorName(err) === 'DeadlineExceeded') {
+          // Cut at the request's deadline with the send in flight: SSM may have taken it, and then the host is at it
+          // (it needs the staged request). The caller answers with the record as it stands; the host records the
+          // outcome, or, if the command never went out, the reaper ends what it left waiting.
+          leftRunning = true;
+          throw new HostDispatchError('still_running', `host-agent ${verb} on ${instanceId}: SSM did not confirm the command within this request's time; the host may be at it`);
+        }
         throw ssmFailure('SendCommand', instanceId, err);
       }
       if (!commandId) throw new HostDispatchError('ssm_error', 'SSM SendCommand answered without a CommandId');

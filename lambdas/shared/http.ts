@@ -160,7 +160,13 @@ export function errorResponse(err: unknown, requestId?: string): APIGatewayProxy
     logger.warn('a dependency is unavailable', { err, requestId, dependency: down });
     return json(
       503,
-      { error: { code: 'service_unavailable', message: `${down} is unavailable right now; retry shortly${requestId ? ` (request ${requestId})` : ''}` } },
+      {
+        error: {
+          code: 'service_unavailable',
+          // A call cut at the request's deadline says so (the time may have gone elsewhere); others name the service.
+          message: `${(err as Error).name === 'DeadlineExceeded' ? (err as Error).message : `${down} is unavailable right now`}; retry shortly${requestId ? ` (request ${requestId})` : ''}`,
+        },
+      },
       { 'Retry-After': '2' },
     );
   }

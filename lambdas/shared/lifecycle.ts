@@ -10,7 +10,7 @@ import { hostFailure, hosts } from './host-calls';
 import { HostDispatchError } from './host-dispatch';
 import { isActive, isTerminal } from './sandbox-state';
 import { idleDeadline, toView, type SandboxRecord, type SandboxView } from './sandbox-record';
-import { getSandbox, getTenantSandbox, transition, TransitionRejectedError, updateSandbox } from './sandbox-store';
+import { getSandbox, getTenantSandbox, latest, transition, TransitionRejectedError, updateSandbox } from './sandbox-store';
 import { storageFor, waitSecondsUntil } from './sandboxes';
 
 /** Deadline that keeps in-flight execs covered. */
@@ -138,7 +138,7 @@ export async function pauseSandbox(tenantId: string, sandboxId: string, deadline
     const paused = await hosts().dispatch(r.host_id, 'pause', { sandboxId, storage: storageFor(r.tenant_id, r.user_id) }, { timeoutSeconds: 120, waitSeconds: waitSecondsUntil(deadline) });
     notKept = paused.tmp?.warnings ?? [];
   } catch (err) {
-    if (err instanceof HostDispatchError && err.code === 'still_running') return { done: false, view: toView((await getSandbox(sandboxId)) ?? pausing) };
+    if (err instanceof HostDispatchError && err.code === 'still_running') return { done: false, view: toView((await latest(sandboxId)) ?? pausing) };
     // The host keeps the container running when its stop fails (and records that); a stop it never got is undone here.
     await settleOrUndo(sandboxId, 'pause_failed', { last_activity_at: Date.now(), deadline_at: idleDeadline(pausing, Date.now()) });
     throw hostFailure(err, 'stop');
@@ -169,7 +169,7 @@ export async function resumeSandbox(tenantId: string, sandboxId: string, deadlin
     const resumed = await hosts().dispatch(r.host_id, 'resume', { sandboxId, storage: storageFor(r.tenant_id, r.user_id) }, { timeoutSeconds: 120, waitSeconds: waitSecondsUntil(deadline) });
     notRestored = resumed.tmp?.warnings ?? [];
   } catch (err) {
-    if (err instanceof HostDispatchError && err.code === 'still_running') return { done: false, view: toView((await getSandbox(sandboxId)) ?? resuming) };
+    if (err instanceof HostDispatchError && err.code === 'still_running') return { done: false, view: toView((await latest(sandboxId)) ?? resuming) };
     await settleOrUndo(sandboxId, 'resume_failed', { deadline_at: resuming.expires_at_ms });
     throw hostFailure(err, 'start');
   }

@@ -40,6 +40,15 @@ export async function getSandbox(sandboxId: string): Promise<SandboxRecord | und
   return out.Item as SandboxRecord | undefined;
 }
 
+/**
+ * The record as it stands, for an answer that already has one to fall back
+ * on (202 while a host is at work): undefined when it cannot be read in the
+ * request's time, and the caller answers with what it has.
+ */
+export async function latest(sandboxId: string): Promise<SandboxRecord | undefined> {
+  return getSandbox(sandboxId).catch(() => undefined);
+}
+
 /** The tenant's sandbox, or 404: another tenant's sandbox is indistinguishable from none. */
 export async function getTenantSandbox(tenantId: string, sandboxId: string): Promise<SandboxRecord> {
   const record = await getSandbox(sandboxId);

@@ -22,6 +22,7 @@ import {
   beginExec,
   endExec,
   getSandbox,
+  latest,
   getTenantSandbox,
   listSandboxes as queryList,
   transition,
@@ -186,7 +187,7 @@ export async function createSandbox(
   } catch (err) {
     if (err instanceof HostDispatchError && err.code === 'still_running') {
       // The host is at it (pulling, syncing the home): it records the outcome; the caller follows with GET.
-      const current = (await getSandbox(sandboxId)) ?? record;
+      const current = (await latest(sandboxId)) ?? record;
       return { view: toView(current), ready: current.status !== 'creating' };
     }
     const failure = hostFailure(err, 'create');
@@ -398,7 +399,7 @@ export async function destroySandbox(p: Principal, sandboxId: string, graceful: 
     const ended = await finishShutdown(shutting, { graceful, outcome, waitSeconds: waitSecondsUntil(deadline) });
     return { done: true, view: toView(ended) };
   } catch (err) {
-    if (err instanceof HostDispatchError && err.code === 'still_running') return { done: false, view: toView((await getSandbox(sandboxId)) ?? shutting) };
+    if (err instanceof HostDispatchError && err.code === 'still_running') return { done: false, view: toView((await latest(sandboxId)) ?? shutting) };
     if (!graceful && !(err instanceof HostDispatchError && err.code === 'still_running')) {
       // Forced: the record ends now; a container left on a live host is removed by its reconciliation.
       const ended = await markEnded(shutting, { event: 'stopped', detail: `the host could not be reached to remove the container (${(err as Error).message}); it removes it when it is back` });

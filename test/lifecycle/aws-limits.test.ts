@@ -73,6 +73,13 @@ describe("the SSM agent's 5 commands at once do not hold commands back", () => {
   });
 });
 
+/** 202 with the record mid-transition (the handler answered at its deadline), or 502 (Lambda cut it off at its timeout). */
+function cutOrInTime(res: { status: number; text: string; body: any }, status: string): void {
+  if (res.status === 502) return assert.equal(res.body.error.code, 'internal_error');
+  assert.equal(res.status, 202, res.text);
+  assert.equal(res.body.status, status, res.text);
+}
+
 describe('a handler cut off at its Lambda timeout leaves nothing half-done for good', () => {
   async function settle(id: string, status: string): Promise<void> {
     await waitFor(`${id} to be ${status}`, async () => (await record(id)).status === status, 60_000);
@@ -87,9 +94,9 @@ describe('a handler cut off at its Lambda timeout leaves nothing half-done for g
     } finally {
       stack.ssm.setLatency(0);
     }
-    // Lambda stopped the function at its timeout; API Gateway answered for it.
-    assert.equal(res.status, 502, res.text);
-    assert.equal(res.body.error.code, 'internal_error');
+    // The handler gives up on SSM at its deadline and answers 202 (the host may be at it); had Lambda cut it off
+    // at its timeout, API Gateway would have answered 502 for it. Either way nothing may be left half-done.
+    cutOrInTime(res, 'creating');
     const list = await api.call('GET', '/sandboxes?user_id=cut-create');
     assert.equal(list.body.sandboxes.length, 1);
     const id = list.body.sandboxes[0].sandbox_id;
@@ -106,10 +113,11 @@ describe('a handler cut off at its Lambda timeout leaves nothing half-done for g
     } finally {
       stack.ssm.setLatency(0);
     }
-    assert.equal(d.status, 502, d.text);
+    cutOrInTime(d, 'shutting_down');
     await settle(id, 'stopped');
     await waitFor('the container to go', async () => !(await containerExists(id)), 30_000);
-    assert.equal(await liveSandboxesOfTenant(), before, 'the tenant slot came back');
+    // The slots are given back just after the record's end (a give-back that never lands is healed at the tenant's cap).
+    await waitFor('the tenant slot to come back', async () => (await liveSandboxesOfTenant()) === before, 10_000);
     const host = await getHost(stack.hostId);
     assert.equal(host?.allocations[id], undefined, 'its share of the host was given back');
   });
@@ -124,7 +132,7 @@ describe('a handler cut off at its Lambda timeout leaves nothing half-done for g
     } finally {
       stack.ssm.setLatency(0);
     }
-    assert.equal(res.status, 502, res.text);
+    cutOrInTime(res, 'pausing');
     assert.equal((await record(id)).status, 'pausing', 'the record says a stop is at work');
     await settle(id, 'paused');
     const started = await api.call('POST', `/sandboxes/${id}/start`);

@@ -16,8 +16,12 @@ const current = new AsyncLocalStorage<{ until: number }>();
 /** The error an AWS call made past the invocation's deadline fails with. */
 export class DeadlineExceeded extends Error {
   override readonly name = 'DeadlineExceeded';
-  constructor(readonly $service: string) {
-    super(`${$service} did not answer within this request's time`);
+  constructor(
+    readonly $service: string,
+    /** The time was up before the call could start (the time went elsewhere, not to this service). */
+    readonly before = false,
+  ) {
+    super(before ? `this request's time ran out before ${$service} could be asked` : `${$service} did not answer within this request's time`);
   }
 }
 
@@ -40,7 +44,7 @@ export function boundByCallDeadline<C extends { middlewareStack: unknown }>(clie
       const deadline = current.getStore();
       if (!deadline) return next(args);
       const left = deadline.until - Date.now();
-      if (left <= 0) throw new DeadlineExceeded(service);
+      if (left <= 0) throw new DeadlineExceeded(service, true);
       let timer: NodeJS.Timeout | undefined;
       try {
         return await Promise.race([
