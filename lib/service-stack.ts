@@ -14,6 +14,7 @@ import { backgroundHandlerNames, handlerNames, routes } from '../lambdas/shared/
 import { ControlPlaneFunctions, handlerEnvironment } from './constructs/control-plane-functions';
 import { HostAgentAssets } from './constructs/host-agent-assets';
 import { HostFleet } from './constructs/host-fleet';
+import { hostGroupName } from './constructs/host-group';
 import { hostLogGroup, PlatformAlarms, SandboxEventBus } from './constructs/observability';
 import { SandboxNetwork } from './constructs/network';
 import { ReaperSchedule } from './constructs/reaper-schedule';
@@ -73,6 +74,7 @@ export class ServiceStack extends Stack {
       sandboxImageUri: sandboxImage.imageUri,
       sandboxApiUrl: this.api.url,
       appVersion,
+      autoScalingGroupName: hostGroupName(this),
     };
     this.functions = new ControlPlaneFunctions(this, 'Handlers', {
       ...controlPlane,
