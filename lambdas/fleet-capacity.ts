@@ -1,6 +1,6 @@
 /**
  * Scheduled every minute by EventBridge Scheduler: publishes the fleet's
- * capacity metric (what the target tracking policy scales on) and asks for
+ * capacity metric (the group's scale-in policy acts on it) and asks for
  * capacity for creates still waiting for a host.
  */
 import { measureFleet } from './shared/fleet-metric';

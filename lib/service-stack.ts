@@ -13,7 +13,9 @@ import type { Construct } from 'constructs';
 import { backgroundHandlerNames, handlerNames, routes } from '../lambdas/shared/routes';
 import { ControlPlaneFunctions, handlerEnvironment } from './constructs/control-plane-functions';
 import { HostAgentAssets } from './constructs/host-agent-assets';
+import { FleetWiring } from './constructs/fleet-wiring';
 import { HostFleet } from './constructs/host-fleet';
+import { hostGroupName } from './constructs/host-group';
 import { hostLogGroup, PlatformAlarms, SandboxEventBus } from './constructs/observability';
 import { SandboxNetwork } from './constructs/network';
 import { ReaperSchedule } from './constructs/reaper-schedule';
@@ -37,6 +39,7 @@ export class ServiceStack extends Stack {
   public readonly fleet: HostFleet;
   public readonly network: SandboxNetwork;
   public readonly reaperSchedule: ReaperSchedule;
+  public readonly fleetWiring: FleetWiring;
   public readonly events: SandboxEventBus;
   public readonly observability: PlatformAlarms;
 
@@ -73,6 +76,7 @@ export class ServiceStack extends Stack {
       sandboxImageUri: sandboxImage.imageUri,
       sandboxApiUrl: this.api.url,
       appVersion,
+      autoScalingGroupName: hostGroupName(this),
     };
     this.functions = new ControlPlaneFunctions(this, 'Handlers', {
       ...controlPlane,
@@ -104,12 +108,28 @@ export class ServiceStack extends Stack {
       daemonLogGroup: hostLogGroup(this, 'HostLogs', { envName: e.name, retentionDays: e.logRetentionDays, removalPolicy }),
     });
 
+    const fleetCapacity = this.functions.fn('fleet-capacity');
+    // Like the reaper: the next tick is the retry.
+    fleetCapacity.configureAsyncInvoke({ retryAttempts: 0, maxEventAge: Duration.seconds(Math.max(60, e.reaper.maxEventAgeSeconds)) });
+    this.fleetWiring = new FleetWiring(this, 'Fleet', {
+      envName: e.name,
+      group: this.fleet.autoScalingGroup,
+      groupName: controlPlane.autoScalingGroupName,
+      fleetEvents: this.functions.fn('fleet-events'),
+      fleetCapacity,
+      spot: e.hosts.spot.enabled,
+      // The same delivery policy as the reaper's schedule.
+      retryAttempts: e.reaper.retryAttempts,
+      maxEventAgeSeconds: e.reaper.maxEventAgeSeconds,
+    });
+
     this.observability = new PlatformAlarms(this, 'Observability', {
       environment: e,
       restApi: this.api.restApi,
       functions: this.functions.functions,
       reaper,
       reaperDeadLetterQueue: this.reaperSchedule.deadLetterQueue,
+      fleetDeadLetterQueue: this.fleetWiring.deadLetterQueue,
       tables: props.tables.entries,
     });
 
@@ -120,6 +140,7 @@ export class ServiceStack extends Stack {
     new CfnOutput(this, 'SandboxImageUri', { value: sandboxImage.imageUri, description: 'Sandbox image in ECR' });
     new CfnOutput(this, 'EventBusName', { value: this.events.bus.eventBusName, description: 'EventBridge bus with sandbox.* and command.finished events' });
     new CfnOutput(this, 'AlarmTopicArn', { value: this.observability.topic.topicArn, description: 'SNS topic every alarm notifies' });
+    new CfnOutput(this, 'FleetDeadLetterQueueUrl', { value: this.fleetWiring.deadLetterQueue.queueUrl, description: 'Fleet events and capacity-schedule deliveries that failed' });
     new CfnOutput(this, 'ReaperDeadLetterQueueUrl', { value: this.reaperSchedule.deadLetterQueue.queueUrl, description: 'Reaper schedule deliveries that failed' });
   }
 }

@@ -2,7 +2,7 @@
  * The fleet's capacity metric, published every minute (fleet-capacity
  * function, EventBridge Scheduler): allocated and free CPU and memory of the
  * hosts taking placements, creates waiting for a host, and the utilization the
- * target tracking policy keeps at 100 - headroom. Published in CloudWatch's
+ * group's scale-in policy reads (lib/constructs/fleet-wiring.ts). Published in CloudWatch's
  * Embedded Metric Format (one JSON log line: no PutMetricData call, no extra
  * permission). Creates still waiting are asked capacity for again here, so a
  * failed ask at create time is retried within a minute.

@@ -1,6 +1,6 @@
 /**
  * Scaling decisions, as pure functions: the capacity metric published each
- * minute (what the target tracking policy keeps below its target), how many
+ * minute (the group's scale-in policy gives back hosts when it is low), how many
  * hosts creates that found no room need, and which hosts ask to be protected
  * from scale-in. fleet.ts acts on them; the fleet simulation runs them too.
  */
@@ -25,7 +25,7 @@ export interface CapacityMetric {
   /**
    * How full the active hosts would be with the waiting creates placed too,
    * by the scarcest resource, in percent (above 100 when they would not fit).
-   * The policy keeps it at 100 - headroom.
+   * The scale-in policy gives back a host when it stays low.
    */
   utilizationPercent: number;
 }
@@ -74,10 +74,17 @@ export function hostsToAdd(hosts: readonly FleetHost[], waiting: readonly Resour
   return added;
 }
 
-/** The desired capacity that makes room for the waiting creates; undefined when the group already has (or can have) no more. */
-export function desiredForWaiting(group: { desired: number; max: number }, toAdd: number): number | undefined {
+/**
+ * The desired capacity that makes room for the waiting creates; undefined when
+ * the group already has (or can have) no more. Counted from the hosts running
+ * when there are more than desired: a scale-in step lowers the desired capacity
+ * even when every host is protected (their sandboxes keep them), and a desired
+ * capacity raised from there would launch nothing.
+ */
+export function desiredForWaiting(group: { desired: number; max: number; running: number }, toAdd: number): number | undefined {
   if (toAdd <= 0) return undefined;
-  const next = Math.min(group.max, group.desired + toAdd);
+  const from = Math.max(group.desired, group.running);
+  const next = Math.min(group.max, from + toAdd);
   return next > group.desired ? next : undefined;
 }
 

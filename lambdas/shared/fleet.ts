@@ -64,7 +64,7 @@ export async function requestCapacity(o: { also?: Resources[] } = {}): Promise<C
     defaultSandbox: resourcesOf({ cpu: c.limits.defaultCpu, memory_mb: c.limits.defaultMemoryMb, disk_mb: c.limits.defaultDiskMb }),
   });
   const toAdd = hostsToAdd(hosts, demand, launching, shape);
-  const next = desiredForWaiting({ desired, max }, toAdd);
+  const next = desiredForWaiting({ desired, max, running: starting }, toAdd);
   if (next === undefined) {
     const reason = toAdd === 0 ? 'the hosts in service and launching have room' : `the group is at its maximum of ${max} hosts`;
     return { asked: false, desired, reason };

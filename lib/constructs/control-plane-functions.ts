@@ -17,7 +17,8 @@ import { handlerBundling } from '../handler-bundling';
 import { handlerEntry, lockFile, repoRoot } from '../paths';
 import { metricNamespace, metricService } from '../../lambdas/shared/metric-names';
 import { fileStagingPrefix } from '../../host-agent/src/protocol';
-import { commandOutputKeyPrefix, handlerAccess, storedHomeKeyPattern, type HandlerAccess } from './handler-access';
+import { commandOutputKeyPrefix, handlerAccess, storedHomeKeyPattern, type AutoScalingAction, type HandlerAccess } from './handler-access';
+import { hostGroupArn, hostGroupArnSuppression } from './host-group';
 import type { SandboxEventBus } from './observability';
 import type { ProjectTables } from './tables';
 
@@ -54,6 +55,8 @@ export interface ControlPlaneFunctionsProps {
   appVersion: string;
   /** The environment's lifecycle event bus (EVENT_BUS_NAME; PutEvents for handlers that publish). */
   events: SandboxEventBus;
+  /** The hosts' Auto Scaling group (AUTO_SCALING_GROUP_NAME): its fixed name, so the functions need no reference to the group. */
+  autoScalingGroupName: string;
 }
 
 /** `create-sandbox` -> `CreateSandbox`, for construct ids. */
@@ -83,11 +86,12 @@ export function handlerEnvironment(props: Omit<ControlPlaneFunctionsProps, 'hand
     MAX_SANDBOXES_PER_TENANT: String(l.maxSandboxesPerTenant),
     HOST_LOST_AFTER_SECONDS: String(l.hostLostAfterSeconds),
     PLACEMENT_STRATEGY: 'spread',
-    // Empty: no group to ask yet (the scaling policy, hooks and fleet-events rules are not wired), so a create with no room answers 503.
-    AUTO_SCALING_GROUP_NAME: '',
+    // A create with no room asks this group for hosts and waits (202 waiting_for_capacity).
+    AUTO_SCALING_GROUP_NAME: props.autoScalingGroupName,
     CAPACITY_WAIT_SECONDS: '600',
     HOST_SLOTS: String(props.environment.hosts.sandboxSlotsPerHost),
-    DRAIN_TIMEOUT_SECONDS: '300',
+    // The termination hook's heartbeat timeout: how long a terminating host may drain.
+    DRAIN_TIMEOUT_SECONDS: String(props.environment.hosts.drainTimeoutSeconds),
     COMMAND_OUTPUT_MAX_BYTES: String(l.commandOutputMaxBytes),
     COMMAND_RETENTION_DAYS: String(l.commandRetentionDays),
     FILES_URL_TTL_SECONDS: String(l.filesUrlTtlSeconds),
@@ -265,6 +269,7 @@ function grantAccess(role: iam.Role, access: HandlerAccess, props: ControlPlaneF
       true,
     );
   }
+  if (access.autoScaling && access.autoScaling.length > 0) grantAutoScaling(role, access.autoScaling, props.autoScalingGroupName);
   if (!access.dispatchesToHosts) return;
 
   const stack = Stack.of(role);
@@ -315,6 +320,23 @@ function grantAccess(role: iam.Role, access: HandlerAccess, props: ControlPlaneF
         appliesTo: [{ regex: `/^Resource::${storageBucketArnPattern}\\/host-requests\\/\\*$/g` }],
       },
     ],
+    true,
+  );
+}
+
+/** Auto Scaling calls on the hosts' group only; DescribeAutoScalingGroups supports no resource-level permissions. */
+function grantAutoScaling(role: iam.Role, actions: readonly AutoScalingAction[], groupName: string): void {
+  const describe = 'autoscaling:DescribeAutoScalingGroups';
+  const onGroup = actions.filter((a) => a !== describe);
+  if (onGroup.length > 0) {
+    role.addToPolicy(new iam.PolicyStatement({ sid: 'HostGroup', actions: [...onGroup], resources: [hostGroupArn(role, groupName)] }));
+    NagSuppressions.addResourceSuppressions(role, [hostGroupArnSuppression(groupName)], true);
+  }
+  if (!actions.includes(describe)) return;
+  role.addToPolicy(new iam.PolicyStatement({ sid: 'DescribeGroups', actions: [describe], resources: ['*'] }));
+  NagSuppressions.addResourceSuppressions(
+    role,
+    [{ id: 'AwsSolutions-IAM5', reason: 'autoscaling:DescribeAutoScalingGroups supports no resource-level permissions; the function names its own group in the call.', appliesTo: ['Resource::*'] }],
     true,
   );
 }

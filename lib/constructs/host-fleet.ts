@@ -4,7 +4,7 @@
  * cannot reach the instance's credentials), encrypted EBS, no SSH (SSM only),
  * tagged so only this environment's control plane may send them commands.
  */
-import { ArnFormat, Duration, Fn, Stack, Tags } from 'aws-cdk-lib';
+import { Duration, Fn, Stack, Tags } from 'aws-cdk-lib';
 import * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import type { DockerImageAsset } from 'aws-cdk-lib/aws-ecr-assets';
@@ -13,8 +13,9 @@ import type * as s3 from 'aws-cdk-lib/aws-s3';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
 import type { DeploymentEnvironment } from '../environment';
-import { arnPrefixPattern, hostTags, storageBucketArnPattern } from './control-plane-functions';
+import { hostTags, storageBucketArnPattern } from './control-plane-functions';
 import { hostAccess } from './handler-access';
+import { hostGroupArn, hostGroupArnSuppression, hostGroupName } from './host-group';
 import type { HostAgentAssets } from './host-agent-assets';
 import { ssmCommandWorkersFor } from '../../host-agent/src/protocol';
 import { hostUserData } from './host-user-data';
@@ -43,7 +44,7 @@ export const stateDeviceName = '/dev/sdb';
 
 /** Lifecycle hook that holds a new host until its setup finished (user data completes it). */
 export const launchHookName = 'sandbox-host-launching';
-/** Lifecycle hook that holds a terminating host while it drains (its consumer comes with the fleet work). */
+/** Lifecycle hook that holds a terminating host while it drains (fleet-events tells the host; the host completes it). */
 export const drainHookName = 'sandbox-host-draining';
 
 export class HostFleet extends Construct {
@@ -56,8 +57,7 @@ export class HostFleet extends Construct {
     const e = props.environment;
     const h = e.hosts;
     const stack = Stack.of(this);
-    // A fixed name lets the role and user data name the group without a dependency cycle.
-    const autoScalingGroupName = `${stack.stackName}-hosts`;
+    const autoScalingGroupName = hostGroupName(this);
 
     this.role = new iam.Role(this, 'Role', {
       assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com'),
@@ -138,6 +138,8 @@ export class HostFleet extends Construct {
       vpcSubnets: props.network.hostSubnets,
       minCapacity: h.minHosts,
       maxCapacity: h.maxHosts,
+      // Only the host daemon protects a host (while it holds sandboxes): an empty host is what scale-in removes.
+      newInstancesProtectedFromScaleIn: false,
       ...(spot
         ? {
             mixedInstancesPolicy: {
@@ -165,20 +167,24 @@ export class HostFleet extends Construct {
       Tags.of(this.launchTemplate).add(key, value, { priority: 300 });
     }
 
-    this.autoScalingGroup.addLifecycleHook('LaunchHook', {
-      lifecycleHookName: launchHookName,
-      lifecycleTransition: autoscaling.LifecycleTransition.INSTANCE_LAUNCHING,
-      heartbeatTimeout: Duration.seconds(h.bootTimeoutSeconds),
-      // A host that never reported ready is replaced, not put in service.
-      defaultResult: autoscaling.DefaultResult.ABANDON,
-    });
-    this.autoScalingGroup.addLifecycleHook('DrainHook', {
-      lifecycleHookName: drainHookName,
-      lifecycleTransition: autoscaling.LifecycleTransition.INSTANCE_TERMINATING,
-      heartbeatTimeout: Duration.seconds(h.drainTimeoutSeconds),
-      // Termination goes ahead when draining runs out of time.
-      defaultResult: autoscaling.DefaultResult.CONTINUE,
-    });
+    // In the group's own specification, not separate resources: hooks added after the group miss its first hosts.
+    const group = this.autoScalingGroup.node.defaultChild as autoscaling.CfnAutoScalingGroup;
+    group.lifecycleHookSpecificationList = [
+      {
+        lifecycleHookName: launchHookName,
+        lifecycleTransition: 'autoscaling:EC2_INSTANCE_LAUNCHING',
+        heartbeatTimeout: h.bootTimeoutSeconds,
+        // A host that never reported ready is replaced, not put in service.
+        defaultResult: 'ABANDON',
+      },
+      {
+        lifecycleHookName: drainHookName,
+        lifecycleTransition: 'autoscaling:EC2_INSTANCE_TERMINATING',
+        heartbeatTimeout: h.drainTimeoutSeconds,
+        // Termination goes ahead when draining runs out of time.
+        defaultResult: 'CONTINUE',
+      },
+    ];
 
     if (h.warmPoolMinSize > 0) {
       this.autoScalingGroup.addWarmPool({
@@ -236,20 +242,8 @@ export class HostFleet extends Construct {
         resources: props.hostAgent.all.map((a) => `arn:${stack.partition}:s3:::${a.s3BucketName}/${a.s3ObjectKey}`),
       }),
     );
-    this.role.addToPolicy(
-      new iam.PolicyStatement({
-        sid: 'OwnLifecycleHooks',
-        actions: ['autoscaling:CompleteLifecycleAction', 'autoscaling:RecordLifecycleActionHeartbeat'],
-        resources: [
-          stack.formatArn({
-            service: 'autoscaling',
-            resource: 'autoScalingGroup',
-            resourceName: `*:autoScalingGroupName/${autoScalingGroupName}`,
-            arnFormat: ArnFormat.COLON_RESOURCE_NAME,
-          }),
-        ],
-      }),
-    );
+    // Its own scale-in protection and the lifecycle actions it completes, on its own group only.
+    this.role.addToPolicy(new iam.PolicyStatement({ sid: 'OwnGroup', actions: [...hostAccess.autoScaling], resources: [hostGroupArn(this, autoScalingGroupName)] }));
 
     NagSuppressions.addResourceSuppressions(
       this.role,
@@ -270,11 +264,7 @@ export class HostFleet extends Construct {
           reason: 'ecr:GetAuthorizationToken supports no resource-level permissions; image pulls themselves are limited to the asset repository.',
           appliesTo: ['Resource::*'],
         },
-        {
-          id: 'AwsSolutions-IAM5',
-          reason: "The group's ARN embeds a generated id; the name part pins it to this environment's host group.",
-          appliesTo: [{ regex: `/^Resource::${arnPrefixPattern('autoscaling')}:autoScalingGroup:\\*:autoScalingGroupName\\/${autoScalingGroupName}$/g` }],
-        },
+        hostGroupArnSuppression(autoScalingGroupName),
       ],
       true,
     );

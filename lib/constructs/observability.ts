@@ -76,6 +76,8 @@ export interface PlatformAlarmsProps {
   functions: ReadonlyMap<string, lambda.IFunction>;
   reaper: lambda.IFunction;
   reaperDeadLetterQueue: sqs.IQueue;
+  /** Where the fleet's drain events and capacity-schedule deliveries land when fleet-events or fleet-capacity could not take them. */
+  fleetDeadLetterQueue: sqs.IQueue;
   tables: readonly { definition: { id: string }; table: dynamodb.ITable }[];
 }
 
@@ -88,7 +90,7 @@ export interface AlarmSpec {
 /**
  * The alarms (to an SNS topic) and the dashboard of one environment.
  *
- * @example new PlatformAlarms(this, 'Observability', { environment, restApi, functions, reaper, reaperDeadLetterQueue, tables });
+ * @example new PlatformAlarms(this, 'Observability', { environment, restApi, functions, reaper, reaperDeadLetterQueue, fleetDeadLetterQueue, tables });
  */
 export class PlatformAlarms extends Construct {
   public readonly topic: sns.Topic;
@@ -144,6 +146,12 @@ export class PlatformAlarms extends Construct {
       props.reaperDeadLetterQueue.metricApproximateNumberOfMessagesVisible({ statistic: 'Maximum', period: alarmPeriod }),
       1,
       'the schedule could not invoke the reaper (messages in its dead-letter queue)',
+    );
+    this.add(
+      'FleetDeadLetters',
+      props.fleetDeadLetterQueue.metricApproximateNumberOfMessagesVisible({ statistic: 'Maximum', period: alarmPeriod }),
+      1,
+      'a drain event or a capacity run never reached its function (messages in the fleet dead-letter queue): a host may have gone without draining',
     );
 
     // Every function: errors (crashes, timeouts) and throttles (concurrency).

@@ -154,8 +154,15 @@ for (const env of ['dev', 'prod'] as const) {
         const other = statements.filter(
           (s) =>
             !asList(s.Action as string).some(
-              // Tracing (every function) and event publishing are checked in observability.test.ts.
-              (a) => a.startsWith('dynamodb:') || a.startsWith('logs:') || a.startsWith('xray:') || a === 'events:PutEvents' || a === 's3:GetObject' || a === 's3:ListBucket',
+              // Tracing (every function) and event publishing are checked in observability.test.ts, Auto Scaling in fleet.test.ts.
+              (a) =>
+                a.startsWith('dynamodb:') ||
+                a.startsWith('logs:') ||
+                a.startsWith('xray:') ||
+                a.startsWith('autoscaling:') ||
+                a === 'events:PutEvents' ||
+                a === 's3:GetObject' ||
+                a === 's3:ListBucket',
             ),
         );
         if (!handlerAccess[handler].dispatchesToHosts) {
@@ -314,16 +321,16 @@ for (const env of ['dev', 'prod'] as const) {
   describe(`service stack (${env}): reaper schedule`, () => {
     it('invokes the reaper at the configured rate through EventBridge Scheduler, with retries and a DLQ', () => {
       const t = synth(env).serviceTemplate;
-      const schedule = onlyResource(t, 'AWS::Scheduler::Schedule').Properties!;
+      const schedule = resourcesOf(t, 'AWS::Scheduler::Schedule').find(([id]) => id.startsWith('Reaper'))![1].Properties!;
       assert.equal(schedule.ScheduleExpression, e.reaper.rateMinutes === 1 ? 'rate(1 minute)' : `rate(${e.reaper.rateMinutes} minutes)`);
       assert.deepEqual(schedule.FlexibleTimeWindow, { Mode: 'OFF' });
       assert.equal(schedule.State, 'ENABLED');
       assert.match(render(schedule.Target.Arn), /^\$\{HandlersReaper[0-9A-F]{8}\.Arn\}$/);
       assert.deepEqual(schedule.Target.RetryPolicy, { MaximumRetryAttempts: e.reaper.retryAttempts, MaximumEventAgeInSeconds: e.reaper.maxEventAgeSeconds });
-      const [queueId, queue] = resourcesOf(t, 'AWS::SQS::Queue')[0]!;
+      const [queueId, queue] = resourcesOf(t, 'AWS::SQS::Queue').find(([id]) => id.startsWith('Reaper'))!;
       assert.equal(render(schedule.Target.DeadLetterConfig.Arn), `\${${queueId}.Arn}`);
       assert.equal(queue.Properties!.SqsManagedSseEnabled, true);
-      const queuePolicy = onlyResource(t, 'AWS::SQS::QueuePolicy').Properties!;
+      const queuePolicy = resourcesOf(t, 'AWS::SQS::QueuePolicy').find(([, p]) => (p.Properties!.Queues as any[]).some((q) => q.Ref === queueId))![1].Properties!;
       assert.ok(
         (queuePolicy.PolicyDocument.Statement as any[]).some((s) => s.Effect === 'Deny' && s.Condition?.Bool?.['aws:SecureTransport'] === 'false'),
         'DLQ is TLS-only',
@@ -333,9 +340,9 @@ for (const env of ['dev', 'prod'] as const) {
     });
 
     it('does not let Lambda retry a failed reaper run (the next tick does)', () => {
-      const config = onlyResource(synth(env).serviceTemplate, 'AWS::Lambda::EventInvokeConfig').Properties!;
-      assert.equal(config.MaximumRetryAttempts, 0);
-      assert.equal(config.FunctionName.Ref, functionId(env, 'reaper'));
+      const config = resourcesOf(synth(env).serviceTemplate, 'AWS::Lambda::EventInvokeConfig').find(([, c]) => c.Properties!.FunctionName.Ref === functionId(env, 'reaper'));
+      assert.ok(config);
+      assert.equal(config[1].Properties!.MaximumRetryAttempts, 0);
     });
   });
 
@@ -407,7 +414,7 @@ for (const env of ['dev', 'prod'] as const) {
     }
 
     it('holds new hosts until setup completes and terminating hosts while they drain', () => {
-      const hooks = resourcesOf(synth(env).serviceTemplate, 'AWS::AutoScaling::LifecycleHook').map(([, h]) => h.Properties!);
+      const hooks = group().LifecycleHookSpecificationList as any[];
       const drain = hooks.find((h) => h.LifecycleTransition === 'autoscaling:EC2_INSTANCE_TERMINATING')!;
       assert.deepEqual(
         { name: drain.LifecycleHookName, timeout: drain.HeartbeatTimeout, result: drain.DefaultResult },
@@ -512,6 +519,8 @@ for (const env of ['dev', 'prod'] as const) {
         's3:GetObject on arn:${AWS::Partition}:s3:::<asset object>',
         `autoscaling:CompleteLifecycleAction on ${asg}`,
         `autoscaling:RecordLifecycleActionHeartbeat on ${asg}`,
+        // Hosts with sandboxes protect themselves from scale-in.
+        `autoscaling:SetInstanceProtection on ${asg}`,
         // Lifecycle events (the host records outcomes and commands' ends) and its lines to its log group.
         'events:PutEvents on <event bus>',
         'logs:CreateLogStream on <host log group>',

@@ -1,0 +1,149 @@
+/**
+ * What makes the fleet move on AWS: EventBridge rules bring the hosts' group's
+ * termination lifecycle actions and EC2 Spot interruption warnings to the
+ * fleet-events function (the host drains), EventBridge Scheduler runs the
+ * fleet-capacity function every minute (the capacity metric, and capacity
+ * asked again for creates still waiting), and a step policy on that metric
+ * gives back hosts the fleet no longer needs. Failed deliveries are retried,
+ * then parked in one encrypted, TLS-only dead-letter queue.
+ */
+import { Duration, Stack } from 'aws-cdk-lib';
+import * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
+import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
+import * as events from 'aws-cdk-lib/aws-events';
+import * as eventTargets from 'aws-cdk-lib/aws-events-targets';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import type * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as scheduler from 'aws-cdk-lib/aws-scheduler';
+import * as schedulerTargets from 'aws-cdk-lib/aws-scheduler-targets';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
+import { NagSuppressions } from 'cdk-nag';
+import { Construct } from 'constructs';
+import { fleetMetricDimension, fleetMetricNamespace, fleetMetrics } from '../../lambdas/shared/fleet-metric';
+
+/** What the group's termination lifecycle action and the Spot warning are called on EventBridge (lambdas/shared/drain.ts reads the same). */
+export const terminateLifecycleActionDetailType = 'EC2 Instance-terminate Lifecycle Action';
+export const spotInterruptionDetailType = 'EC2 Spot Instance Interruption Warning';
+
+/** The capacity metric is a per-minute measurement: the schedule runs at that rate. */
+export const fleetCapacityRateMinutes = 1;
+
+/**
+ * Below this fleet utilization (by the scarcest resource, waiting creates
+ * counted) for `scaleInAfterMinutes`, the group gives back one host. At 40 %
+ * the hosts left after removing one of N >= 2 are at most 80 % full: room
+ * stays for the next creates, so scale-in never forces a scale-out.
+ */
+export const scaleInBelowUtilizationPercent = 40;
+export const scaleInAfterMinutes = 15;
+
+export interface FleetWiringProps {
+  envName: string;
+  group: autoscaling.AutoScalingGroup;
+  /** The group's fixed name (the rule matches it; the metric is published under it). */
+  groupName: string;
+  fleetEvents: lambda.IFunction;
+  fleetCapacity: lambda.IFunction;
+  /** Whether the group runs Spot hosts (the interruption-warning rule is only made then). */
+  spot: boolean;
+  /** Delivery retries of the rules and the schedule before a dead letter. */
+  retryAttempts: number;
+  maxEventAgeSeconds: number;
+}
+
+export class FleetWiring extends Construct {
+  public readonly deadLetterQueue: sqs.Queue;
+  public readonly lifecycleRule: events.Rule;
+  /** Only with Spot hosts. */
+  public readonly spotRule?: events.Rule;
+  public readonly capacitySchedule: scheduler.Schedule;
+  public readonly scaleIn: autoscaling.StepScalingPolicy;
+
+  constructor(scope: Construct, id: string, props: FleetWiringProps) {
+    super(scope, id);
+    this.deadLetterQueue = new sqs.Queue(this, 'DeadLetterQueue', {
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      retentionPeriod: Duration.days(14),
+    });
+    NagSuppressions.addResourceSuppressions(this.deadLetterQueue, [
+      { id: 'AwsSolutions-SQS3', reason: "This queue is the fleet rules' and schedule's dead-letter queue; a queue behind it would never be read." },
+    ]);
+
+    const delivery = {
+      retryAttempts: props.retryAttempts,
+      maxEventAge: Duration.seconds(props.maxEventAgeSeconds),
+      deadLetterQueue: this.deadLetterQueue,
+    };
+    const toFleetEvents = new eventTargets.LambdaFunction(props.fleetEvents, delivery);
+    this.lifecycleRule = new events.Rule(this, 'TerminateLifecycleAction', {
+      description: `Ephemeral Sandbox ${props.envName}: a host of the group is terminating; it drains before it goes`,
+      eventPattern: {
+        source: ['aws.autoscaling'],
+        detailType: [terminateLifecycleActionDetailType],
+        detail: { AutoScalingGroupName: [props.groupName] },
+      },
+      targets: [toFleetEvents],
+    });
+    if (props.spot) {
+      // The warning names an instance, not a group: fleet-events ignores instances that are not this fleet's hosts.
+      this.spotRule = new events.Rule(this, 'SpotInterruptionWarning', {
+        description: `Ephemeral Sandbox ${props.envName}: EC2 takes a Spot host back in two minutes; it drains now`,
+        eventPattern: { source: ['aws.ec2'], detailType: [spotInterruptionDetailType] },
+        targets: [toFleetEvents],
+      });
+    }
+
+    const invokeRole = new iam.Role(this, 'InvokeRole', {
+      assumedBy: new iam.ServicePrincipal('scheduler.amazonaws.com', {
+        conditions: { StringEquals: { 'aws:SourceAccount': Stack.of(this).account } },
+      }),
+      description: `Ephemeral Sandbox ${props.envName}: EventBridge Scheduler invokes fleet-capacity`,
+    });
+    this.capacitySchedule = new scheduler.Schedule(this, 'CapacitySchedule', {
+      description: `Ephemeral Sandbox ${props.envName}: measures the fleet, asks for hosts for creates still waiting`,
+      schedule: scheduler.ScheduleExpression.rate(Duration.minutes(fleetCapacityRateMinutes)),
+      timeWindow: scheduler.TimeWindow.off(),
+      target: new schedulerTargets.LambdaInvoke(props.fleetCapacity, {
+        input: scheduler.ScheduleTargetInput.fromObject({ source: 'ephemeral-sandbox.fleet-capacity-schedule' }),
+        ...delivery,
+        role: invokeRole,
+      }),
+    });
+    NagSuppressions.addResourceSuppressions(
+      invokeRole,
+      [
+        {
+          id: 'AwsSolutions-IAM5',
+          reason: "CDK's Lambda target grants invoke on the fleet-capacity function and its versions/aliases (<arn>:*); the schedule only ever invokes the function itself.",
+          appliesTo: [{ regex: '/^Resource::<.*FleetCapacity.*\\.Arn>:\\*$/g' }],
+        },
+      ],
+      true,
+    );
+
+    // Why a scale-in step policy and no target tracking: fleet-capacity and create-sandbox set the desired capacity
+    // themselves (exactly the hosts waiting creates need, at once, from zero); a target tracking policy would set it too,
+    // from the same metric on its own schedule, and the two would overwrite each other. This policy only ever gives
+    // back a host, and cannot while creates wait (they count in the metric, which then reads 100 % or more). Hosts with
+    // sandboxes are protected from scale-in by their daemon, so the host that goes is an empty one.
+    const utilization = new cloudwatch.Metric({
+      namespace: fleetMetricNamespace,
+      metricName: fleetMetrics.utilization.name,
+      dimensionsMap: { [fleetMetricDimension]: props.groupName },
+      statistic: cloudwatch.Stats.MAXIMUM,
+      period: Duration.minutes(fleetCapacityRateMinutes),
+    });
+    this.scaleIn = props.group.scaleOnMetric('ScaleIn', {
+      metric: utilization,
+      scalingSteps: [
+        { upper: scaleInBelowUtilizationPercent, change: -1 },
+        // No upper alarm: adding hosts is the capacity function's job.
+        { lower: scaleInBelowUtilizationPercent, change: 0 },
+      ],
+      adjustmentType: autoscaling.AdjustmentType.CHANGE_IN_CAPACITY,
+      evaluationPeriods: scaleInAfterMinutes / fleetCapacityRateMinutes,
+      datapointsToAlarm: scaleInAfterMinutes / fleetCapacityRateMinutes,
+    });
+  }
+}
