@@ -138,6 +138,8 @@ export async function startLocalHost(ctx: LocalHostContext, o: LocalHostOptions 
     cleanups.push(stopService);
     // The host's mounts: after the daemon, before the state directory (removeContainersOfHost unmounts them first).
     cleanups.push(async () => {
+      // Cleanups run last-pushed first: stop the service here (SIGTERM, no restart) before its cgroup is killed.
+      if (!serviceStopped) await stopService();
       // Whatever the daemon's service left behind (a verb still running) goes as systemd's KillMode=control-group does.
       await killCgroup(join(cgroupDir, 'daemon')).catch(() => undefined);
       await killCgroup(join(cgroupDir, 'mounts')).catch(() => undefined);
