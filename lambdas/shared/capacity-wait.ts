@@ -14,8 +14,8 @@ import { dynamo, queryAll } from './clients/dynamodb';
 import { s3 } from './clients/s3';
 import { config } from './config';
 import { logger } from './logger';
-import type { HostRecord } from './host-store';
-import { resourcesOf, type Allocation, type Resources } from './placement';
+import { allocationUpdate, type HostRecord } from './host-store';
+import { resourcesOf, type Resources } from './placement';
 import type { SandboxRecord } from './sandbox-record';
 import { indexName, sandboxesTable } from './tables';
 import { stagedRequestPrefix } from '../../host-agent/src/protocol';
@@ -75,42 +75,11 @@ export async function claimWaitingCreate(
   createTimeoutSeconds: number,
   now = Date.now(),
 ): Promise<'taken' | 'no_room' | 'gone'> {
-  const c = host.capacity;
   try {
     await dynamo().send(
       new TransactWriteCommand({
         TransactItems: [
-          {
-            Update: {
-              TableName: config().tables.hosts,
-              Key: { host_id: host.host_id },
-              UpdateExpression:
-                'SET #allocs.#sbx = :entry, #used.cpu_milli = #used.cpu_milli + :cpu, #used.memory_mb = #used.memory_mb + :mem, #used.disk_mb = #used.disk_mb + :disk, #used.sandboxes = #used.sandboxes + :one',
-              ConditionExpression: [
-                '#pool = :active',
-                'attribute_not_exists(#allocs.#sbx)',
-                '#cap.cpu_milli = :capCpu AND #cap.memory_mb = :capMem AND #cap.disk_mb = :capDisk AND #cap.sandboxes = :capCount',
-                '#used.cpu_milli <= :roomCpu AND #used.memory_mb <= :roomMem AND #used.disk_mb <= :roomDisk AND #used.sandboxes <= :roomCount',
-              ].join(' AND '),
-              ExpressionAttributeNames: { '#pool': 'pool', '#sbx': sandboxId, '#allocs': 'allocations', '#used': 'allocated', '#cap': 'capacity' },
-              ExpressionAttributeValues: {
-                ':entry': { cpu_milli: request.cpu_milli, memory_mb: request.memory_mb, disk_mb: request.disk_mb, at: now } satisfies Allocation,
-                ':cpu': request.cpu_milli,
-                ':mem': request.memory_mb,
-                ':disk': request.disk_mb,
-                ':one': 1,
-                ':active': 'active',
-                ':capCpu': c.cpu_milli,
-                ':capMem': c.memory_mb,
-                ':capDisk': c.disk_mb,
-                ':capCount': c.sandboxes,
-                ':roomCpu': c.cpu_milli - request.cpu_milli,
-                ':roomMem': c.memory_mb - request.memory_mb,
-                ':roomDisk': c.disk_mb - request.disk_mb,
-                ':roomCount': c.sandboxes - 1,
-              },
-            },
-          },
+          { Update: allocationUpdate(host, sandboxId, request, now) },
           {
             Update: {
               TableName: config().tables.sandboxes,

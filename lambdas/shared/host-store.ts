@@ -154,45 +154,50 @@ export function activeHosts(): Promise<HostRecord[]> {
 }
 
 /**
- * Takes `request` on `host` for `sandboxId`: one conditional write that
+ * The conditional write that takes `request` on `host` for `sandboxId`: it
  * holds only while the host is active, has the capacity it had when it was
- * read, and still has room (the totals never pass the capacity). False when
- * it lost the race (another create took the room, the host left the pool).
+ * read, and still has room (the totals never pass the capacity). Alone in
+ * takeAllocation, or in a transaction with the record (a waiting create).
+ */
+export function allocationUpdate(host: Pick<HostRecord, 'host_id' | 'capacity'>, sandboxId: string, request: Resources, now: number) {
+  const c = host.capacity;
+  return {
+    TableName: table(),
+    Key: { host_id: host.host_id },
+    UpdateExpression: `SET #allocs.#sbx = :entry, ${addToTotals}`,
+    ConditionExpression: [
+      '#pool = :active',
+      'attribute_not_exists(#allocs.#sbx)',
+      '#cap.cpu_milli = :capCpu AND #cap.memory_mb = :capMem AND #cap.disk_mb = :capDisk AND #cap.sandboxes = :capCount',
+      '#used.cpu_milli <= :roomCpu AND #used.memory_mb <= :roomMem AND #used.disk_mb <= :roomDisk AND #used.sandboxes <= :roomCount',
+    ].join(' AND '),
+    ExpressionAttributeNames: { '#pool': 'pool', '#sbx': sandboxId, ...allocationNames, '#cap': 'capacity' },
+    ExpressionAttributeValues: {
+      ':entry': { cpu_milli: request.cpu_milli, memory_mb: request.memory_mb, disk_mb: request.disk_mb, at: now } satisfies Allocation,
+      ':cpu': request.cpu_milli,
+      ':mem': request.memory_mb,
+      ':disk': request.disk_mb,
+      ':one': 1,
+      ':active': 'active',
+      ':capCpu': c.cpu_milli,
+      ':capMem': c.memory_mb,
+      ':capDisk': c.disk_mb,
+      ':capCount': c.sandboxes,
+      ':roomCpu': c.cpu_milli - request.cpu_milli,
+      ':roomMem': c.memory_mb - request.memory_mb,
+      ':roomDisk': c.disk_mb - request.disk_mb,
+      ':roomCount': c.sandboxes - 1,
+    },
+  };
+}
+
+/**
+ * Takes `request` on `host` for `sandboxId` (allocationUpdate). Undefined
+ * when it lost the race (another create took the room, the host left the pool).
  */
 export async function takeAllocation(host: Pick<HostRecord, 'host_id' | 'capacity'>, sandboxId: string, request: Resources, now = Date.now()): Promise<HostRecord | undefined> {
-  const c = host.capacity;
   try {
-    const out = await dynamo().send(
-      new UpdateCommand({
-        TableName: table(),
-        Key: { host_id: host.host_id },
-        UpdateExpression: `SET #allocs.#sbx = :entry, ${addToTotals}`,
-        ConditionExpression: [
-          '#pool = :active',
-          'attribute_not_exists(#allocs.#sbx)',
-          '#cap.cpu_milli = :capCpu AND #cap.memory_mb = :capMem AND #cap.disk_mb = :capDisk AND #cap.sandboxes = :capCount',
-          '#used.cpu_milli <= :roomCpu AND #used.memory_mb <= :roomMem AND #used.disk_mb <= :roomDisk AND #used.sandboxes <= :roomCount',
-        ].join(' AND '),
-        ExpressionAttributeNames: { '#pool': 'pool', '#sbx': sandboxId, ...allocationNames, '#cap': 'capacity' },
-        ExpressionAttributeValues: {
-          ':entry': { cpu_milli: request.cpu_milli, memory_mb: request.memory_mb, disk_mb: request.disk_mb, at: now } satisfies Allocation,
-          ':cpu': request.cpu_milli,
-          ':mem': request.memory_mb,
-          ':disk': request.disk_mb,
-          ':one': 1,
-          ':active': 'active',
-          ':capCpu': c.cpu_milli,
-          ':capMem': c.memory_mb,
-          ':capDisk': c.disk_mb,
-          ':capCount': c.sandboxes,
-          ':roomCpu': c.cpu_milli - request.cpu_milli,
-          ':roomMem': c.memory_mb - request.memory_mb,
-          ':roomDisk': c.disk_mb - request.disk_mb,
-          ':roomCount': c.sandboxes - 1,
-        },
-        ReturnValues: 'ALL_NEW',
-      }),
-    );
+    const out = await dynamo().send(new UpdateCommand({ ...allocationUpdate(host, sandboxId, request, now), ReturnValues: 'ALL_NEW' }));
     return out.Attributes as HostRecord;
   } catch (err) {
     if (isConditionFailure(err)) return undefined;
