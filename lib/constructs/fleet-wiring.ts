@@ -19,6 +19,7 @@ import * as schedulerTargets from 'aws-cdk-lib/aws-scheduler-targets';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
+import { deadLetterQueue } from './reaper-schedule';
 import { fleetMetricDimension, fleetMetricNamespace, fleetMetrics } from '../../lambdas/shared/fleet-metric';
 
 /** What the group's termination lifecycle action and the Spot warning are called on EventBridge (lambdas/shared/drain.ts reads the same). */
@@ -61,14 +62,7 @@ export class FleetWiring extends Construct {
 
   constructor(scope: Construct, id: string, props: FleetWiringProps) {
     super(scope, id);
-    this.deadLetterQueue = new sqs.Queue(this, 'DeadLetterQueue', {
-      encryption: sqs.QueueEncryption.SQS_MANAGED,
-      enforceSSL: true,
-      retentionPeriod: Duration.days(14),
-    });
-    NagSuppressions.addResourceSuppressions(this.deadLetterQueue, [
-      { id: 'AwsSolutions-SQS3', reason: "This queue is the fleet rules' and schedule's dead-letter queue; a queue behind it would never be read." },
-    ]);
+    this.deadLetterQueue = deadLetterQueue(this, "the fleet rules' and schedule's");
 
     const delivery = {
       retryAttempts: props.retryAttempts,

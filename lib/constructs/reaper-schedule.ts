@@ -19,20 +19,30 @@ export interface ReaperScheduleProps {
   envName: string;
 }
 
+/**
+ * An encrypted, TLS-only queue (`DeadLetterQueue` in `scope`) that keeps what
+ * a rule or schedule could not deliver for 14 days; `whose` names its owner
+ * in cdk-nag's record of why it has no dead-letter queue of its own.
+ */
+export function deadLetterQueue(scope: Construct, whose: string): sqs.Queue {
+  const queue = new sqs.Queue(scope, 'DeadLetterQueue', {
+    encryption: sqs.QueueEncryption.SQS_MANAGED,
+    enforceSSL: true,
+    retentionPeriod: Duration.days(14),
+  });
+  NagSuppressions.addResourceSuppressions(queue, [
+    { id: 'AwsSolutions-SQS3', reason: `This queue is ${whose} dead-letter queue; a queue behind it would never be read.` },
+  ]);
+  return queue;
+}
+
 export class ReaperSchedule extends Construct {
   public readonly schedule: scheduler.Schedule;
   public readonly deadLetterQueue: sqs.Queue;
 
   constructor(scope: Construct, id: string, props: ReaperScheduleProps) {
     super(scope, id);
-    this.deadLetterQueue = new sqs.Queue(this, 'DeadLetterQueue', {
-      encryption: sqs.QueueEncryption.SQS_MANAGED,
-      enforceSSL: true,
-      retentionPeriod: Duration.days(14),
-    });
-    NagSuppressions.addResourceSuppressions(this.deadLetterQueue, [
-      { id: 'AwsSolutions-SQS3', reason: "This queue is the reaper schedule's dead-letter queue; a queue behind it would never be read." },
-    ]);
+    this.deadLetterQueue = deadLetterQueue(this, "the reaper schedule's");
 
     // Our own role (instead of the one the target would make at stack level) so it lives, and is reviewed, here.
     const invokeRole = new iam.Role(this, 'InvokeRole', {
