@@ -11,11 +11,12 @@
  */
 import { APIGatewayClient, CreateApiKeyCommand, CreateUsagePlanKeyCommand, GetApiKeysCommand } from '@aws-sdk/client-api-gateway';
 import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { ApiKeyRecord } from '../lambdas/shared/api-keys';
 import type { LocalStackState } from '../lib/local/stack';
+import { stackNames } from '../lib/stack-names';
 
 /** A failure the operator can act on; `exitCode` 2 is a usage error, 1 anything else. */
 export class KeysCliError extends Error {
@@ -29,6 +30,7 @@ export class KeysCliError extends Error {
 }
 
 export const usage = `Usage: npm run keys -- <command> [options]
+   or: sbx keys <command> [options]
 
 Commands:
   create  --tenant <id> [--expires <ISO 8601 time>] [--description <text>]
@@ -40,7 +42,8 @@ Commands:
 
 Where:
   --stage local        the running \`npm start\` stack (default), found through
-                       .local/stack.json (--state-file <path> to read another)
+                       .local/stack.json in this directory or a parent
+                       (--state-file <path> to read another)
   --stage <env>        a deployed stage: tables from the outputs of CloudFormation
                        stack EphemeralSandbox-<env>-Stateful (--region, or AWS_REGION)
   --table <name>       the ApiKeys table by name (skips CloudFormation; with --stage <env>)
@@ -178,10 +181,26 @@ export interface KeysTarget {
   description: string;
 }
 
-export const defaultStateFile = join(dirname(fileURLToPath(import.meta.url)), '..', '.local', 'stack.json');
+/**
+ * The running local stack's state file: `.local/stack.json` in the working
+ * directory or one of its parents, else next to this program or above it
+ * (bin/keys.ts in the repository, sdk/dist/keys.js when `sbx keys` runs it).
+ * Without one, the repository's path, for the error that says to start the stack.
+ */
+export function defaultStateFile(cwd = process.cwd()): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  for (const start of [resolve(cwd), here]) {
+    for (let dir = start; ; dir = dirname(dir)) {
+      const candidate = join(dir, '.local', 'stack.json');
+      if (existsSync(candidate)) return candidate;
+      if (dirname(dir) === dir) break;
+    }
+  }
+  return join(here, '..', '.local', 'stack.json');
+}
 
 /** Reads the running local stack's state file; errors say how to start it. */
-export function localTarget(stateFile = defaultStateFile, isAlive = pidAlive): KeysTarget {
+export function localTarget(stateFile = defaultStateFile(), isAlive = pidAlive): KeysTarget {
   if (!existsSync(stateFile)) {
     throw new KeysCliError(`no local stack is running (${stateFile} does not exist): start it with \`npm start\`, or pass --stage <env> for a deployed stage`);
   }
@@ -246,9 +265,8 @@ export const cloudFormationOutputs: StackOutputsReader = async (stackName, regio
   }
 };
 
-/** The stage's stack names, as lib/app.ts names them. */
+/** The stage's stack names (lib/stack-names.ts, which the CDK app uses too). */
 export async function stageStackNames(stage: string): Promise<{ stateful: string; service: string }> {
-  const { stackNames } = await import('../lib/app');
   return stackNames(stage);
 }
 

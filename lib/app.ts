@@ -7,7 +7,10 @@ import { App, Aspects, Tags, type Environment } from 'aws-cdk-lib';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { resolveEnvironment, type DeploymentEnvironment } from './environment';
 import { ServiceStack } from './service-stack';
+import { stackNames } from './stack-names';
 import { StatefulStack } from './stateful-stack';
+
+export { stackNames } from './stack-names';
 
 export interface SandboxStacks {
   environment: DeploymentEnvironment;
@@ -15,10 +18,6 @@ export interface SandboxStacks {
   service: ServiceStack;
 }
 
-/** Stack names: `EphemeralSandbox-<env>-Stateful` and `EphemeralSandbox-<env>-Service`. */
-export function stackNames(envName: string): { stateful: string; service: string } {
-  return { stateful: `EphemeralSandbox-${envName}-Stateful`, service: `EphemeralSandbox-${envName}-Service` };
-}
 
 /**
  * Adds both stacks of the environment named by the `env` context value.

@@ -10,7 +10,7 @@ import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, 
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
-import { handlerBuildOptions, hostAgentBuildOptions } from '../lib/bundling.ts';
+import { esmRequireBanner, handlerBuildOptions, hostAgentBuildOptions } from '../lib/bundling.ts';
 import { backgroundHandlerNames, handlerNames } from '../lambdas/shared/routes.ts';
 import { openApiDocument } from '../lambdas/shared/openapi.ts';
 
@@ -43,6 +43,25 @@ const sdkEntries = [
   options: (outfile) => ({ entryPoints: [join(root, 'sdk', 'src', src)], outfile, bundle: true, platform: 'node', format: 'esm', target: 'node20', logLevel: 'warning', ...extra }),
 }));
 entries.push(...sdkEntries);
+// `sbx keys`: the key administration of bin/keys.ts (DynamoDB, API Gateway, CloudFormation clients
+// bundled in), a file of its own that the CLI loads only for that command, so neither the SDK nor
+// the other commands carry the AWS SDK.
+entries.push({
+  in: join(root, 'bin', 'keys.ts'),
+  out: join(root, 'sdk', 'dist', 'keys.js'),
+  options: (outfile) => ({
+    entryPoints: [join(root, 'bin', 'keys.ts')],
+    outfile,
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    minify: true,
+    mainFields: ['module', 'main'],
+    banner: { js: esmRequireBanner },
+    logLevel: 'warning',
+  }),
+});
 
 const missing = entries.filter((e) => !existsSync(e.in));
 if (missing.length) {

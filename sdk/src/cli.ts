@@ -4,6 +4,7 @@
  *   sbx create [--user U] [--cpu N] [--memory MB] [--ttl S]   sbx ls [--user U] [--status S]
  *   sbx info <id>    sbx exec <id> [--cwd DIR] [--env K=V] -- <cmd...>    sbx logs <id> <command_id> [--follow]
  *   sbx cp <local> <id>:<path>    sbx cp <id>:<path> <local>    sbx stop|start|rm <id>
+ *   sbx keys create|list|revoke --tenant T ...   (key administration: the account's credentials, not an API key)
  *
  * --json on every command prints the API's answer as JSON. The key and URL come from
  * SANDBOX_API_KEY / SANDBOX_API_URL, else ~/.config/ephemeral-sandbox/config.json ({"apiKey", "apiUrl"}).
@@ -28,6 +29,8 @@ const usage = `usage: sbx <command> [options]
   logs <id> <command_id> [--follow]                           a command's output (--follow until it ends)
   cp <local> <id>:<path> | cp <id>:<path> <local>             copy a file or directory in or out (progress on a terminal)
   stop <id> | start <id> | rm <id> [--force]                  pause, resume, end (--force: not graceful)
+  keys create|list|revoke --tenant T [...]                    tenant API keys (sbx keys --help); uses the local stack's
+                                                              state or the AWS account's credentials, not an API key
 
   --json      print the API's answers as JSON
   config      SANDBOX_API_KEY and SANDBOX_API_URL, or ~/.config/ephemeral-sandbox/config.json {"apiKey", "apiUrl"}
@@ -61,13 +64,32 @@ export function parseArgs(argv: readonly string[]): Parsed {
   return { positional, flags, rest };
 }
 
-function clientOptions(): ClientOptions {
-  let file: { apiKey?: string; apiUrl?: string } = {};
+/** ~/.config/ephemeral-sandbox/config.json: none is fine (the environment alone); one that cannot be read is an error naming it. */
+function configFile(): { apiKey?: string; apiUrl?: string } {
+  const path = join(homedir(), '.config', 'ephemeral-sandbox', 'config.json');
+  let text: string;
   try {
-    file = JSON.parse(readFileSync(join(homedir(), '.config', 'ephemeral-sandbox', 'config.json'), 'utf8'));
-  } catch {
-    // No config file: the environment alone.
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {};
+    throw new SandboxError(`cannot read ${path}: ${(err as Error).message}`);
   }
+  let file: unknown;
+  try {
+    file = JSON.parse(text);
+  } catch (err) {
+    throw new SandboxError(`${path} is not JSON (${(err as Error).message}); write it as {"apiKey": "...", "apiUrl": "..."}`);
+  }
+  const { apiKey, apiUrl } = (file ?? {}) as Record<string, unknown>;
+  if (typeof file !== 'object' || Array.isArray(file) || (apiKey !== undefined && typeof apiKey !== 'string') || (apiUrl !== undefined && typeof apiUrl !== 'string')) {
+    throw new SandboxError(`${path} must be an object with string "apiKey" and "apiUrl"`);
+  }
+  return { ...(apiKey ? { apiKey } : {}), ...(apiUrl ? { apiUrl } : {}) };
+}
+
+function clientOptions(): ClientOptions {
+  // The environment wins over the file, value by value.
+  const file = process.env.SANDBOX_API_KEY && process.env.SANDBOX_API_URL ? {} : configFile();
   const apiKey = process.env.SANDBOX_API_KEY ?? file.apiKey;
   const apiUrl = process.env.SANDBOX_API_URL ?? file.apiUrl;
   if (!apiKey || !apiUrl) {
@@ -103,6 +125,11 @@ export async function main(argv: readonly string[]): Promise<number> {
   const command = p.positional[0];
   const json = p.flags.has('json');
   const out = (value: unknown, text: string) => process.stdout.write(json ? JSON.stringify(value, null, 2) + '\n' : text + '\n');
+  if (command === 'keys') {
+    // Loaded only here: it bundles the AWS SDK clients the other commands never need.
+    const keys = (await import(new URL('./keys.js', import.meta.url).href)) as { runKeys(argv: readonly string[]): Promise<number> };
+    return keys.runKeys(argv.slice(argv.indexOf('keys') + 1));
+  }
   if (!command || command === 'help' || p.flags.has('help')) {
     process.stdout.write(usage);
     return command ? 0 : 2;

@@ -51,9 +51,13 @@ function sbx(args: string[], o: { env?: Record<string, string | undefined>; onSp
   });
 }
 
+let stateFile: string;
+
 before(async () => {
-  stack = await startLocalStack({ port: 0, reaperIntervalMs: 0 });
   work = await mkdtemp(join(tmpdir(), 'sbx-cli-'));
+  // The state file `npm start` writes to .local/stack.json: what `sbx keys` reads to reach this stack's tables.
+  stateFile = join(work, 'stack.json');
+  stack = await startLocalStack({ port: 0, reaperIntervalMs: 0, stateFile });
 });
 after(async () => {
   await stack?.close();
@@ -205,6 +209,69 @@ describe('sbx', () => {
     assert.match(result.stdout, /one argument each, quoted\n/);
     assert.equal(readFileSync('/tmp/back.txt', 'utf8'), 'hello\n');
     assert.match(result.stdout, /sbx-[a-z0-9]{20} stopped\n$/);
+  });
+
+  it('reads the key and URL from ~/.config/ephemeral-sandbox/config.json, the environment winning, and names a broken file', async () => {
+    const dir = join(work, '.config', 'ephemeral-sandbox');
+    await mkdir(dir, { recursive: true });
+    const file = join(dir, 'config.json');
+    const noEnv = { SANDBOX_API_KEY: undefined, SANDBOX_API_URL: undefined };
+    try {
+      await writeFile(file, JSON.stringify({ apiKey: stack.apiKey, apiUrl: stack.url }));
+      const fromFile = await sbx(['ls', '--json'], { env: noEnv });
+      assert.equal(fromFile.code, 0, fromFile.stderr);
+      // The same answer as with the key and URL in the environment.
+      assert.deepEqual(JSON.parse(fromFile.stdout), JSON.parse((await sbx(['ls', '--json'])).stdout));
+      // A value in the environment wins over the file's: a wrong key in the environment is refused.
+      const envWins = await sbx(['ls'], { env: { SANDBOX_API_KEY: 'sk_wrong_key_from_the_environment', SANDBOX_API_URL: undefined } });
+      assert.equal(envWins.code, 1);
+      assert.match(envWins.stderr, /SANDBOX_API_KEY/);
+      // The file's key alone, the URL from the environment.
+      const mixed = await sbx(['ls', '--json'], { env: { SANDBOX_API_KEY: undefined } });
+      assert.equal(mixed.code, 0, mixed.stderr);
+      await writeFile(file, '{"apiKey": ');
+      const broken = await sbx(['ls'], { env: noEnv });
+      assert.equal(broken.code, 1);
+      assert.match(broken.stderr, /config\.json is not JSON.*"apiKey"/s);
+      await writeFile(file, JSON.stringify({ apiKey: 42, apiUrl: stack.url }));
+      const wrongType = await sbx(['ls'], { env: noEnv });
+      assert.equal(wrongType.code, 1);
+      assert.match(wrongType.stderr, /string "apiKey" and "apiUrl"/);
+    } finally {
+      await rm(file, { force: true });
+    }
+  });
+
+  it('sbx keys creates a key that works, lists it, and revokes it (against the local stack, as npm run keys)', async () => {
+    const tenant = 'cli-keys-tenant';
+    const keys = (args: string[]) => sbx(['keys', ...args, '--state-file', stateFile], { env: { SANDBOX_API_KEY: undefined, SANDBOX_API_URL: undefined } });
+    const help = await sbx(['keys', '--help']);
+    assert.equal(help.code, 0, help.stderr);
+    assert.match(help.stdout, /sbx keys <command>/);
+    const bad = await keys(['create']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /create needs --tenant/);
+
+    const created = await keys(['create', '--tenant', tenant, '--description', 'from sbx']);
+    assert.equal(created.code, 0, created.stderr);
+    const key = created.stdout.trim();
+    assert.match(created.stderr, /Created key [a-z0-9]{10} for tenant cli-keys-tenant/);
+    // The new key works for the API, and sees its own tenant's (empty) list.
+    const asTenant = await sbx(['ls', '--json'], { env: { SANDBOX_API_KEY: key } });
+    assert.equal(asTenant.code, 0, asTenant.stderr);
+    assert.deepEqual(JSON.parse(asTenant.stdout), []);
+
+    const listed = await keys(['list', '--tenant', tenant, '--json']);
+    assert.equal(listed.code, 0, listed.stderr);
+    const [record] = JSON.parse(listed.stdout) as { key_id: string; state: string; description: string }[];
+    assert.equal(record?.state, 'active');
+    assert.equal(record?.description, 'from sbx');
+    assert.ok(!listed.stdout.includes(key), 'list never shows the key itself');
+
+    const revoked = await keys(['revoke', '--tenant', tenant, '--key-id', record!.key_id]);
+    assert.equal(revoked.code, 0, revoked.stderr);
+    assert.match(revoked.stderr, /Revoked key/);
+    assert.equal(JSON.parse((await keys(['list', '--tenant', tenant, '--json'])).stdout)[0].state, 'revoked');
   });
 
   it('stops, starts and removes', async () => {
