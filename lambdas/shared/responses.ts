@@ -5,13 +5,14 @@
  */
 import { z } from 'zod';
 import { commandStatuses } from './command-state';
-import { sandboxStatuses } from './sandbox-state';
+import { sandboxStatuses, stopReasons } from './sandbox-state';
 
 const isoTime = z.string().describe('ISO 8601 time');
 const stringMap = z.record(z.string(), z.string());
 
 /** `config.network` as a sandbox records it (see networkConfigSchema for what a create accepts). */
-export const networkView = z.union([z.literal('none'), z.literal('bridge'), z.strictObject({ egress: z.unknown() })]);
+export const egressPolicyView = z.union([z.literal('allow_all'), z.literal('deny_all'), z.strictObject({ allow: z.array(z.string()) })]);
+export const networkView = z.union([z.literal('none'), z.literal('bridge'), z.strictObject({ egress: egressPolicyView })]);
 
 export const sandboxConfigView = z.strictObject({
   cpu: z.number(),
@@ -24,24 +25,12 @@ export const sandboxConfigView = z.strictObject({
   labels: stringMap,
 });
 
-const stopReasons = [
-  'user_requested',
-  'completed',
-  'agent_error',
-  'idle_timeout',
-  'ttl_expired',
-  'host_lost',
-  'container_vanished',
-  'container_exited',
-  'create_failed',
-  'destroy_failed',
-] as const;
-
 export const sandboxView = z.strictObject({
   sandbox_id: z.string(),
   user_id: z.string(),
   status: z.enum(sandboxStatuses),
-  host_id: z.string(),
+  status_detail: z.literal('waiting_for_capacity').optional().describe('Why a create has not moved on yet: no host has room for it'),
+  host_id: z.string().nullable().describe('null while a create waits for a host'),
   created_at: isoTime,
   updated_at: isoTime,
   expires_at: isoTime,

@@ -89,19 +89,22 @@ export function isActive(status: SandboxStatus): boolean {
   return (activeStatuses as readonly SandboxStatus[]).includes(status);
 }
 
-/** Why a sandbox ended, recorded as `stop_reason`. */
-export type StopReason =
-  | 'user_requested'
-  | 'completed'
-  | 'agent_error'
-  | 'idle_timeout'
-  | 'ttl_expired'
-  | 'host_lost'
-  | 'container_vanished'
-  | 'container_exited'
-  | 'create_failed'
-  | 'destroy_failed'
+/** Why a sandbox ended, recorded as `stop_reason` (the API's answers and docs/openapi.json list these). */
+export const stopReasons = [
+  'user_requested',
+  'completed',
+  'agent_error',
+  'idle_timeout',
+  'ttl_expired',
+  'host_lost',
+  'container_vanished',
+  'container_exited',
+  'create_failed',
+  'destroy_failed',
   /** Its host was taken out of the fleet (scale-in, instance refresh, a Spot interruption): its home was synced first. */
-  | 'host_draining'
+  'host_draining',
   /** No host had room for it within CAPACITY_WAIT_SECONDS. */
-  | 'no_capacity';
+  'no_capacity',
+] as const;
+
+export type StopReason = (typeof stopReasons)[number];

@@ -25,11 +25,29 @@ export interface SandboxConfig {
   labels?: Record<string, string>;
 }
 
+/** Why a sandbox ended. */
+export type StopReason =
+  | 'user_requested'
+  | 'completed'
+  | 'agent_error'
+  | 'idle_timeout'
+  | 'ttl_expired'
+  | 'host_lost'
+  | 'container_vanished'
+  | 'container_exited'
+  | 'create_failed'
+  | 'destroy_failed'
+  | 'host_draining'
+  | 'no_capacity';
+
 export interface SandboxInfo {
   sandbox_id: string;
   user_id: string;
   status: SandboxStatus;
-  host_id: string;
+  /** Why a create has not moved on yet: no host has room for it. */
+  status_detail?: 'waiting_for_capacity';
+  /** null while a create waits for a host. */
+  host_id: string | null;
   created_at: string;
   updated_at: string;
   expires_at: string;
@@ -39,7 +57,7 @@ export interface SandboxInfo {
   config: Required<Omit<SandboxConfig, 'disk_mb'>> & { disk_mb?: number };
   cwd: string;
   last_activity_at: string;
-  stop_reason?: string;
+  stop_reason?: StopReason;
   stop_detail?: string;
   ended_at?: string;
   result?: Record<string, unknown>;
