@@ -233,6 +233,7 @@ export class HostFleet extends Construct {
         this.role.addToPolicy(new iam.PolicyStatement({ actions: ['dynamodb:Query'], resources }));
       }
     }
+    // ecr:GetAuthorizationToken (hostAccess.registryActions: the host-agent asks for the token) and the pull's reads, on this repository only.
     props.sandboxImage.repository.grantPull(this.role);
     // Exactly the host-agent objects, not the whole asset bucket.
     this.role.addToPolicy(
