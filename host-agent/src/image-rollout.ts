@@ -139,3 +139,21 @@ export async function pruneImages(docker: DockerClient, repository: string, keep
   }
   return removed;
 }
+
+/** What a host records of its sandbox image: the reference it was configured with, the digest it resolved it to. */
+export interface HostImage {
+  id: string;
+  /** `repo@sha256:...`; the reference itself for a local build (no registry, no digest). */
+  digestRef: string;
+  ref: string;
+}
+
+/**
+ * Pulls the configured image ahead of any create (at daemon start and every
+ * pass after) and answers what the host records: creates name the digest,
+ * placement prefers hosts that have it.
+ */
+export async function prepareHostImage(docker: DockerClient, ref: string, auth: RegistryAuth = hostRegistryAuth()): Promise<HostImage> {
+  const present = await ensureImagePresent(docker, ref, auth);
+  return { id: present.id, digestRef: present.digestRef ?? ref, ref };
+}

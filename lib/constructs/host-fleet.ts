@@ -83,6 +83,8 @@ export class HostFleet extends Construct {
         AUTO_SCALING_GROUP_NAME: autoScalingGroupName,
         LAUNCH_LIFECYCLE_HOOK: launchHookName,
         DRAIN_LIFECYCLE_HOOK: drainHookName,
+        // A host holds the image it serves, not every image a rollout left behind (host-agent/src/image-rollout.ts).
+        PRUNE_SANDBOX_IMAGES: '1',
       },
       hostAgentS3Url: props.hostAgent.cli.s3ObjectUrl,
       hostDaemonS3Url: props.hostAgent.daemon.s3ObjectUrl,
