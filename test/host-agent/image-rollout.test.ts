@@ -6,33 +6,17 @@
  * the pull asks for them only for an ECR registry and passes them on).
  */
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { promisify } from 'node:util';
+import { spawn } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import { DockerClient, type RegistryCredentials } from '../../host-agent/src/docker';
 import { ensureImagePresent, prepareHostImage, pruneImages, type RegistryAuth } from '../../host-agent/src/image-rollout';
+import { docker as dockerCli, startLocalRegistry, type LocalRegistry } from '../support/registry';
 
-const run = promisify(execFile);
 const docker = new DockerClient('/var/run/docker.sock');
 const runId = Math.random().toString(36).slice(2, 8);
-let registry: ChildProcess | undefined;
-let workDir = '';
+let registry: LocalRegistry | undefined;
 let repo = '';
 const digests: Record<'v1' | 'v2', string> = { v1: '', v2: '' };
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-    srv.on('error', reject);
-  });
-}
 
 /** The ECR token call, stood in: records which images asked and answers fixed credentials. */
 function standInAuth(): { auth: RegistryAuth; asked: string[] } {
@@ -41,38 +25,24 @@ function standInAuth(): { auth: RegistryAuth; asked: string[] } {
   return { asked, auth: async (image) => (asked.push(image), credentials) };
 }
 
-async function dockerCli(...args: string[]): Promise<string> {
-  return (await run('docker', args, { maxBuffer: 16 * 1024 * 1024 })).stdout.trim();
-}
-
 async function removeLocal(...names: string[]): Promise<void> {
   for (const name of names) await dockerCli('rmi', name).catch(() => undefined);
 }
 
 before(async () => {
-  workDir = await mkdtemp(join(tmpdir(), 'image-rollout-'));
-  const port = await freePort();
-  const config = join(workDir, 'registry.yml');
-  await writeFile(config, ['version: 0.1', 'storage:', `  filesystem: { rootdirectory: ${join(workDir, 'data')} }`, 'http:', `  addr: 127.0.0.1:${port}`, ''].join('\n'));
-  registry = spawn('docker-registry', ['serve', config], { stdio: 'ignore' });
-  for (let i = 0; ; i++) {
-    const up = await fetch(`http://127.0.0.1:${port}/v2/`).then((r) => r.ok).catch(() => false);
-    if (up) break;
-    if (i > 100) throw new Error('the local registry did not start');
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  // The engine treats 127.0.0.0/8 registries as insecure (plain HTTP) by default.
-  repo = `127.0.0.1:${port}/sandbox-rollout-${runId}`;
+  registry = await startLocalRegistry();
+  repo = `${registry.host}/sandbox-rollout-${runId}`;
   for (const v of ['v1', 'v2'] as const) {
+    const local = `sandbox-rollout-${runId}:${v}`;
     await new Promise<void>((resolve, reject) => {
-      const child = spawn('docker', ['build', '-q', '-t', `${repo}:${v}`, '-'], { stdio: ['pipe', 'ignore', 'pipe'] });
+      const child = spawn('docker', ['build', '-q', '-t', local, '-'], { stdio: ['pipe', 'ignore', 'pipe'] });
       let stderr = '';
       child.stderr.on('data', (d) => (stderr += d));
       child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`docker build: ${stderr}`))));
       child.stdin.end(`FROM local/debian:bookworm\nLABEL rollout=${v}\n`);
     });
-    await dockerCli('push', '-q', `${repo}:${v}`);
-    digests[v] = (await docker.inspectImage(`${repo}:${v}`)).RepoDigests!.find((d) => d.startsWith(`${repo}@`))!;
+    digests[v] = (await registry.push(local, `sandbox-rollout-${runId}`, v)).digestRef;
+    await dockerCli('rmi', local);
   }
   // Nothing of it on the host: every test pulls what it needs, as a fresh host does.
   await removeLocal(`${repo}:v1`, `${repo}:v2`, digests.v1, digests.v2);
@@ -81,8 +51,7 @@ before(async () => {
 after(async () => {
   for (const c of await docker.listContainers({ label: [`rollout-test=${runId}`] })) await docker.removeContainer(c.Id, true).catch(() => undefined);
   await removeLocal(`${repo}:v1`, `${repo}:v2`, digests.v1, digests.v2);
-  registry?.kill('SIGTERM');
-  await rm(workDir, { recursive: true, force: true });
+  await registry?.close();
 });
 
 describe('image rollout on a host (a real registry on loopback; the ECR token call stood in)', () => {
