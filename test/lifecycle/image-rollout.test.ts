@@ -23,7 +23,7 @@ const made: string[] = [];
 before(async () => {
   registry = await startLocalRegistry();
   // The small test image (a Debian with the agent user): pushing the full sandbox image would cost minutes here.
-  pushed = await registry.push(await sandboxImage(), 'ephemeral-sandbox-rollout', 'v1');
+  pushed = await registry.push(await sandboxImage({ minimal: true }), 'ephemeral-sandbox-rollout', 'v1');
   await docker('rmi', pushed.digestRef).catch(() => undefined);
   stack = await startLocalStack({ port: 0, reaperIntervalMs: 0, env: { SANDBOX_IMAGE: pushed.ref } });
   api = apiClient(stack.url, stack.apiKey);
