@@ -2,7 +2,8 @@
 # Installs and starts what the local stack needs on a Debian machine (root):
 # the Docker engine, debootstrap (offline base image), s3fs + fuse (cold tier),
 # iptables/iproute2 (egress rules, network tests), curl, Java (DynamoDB Local),
-# awscli (baseline for the sync benchmark). Idempotent: skips what is there.
+# awscli (baseline for the sync benchmark), docker-registry (a registry on
+# loopback for the image rollout tests: no other is reachable). Idempotent: skips what is there.
 set -euo pipefail
 
 log() { printf '[setup-host] %s\n' "$*"; }
@@ -17,6 +18,7 @@ command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)   # bin/host-agent talks to the host daemon with it
 [ -x /usr/bin/aws ] || need_pkgs+=(awscli)
 command -v java >/dev/null 2>&1 || need_pkgs+=(openjdk-17-jre-headless)
+command -v docker-registry >/dev/null 2>&1 || need_pkgs+=(docker-registry)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then

@@ -120,17 +120,8 @@ export function containerSpec(
 }
 
 async function ensureImage(docker: DockerClient, image: string): Promise<void> {
-  try {
-    await docker.inspectImage(image);
-    return;
-  } catch (error) {
-    if (!(error instanceof DockerApiError && error.statusCode === 404)) throw error;
-  }
-  try {
-    await docker.pullImage(image);
-  } catch (error) {
-    throw new HostAgentError('docker_error', `image ${image} is not on this host and could not be pulled: ${(error as Error).message}`);
-  }
+  // Pulled with the registry's credentials (ECR) when the host does not have it: a rollout pre-pulls, this is the fallback.
+  await (await import('./image-rollout')).ensureImagePresent(docker, image);
 }
 
 /** FIFOs for the sandbox's first commands, made off the create's path (fifo-stdio.ts); a failure costs only a later spawn. */

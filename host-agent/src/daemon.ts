@@ -14,7 +14,7 @@ import type { AddressInfo } from 'node:net';
 import { dirname } from 'node:path';
 import { s3 } from '../../lambdas/shared/clients/s3';
 import { config as controlPlaneConfig } from '../../lambdas/shared/config';
-import { addAllocation, getHost, heartbeatHost, recordScaleInProtection, registerHost, releaseAllocation, type HostRecord } from '../../lambdas/shared/host-store';
+import { addAllocation, getHost, heartbeatHost, recordHostImage, recordScaleInProtection, registerHost, releaseAllocation, type HostRecord } from '../../lambdas/shared/host-store';
 import { setScaleInProtection } from '../../lambdas/shared/fleet';
 import { wantsScaleInProtection } from '../../lambdas/shared/fleet-scaling';
 import { allocationCorrections, resourcesOf, type Resources } from '../../lambdas/shared/placement';
@@ -45,6 +45,7 @@ import { adoptSandboxes } from './readopt';
 import { containerLabels, hostVerbs, ownerLabelValue } from './protocol';
 import { readClaim } from './claim';
 import { isUnclaimedPoolContainer, poolSettings, sandboxIdOf, WarmPool } from './warm-pool';
+import { prepareHostImage, pruneImages, repositoryOf, type HostImage } from './image-rollout';
 
 const agentVersion = '0.1.0';
 
@@ -71,6 +72,11 @@ export interface DaemonSettings {
   drainTimeoutSeconds: number;
   /** The termination lifecycle hook a draining host heartbeats and completes (DRAIN_LIFECYCLE_HOOK). */
   drainHookName: string | undefined;
+  /**
+   * Remove images of the sandbox repository that no container uses and that are not the configured one
+   * (PRUNE_SANDBOX_IMAGES=1: on AWS hosts; off on a development machine, whose images are its owner's).
+   */
+  pruneSandboxImages: boolean;
 }
 
 export function daemonSettings(): DaemonSettings {
@@ -88,7 +94,26 @@ export function daemonSettings(): DaemonSettings {
     logGroup: process.env.HOST_LOG_GROUP || undefined,
     drainTimeoutSeconds: seconds('DRAIN_TIMEOUT_SECONDS', 300),
     drainHookName: process.env.DRAIN_LIFECYCLE_HOOK || undefined,
+    pruneSandboxImages: process.env.PRUNE_SANDBOX_IMAGES === '1',
   };
+}
+
+/**
+ * Keeps the configured sandbox image on the host: pulled (again, if it went),
+ * its digest recorded on the host item when it changes, older images of its
+ * repository pruned. Answers the image for the next pass.
+ */
+export async function rollOutImage(s: DaemonSettings, docker: DockerClient, ref: string, recorded: HostImage | undefined): Promise<HostImage> {
+  const image = await prepareHostImage(docker, ref);
+  if (image.digestRef !== recorded?.digestRef || image.ref !== recorded.ref) {
+    await recordHostImage(s.hostId, image);
+    logger.info('daemon: sandbox image ready on this host', { image: image.digestRef, ref: image.ref });
+  }
+  if (s.pruneSandboxImages) {
+    const pruned = await pruneImages(docker, repositoryOf(ref), [image.id]);
+    if (pruned.length > 0) logger.info('daemon: sandbox images no longer used removed', { pruned });
+  }
+  return image;
 }
 
 export interface ReconcileReport {
@@ -442,9 +467,17 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
       coldMounts: Object.fromEntries(['alive', 'remounted', 'failed', 'not_mounted'].map((k) => [k, adopted.filter((a) => a.cold === k).length])),
     });
   }
+  // The image first: a host registers (and is offered creates) with it pulled. A pull that fails (the registry
+  // unreachable) does not keep the host out: creates pull on demand, and the image loop below tries again.
+  const pulled = await prepareHostImage(docker, cp.sandboxImage).catch((err: unknown) => {
+    logger.error('daemon: could not pull the sandbox image; creates pull it on demand and this host retries', { image: cp.sandboxImage, err });
+    return undefined;
+  });
   const capacity = hostResources(hostConfig.stateDir, s.slots);
   const registered = await registerHost({ hostId: s.hostId, capacity, agentVersion });
   logger.info('daemon: host registered', { hostId: s.hostId, status: registered, capacity, agentSocket: s.agentSocket });
+  let hostImage: HostImage | undefined;
+  if (pulled) hostImage = await rollOutImage(s, docker, cp.sandboxImage, undefined).catch((err: unknown) => void logger.error('daemon: recording the sandbox image failed; retrying', { err }));
   const onHeartbeat = heartbeatActions(s, runtime, startDrain, () => drain.active);
   // Creates that waited for a host (this one may have been launched for them) are taken at once, not at the next heartbeat.
   await onHeartbeat(await getHost(s.hostId)).catch((err) => logger.error('daemon: first heartbeat actions failed; the heartbeat retries', { err }));
@@ -475,6 +508,12 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
   await runner.reconcile((await liveSandboxesOnHost(s.hostId)).map((r) => r.sandbox_id)).catch((err) => {
     logger.error('daemon: closing the commands of a previous run failed; the reconcile loop retries', { err });
   });
+  // Its own loop: a slow pull (a new image) never delays a reconcile pass, a failed one is tried again next time.
+  stops.push(
+    every(s.reconcileSeconds * 1000, 'sandbox image', async () => {
+      hostImage = await rollOutImage(s, docker, cp.sandboxImage, hostImage);
+    }),
+  );
   if (s.hotSyncIntervalSeconds > 0) stops.push(every(s.hotSyncIntervalSeconds * 1000, 'hot sync', () => syncRunningSandboxes(s, docker)));
   // Homes of ended sandboxes whose last sync failed: tried again until they are in S3.
   stops.push(

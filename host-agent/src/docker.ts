@@ -52,6 +52,30 @@ export interface NetworkCreateOptions {
 
 type Query = Record<string, string | number | boolean>;
 
+/** A registry's credentials as the Engine API takes them (X-Registry-Auth). */
+export interface RegistryCredentials {
+  username: string;
+  password: string;
+  serveraddress: string;
+}
+
+/** What we read of `GET /images/{name}/json`. */
+export interface ImageInspect {
+  Id: string;
+  RepoTags?: string[] | null;
+  /** `repo@sha256:...` for each registry the image was pulled from or pushed to (empty for a local build). */
+  RepoDigests?: string[] | null;
+}
+
+/** What we read of `GET /images/json`. */
+export interface ImageSummary {
+  Id: string;
+  RepoTags?: string[] | null;
+  RepoDigests?: string[] | null;
+  Created: number;
+  Containers?: number;
+}
+
 const okStatuses = { 200: true, 201: true, 204: true, 304: true } as const;
 
 function describeFailure(error: unknown, what: string): HostAgentError {
@@ -80,20 +104,20 @@ export class DockerClient {
     method: string,
     path: string,
     what: string,
-    { query, body, stream = false }: { query?: Query; body?: unknown; stream?: boolean } = {},
+    { query, body, stream = false, auth }: { query?: Query; body?: unknown; stream?: boolean; auth?: RegistryCredentials } = {},
   ): Promise<T> {
     if (timingsOn()) {
       const op = `docker.${method} ${path.replace(/^\/(containers|exec|images|networks)\/[^/]+/, '/$1/{id}')}`;
-      return span(op, () => this.dial<T>(method, path, what, { query, body, stream }));
+      return span(op, () => this.dial<T>(method, path, what, { query, body, stream, auth }));
     }
-    return this.dial<T>(method, path, what, { query, body, stream });
+    return this.dial<T>(method, path, what, { query, body, stream, auth });
   }
 
   private dial<T>(
     method: string,
     path: string,
     what: string,
-    { query, body, stream }: { query?: Query | undefined; body?: unknown; stream: boolean },
+    { query, body, stream, auth }: { query?: Query | undefined; body?: unknown; stream: boolean; auth?: RegistryCredentials | undefined },
   ): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       this.modem.dial(
@@ -104,6 +128,8 @@ export class DockerClient {
           path: query ? `${path}?` : path,
           statusCodes: okStatuses,
           isStream: stream,
+          // docker-modem sends authconfig as the X-Registry-Auth header (base64url JSON).
+          ...(auth ? { authconfig: auth } : {}),
           options: { _query: query ?? {}, _body: body ?? {} },
         },
         (error, data) => (error ? reject(describeFailure(error, what)) : resolve(data as T)),
@@ -160,15 +186,29 @@ export class DockerClient {
     return this.call('DELETE', `/containers/${encodeURIComponent(id)}`, `remove container ${id}`, { query: { force, v: true } });
   }
 
-  inspectImage(name: string): Promise<{ Id: string }> {
+  inspectImage(name: string): Promise<ImageInspect> {
     return this.call('GET', `/images/${encodeURIComponent(name)}/json`, `inspect image ${name}`);
   }
 
-  /** Pulls an image and waits for the pull to finish. */
-  async pullImage(name: string): Promise<void> {
+  /** Images on the host (`docker images`), optionally filtered (e.g. `{ reference: ['repo'] }`). */
+  listImages(filters: Record<string, string[]> = {}): Promise<ImageSummary[]> {
+    return this.call('GET', '/images/json', 'list images', { query: { filters: JSON.stringify(filters) } });
+  }
+
+  /** Removes an image (untags a name, or deletes by id); never forced: an image a container uses answers 409. */
+  removeImage(nameOrId: string): Promise<unknown> {
+    return this.call('DELETE', `/images/${encodeURIComponent(nameOrId)}`, `remove image ${nameOrId}`, { query: { force: false, noprune: false } });
+  }
+
+  /**
+   * Pulls an image and waits for the pull to finish; `auth` (a registry's
+   * credentials, e.g. an ECR token) goes in the X-Registry-Auth header, never the URL.
+   */
+  async pullImage(name: string, auth?: RegistryCredentials): Promise<void> {
     const response = await this.call<IncomingMessage>('POST', '/images/create', `pull image ${name}`, {
       query: { fromImage: name },
       stream: true,
+      ...(auth ? { auth } : {}),
     });
     let last = '';
     for await (const chunk of response) last += String(chunk);

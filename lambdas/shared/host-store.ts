@@ -38,6 +38,8 @@ export interface HostRecord {
   agent_version?: string;
   /** Image (by digest) the host has pulled and creates on it use. */
   image?: string;
+  /** The image reference (SANDBOX_IMAGE, e.g. repo:tag) the host resolved to `image`. */
+  image_ref?: string;
   /** Whether the host asked Auto Scaling to protect it from scale-in (it holds sandboxes). */
   scale_in_protected?: boolean;
   draining_since?: string;
@@ -336,16 +338,19 @@ export async function recordScaleInProtection(hostId: string, isProtected: boole
   );
 }
 
-/** Records the image (by digest) the host now serves creates with, once it has pulled it. */
-export async function recordHostImage(hostId: string, image: string): Promise<void> {
+/**
+ * Records the image (by digest) the host now serves creates with, once it has
+ * pulled it, and the reference it resolved (what the control plane names).
+ */
+export async function recordHostImage(hostId: string, image: { digestRef: string; ref: string }): Promise<void> {
   await dynamo().send(
     new UpdateCommand({
       TableName: table(),
       Key: { host_id: hostId },
-      UpdateExpression: 'SET #image = :image',
+      UpdateExpression: 'SET #image = :image, image_ref = :ref',
       ConditionExpression: 'attribute_exists(host_id)',
       ExpressionAttributeNames: { '#image': 'image' },
-      ExpressionAttributeValues: { ':image': image },
+      ExpressionAttributeValues: { ':image': image.digestRef, ':ref': image.ref },
     }),
   );
 }

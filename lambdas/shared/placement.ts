@@ -93,6 +93,13 @@ export interface PlacementHost {
   last_heartbeat_at: number;
   /** Image (by digest) the host has pulled and serves creates with. */
   image?: string | undefined;
+  /** The reference (SANDBOX_IMAGE) the host resolved to `image`. */
+  image_ref?: string | undefined;
+}
+
+/** True when the host has pulled `image` (named by the reference it resolved, or by its digest). */
+export function hostHasImage(host: Pick<PlacementHost, 'image' | 'image_ref'>, image: string): boolean {
+  return host.image === image || host.image_ref === image;
 }
 
 export interface PlacementOptions {
@@ -113,8 +120,8 @@ export function rankHosts<H extends PlacementHost>(hosts: readonly H[], request:
   const after = (h: H) => dominantShare(h.capacity, addResources(h.allocated, request));
   return candidates.sort((a, b) => {
     if (o.image !== undefined) {
-      const hasA = a.image === o.image ? 0 : 1;
-      const hasB = b.image === o.image ? 0 : 1;
+      const hasA = hostHasImage(a, o.image) ? 0 : 1;
+      const hasB = hostHasImage(b, o.image) ? 0 : 1;
       if (hasA !== hasB) return hasA - hasB;
     }
     const byShare = o.strategy === 'spread' ? after(a) - after(b) : after(b) - after(a);

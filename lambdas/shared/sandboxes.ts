@@ -9,7 +9,7 @@ import { config } from './config';
 import { ApiError, invalidState, unavailable } from './errors';
 import { hostFailure, hosts } from './host-calls';
 import { placeSandbox, releaseAllocation } from './host-store';
-import { resourcesOf, type Resources } from './placement';
+import { hostHasImage, resourcesOf, type Resources } from './placement';
 import { dropWaitingRequest, stageWaitingRequest, waitingRequestKey } from './capacity-wait';
 import { requestCapacity, setScaleInProtection } from './fleet';
 import type { Principal } from './http';
@@ -141,8 +141,8 @@ export async function createSandbox(
     sandboxId,
     tenantId: p.tenantId,
     userId: body.user_id,
-    // A host names the image it has (by digest) when it takes a waiting create; a placed one runs what the control plane runs.
-    image: host?.image ?? c.sandboxImage,
+    // By digest when the host resolved the control plane's reference to one; a host that has not pulled it yet pulls the reference.
+    image: host?.image && hostHasImage(host, c.sandboxImage) ? host.image : c.sandboxImage,
     cpu: record.config.cpu,
     memoryMb: record.config.memory_mb,
     diskMb: record.config.disk_mb,

@@ -284,6 +284,8 @@ export interface HostAccess {
   logActions: readonly string[];
   /** On the host's own Auto Scaling group: its scale-in protection, and the lifecycle actions it completes. */
   autoScaling: readonly AutoScalingAction[];
+  /** The sandbox image's registry: the host-agent asks ECR for a token and pulls through the Engine API with it. */
+  registryActions: readonly string[];
 }
 
 export const hostAccess: HostAccess = {
@@ -307,4 +309,6 @@ export const hostAccess: HostAccess = {
   publishesEvents: true,
   logActions: ['logs:CreateLogStream', 'logs:PutLogEvents'],
   autoScaling: ['autoscaling:SetInstanceProtection', 'autoscaling:CompleteLifecycleAction', 'autoscaling:RecordLifecycleActionHeartbeat'],
+  // The layer and manifest reads of the pull itself are Docker's (grantPull on the image repository adds them).
+  registryActions: ['ecr:GetAuthorizationToken'],
 };

@@ -83,6 +83,8 @@ export class HostFleet extends Construct {
         AUTO_SCALING_GROUP_NAME: autoScalingGroupName,
         LAUNCH_LIFECYCLE_HOOK: launchHookName,
         DRAIN_LIFECYCLE_HOOK: drainHookName,
+        // A host holds the image it serves, not every image a rollout left behind (host-agent/src/image-rollout.ts).
+        PRUNE_SANDBOX_IMAGES: '1',
       },
       hostAgentS3Url: props.hostAgent.cli.s3ObjectUrl,
       hostDaemonS3Url: props.hostAgent.daemon.s3ObjectUrl,
@@ -233,6 +235,7 @@ export class HostFleet extends Construct {
         this.role.addToPolicy(new iam.PolicyStatement({ actions: ['dynamodb:Query'], resources }));
       }
     }
+    // ecr:GetAuthorizationToken (hostAccess.registryActions: the host-agent asks for the token) and the pull's reads, on this repository only.
     props.sandboxImage.repository.grantPull(this.role);
     // Exactly the host-agent objects, not the whole asset bucket.
     this.role.addToPolicy(

@@ -65,7 +65,7 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
     }
   });
 
-  it('host role: DynamoDB, storage, event bus and log shipping actions of the host daemon and CLI bundles', async () => {
+  it('host role: DynamoDB, storage, event bus, log shipping and registry actions of the host daemon and CLI bundles', async () => {
     const both = await Promise.all(['daemon', 'cli'].map((e) => analyzeCalls(`host-agent ${e}`, join(hostAgentDir, 'src', `${e}.ts`), tableIndexes)));
     const used = new Map<string, { actions: Set<string>; indexes: Set<string> }>();
     const storage = new Set<string>();
@@ -90,6 +90,7 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
     assert.deepEqual([...hostAccess.autoScaling].sort(), [...storage].filter((a) => a.startsWith('autoscaling:')).sort(), `host: ${fix} (hostAccess.autoScaling)`);
     assert.deepEqual(hostAccess.publishesEvents ? [...eventBusActions] : [], [...published].sort(), `host: ${fix} (hostAccess.publishesEvents)`);
     assert.deepEqual([...hostAccess.logActions].sort(), [...shipped].sort(), `host: ${fix} (hostAccess.logActions)`);
-    assert.deepEqual([...storage].filter((a) => !a.startsWith('s3:') && !a.startsWith('autoscaling:')), [], 'host: calls no other AWS service');
+    assert.deepEqual([...hostAccess.registryActions].sort(), [...storage].filter((a) => a.startsWith('ecr:')).sort(), `host: ${fix} (hostAccess.registryActions)`);
+    assert.deepEqual([...storage].filter((a) => !a.startsWith('s3:') && !a.startsWith('autoscaling:') && !a.startsWith('ecr:')), [], 'host: calls no other AWS service');
   });
 });

@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { backgroundHandlerNames, handlerNames, routes } from '../../lambdas/shared/routes';
@@ -426,6 +428,40 @@ for (const env of ['dev', 'prod'] as const) {
         { name: launchHookName, timeout: e.hosts.bootTimeoutSeconds, result: 'ABANDON' },
       );
       assert.match(userData(), new RegExp(`--lifecycle-hook-name "\\$LAUNCH_LIFECYCLE_HOOK" --instance-id "\\$HOST_ID" --lifecycle-action-result "\\$result"`));
+    });
+
+    // The lifecycle-ready script exactly as user data writes it, run by bash with stand-ins for what only an EC2 host
+    // has: the AWS CLI (records its arguments), IMDS (curl: unreachable, as off EC2) and the host-agent (passes or fails).
+    const runReadyScript = (agentExit: number, target?: string) => {
+      const script = /cat > \/opt\/ephemeral-sandbox\/bin\/lifecycle-ready <<'EPHEMERAL_SANDBOX_EOF'\n([\s\S]*?)\nEPHEMERAL_SANDBOX_EOF/.exec(userData())?.[1];
+      assert.ok(script, 'user data writes bin/lifecycle-ready');
+      const dir = mkdtempSync(join(tmpdir(), 'lifecycle-ready-'));
+      try {
+        const stub = (name: string, body: string) => writeFileSync(join(dir, name), `#!/bin/bash\n${body}\n`, { mode: 0o755 });
+        stub('aws', `printf '%s\\n' "$*" >> ${dir}/aws.log`);
+        stub('curl', target ? `case "$*" in *target-lifecycle-state*) echo '${target}' ;; *) echo token ;; esac` : 'exit 7');
+        stub('host-agent', `printf '%s\\n' "$*" >> ${dir}/agent.log; echo '{"ok":${agentExit === 0}}'; exit ${agentExit}`);
+        writeFileSync(join(dir, 'host.env'), 'AWS_REGION=eu-west-1\nAUTO_SCALING_GROUP_NAME=hosts\nLAUNCH_LIFECYCLE_HOOK=sandbox-host-launching\nHOST_ID=i-0123456789abcdef0\n');
+        const rewritten = script.replaceAll('/opt/ephemeral-sandbox/bin/host-agent', join(dir, 'host-agent')).replaceAll('/etc/ephemeral-sandbox/host.env', join(dir, 'host.env'));
+        const out = spawnSync('bash', ['-c', rewritten], { env: { PATH: `${dir}:${process.env.PATH}` }, encoding: 'utf8' });
+        const read = (f: string) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f), 'utf8').trim() : '');
+        return { status: out.status, stdout: out.stdout, aws: read('aws.log'), agent: read('agent.log') };
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    };
+
+    it('completes the launch hook with CONTINUE only when the launch-ready check passes (stand-in AWS CLI, IMDS and host-agent)', () => {
+      const complete = (result: string) =>
+        `autoscaling complete-lifecycle-action --region eu-west-1 --auto-scaling-group-name hosts --lifecycle-hook-name sandbox-host-launching --instance-id i-0123456789abcdef0 --lifecycle-action-result ${result}`;
+      const passed = runReadyScript(0);
+      assert.deepEqual([passed.status, passed.agent, passed.aws], [0, 'launch-ready', complete('CONTINUE')]);
+      const failed = runReadyScript(1);
+      assert.deepEqual([failed.status, failed.agent, failed.aws], [0, 'launch-ready', complete('ABANDON')]);
+      assert.match(failed.stdout, /launch-ready check failed, abandoning this host/);
+      // A host going into the warm pool: its daemon is not started yet, so the check leaves that step out.
+      const warmed = runReadyScript(0, 'Warmed:Stopped');
+      assert.deepEqual([warmed.agent, warmed.aws], ['launch-ready --warm-pool', complete('CONTINUE')]);
     });
 
     it('installs Docker, Node 22, mountpoint-s3, the host-agent and the sandbox image in user data', () => {

@@ -47,10 +47,10 @@ const testImage = 'ephemeral-sandbox-test:host-agent';
 
 /**
  * The real sandbox image when it exists (unless HOST_AGENT_TEST_MINIMAL_IMAGE=1),
- * else a minimal Debian with bash and an `agent` user (uid 1000).
+ * else (or with `minimal`) a minimal Debian with bash and an `agent` user (uid 1000).
  */
-export async function sandboxImage(): Promise<string> {
-  const candidates = process.env.HOST_AGENT_TEST_MINIMAL_IMAGE === '1' ? [testImage] : ['ephemeral-sandbox:latest', testImage];
+export async function sandboxImage(o: { minimal?: boolean } = {}): Promise<string> {
+  const candidates = o.minimal || process.env.HOST_AGENT_TEST_MINIMAL_IMAGE === '1' ? [testImage] : ['ephemeral-sandbox:latest', testImage];
   for (const candidate of candidates) {
     try {
       await docker.getImage(candidate).inspect();

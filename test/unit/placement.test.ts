@@ -100,6 +100,16 @@ describe('the order hosts are tried in', () => {
       want: ['mi-a', 'mi-b'],
     },
     {
+      name: 'hosts that resolved the configured reference (repo:tag) to their digest first',
+      strategy: 'spread',
+      image: 'repo:v2',
+      hosts: [
+        host('mi-a', cap, r(3, 6, 10, 3), { image: 'repo@sha256:new', image_ref: 'repo:v2' }),
+        host('mi-b', cap, r(1, 2, 5, 1), { image: 'repo@sha256:old', image_ref: 'repo:v1' }),
+      ],
+      want: ['mi-a', 'mi-b'],
+    },
+    {
       name: 'a host that stopped heartbeating is offered nothing',
       strategy: 'spread',
       hosts: [host('mi-stale', cap, r(0, 0, 0, 0), { last_heartbeat_at: 10 }), host('mi-live', cap, r(3, 6, 10, 3))],
