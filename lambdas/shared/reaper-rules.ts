@@ -121,6 +121,11 @@ export function signalled(r: Pick<SandboxRecord, 'stop_reason' | 'deadline_at' |
   return (r.stop_reason === 'completed' || r.stop_reason === 'agent_error') && r.deadline_at !== undefined && r.deadline_at <= Date.parse(r.updated_at) + 1000;
 }
 
+/** Whether a record read again is still due: its deadline (still there: it has not ended) is not past `now`. */
+export function isDue(r: Pick<SandboxRecord, 'deadline_at'>, now: number): boolean {
+  return r.deadline_at !== undefined && r.deadline_at <= now;
+}
+
 /** Heartbeats before this cutoff mean a host is gone (a daemon that restarts is back long before). */
 export function lostHostCutoff(now: number, s: Pick<ReaperSettings, 'hostLostAfterSeconds'>): number {
   return now - s.hostLostAfterSeconds * 1000;

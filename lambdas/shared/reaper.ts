@@ -24,6 +24,7 @@ import {
   failedShutdownRetry,
   failedShutdownRetrySeconds,
   hostIsLost,
+  isDue,
   lostHostCutoff,
   shutdownRetrySeconds,
   signalExecGraceSeconds,
@@ -95,12 +96,10 @@ async function failOnLostHost(r: Pick<SandboxRecord, 'sandbox_id' | 'host_id'>, 
 /** Reads the candidate again, asks the rules (reaper-rules.ts) what to do, and does it. */
 async function reapOne(c: Candidate, now: number, report: ReapReport, host: HostLookup, settings: ReaperSettings): Promise<void> {
   const r = await getSandbox(c.sandbox_id);
-  const due = r !== undefined && r.deadline_at !== undefined && r.deadline_at <= now;
-  // Only a sandbox that holds a host needs its host's record (read once per run).
-  const itsHost = due && r.live_host_id !== undefined ? await host(r.host_id) : undefined;
-  const action = decide(r, itsHost, now, settings);
-  if (!r) return;
-  await apply(r, action, now, report, settings);
+  if (!r) return; // deleted since the query
+  // Only a due sandbox that holds a host needs its host's record (read once per run).
+  const itsHost = isDue(r, now) && r.live_host_id !== undefined ? await host(r.host_id) : undefined;
+  await apply(r, decide(r, itsHost, now, settings), now, report, settings);
 }
 
 async function apply(r: SandboxRecord, action: ReapAction, now: number, report: ReapReport, settings: ReaperSettings): Promise<void> {

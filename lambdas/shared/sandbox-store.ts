@@ -4,7 +4,7 @@
  */
 import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import { unmarshall } from '@aws-sdk/util-dynamodb';
-import { BatchGetCommand, GetCommand, PutCommand, QueryCommand, UpdateCommand, type BatchGetCommandOutput, type QueryCommandInput } from '@aws-sdk/lib-dynamodb';
+import { BatchGetCommand, GetCommand, QueryCommand, UpdateCommand, type BatchGetCommandOutput, type QueryCommandInput } from '@aws-sdk/lib-dynamodb';
 import { dynamo, queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError, notFound } from './errors';
@@ -26,14 +26,6 @@ export class TransitionRejectedError extends Error {
     super(`sandbox ${sandboxId}: ${event} not allowed in status ${current?.status ?? 'missing'}`);
     this.name = 'TransitionRejectedError';
   }
-}
-
-/** Writes a new record (creating) and publishes sandbox.created once it is there. */
-export async function putNewSandbox(record: SandboxRecord): Promise<void> {
-  await dynamo().send(
-    new PutCommand({ TableName: table(), Item: record, ConditionExpression: 'attribute_not_exists(sandbox_id)' }),
-  );
-  await publishEvent(sandboxEvent('sandbox.created', record));
 }
 
 export async function getSandbox(sandboxId: string): Promise<SandboxRecord | undefined> {

@@ -16,6 +16,7 @@ import {
   failedShutdownRetry,
   hostIsLost,
   idleDeadline,
+  isDue,
   settledDeadline,
   shutdownLease,
   signalled,
@@ -182,6 +183,13 @@ describe('deadline rules', () => {
     for (const reason of ['user_requested', 'completed', 'agent_error', 'container_exited', 'host_draining', undefined] as const) {
       assert.equal(endEventOf(reason), 'stopped', String(reason));
     }
+  });
+
+  it('due: at its deadline and after, not 1 ms before, never once ended', () => {
+    assert.equal(isDue({ deadline_at: T }, T), true);
+    assert.equal(isDue({ deadline_at: T - 1 }, T), true);
+    assert.equal(isDue({ deadline_at: T + 1 }, T), false);
+    assert.equal(isDue({}, T), false);
   });
 
   it('signalled: only complete / error whose deadline is still the one they set', () => {
