@@ -24,7 +24,7 @@ import { publishHostFigures } from './host-metrics';
 import { shipDaemonOutput } from './log-shipper';
 import type { SandboxRecord } from '../../lambdas/shared/sandbox-record';
 import { getSandbox, liveSandboxesOnHost } from '../../lambdas/shared/sandbox-store';
-import { settledStatuses } from '../../lambdas/shared/sandbox-state';
+import { isActive, settledStatuses } from '../../lambdas/shared/sandbox-state';
 import { sandboxIdPattern } from '../../lambdas/shared/schemas';
 import { beginShutdown, markEnded, storageFor } from '../../lambdas/shared/sandboxes';
 import { EgressLogWriter } from '../../lambdas/shared/egress-log';
@@ -212,10 +212,10 @@ export async function reconcile(s: DaemonSettings, docker: DockerClient, now = D
   const byId = new Map(containers.map((c) => [sandboxIdOf(c) ?? '', c]));
   for (const r of records) {
     const c = byId.get(r.sandbox_id);
-    if (!c || (r.status !== 'ready' && r.status !== 'running')) continue;
+    if (!c || !isActive(r.status)) continue;
     if (c.State !== 'exited' && c.State !== 'dead') continue;
     const full = await getSandbox(r.sandbox_id);
-    if (!full || (full.status !== 'ready' && full.status !== 'running')) continue;
+    if (!full || !isActive(full.status)) continue;
     // Due at once: the reaper syncs the home and removes the container, as for any end.
     if (await beginShutdown(full, 'container_exited', `the container exited on its own (${c.Status})`, { dueNow: true })) {
       report.endedExited.push(r.sandbox_id);
@@ -275,7 +275,7 @@ export async function reconcileAllocations(
 async function syncRunningSandboxes(s: DaemonSettings, docker: DockerClient): Promise<void> {
   const hostConfig = loadHostConfig();
   for (const r of await liveSandboxesOnHost(s.hostId)) {
-    if (r.status !== 'ready' && r.status !== 'running') continue;
+    if (!isActive(r.status)) continue;
     try {
       await syncSandbox({ sandboxId: r.sandbox_id, storage: storageFor(r.tenant_id, r.user_id) }, hostConfig, docker);
     } catch (err) {

@@ -10,6 +10,7 @@
  */
 import { existsSync } from 'node:fs';
 import { logger } from '../../lambdas/shared/logger';
+import { activeStatuses } from '../../lambdas/shared/sandbox-state';
 import { sandboxPaths, type HostConfig } from './config';
 import type { DockerClient } from './docker';
 import type { StorageSpec } from './protocol';
@@ -41,7 +42,7 @@ export async function adoptSandboxes(
   const report: AdoptedSandbox[] = [];
   for (const s of sandboxes) {
     // Paused: its cold tier is unmounted on purpose and its container stopped; a start mounts it.
-    if (s.status !== 'ready' && s.status !== 'running') continue;
+    if (!(activeStatuses as readonly string[]).includes(s.status)) continue;
     report.push(await serialize(s.sandboxId, () => adoptOne(config, docker, s)));
   }
   const repaired = report.filter((r) => r.cold === 'remounted' || r.cold === 'failed');

@@ -8,7 +8,7 @@
  * in, so a destroy that raced a stop wins cleanly.
  */
 import { logger } from '../../lambdas/shared/logger';
-import { idleDeadline } from '../../lambdas/shared/sandbox-record';
+import { endEventOf, idleDeadline } from '../../lambdas/shared/reaper-rules';
 import { getSandbox, transition, TransitionRejectedError } from '../../lambdas/shared/sandbox-store';
 import type { SandboxEvent } from '../../lambdas/shared/sandbox-state';
 import { markEnded } from '../../lambdas/shared/sandboxes';
@@ -43,7 +43,7 @@ export async function recordCreateFailed(sandboxId: string, detail: string): Pro
 export async function recordDestroyed(sandboxId: string, detail?: string): Promise<void> {
   const r = await getSandbox(sandboxId);
   if (!r || r.status !== 'shutting_down') return;
-  const event = r.stop_reason === 'idle_timeout' || r.stop_reason === 'ttl_expired' ? 'expired' : 'stopped';
+  const event = endEventOf(r.stop_reason);
   await markEnded(r, { event, ...(detail ? { detail } : {}) });
 }
 

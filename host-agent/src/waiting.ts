@@ -9,7 +9,7 @@ import { config } from '../../lambdas/shared/config';
 import { getHost } from '../../lambdas/shared/host-store';
 import { logger } from '../../lambdas/shared/logger';
 import { addResources, fits, resourcesOf } from '../../lambdas/shared/placement';
-import { createTimeoutSeconds } from '../../lambdas/shared/sandboxes';
+import { createTimeoutSeconds } from '../../lambdas/shared/reaper-rules';
 import { runHostAgent, type DaemonRuntime } from './invocation';
 
 /** Claims the waiting creates that fit, oldest first, and starts making each; answers the ids taken. */

@@ -12,7 +12,9 @@ import { ApiError } from './errors';
 import { commandFinishedEvent, publishEvent } from './events';
 import { emitMetrics } from './metrics';
 import { openCommandStatuses, type CommandEndReason, type CommandRecord, type CommandStatus } from './command-state';
-import { idleDeadline, type SandboxRecord } from './sandbox-record';
+import type { SandboxRecord } from './sandbox-record';
+import { activeStatuses } from './sandbox-state';
+import { execStartDeadline, idleDeadline } from './reaper-rules';
 import { commandsTable, indexName } from './tables';
 
 const table = () => config().tables.commands;
@@ -28,6 +30,12 @@ export class CommandConflictError extends Error {
   }
 }
 
+/** The condition that a sandbox still accepts commands (its status is active: sandbox-state.ts), with its values. */
+const sandboxAcceptsCommands = {
+  expression: `attribute_exists(sandbox_id) AND #status IN (${activeStatuses.map((_, i) => `:active${i}`).join(', ')})`,
+  values: Object.fromEntries(activeStatuses.map((status, i) => [`:active${i}`, status])),
+};
+
 /**
  * A new command and its place on the sandbox record, in one transaction: the
  * command is recorded only if the sandbox still accepts commands, and the
@@ -39,7 +47,7 @@ export async function createCommand(
   now: number,
   endsBy: number,
 ): Promise<{ created: true } | { created: false; existing: CommandRecord } | { created: false; sandboxStatus: string }> {
-  const deadline = Math.max(idleDeadline(sandbox, now), Math.min(endsBy, sandbox.expires_at_ms));
+  const deadline = execStartDeadline(sandbox, endsBy, now);
   try {
     await dynamo().send(
       new TransactWriteCommand({
@@ -57,9 +65,9 @@ export async function createCommand(
               TableName: config().tables.sandboxes,
               Key: { sandbox_id: sandbox.sandbox_id },
               UpdateExpression: 'SET last_activity_at = :now, deadline_at = :deadline, #execs.#eid = :ends',
-              ConditionExpression: 'attribute_exists(sandbox_id) AND #status IN (:ready, :running)',
+              ConditionExpression: sandboxAcceptsCommands.expression,
               ExpressionAttributeNames: { '#status': 'status', '#execs': 'execs', '#eid': record.command_id },
-              ExpressionAttributeValues: { ':now': now, ':deadline': deadline, ':ends': endsBy, ':ready': 'ready', ':running': 'running' },
+              ExpressionAttributeValues: { ':now': now, ':deadline': deadline, ':ends': endsBy, ...sandboxAcceptsCommands.values },
               ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
             },
           },
@@ -320,7 +328,7 @@ export async function finishCommandOnSandbox(
   end: CommandEnd,
   sandbox: { cwd?: string; now: number },
 ): Promise<{ record: CommandRecord; sandboxUpdated: boolean }> {
-  const deadline = Math.min(sandbox.now + r.sandbox_idle_s * 1000, r.sandbox_expires_ms);
+  const deadline = idleDeadline({ idle_timeout_s: r.sandbox_idle_s, expires_at_ms: r.sandbox_expires_ms }, sandbox.now);
   const commandUpdate = finishExpression(end);
   try {
     await dynamo().send(
@@ -340,13 +348,12 @@ export async function finishCommandOnSandbox(
               Key: { sandbox_id: r.sandbox_id },
               // Other commands still running keep the sandbox alive: the reaper re-checks `execs` before it ends anything.
               UpdateExpression: `SET last_activity_at = :now, deadline_at = :deadline${sandbox.cwd !== undefined ? ', cwd = :cwd' : ''} REMOVE #execs.#eid`,
-              ConditionExpression: 'attribute_exists(sandbox_id) AND #status IN (:ready, :running)',
+              ConditionExpression: sandboxAcceptsCommands.expression,
               ExpressionAttributeNames: { '#status': 'status', '#execs': 'execs', '#eid': r.command_id },
               ExpressionAttributeValues: {
                 ':now': sandbox.now,
                 ':deadline': deadline,
-                ':ready': 'ready',
-                ':running': 'running',
+                ...sandboxAcceptsCommands.values,
                 ...(sandbox.cwd !== undefined ? { ':cwd': sandbox.cwd } : {}),
               },
             },

@@ -10,9 +10,7 @@ import { invalidState } from './errors';
 import { hostFailure, hosts } from './host-calls';
 import { toView, type SandboxView } from './sandbox-record';
 import { getTenantSandbox, TransitionRejectedError, updateSandbox } from './sandbox-store';
-
-/** Statuses whose container (running or stopped) is on a host that can take a new policy. */
-const changeable = ['ready', 'running', 'paused'] as const;
+import { isSettled, settledStatuses } from './sandbox-state';
 
 /**
  * Sets a sandbox's egress policy while it runs (or is stopped: it applies at start).
@@ -24,7 +22,8 @@ export async function setEgress(tenantId: string, sandboxId: string, egress: Egr
   if (r.config.network === 'none') {
     throw invalidState(`sandbox ${sandboxId} was created with network "none": it has no network to set an egress policy on`);
   }
-  if (!(changeable as readonly string[]).includes(r.status)) {
+  // A settled container (running or stopped) is on a host that can take a new policy.
+  if (!isSettled(r.status)) {
     throw invalidState(`sandbox ${sandboxId} is ${r.status}; the egress policy can change while it is ready, running or stopped`);
   }
   try {
@@ -37,7 +36,7 @@ export async function setEgress(tenantId: string, sandboxId: string, egress: Egr
       sandboxId,
       'network',
       { set: { updated_at: new Date().toISOString() }, names: { '#cfg': 'config', '#net': 'network' }, values: { ':net': { egress } }, extraSet: '#cfg.#net = :net' },
-      changeable,
+      settledStatuses,
     );
     return toView(updated);
   } catch (err) {

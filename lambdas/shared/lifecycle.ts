@@ -8,16 +8,11 @@ import { config } from './config';
 import { ApiError, invalidState } from './errors';
 import { hostFailure, hosts } from './host-calls';
 import { HostDispatchError } from './host-dispatch';
-import { isActive, isTerminal } from './sandbox-state';
-import { idleDeadline, toView, type SandboxRecord, type SandboxView } from './sandbox-record';
+import { isActive, isSettled, isTerminal, settledStatuses } from './sandbox-state';
+import { toView, type SandboxRecord, type SandboxView } from './sandbox-record';
+import { activityDeadline, idleDeadline, powerLease, settledDeadline } from './reaper-rules';
 import { getSandbox, getTenantSandbox, latest, transition, TransitionRejectedError, updateSandbox } from './sandbox-store';
 import { storageFor, waitSecondsUntil } from './sandboxes';
-
-/** Deadline that keeps in-flight execs covered. */
-function activityDeadline(r: SandboxRecord, now: number): number {
-  const inFlight = Object.values(r.execs ?? {}).filter((ends) => ends > now);
-  return Math.max(idleDeadline(r, now), ...inFlight.map((ends) => Math.min(ends, r.expires_at_ms)));
-}
 
 function rejected(err: unknown, action: string): never {
   if (err instanceof TransitionRejectedError) {
@@ -82,7 +77,7 @@ export async function refreshTimeout(
   body: { idle_timeout_seconds?: number; ttl_seconds?: number },
 ): Promise<SandboxView> {
   const r = await getTenantSandbox(tenantId, sandboxId);
-  if (!isActive(r.status) && r.status !== 'paused') throw invalidState(`sandbox ${sandboxId} is ${r.status}; cannot change its timeout`);
+  if (!isSettled(r.status)) throw invalidState(`sandbox ${sandboxId} is ${r.status}; cannot change its timeout`);
   const maxTtl = config().limits.maxTtlSeconds;
   const createdMs = Date.parse(r.created_at);
   const ttl = body.ttl_seconds ?? r.config.ttl_seconds;
@@ -103,19 +98,16 @@ export async function refreshTimeout(
           expires_at: new Date(expiresMs).toISOString(),
           config: { ...r.config, ttl_seconds: ttl, idle_timeout_seconds: idle },
           last_activity_at: now,
-          deadline_at: r.status === 'paused' ? expiresMs : activityDeadline(next, now),
+          deadline_at: settledDeadline(next, r.status, now),
         },
       },
-      ['ready', 'running', 'paused'],
+      settledStatuses,
     );
     return toView(updated);
   } catch (err) {
     rejected(err, 'change its timeout');
   }
 }
-
-/** How long a stop or start may stay unfinished before the reaper drives it again. */
-export const powerRetrySeconds = 120;
 
 /**
  * stop: the container stops (CPU and memory freed), its filesystem and home
@@ -129,7 +121,7 @@ export async function pauseSandbox(tenantId: string, sandboxId: string, deadline
   if (!isActive(r.status)) throw invalidState(`sandbox ${sandboxId} is ${r.status}; only a ready or running sandbox can be stopped`);
   let pausing: SandboxRecord;
   try {
-    pausing = await transition(sandboxId, 'pause', { set: { deadline_at: Date.now() + powerRetrySeconds * 1000 } });
+    pausing = await transition(sandboxId, 'pause', { set: { deadline_at: powerLease(Date.now()) } });
   } catch (err) {
     rejected(err, 'stop');
   }
@@ -160,7 +152,7 @@ export async function resumeSandbox(tenantId: string, sandboxId: string, deadlin
   if (r.status !== 'paused') throw invalidState(`sandbox ${sandboxId} is ${r.status}; only a stopped (paused) sandbox can be started`);
   let resuming: SandboxRecord;
   try {
-    resuming = await transition(sandboxId, 'resume', { set: { deadline_at: Date.now() + powerRetrySeconds * 1000 } });
+    resuming = await transition(sandboxId, 'resume', { set: { deadline_at: powerLease(Date.now()) } });
   } catch (err) {
     rejected(err, 'start');
   }

@@ -19,9 +19,22 @@ import { HostDispatchError } from './host-dispatch';
 import { getHost, hostsInPool, markHostLost, type HostRecord } from './host-store';
 import { reportUnhealthy } from './fleet';
 import { logger } from './logger';
-import { idleDeadline, type SandboxRecord } from './sandbox-record';
+import {
+  decide,
+  failedShutdownRetry,
+  failedShutdownRetrySeconds,
+  hostIsLost,
+  isDue,
+  lostHostCutoff,
+  shutdownRetrySeconds,
+  signalExecGraceSeconds,
+  type EndEvent,
+  type ReapAction,
+  type ReaperSettings,
+} from './reaper-rules';
+import type { SandboxRecord } from './sandbox-record';
 import { getSandbox, liveSandboxesOnHost, transition, TransitionRejectedError, updateSandbox } from './sandbox-store';
-import { beginShutdown, claimDue, finishShutdown, markEnded, shutdownRetrySeconds, storageFor } from './sandboxes';
+import { claimDue, finishShutdown, markEnded, storageFor } from './sandboxes';
 import { indexName, reapShards, sandboxesTable } from './tables';
 
 export interface ReapReport {
@@ -39,16 +52,9 @@ export interface ReapReport {
 
 type Candidate = Pick<SandboxRecord, 'sandbox_id' | 'status' | 'deadline_at'>;
 
-/** How long a complete/error waits for the execs still running in the sandbox (the one that sent it, usually). */
-export const signalExecGraceSeconds = 30;
-
-function execsInFlight(r: SandboxRecord, now: number): number[] {
-  return Object.values(r.execs ?? {}).filter((ends) => ends > now);
-}
-
-/** A shutdown the sandbox asked for (complete / error) and nobody has started driving yet. */
-function signalled(r: SandboxRecord): boolean {
-  return (r.stop_reason === 'completed' || r.stop_reason === 'agent_error') && r.deadline_at !== undefined && r.deadline_at <= Date.parse(r.updated_at) + 1000;
+/** The rules' settings for this run (HOST_LOST_AFTER_SECONDS from configuration, the rest fixed). */
+function reaperSettings(): ReaperSettings {
+  return { signalExecGraceSeconds, shutdownRetrySeconds, failedShutdownRetrySeconds, hostLostAfterSeconds: config().hostLostAfterSeconds };
 }
 
 /** Candidates: live sandboxes whose deadline passed, from every shard. */
@@ -87,30 +93,35 @@ async function failOnLostHost(r: Pick<SandboxRecord, 'sandbox_id' | 'host_id'>, 
   if (await markEnded(r, { event: 'fail', reason: 'host_lost', detail: `host ${r.host_id} stopped heartbeating` })) report.failed++;
 }
 
-async function reapOne(c: Candidate, now: number, report: ReapReport, host: HostLookup): Promise<void> {
+/** Reads the candidate again, asks the rules (reaper-rules.ts) what to do, and does it. */
+async function reapOne(c: Candidate, now: number, report: ReapReport, host: HostLookup, settings: ReaperSettings): Promise<void> {
   const r = await getSandbox(c.sandbox_id);
-  if (!r || r.deadline_at === undefined || r.deadline_at > now) return; // moved on since the query
-  if (r.live_host_id !== undefined && (await host(r.host_id))?.status === 'lost') {
-    // Missed by the run that marked its host lost (e.g. that run was cut short): no host to ask.
-    await failOnLostHost(r, report);
-    return;
-  }
+  if (!r) return; // deleted since the query
+  // Only a due sandbox that holds a host needs its host's record (read once per run).
+  const itsHost = isDue(r, now) && r.live_host_id !== undefined ? await host(r.host_id) : undefined;
+  await apply(r, decide(r, itsHost, now, settings), now, report, settings);
+}
 
-  switch (r.status) {
-    case 'creating': {
-      if (r.waiting) {
-        // No host took it within the capacity wait: it fails, and nothing exists on any host.
-        const ended = await markEnded(r, {
-          event: 'fail',
-          reason: 'no_capacity',
-          detail: `no host had room for it within ${config().capacityWaitSeconds} s`,
-          only: ['creating'],
-          whileWaiting: true,
-        });
-        if (ended) report.failed++;
+async function apply(r: SandboxRecord, action: ReapAction, now: number, report: ReapReport, settings: ReaperSettings): Promise<void> {
+  switch (action.kind) {
+    case 'nothing':
+      return;
+    case 'fail': {
+      if (action.reason === 'host_lost') {
+        await failOnLostHost(r, report);
         return;
       }
-      // A create that never finished: fail it and remove whatever the host made.
+      const ended = await markEnded(r, {
+        event: 'fail',
+        reason: 'no_capacity',
+        detail: `no host had room for it within ${config().capacityWaitSeconds} s`,
+        only: ['creating'],
+        whileWaiting: true,
+      });
+      if (ended) report.failed++;
+      return;
+    }
+    case 'fail_create': {
       const claimed = await claimDue(r, now);
       if (!claimed) return;
       try {
@@ -123,28 +134,22 @@ async function reapOne(c: Candidate, now: number, report: ReapReport, host: Host
       }
       return;
     }
-    case 'shutting_down': {
-      // Due now (complete/error) or a shutdown that did not finish: drive it.
-      if (signalled(r) && execsInFlight(r, now).length > 0 && now - Date.parse(r.updated_at) < signalExecGraceSeconds * 1000) {
-        // The exec that sent complete/error gets its answer before its container stops; checked again next run.
-        report.busy++;
-        return;
-      }
+    case 'wait':
+      // The exec that sent complete/error gets its answer before its container stops; checked again next run.
+      report.busy++;
+      return;
+    case 'finish_shutdown': {
       const claimed = await claimDue(r, now);
       if (!claimed) return;
-      const outcome = r.stop_reason === 'idle_timeout' || r.stop_reason === 'ttl_expired' ? 'expired' : 'stopped';
-      await finishOrRetrySoon(claimed, outcome);
-      report[outcome]++;
+      await finishOrRetrySoon(claimed, action.outcome, settings);
+      report[action.outcome]++;
       return;
     }
-    case 'pausing':
-    case 'resuming': {
-      // A stop or start whose host never reported back (its request was cut off, the host restarted): drive it again.
+    case 'redrive': {
       const claimed = await claimDue(r, now);
       if (!claimed) return;
-      const verb = r.status === 'pausing' ? 'pause' : 'resume';
       try {
-        await hosts().dispatch(r.host_id, verb, { sandboxId: r.sandbox_id, storage: storageFor(r.tenant_id, r.user_id) }, { timeoutSeconds: 120, waitSeconds: reaperWaitSeconds });
+        await hosts().dispatch(r.host_id, action.verb, { sandboxId: r.sandbox_id, storage: storageFor(r.tenant_id, r.user_id) }, { timeoutSeconds: 120, waitSeconds: reaperWaitSeconds });
         report.deferred++;
       } catch (err) {
         if (err instanceof HostDispatchError && err.code === 'still_running') {
@@ -155,51 +160,26 @@ async function reapOne(c: Candidate, now: number, report: ReapReport, host: Host
       }
       return;
     }
-    case 'ready':
-    case 'running':
-    case 'paused': {
-      if (r.expires_at_ms <= now) {
-        const shutting = await beginShutdown(r, 'ttl_expired');
-        if (!shutting) return;
-        await finishOrRetrySoon(shutting, 'expired');
-        report.expired++;
-        return;
-      }
-      if (r.status === 'paused') {
-        await moveDeadline(r, r.expires_at_ms); // only the TTL applies while paused
-        report.deferred++;
-        return;
-      }
-      const inFlight = execsInFlight(r, now);
-      if (inFlight.length > 0) {
-        // Never reap a sandbox for idleness while an exec runs.
-        await moveDeadline(r, Math.min(Math.max(...inFlight), r.expires_at_ms));
-        report.busy++;
-        return;
-      }
-      const idleEnds = idleDeadline(r, r.last_activity_at);
-      if (idleEnds > now) {
-        await moveDeadline(r, idleEnds);
-        report.deferred++;
-        return;
-      }
-      // Idle: end it, but only if nothing happened since we read it.
+    case 'end': {
       let shutting: SandboxRecord;
       try {
         shutting = await transition(r.sandbox_id, 'begin_shutdown', {
-          set: { stop_reason: 'idle_timeout', deadline_at: now + shutdownRetrySeconds * 1000 },
-          condition: 'last_activity_at = :seen',
-          values: { ':seen': r.last_activity_at },
+          set: { stop_reason: action.reason, deadline_at: action.leaseUntil },
+          // Idle: only if nothing happened since it was read (the TTL ends it whatever happened).
+          ...(action.reason === 'idle_timeout' ? { condition: 'last_activity_at = :seen', values: { ':seen': r.last_activity_at } } : {}),
         });
       } catch (err) {
-        if (err instanceof TransitionRejectedError) return; // activity or another reaper won
+        if (err instanceof TransitionRejectedError) return; // activity, a destroy or another reaper won
         throw err;
       }
-      await finishOrRetrySoon(shutting, 'expired');
+      await finishOrRetrySoon(shutting, 'expired', settings);
       report.expired++;
       return;
     }
-    default:
+    case 'defer':
+      await moveDeadline(r, action.until);
+      if (action.busy) report.busy++;
+      else report.deferred++;
       return;
   }
 }
@@ -207,21 +187,18 @@ async function reapOne(c: Candidate, now: number, report: ReapReport, host: Host
 /** How long the reaper waits on one host call (its function has 120 s; the host finishes and records what takes longer). */
 const reaperWaitSeconds = 45;
 
-/** How soon a shutdown that failed on the host is tried again (the claim's lease is longer). */
-const failedShutdownRetrySeconds = 10;
-
 /**
  * Ends a claimed sandbox on its host; when the host call fails, the lease is
  * cut short so the next run (not the one after the lease) tries again, and the
  * failure is reported.
  */
-async function finishOrRetrySoon(claimed: SandboxRecord, outcome: 'stopped' | 'expired'): Promise<void> {
+async function finishOrRetrySoon(claimed: SandboxRecord, outcome: EndEvent, settings: ReaperSettings): Promise<void> {
   try {
     await finishShutdown(claimed, { graceful: true, outcome, waitSeconds: reaperWaitSeconds });
   } catch (err) {
     // The host is still syncing the home: it records the end itself (and the claim brings it back here if not).
     if (err instanceof HostDispatchError && err.code === 'still_running') return;
-    await moveDeadline(claimed, Date.now() + failedShutdownRetrySeconds * 1000);
+    await moveDeadline(claimed, failedShutdownRetry(Date.now(), settings));
     throw err;
   }
 }
@@ -241,11 +218,12 @@ async function moveDeadline(r: SandboxRecord, deadline: number): Promise<void> {
  * within seconds (systemd restarts it; hostDaemonService.restartSeconds), far
  * inside hostLostAfterSeconds: only a host that is gone stays silent that long.
  */
-async function reapLostHosts(now: number, report: ReapReport): Promise<void> {
-  const cutoff = now - config().hostLostAfterSeconds * 1000;
+async function reapLostHosts(now: number, report: ReapReport, settings: ReaperSettings): Promise<void> {
+  const cutoff = lostHostCutoff(now, settings);
   const watched = [...(await hostsInPool('active')), ...(await hostsInPool('draining'))];
   for (const host of watched) {
-    if (host.last_heartbeat_at >= cutoff) continue;
+    if (!hostIsLost(host, now, settings)) continue;
+    // Conditional on the same cutoff: a heartbeat that lands meanwhile keeps the host.
     if (!(await markHostLost(host.host_id, cutoff))) continue;
     report.hostsLost++;
     logger.warn('reaper: host lost', { hostId: host.host_id, lastHeartbeatAt: new Date(host.last_heartbeat_at).toISOString() });
@@ -282,12 +260,13 @@ async function reapLostHosts(now: number, report: ReapReport): Promise<void> {
 /** One reaper run. Failures on one sandbox are reported and do not stop the others. */
 export async function reap(now = Date.now()): Promise<ReapReport> {
   const report: ReapReport = { candidates: 0, expired: 0, stopped: 0, failed: 0, busy: 0, deferred: 0, errors: 0, hostsLost: 0, consumedReadUnits: 0 };
-  await reapLostHosts(now, report);
+  const settings = reaperSettings();
+  await reapLostHosts(now, report, settings);
   const due = await dueSandboxes(now);
   report.candidates = due.items.length;
   report.consumedReadUnits = due.consumedReadUnits;
   const host = hostLookup();
-  const results = await Promise.allSettled(due.items.map((c) => reapOne(c, now, report, host)));
+  const results = await Promise.allSettled(due.items.map((c) => reapOne(c, now, report, host, settings)));
   for (const [i, res] of results.entries()) {
     if (res.status === 'rejected') {
       report.errors++;

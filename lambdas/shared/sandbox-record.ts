@@ -5,6 +5,7 @@ import type { EgressPolicy } from '../../host-agent/src/egress/policy';
 import { reapShards } from './tables';
 import type { SandboxStatus, StopReason } from './sandbox-state';
 import { isTerminal } from './sandbox-state';
+import { idleDeadline } from './reaper-rules';
 
 export const hotPath = '/home/agent';
 export const coldPath = '/data/cold';
@@ -108,7 +109,7 @@ export interface SandboxView {
 }
 
 export function toView(r: SandboxRecord): SandboxView {
-  const idle = Math.min(r.last_activity_at + r.idle_timeout_s * 1000, r.expires_at_ms);
+  const idle = idleDeadline(r, r.last_activity_at);
   return {
     sandbox_id: r.sandbox_id,
     user_id: r.user_id,
@@ -139,9 +140,4 @@ export function reapShardOf(sandboxId: string): string {
   let h = 0;
   for (const c of sandboxId) h = (h * 31 + c.charCodeAt(0)) >>> 0;
   return String(h % reapShards);
-}
-
-/** Idle deadline after activity at `now`, never past the TTL. */
-export function idleDeadline(r: Pick<SandboxRecord, 'idle_timeout_s' | 'expires_at_ms'>, now: number): number {
-  return Math.min(now + r.idle_timeout_s * 1000, r.expires_at_ms);
 }

@@ -89,6 +89,11 @@ export function isActive(status: SandboxStatus): boolean {
   return (activeStatuses as readonly SandboxStatus[]).includes(status);
 }
 
+/** Narrows to a settled status (ready, running, paused): a container exists and no verb is at work on it. */
+export function isSettled(status: SandboxStatus): status is (typeof settledStatuses)[number] {
+  return (settledStatuses as readonly SandboxStatus[]).includes(status);
+}
+
 /** Why a sandbox ended, recorded as `stop_reason` (the API's answers and docs/openapi.json list these). */
 export const stopReasons = [
   'user_requested',

@@ -4,13 +4,14 @@
  */
 import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import { unmarshall } from '@aws-sdk/util-dynamodb';
-import { BatchGetCommand, GetCommand, PutCommand, QueryCommand, UpdateCommand, type BatchGetCommandOutput, type QueryCommandInput } from '@aws-sdk/lib-dynamodb';
+import { BatchGetCommand, GetCommand, QueryCommand, UpdateCommand, type BatchGetCommandOutput, type QueryCommandInput } from '@aws-sdk/lib-dynamodb';
 import { dynamo, queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError, notFound } from './errors';
 import { eventForTransition, publishEvent, sandboxEvent } from './events';
 import { activeStatuses, allowedFrom, liveStatuses, targetOf, type SandboxEvent, type SandboxStatus } from './sandbox-state';
-import { idleDeadline, type SandboxRecord } from './sandbox-record';
+import type { SandboxRecord } from './sandbox-record';
+import { activityDeadline, execStartDeadline } from './reaper-rules';
 import { indexName, sandboxesTable } from './tables';
 
 const table = () => config().tables.sandboxes;
@@ -25,14 +26,6 @@ export class TransitionRejectedError extends Error {
     super(`sandbox ${sandboxId}: ${event} not allowed in status ${current?.status ?? 'missing'}`);
     this.name = 'TransitionRejectedError';
   }
-}
-
-/** Writes a new record (creating) and publishes sandbox.created once it is there. */
-export async function putNewSandbox(record: SandboxRecord): Promise<void> {
-  await dynamo().send(
-    new PutCommand({ TableName: table(), Item: record, ConditionExpression: 'attribute_not_exists(sandbox_id)' }),
-  );
-  await publishEvent(sandboxEvent('sandbox.created', record));
 }
 
 export async function getSandbox(sandboxId: string): Promise<SandboxRecord | undefined> {
@@ -163,7 +156,7 @@ export async function transition(sandboxId: string, event: SandboxEvent, spec: U
  * only shortlists; the reaper re-checks `execs` before ending anything.
  */
 export async function beginExec(r: SandboxRecord, execId: string, execEndsBy: number, now: number): Promise<SandboxRecord> {
-  const deadline = Math.max(idleDeadline(r, now), Math.min(execEndsBy, r.expires_at_ms));
+  const deadline = execStartDeadline(r, execEndsBy, now);
   return updateSandbox(
     r.sandbox_id,
     'exec',
@@ -183,8 +176,7 @@ export async function beginExec(r: SandboxRecord, execId: string, execEndsBy: nu
  * meanwhile has nothing to record: the call that raced it fails on its own.
  */
 export async function recordActivity(r: SandboxRecord, now: number): Promise<void> {
-  const inFlight = Object.values(r.execs ?? {}).filter((ends) => ends > now);
-  const deadline = Math.max(idleDeadline(r, now), ...inFlight.map((ends) => Math.min(ends, r.expires_at_ms)));
+  const deadline = activityDeadline(r, now);
   try {
     await updateSandbox(r.sandbox_id, 'activity', { set: { last_activity_at: now, deadline_at: deadline } }, activeStatuses);
   } catch (err) {
@@ -195,8 +187,7 @@ export async function recordActivity(r: SandboxRecord, now: number): Promise<voi
 /** Records an exec ending: activity, sticky cwd, and the idle deadline from now. */
 export async function endExec(r: SandboxRecord, execId: string, cwd: string | undefined, now: number): Promise<void> {
   // Another exec still in flight keeps the deadline out to its own end.
-  const others = Object.entries(r.execs ?? {}).filter(([id, ends]) => id !== execId && ends > now);
-  const deadline = Math.max(idleDeadline(r, now), ...others.map(([, ends]) => Math.min(ends, r.expires_at_ms)));
+  const deadline = activityDeadline(r, now, execId);
   try {
     await updateSandbox(
       r.sandbox_id,

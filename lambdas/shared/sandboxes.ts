@@ -17,7 +17,8 @@ import { closeOpenCommands } from './command-store';
 import { HostDispatchError } from './host-dispatch';
 import { logger } from './logger';
 import { isActive, isTerminal, type SandboxStatus, type StopReason } from './sandbox-state';
-import { egressOf, hotPath, idleDeadline, reapShardOf, toView, type SandboxRecord, type SandboxView } from './sandbox-record';
+import { egressOf, hotPath, reapShardOf, toView, type SandboxRecord, type SandboxView } from './sandbox-record';
+import { createDeadline, createTimeoutSeconds, endEventOf, idleDeadline, shutdownLease } from './reaper-rules';
 import {
   beginExec,
   endExec,
@@ -34,11 +35,6 @@ import { isFinalCommandStatus, type CommandStatus } from './command-state';
 import { specOf, startCommand, toCommandView, waitForEnd, wholeOutput, type CommandView } from './commands';
 import { recordWithTenantSlot, refuseIfTenantFull, releaseTenantSlot } from './tenants';
 import type { CreateRequest, StorageSpec } from '../../host-agent/src/protocol';
-
-/** How long a host may take to create a sandbox before the reaper cleans up. */
-export const createTimeoutSeconds = 120;
-/** How long a shutdown may stay unfinished before the reaper drives it again. */
-export const shutdownRetrySeconds = 120;
 
 export function newSandboxId(): string {
   const alphabet = 'abcdefghijklmnopqrstuvwxyz0123456789';
@@ -124,7 +120,7 @@ export async function createSandbox(
     reap_shard: reapShardOf(sandboxId),
     // Until the host answers, the deadline is the create timeout (or, while it waits for a host, the capacity wait):
     // a create that dies half-way, or that no host takes, is found and cleaned up by the reaper.
-    deadline_at: now + (host ? createTimeoutSeconds : c.capacityWaitSeconds) * 1000,
+    deadline_at: createDeadline(now, { onHost: host !== undefined, capacityWaitSeconds: c.capacityWaitSeconds }),
     ...(host ? { live_host_id: host.host_id } : { waiting: 'capacity' as const, status_detail: 'waiting_for_capacity' as const }),
     cwd: hotPath,
     config: {
@@ -394,7 +390,7 @@ export async function destroySandbox(p: Principal, sandboxId: string, graceful: 
     const ended = await markEnded(shutting, { event: 'stopped', detail: 'ended while it waited for a host' });
     return { done: true, view: toView(ended ?? (await getSandbox(sandboxId)) ?? shutting) };
   }
-  const outcome = shutting.stop_reason === 'idle_timeout' || shutting.stop_reason === 'ttl_expired' ? 'expired' : 'stopped';
+  const outcome = endEventOf(shutting.stop_reason);
   try {
     const ended = await finishShutdown(shutting, { graceful, outcome, waitSeconds: waitSecondsUntil(deadline) });
     return { done: true, view: toView(ended) };
@@ -418,7 +414,7 @@ export async function claimDue(r: SandboxRecord, now: number): Promise<SandboxRe
     return await updateSandbox(
       r.sandbox_id,
       'reap_claim',
-      { set: { deadline_at: now + shutdownRetrySeconds * 1000 }, condition: 'deadline_at = :seen', values: { ':seen': r.deadline_at } },
+      { set: { deadline_at: shutdownLease(now) }, condition: 'deadline_at = :seen', values: { ':seen': r.deadline_at } },
       [r.status],
     );
   } catch (err) {
@@ -440,7 +436,7 @@ export async function beginShutdown(
         stop_reason: reason,
         ...(detail ? { stop_detail: detail } : {}),
         // If this shutdown never finishes, the reaper drives it again (dueNow: the reaper is the one to drive it).
-        deadline_at: o.dueNow ? Date.now() : Date.now() + shutdownRetrySeconds * 1000,
+        deadline_at: o.dueNow ? Date.now() : shutdownLease(Date.now()),
       },
     });
   } catch (err) {

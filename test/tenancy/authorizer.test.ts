@@ -11,9 +11,9 @@ import type { APIGatewayRequestAuthorizerEvent } from 'aws-lambda';
 import { handler } from '../../lambdas/authorizer';
 import { createApiKey, generateSandboxToken, revokeApiKey, sha256Hex } from '../../lambdas/shared/api-keys';
 import { resetConfig } from '../../lambdas/shared/config';
-import { putNewSandbox } from '../../lambdas/shared/sandbox-store';
 import type { SandboxRecord } from '../../lambdas/shared/sandbox-record';
 import { tables } from '../../lambdas/shared/tables';
+import { recordWithTenantSlot } from '../../lambdas/shared/tenants';
 import { startLocalApi } from '../../lib/local/api-gateway';
 import { createTables, startDynamoDbLocal, type DynamoDbLocal } from '../../lib/local/dynamodb-local';
 
@@ -91,7 +91,8 @@ describe('the Lambda authorizer', () => {
     const sandboxId = 'sbx-' + 'a1'.repeat(10);
     const token = generateSandboxToken(sandboxId);
     const now = Date.now();
-    await putNewSandbox({
+    // Recorded the way a create records it (the tenant's slot and the record in one transaction).
+    await recordWithTenantSlot({
       sandbox_id: sandboxId,
       tenant_id: 'acme',
       user_id: 'u',
