@@ -117,7 +117,9 @@ export function allowsScaleIn(utilizationWithoutOneHostPercent: number, headroom
  */
 export function hostsForHeadroom(hosts: readonly FleetHost[], waiting: readonly Resources[], launching: number, hostShape: Resources, headroomPercent: number): number {
   const active = hosts.filter((h) => h.status === 'active');
-  const demand = waiting.reduce((sum, w) => addResources(sum, w), active.reduce((sum, h) => addResources(sum, h.allocated), zeroResources));
+  // A create larger than a whole host is counted out, as in hostsToAdd: no number of hosts places it.
+  const placeable = waiting.filter((w) => fits(hostShape, zeroResources, w));
+  const demand = placeable.reduce((sum, w) => addResources(sum, w), active.reduce((sum, h) => addResources(sum, h.allocated), zeroResources));
   if (demand.sandboxes === 0 || hostShape.sandboxes <= 0) return 0;
   const base = active.reduce((sum, h) => addResources(sum, h.capacity), zeroResources);
   const most = 1 - Math.min(headroomPercent, maxHeadroomPercent) / 100;

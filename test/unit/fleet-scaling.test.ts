@@ -74,6 +74,12 @@ describe('hostsForHeadroom', () => {
     assert.equal(hostsForHeadroom([host(4)], waiting(1), 0, shape, 0), 1);
   });
 
+  it('counts out a create larger than a whole host (no number of hosts places it), as hostsToAdd does', () => {
+    const tooBig: Resources = { cpu_milli: 1000, memory_mb: 8192, disk_mb: 1536, sandboxes: 1 };
+    assert.equal(hostsForHeadroom([host(1)], [tooBig], 0, shape, 0), 0);
+    assert.equal(hostsNeeded([host(1)], [tooBig], 0, shape, 20), 0);
+  });
+
   it('leaves draining and lost hosts out of the capacity', () => {
     assert.equal(hostsForHeadroom([host(4), host(0, 'draining')], [], 0, shape, 20), 1);
   });
