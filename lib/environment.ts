@@ -6,6 +6,7 @@
  */
 import { InstanceArchitecture, InstanceType } from 'aws-cdk-lib/aws-ec2';
 import { z } from 'zod';
+import { maxHeadroomPercent } from '../lambdas/shared/fleet-scaling';
 
 const positiveInt = z.number().int().positive();
 const nonNegativeInt = z.number().int().min(0);
@@ -61,6 +62,14 @@ const environmentSchema = z
       drainTimeoutSeconds: positiveInt.min(30).max(7200),
       /** How long first-boot setup may take before the launch hook abandons the instance. */
       bootTimeoutSeconds: positiveInt.min(30).max(7200),
+      /**
+       * Capacity kept free ahead of demand, in percent of the fleet by its scarcest resource (CPU, memory,
+       * disk or slots): the fleet adds hosts when less is free, and gives one back only if as much stays
+       * free without it. 0 = hosts only for sandboxes that exist or wait (dev: rests at zero).
+       */
+      headroomPercent: nonNegativeInt.max(maxHeadroomPercent),
+      /** How long (minutes) a host must have been spare before the group gives it back; CloudWatch evaluates at most a day. */
+      scaleInAfterMinutes: positiveInt.max(1440),
     }),
     api: z.strictObject({
       stageName: z.string().regex(/^[A-Za-z0-9_]+$/),

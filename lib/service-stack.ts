@@ -118,6 +118,8 @@ export class ServiceStack extends Stack {
       fleetEvents: this.functions.fn('fleet-events'),
       fleetCapacity,
       spot: e.hosts.spot.enabled,
+      headroomPercent: e.hosts.headroomPercent,
+      scaleInAfterMinutes: e.hosts.scaleInAfterMinutes,
       // The same delivery policy as the reaper's schedule.
       retryAttempts: e.reaper.retryAttempts,
       maxEventAgeSeconds: e.reaper.maxEventAgeSeconds,

@@ -21,6 +21,14 @@ export function fileSystemMb(dir: string): number {
   return Math.floor((s.blocks * s.bsize) / (1024 * 1024));
 }
 
+/** What a host holds back when host.env says nothing (the fleet simulation sizes its hosts with the same). */
+export const hostResourceDefaults = {
+  cpuOvercommit: 1,
+  // Docker, the daemon, the SSM agent and one FUSE client per cold tier.
+  reservedMemoryMb: 768,
+  reservedDiskMb: 1024,
+} as const;
+
 /**
  * The host's allocatable resources. Settings (host.env): HOST_SLOTS (most
  * sandboxes at once), HOST_CPU_OVERCOMMIT (1), HOST_RESERVED_MEMORY_MB (768:
@@ -39,9 +47,9 @@ export function hostResources(stateDir: string, slots: number, env: NodeJS.Proce
       stateDiskMb: diskMb === undefined ? fileSystemMb(stateDir) : 0,
     },
     {
-      cpuOvercommit: number(env, 'HOST_CPU_OVERCOMMIT', 1)!,
-      reservedMemoryMb: number(env, 'HOST_RESERVED_MEMORY_MB', 768)!,
-      reservedDiskMb: number(env, 'HOST_RESERVED_DISK_MB', 1024)!,
+      cpuOvercommit: number(env, 'HOST_CPU_OVERCOMMIT', hostResourceDefaults.cpuOvercommit)!,
+      reservedMemoryMb: number(env, 'HOST_RESERVED_MEMORY_MB', hostResourceDefaults.reservedMemoryMb)!,
+      reservedDiskMb: number(env, 'HOST_RESERVED_DISK_MB', hostResourceDefaults.reservedDiskMb)!,
       maxSandboxes: slots,
     },
     { cpu, memoryMb, diskMb },

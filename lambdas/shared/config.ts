@@ -68,6 +68,8 @@ export interface ControlPlaneConfig {
   autoScalingGroupName: string;
   /** Most sandboxes a host takes (its HOST_SLOTS): sizes a host the fleet has not seen yet. */
   hostSlots: number;
+  /** Capacity (percent, scarcest resource) the fleet keeps free ahead of demand (hosts.headroomPercent). */
+  fleetHeadroomPercent: number;
   /** The longest a host may drain before it is terminated anyway (hosts.drainTimeoutSeconds). */
   drainTimeoutSeconds: number;
   /** Days an egress log entry is kept (DynamoDB TTL). */
@@ -112,6 +114,7 @@ export function loadConfig(): ControlPlaneConfig {
     capacityWaitSeconds: int('CAPACITY_WAIT_SECONDS', 600),
     autoScalingGroupName: str('AUTO_SCALING_GROUP_NAME', ''),
     hostSlots: int('HOST_SLOTS', 8),
+    fleetHeadroomPercent: int('FLEET_HEADROOM_PERCENT', 0),
     drainTimeoutSeconds: int('DRAIN_TIMEOUT_SECONDS', 300),
     egressLogRetentionDays: int('EGRESS_LOG_RETENTION_DAYS', 7),
     filesUrlTtlSeconds: int('FILES_URL_TTL_SECONDS', 900),

@@ -17,7 +17,7 @@ import {
 import { autoScaling } from './clients/autoscaling';
 import { config } from './config';
 import { waitingCreates, waitingDemand } from './capacity-wait';
-import { desiredForWaiting, hostShapeOf, hostsToAdd } from './fleet-scaling';
+import { desiredForWaiting, hostShapeOf, hostsNeeded } from './fleet-scaling';
 import { activeHosts } from './host-store';
 import { logger } from './logger';
 import { resourcesOf, type Resources } from './placement';
@@ -38,10 +38,12 @@ export interface CapacityAnswer {
 }
 
 /**
- * Asks the group for the hosts the waiting creates need (fleet-scaling.ts
- * decides how many): a higher desired capacity, at most the group's maximum.
- * Hosts still launching count as room already. Safe to repeat: it only ever
- * raises the desired capacity to what the waiting creates need.
+ * Asks the group for the hosts the fleet needs (fleet-scaling.ts decides how
+ * many): room for the waiting creates and the environment's headroom
+ * (FLEET_HEADROOM_PERCENT), as a higher desired capacity, at most the group's
+ * maximum. Hosts still launching count as room already. Safe to repeat: it
+ * only ever raises the desired capacity (giving hosts back is the group's
+ * scale-in policy's job).
  */
 export async function requestCapacity(o: { also?: Resources[] } = {}): Promise<CapacityAnswer> {
   const c = config();
@@ -63,16 +65,16 @@ export async function requestCapacity(o: { also?: Resources[] } = {}): Promise<C
     slots: c.hostSlots,
     defaultSandbox: resourcesOf({ cpu: c.limits.defaultCpu, memory_mb: c.limits.defaultMemoryMb, disk_mb: c.limits.defaultDiskMb }),
   });
-  const toAdd = hostsToAdd(hosts, demand, launching, shape);
+  const toAdd = hostsNeeded(hosts, demand, launching, shape, c.fleetHeadroomPercent);
   const next = desiredForWaiting({ desired, max, running: starting }, toAdd);
   if (next === undefined) {
-    const reason = toAdd === 0 ? 'the hosts in service and launching have room' : `the group is at its maximum of ${max} hosts`;
+    const reason = toAdd === 0 ? 'the hosts in service and launching have room and headroom' : `the group is at its maximum of ${max} hosts`;
     return { asked: false, desired, reason };
   }
   // HonorCooldown false: a create is waiting now; a cooldown is for the policy's own steps.
   await autoScaling().send(new SetDesiredCapacityCommand({ AutoScalingGroupName: c.autoScalingGroupName, DesiredCapacity: next, HonorCooldown: false }));
   logger.info('fleet: asked for capacity', { group: c.autoScalingGroupName, from: desired, to: next, waiting: demand.length });
-  return { asked: true, desired: next, reason: `${demand.length} create(s) waiting need ${toAdd} more host(s)` };
+  return { asked: true, desired: next, reason: `${demand.length} create(s) waiting and ${c.fleetHeadroomPercent} % headroom need ${toAdd} more host(s)` };
 }
 
 /** Protects (or releases) a host from scale-in: hosts with sandboxes are protected, so only empty or drained hosts go. */

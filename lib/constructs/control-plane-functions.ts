@@ -59,6 +59,9 @@ export interface ControlPlaneFunctionsProps {
   autoScalingGroupName: string;
 }
 
+/** How long a create that found no room waits for a host before it fails no_capacity (the fleet simulation reads it too). */
+export const capacityWaitSeconds = 600;
+
 /** `create-sandbox` -> `CreateSandbox`, for construct ids. */
 export function pascal(name: string): string {
   return name.replace(/(^|-)([a-z0-9])/g, (_m, _d, c: string) => c.toUpperCase());
@@ -88,8 +91,10 @@ export function handlerEnvironment(props: Omit<ControlPlaneFunctionsProps, 'hand
     PLACEMENT_STRATEGY: 'spread',
     // A create with no room asks this group for hosts and waits (202 waiting_for_capacity).
     AUTO_SCALING_GROUP_NAME: props.autoScalingGroupName,
-    CAPACITY_WAIT_SECONDS: '600',
+    CAPACITY_WAIT_SECONDS: String(capacityWaitSeconds),
     HOST_SLOTS: String(props.environment.hosts.sandboxSlotsPerHost),
+    // fleet-capacity (each minute) and a create that finds no room add hosts until this much stays free.
+    FLEET_HEADROOM_PERCENT: String(props.environment.hosts.headroomPercent),
     // The termination hook's heartbeat timeout: how long a terminating host may drain.
     DRAIN_TIMEOUT_SECONDS: String(props.environment.hosts.drainTimeoutSeconds),
     COMMAND_OUTPUT_MAX_BYTES: String(l.commandOutputMaxBytes),

@@ -3,8 +3,8 @@
  * termination lifecycle actions and EC2 Spot interruption warnings to the
  * fleet-events function (the host drains), EventBridge Scheduler runs the
  * fleet-capacity function every minute (the capacity metric, and capacity
- * asked again for creates still waiting), and a step policy on that metric
- * gives back hosts the fleet no longer needs. Failed deliveries are retried,
+ * asked for creates still waiting and for the environment's headroom), and a
+ * step policy on that metric gives back a host the fleet no longer needs. Failed deliveries are retried,
  * then parked in one encrypted, TLS-only dead-letter queue.
  */
 import { Duration, Stack } from 'aws-cdk-lib';
@@ -21,6 +21,7 @@ import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
 import { deadLetterQueue } from './reaper-schedule';
 import { fleetMetricDimension, fleetMetricNamespace, fleetMetrics } from '../../lambdas/shared/fleet-metric';
+import { scaleInThresholdPercent } from '../../lambdas/shared/fleet-scaling';
 
 /** What the group's termination lifecycle action and the Spot warning are called on EventBridge (lambdas/shared/drain.ts reads the same). */
 export const terminateLifecycleActionDetailType = 'EC2 Instance-terminate Lifecycle Action';
@@ -28,15 +29,6 @@ export const spotInterruptionDetailType = 'EC2 Spot Instance Interruption Warnin
 
 /** The capacity metric is a per-minute measurement: the schedule runs at that rate. */
 export const fleetCapacityRateMinutes = 1;
-
-/**
- * Below this fleet utilization (by the scarcest resource, waiting creates
- * counted) for `scaleInAfterMinutes`, the group gives back one host. At 40 %
- * the hosts left after removing one of N >= 2 are at most 80 % full: room
- * stays for the next creates, so scale-in never forces a scale-out.
- */
-export const scaleInBelowUtilizationPercent = 40;
-export const scaleInAfterMinutes = 15;
 
 export interface FleetWiringProps {
   envName: string;
@@ -47,6 +39,10 @@ export interface FleetWiringProps {
   fleetCapacity: lambda.IFunction;
   /** Whether the group runs Spot hosts (the interruption-warning rule is only made then). */
   spot: boolean;
+  /** Capacity kept free ahead of demand, percent (hosts.headroomPercent): sets the scale-in threshold. */
+  headroomPercent: number;
+  /** Minutes a host must have been spare before it goes (hosts.scaleInAfterMinutes). */
+  scaleInAfterMinutes: number;
   /** Delivery retries of the rules and the schedule before a dead letter. */
   retryAttempts: number;
   maxEventAgeSeconds: number;
@@ -116,28 +112,35 @@ export class FleetWiring extends Construct {
       true,
     );
 
-    // Why a scale-in step policy and no target tracking: fleet-capacity and create-sandbox set the desired capacity
-    // themselves (exactly the hosts waiting creates need, at once, from zero); a target tracking policy would set it too,
-    // from the same metric on its own schedule, and the two would overwrite each other. This policy only ever gives
-    // back a host, and cannot while creates wait (they count in the metric, which then reads 100 % or more). Hosts with
-    // sandboxes are protected from scale-in by their daemon, so the host that goes is an empty one.
-    const utilization = new cloudwatch.Metric({
+    // Who moves the group: fleet-capacity (each minute) and create-sandbox raise the desired capacity themselves, to
+    // exactly the hosts the waiting creates and the headroom need (fleet-scaling.ts hostsNeeded), at once, from zero,
+    // never past the maximum; this step policy only ever gives back one host. Why no target tracking policy: it would
+    // set the desired capacity too, from its own proportional rule and its own schedule, and the two writers would
+    // overwrite each other; it also cannot launch the first host of a fleet at zero. Why a step on a dedicated
+    // reading (the utilization with the largest empty host given back) rather than a threshold on the utilization:
+    // whether a host may go without breaking the headroom depends on how many hosts there are, which a fixed
+    // threshold on the utilization cannot express; the reading does, so the threshold is simply 100 - headroom.
+    // The reading is noScaleInReading while creates wait or no host is empty, and hosts with sandboxes are protected
+    // from scale-in by their daemon: the host that goes is an empty one. The group keeps minHosts regardless.
+    const withoutOneHost = new cloudwatch.Metric({
       namespace: fleetMetricNamespace,
-      metricName: fleetMetrics.utilization.name,
+      metricName: fleetMetrics.utilizationWithoutOneHost.name,
       dimensionsMap: { [fleetMetricDimension]: props.groupName },
+      // The highest reading of each period: one busy moment keeps the host.
       statistic: cloudwatch.Stats.MAXIMUM,
       period: Duration.minutes(fleetCapacityRateMinutes),
     });
+    const threshold = scaleInThresholdPercent(props.headroomPercent);
     this.scaleIn = props.group.scaleOnMetric('ScaleIn', {
-      metric: utilization,
+      metric: withoutOneHost,
       scalingSteps: [
-        { upper: scaleInBelowUtilizationPercent, change: -1 },
+        { upper: threshold, change: -1 },
         // No upper alarm: adding hosts is the capacity function's job.
-        { lower: scaleInBelowUtilizationPercent, change: 0 },
+        { lower: threshold, change: 0 },
       ],
       adjustmentType: autoscaling.AdjustmentType.CHANGE_IN_CAPACITY,
-      evaluationPeriods: scaleInAfterMinutes / fleetCapacityRateMinutes,
-      datapointsToAlarm: scaleInAfterMinutes / fleetCapacityRateMinutes,
+      evaluationPeriods: Math.ceil(props.scaleInAfterMinutes / fleetCapacityRateMinutes),
+      datapointsToAlarm: Math.ceil(props.scaleInAfterMinutes / fleetCapacityRateMinutes),
     });
   }
 }

@@ -79,6 +79,13 @@ describe('per-environment settings from cdk.json', () => {
     assert.throws(() => resolveEnvironment('dev', withChange('dev', (e) => (e.limits.defaultDiskMb = 8192))), /limits\.defaultDiskMb: defaultDiskMb is above maxDiskMb/);
   });
 
+  it('rejects a headroom that would keep the fleet mostly empty, and a scale-in wait CloudWatch cannot evaluate', () => {
+    assert.throws(() => resolveEnvironment('prod', withChange('prod', (e) => (e.hosts.headroomPercent = 95))), /hosts\.headroomPercent:.*90/);
+    assert.throws(() => resolveEnvironment('prod', withChange('prod', (e) => (e.hosts.headroomPercent = -1))), /hosts\.headroomPercent:/);
+    assert.throws(() => resolveEnvironment('dev', withChange('dev', (e) => (e.hosts.scaleInAfterMinutes = 0))), /hosts\.scaleInAfterMinutes:/);
+    assert.throws(() => resolveEnvironment('dev', withChange('dev', (e) => (e.hosts.scaleInAfterMinutes = 1441))), /hosts\.scaleInAfterMinutes:/);
+  });
+
   it('rejects instance types of different architectures', () => {
     const bad = withChange('dev', (e) => (e.hosts.instanceTypes = ['t4g.medium', 't3.medium']));
     assert.throws(() => resolveEnvironment('dev', bad), /instance types mix architectures/);

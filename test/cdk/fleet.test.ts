@@ -2,14 +2,16 @@
  * The fleet's AWS wiring (issue 13): what triggers fleet-events and
  * fleet-capacity, the hooks and their names on both sides, the group name every
  * function and host reads, the Auto Scaling grants scoped to the group, the
- * group's bounds per environment and the scale-in policy.
+ * group's bounds per environment, the headroom the functions keep and the
+ * scale-in policy derived from it.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { backgroundHandlerNames, handlerNames } from '../../lambdas/shared/routes';
 import { fleetMetricDimension, fleetMetricNamespace, fleetMetrics } from '../../lambdas/shared/fleet-metric';
 import { pascal } from '../../lib/constructs/control-plane-functions';
-import { scaleInAfterMinutes, scaleInBelowUtilizationPercent, spotInterruptionDetailType, terminateLifecycleActionDetailType } from '../../lib/constructs/fleet-wiring';
+import { spotInterruptionDetailType, terminateLifecycleActionDetailType } from '../../lib/constructs/fleet-wiring';
+import { noScaleInReading } from '../../lambdas/shared/fleet-scaling';
 import { handlerAccess } from '../../lib/constructs/handler-access';
 import { drainHookName, launchHookName } from '../../lib/constructs/host-fleet';
 import { resolveEnvironment } from '../../lib/environment';
@@ -210,7 +212,7 @@ for (const env of ['dev', 'prod'] as const) {
       assert.notEqual(group().NewInstancesProtectedFromScaleIn, true);
     });
 
-    it('has no target tracking policy, and one step policy that only gives back a host when the fleet is underused', () => {
+    it('has no target tracking policy, and one step policy that gives back a host only when the hosts left keep the headroom, after scaleInAfterMinutes', () => {
       const policies = resourcesOf(template(env), 'AWS::AutoScaling::ScalingPolicy').map(([id, p]) => [id, p.Properties!] as const);
       assert.equal(policies.length, 1);
       const [policyId, policy] = policies[0]!;
@@ -225,12 +227,27 @@ for (const env of ['dev', 'prod'] as const) {
       assert.equal(alarms.length, 1);
       const alarm = alarms[0]!;
       assert.equal(alarm.Namespace, fleetMetricNamespace);
-      assert.equal(alarm.MetricName, fleetMetrics.utilization.name);
+      assert.equal(alarm.MetricName, fleetMetrics.utilizationWithoutOneHost.name);
+      assert.equal(alarm.Statistic, 'Maximum', 'one busy reading in a minute keeps the host');
       assert.deepEqual(alarm.Dimensions, [{ Name: fleetMetricDimension, Value: groupName }]);
       assert.equal(alarm.ComparisonOperator, 'LessThanOrEqualToThreshold');
-      assert.equal(alarm.Threshold, scaleInBelowUtilizationPercent);
-      assert.equal(alarm.Period * alarm.EvaluationPeriods, scaleInAfterMinutes * 60);
+      assert.equal(alarm.Threshold, 100 - e.hosts.headroomPercent);
+      assert.ok(alarm.Threshold < noScaleInReading, 'the reading while creates wait or every host is protected never alarms');
+      assert.equal(alarm.Period, 60);
+      assert.equal(alarm.Period * alarm.EvaluationPeriods, e.hosts.scaleInAfterMinutes * 60);
       assert.equal(alarm.DatapointsToAlarm, alarm.EvaluationPeriods);
+    });
+
+    it('tells every function the headroom to keep (FLEET_HEADROOM_PERCENT)', () => {
+      for (const handler of allHandlers) {
+        const vars = resources(env)[functionId(env, handler)].Properties.Environment.Variables;
+        assert.equal(vars.FLEET_HEADROOM_PERCENT, String(e.hosts.headroomPercent), handler);
+      }
+    });
+
+    it(env === 'dev' ? 'keeps no headroom in dev, so dev still rests at zero hosts' : 'keeps 20 % headroom in prod', () => {
+      assert.equal(e.hosts.headroomPercent, env === 'dev' ? 0 : 20);
+      assert.equal(e.hosts.scaleInAfterMinutes, 15);
     });
   });
 }
