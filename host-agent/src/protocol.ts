@@ -62,6 +62,8 @@ export const stagedVerbs: readonly HostVerb[] = ['create', 'files'];
 export const ssmStdoutCap = 24_000;
 /** SSM returns at most this many characters of a command's stderr. */
 export const ssmStderrCap = 8_000;
+/** What SSM takes as a command's target: an EC2 instance (i-) or a managed instance (mi-). */
+export const ssmInstanceIdPattern = /^(?:i|mi)-[0-9a-f]{8,17}$/;
 
 const sandboxId = z.string().regex(/^sbx-[a-z0-9]{20}$/);
 const safeName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._@=-]{0,127}$/);

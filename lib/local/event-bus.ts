@@ -9,6 +9,7 @@
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { answerAwsJson, AwsJsonError } from './aws-json';
 import { admitSigned, type LocalCredentials, type SigningPolicy } from './sigv4';
 
 /** One event as the bus received it. */
@@ -50,16 +51,6 @@ export interface LocalEventBusOptions {
 const maxEntries = 10;
 const maxRequestBytes = 256 * 1024;
 
-class BusError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-    readonly status = 400,
-  ) {
-    super(message);
-  }
-}
-
 export async function startLocalEventBus(o: LocalEventBusOptions): Promise<LocalEventBus> {
   const name = o.name ?? 'ephemeral-sandbox-local';
   const received: BusEvent[] = [];
@@ -68,21 +59,10 @@ export async function startLocalEventBus(o: LocalEventBusOptions): Promise<Local
   let failCalls = 0;
   const signing: SigningPolicy = { credentials: o.credentials, service: 'events', protocol: 'json', maxBodyBytes: maxRequestBytes };
 
-  function answer(res: ServerResponse, status: number, payload: unknown, errorType?: string): void {
-    const body = JSON.stringify(payload);
-    res.writeHead(status, {
-      'content-type': 'application/x-amz-json-1.1',
-      'content-length': Buffer.byteLength(body),
-      'x-amzn-requestid': randomUUID(),
-      ...(errorType ? { 'x-amzn-errortype': errorType } : {}),
-    });
-    res.end(body);
-  }
-
   function putEvents(body: { Entries?: unknown }): { FailedEntryCount: number; Entries: Record<string, string | undefined>[] } {
     const entries = body.Entries;
     if (!Array.isArray(entries) || entries.length === 0 || entries.length > maxEntries) {
-      throw new BusError('ValidationException', `Entries must hold 1 to ${maxEntries} entries`);
+      throw new AwsJsonError('ValidationException', `Entries must hold 1 to ${maxEntries} entries`);
     }
     let failed = 0;
     const out = entries.map((raw) => {
@@ -123,22 +103,22 @@ export async function startLocalEventBus(o: LocalEventBusOptions): Promise<Local
       for await (const chunk of req as AsyncIterable<Buffer>) chunks.push(chunk);
       const target = req.headers['x-amz-target'];
       if (req.method !== 'POST' || target !== 'AWSEvents.PutEvents') {
-        throw new BusError('UnknownOperationException', `the local bus answers POST with X-Amz-Target: AWSEvents.PutEvents only, got ${req.method} ${String(target)}`);
+        throw new AwsJsonError('UnknownOperationException', `the local bus answers POST with X-Amz-Target: AWSEvents.PutEvents only, got ${req.method} ${String(target)}`);
       }
       if (failCalls > 0) {
         failCalls -= 1;
-        throw new BusError('InternalException', 'the local bus failed this call (injected)', 500);
+        throw new AwsJsonError('InternalException', 'the local bus failed this call (injected)', 500);
       }
       let body: unknown;
       try {
         body = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}');
       } catch {
-        throw new BusError('SerializationException', 'request body is not valid JSON');
+        throw new AwsJsonError('SerializationException', 'request body is not valid JSON');
       }
-      answer(res, 200, putEvents(body as { Entries?: unknown }));
+      answerAwsJson(res, 200, putEvents(body as { Entries?: unknown }));
     } catch (err) {
-      const e = err instanceof BusError ? err : new BusError('InternalException', (err as Error).message, 500);
-      answer(res, e.status, { __type: e.code, message: e.message }, e.code);
+      const e = err instanceof AwsJsonError ? err : new AwsJsonError('InternalException', (err as Error).message, 500);
+      answerAwsJson(res, e.status, { __type: e.code, message: e.message }, e.code);
     }
   }
 
