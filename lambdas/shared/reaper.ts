@@ -11,6 +11,7 @@
  * sandbox is claimed by that conditional write, which already makes a second
  * delivery, an overlapping run or a retry harmless.
  */
+import { resumeRequestFor } from './relocation';
 import { queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { hostLostEvent, publishEvent } from './events';
@@ -144,7 +145,9 @@ async function reapOne(c: Candidate, now: number, report: ReapReport, host: Host
       if (!claimed) return;
       const verb = r.status === 'pausing' ? 'pause' : 'resume';
       try {
-        await hosts().dispatch(r.host_id, verb, { sandboxId: r.sandbox_id, storage: storageFor(r.tenant_id, r.user_id) }, { timeoutSeconds: 120, waitSeconds: reaperWaitSeconds });
+        // A start of a sandbox moved off a drained host makes it again from its staged state (relocation.ts).
+        const request = verb === 'resume' ? resumeRequestFor(r) : { sandboxId: r.sandbox_id, storage: storageFor(r.tenant_id, r.user_id) };
+        await hosts().dispatch(r.host_id, verb, request, { timeoutSeconds: 120, waitSeconds: reaperWaitSeconds });
         report.deferred++;
       } catch (err) {
         if (err instanceof HostDispatchError && err.code === 'still_running') {

@@ -62,6 +62,36 @@ export function storageFor(tenantId: string, userId: string, diskMb = config().l
   };
 }
 
+/**
+ * The host's create request for a sandbox record: what create sends, and what
+ * a drain stages for a paused sandbox it moves off its host (relocation.ts),
+ * so both make the same container. `token` is the sandbox's own (only its
+ * hash is on the record).
+ */
+export function hostCreateRequest(record: SandboxRecord, o: { token: string; image: string }): CreateRequest {
+  const c = config();
+  return {
+    sandboxId: record.sandbox_id,
+    tenantId: record.tenant_id,
+    userId: record.user_id,
+    image: o.image,
+    cpu: record.config.cpu,
+    memoryMb: record.config.memory_mb,
+    diskMb: record.config.disk_mb,
+    pidsLimit: c.limits.pidsLimit,
+    network: record.config.network === 'none' ? 'none' : 'bridge',
+    egress: egressOf(record.config.network) ?? 'allow_all',
+    env: {
+      ...record.config.env,
+      SANDBOX_ID: record.sandbox_id,
+      SANDBOX_API_URL: c.sandboxApiUrl,
+      SANDBOX_TOKEN: o.token,
+    },
+    labels: record.config.labels,
+    storage: storageFor(record.tenant_id, record.user_id, record.config.disk_mb),
+  };
+}
+
 /** Time left for answering after waiting on a host. */
 const answerReserveMs = 1_500;
 
@@ -137,27 +167,8 @@ export async function createSandbox(
     },
     token_hash: sha256Hex(token),
   };
-  const request: CreateRequest = {
-    sandboxId,
-    tenantId: p.tenantId,
-    userId: body.user_id,
-    // A host names the image it has (by digest) when it takes a waiting create; a placed one runs what the control plane runs.
-    image: host?.image ?? c.sandboxImage,
-    cpu: record.config.cpu,
-    memoryMb: record.config.memory_mb,
-    diskMb: record.config.disk_mb,
-    pidsLimit: c.limits.pidsLimit,
-    network: record.config.network === 'none' ? 'none' : 'bridge',
-    egress: egressOf(record.config.network) ?? 'allow_all',
-    env: {
-      ...record.config.env,
-      SANDBOX_ID: sandboxId,
-      SANDBOX_API_URL: c.sandboxApiUrl,
-      SANDBOX_TOKEN: token,
-    },
-    labels: record.config.labels,
-    storage: storageFor(p.tenantId, body.user_id, record.config.disk_mb),
-  };
+  // A host names the image it has (by digest) when it takes a waiting create; a placed one runs what the control plane runs.
+  const request = hostCreateRequest(record, { token, image: host?.image ?? c.sandboxImage });
   if (!host) return waitForCapacity(p, record, request, share, o);
 
   try {

@@ -154,9 +154,16 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
     dispatchesToHosts: false,
   },
   'sandbox-power': {
-    tables: [{ table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] }],
+    tables: [
+      // The waiting creates are counted when a start asks the group for a host (relocation.ts).
+      { table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:Query'], indexes: [index(sandboxesTable, 'by-waiting')] },
+      // A start of a sandbox moved off a drained host places it as a create does (and gives the share back if the start lost a race).
+      { table: hostsTable, actions: ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:UpdateItem'], indexes: [index(hostsTable, 'by-pool')] },
+    ],
     dispatchesToHosts: true,
     publishesEvents: true,
+    // No host with room for such a start: the group is asked for one.
+    autoScaling: ['autoscaling:DescribeAutoScalingGroups', 'autoscaling:SetDesiredCapacity'],
   },
   'sandbox-network': {
     tables: [
