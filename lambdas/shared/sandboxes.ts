@@ -33,7 +33,9 @@ import type { CreateSandboxBody, ExecBody } from './schemas';
 import { isFinalCommandStatus, type CommandStatus } from './command-state';
 import { specOf, startCommand, toCommandView, waitForEnd, wholeOutput, type CommandView } from './commands';
 import { recordWithTenantSlot, refuseIfTenantFull, releaseTenantSlot } from './tenants';
-import type { CreateRequest, StorageSpec } from '../../host-agent/src/protocol';
+import { pausedStateKeys, type CreateRequest, type StorageSpec } from '../../host-agent/src/protocol';
+import { DeleteObjectCommand } from '@aws-sdk/client-s3';
+import { s3 } from './clients/s3';
 
 /** How long a host may take to create a sandbox before the reaper cleans up. */
 export const createTimeoutSeconds = 120;
@@ -301,6 +303,8 @@ export async function markEnded(
   await releaseTenantSlot(ended.tenant_id, ended.sandbox_id);
   // A create that ended while it waited leaves its staged host request behind: nobody will fetch it.
   if (record.sandbox_id && !ended.host_id) await dropWaitingRequest(waitingRequestKey(record.sandbox_id));
+  // A paused sandbox moved off a drained host that ends before it was started again: nobody will restore its staged state.
+  if (ended.paused_state) await dropPausedState(ended.paused_state);
   // Its commands end with it: what its host could not record is `killed` (or `lost` with the host).
   const hostGone = end.event === 'fail' && end.reason === 'host_lost';
   const open = Object.keys(ended.open_commands ?? {});
@@ -308,6 +312,18 @@ export async function markEnded(
     await closeOpenCommands(record.sandbox_id, open, hostGone ? 'lost' : 'killed', hostGone ? 'host_lost' : 'sandbox_ended', ended.stop_reason);
   }
   return ended;
+}
+
+/** Deletes a moved paused sandbox's staged state (its create request, with the token, and its /tmp archive); a failure is logged. */
+async function dropPausedState(prefix: string): Promise<void> {
+  const keys = pausedStateKeys(prefix);
+  for (const key of [keys.request, keys.tmp]) {
+    try {
+      await s3().send(new DeleteObjectCommand({ Bucket: config().bucket, Key: key }));
+    } catch (err) {
+      logger.warn('the staged state of a moved paused sandbox that ended was not deleted', { key, err });
+    }
+  }
 }
 
 async function failCreate(record: SandboxRecord, detail: string, deadline: number): Promise<void> {

@@ -50,6 +50,8 @@ describe('a Spot interruption warning (EC2 and its Auto Scaling group stood in b
   let spotHost = '';
   let paused = '';
   let pausedUser = '';
+  /** A second paused sandbox, destroyed while it has no host. */
+  let dropped = '';
 
   it('drains the host within the warning: out of placement at once, the running sandbox synced and ended with host_draining, its command ended, the paused one moved off, a create during the drain on another host', async (t) => {
     const [groupHost] = stack.hosts();
@@ -57,17 +59,24 @@ describe('a Spot interruption warning (EC2 and its Auto Scaling group stood in b
     spotHost = groupHost.hostId;
 
     const runningUser = uniqueUser('spot-run');
-    const running = await api.createReady(runningUser, { memory_mb: 512, idle_timeout_seconds: 600 });
+    const running = await api.createReady(runningUser, { cpu: 0.5, memory_mb: 512, idle_timeout_seconds: 600 });
     assert.equal(running.status, 201, running.text);
     const runningId: string = running.body.sandbox_id;
     made.push(runningId);
     pausedUser = uniqueUser('spot-paused');
-    const p = await api.createReady(pausedUser, { memory_mb: 512, idle_timeout_seconds: 600 });
+    const p = await api.createReady(pausedUser, { cpu: 0.5, memory_mb: 512, idle_timeout_seconds: 600 });
     assert.equal(p.status, 201, p.text);
     paused = p.body.sandbox_id;
     made.push(paused);
+    const d = await api.createReady(uniqueUser('spot-dropped'), { cpu: 0.5, memory_mb: 512, idle_timeout_seconds: 600 });
+    assert.equal(d.status, 201, d.text);
+    dropped = d.body.sandbox_id;
+    made.push(dropped);
     assert.equal((await record(runningId)).host_id, spotHost);
     assert.equal((await record(paused)).host_id, spotHost);
+    assert.equal((await record(dropped)).host_id, spotHost);
+    assert.equal((await api.exec(dropped, `printf x > /tmp/x`)).status, 200);
+    assert.ok([200, 202].includes((await api.call('POST', `/sandboxes/${dropped}/stop`)).status));
 
     // The paused sandbox's files: its root file system is read-only, so /tmp, its home and its cold tier are all it can write.
     const wrote = await api.exec(
@@ -79,6 +88,7 @@ describe('a Spot interruption warning (EC2 and its Auto Scaling group stood in b
     const stopped = await api.call('POST', `/sandboxes/${paused}/stop`);
     assert.ok([200, 202].includes(stopped.status), stopped.text);
     await waitForStatus(paused, 'paused', 120_000);
+    await waitForStatus(dropped, 'paused', 120_000);
 
     // A second host, outside the group: where the create during the drain, and the paused sandbox's start, can go.
     const other = await stack.addHost({ slots: 4, allocatable });
@@ -96,7 +106,7 @@ describe('a Spot interruption warning (EC2 and its Auto Scaling group stood in b
     assert.equal((await getHost(spotHost))?.status, 'draining', 'out of placement as soon as the warning was handled');
     assert.ok((await getHost(spotHost))!.drain_deadline_at! <= warned + spotDrainSeconds * 1000 + 5_000, 'the drain must be over before EC2 takes the instance');
 
-    const during = await api.create(uniqueUser('spot-during'), { memory_mb: 512, idle_timeout_seconds: 600 });
+    const during = await api.create(uniqueUser('spot-during'), { cpu: 0.5, memory_mb: 512, idle_timeout_seconds: 600 });
     assert.ok([201, 202].includes(during.status), during.text);
     made.push(during.body.sandbox_id);
     const duringReady = await waitForStatus(during.body.sandbox_id, 'ready', 120_000);
@@ -136,6 +146,14 @@ describe('a Spot interruption warning (EC2 and its Auto Scaling group stood in b
     assert.equal(host?.allocations[paused], undefined, 'its share of the host was given back');
     assert.equal(host?.allocations[runningId], undefined);
     assert.equal(await containerExists(paused), false, 'its container is gone from the draining host');
+
+    // Ended while it has no host: nothing on any host to remove, and its staged state goes with it.
+    const droppedMoved = await waitFor('the second paused sandbox to leave the host', async () => (await record(dropped)).paused_state, 60_000);
+    assert.ok((await s3Keys(stack, droppedMoved)).length > 0);
+    const gone = await api.destroy(dropped);
+    assert.equal(gone.status, 204, gone.text);
+    assert.equal((await record(dropped)).status, 'stopped');
+    assert.deepEqual(await s3Keys(stack, droppedMoved), [], 'the staged state of a moved sandbox is deleted when it ends');
 
     await waitFor('the instance to be terminated', async () => !stack.autoScaling!.describe().instances.some((i) => i.id === spotHost), 150_000);
     assert.ok(!stack.hosts().some((h) => h.hostId === spotHost), 'the local host is gone');
