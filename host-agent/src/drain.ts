@@ -2,7 +2,8 @@
  * A host leaving the fleet drains before it goes: out of placement first
  * (draining), then every sandbox on it ends the graceful way (its home synced
  * to S3, its commands closed) with `stop_reason: host_draining`, a few at a
- * time, while the termination lifecycle action is kept alive with heartbeats;
+ * time (a paused one is not ended: its state goes to S3 and it leaves the
+ * host, to be placed anywhere at its next start; relocate.ts), while the termination lifecycle action is kept alive with heartbeats;
  * then the action is completed and Auto Scaling terminates the instance. A
  * drain that runs out of time completes the action anyway (the machine goes;
  * what did not end is found lost by the reaper). Started by the drain verb
@@ -18,9 +19,15 @@ import { beginShutdown, storageFor } from '../../lambdas/shared/sandboxes';
 import { drainHookHeartbeatTimeoutSeconds } from './service';
 import { encodeInline } from './protocol';
 import { runHostAgent, type DaemonRuntime } from './invocation';
+import { applyEnvFile, loadHostConfig } from './config';
+import { DockerClient } from './docker';
+import { movePausedOut } from './relocate';
+import type { SandboxRecord } from '../../lambdas/shared/sandbox-record';
 
 export interface DrainReport {
   ended: string[];
+  /** Paused sandboxes moved off the host (their state in S3; their next start places them elsewhere). */
+  moved: string[];
   failed: { sandboxId: string; error: string }[];
   /** Live sandboxes still on the host when the drain finished (it ran out of time). */
   left: string[];
@@ -85,14 +92,15 @@ export class HostDrain {
         }, every)
       : undefined;
 
-    const report: DrainReport = { ended: [], failed: [], left: [], lifecycleAction: 'no_action', heartbeats: 0, ms: 0 };
+    const report: DrainReport = { ended: [], moved: [], failed: [], left: [], lifecycleAction: 'no_action', heartbeats: 0, ms: 0 };
     try {
       const queue = await liveSandboxesOnHost(hostId);
       const worker = async () => {
         for (let next = queue.shift(); next; next = queue.shift()) {
           if (Date.now() >= deadlineAt) return;
           try {
-            if (await this.endSandbox(next.sandbox_id, reason)) report.ended.push(next.sandbox_id);
+            const outcome = await this.settleSandbox(next.sandbox_id, reason);
+            if (outcome !== 'later') report[outcome].push(next.sandbox_id);
           } catch (err) {
             report.failed.push({ sandboxId: next.sandbox_id, error: (err as Error).message });
             logger.error('drain: a sandbox did not end', { hostId, sandboxId: next.sandbox_id, err });
@@ -105,7 +113,9 @@ export class HostDrain {
         const live = await liveSandboxesOnHost(hostId);
         if (live.length === 0) break;
         for (const r of live) {
-          if (!report.ended.includes(r.sandbox_id) && (await this.endSandbox(r.sandbox_id, reason).catch(() => false))) report.ended.push(r.sandbox_id);
+          if (report.ended.includes(r.sandbox_id) || report.moved.includes(r.sandbox_id)) continue;
+          const outcome = await this.settleSandbox(r.sandbox_id, reason).catch(() => 'later' as const);
+          if (outcome !== 'later') report[outcome].push(r.sandbox_id);
         }
         await new Promise((r) => setTimeout(r, 1000));
       }
@@ -128,10 +138,34 @@ export class HostDrain {
     return report;
   }
 
-  /** Ends one sandbox the graceful way, through the same serialized destroy verb SSM would run. */
-  private async endSandbox(sandboxId: string, reason: string): Promise<boolean> {
+  /**
+   * A paused sandbox is moved off the host (relocate.ts: kept, not ended);
+   * one being stopped or started is left for the next pass (it settles in
+   * seconds); any other is ended. 'later' when nothing was done yet.
+   */
+  private async settleSandbox(sandboxId: string, reason: string): Promise<'ended' | 'moved' | 'later'> {
     const r = await getSandbox(sandboxId);
-    if (!r || isTerminal(r.status)) return false;
+    if (!r || isTerminal(r.status)) return 'later';
+    if (r.status === 'pausing' || r.status === 'resuming') return 'later';
+    if (r.status === 'paused') {
+      // Serialized with the verbs on this sandbox: a start that reached this host first runs, then the move sees it is no longer paused.
+      const moved = await this.runtime.serialize(sandboxId, async () => {
+        const current = await getSandbox(sandboxId);
+        if (current?.status !== 'paused' || current.host_id !== this.s.hostId) return false;
+        applyEnvFile();
+        const config = loadHostConfig();
+        return movePausedOut(current, this.s.hostId, config, new DockerClient(config.dockerSocket));
+      });
+      if (moved) return 'moved';
+      // A start won the race: it runs here now and ends with the others at the next pass.
+      return 'later';
+    }
+    return (await this.endSandbox(r, reason)) ? 'ended' : 'later';
+  }
+
+  /** Ends one sandbox the graceful way, through the same serialized destroy verb SSM would run. */
+  private async endSandbox(r: SandboxRecord, reason: string): Promise<boolean> {
+    const sandboxId = r.sandbox_id;
     if (r.status !== 'shutting_down') {
       // Someone else may have started ending it first: then their reason stands and the destroy below still finishes it here.
       await beginShutdown(r, 'host_draining', `its host ${this.s.hostId} left the fleet (${reason})`);

@@ -10,7 +10,7 @@ import { HostAgentError, toHostError } from './errors';
 import type { CommandRunner } from './commands/runner';
 import type { WarmPool } from './warm-pool';
 import { span } from '../../lambdas/shared/timing';
-import { daemonOnlyVerbs, decodeArgument, hostVerbs, requestSchemas, ssmStdoutCap, type HostEnvelope, type HostResults, type HostVerb } from './protocol';
+import { daemonOnlyVerbs, decodeArgument, hostVerbs, requestSchemas, ssmStdoutCap, type HostEnvelope, type HostResults, type HostVerb, type ResumeRequest } from './protocol';
 import type { SandboxFiles } from './files/sandbox-files';
 
 /** What the long-lived host daemon lends an invocation it serves (absent in the CLI fallback). */
@@ -110,7 +110,10 @@ async function dispatch(verb: HostVerb, request: unknown, config: HostConfig, ru
       const r = request as { sandboxId: string };
       return serial(r.sandboxId, async () => {
         try {
-          const result = await (await import('./lifecycle')).resumeSandbox(request as never, config, docker);
+          // A sandbox moved off a drained host while stopped is made here from its staged state.
+          const result = (request as ResumeRequest).relocate
+            ? await (await import('./relocate')).resumeRelocated(request as never, config, docker)
+            : await (await import('./lifecycle')).resumeSandbox(request as never, config, docker);
           await records(async (rec) => rec.recordResumed(r.sandboxId, { ok: true, tmpNotRestored: result.tmp?.warnings ?? [] }));
           return result;
         } catch (error) {

@@ -133,6 +133,35 @@ export const sandboxRef = z.object({ sandboxId, storage: storageSpec.optional() 
 export type SandboxRef = z.input<typeof sandboxRef>;
 
 /**
+ * Where a moved paused sandbox's state waits: under its user's storage (next
+ * to the hot and cold tiers, outside both, so neither a sync nor the sandbox
+ * sees it) and its own id. Not under host-requests/: the bucket expires that
+ * after a day, and a paused sandbox lives as long as its TTL.
+ */
+export function pausedStatePrefix(r: { tenant_id: string; user_id: string; sandbox_id: string }): string {
+  return `tenants/${r.tenant_id}/users/${r.user_id}/sandboxes/${r.sandbox_id}/paused/`;
+}
+
+/** The objects under a paused state prefix: the host create request (env, token) and the /tmp archive (absent: /tmp was empty). */
+export function pausedStateKeys(prefix: string): { request: string; tmp: string } {
+  return { request: `${prefix}request.json`, tmp: `${prefix}tmp.tar` };
+}
+
+/** The prefix shape a host accepts in a resume (it reads and deletes there): never another tenant's or a path trick. */
+export const pausedStatePrefixPattern = /^tenants\/[A-Za-z0-9][A-Za-z0-9._@=-]{0,127}\/users\/[A-Za-z0-9][A-Za-z0-9._@=-]{0,127}\/sandboxes\/sbx-[a-z0-9]{1,64}\/paused\/$/;
+
+/**
+ * start: `relocate` when the sandbox was moved off a drained host while
+ * stopped: this host makes its container from the request staged under
+ * `prefix` and restores /tmp from the archive there (relocate.ts); `egress`
+ * is its policy now (it may have changed while it had no host).
+ */
+export const resumeRequest = sandboxRef.extend({
+  relocate: z.object({ prefix: z.string().regex(pausedStatePrefixPattern), egress: egressPolicySchema.optional() }).optional(),
+});
+export type ResumeRequest = z.input<typeof resumeRequest>;
+
+/**
  * The host is leaving the fleet (a termination lifecycle action, a Spot
  * interruption warning): stop taking sandboxes, sync and end every one, then
  * let the termination go ahead. Answers at once; the daemon drains.
@@ -341,7 +370,7 @@ export const requestSchemas = {
   stdin: stdinRequest,
   destroy: destroyRequest,
   pause: sandboxRef,
-  resume: sandboxRef,
+  resume: resumeRequest,
   sync: sandboxRef,
   status: z.object({}),
   network: networkRequest,

@@ -14,9 +14,9 @@ import type { SandboxEvent } from '../../lambdas/shared/sandbox-state';
 import { markEnded } from '../../lambdas/shared/sandboxes';
 
 /** Applies `event` if the record still allows it; false when another change came first. */
-async function apply(sandboxId: string, event: SandboxEvent, set: Record<string, unknown> = {}): Promise<boolean> {
+async function apply(sandboxId: string, event: SandboxEvent, set: Record<string, unknown> = {}, remove: readonly string[] = []): Promise<boolean> {
   try {
-    await transition(sandboxId, event, { set });
+    await transition(sandboxId, event, { set, ...(remove.length > 0 ? { remove } : {}) });
     return true;
   } catch (err) {
     if (err instanceof TransitionRejectedError) return false;
@@ -64,7 +64,8 @@ export async function recordResumed(sandboxId: string, outcome: { ok: true; tmpN
   if (!r || r.status !== 'resuming') return;
   const now = Date.now();
   if (outcome.ok) {
-    await apply(sandboxId, 'resumed', { last_activity_at: now, deadline_at: idleDeadline(r, now), ...(outcome.tmpNotRestored?.length ? { tmp_not_restored: outcome.tmpNotRestored } : {}) });
+    // Running again: a sandbox moved off a drained host has its staged state restored (and deleted) now.
+    await apply(sandboxId, 'resumed', { last_activity_at: now, deadline_at: idleDeadline(r, now), ...(outcome.tmpNotRestored?.length ? { tmp_not_restored: outcome.tmpNotRestored } : {}) }, ['paused_state']);
   }
   else await apply(sandboxId, 'resume_failed', { deadline_at: r.expires_at_ms, stop_detail: `start failed: ${outcome.detail}` });
 }

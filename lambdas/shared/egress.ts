@@ -26,8 +26,10 @@ export async function setEgress(tenantId: string, sandboxId: string, egress: Egr
   if (!isSettled(r.status)) {
     throw invalidState(`sandbox ${sandboxId} is ${r.status}; the egress policy can change while it is ready, running or stopped`);
   }
+  // Stopped and moved off a drained host: no host holds it; its next start applies the recorded policy (relocation.ts).
+  const hostless = !r.host_id;
   try {
-    await hosts().dispatch(r.host_id, 'network', { sandboxId, egress }, { timeoutSeconds: 30 });
+    if (!hostless) await hosts().dispatch(r.host_id, 'network', { sandboxId, egress }, { timeoutSeconds: 30 });
   } catch (err) {
     throw hostFailure(err, 'set the egress policy');
   }
@@ -35,8 +37,15 @@ export async function setEgress(tenantId: string, sandboxId: string, egress: Egr
     const updated = await updateSandbox(
       sandboxId,
       'network',
-      { set: { updated_at: new Date().toISOString() }, names: { '#cfg': 'config', '#net': 'network' }, values: { ':net': { egress } }, extraSet: '#cfg.#net = :net' },
-      settledStatuses,
+      {
+        set: { updated_at: new Date().toISOString() },
+        names: { '#cfg': 'config', '#net': 'network' },
+        values: { ':net': { egress }, ...(hostless ? { ':none': '' } : {}) },
+        extraSet: '#cfg.#net = :net',
+        // Still without a host: a start that placed it meanwhile would not see the change.
+        ...(hostless ? { condition: 'host_id = :none' } : {}),
+      },
+      hostless ? ['paused'] : settledStatuses,
     );
     return toView(updated);
   } catch (err) {

@@ -10,9 +10,10 @@ import { hostFailure, hosts } from './host-calls';
 import { HostDispatchError } from './host-dispatch';
 import { isActive, isSettled, isTerminal, settledStatuses } from './sandbox-state';
 import { toView, type SandboxRecord, type SandboxView } from './sandbox-record';
-import { activityDeadline, idleDeadline, powerLease, settledDeadline } from './reaper-rules';
+import { activityDeadline, createTimeoutSeconds, idleDeadline, powerLease, settledDeadline } from './reaper-rules';
 import { getSandbox, getTenantSandbox, latest, transition, TransitionRejectedError, updateSandbox } from './sandbox-store';
 import { storageFor, waitSecondsUntil } from './sandboxes';
+import { placeMovedSandbox, resumeRequestFor } from './relocation';
 
 function rejected(err: unknown, action: string): never {
   if (err instanceof TransitionRejectedError) {
@@ -151,14 +152,28 @@ export async function resumeSandbox(tenantId: string, sandboxId: string, deadlin
   if (r.status === 'resuming') return { done: false, view: toView(r) };
   if (r.status !== 'paused') throw invalidState(`sandbox ${sandboxId} is ${r.status}; only a stopped (paused) sandbox can be started`);
   let resuming: SandboxRecord;
-  try {
-    resuming = await transition(sandboxId, 'resume', { set: { deadline_at: powerLease(Date.now()) } });
-  } catch (err) {
-    rejected(err, 'start');
+  const resumingUntil = powerLease(Date.now());
+  if (!r.host_id) {
+    // Moved off a drained host while stopped: placed like a create, made again from its staged state.
+    resuming = await placeMovedSandbox(r, resumingUntil);
+  } else {
+    try {
+      // Only on the host it was read on: a drain that moved it off meanwhile leaves it to be placed again.
+      resuming = await transition(sandboxId, 'resume', { set: { deadline_at: resumingUntil }, condition: 'host_id = :seenHost', values: { ':seenHost': r.host_id } });
+    } catch (err) {
+      if (err instanceof TransitionRejectedError && err.current?.status === 'paused' && !err.current.host_id) return resumeSandbox(tenantId, sandboxId, deadline);
+      rejected(err, 'start');
+    }
   }
   let notRestored: string[] = [];
   try {
-    const resumed = await hosts().dispatch(r.host_id, 'resume', { sandboxId, storage: storageFor(r.tenant_id, r.user_id) }, { timeoutSeconds: 120, waitSeconds: waitSecondsUntil(deadline) });
+    const resumed = await hosts().dispatch(
+      resuming.host_id,
+      'resume',
+      resumeRequestFor(resuming),
+      // Made again elsewhere (an image pull, the home synced down) takes as long as a create may.
+      { timeoutSeconds: resuming.paused_state ? createTimeoutSeconds : 120, waitSeconds: waitSecondsUntil(deadline) },
+    );
     notRestored = resumed.tmp?.warnings ?? [];
   } catch (err) {
     if (err instanceof HostDispatchError && err.code === 'still_running') return { done: false, view: toView((await latest(sandboxId)) ?? resuming) };
@@ -166,11 +181,16 @@ export async function resumeSandbox(tenantId: string, sandboxId: string, deadlin
     throw hostFailure(err, 'start');
   }
   const now = Date.now();
-  const after = await settleOrUndo(sandboxId, 'resumed', {
-    last_activity_at: now,
-    deadline_at: idleDeadline(resuming, now),
-    ...(notRestored.length > 0 ? { tmp_not_restored: notRestored } : {}),
-  });
+  const after = await settleOrUndo(
+    sandboxId,
+    'resumed',
+    {
+      last_activity_at: now,
+      deadline_at: idleDeadline(resuming, now),
+      ...(notRestored.length > 0 ? { tmp_not_restored: notRestored } : {}),
+    },
+    ['paused_state'],
+  );
   return { done: isActive(after.status), view: toView(after) };
 }
 
@@ -178,9 +198,14 @@ export async function resumeSandbox(tenantId: string, sandboxId: string, deadlin
  * Applies the outcome of a stop or start the host finished (the host records
  * it too; whichever lands first wins), answering the record as it stands.
  */
-async function settleOrUndo(sandboxId: string, event: 'paused' | 'pause_failed' | 'resumed' | 'resume_failed', set: Record<string, unknown>): Promise<SandboxRecord> {
+async function settleOrUndo(
+  sandboxId: string,
+  event: 'paused' | 'pause_failed' | 'resumed' | 'resume_failed',
+  set: Record<string, unknown>,
+  remove: readonly string[] = [],
+): Promise<SandboxRecord> {
   try {
-    return await transition(sandboxId, event, { set });
+    return await transition(sandboxId, event, { set, ...(remove.length > 0 ? { remove } : {}) });
   } catch (err) {
     if (err instanceof TransitionRejectedError && err.current) return err.current;
     throw err;

@@ -11,6 +11,7 @@
  * sandbox is claimed by that conditional write, which already makes a second
  * delivery, an overlapping run or a retry harmless.
  */
+import { resumeRequestFor } from './relocation';
 import { queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { hostLostEvent, publishEvent } from './events';
@@ -149,7 +150,9 @@ async function apply(r: SandboxRecord, action: ReapAction, now: number, report: 
       const claimed = await claimDue(r, now);
       if (!claimed) return;
       try {
-        await hosts().dispatch(r.host_id, action.verb, { sandboxId: r.sandbox_id, storage: storageFor(r.tenant_id, r.user_id) }, { timeoutSeconds: 120, waitSeconds: reaperWaitSeconds });
+        // A start of a sandbox moved off a drained host makes it again from its staged state (relocation.ts).
+        const request = action.verb === 'resume' ? resumeRequestFor(r) : { sandboxId: r.sandbox_id, storage: storageFor(r.tenant_id, r.user_id) };
+        await hosts().dispatch(r.host_id, action.verb, request, { timeoutSeconds: 120, waitSeconds: reaperWaitSeconds });
         report.deferred++;
       } catch (err) {
         if (err instanceof HostDispatchError && err.code === 'still_running') {

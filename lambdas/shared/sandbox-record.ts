@@ -81,6 +81,12 @@ export interface SandboxRecord {
   tmp_not_kept?: string[];
   /** What of /tmp the last start could not put back. */
   tmp_not_restored?: string[];
+  /**
+   * A paused sandbox moved off a draining host: the S3 prefix holding what its
+   * next start needs on another host (relocation.ts). Set with host_id '' by
+   * the drain, removed once a start restored it.
+   */
+  paused_state?: string;
 }
 
 export interface SandboxView {

@@ -34,7 +34,9 @@ import type { CreateSandboxBody, ExecBody } from './schemas';
 import { isFinalCommandStatus, type CommandStatus } from './command-state';
 import { specOf, startCommand, toCommandView, waitForEnd, wholeOutput, type CommandView } from './commands';
 import { recordWithTenantSlot, refuseIfTenantFull, releaseTenantSlot } from './tenants';
-import type { CreateRequest, StorageSpec } from '../../host-agent/src/protocol';
+import { pausedStateKeys, type CreateRequest, type StorageSpec } from '../../host-agent/src/protocol';
+import { DeleteObjectCommand } from '@aws-sdk/client-s3';
+import { s3 } from './clients/s3';
 
 export function newSandboxId(): string {
   const alphabet = 'abcdefghijklmnopqrstuvwxyz0123456789';
@@ -55,6 +57,36 @@ export function storageFor(tenantId: string, userId: string, diskMb = config().l
     coldPrefix: `${base}/cold/`,
     hotQuotaBytes: diskMb * 1024 * 1024,
     syncIntervalSeconds: c.limits.hotSyncIntervalSeconds,
+  };
+}
+
+/**
+ * The host's create request for a sandbox record: what create sends, and what
+ * a drain stages for a paused sandbox it moves off its host (relocation.ts),
+ * so both make the same container. `token` is the sandbox's own (only its
+ * hash is on the record).
+ */
+export function hostCreateRequest(record: SandboxRecord, o: { token: string; image: string }): CreateRequest {
+  const c = config();
+  return {
+    sandboxId: record.sandbox_id,
+    tenantId: record.tenant_id,
+    userId: record.user_id,
+    image: o.image,
+    cpu: record.config.cpu,
+    memoryMb: record.config.memory_mb,
+    diskMb: record.config.disk_mb,
+    pidsLimit: c.limits.pidsLimit,
+    network: record.config.network === 'none' ? 'none' : 'bridge',
+    egress: egressOf(record.config.network) ?? 'allow_all',
+    env: {
+      ...record.config.env,
+      SANDBOX_ID: record.sandbox_id,
+      SANDBOX_API_URL: c.sandboxApiUrl,
+      SANDBOX_TOKEN: o.token,
+    },
+    labels: record.config.labels,
+    storage: storageFor(record.tenant_id, record.user_id, record.config.disk_mb),
   };
 }
 
@@ -133,27 +165,9 @@ export async function createSandbox(
     },
     token_hash: sha256Hex(token),
   };
-  const request: CreateRequest = {
-    sandboxId,
-    tenantId: p.tenantId,
-    userId: body.user_id,
-    // By digest when the host resolved the control plane's reference to one; a host that has not pulled it yet pulls the reference.
-    image: host?.image && hostHasImage(host, c.sandboxImage) ? host.image : c.sandboxImage,
-    cpu: record.config.cpu,
-    memoryMb: record.config.memory_mb,
-    diskMb: record.config.disk_mb,
-    pidsLimit: c.limits.pidsLimit,
-    network: record.config.network === 'none' ? 'none' : 'bridge',
-    egress: egressOf(record.config.network) ?? 'allow_all',
-    env: {
-      ...record.config.env,
-      SANDBOX_ID: sandboxId,
-      SANDBOX_API_URL: c.sandboxApiUrl,
-      SANDBOX_TOKEN: token,
-    },
-    labels: record.config.labels,
-    storage: storageFor(p.tenantId, body.user_id, record.config.disk_mb),
-  };
+  // By digest when the host resolved the control plane's reference to one; a host that has not pulled it yet pulls the reference.
+  // (A waiting create's host names the image it has when it takes the create.)
+  const request = hostCreateRequest(record, { token, image: host?.image && hostHasImage(host, c.sandboxImage) ? host.image : c.sandboxImage });
   if (!host) return waitForCapacity(p, record, request, share, o);
 
   try {
@@ -286,6 +300,8 @@ export async function markEnded(
   await releaseTenantSlot(ended.tenant_id, ended.sandbox_id);
   // A create that ended while it waited leaves its staged host request behind: nobody will fetch it.
   if (record.sandbox_id && !ended.host_id) await dropWaitingRequest(waitingRequestKey(record.sandbox_id));
+  // A paused sandbox moved off a drained host that ends before it was started again: nobody will restore its staged state.
+  if (ended.paused_state) await dropPausedState(ended.paused_state);
   // Its commands end with it: what its host could not record is `killed` (or `lost` with the host).
   const hostGone = end.event === 'fail' && end.reason === 'host_lost';
   const open = Object.keys(ended.open_commands ?? {});
@@ -293,6 +309,18 @@ export async function markEnded(
     await closeOpenCommands(record.sandbox_id, open, hostGone ? 'lost' : 'killed', hostGone ? 'host_lost' : 'sandbox_ended', ended.stop_reason);
   }
   return ended;
+}
+
+/** Deletes a moved paused sandbox's staged state (its create request, with the token, and its /tmp archive); a failure is logged. */
+async function dropPausedState(prefix: string): Promise<void> {
+  const keys = pausedStateKeys(prefix);
+  for (const key of [keys.request, keys.tmp]) {
+    try {
+      await s3().send(new DeleteObjectCommand({ Bucket: config().bucket, Key: key }));
+    } catch (err) {
+      logger.warn('the staged state of a moved paused sandbox that ended was not deleted', { key, err });
+    }
+  }
 }
 
 async function failCreate(record: SandboxRecord, detail: string, deadline: number): Promise<void> {

@@ -17,7 +17,7 @@ import { handlerBundling } from '../handler-bundling';
 import { handlerEntry, lockFile, repoRoot } from '../paths';
 import { metricNamespace, metricService } from '../../lambdas/shared/metric-names';
 import { fileStagingPrefix } from '../../host-agent/src/protocol';
-import { commandOutputKeyPrefix, handlerAccess, storedHomeKeyPattern, type AutoScalingAction, type HandlerAccess } from './handler-access';
+import { commandOutputKeyPrefix, handlerAccess, pausedStateDropActions, pausedStateKeyPattern, storedHomeKeyPattern, type AutoScalingAction, type HandlerAccess } from './handler-access';
 import { hostGroupArn, hostGroupArnSuppression } from './host-group';
 import type { SandboxEventBus } from './observability';
 import type { ProjectTables } from './tables';
@@ -269,6 +269,21 @@ function grantAccess(role: iam.Role, access: HandlerAccess, props: ControlPlaneF
           reason:
             "Stored homes are objects under tenants/<tenant>/users/<user>/hot/; the tenant comes from the caller's key at run time (the handler builds the prefix from it), so IAM can only name the pattern.",
           appliesTo: [{ regex: `/^Resource::${storageBucketArnPattern}\\/tenants\\/\\*\\/users\\/\\*\\/hot\\/\\*$/g` }],
+        },
+      ],
+      true,
+    );
+  }
+  if (access.dropsPausedState) {
+    role.addToPolicy(new iam.PolicyStatement({ sid: 'DropPausedState', actions: [...pausedStateDropActions], resources: [props.bucket.arnForObjects(pausedStateKeyPattern)] }));
+    NagSuppressions.addResourceSuppressions(
+      role,
+      [
+        {
+          id: 'AwsSolutions-IAM5',
+          reason:
+            'A moved paused sandbox keeps its staged state under tenants/<tenant>/users/<user>/sandboxes/<id>/paused/; the ids come from the record being ended at run time, so IAM can only name the pattern (delete only).',
+          appliesTo: [{ regex: `/^Resource::${storageBucketArnPattern}\\/tenants\\/\\*\\/users\\/\\*\\/sandboxes\\/\\*\\/paused\\/\\*$/g` }],
         },
       ],
       true,

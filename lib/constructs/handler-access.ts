@@ -54,6 +54,12 @@ export interface HandlerAccess {
   stagesFiles?: boolean;
   /** Reads users' stored homes (s3:ListBucket, s3:GetObject under tenants/<t>/users/<u>/hot/), and presigns GETs of them. */
   readsHomes?: boolean;
+  /**
+   * Ends sandboxes that may have no host: a paused one moved off a drained
+   * host leaves its staged state (relocation.ts), deleted when it ends
+   * (s3:DeleteObject under tenants/<t>/users/<u>/sandboxes/<id>/paused/).
+   */
+  dropsPausedState?: boolean;
 }
 
 /** Actions publishing lifecycle events needs. */
@@ -79,6 +85,10 @@ export const fileStagingActions = ['s3:PutObject', 's3:GetObject', 's3:DeleteObj
 export const homeReadActions = ['s3:ListBucket', 's3:GetObject'] as const;
 /** Stored homes in the storage bucket: tenants/<tenant>/users/<user>/hot/ (lambdas/shared/sandboxes.ts storageFor). */
 export const storedHomeKeyPattern = 'tenants/*/users/*/hot/*';
+/** Where moved paused sandboxes' state is staged (host-agent/src/protocol.ts pausedStatePrefix), as IAM can name it. */
+export const pausedStateKeyPattern = 'tenants/*/users/*/sandboxes/*/paused/*';
+/** Deleting a moved paused sandbox's staged state when it ends. */
+export const pausedStateDropActions = ['s3:DeleteObject'] as const;
 
 const index = (table: TableDefinition, name: string): string => {
   if (!table.indexes.some((i) => i.name === name)) throw new Error(`table ${table.id} has no index ${name}`);
@@ -143,6 +153,7 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
     ],
     dispatchesToHosts: true,
     publishesEvents: true,
+    dropsPausedState: true,
   },
   'sandbox-signal': {
     tables: [{ table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] }],
@@ -154,9 +165,16 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
     dispatchesToHosts: false,
   },
   'sandbox-power': {
-    tables: [{ table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] }],
+    tables: [
+      // The waiting creates are counted when a start asks the group for a host (relocation.ts).
+      { table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:Query'], indexes: [index(sandboxesTable, 'by-waiting')] },
+      // A start of a sandbox moved off a drained host places it as a create does (and gives the share back if the start lost a race).
+      { table: hostsTable, actions: ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:UpdateItem'], indexes: [index(hostsTable, 'by-pool')] },
+    ],
     dispatchesToHosts: true,
     publishesEvents: true,
+    // No host with room for such a start: the group is asked for one.
+    autoScaling: ['autoscaling:DescribeAutoScalingGroups', 'autoscaling:SetDesiredCapacity'],
   },
   'sandbox-network': {
     tables: [
@@ -183,6 +201,8 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
     publishesEvents: true,
     // A lost host is reported unhealthy so the group replaces it.
     autoScaling: ['autoscaling:SetInstanceHealth'],
+    // A moved paused sandbox whose TTL ends before it was started again.
+    dropsPausedState: true,
   },
   'fleet-events': {
     tables: [

@@ -30,7 +30,7 @@ import { LocalTelemetry } from './telemetry';
 import { ssmCommandWorkersFor } from '../../host-agent/src/protocol';
 import { localCgroupRoot } from './host-supervisor';
 import { startAutoScalingEndpoint, type AutoScalingEndpoint, type HookSpecification } from './autoscaling-endpoint';
-import { onFleetEvent } from '../../lambdas/shared/drain';
+import { handler as fleetEventsHandler } from '../../lambdas/fleet-events';
 import { localHostId, removeCgroupTreeWhenEmpty, startLocalHost, type LocalHost, type LocalHostContext, type LocalHostOptions } from './local-host';
 
 export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -240,8 +240,8 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
         launch: async (hostId) => void (await (await canStartHosts).add({ hostId, slots: o.slots ?? 16, ...(o.allocatable ? { allocatable: o.allocatable } : {}) })),
         // A terminated instance is gone at once: what it ran goes with it.
         terminate: async (hostId) => (await canStartHosts).remove(hostId),
-        // EventBridge to the fleet-events function (run here in the stack's process, as the reaper is).
-        onEvent: async (event) => void (await onFleetEvent(event)),
+        // EventBridge to the fleet-events function's handler (run here in the stack's process, as the reaper is).
+        onEvent: async (event) => void (await fleetEventsHandler(event)),
       });
       const endpoint = autoScaling;
       cleanups.push(() => endpoint.close());

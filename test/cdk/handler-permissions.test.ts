@@ -9,7 +9,7 @@ import { backgroundHandlerNames, handlerNames } from '../../lambdas/shared/route
 import { tables } from '../../lambdas/shared/tables';
 import { join } from 'node:path';
 import { analyzeCalls, analyzeHandlerCalls, type HandlerCalls } from '../../lib/bundle-analysis';
-import { commandOutputActions, eventBusActions, fileStagingActions, handlerAccess, homeReadActions, hostAccess, hostDispatchActions } from '../../lib/constructs/handler-access';
+import { commandOutputActions, eventBusActions, fileStagingActions, handlerAccess, homeReadActions, hostAccess, hostDispatchActions, pausedStateDropActions } from '../../lib/constructs/handler-access';
 import { hostAgentDir } from '../../lib/paths';
 
 const tableIndexes = Object.fromEntries(tables.map((t) => [t.id, t.indexes.map((i) => i.name)]));
@@ -53,6 +53,7 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
           ...(access.autoScaling ?? []),
           ...(access.stagesFiles ? fileStagingActions : []),
           ...(access.readsHomes ? homeReadActions : []),
+          ...(access.dropsPausedState ? pausedStateDropActions : []),
         ]),
       ].sort();
       assert.deepEqual(granted, used, `${handler}: ${fix}`);
