@@ -25,9 +25,12 @@ import type { DeploymentEnvironment } from './environment';
 import { repoRoot, sandboxImageDir } from './paths';
 
 export interface ServiceStackProps extends StackProps {
-  environment: DeploymentEnvironment;
-  tables: ProjectTables;
-  bucket: s3.IBucket;
+  /** The environment's settings (cdk.json). */
+  readonly environment: DeploymentEnvironment;
+  /** The stateful stack's tables. */
+  readonly tables: ProjectTables;
+  /** The stateful stack's bucket. */
+  readonly bucket: s3.IBucket;
 }
 
 /** The production image builds from Ubuntu pulled through ECR Public (no Docker Hub rate limits). */

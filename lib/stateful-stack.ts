@@ -11,7 +11,8 @@ import { StorageBucket } from './constructs/storage-bucket';
 import type { DeploymentEnvironment } from './environment';
 
 export interface StatefulStackProps extends StackProps {
-  environment: DeploymentEnvironment;
+  /** The environment's settings (cdk.json). */
+  readonly environment: DeploymentEnvironment;
 }
 
 export class StatefulStack extends Stack {

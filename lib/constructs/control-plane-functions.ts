@@ -42,21 +42,26 @@ export function arnPrefixPattern(service: string): string {
 }
 
 export interface ControlPlaneFunctionsProps {
-  environment: DeploymentEnvironment;
-  handlers: readonly string[];
-  tables: ProjectTables;
-  bucket: s3.IBucket;
+  /** The environment's settings (cdk.json): limits, timeouts, memory and the values handed to the functions. */
+  readonly environment: DeploymentEnvironment;
+  /** Handler names to make a function for (the route table's and the background ones). */
+  readonly handlers: readonly string[];
+  /** The project's tables: each function gets their names and only the grants its bundle's calls need. */
+  readonly tables: ProjectTables;
+  /** The storage bucket (homes, cold tier, command output, staged requests). */
+  readonly bucket: s3.IBucket;
   /** ECR URI of the sandbox image (SANDBOX_IMAGE). */
-  sandboxImageUri: string;
+  readonly sandboxImageUri: string;
   /** Base URL sandboxes call back (SANDBOX_API_URL). */
-  sandboxApiUrl: string;
-  removalPolicy: RemovalPolicy;
+  readonly sandboxApiUrl: string;
+  /** What happens to the functions' log groups when the stack goes. */
+  readonly removalPolicy: RemovalPolicy;
   /** Version string the health route reports. */
-  appVersion: string;
+  readonly appVersion: string;
   /** The environment's lifecycle event bus (EVENT_BUS_NAME; PutEvents for handlers that publish). */
-  events: SandboxEventBus;
+  readonly events: SandboxEventBus;
   /** The hosts' Auto Scaling group (AUTO_SCALING_GROUP_NAME): its fixed name, so the functions need no reference to the group. */
-  autoScalingGroupName: string;
+  readonly autoScalingGroupName: string;
 }
 
 /** How long a create that found no room waits for a host before it fails no_capacity (the fleet simulation reads it too). */

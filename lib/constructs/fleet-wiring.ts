@@ -31,21 +31,26 @@ export const spotInterruptionDetailType = 'EC2 Spot Instance Interruption Warnin
 export const fleetCapacityRateMinutes = 1;
 
 export interface FleetWiringProps {
-  envName: string;
-  group: autoscaling.AutoScalingGroup;
+  /** The environment's name, in resource names and the metric's dimensions. */
+  readonly envName: string;
+  /** The hosts' Auto Scaling group the scale-in policy is attached to. */
+  readonly group: autoscaling.AutoScalingGroup;
   /** The group's fixed name (the rule matches it; the metric is published under it). */
-  groupName: string;
-  fleetEvents: lambda.IFunction;
-  fleetCapacity: lambda.IFunction;
+  readonly groupName: string;
+  /** The function that drains a host on a termination lifecycle action or a Spot interruption warning. */
+  readonly fleetEvents: lambda.IFunction;
+  /** The function the capacity schedule runs each minute (metric, headroom, scale-in protection). */
+  readonly fleetCapacity: lambda.IFunction;
   /** Whether the group runs Spot hosts (the interruption-warning rule is only made then). */
-  spot: boolean;
+  readonly spot: boolean;
   /** Capacity kept free ahead of demand, percent (hosts.headroomPercent): sets the scale-in threshold. */
-  headroomPercent: number;
+  readonly headroomPercent: number;
   /** Minutes a host must have been spare before it goes (hosts.scaleInAfterMinutes). */
-  scaleInAfterMinutes: number;
+  readonly scaleInAfterMinutes: number;
   /** Delivery retries of the rules and the schedule before a dead letter. */
-  retryAttempts: number;
-  maxEventAgeSeconds: number;
+  readonly retryAttempts: number;
+  /** How old an undelivered event or schedule run may grow before it goes to the dead-letter queue. */
+  readonly maxEventAgeSeconds: number;
 }
 
 export class FleetWiring extends Construct {

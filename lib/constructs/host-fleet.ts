@@ -25,18 +25,24 @@ import type { SandboxEventBus } from './observability';
 import type { ProjectTables } from './tables';
 
 export interface HostFleetProps {
-  environment: DeploymentEnvironment;
-  network: SandboxNetwork;
-  tables: ProjectTables;
-  bucket: s3.IBucket;
-  sandboxImage: DockerImageAsset;
-  hostAgent: HostAgentAssets;
+  /** The environment's settings: instance types, Spot, min/max hosts, slots, volume size. */
+  readonly environment: DeploymentEnvironment;
+  /** The VPC and the hosts' security group (no inbound rules). */
+  readonly network: SandboxNetwork;
+  /** The tables the host daemon reads and writes (hosts, sandboxes, commands, egress log). */
+  readonly tables: ProjectTables;
+  /** The storage bucket the hosts sync homes with and mount the cold tier from. */
+  readonly bucket: s3.IBucket;
+  /** The sandbox image asset: the hosts pull it (ECR credentials) before they register. */
+  readonly sandboxImage: DockerImageAsset;
+  /** The bundled host-agent CLI, daemon and wrapper the user data fetches. */
+  readonly hostAgent: HostAgentAssets;
   /** The control plane's configuration (what the functions get): the host daemon reads the same settings. */
-  controlPlaneEnv: Record<string, string>;
+  readonly controlPlaneEnv: Record<string, string>;
   /** The lifecycle event bus: the host records outcomes and commands' ends, and publishes their events. */
-  events: SandboxEventBus;
+  readonly events: SandboxEventBus;
   /** Where each host's daemon ships its lines (logs and EMF metrics), one stream per host (HOST_LOG_GROUP). */
-  daemonLogGroup: logs.ILogGroup;
+  readonly daemonLogGroup: logs.ILogGroup;
 }
 
 /** Block device of the sandbox state volume (user data finds it under this name or its /dev/xvd twin). */

@@ -9,24 +9,30 @@
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 
 export interface HostUserDataProps {
-  region: string;
-  architecture: ec2.InstanceArchitecture;
+  /** The region the hosts run in (AWS CLI calls and the ECR registry). */
+  readonly region: string;
+  /** The hosts' CPU architecture (which packages the user data installs). */
+  readonly architecture: ec2.InstanceArchitecture;
   /** Values written to /etc/ephemeral-sandbox/host.env (tables, bucket, slots, image...). */
-  hostEnv: Record<string, string>;
+  readonly hostEnv: Record<string, string>;
   /** s3://bucket/key of the bundled host-agent CLI and daemon. */
-  hostAgentS3Url: string;
-  hostDaemonS3Url: string;
+  readonly hostAgentS3Url: string;
+  /** s3://bucket/key of the bundled host daemon (run by its systemd service). */
+  readonly hostDaemonS3Url: string;
   /** s3://bucket/key of host-agent/bin/host-agent (the wrapper that talks to the daemon's socket). */
-  hostAgentWrapperS3Url: string;
-  sandboxImageUri: string;
+  readonly hostAgentWrapperS3Url: string;
+  /** The sandbox image the host pulls before its launch-ready check. */
+  readonly sandboxImageUri: string;
   /** Registry host of the sandbox image (account.dkr.ecr.region.amazonaws.com). */
-  sandboxImageRegistry: string;
-  autoScalingGroupName: string;
-  launchHookName: string;
+  readonly sandboxImageRegistry: string;
+  /** The group whose launch lifecycle action the user data completes. */
+  readonly autoScalingGroupName: string;
+  /** The launch lifecycle hook completed with CONTINUE only when the launch-ready check passes. */
+  readonly launchHookName: string;
   /** The SSM agent's Mds.CommandWorkersLimit (commands it runs at once; 5 by default). */
-  ssmCommandWorkers: number;
+  readonly ssmCommandWorkers: number;
   /** Block device name of the sandbox state volume (formatted ext4, mounted at stateDir). */
-  stateDevice: string;
+  readonly stateDevice: string;
 }
 
 export const installDir = '/opt/ephemeral-sandbox';

@@ -10,11 +10,16 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import { Construct } from 'constructs';
 
 export interface SandboxNetworkProps {
-  natGateways: number;
-  maxAzs: number;
-  flowLogTrafficType: 'ALL' | 'REJECT';
-  logRetention: logs.RetentionDays;
-  removalPolicy: RemovalPolicy;
+  /** NAT gateways (0: hosts in public subnets with no inbound rules; cost at rest is what decides). */
+  readonly natGateways: number;
+  /** Availability zones the VPC spans. */
+  readonly maxAzs: number;
+  /** What the VPC flow log records: every flow or only rejected ones. */
+  readonly flowLogTrafficType: 'ALL' | 'REJECT';
+  /** How long the flow log is kept. */
+  readonly logRetention: logs.RetentionDays;
+  /** What happens to the flow log group when the stack goes. */
+  readonly removalPolicy: RemovalPolicy;
 }
 
 export class SandboxNetwork extends Construct {

@@ -33,9 +33,10 @@ export function eventBusName(envName: string): string {
 }
 
 export interface SandboxEventBusProps {
-  envName: string;
+  /** The environment's name, in the bus's and the archive's names. */
+  readonly envName: string;
   /** Days the archive keeps events (replay after a consumer's outage). */
-  archiveRetentionDays: number;
+  readonly archiveRetentionDays: number;
 }
 
 /** The environment's EventBridge bus for sandbox.* and command.finished events, with an archive to replay from. */
@@ -70,15 +71,20 @@ export function hostLogGroup(scope: Construct, id: string, props: { envName: str
 }
 
 export interface PlatformAlarmsProps {
-  environment: DeploymentEnvironment;
-  restApi: apigw.RestApi;
+  /** The environment's settings: alarm thresholds and the email subscription, if any. */
+  readonly environment: DeploymentEnvironment;
+  /** The REST API whose 5xx rate and p99 latency are watched. */
+  readonly restApi: apigw.RestApi;
   /** Every function, by handler name. */
-  functions: ReadonlyMap<string, lambda.IFunction>;
-  reaper: lambda.IFunction;
-  reaperDeadLetterQueue: sqs.IQueue;
+  readonly functions: ReadonlyMap<string, lambda.IFunction>;
+  /** The reaper function (its errors alarm). */
+  readonly reaper: lambda.IFunction;
+  /** Where the reaper's schedule puts runs it could not deliver (any message alarms). */
+  readonly reaperDeadLetterQueue: sqs.IQueue;
   /** Where the fleet's drain events and capacity-schedule deliveries land when fleet-events or fleet-capacity could not take them. */
-  fleetDeadLetterQueue: sqs.IQueue;
-  tables: readonly { definition: { id: string }; table: dynamodb.ITable }[];
+  readonly fleetDeadLetterQueue: sqs.IQueue;
+  /** The tables whose throttled requests alarm. */
+  readonly tables: readonly { definition: { id: string }; table: dynamodb.ITable }[];
 }
 
 /** One alarm as the README explains it: what it watches and its threshold. */

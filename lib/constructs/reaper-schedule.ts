@@ -12,11 +12,16 @@ import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
 
 export interface ReaperScheduleProps {
-  reaper: lambda.IFunction;
-  rateMinutes: number;
-  retryAttempts: number;
-  maxEventAgeSeconds: number;
-  envName: string;
+  /** The function the schedule invokes. */
+  readonly reaper: lambda.IFunction;
+  /** Minutes between runs. */
+  readonly rateMinutes: number;
+  /** Delivery retries before a run goes to the dead-letter queue. */
+  readonly retryAttempts: number;
+  /** How old an undelivered run may grow before it goes to the dead-letter queue. */
+  readonly maxEventAgeSeconds: number;
+  /** The environment's name, in the schedule's name. */
+  readonly envName: string;
 }
 
 /**

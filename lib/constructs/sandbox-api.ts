@@ -21,8 +21,10 @@ import type { Route } from '../../lambdas/shared/routes';
 import type { DeploymentEnvironment } from '../environment';
 
 export interface SandboxApiProps {
-  environment: DeploymentEnvironment;
-  removalPolicy: RemovalPolicy;
+  /** The environment's settings: stage name, throttling, usage plan, authorizer cache, CORS. */
+  readonly environment: DeploymentEnvironment;
+  /** What happens to the access log group when the stack goes. */
+  readonly removalPolicy: RemovalPolicy;
 }
 
 export class SandboxApi extends Construct {

@@ -10,21 +10,22 @@ import { fileStagingPrefix, stagedRequestPrefix } from '../../host-agent/src/pro
 import { commandOutputKeyPrefix } from './handler-access';
 
 export interface StorageBucketProps {
-  removalPolicy: RemovalPolicy;
+  /** RETAIN keeps the data when the stack goes; DESTROY empties and deletes the bucket (dev). */
+  readonly removalPolicy: RemovalPolicy;
   /** Keep old versions of overwritten/deleted objects. */
-  versioned: boolean;
+  readonly versioned: boolean;
   /** With versioning, how long a replaced version is kept. */
-  noncurrentVersionExpirationDays: number;
+  readonly noncurrentVersionExpirationDays: number;
   /** Objects not rewritten for this many days move to Intelligent-Tiering. */
-  intelligentTieringAfterDays: number;
+  readonly intelligentTieringAfterDays: number;
   /** How long server access logs are kept. */
-  accessLogRetentionDays: number;
+  readonly accessLogRetentionDays: number;
   /**
    * Days after which command output objects expire: the retention after a
    * sandbox ends plus the longest a sandbox can live (the rule counts from an
    * object's creation, not from its sandbox's end).
    */
-  commandOutputExpirationDays: number;
+  readonly commandOutputExpirationDays: number;
 }
 
 /**

@@ -9,11 +9,12 @@ import { Construct } from 'constructs';
 import type { KeyAttribute, TableDefinition } from '../../lambdas/shared/tables';
 
 export interface ProjectTablesProps {
-  definitions: readonly TableDefinition[];
+  /** The table and index definitions (lambdas/shared/tables.ts), the same the handlers and the local stack read. */
+  readonly definitions: readonly TableDefinition[];
   /** RETAIN keeps the data when the stack goes; DESTROY deletes it (dev). */
-  removalPolicy: RemovalPolicy;
+  readonly removalPolicy: RemovalPolicy;
   /** DynamoDB deletion protection: refuses DeleteTable even outside CloudFormation. */
-  deletionProtection: boolean;
+  readonly deletionProtection: boolean;
 }
 
 function attribute(key: KeyAttribute): dynamodb.Attribute {
