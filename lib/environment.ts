@@ -5,7 +5,7 @@
  * a message that names the field.
  */
 import { InstanceArchitecture, InstanceType } from 'aws-cdk-lib/aws-ec2';
-import { z } from 'zod';
+import * as z from 'zod';
 import { maxHeadroomPercent } from '../lambdas/shared/fleet-scaling';
 
 const positiveInt = z.number().int().positive();

@@ -12,7 +12,7 @@
  * bucket and passed by reference (`s3:<key>`, key made of the same safe
  * alphabet plus `/` and `.`); the host-agent fetches and deletes it.
  */
-import { z } from 'zod';
+import * as z from 'zod';
 import { egressPolicySchema, type EgressPolicy } from './egress/policy';
 
 export const hostVerbs = ['create', 'destroy', 'pause', 'resume', 'sync', 'status', 'network', 'run', 'kill', 'stdin', 'drain', 'files'] as const;

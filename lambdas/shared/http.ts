@@ -5,7 +5,7 @@
  */
 import middy from '@middy/core';
 import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
-import { z } from 'zod';
+import * as z from 'zod';
 import { ApiError, StillInProgress } from './errors';
 import { logger } from './logger';
 import { emitMetrics } from './metrics';

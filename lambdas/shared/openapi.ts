@@ -4,7 +4,7 @@
  * at GET /openapi.json and written to docs/openapi.json by the build. Every
  * route needs an entry in `operations`; the generator refuses a route without one.
  */
-import { z } from 'zod';
+import * as z from 'zod';
 import { egressPolicySchema } from '../../host-agent/src/egress/policy';
 import { loadConfig, type ControlPlaneConfig } from './config';
 import { binaryMediaTypes, filesInlineMaxBytes, gatewayResponses } from './gateway';

@@ -3,7 +3,7 @@
  * describes it and the tests check real answers against. Strict objects, so
  * a field a handler adds without describing it here fails those tests.
  */
-import { z } from 'zod';
+import * as z from 'zod';
 import { commandStatuses } from './command-state';
 import { sandboxStatuses, stopReasons } from './sandbox-state';
 

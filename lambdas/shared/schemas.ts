@@ -2,7 +2,7 @@
  * Request schemas (zod): they validate every body, query string and path id,
  * type the handlers, and name the offending field in every 400.
  */
-import { z } from 'zod';
+import * as z from 'zod';
 import { egressPolicySchema, readEgressPolicy } from '../../host-agent/src/egress/policy';
 import { commandIdPattern, minHomeDiskMb } from '../../host-agent/src/protocol';
 import { sandboxStatuses } from './sandbox-state';

@@ -11,7 +11,7 @@
  * so a policy the API accepted is one every host can enforce.
  */
 import { isIPv4 } from 'node:net';
-import { z } from 'zod';
+import * as z from 'zod';
 
 export type EgressPolicy = 'allow_all' | 'deny_all' | { allow: string[] };
 
