@@ -45,7 +45,7 @@ import { adoptSandboxes } from './readopt';
 import { containerLabels, hostVerbs, ownerLabelValue } from './protocol';
 import { readClaim } from './claim';
 import { isUnclaimedPoolContainer, poolSettings, sandboxIdOf, WarmPool } from './warm-pool';
-import { prepareHostImage, pruneImages, repositoryOf, type HostImage } from './image-rollout';
+import { desiredImageSource, prepareHostImage, pruneImages, repositoryOf, type HostImage } from './image-rollout';
 
 const agentVersion = '0.1.0';
 
@@ -77,6 +77,11 @@ export interface DaemonSettings {
    * (PRUNE_SANDBOX_IMAGES=1: on AWS hosts; off on a development machine, whose images are its owner's).
    */
   pruneSandboxImages: boolean;
+  /**
+   * SSM parameter holding the fleet's current sandbox image reference (SANDBOX_IMAGE_PARAMETER), read at every
+   * image pass: a deploy that changes the image reaches running hosts through it. Unset: SANDBOX_IMAGE, fixed.
+   */
+  imageParameter: string | undefined;
 }
 
 export function daemonSettings(): DaemonSettings {
@@ -95,22 +100,28 @@ export function daemonSettings(): DaemonSettings {
     drainTimeoutSeconds: seconds('DRAIN_TIMEOUT_SECONDS', 300),
     drainHookName: process.env.DRAIN_LIFECYCLE_HOOK || undefined,
     pruneSandboxImages: process.env.PRUNE_SANDBOX_IMAGES === '1',
+    imageParameter: process.env.SANDBOX_IMAGE_PARAMETER || undefined,
   };
 }
 
 /**
- * Keeps the configured sandbox image on the host: pulled (again, if it went),
- * its digest recorded on the host item when it changes, older images of its
- * repository pruned. Answers the image for the next pass.
+ * Keeps the fleet's current sandbox image (`ref`) on the host: pulled ahead of
+ * any create that names it (again, if it went), its digest recorded on the host
+ * item when it changes (from then on creates placed here name it), older images
+ * of its repository that no container uses pruned. The image this pass replaced
+ * is kept until the next pass: a create that read the host item just before the
+ * new digest was recorded still names it. Answers the image for the next pass.
  */
 export async function rollOutImage(s: DaemonSettings, docker: DockerClient, ref: string, recorded: HostImage | undefined): Promise<HostImage> {
   const image = await prepareHostImage(docker, ref);
-  if (image.digestRef !== recorded?.digestRef || image.ref !== recorded.ref) {
+  const changed = image.digestRef !== recorded?.digestRef || image.ref !== recorded.ref;
+  if (changed) {
     await recordHostImage(s.hostId, image);
-    logger.info('daemon: sandbox image ready on this host', { image: image.digestRef, ref: image.ref });
+    logger.info('daemon: sandbox image ready on this host', { image: image.digestRef, ref: image.ref, previous: recorded?.digestRef });
   }
   if (s.pruneSandboxImages) {
-    const pruned = await pruneImages(docker, repositoryOf(ref), [image.id]);
+    const keep = changed && recorded ? [image.id, recorded.id] : [image.id];
+    const pruned = await pruneImages(docker, repositoryOf(ref), keep);
     if (pruned.length > 0) logger.info('daemon: sandbox images no longer used removed', { pruned });
   }
   return image;
@@ -469,15 +480,18 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
   }
   // The image first: a host registers (and is offered creates) with it pulled. A pull that fails (the registry
   // unreachable) does not keep the host out: creates pull on demand, and the image loop below tries again.
-  const pulled = await prepareHostImage(docker, cp.sandboxImage).catch((err: unknown) => {
-    logger.error('daemon: could not pull the sandbox image; creates pull it on demand and this host retries', { image: cp.sandboxImage, err });
+  // The fleet's current reference, read again at every image pass (a deploy may change it while this host runs).
+  const desiredImage = desiredImageSource({ parameterName: s.imageParameter, initial: cp.sandboxImage });
+  const startImage = await desiredImage();
+  const pulled = await prepareHostImage(docker, startImage).catch((err: unknown) => {
+    logger.error('daemon: could not pull the sandbox image; creates pull it on demand and this host retries', { image: startImage, err });
     return undefined;
   });
   const capacity = hostResources(hostConfig.stateDir, s.slots);
   const registered = await registerHost({ hostId: s.hostId, capacity, agentVersion });
   logger.info('daemon: host registered', { hostId: s.hostId, status: registered, capacity, agentSocket: s.agentSocket });
   let hostImage: HostImage | undefined;
-  if (pulled) hostImage = await rollOutImage(s, docker, cp.sandboxImage, undefined).catch((err: unknown) => void logger.error('daemon: recording the sandbox image failed; retrying', { err }));
+  if (pulled) hostImage = await rollOutImage(s, docker, startImage, undefined).catch((err: unknown) => void logger.error('daemon: recording the sandbox image failed; retrying', { err }));
   const onHeartbeat = heartbeatActions(s, runtime, startDrain, () => drain.active);
   // Creates that waited for a host (this one may have been launched for them) are taken at once, not at the next heartbeat.
   await onHeartbeat(await getHost(s.hostId)).catch((err) => logger.error('daemon: first heartbeat actions failed; the heartbeat retries', { err }));
@@ -509,9 +523,10 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
     logger.error('daemon: closing the commands of a previous run failed; the reconcile loop retries', { err });
   });
   // Its own loop: a slow pull (a new image) never delays a reconcile pass, a failed one is tried again next time.
+  // A new reference is pulled here, before the host records it: until then creates placed here name the image it has.
   stops.push(
     every(s.reconcileSeconds * 1000, 'sandbox image', async () => {
-      hostImage = await rollOutImage(s, docker, cp.sandboxImage, hostImage);
+      hostImage = await rollOutImage(s, docker, await desiredImage(), hostImage);
     }),
   );
   if (s.hotSyncIntervalSeconds > 0) stops.push(every(s.hotSyncIntervalSeconds * 1000, 'hot sync', () => syncRunningSandboxes(s, docker)));

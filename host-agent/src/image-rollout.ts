@@ -8,6 +8,7 @@
 import type { AuthorizationData, ECRClient } from '@aws-sdk/client-ecr';
 import { DockerApiError, type DockerClient, type ImageInspect, type RegistryCredentials } from './docker';
 import { HostAgentError } from './errors';
+import { logger } from '../../lambdas/shared/logger';
 
 /** Credentials for the registry `image` lives in; undefined when it needs none. */
 export type RegistryAuth = (image: string) => Promise<RegistryCredentials | undefined>;
@@ -138,6 +139,40 @@ export async function pruneImages(docker: DockerClient, repository: string, keep
     }
   }
   return removed;
+}
+
+/** The fleet's current sandbox image reference, as a host reads it at each image pass. */
+export type DesiredImage = () => Promise<string>;
+
+/** GetParameter through the project's SSM client (AWS_ENDPOINT_URL_SSM locally: the local SSM endpoint). */
+async function readParameter(name: string): Promise<string | undefined> {
+  const [{ GetParameterCommand }, { ssm }] = await Promise.all([import('@aws-sdk/client-ssm'), import('../../lambdas/shared/clients/ssm')]);
+  return (await ssm().send(new GetParameterCommand({ Name: name }))).Parameter?.Value;
+}
+
+/**
+ * Where a running host learns the image a deploy rolled out: the SSM parameter
+ * `parameterName` (SANDBOX_IMAGE_PARAMETER; CDK writes it with the image URI the
+ * functions get as SANDBOX_IMAGE), read at every pass. The host's own
+ * SANDBOX_IMAGE is fixed at launch, so without it a running host would never
+ * pull a new image. Without a parameter name (a development machine) it is
+ * `initial`; a read that fails (SSM unreachable, throttled) answers the last
+ * reference read, so the host keeps its image rather than losing it.
+ */
+export function desiredImageSource(o: { parameterName: string | undefined; initial: string; read?: (name: string) => Promise<string | undefined> }): DesiredImage {
+  const read = o.read ?? readParameter;
+  let last = o.initial;
+  return async () => {
+    if (o.parameterName === undefined) return last;
+    try {
+      const value = (await read(o.parameterName))?.trim();
+      if (value) last = value;
+      else logger.warn('daemon: the sandbox image parameter is empty; keeping the image reference read before', { parameter: o.parameterName, image: last });
+    } catch (err) {
+      logger.warn('daemon: cannot read the sandbox image parameter; keeping the image reference read before', { parameter: o.parameterName, image: last, err });
+    }
+    return last;
+  };
 }
 
 /** What a host records of its sandbox image: the reference it was configured with, the digest it resolved it to. */

@@ -102,6 +102,19 @@ export function hostHasImage(host: Pick<PlacementHost, 'image' | 'image_ref'>, i
   return host.image === image || host.image_ref === image;
 }
 
+/**
+ * The image a create placed on `host` names: the digest the host recorded, whatever
+ * reference it resolved. During a rollout a host still on the previous image runs
+ * that one (it is pulled, checked, and the old image is what the fleet served a
+ * minute ago) rather than being sent the new tag and pulling it inside the create;
+ * its image loop pre-pulls the new one and the next creates name that. Only a host
+ * that has recorded no image at all (its pull failed) is sent `current`, the
+ * control plane's reference, and pulls it at create time.
+ */
+export function createImageFor(host: Pick<PlacementHost, 'image'> | undefined, current: string): string {
+  return host?.image || current;
+}
+
 export interface PlacementOptions {
   strategy: PlacementStrategy;
   /** Hosts whose last heartbeat is older than this (epoch ms) are not offered anything. */

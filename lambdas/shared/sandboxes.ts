@@ -9,7 +9,7 @@ import { config } from './config';
 import { ApiError, invalidState, unavailable } from './errors';
 import { hostFailure, hosts } from './host-calls';
 import { placeSandbox, releaseAllocation } from './host-store';
-import { hostHasImage, resourcesOf, type Resources } from './placement';
+import { createImageFor, resourcesOf, type Resources } from './placement';
 import { dropWaitingRequest, stageWaitingRequest, waitingRequestKey } from './capacity-wait';
 import { requestCapacity, setScaleInProtection } from './fleet';
 import type { Principal } from './http';
@@ -165,9 +165,9 @@ export async function createSandbox(
     },
     token_hash: sha256Hex(token),
   };
-  // By digest when the host resolved the control plane's reference to one; a host that has not pulled it yet pulls the reference.
-  // (A waiting create's host names the image it has when it takes the create.)
-  const request = hostCreateRequest(record, { token, image: host?.image && hostHasImage(host, c.sandboxImage) ? host.image : c.sandboxImage });
+  // By the digest the host holds (during a rollout, possibly the previous image: no create waits for a pull);
+  // a host with no image recorded pulls the reference. (A waiting create is staged with the reference: no host is known yet.)
+  const request = hostCreateRequest(record, { token, image: createImageFor(host, c.sandboxImage) });
   if (!host) return waitForCapacity(p, record, request, share, o);
 
   try {

@@ -306,6 +306,8 @@ export interface HostAccess {
   autoScaling: readonly AutoScalingAction[];
   /** The sandbox image's registry: the host-agent asks ECR for a token and pulls through the Engine API with it. */
   registryActions: readonly string[];
+  /** On the sandbox image parameter only: the daemon reads the fleet's current image reference at each image pass. */
+  imageParameterActions: readonly string[];
 }
 
 export const hostAccess: HostAccess = {
@@ -331,4 +333,5 @@ export const hostAccess: HostAccess = {
   autoScaling: ['autoscaling:SetInstanceProtection', 'autoscaling:CompleteLifecycleAction', 'autoscaling:RecordLifecycleActionHeartbeat'],
   // The layer and manifest reads of the pull itself are Docker's (grantPull on the image repository adds them).
   registryActions: ['ecr:GetAuthorizationToken'],
+  imageParameterActions: ['ssm:GetParameter'],
 };

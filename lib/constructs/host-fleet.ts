@@ -10,6 +10,7 @@ import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import type { DockerImageAsset } from 'aws-cdk-lib/aws-ecr-assets';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
+import * as ssm from 'aws-cdk-lib/aws-ssm';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
 import type { DeploymentEnvironment } from '../environment';
@@ -53,10 +54,17 @@ export const launchHookName = 'sandbox-host-launching';
 /** Lifecycle hook that holds a terminating host while it drains (fleet-events tells the host; the host completes it). */
 export const drainHookName = 'sandbox-host-draining';
 
+/** The SSM parameter holding the fleet's current sandbox image reference (the image URI the functions get as SANDBOX_IMAGE). */
+export function sandboxImageParameterName(envName: string): string {
+  return `/ephemeral-sandbox/${envName}/sandbox-image`;
+}
+
 export class HostFleet extends Construct {
   public readonly autoScalingGroup: autoscaling.AutoScalingGroup;
   public readonly launchTemplate: ec2.LaunchTemplate;
   public readonly role: iam.Role;
+  /** The fleet's current sandbox image reference, read by running hosts at each image pass. */
+  public readonly sandboxImageParameter: ssm.StringParameter;
 
   constructor(scope: Construct, id: string, props: HostFleetProps) {
     super(scope, id);
@@ -69,6 +77,16 @@ export class HostFleet extends Construct {
       assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com'),
       description: `Ephemeral Sandbox ${e.name}: sandbox host`,
       managedPolicies: [iam.ManagedPolicy.fromAwsManagedPolicyName('AmazonSSMManagedInstanceCore')],
+    });
+    // A host's SANDBOX_IMAGE (host.env) is fixed when it launches; a deploy that changes the image reaches the hosts
+    // already running through this parameter, which the daemon reads at each image pass (pre-pulls, then records).
+    // A parameter rather than an item in the hosts table: CloudFormation writes it in the same deploy that gives the
+    // functions the new SANDBOX_IMAGE, from the same value, with no custom resource and nothing for placement to skip;
+    // a host reads one standard parameter every pass (well within GetParameter's throughput for a fleet).
+    this.sandboxImageParameter = new ssm.StringParameter(this, 'SandboxImageParameter', {
+      parameterName: sandboxImageParameterName(e.name),
+      stringValue: props.sandboxImage.imageUri,
+      description: `Ephemeral Sandbox ${e.name}: the sandbox image hosts pre-pull and creates run`,
     });
     this.grantHostAccess(props, autoScalingGroupName);
 
@@ -91,6 +109,7 @@ export class HostFleet extends Construct {
         DRAIN_LIFECYCLE_HOOK: drainHookName,
         // A host holds the image it serves, not every image a rollout left behind (host-agent/src/image-rollout.ts).
         PRUNE_SANDBOX_IMAGES: '1',
+        SANDBOX_IMAGE_PARAMETER: this.sandboxImageParameter.parameterName,
       },
       hostAgentS3Url: props.hostAgent.cli.s3ObjectUrl,
       hostDaemonS3Url: props.hostAgent.daemon.s3ObjectUrl,
@@ -243,6 +262,11 @@ export class HostFleet extends Construct {
     }
     // ecr:GetAuthorizationToken (hostAccess.registryActions: the host-agent asks for the token) and the pull's reads, on this repository only.
     props.sandboxImage.repository.grantPull(this.role);
+    // The fleet's current image reference: GetParameter on that one parameter. (AmazonSSMManagedInstanceCore also
+    // allows ssm:GetParameter on every parameter, for the SSM agent; this grant says what the daemon itself needs.)
+    this.role.addToPolicy(
+      new iam.PolicyStatement({ sid: 'SandboxImageParameter', actions: [...hostAccess.imageParameterActions], resources: [this.sandboxImageParameter.parameterArn] }),
+    );
     // Exactly the host-agent objects, not the whole asset bucket.
     this.role.addToPolicy(
       new iam.PolicyStatement({

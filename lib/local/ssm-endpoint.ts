@@ -5,7 +5,8 @@
  * machine for the instance ids registered with it.
  *
  * Operations: SendCommand, GetCommandInvocation, ListCommandInvocations,
- * ListCommands, CancelCommand. Behaviour follows SSM where it matters to
+ * ListCommands, CancelCommand; and GetParameter, PutParameter (String
+ * parameters, ssm/parameters.ts). Behaviour follows SSM where it matters to
  * callers: output caps (24,000 chars of stdout, 8,000 of stderr, the beginning
  * kept), executionTimeout, cancellation, the agent's limit on commands running
  * at once per instance (`commandWorkersLimit`, the rest queue as Pending, as
@@ -47,6 +48,7 @@ import {
   type RequestBody,
 } from './ssm/requests';
 import { CommandStore } from './ssm/store';
+import { ParameterStore } from './ssm/parameters';
 
 export interface SsmEndpointOptions {
   /** 0 (default) picks a free port. */
@@ -87,6 +89,8 @@ export interface SsmEndpoint {
    * Undeliverable, their processes killed (the machine that ran them is gone).
    */
   deregisterInstance(id: string): void;
+  /** Writes a String parameter (a new version when it exists), as a deploy's PutParameter with Overwrite does. */
+  putParameter(name: string, value: string): void;
   /** The next `n` requests answer ThrottlingException. */
   injectThrottling(n: number): void;
   /** Every answer from now on waits `ms` first (a slow or distant SSM). */
@@ -123,6 +127,7 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
     instances.add(id);
   }
   const store = new CommandStore(recordTtlMs);
+  const parameters = new ParameterStore(env.AWS_REGION ?? 'us-east-1');
   const scriptRoot = mkdtempSync(join(tmpdir(), 'ssm-endpoint-'));
   const workersLimit = opts.commandWorkersLimit ?? 5;
   if (!Number.isInteger(workersLimit) || workersLimit < 1) throw new Error(`commandWorkersLimit must be a whole number >= 1, got ${workersLimit}`);
@@ -237,6 +242,8 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
     ListCommandInvocations: listCommandInvocations,
     ListCommands: listCommands,
     CancelCommand: cancelCommand,
+    GetParameter: (body) => parameters.getParameter(body),
+    PutParameter: (body) => parameters.putParameter(body),
   };
 
   // --- HTTP -----------------------------------------------------------------------------
@@ -320,6 +327,9 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
       for (const inv of store.invocations()) {
         if (inv.instanceId === id) agent.abandon(inv);
       }
+    },
+    putParameter(name: string, value: string) {
+      parameters.put(name, value);
     },
     injectThrottling(n: number) {
       if (!Number.isInteger(n) || n < 0) throw new Error(`injectThrottling takes a whole number >= 0, got ${n}`);

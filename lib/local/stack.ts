@@ -141,11 +141,19 @@ export interface LocalStack {
   /** The first host's daemon process (null once stopped, or between a crash and its restart). */
   daemon(): ChildProcess | null;
   stopDaemon(): Promise<void>;
+  /**
+   * What a deploy of a new sandbox image does: the image parameter the running hosts read, and the functions'
+   * SANDBOX_IMAGE (fresh execution environments). The hosts' own SANDBOX_IMAGE stays what they started with.
+   */
+  deployImage(ref: string): Promise<void>;
   startDaemon(): void;
   /** The Auto Scaling stand-in (with the autoScaling option). */
   autoScaling?: AutoScalingEndpoint;
   close(): Promise<void>;
 }
+
+/** The local twin of /ephemeral-sandbox/<env>/sandbox-image (lib/constructs/host-fleet.ts). */
+export const localSandboxImageParameter = '/ephemeral-sandbox/local/sandbox-image';
 
 export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalStack> {
   const tenantId = o.tenantId ?? 'default';
@@ -224,6 +232,9 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
     });
     cleanups.push(() => ssm.close());
     process.env.AWS_ENDPOINT_URL_SSM = env.AWS_ENDPOINT_URL_SSM = ssm.url;
+    // The fleet's current image, where running hosts read it at each image pass (CDK writes it on AWS: host-fleet.ts).
+    process.env.SANDBOX_IMAGE_PARAMETER = env.SANDBOX_IMAGE_PARAMETER = localSandboxImageParameter;
+    ssm.putParameter(localSandboxImageParameter, env.SANDBOX_IMAGE!);
 
     // The group's launches wait until the stack can start hosts (below).
     let hostsReady: (ctx: { add: (o: LocalHostOptions) => Promise<LocalHost>; remove: (hostId: string) => Promise<void> }) => void = () => undefined;
@@ -261,12 +272,14 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
     const { key: apiKey } = await createApiKey({ tenantId, key: o.apiKey, description: 'local stack key' });
 
     const functionSettings = localFunctionSettings();
+    // Kept: a deploy of a new image changes SANDBOX_IMAGE in it and nothing else.
+    let functionEnv: Record<string, string | undefined> = { ...process.env, ...env, SANDBOX_TIMINGS_ROLE: 'handler' };
     const api = await startLocalApi({
       port,
       functions: bundledFunctions({
         timeoutSeconds: o.functionTimeoutSeconds ?? functionSettings.timeoutSeconds,
         memoryMb: functionSettings.memoryMb,
-        env: { ...process.env, ...env, SANDBOX_TIMINGS_ROLE: 'handler' },
+        env: functionEnv,
         output: (name, stream) => telemetry.lines(name, stream),
       }),
       ...(o.integrationTimeoutSeconds !== undefined ? { integrationTimeoutSeconds: o.integrationTimeoutSeconds } : {}),
@@ -392,6 +405,13 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
       daemon: () => first().daemon(),
       stopDaemon: () => first().stopDaemon(),
       startDaemon: () => first().startDaemon(),
+      deployImage: async (ref) => {
+        ssm.putParameter(localSandboxImageParameter, ref);
+        env.SANDBOX_IMAGE = process.env.SANDBOX_IMAGE = ref;
+        resetConfig();
+        functionEnv = { ...functionEnv, SANDBOX_IMAGE: ref };
+        await api.functions.updateEnvironment(functionEnv);
+      },
       close: closeAll,
     };
   } catch (err) {

@@ -3,7 +3,7 @@
  * fleet-capacity, the hooks and their names on both sides, the group name every
  * function and host reads, the Auto Scaling grants scoped to the group, the
  * group's bounds per environment, the headroom the functions keep and the
- * scale-in policy derived from it.
+ * scale-in policy derived from it; the image parameter running hosts follow.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -13,7 +13,7 @@ import { pascal } from '../../lib/constructs/control-plane-functions';
 import { spotInterruptionDetailType, terminateLifecycleActionDetailType } from '../../lib/constructs/fleet-wiring';
 import { noScaleInReading } from '../../lambdas/shared/fleet-scaling';
 import { handlerAccess } from '../../lib/constructs/handler-access';
-import { drainHookName, launchHookName } from '../../lib/constructs/host-fleet';
+import { drainHookName, launchHookName, sandboxImageParameterName } from '../../lib/constructs/host-fleet';
 import { resolveEnvironment } from '../../lib/environment';
 import { cdkJsonContext, onlyResource, render, resourcesOf, synth, type EnvName } from './fixture';
 
@@ -170,6 +170,42 @@ for (const env of ['dev', 'prod'] as const) {
       assert.equal(values.LAUNCH_LIFECYCLE_HOOK, launchHookName);
       assert.equal(values.AUTO_SCALING_GROUP_NAME, groupName);
       assert.equal(values.DRAIN_TIMEOUT_SECONDS, String(e.hosts.drainTimeoutSeconds));
+    });
+  });
+
+  describe(`fleet wiring (${env}): the sandbox image running hosts follow`, () => {
+    const parameter = () => {
+      const found = resourcesOf(template(env), 'AWS::SSM::Parameter');
+      assert.equal(found.length, 1, 'one SSM parameter');
+      return { id: found[0]![0], props: found[0]![1].Properties! };
+    };
+
+    it('writes the image URI the functions get as SANDBOX_IMAGE to /ephemeral-sandbox/<env>/sandbox-image', () => {
+      const { props } = parameter();
+      assert.equal(props.Name, sandboxImageParameterName(env));
+      assert.equal(props.Name, `/ephemeral-sandbox/${env}/sandbox-image`);
+      assert.equal(props.Type, 'String');
+      for (const handler of allHandlers) {
+        assert.equal(render(props.Value), render(resources(env)[functionId(env, handler)].Properties.Environment.Variables.SANDBOX_IMAGE), handler);
+      }
+      assert.match(render(props.Value), /\.dkr\.ecr\..+:[0-9a-f]{64}$/);
+    });
+
+    it('tells hosts the parameter in host.env (alongside the SANDBOX_IMAGE they launch with)', () => {
+      const values = hostEnv(env);
+      assert.equal(values.SANDBOX_IMAGE_PARAMETER, `\${${parameter().id}}`);
+      assert.equal(values.SANDBOX_IMAGE, render(parameter().props.Value));
+    });
+
+    it('grants the host role ssm:GetParameter on that parameter only, and no other SSM parameter action', () => {
+      const data = onlyResource(template(env), 'AWS::EC2::LaunchTemplate').Properties!.LaunchTemplateData;
+      const roleId = resources(env)[data.IamInstanceProfile.Arn['Fn::GetAtt'][0]].Properties.Roles[0].Ref as string;
+      const pairs = statementsOfRole(env, roleId).flatMap((st) =>
+        asList(st.Action as string)
+          .filter((a) => a.startsWith('ssm:'))
+          .flatMap((a) => asList(st.Resource).map((r) => `${a} on ${render(r)}`)),
+      );
+      assert.deepEqual(pairs, [`ssm:GetParameter on arn:\${AWS::Partition}:ssm:\${AWS::Region}:\${AWS::AccountId}:parameter\${${parameter().id}}`]);
     });
   });
 

@@ -66,7 +66,7 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
     }
   });
 
-  it('host role: DynamoDB, storage, event bus, log shipping and registry actions of the host daemon and CLI bundles', async () => {
+  it('host role: DynamoDB, storage, event bus, log shipping, registry and image parameter actions of the host daemon and CLI bundles', async () => {
     const both = await Promise.all(['daemon', 'cli'].map((e) => analyzeCalls(`host-agent ${e}`, join(hostAgentDir, 'src', `${e}.ts`), tableIndexes)));
     const used = new Map<string, { actions: Set<string>; indexes: Set<string> }>();
     const storage = new Set<string>();
@@ -92,6 +92,11 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
     assert.deepEqual(hostAccess.publishesEvents ? [...eventBusActions] : [], [...published].sort(), `host: ${fix} (hostAccess.publishesEvents)`);
     assert.deepEqual([...hostAccess.logActions].sort(), [...shipped].sort(), `host: ${fix} (hostAccess.logActions)`);
     assert.deepEqual([...hostAccess.registryActions].sort(), [...storage].filter((a) => a.startsWith('ecr:')).sort(), `host: ${fix} (hostAccess.registryActions)`);
-    assert.deepEqual([...storage].filter((a) => !a.startsWith('s3:') && !a.startsWith('autoscaling:') && !a.startsWith('ecr:')), [], 'host: calls no other AWS service');
+    assert.deepEqual([...hostAccess.imageParameterActions].sort(), [...storage].filter((a) => a.startsWith('ssm:')).sort(), `host: ${fix} (hostAccess.imageParameterActions)`);
+    assert.deepEqual(
+      [...storage].filter((a) => !a.startsWith('s3:') && !a.startsWith('autoscaling:') && !a.startsWith('ecr:') && !a.startsWith('ssm:')),
+      [],
+      'host: calls no other AWS service',
+    );
   });
 });

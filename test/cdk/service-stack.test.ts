@@ -533,7 +533,8 @@ for (const env of ['dev', 'prod'] as const) {
           .replace(/cdk-hnb659fds-assets-\$\{AWS::AccountId\}-\$\{AWS::Region\}\/[0-9a-f]{64}\S*/, '<asset object>')
           .replace(/ on arn:.*:repository\/cdk-hnb659fds-container-assets-.*$/, ' on <image repository>')
           .replace(/\$\{EventsBus[0-9A-F]{8}\.Arn\}/, '<event bus>')
-          .replace(/\$\{HostLogs[0-9A-F]{8}\.Arn\}/, '<host log group>');
+          .replace(/\$\{HostLogs[0-9A-F]{8}\.Arn\}/, '<host log group>')
+          .replace(/ on arn:\$\{AWS::Partition\}:ssm:\$\{AWS::Region\}:\$\{AWS::AccountId\}:parameter.*$/, ' on <sandbox image parameter>');
       const got = [...pairs].map(simplify);
       const asg = `arn:\${AWS::Partition}:autoscaling:\${AWS::Region}:\${AWS::AccountId}:autoScalingGroup:*:autoScalingGroupName/EphemeralSandbox-${env}-Service-hosts`;
       const expected = [
@@ -552,6 +553,8 @@ for (const env of ['dev', 'prod'] as const) {
         'dynamodb:BatchWriteItem on <TablesEgressLog>',
         ...['ecr:BatchCheckLayerAvailability', 'ecr:BatchGetImage', 'ecr:GetDownloadUrlForLayer'].map((a) => `${a} on <image repository>`),
         'ecr:GetAuthorizationToken on *',
+        // The fleet's current image reference, read at each image pass (a deploy's new image reaches running hosts).
+        'ssm:GetParameter on <sandbox image parameter>',
         's3:GetObject on arn:${AWS::Partition}:s3:::<asset object>',
         `autoscaling:CompleteLifecycleAction on ${asg}`,
         `autoscaling:RecordLifecycleActionHeartbeat on ${asg}`,

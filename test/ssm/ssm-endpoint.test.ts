@@ -11,6 +11,10 @@ import { after, before, describe, it } from 'node:test';
 import {
   CancelCommandCommand,
   GetCommandInvocationCommand,
+  GetParameterCommand,
+  ParameterAlreadyExists,
+  ParameterNotFound,
+  PutParameterCommand,
   InvalidDocument,
   InvalidInstanceId,
   InvalidParameters,
@@ -301,6 +305,30 @@ describe('local SSM endpoint with eventual consistency', () => {
       ssm.destroy();
       await endpoint.close();
       await rm(scratch, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('local SSM endpoint: String parameters (the fleet\u2019s current sandbox image)', () => {
+  it('answers GetParameter with what PutParameter or the stack wrote, a new version each write; unknown names are ParameterNotFound', async () => {
+    const endpoint = await startSsmEndpoint({ instanceIds: [] });
+    const ssm = clientFor(endpoint);
+    const name = '/ephemeral-sandbox/local/sandbox-image';
+    try {
+      await assert.rejects(ssm.send(new GetParameterCommand({ Name: name })), ParameterNotFound);
+      endpoint.putParameter(name, 'repo:v1');
+      const first = await ssm.send(new GetParameterCommand({ Name: name }));
+      assert.equal(first.Parameter?.Value, 'repo:v1');
+      assert.equal(first.Parameter?.Version, 1);
+      assert.equal(first.Parameter?.Type, 'String');
+      await assert.rejects(ssm.send(new PutParameterCommand({ Name: name, Value: 'repo:v2', Type: 'String' })), ParameterAlreadyExists);
+      assert.equal((await ssm.send(new PutParameterCommand({ Name: name, Value: 'repo:v2', Type: 'String', Overwrite: true }))).Version, 2);
+      const second = await ssm.send(new GetParameterCommand({ Name: name }));
+      assert.equal(second.Parameter?.Value, 'repo:v2');
+      assert.equal(second.Parameter?.Version, 2);
+    } finally {
+      ssm.destroy();
+      await endpoint.close();
     }
   });
 });

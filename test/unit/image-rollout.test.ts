@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { ECRClient } from '@aws-sdk/client-ecr';
-import { digestRefOf, ecrRegistryAuth, isEcrImage, registryOf, repositoryOf } from '../../host-agent/src/image-rollout';
+import { desiredImageSource, digestRefOf, ecrRegistryAuth, isEcrImage, registryOf, repositoryOf } from '../../host-agent/src/image-rollout';
 
 const ecrRepo = '123456789012.dkr.ecr.eu-west-1.amazonaws.com/cdk-hnb659fds-container-assets-123456789012-eu-west-1';
 const digest = 'sha256:' + 'a'.repeat(64);
@@ -63,5 +63,43 @@ describe('ECR credentials (GetAuthorizationToken stood in)', () => {
     assert.equal(await auth('ephemeral-sandbox:latest'), undefined);
     assert.equal(await auth('127.0.0.1:5000/sandbox:v1'), undefined);
     assert.deepEqual(calls, []);
+  });
+});
+
+describe('the image reference a running host reads at each pass (SSM GetParameter answered by a stand-in reader)', () => {
+  it('follows the parameter as a deploy changes it', async () => {
+    let value: string | undefined = 'repo:v1';
+    const names: string[] = [];
+    const desired = desiredImageSource({ parameterName: '/p', initial: 'repo:v0', read: async (n) => (names.push(n), value) });
+    assert.equal(await desired(), 'repo:v1');
+    value = 'repo:v2';
+    assert.equal(await desired(), 'repo:v2');
+    assert.deepEqual(names, ['/p', '/p']);
+  });
+  it('keeps the last reference read when the parameter cannot be read or is empty (the host keeps its image)', async () => {
+    let fail = false;
+    let value = 'repo:v1';
+    const desired = desiredImageSource({
+      parameterName: '/p',
+      initial: 'repo:v0',
+      read: async () => {
+        if (fail) throw new Error('ThrottlingException');
+        return value;
+      },
+    });
+    assert.equal(await desired(), 'repo:v1');
+    fail = true;
+    assert.equal(await desired(), 'repo:v1');
+    fail = false;
+    value = ' ';
+    assert.equal(await desired(), 'repo:v1');
+  });
+  it('starts from SANDBOX_IMAGE when the first read fails, and uses only it without a parameter name', async () => {
+    const failing = desiredImageSource({ parameterName: '/p', initial: 'repo:v0', read: async () => Promise.reject(new Error('unreachable')) });
+    assert.equal(await failing(), 'repo:v0');
+    let reads = 0;
+    const fixed = desiredImageSource({ parameterName: undefined, initial: 'repo:v0', read: async () => (reads++, 'repo:v9') });
+    assert.equal(await fixed(), 'repo:v0');
+    assert.equal(reads, 0);
   });
 });

@@ -8,6 +8,7 @@ import { describe, it } from 'node:test';
 import {
   allocatableResources,
   allocationCorrections,
+  createImageFor,
   dominantShare,
   fits,
   rankHosts,
@@ -125,6 +126,26 @@ describe('the order hosts are tried in', () => {
     const cpuBound = host('mi-cpu', cap, { cpu_milli: 2000, memory_mb: 0, disk_mb: 0, sandboxes: 1 });
     assert.ok(dominantShare(memoryBound.capacity, memoryBound.allocated) > dominantShare(cpuBound.capacity, cpuBound.allocated));
     assert.deepEqual(ids(rankHosts([memoryBound, cpuBound], request, { strategy: 'spread', freshAfter: 0 })), ['mi-cpu', 'mi-mem']);
+  });
+});
+
+describe('the image a create names on the host it was placed on', () => {
+  const current = 'repo:v2';
+  it('a host that resolved the current reference: its digest', () => {
+    assert.equal(createImageFor({ image: 'repo@sha256:new', image_ref: 'repo:v2' } as PlacementHost, current), 'repo@sha256:new');
+  });
+  it('a host still on the previous image during a rollout: the digest it has, not the new tag (no pull inside the create)', () => {
+    assert.equal(createImageFor({ image: 'repo@sha256:old', image_ref: 'repo:v1' } as PlacementHost, current), 'repo@sha256:old');
+  });
+  it('a host that already holds a newer reference than the control plane (the hosts learnt it first): its digest', () => {
+    assert.equal(createImageFor({ image: 'repo@sha256:newer', image_ref: 'repo:v3' } as PlacementHost, current), 'repo@sha256:newer');
+  });
+  it('a host with no image recorded (its pull failed): the reference, pulled at create time', () => {
+    assert.equal(createImageFor({} as PlacementHost, current), current);
+    assert.equal(createImageFor({ image: '' } as PlacementHost, current), current);
+  });
+  it('no host yet (a create waiting for capacity): the reference', () => {
+    assert.equal(createImageFor(undefined, current), current);
   });
 });
 
