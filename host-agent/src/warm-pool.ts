@@ -77,6 +77,12 @@ export interface PoolContainer {
   /** Its host directory: `home`, `cold` (slave-propagated into the container) and `io`. */
   dir: string;
   imageId: string;
+  /**
+   * The names its image answers to: the pool's reference, its tags and its
+   * `repo@sha256:` digests. Creates name the digest their host recorded
+   * (image-rollout.ts), the pool is filled from the tag it was configured with.
+   */
+  imageRefs: string[];
   networkId: string;
   /** Size of its /tmp (fixed at create): a claim must ask for a memory size that gives the same. */
   tmpMb: number;
@@ -149,9 +155,9 @@ export class WarmPool {
    */
   take(request: Pick<CreateInput, 'image' | 'memoryMb' | 'network'>): PoolContainer | undefined {
     if (this.settings.depth === 0 || this.closed) return undefined;
-    const fits =
-      request.network === 'bridge' && request.image === this.settings.image && tmpSizeMbFor(request.memoryMb, this.config.tmpSizeMb) === this.poolTmpMb();
-    const entry = fits ? this.ready.shift() : undefined;
+    const fits = request.network === 'bridge' && tmpSizeMbFor(request.memoryMb, this.config.tmpSizeMb) === this.poolTmpMb();
+    const at = fits ? this.ready.findIndex((c) => c.imageRefs.includes(request.image)) : -1;
+    const entry = at >= 0 ? this.ready.splice(at, 1)[0] : undefined;
     if (entry) {
       this.counters.claimed++;
       this.claiming.add(entry.containerId);
@@ -251,7 +257,8 @@ export class WarmPool {
       ];
       ({ Id: containerId } = await this.docker.createContainer(name, spec));
       await this.docker.startContainer(containerId);
-      return { poolId, name, containerId, dir, imageId: image.Id, networkId: network.id, tmpMb: this.poolTmpMb() };
+      const imageRefs = [...new Set([this.settings.image, ...(image.RepoTags ?? []), ...(image.RepoDigests ?? [])])];
+      return { poolId, name, containerId, dir, imageId: image.Id, imageRefs, networkId: network.id, tmpMb: this.poolTmpMb() };
     } catch (error) {
       if (containerId) await this.docker.removeContainer(containerId, true).catch(() => undefined);
       await removePoolDir(dir).catch(() => undefined);
