@@ -527,6 +527,8 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
   stops.push(
     every(s.reconcileSeconds * 1000, 'sandbox image', async () => {
       hostImage = await rollOutImage(s, docker, await desiredImage(), hostImage);
+      // Before the prune of the next pass can reach it: the pool moves to the image creates now name.
+      await pool.retarget(hostImage.digestRef);
     }),
   );
   if (s.hotSyncIntervalSeconds > 0) stops.push(every(s.hotSyncIntervalSeconds * 1000, 'hot sync', () => syncRunningSandboxes(s, docker)));

@@ -166,6 +166,24 @@ export class WarmPool {
     return entry;
   }
 
+  /**
+   * The fleet's image changed on this host (a rollout, image-rollout.ts): the
+   * pool fills from `image` from now on, and its ready containers of another
+   * image go (no create would claim them, and they would keep the replaced
+   * image from being pruned). Containers of the same image (another name of
+   * it, e.g. its digest) stay.
+   */
+  async retarget(image: string): Promise<void> {
+    if (image === this.settings.image) return;
+    this.settings.image = image;
+    const stale = this.ready.filter((c) => !c.imageRefs.includes(image));
+    if (stale.length === 0) return;
+    for (const entry of stale) this.ready.splice(this.ready.indexOf(entry), 1);
+    logger.info('warm pool: containers of the replaced image removed', { image, removed: stale.map((c) => c.name) });
+    await Promise.all(stale.map((e) => this.discard(e).catch((err) => logger.error('warm pool: could not remove a container of the replaced image', { err }))));
+    this.refill();
+  }
+
   /** The claim of a taken container is over (it is a sandbox now, or it was discarded). */
   claimed(entry: Pick<PoolContainer, 'containerId'>): void {
     this.claiming.delete(entry.containerId);
@@ -198,6 +216,11 @@ export class WarmPool {
         if (this.closed) {
           await this.discard(entry);
           return;
+        }
+        if (!entry.imageRefs.includes(this.settings.image)) {
+          // Made from the image a rollout replaced while it was being made.
+          await this.discard(entry);
+          continue;
         }
         this.ready.push(entry);
         this.counters.made++;
