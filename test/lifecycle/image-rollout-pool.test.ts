@@ -15,7 +15,7 @@ import { docker as dockerApi } from '../support/docker';
 import { docker, startLocalRegistry, type LocalRegistry } from '../support/registry';
 import { poolLabel } from '../../host-agent/src/warm-pool';
 import { sandboxImage } from '../host-agent/fixture';
-import { uniqueUser } from './lifecycle-support';
+import { uniqueUser, waitFor } from './lifecycle-support';
 
 let registry: LocalRegistry;
 let stack: LocalStack;
@@ -23,16 +23,6 @@ let api: ApiClient;
 let v1: { ref: string; digestRef: string };
 let v2: { ref: string; digestRef: string } | undefined;
 const v2Source = `ephemeral-sandbox-rollout-pool-v2:${randomBytes(4).toString('hex')}`;
-
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 90_000): Promise<T> {
-  const giveUpAt = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > giveUpAt) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
 
 /** The image ids of this stack's unclaimed pool containers. */
 async function poolImages(): Promise<string[]> {
@@ -61,9 +51,9 @@ after(async () => {
 
 describe('the warm pool through an image rollout (a real registry on loopback)', () => {
   it('a create naming the digest its host recorded claims the pool container made from the tag', async () => {
-    await until('the host to record v1 by digest', async () => ((await getHost(stack.hostId))?.image === v1.digestRef ? true : undefined));
+    await waitFor('the host to record v1 by digest', async () => ((await getHost(stack.hostId))?.image === v1.digestRef ? true : undefined), 90_000);
     const v1Id = await imageId(v1.digestRef);
-    await until('a pool container of v1', async () => ((await poolImages()).includes(v1Id) ? true : undefined));
+    await waitFor('a pool container of v1', async () => ((await poolImages()).includes(v1Id) ? true : undefined), 90_000);
     const res = await api.createReady(uniqueUser('pool-rollout'), { idle_timeout_seconds: 600 });
     assert.equal(res.status, 201, res.text);
     const container = await dockerApi.getContainer(res.body.sandbox_id).inspect();
@@ -77,13 +67,13 @@ describe('the warm pool through an image rollout (a real registry on loopback)',
     v2 = await registry.push(v2Source, 'ephemeral-sandbox-rollout-pool', 'v2');
     await docker('rmi', v2.digestRef).catch(() => undefined);
     await stack.deployImage(v2.ref);
-    await until('the host to record v2', async () => ((await getHost(stack.hostId))?.image === v2!.digestRef ? true : undefined));
+    await waitFor('the host to record v2', async () => ((await getHost(stack.hostId))?.image === v2!.digestRef ? true : undefined), 90_000);
     const v2Id = await imageId(v2.digestRef);
-    await until('the pool to be made of v2 only', async () => {
+    await waitFor('the pool to be made of v2 only', async () => {
       const images = await poolImages();
       return images.length > 0 && images.every((i) => i === v2Id) ? true : undefined;
-    });
-    await until('v1 to be pruned', async () => ((await hasImage(v1.digestRef)) ? undefined : true), 60_000);
+    }, 90_000);
+    await waitFor('v1 to be pruned', async () => ((await hasImage(v1.digestRef)) ? undefined : true), 60_000);
     const res = await api.createReady(uniqueUser('pool-rollout-v2'), { idle_timeout_seconds: 600 });
     assert.equal(res.status, 201, res.text);
     const container = await dockerApi.getContainer(res.body.sandbox_id).inspect();

@@ -18,7 +18,7 @@ import { apiClient, type ApiClient } from '../support/api-client';
 import { docker as dockerApi } from '../support/docker';
 import { docker, startLocalRegistry, type LocalRegistry } from '../support/registry';
 import { sandboxImage } from '../host-agent/fixture';
-import { uniqueUser } from './lifecycle-support';
+import { uniqueUser, waitFor } from './lifecycle-support';
 
 let registry: LocalRegistry;
 let stack: LocalStack;
@@ -28,16 +28,6 @@ let pushed: { ref: string; digestRef: string };
 const v2Source = `ephemeral-sandbox-rollout-v2:${randomBytes(4).toString('hex')}`;
 let v2: { ref: string; digestRef: string } | undefined;
 const made: string[] = [];
-
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
-  const giveUpAt = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > giveUpAt) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
 
 async function createdImage(user: string): Promise<{ id: string; image: string }> {
   const res = await api.createReady(uniqueUser(user), { idle_timeout_seconds: 600 });
@@ -100,10 +90,10 @@ describe('image rollout (a real registry on loopback)', () => {
     assert.notEqual(v2.digestRef, pushed.digestRef);
     await docker('rmi', v2.digestRef).catch(() => undefined);
     const pushedAt = Date.now();
-    const ready = await until('the host to pre-pull v2 and record its digest', async () => {
+    const ready = await waitFor('the host to pre-pull v2 and record its digest', async () => {
       const h = await getHost(hostId);
       return h?.image === v2!.digestRef ? h : undefined;
-    });
+    }, 60_000);
     assert.equal(ready.image_ref, v2Ref);
     // Within a pass or two of the image being there (5 s each, and a pull from loopback).
     assert.ok(Date.now() - pushedAt < 20_000, `recorded after ${Date.now() - pushedAt} ms`);
@@ -119,7 +109,7 @@ describe('image rollout (a real registry on loopback)', () => {
       const { final } = await api.destroyAndWait(id, false);
       assert.ok(['stopped', 'expired', 'failed'].includes(final.body.status), final.text);
     }
-    await until('the old image to be pruned', async () => ((await hasImage(pushed.digestRef)) ? undefined : true), 30_000);
+    await waitFor('the old image to be pruned', async () => ((await hasImage(pushed.digestRef)) ? undefined : true), 30_000);
     assert.ok(await hasImage(v2.digestRef), 'the current image stays');
   });
 });
