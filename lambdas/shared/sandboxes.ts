@@ -405,13 +405,10 @@ export async function destroySandbox(p: Principal, sandboxId: string, graceful: 
   if (record.status === 'shutting_down') {
     // Handed to the reaper (complete/error asked for it) or a try that failed: drive it now, unless someone is at it.
     shutting = record.deadline_at !== undefined && record.deadline_at <= Date.now() ? await claimDue(record, Date.now()) : undefined;
-    if (!shutting) return { done: false, view: toView(record) };
+    if (!shutting) return awaitEnd(record, deadline);
   } else {
     shutting = await beginShutdown(record, 'user_requested');
-    if (!shutting) {
-      const now = (await getSandbox(sandboxId)) ?? record;
-      return { done: isTerminal(now.status), view: toView(now) };
-    }
+    if (!shutting) return awaitEnd((await getSandbox(sandboxId)) ?? record, deadline);
   }
   if (!shutting.host_id) {
     // A create still waiting for a host: there is nothing on any host to remove.
@@ -431,6 +428,21 @@ export async function destroySandbox(p: Principal, sandboxId: string, graceful: 
     }
     throw err instanceof ApiError ? err : hostFailure(err, 'destroy');
   }
+}
+
+/**
+ * Someone else is ending the sandbox (a concurrent destroy, the reaper, its
+ * host): wait for the end they record, within the API's time, so every
+ * destroy that saw it end answers 204 and one still under way answers 202.
+ */
+async function awaitEnd(seen: SandboxRecord, deadline: number): Promise<{ done: boolean; view: SandboxView }> {
+  let r = seen;
+  const until = deadline - answerReserveMs;
+  for (let attempt = 0; !isTerminal(r.status) && Date.now() < until; attempt++) {
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, Math.min(until - Date.now(), 50 + attempt * 25, 500))));
+    r = (await getSandbox(seen.sandbox_id)) ?? r;
+  }
+  return { done: isTerminal(r.status), view: toView(r) };
 }
 
 /**

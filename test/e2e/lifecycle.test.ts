@@ -175,7 +175,7 @@ describe('the sandbox lifecycle (create -> exec -> destroy)', () => {
     const sid = created.body.sandbox_id;
     const [a, b] = await Promise.all([api.destroy(sid, false), api.destroy(sid, false)]);
     assert.deepEqual([a.status, b.status].sort(), [204, 204]);
-    // The loser answers at once; the winner removes the container.
+    // The loser waits for the end the winner records; the winner removes the container.
     for (let i = 0; i < 100 && (await containerExists(sid)); i++) await new Promise((r) => setTimeout(r, 100));
     assert.equal(await containerExists(sid), false);
     const got = await api.get(sid);

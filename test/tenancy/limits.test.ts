@@ -156,10 +156,21 @@ describe('the cap on sandboxes per tenant', () => {
 
   it('gives the slot back when the host fails the create', async () => {
     const api = await keyFor('host-fails');
-    // An image the host cannot have or pull (a registry on a closed loopback port): the host's create fails.
-    // Like changing a deployed function's environment: fresh execution environments see it.
-    await stack.api.functions.updateEnvironment({ ...process.env, ...stack.env, SANDBOX_IMAGE: '127.0.0.1:9/no-such-image:latest' });
+    // A create names the image its host recorded (a rollout's digest): have the host record one it cannot
+    // have or pull (a registry on a closed loopback port), so its create fails. The daemon, which would
+    // record the real image again on its next pass, is held off meanwhile.
+    await stack.stopDaemon();
+    const host = (await getHost(stack.hostId))!;
+    const setImage = (image: string | undefined) =>
+      dynamo().send(
+        new UpdateCommand({
+          TableName: config().tables.hosts,
+          Key: { host_id: stack.hostId },
+          ...(image === undefined ? { UpdateExpression: 'REMOVE image' } : { UpdateExpression: 'SET image = :i', ExpressionAttributeValues: { ':i': image } }),
+        }),
+      );
     try {
+      await setImage('127.0.0.1:9/no-such-image:latest');
       const res = await api.create('u');
       assert.ok(res.status >= 500 && res.status < 600, res.text);
       assert.match(res.body.error.code, /^host_/, res.text);
@@ -170,7 +181,9 @@ describe('the cap on sandboxes per tenant', () => {
         [['failed', 'create_failed']],
       );
     } finally {
-      await stack.api.functions.updateEnvironment({ ...process.env, ...stack.env });
+      await setImage(host.image);
+      stack.startDaemon();
+      await waitForHeartbeat();
     }
     const after = await api.create('u');
     assert.equal(after.status, 201, after.text);
