@@ -1,0 +1,118 @@
+#!/usr/bin/env node
+/**
+ * `npm test`: the typecheck and every test file, in two lanes that run at the
+ * same time.
+ *
+ * - The stack lane: files that start a local stack, drive Docker, mount FUSE
+ *   or touch the host's network. They share one Docker engine and its images
+ *   (a rollout test prunes images, a warm-pool test counts every pool
+ *   container), so they run one at a time, streamed as they go.
+ * - The isolated lane: the typecheck, then files that share nothing with
+ *   anything (pure functions, CDK synthesis, the SSM endpoint's rules, an
+ *   authorizer on its own DynamoDB Local, hot sync on its own S3 endpoint).
+ *   They run alongside the stack lane at a lower CPU priority, so the stack
+ *   lane's timings stay close to what they are alone; their report is printed
+ *   after the stack lane's.
+ *
+ * Which lane a file is in is decided here, once; a file in the isolated lane
+ * that imports the local stack or the Docker client is refused before anything
+ * runs. `node scripts/run-tests.mjs <files...>` runs only those files (same
+ * lanes). Exit code: 0 only when every lane passed.
+ */
+import { spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { dirname, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+/** Files that share no engine, port, mount or network with other tests (paths relative to the repository). */
+const isolated = [
+  /^test\/unit\//,
+  /^test\/cdk\//,
+  /^test\/sdk\/types-parity\.test\.ts$/,
+  /^test\/ssm\/ssm-endpoint\.test\.ts$/,
+  /^test\/tenancy\/authorizer\.test\.ts$/,
+  /^test\/storage\/hot-sync\.test\.ts$/,
+];
+
+/** What makes a file a stack-lane file whatever the list says. */
+const sharedState = /from '[^']*(lib\/local\/stack|support\/docker|host-agent\/src\/docker)'/;
+
+function allTestFiles() {
+  const files = [];
+  for (const dir of readdirSync(join(repoRoot, 'test'), { withFileTypes: true })) {
+    if (!dir.isDirectory()) continue;
+    for (const f of readdirSync(join(repoRoot, 'test', dir.name))) if (f.endsWith('.test.ts')) files.push(`test/${dir.name}/${f}`);
+  }
+  return files.sort();
+}
+
+const asked = process.argv.slice(2).map((f) => relative(repoRoot, join(process.cwd(), f)));
+const files = asked.length > 0 ? asked : allTestFiles();
+const inIsolated = (f) => isolated.some((re) => re.test(f));
+const isolatedFiles = files.filter(inIsolated);
+const stackFiles = files.filter((f) => !inIsolated(f));
+
+const misplaced = isolatedFiles.filter((f) => sharedState.test(readFileSync(join(repoRoot, f), 'utf8')));
+if (misplaced.length > 0) {
+  console.error(`run-tests: these files use the local stack or Docker, so they belong in the stack lane: ${misplaced.join(', ')}`);
+  process.exit(2);
+}
+
+const nodeTest = (list) => [process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-timeout=600000', ...list]];
+
+/** Runs `steps` one after another; resolves with the first failing exit code, or 0. */
+function lane(steps, output, o = {}) {
+  return (async () => {
+    for (const [cmd, args] of steps) {
+      const code = await new Promise((resolve) => {
+        const child = spawn(o.nice ? 'nice' : cmd, o.nice ? ['-n', '10', cmd, ...args] : args, { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+        child.stdout.on('data', (d) => output(d));
+        child.stderr.on('data', (d) => output(d));
+        child.on('close', (c, signal) => resolve(c ?? (signal ? 1 : 0)));
+        child.on('error', (err) => {
+          output(`run-tests: ${cmd} could not start: ${err.message}\n`);
+          resolve(1);
+        });
+      });
+      if (code !== 0) return code;
+    }
+    return 0;
+  })();
+}
+
+const started = Date.now();
+let isolatedText = '';
+/** The stack lane's last lines, for its TAP footer in the summary. */
+let stackTail = '';
+let isolatedDoneAt;
+
+const typecheck = asked.length > 0 ? [] : [[process.execPath, [join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc'), '--noEmit', '-p', '.']]];
+const isolatedRun = lane([...typecheck, ...(isolatedFiles.length > 0 ? [nodeTest(isolatedFiles)] : [])], (d) => (isolatedText += d), { nice: true }).then((code) => {
+  isolatedDoneAt = Date.now();
+  return code;
+});
+const stackRun = stackFiles.length > 0 ? lane([nodeTest(stackFiles)], (d) => {
+        process.stdout.write(d);
+        stackTail = (stackTail + d).slice(-4096);
+      }) : Promise.resolve(0);
+
+let interrupted = false;
+process.on('SIGINT', () => {
+  interrupted = true;
+});
+
+const [isolatedCode, stackCode] = await Promise.all([isolatedRun, stackRun]);
+const minutes = (ms) => `${(ms / 60_000).toFixed(1)} min`;
+process.stdout.write(`\n# ---- isolated lane (typecheck and ${isolatedFiles.length} files, run alongside the stack lane; done after ${minutes(isolatedDoneAt - started)}) ----\n`);
+process.stdout.write(isolatedText);
+
+/** Sums the TAP footers ("# pass N") of both lanes. */
+const tally = (text, key) => [...text.matchAll(new RegExp(`^# ${key} (\\d+)$`, 'gm'))].reduce((n, m) => n + Number(m[1]), 0);
+const both = `${isolatedText}\n${stackTail}`;
+process.stdout.write(
+  `\n# ---- all lanes: ${files.length} files in ${minutes(Date.now() - started)}: tests ${tally(both, 'tests')}, pass ${tally(both, 'pass')}, fail ${tally(both, 'fail')}` +
+    ` (stack lane exit ${stackCode}, isolated lane exit ${isolatedCode}) ----\n`,
+);
+process.exit(interrupted ? 130 : isolatedCode !== 0 ? isolatedCode : stackCode);
