@@ -23,7 +23,8 @@ function cdk(args: string[]) {
   const result = spawnSync(cdkBin, [...args, '--no-notices'], {
     cwd: repoRoot,
     encoding: 'utf8',
-    timeout: 300_000,
+    // Generous: it runs at a lower priority alongside the stack lane (scripts/run-tests.mjs).
+    timeout: 540_000,
     env: { ...process.env, CDK_DISABLE_CLI_TELEMETRY: 'true' },
   });
   return { status: result.status, output: `${result.stdout}\n${result.stderr}` };
