@@ -9,7 +9,8 @@
  *   container), so they run one at a time, streamed as they go.
  * - The isolated lane: the typecheck, then files that share nothing with
  *   anything (pure functions, CDK synthesis, the SSM endpoint's rules, an
- *   authorizer on its own DynamoDB Local, hot sync on its own S3 endpoint).
+ *   authorizer on its own DynamoDB Local, hot sync on its own S3 endpoint, the
+ *   sandbox helper against a local HTTP server).
  *   They run alongside the stack lane at a lower CPU priority, so the stack
  *   lane's timings stay close to what they are alone; their report is printed
  *   after the stack lane's.
@@ -34,6 +35,7 @@ const isolated = [
   /^test\/ssm\/ssm-endpoint\.test\.ts$/,
   /^test\/tenancy\/authorizer\.test\.ts$/,
   /^test\/storage\/hot-sync\.test\.ts$/,
+  /^test\/image\/sandbox-helper\.test\.ts$/,
 ];
 
 /** What makes a file a stack-lane file whatever the list says. */
