@@ -4,9 +4,8 @@
  * expired keys are indistinguishable to the caller.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import { GetCommand, PutCommand, QueryCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
-import { dynamo, queryAll } from './clients/dynamodb';
+import { conditionally, dynamo, queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { apiKeysTable, indexName } from './tables';
 
@@ -85,18 +84,15 @@ export async function createApiKey(o: {
     ...(o.description ? { description: o.description } : {}),
     ...(o.usageKey ? { usage_key: o.usageKey } : {}),
   };
-  try {
-    await dynamo().send(
-      new PutCommand({ TableName: config().tables.apiKeys, Item: record, ConditionExpression: 'attribute_not_exists(key_hash)' }),
-    );
-  } catch (err) {
-    // The same key registered again (a restarted local stack): keep the first record.
-    if (!(err instanceof ConditionalCheckFailedException) || o.key === undefined) throw err;
-    const existing = await getKeyRecord(record.key_hash);
-    if (!existing || existing.tenant_id !== o.tenantId) throw new Error('that key is already registered to another tenant');
-    return { key, record: existing };
-  }
-  return { key, record };
+  const write = await conditionally(
+    dynamo().send(new PutCommand({ TableName: config().tables.apiKeys, Item: record, ConditionExpression: 'attribute_not_exists(key_hash)' })),
+  );
+  if (write.applied) return { key, record };
+  // The same key registered again (a restarted local stack): keep the first record.
+  if (o.key === undefined) throw new Error('a generated API key matched a stored one; create it again');
+  const existing = await getKeyRecord(record.key_hash);
+  if (!existing || existing.tenant_id !== o.tenantId) throw new Error('that key is already registered to another tenant');
+  return { key, record: existing };
 }
 
 async function getKeyRecord(hash: string): Promise<ApiKeyRecord | undefined> {
@@ -120,19 +116,16 @@ export async function verifyApiKey(presented: string, now = Date.now()): Promise
 async function touchLastUsed(record: ApiKeyRecord, now: number): Promise<void> {
   if (record.last_used_at && now - Date.parse(record.last_used_at) < 60_000) return;
   const iso = new Date(now).toISOString();
-  try {
-    await dynamo().send(
-      new UpdateCommand({
-        TableName: config().tables.apiKeys,
-        Key: { key_hash: record.key_hash },
-        UpdateExpression: 'SET last_used_at = :now',
-        ConditionExpression: 'attribute_exists(key_hash) AND (attribute_not_exists(last_used_at) OR last_used_at < :cutoff)',
-        ExpressionAttributeValues: { ':now': iso, ':cutoff': new Date(now - 60_000).toISOString() },
-      }),
-    );
-  } catch (err) {
-    if (!(err instanceof ConditionalCheckFailedException)) throw err; // another request recorded it
-  }
+  // Not applied: another request recorded it.
+  await conditionally(dynamo().send(
+    new UpdateCommand({
+      TableName: config().tables.apiKeys,
+      Key: { key_hash: record.key_hash },
+      UpdateExpression: 'SET last_used_at = :now',
+      ConditionExpression: 'attribute_exists(key_hash) AND (attribute_not_exists(last_used_at) OR last_used_at < :cutoff)',
+      ExpressionAttributeValues: { ':now': iso, ':cutoff': new Date(now - 60_000).toISOString() },
+    }),
+  ));
 }
 
 export async function listApiKeys(tenantId?: string): Promise<Omit<ApiKeyRecord, 'key_hash'>[]> {
@@ -159,20 +152,16 @@ export async function revokeApiKey(tenantId: string, keyId: string): Promise<boo
   );
   let revoked = false;
   for (const item of (keys.Items ?? []) as ApiKeyRecord[]) {
-    try {
-      await dynamo().send(
-        new UpdateCommand({
-          TableName: config().tables.apiKeys,
-          Key: { key_hash: item.key_hash },
-          UpdateExpression: 'SET revoked_at = :now',
-          ConditionExpression: 'attribute_not_exists(revoked_at)',
-          ExpressionAttributeValues: { ':now': new Date().toISOString() },
-        }),
-      );
-      revoked = true;
-    } catch (err) {
-      if (!(err instanceof ConditionalCheckFailedException)) throw err;
-    }
+    const write = await conditionally(dynamo().send(
+      new UpdateCommand({
+        TableName: config().tables.apiKeys,
+        Key: { key_hash: item.key_hash },
+        UpdateExpression: 'SET revoked_at = :now',
+        ConditionExpression: 'attribute_not_exists(revoked_at)',
+        ExpressionAttributeValues: { ':now': new Date().toISOString() },
+      }),
+    ));
+    if (write.applied) revoked = true;
   }
   return revoked;
 }

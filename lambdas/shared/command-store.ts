@@ -6,7 +6,7 @@
 import { ConditionalCheckFailedException, TransactionCanceledException } from '@aws-sdk/client-dynamodb';
 import { unmarshall } from '@aws-sdk/util-dynamodb';
 import { DeleteCommand, GetCommand, PutCommand, QueryCommand, TransactWriteCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
-import { dynamo, queryAll } from './clients/dynamodb';
+import { conditionally, dynamo, queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError } from './errors';
 import { commandFinishedEvent, publishEvent } from './events';
@@ -117,21 +117,16 @@ export async function getCommand(sandboxId: string, commandId: string): Promise<
 
 /** Removes a record nobody started (its start could not be delivered), so the same id can be tried again. */
 export async function deleteUnstartedCommand(sandboxId: string, commandId: string, createdAt: string): Promise<boolean> {
-  try {
-    await dynamo().send(
-      new DeleteCommand({
-        TableName: table(),
-        Key: { sandbox_id: sandboxId, command_id: commandId },
-        ConditionExpression: '#status = :pending AND created_at = :created',
-        ExpressionAttributeNames: { '#status': 'status' },
-        ExpressionAttributeValues: { ':pending': 'pending', ':created': createdAt },
-      }),
-    );
-    return true;
-  } catch (err) {
-    if (err instanceof ConditionalCheckFailedException) return false;
-    throw err;
-  }
+  const write = await conditionally(dynamo().send(
+    new DeleteCommand({
+      TableName: table(),
+      Key: { sandbox_id: sandboxId, command_id: commandId },
+      ConditionExpression: '#status = :pending AND created_at = :created',
+      ExpressionAttributeNames: { '#status': 'status' },
+      ExpressionAttributeValues: { ':pending': 'pending', ':created': createdAt },
+    }),
+  ));
+  return write.applied;
 }
 
 interface Update {
@@ -162,27 +157,20 @@ async function updateCommand(sandboxId: string, commandId: string, u: Update): P
   u.from.forEach((s, j) => (values[`:from${j}`] = s));
   const conditions = [`attribute_exists(created_seq)`, `#status IN (${u.from.map((_, j) => `:from${j}`).join(', ')})`];
   if (u.condition) conditions.push(`(${u.condition})`);
-  try {
-    const out = await dynamo().send(
-      new UpdateCommand({
-        TableName: table(),
-        Key: { sandbox_id: sandboxId, command_id: commandId },
-        UpdateExpression: [sets.length ? `SET ${sets.join(', ')}` : '', removes.length ? `REMOVE ${removes.join(', ')}` : ''].filter(Boolean).join(' '),
-        ConditionExpression: conditions.join(' AND '),
-        ExpressionAttributeNames: names,
-        ExpressionAttributeValues: values,
-        ReturnValues: 'ALL_NEW',
-        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
-      }),
-    );
-    return out.Attributes as CommandRecord;
-  } catch (err) {
-    if (err instanceof ConditionalCheckFailedException) {
-      const current = err.Item ? (unmarshall(err.Item as never) as CommandRecord) : await getCommand(sandboxId, commandId);
-      throw new CommandConflictError(commandId, current);
-    }
-    throw err;
-  }
+  const out = await conditionally(dynamo().send(
+    new UpdateCommand({
+      TableName: table(),
+      Key: { sandbox_id: sandboxId, command_id: commandId },
+      UpdateExpression: [sets.length ? `SET ${sets.join(', ')}` : '', removes.length ? `REMOVE ${removes.join(', ')}` : ''].filter(Boolean).join(' '),
+      ConditionExpression: conditions.join(' AND '),
+      ExpressionAttributeNames: names,
+      ExpressionAttributeValues: values,
+      ReturnValues: 'ALL_NEW',
+      ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+    }),
+  ));
+  if (!out.applied) throw new CommandConflictError(commandId, (out.current as CommandRecord | undefined) ?? (await getCommand(sandboxId, commandId)));
+  return out.output.Attributes as CommandRecord;
 }
 
 /**
@@ -195,32 +183,25 @@ export async function claimCommandStart(
   commandId: string,
   f: { runnerId: string; startedAt: string },
 ): Promise<{ before: CommandRecord; after: CommandRecord }> {
-  try {
-    const out = await dynamo().send(
-      new UpdateCommand({
-        TableName: table(),
-        Key: { sandbox_id: sandboxId, command_id: commandId },
-        // The initial stdin is written at start: later writes continue from its end.
-        UpdateExpression: 'SET #status = :running, started_at = :at, runner_id = :runner, stdin_delivered = stdin_initial_bytes REMOVE env, stdin',
-        ConditionExpression: 'attribute_exists(created_seq) AND #status = :pending',
-        ExpressionAttributeNames: { '#status': 'status' },
-        ExpressionAttributeValues: { ':running': 'running', ':pending': 'pending', ':at': f.startedAt, ':runner': f.runnerId },
-        ReturnValues: 'ALL_OLD',
-        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
-      }),
-    );
-    const before = out.Attributes as CommandRecord;
-    const after: CommandRecord = { ...before, status: 'running', started_at: f.startedAt, runner_id: f.runnerId, stdin_delivered: before.stdin_initial_bytes };
-    delete after.env;
-    delete after.stdin;
-    return { before, after };
-  } catch (err) {
-    if (err instanceof ConditionalCheckFailedException) {
-      const current = err.Item ? (unmarshall(err.Item as never) as CommandRecord) : await getCommand(sandboxId, commandId);
-      throw new CommandConflictError(commandId, current);
-    }
-    throw err;
-  }
+  const out = await conditionally(dynamo().send(
+    new UpdateCommand({
+      TableName: table(),
+      Key: { sandbox_id: sandboxId, command_id: commandId },
+      // The initial stdin is written at start: later writes continue from its end.
+      UpdateExpression: 'SET #status = :running, started_at = :at, runner_id = :runner, stdin_delivered = stdin_initial_bytes REMOVE env, stdin',
+      ConditionExpression: 'attribute_exists(created_seq) AND #status = :pending',
+      ExpressionAttributeNames: { '#status': 'status' },
+      ExpressionAttributeValues: { ':running': 'running', ':pending': 'pending', ':at': f.startedAt, ':runner': f.runnerId },
+      ReturnValues: 'ALL_OLD',
+      ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+    }),
+  ));
+  if (!out.applied) throw new CommandConflictError(commandId, (out.current as CommandRecord | undefined) ?? (await getCommand(sandboxId, commandId)));
+  const before = out.output.Attributes as CommandRecord;
+  const after: CommandRecord = { ...before, status: 'running', started_at: f.startedAt, runner_id: f.runnerId, stdin_delivered: before.stdin_initial_bytes };
+  delete after.env;
+  delete after.stdin;
+  return { before, after };
 }
 
 /** The stored output so far (the API follows these counters). */

@@ -8,9 +8,8 @@
  * reconciliation corrects the entries against the sandboxes really there
  * (placement.ts decides, this module writes).
  */
-import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import { GetCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
-import { dynamo, queryAll } from './clients/dynamodb';
+import { conditionally, dynamo, queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { rankHosts, zeroResources, type Allocation, type PlacementStrategy, type Resources } from './placement';
 import { hostsTable, indexName } from './tables';
@@ -58,10 +57,6 @@ const allocationNames = { '#allocs': 'allocations', '#used': 'allocated' };
 const addToTotals =
   '#used.cpu_milli = #used.cpu_milli + :cpu, #used.memory_mb = #used.memory_mb + :mem, #used.disk_mb = #used.disk_mb + :disk, #used.sandboxes = #used.sandboxes + :one';
 
-function isConditionFailure(err: unknown): boolean {
-  return err instanceof ConditionalCheckFailedException;
-}
-
 /**
  * Registers (or re-registers) a host with what it can allocate. A new or
  * returning host (lost, or never seen) becomes active; a host that is
@@ -82,22 +77,18 @@ export async function registerHost(h: { hostId: string; capacity: Resources; age
     (h.image ? ', #image = :image' : '');
   const fieldNames = { '#cap': 'capacity', '#used': 'allocated', '#allocs': 'allocations', ...(h.image ? { '#image': 'image' } : {}) };
   const values = { ...common, ...(h.image ? { ':image': h.image } : {}) };
-  try {
-    await dynamo().send(
-      new UpdateCommand({
-        TableName: table(),
-        Key: { host_id: h.hostId },
-        // slots_used: the counter allocations replaced.
-        UpdateExpression: `SET #pool = :active, #status = :active, ${fields} REMOVE lost_at, slots_used`,
-        ConditionExpression: 'attribute_not_exists(host_id) OR #status <> :draining',
-        ExpressionAttributeNames: { '#pool': 'pool', '#status': 'status', ...fieldNames },
-        ExpressionAttributeValues: { ...values, ':active': 'active', ':draining': 'draining' },
-      }),
-    );
-    return 'active';
-  } catch (err) {
-    if (!isConditionFailure(err)) throw err;
-  }
+  const write = await conditionally(dynamo().send(
+    new UpdateCommand({
+      TableName: table(),
+      Key: { host_id: h.hostId },
+      // slots_used: the counter allocations replaced.
+      UpdateExpression: `SET #pool = :active, #status = :active, ${fields} REMOVE lost_at, slots_used`,
+      ConditionExpression: 'attribute_not_exists(host_id) OR #status <> :draining',
+      ExpressionAttributeNames: { '#pool': 'pool', '#status': 'status', ...fieldNames },
+      ExpressionAttributeValues: { ...values, ':active': 'active', ':draining': 'draining' },
+    }),
+  ));
+  if (write.applied) return 'active';
   await dynamo().send(
     new UpdateCommand({
       TableName: table(),
@@ -114,23 +105,18 @@ export async function registerHost(h: { hostId: string; capacity: Resources; age
 /** Heartbeat from a host daemon: the host as it stands now, or undefined once it was marked lost. */
 export async function heartbeatHost(hostId: string, fields: { runningSandboxes: number; warmContainers?: number; now?: number }): Promise<HostRecord | undefined> {
   const warm = fields.warmContainers !== undefined;
-  try {
-    const out = await dynamo().send(
-      new UpdateCommand({
-        TableName: table(),
-        Key: { host_id: hostId },
-        UpdateExpression: `SET last_heartbeat_at = :now, running_sandboxes = :n${warm ? ', warm_containers = :w' : ''}`,
-        ConditionExpression: 'attribute_exists(host_id) AND #status <> :lost',
-        ExpressionAttributeNames: { '#status': 'status' },
-        ExpressionAttributeValues: { ':now': fields.now ?? Date.now(), ':n': fields.runningSandboxes, ':lost': 'lost', ...(warm ? { ':w': fields.warmContainers } : {}) },
-        ReturnValues: 'ALL_NEW',
-      }),
-    );
-    return out.Attributes as HostRecord;
-  } catch (err) {
-    if (isConditionFailure(err)) return undefined;
-    throw err;
-  }
+  const out = await conditionally(dynamo().send(
+    new UpdateCommand({
+      TableName: table(),
+      Key: { host_id: hostId },
+      UpdateExpression: `SET last_heartbeat_at = :now, running_sandboxes = :n${warm ? ', warm_containers = :w' : ''}`,
+      ConditionExpression: 'attribute_exists(host_id) AND #status <> :lost',
+      ExpressionAttributeNames: { '#status': 'status' },
+      ExpressionAttributeValues: { ':now': fields.now ?? Date.now(), ':n': fields.runningSandboxes, ':lost': 'lost', ...(warm ? { ':w': fields.warmContainers } : {}) },
+      ReturnValues: 'ALL_NEW',
+    }),
+  ));
+  return out.applied ? (out.output.Attributes as HostRecord) : undefined;
 }
 
 export async function getHost(hostId: string): Promise<HostRecord | undefined> {
@@ -198,13 +184,8 @@ export function allocationUpdate(host: Pick<HostRecord, 'host_id' | 'capacity'>,
  * when it lost the race (another create took the room, the host left the pool).
  */
 export async function takeAllocation(host: Pick<HostRecord, 'host_id' | 'capacity'>, sandboxId: string, request: Resources, now = Date.now()): Promise<HostRecord | undefined> {
-  try {
-    const out = await dynamo().send(new UpdateCommand({ ...allocationUpdate(host, sandboxId, request, now), ReturnValues: 'ALL_NEW' }));
-    return out.Attributes as HostRecord;
-  } catch (err) {
-    if (isConditionFailure(err)) return undefined;
-    throw err;
-  }
+  const out = await conditionally(dynamo().send(new UpdateCommand({ ...allocationUpdate(host, sandboxId, request, now), ReturnValues: 'ALL_NEW' })));
+  return out.applied ? (out.output.Attributes as HostRecord) : undefined;
 }
 
 /**
@@ -249,23 +230,19 @@ export async function releaseAllocation(hostId: string, sandboxId: string): Prom
     );
     const entry = (out.Item as { allocations?: Record<string, Allocation> } | undefined)?.allocations?.[sandboxId];
     if (!entry) return false;
-    try {
-      await dynamo().send(
-        new UpdateCommand({
-          TableName: table(),
-          Key: { host_id: hostId },
-          UpdateExpression:
-            'REMOVE #allocs.#sbx SET #used.cpu_milli = #used.cpu_milli - :cpu, #used.memory_mb = #used.memory_mb - :mem, #used.disk_mb = #used.disk_mb - :disk, #used.sandboxes = #used.sandboxes - :one',
-          ConditionExpression: '#allocs.#sbx.#at = :at',
-          ExpressionAttributeNames: { '#sbx': sandboxId, '#at': 'at', ...allocationNames },
-          ExpressionAttributeValues: { ':cpu': entry.cpu_milli, ':mem': entry.memory_mb, ':disk': entry.disk_mb, ':one': 1, ':at': entry.at },
-        }),
-      );
-      return true;
-    } catch (err) {
-      // Released (or replaced) meanwhile: read again.
-      if (!isConditionFailure(err)) throw err;
-    }
+    const write = await conditionally(dynamo().send(
+      new UpdateCommand({
+        TableName: table(),
+        Key: { host_id: hostId },
+        UpdateExpression:
+          'REMOVE #allocs.#sbx SET #used.cpu_milli = #used.cpu_milli - :cpu, #used.memory_mb = #used.memory_mb - :mem, #used.disk_mb = #used.disk_mb - :disk, #used.sandboxes = #used.sandboxes - :one',
+        ConditionExpression: '#allocs.#sbx.#at = :at',
+        ExpressionAttributeNames: { '#sbx': sandboxId, '#at': 'at', ...allocationNames },
+        ExpressionAttributeValues: { ':cpu': entry.cpu_milli, ':mem': entry.memory_mb, ':disk': entry.disk_mb, ':one': 1, ':at': entry.at },
+      }),
+    ));
+    if (write.applied) return true;
+    // Released (or replaced) meanwhile: read again.
   }
   throw new Error(`host ${hostId}: the allocation of ${sandboxId} kept changing while it was being released`);
 }
@@ -275,28 +252,23 @@ export async function releaseAllocation(hostId: string, sandboxId: string): Prom
  * daemon's reconciliation): no capacity check, it is there already.
  */
 export async function addAllocation(hostId: string, sandboxId: string, resources: Resources, now = Date.now()): Promise<boolean> {
-  try {
-    await dynamo().send(
-      new UpdateCommand({
-        TableName: table(),
-        Key: { host_id: hostId },
-        UpdateExpression: `SET #allocs.#sbx = :entry, ${addToTotals}`,
-        ConditionExpression: 'attribute_exists(#allocs) AND attribute_not_exists(#allocs.#sbx)',
-        ExpressionAttributeNames: { '#sbx': sandboxId, ...allocationNames },
-        ExpressionAttributeValues: {
-          ':entry': { cpu_milli: resources.cpu_milli, memory_mb: resources.memory_mb, disk_mb: resources.disk_mb, at: now } satisfies Allocation,
-          ':cpu': resources.cpu_milli,
-          ':mem': resources.memory_mb,
-          ':disk': resources.disk_mb,
-          ':one': 1,
-        },
-      }),
-    );
-    return true;
-  } catch (err) {
-    if (isConditionFailure(err)) return false;
-    throw err;
-  }
+  const write = await conditionally(dynamo().send(
+    new UpdateCommand({
+      TableName: table(),
+      Key: { host_id: hostId },
+      UpdateExpression: `SET #allocs.#sbx = :entry, ${addToTotals}`,
+      ConditionExpression: 'attribute_exists(#allocs) AND attribute_not_exists(#allocs.#sbx)',
+      ExpressionAttributeNames: { '#sbx': sandboxId, ...allocationNames },
+      ExpressionAttributeValues: {
+        ':entry': { cpu_milli: resources.cpu_milli, memory_mb: resources.memory_mb, disk_mb: resources.disk_mb, at: now } satisfies Allocation,
+        ':cpu': resources.cpu_milli,
+        ':mem': resources.memory_mb,
+        ':disk': resources.disk_mb,
+        ':one': 1,
+      },
+    }),
+  ));
+  return write.applied;
 }
 
 /**
@@ -306,23 +278,18 @@ export async function addAllocation(hostId: string, sandboxId: string, resources
  * was draining (or lost, or unknown) already.
  */
 export async function markHostDraining(hostId: string, reason: string, deadlineAt: number, now = Date.now()): Promise<HostRecord | undefined> {
-  try {
-    const out = await dynamo().send(
-      new UpdateCommand({
-        TableName: table(),
-        Key: { host_id: hostId },
-        UpdateExpression: 'SET #status = :draining, #pool = :draining, draining_since = :iso, drain_reason = :reason, drain_deadline_at = :deadline',
-        ConditionExpression: '#status = :active',
-        ExpressionAttributeNames: { '#status': 'status', '#pool': 'pool' },
-        ExpressionAttributeValues: { ':draining': 'draining', ':active': 'active', ':iso': new Date(now).toISOString(), ':reason': reason, ':deadline': deadlineAt },
-        ReturnValues: 'ALL_NEW',
-      }),
-    );
-    return out.Attributes as HostRecord;
-  } catch (err) {
-    if (isConditionFailure(err)) return undefined;
-    throw err;
-  }
+  const out = await conditionally(dynamo().send(
+    new UpdateCommand({
+      TableName: table(),
+      Key: { host_id: hostId },
+      UpdateExpression: 'SET #status = :draining, #pool = :draining, draining_since = :iso, drain_reason = :reason, drain_deadline_at = :deadline',
+      ConditionExpression: '#status = :active',
+      ExpressionAttributeNames: { '#status': 'status', '#pool': 'pool' },
+      ExpressionAttributeValues: { ':draining': 'draining', ':active': 'active', ':iso': new Date(now).toISOString(), ':reason': reason, ':deadline': deadlineAt },
+      ReturnValues: 'ALL_NEW',
+    }),
+  ));
+  return out.applied ? (out.output.Attributes as HostRecord) : undefined;
 }
 
 /** Records whether the host is protected from scale-in (what it last asked Auto Scaling for). */
@@ -357,20 +324,15 @@ export async function recordHostImage(hostId: string, image: { digestRef: string
 
 /** Marks a host lost (reaper): out of every pool. Only one caller wins. */
 export async function markHostLost(hostId: string, lastSeenBefore: number): Promise<boolean> {
-  try {
-    await dynamo().send(
-      new UpdateCommand({
-        TableName: table(),
-        Key: { host_id: hostId },
-        UpdateExpression: 'SET #status = :lost, lost_at = :iso REMOVE #pool',
-        ConditionExpression: '#status <> :lost AND last_heartbeat_at < :before',
-        ExpressionAttributeNames: { '#status': 'status', '#pool': 'pool' },
-        ExpressionAttributeValues: { ':lost': 'lost', ':iso': new Date().toISOString(), ':before': lastSeenBefore },
-      }),
-    );
-    return true;
-  } catch (err) {
-    if (isConditionFailure(err)) return false;
-    throw err;
-  }
+  const write = await conditionally(dynamo().send(
+    new UpdateCommand({
+      TableName: table(),
+      Key: { host_id: hostId },
+      UpdateExpression: 'SET #status = :lost, lost_at = :iso REMOVE #pool',
+      ConditionExpression: '#status <> :lost AND last_heartbeat_at < :before',
+      ExpressionAttributeNames: { '#status': 'status', '#pool': 'pool' },
+      ExpressionAttributeValues: { ':lost': 'lost', ':iso': new Date().toISOString(), ':before': lastSeenBefore },
+    }),
+  ));
+  return write.applied;
 }

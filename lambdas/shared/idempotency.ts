@@ -10,9 +10,8 @@
  * retry within the same few seconds the first request is still running.
  */
 import { createHash } from 'node:crypto';
-import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import { DeleteCommand, GetCommand, PutCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
-import { dynamo } from './clients/dynamodb';
+import { conditionally, dynamo } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError } from './errors';
 import { toView, type SandboxView } from './sandbox-record';
@@ -40,8 +39,9 @@ const abandonedAfterMs = 60_000;
 
 /** Drops an abandoned claim, only if it is still the one we saw (a concurrent retry may have taken it over). */
 async function releaseAbandoned(table: string, seen: IdempotencyRecord): Promise<void> {
-  try {
-    await dynamo().send(
+  // Not applied: a concurrent retry took it over.
+  await conditionally(
+    dynamo().send(
       new DeleteCommand({
         TableName: table,
         Key: { idempotency_key: seen.idempotency_key },
@@ -49,10 +49,8 @@ async function releaseAbandoned(table: string, seen: IdempotencyRecord): Promise
         ExpressionAttributeNames: { '#state': 'state' },
         ExpressionAttributeValues: { ':in_progress': 'in_progress', ':created': seen.created_at },
       }),
-    );
-  } catch (err) {
-    if (!(err instanceof ConditionalCheckFailedException)) throw err;
-  }
+    ),
+  );
 }
 
 function stableJson(value: unknown): string {
@@ -83,8 +81,8 @@ export async function withIdempotency(
   const waitUntil = Math.min(deadline - 1_000, Date.now() + waitForRecordMs);
 
   for (;;) {
-    try {
-      await dynamo().send(
+    const claim = await conditionally(
+      dynamo().send(
         new PutCommand({
           TableName: table,
           Item: {
@@ -96,9 +94,9 @@ export async function withIdempotency(
           } satisfies IdempotencyRecord,
           ConditionExpression: 'attribute_not_exists(idempotency_key)',
         }),
-      );
-    } catch (err) {
-      if (!(err instanceof ConditionalCheckFailedException)) throw err;
+      ),
+    );
+    if (!claim.applied) {
       const existing = (await dynamo().send(new GetCommand({ TableName: table, Key: { idempotency_key: id }, ConsistentRead: true })))
         .Item as IdempotencyRecord | undefined;
       if (!existing) continue; // the first attempt failed and let go of the key: claim it

@@ -2,10 +2,8 @@
  * Sandbox records in DynamoDB. Every status change is a conditional write
  * whose allowed source statuses come from the state machine.
  */
-import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
-import { unmarshall } from '@aws-sdk/util-dynamodb';
 import { BatchGetCommand, GetCommand, QueryCommand, UpdateCommand, type BatchGetCommandOutput, type QueryCommandInput } from '@aws-sdk/lib-dynamodb';
-import { dynamo, queryAll } from './clients/dynamodb';
+import { conditionally, dynamo, queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError, notFound } from './errors';
 import { eventForTransition, publishEvent, sandboxEvent } from './events';
@@ -104,32 +102,20 @@ export async function updateSandbox(
     conds.push(`#status IN (${statusCondition.map((_, j) => `:from${j}`).join(', ')})`);
   }
   if (spec.condition) conds.push(`(${spec.condition})`);
-  try {
-    const out = await dynamo().send(
-      new UpdateCommand({
-        TableName: table(),
-        Key: { sandbox_id: sandboxId },
-        UpdateExpression: expression,
-        ConditionExpression: conds.join(' AND '),
-        ExpressionAttributeNames: names,
-        ExpressionAttributeValues: Object.keys(values).length ? values : undefined,
-        ReturnValues: 'ALL_NEW',
-        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
-      }),
-    );
-    return out.Attributes as SandboxRecord;
-  } catch (err) {
-    if (err instanceof ConditionalCheckFailedException) {
-      const current = (err.Item ? unmarshallItem(err.Item) : await getSandbox(sandboxId)) as SandboxRecord | undefined;
-      throw new TransitionRejectedError(sandboxId, event, current);
-    }
-    throw err;
-  }
-}
-
-// ReturnValuesOnConditionCheckFailure hands back the raw (marshalled) item.
-function unmarshallItem(item: Record<string, unknown>): unknown {
-  return unmarshall(item as Parameters<typeof unmarshall>[0]);
+  const out = await conditionally(dynamo().send(
+    new UpdateCommand({
+      TableName: table(),
+      Key: { sandbox_id: sandboxId },
+      UpdateExpression: expression,
+      ConditionExpression: conds.join(' AND '),
+      ExpressionAttributeNames: names,
+      ExpressionAttributeValues: Object.keys(values).length ? values : undefined,
+      ReturnValues: 'ALL_NEW',
+      ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+    }),
+  ));
+  if (!out.applied) throw new TransitionRejectedError(sandboxId, event, (out.current as SandboxRecord | undefined) ?? (await getSandbox(sandboxId)));
+  return out.output.Attributes as SandboxRecord;
 }
 
 /**

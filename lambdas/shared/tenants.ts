@@ -9,10 +9,10 @@
  * The cap is MAX_SANDBOXES_PER_TENANT unless the tenant's item sets its own
  * `max_sandboxes`.
  */
-import { ConditionalCheckFailedException, TransactionCanceledException } from '@aws-sdk/client-dynamodb';
+import { TransactionCanceledException } from '@aws-sdk/client-dynamodb';
 import { unmarshall } from '@aws-sdk/util-dynamodb';
 import { GetCommand, TransactWriteCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
-import { dynamo } from './clients/dynamodb';
+import { conditionally, dynamo } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError } from './errors';
 import { publishEvent, sandboxEvent } from './events';
@@ -144,19 +144,19 @@ export function tenantFullMessage(tenantId: string, cap: number, held: number, c
 
 /** Gives the sandbox's slot back; giving back a slot it no longer holds changes nothing. */
 export async function releaseTenantSlot(tenantId: string, sandboxId: string): Promise<void> {
-  await dynamo().send(
-    new UpdateCommand({
-      TableName: table(),
-      Key: { tenant_id: tenantId },
-      UpdateExpression: 'DELETE #live :id',
-      ConditionExpression: 'attribute_exists(tenant_id)',
-      ExpressionAttributeNames: { '#live': 'live_sandbox_ids' },
-      ExpressionAttributeValues: { ':id': new Set([sandboxId]) },
-    }),
-  ).catch((err: unknown) => {
-    // No tenant item: nothing to give back (the item is made by the first take).
-    if (!(err instanceof ConditionalCheckFailedException)) throw err;
-  });
+  // Not applied: no tenant item, nothing to give back (the item is made by the first take).
+  await conditionally(
+    dynamo().send(
+      new UpdateCommand({
+        TableName: table(),
+        Key: { tenant_id: tenantId },
+        UpdateExpression: 'DELETE #live :id',
+        ConditionExpression: 'attribute_exists(tenant_id)',
+        ExpressionAttributeNames: { '#live': 'live_sandbox_ids' },
+        ExpressionAttributeValues: { ':id': new Set([sandboxId]) },
+      }),
+    ),
+  );
 }
 
 export async function getTenant(tenantId: string): Promise<TenantRecord | undefined> {

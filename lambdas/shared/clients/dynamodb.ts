@@ -1,6 +1,7 @@
 /** The DynamoDB document client, created once per process (endpoint from AWS_ENDPOINT_URL_DYNAMODB when set). */
-import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { ConditionalCheckFailedException, DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { DynamoDBDocumentClient, QueryCommand, type QueryCommandInput } from '@aws-sdk/lib-dynamodb';
+import { unmarshall } from '@aws-sdk/util-dynamodb';
 import { boundByCallDeadline } from './deadline';
 import { traced } from '../tracer';
 import { timeSdkClient } from '../timing';
@@ -29,4 +30,25 @@ export async function queryAll<T>(input: QueryCommandInput): Promise<{ items: T[
     startKey = out.LastEvaluatedKey;
   } while (startKey);
   return { items, consumedReadUnits };
+}
+
+/**
+ * A conditional write's answer: applied (with the SDK's output), or refused by
+ * its condition, with the item as it stood when the write was asked for
+ * `ReturnValuesOnConditionCheckFailure: 'ALL_OLD'` (else undefined).
+ */
+export type Conditional<T> = { applied: true; output: T } | { applied: false; current: Record<string, unknown> | undefined };
+
+/**
+ * Awaits one conditional write (Put, Update or Delete). A condition that did
+ * not hold is an answer, not an error: someone else changed the item first,
+ * and the caller decides what that means. Every other failure is thrown.
+ */
+export async function conditionally<T>(write: Promise<T>): Promise<Conditional<T>> {
+  try {
+    return { applied: true, output: await write };
+  } catch (err) {
+    if (!(err instanceof ConditionalCheckFailedException)) throw err;
+    return { applied: false, current: err.Item ? (unmarshall(err.Item as never) as Record<string, unknown>) : undefined };
+  }
 }
