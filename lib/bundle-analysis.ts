@@ -160,12 +160,12 @@ export async function analyzeCalls(label: string, entry: string, tableIndexes: R
       if (name === 'TransactWrite' && precise) continue;
       const documentActions = documentCommands[name];
       if (documentActions) {
-        documentActions.forEach((a) => actions.add(a));
+        for (const a of documentActions) actions.add(a);
         continue;
       }
       const client = sdkClientOf(name);
       if (!client) throw new Error(`${handler}: ${path} constructs ${name}Command, which no known SDK client defines`);
-      iamActionsFor(`${client}:${name}`).forEach((a) => actions.add(a));
+      for (const a of iamActionsFor(`${client}:${name}`)) actions.add(a);
     }
     const tableIds = new Set<string>();
     for (const m of outsideTransactions.matchAll(/\.tables\.(\w+)\b/g)) {

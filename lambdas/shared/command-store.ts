@@ -159,7 +159,7 @@ async function updateCommand(sandboxId: string, commandId: string, u: Update): P
     names[`#r${i}`] = k;
     return `#r${i++}`;
   });
-  u.from.forEach((s, j) => (values[`:from${j}`] = s));
+  for (const [j, s] of u.from.entries()) values[`:from${j}`] = s;
   const conditions = [`attribute_exists(created_seq)`, `#status IN (${u.from.map((_, j) => `:from${j}`).join(', ')})`];
   if (u.condition) conditions.push(`(${u.condition})`);
   try {

@@ -5,7 +5,7 @@
  */
 import middy from '@middy/core';
 import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
-import * as z from 'zod';
+import type * as z from 'zod';
 import { ApiError, StillInProgress } from './errors';
 import { logger } from './logger';
 import { emitMetrics } from './metrics';

@@ -314,13 +314,13 @@ export interface MountEntry {
 
 /** Parses /proc/mounts (fields are space-separated, with octal escapes such as \040 for a space). */
 export function parseProcMounts(text: string): MountEntry[] {
-  const unescape = (field: string) => field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(Number.parseInt(octal, 8)));
+  const unescapeOctal = (field: string) => field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(Number.parseInt(octal, 8)));
   return text
     .split('\n')
     .filter((line) => line.trim() !== '')
     .map((line) => {
       const [source = '', target = '', fstype = '', options = ''] = line.split(' ');
-      return { source: unescape(source), target: unescape(target), fstype: unescape(fstype), options };
+      return { source: unescapeOctal(source), target: unescapeOctal(target), fstype: unescapeOctal(fstype), options };
     });
 }
 

@@ -30,6 +30,7 @@ export type HotEntryKind = 'file' | 'symlink' | 'dir';
 /** S3's limit on a key, prefix included. */
 export const maxKeyBytes = 1024;
 /** Names with these cannot round-trip through S3's XML listings. */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
 export const controlCharacter = /[\u0000-\u001f\u007f]/;
 
 /** An entry of the home found by the walk. */
