@@ -186,7 +186,7 @@ const environmentSchema = z
     }
   });
 
-export type EnvironmentSettings = z.infer<typeof environmentSchema>;
+type EnvironmentSettings = z.infer<typeof environmentSchema>;
 
 /** One resolved environment: its name plus its validated settings. */
 export interface DeploymentEnvironment extends EnvironmentSettings {
@@ -232,6 +232,3 @@ export function resolveEnvironment(envName: unknown, environments: unknown): Dep
     hostArchitecture: new InstanceType(settings.hosts.instanceTypes[0]!).architecture,
   };
 }
-
-/** Settings names (the table keys) in a stable order, for docs and tests. */
-export const environmentSettingsShape = environmentSchema;

@@ -5,7 +5,7 @@
  */
 import { ConditionalCheckFailedException, TransactionCanceledException } from '@aws-sdk/client-dynamodb';
 import { unmarshall } from '@aws-sdk/util-dynamodb';
-import { DeleteCommand, GetCommand, PutCommand, QueryCommand, TransactWriteCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
+import { DeleteCommand, GetCommand, QueryCommand, TransactWriteCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
 import { dynamo, queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError } from './errors';
@@ -87,26 +87,6 @@ export async function createCommand(
       return { created: false, sandboxStatus: status };
     }
     throw err;
-  }
-}
-
-/** Puts a new record; answers the existing one instead when the id is taken. */
-export async function putNewCommand(record: CommandRecord): Promise<{ created: true } | { created: false; existing: CommandRecord }> {
-  try {
-    await dynamo().send(
-      new PutCommand({
-        TableName: table(),
-        Item: record,
-        ConditionExpression: 'attribute_not_exists(command_id)',
-        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
-      }),
-    );
-    return { created: true };
-  } catch (err) {
-    if (!(err instanceof ConditionalCheckFailedException)) throw err;
-    const existing = err.Item ? (unmarshall(err.Item as never) as CommandRecord) : await getCommand(record.sandbox_id, record.command_id);
-    if (!existing) throw err;
-    return { created: false, existing };
   }
 }
 
