@@ -146,6 +146,7 @@ export function parseKeysArgs(argv: readonly string[], now = Date.now()): KeysCo
   }
   if (v.description !== undefined) {
     if (v.description.length === 0 || v.description.length > 256) throw bad('--description must be 1-256 characters');
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point: a description must not hold any
     if (/[\u0000-\u001f\u007f]/.test(v.description)) throw bad('--description must not contain control characters');
   }
   if (v.table !== undefined && !/^[A-Za-z0-9_.-]{3,255}$/.test(v.table)) throw bad(`--table "${v.table}" is not a DynamoDB table name`);

@@ -3,7 +3,7 @@
  * stack (tables, bucket) and the service stack that uses it, with cdk-nag's
  * AwsSolutions checks on both.
  */
-import { App, Aspects, Tags, type Environment } from 'aws-cdk-lib';
+import { type App, Aspects, Tags, type Environment } from 'aws-cdk-lib';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { resolveEnvironment, type DeploymentEnvironment } from './environment';
 import { ServiceStack } from './service-stack';

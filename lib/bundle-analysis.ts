@@ -24,7 +24,7 @@ export interface HandlerBundle {
 const commandFile = /node_modules\/@aws-sdk\/client-([a-z0-9-]+)\/dist-(?:es|cjs)\/commands\/(\w+)Command\.js$/;
 
 /** Bundles one handler into `outDir/<handler>/index.mjs` and describes the result. */
-export async function bundleHandler(handler: string, outDir: string): Promise<HandlerBundle> {
+async function bundleHandler(handler: string, outDir: string): Promise<HandlerBundle> {
   const outfile = join(outDir, handler, 'index.mjs');
   const result = await build(handlerBuildOptions(handlerEntry(handler), outfile));
   const output = Object.values(result.metafile!.outputs).find((o) => o.entryPoint !== undefined);
@@ -55,7 +55,7 @@ export function bundleHandlers(handlers: readonly string[], outDir: string): Pro
  * which IAM authorizes per item action, and clients whose IAM prefix is not
  * their package's name (EventBridge is `events:`, CloudWatch Logs `logs:`).
  */
-export function iamActionsFor(sdkOperation: string): string[] {
+function iamActionsFor(sdkOperation: string): string[] {
   const [client, operation] = sdkOperation.split(':') as [string, string];
   const special: Record<string, string[]> = {
     's3:ListObjectsV2': ['s3:ListBucket'],
@@ -160,12 +160,12 @@ export async function analyzeCalls(label: string, entry: string, tableIndexes: R
       if (name === 'TransactWrite' && precise) continue;
       const documentActions = documentCommands[name];
       if (documentActions) {
-        documentActions.forEach((a) => actions.add(a));
+        for (const a of documentActions) actions.add(a);
         continue;
       }
       const client = sdkClientOf(name);
       if (!client) throw new Error(`${handler}: ${path} constructs ${name}Command, which no known SDK client defines`);
-      iamActionsFor(`${client}:${name}`).forEach((a) => actions.add(a));
+      for (const a of iamActionsFor(`${client}:${name}`)) actions.add(a);
     }
     const tableIds = new Set<string>();
     for (const m of outsideTransactions.matchAll(/\.tables\.(\w+)\b/g)) {

@@ -4,7 +4,7 @@
  * (no hidden defaults), validated here, and a bad table fails synthesis with
  * a message that names the field.
  */
-import { InstanceArchitecture, InstanceType } from 'aws-cdk-lib/aws-ec2';
+import { type InstanceArchitecture, InstanceType } from 'aws-cdk-lib/aws-ec2';
 import * as z from 'zod';
 import { maxHeadroomPercent } from '../lambdas/shared/fleet-scaling';
 
@@ -186,7 +186,7 @@ const environmentSchema = z
     }
   });
 
-export type EnvironmentSettings = z.infer<typeof environmentSchema>;
+type EnvironmentSettings = z.infer<typeof environmentSchema>;
 
 /** One resolved environment: its name plus its validated settings. */
 export interface DeploymentEnvironment extends EnvironmentSettings {
@@ -214,7 +214,7 @@ export function resolveEnvironment(envName: unknown, environments: unknown): Dep
   if (envName === undefined || envName === null || envName === '') {
     throw new EnvironmentConfigError(`no environment chosen: pass -c env=<name> (valid names: ${valid})`);
   }
-  if (typeof envName !== 'string' || !Object.prototype.hasOwnProperty.call(environments, envName)) {
+  if (typeof envName !== 'string' || !Object.hasOwn(environments, envName)) {
     throw new EnvironmentConfigError(`unknown environment "${String(envName)}": valid names are ${valid} (defined in cdk.json under context.environments)`);
   }
   if (!/^[a-z][a-z0-9-]{0,15}$/.test(envName)) {
@@ -232,6 +232,3 @@ export function resolveEnvironment(envName: unknown, environments: unknown): Dep
     hostArchitecture: new InstanceType(settings.hosts.instanceTypes[0]!).architecture,
   };
 }
-
-/** Settings names (the table keys) in a stable order, for docs and tests. */
-export const environmentSettingsShape = environmentSchema;

@@ -6,8 +6,6 @@
 import { OutputFormat, type BundlingOptions } from 'aws-cdk-lib/aws-lambda-nodejs';
 import { esmRequireBanner, handlerMainFields, handlerTarget } from './bundling';
 
-export { esmRequireBanner, handlerBuildOptions, handlerMainFields, handlerTarget } from './bundling';
-
 /** NodejsFunction bundling: local esbuild (no Docker), minified ESM, SDK v3 bundled in. */
 export const handlerBundling: BundlingOptions = {
   format: OutputFormat.ESM,

@@ -34,7 +34,7 @@ export interface ServiceStackProps extends StackProps {
 }
 
 /** The production image builds from Ubuntu pulled through ECR Public (no Docker Hub rate limits). */
-export const sandboxBaseImage = 'public.ecr.aws/docker/library/ubuntu:24.04';
+const sandboxBaseImage = 'public.ecr.aws/docker/library/ubuntu:24.04';
 
 export class ServiceStack extends Stack {
   public readonly api: SandboxApi;

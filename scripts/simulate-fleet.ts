@@ -509,7 +509,7 @@ export function simulate(o: SimulationOptions): SimulationResult {
       }
       case 'instance_ready': {
         const instance = instances.get(event.instanceId);
-        if (!instance || instance.state !== 'booting') break;
+        if (instance?.state !== 'booting') break;
         account(now);
         instance.state = 'in_service';
         hosts.set(instance.id, {

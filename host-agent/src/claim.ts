@@ -86,7 +86,7 @@ export function sandboxEnv(config: HostConfig, sandboxId: string): string[] {
 }
 
 /** Forgets a sandbox's cached env (it ended). */
-export function forgetSandboxEnv(sandboxId: string): void {
+function forgetSandboxEnv(sandboxId: string): void {
   envCache.delete(sandboxId);
 }
 

@@ -46,7 +46,7 @@ export interface DnsUpstream {
   port: number;
 }
 
-export const defaultEnvFile = '/etc/ephemeral-sandbox/host.env';
+const defaultEnvFile = '/etc/ephemeral-sandbox/host.env';
 
 /**
  * Parses `KEY=value` lines (blank lines and `#` comments ignored, optional

@@ -541,7 +541,7 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
     }),
   );
   return () => {
-    stops.forEach((stop) => stop());
+    for (const stop of stops) stop();
     void pool.close();
     runner.close();
     socket.close();

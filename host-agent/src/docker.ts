@@ -300,7 +300,10 @@ export class DockerStreamDemuxer {
 
   push(chunk: Buffer): void {
     // After a header that is not one (the engine writes some errors unframed), pass bytes through as stdout.
-    if (this.raw) return this.onUnframed(chunk);
+    if (this.raw) {
+      this.onUnframed(chunk);
+      return;
+    }
     this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
     while (this.pending.length >= 8) {
       const type = this.pending[0]!;

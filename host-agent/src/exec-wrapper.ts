@@ -14,6 +14,7 @@
  */
 
 /** bash's byte length of $PWD (under LC_ALL=C); kept out of the template so JS does not read it. */
+// biome-ignore lint/suspicious/noTemplateCurlyInString: bash's ${#PWD}, not a JS template
 const pwdByteLength = '${#PWD}';
 
 const wrapperScript = String.raw`__sbx_nonce=$1 __sbx_cwd=$2 __sbx_fallback=$3 __sbx_io=$4

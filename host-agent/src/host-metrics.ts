@@ -19,7 +19,7 @@ export interface HostFigures {
 }
 
 /** What the host's live sandboxes take of its CPUs and memory. */
-export function hostFigures(
+function hostFigures(
   live: readonly Pick<SandboxRecord, 'status' | 'config'>[],
   host: { cpus: number; memoryMb: number; commandsRunning: number },
 ): HostFigures {

@@ -16,7 +16,7 @@ function number(env: NodeJS.ProcessEnv, name: string, fallback: number | undefin
 }
 
 /** Size of the file system holding `dir`, in MB. */
-export function fileSystemMb(dir: string): number {
+function fileSystemMb(dir: string): number {
   const s = statfsSync(dir);
   return Math.floor((s.blocks * s.bsize) / (1024 * 1024));
 }

@@ -21,15 +21,15 @@ export interface ScopedCommand {
 }
 
 /** The systemd slice mount scopes are put in (one place to see and account them). */
-export const mountSlice = 'ephemeral-sandbox-mounts.slice';
+const mountSlice = 'ephemeral-sandbox-mounts.slice';
 
 /** True when systemd is the service manager (what sd_booted checks). */
-export function systemdRunning(): boolean {
+function systemdRunning(): boolean {
   return existsSync('/run/systemd/system');
 }
 
 /** The cgroup directory mount processes of this host join when there is no systemd. */
-export function mountCgroupParent(env: NodeJS.ProcessEnv = process.env): string {
+function mountCgroupParent(env: NodeJS.ProcessEnv = process.env): string {
   return env.COLD_MOUNT_CGROUP || join(cgroup2Root(), 'ephemeral-sandbox-mounts');
 }
 

@@ -22,7 +22,7 @@ function parentsByPid(): Map<number, number> {
 }
 
 /** `root` and every process below it. */
-export function processTree(root: number): number[] {
+function processTree(root: number): number[] {
   const children = new Map<number, number[]>();
   for (const [pid, ppid] of parentsByPid()) {
     const list = children.get(ppid);

@@ -72,7 +72,7 @@ const envMap = z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/), z.st
 /** Smallest home a sandbox may have, in MB (ext4 and the caches of a few tools need room). */
 export const minHomeDiskMb = 64;
 
-export const storageSpec = z.object({
+const storageSpec = z.object({
   bucket: z.string().min(3).max(63),
   /** e.g. tenants/acme/users/u1/hot/ */
   hotPrefix: z.string().max(1024),
@@ -111,15 +111,12 @@ const commandId = z.string().regex(commandIdPattern);
  * none of it travels in SSM. Answers when the command ended within
  * `answerWithinMs`, or then with its status `running`.
  */
-export const runRequest = z.object({ sandboxId, commandId, answerWithinMs: z.number().int().min(0).max(10_000).default(0) });
-export type RunRequest = z.input<typeof runRequest>;
+const runRequest = z.object({ sandboxId, commandId, answerWithinMs: z.number().int().min(0).max(10_000).default(0) });
 
-export const killRequest = z.object({ sandboxId, commandId, signal: z.enum(['TERM', 'KILL']).default('KILL') });
-export type KillRequest = z.input<typeof killRequest>;
+const killRequest = z.object({ sandboxId, commandId, signal: z.enum(['TERM', 'KILL']).default('KILL') });
 
 /** Delivers the stdin a caller wrote (held in the Commands table) to a running command. */
-export const stdinRequest = z.object({ sandboxId, commandId });
-export type StdinRequest = z.input<typeof stdinRequest>;
+const stdinRequest = z.object({ sandboxId, commandId });
 
 export const destroyRequest = z.object({
   sandboxId,
@@ -127,10 +124,8 @@ export const destroyRequest = z.object({
   graceful: z.boolean(),
   storage: storageSpec.optional(),
 });
-export type DestroyRequest = z.input<typeof destroyRequest>;
 
 export const sandboxRef = z.object({ sandboxId, storage: storageSpec.optional() });
-export type SandboxRef = z.input<typeof sandboxRef>;
 
 /**
  * Where a moved paused sandbox's state waits: under its user's storage (next
@@ -148,7 +143,7 @@ export function pausedStateKeys(prefix: string): { request: string; tmp: string 
 }
 
 /** The prefix shape a host accepts in a resume (it reads and deletes there): never another tenant's or a path trick. */
-export const pausedStatePrefixPattern = /^tenants\/[A-Za-z0-9][A-Za-z0-9._@=-]{0,127}\/users\/[A-Za-z0-9][A-Za-z0-9._@=-]{0,127}\/sandboxes\/sbx-[a-z0-9]{1,64}\/paused\/$/;
+const pausedStatePrefixPattern = /^tenants\/[A-Za-z0-9][A-Za-z0-9._@=-]{0,127}\/users\/[A-Za-z0-9][A-Za-z0-9._@=-]{0,127}\/sandboxes\/sbx-[a-z0-9]{1,64}\/paused\/$/;
 
 /**
  * start: `relocate` when the sandbox was moved off a drained host while
@@ -166,16 +161,14 @@ export type ResumeRequest = z.input<typeof resumeRequest>;
  * interruption warning): stop taking sandboxes, sync and end every one, then
  * let the termination go ahead. Answers at once; the daemon drains.
  */
-export const drainRequest = z.object({
+const drainRequest = z.object({
   reason: z.string().min(1).max(200),
   /** Drain within this many seconds (a Spot warning leaves two minutes). */
   deadlineSeconds: z.number().int().min(10).max(7200),
 });
-export type DrainRequest = z.input<typeof drainRequest>;
 
 /** A sandbox's new egress policy, while it runs (or is paused). */
 export const networkRequest = z.object({ sandboxId, egress: egressPolicySchema });
-export type NetworkRequest = z.input<typeof networkRequest>;
 
 /**
  * Files. Every operation runs in the sandbox as its user (files/sandbox-tool.ts);
@@ -191,7 +184,7 @@ export type NetworkRequest = z.input<typeof networkRequest>;
 export const fileStagingPrefix = 'files-staging/';
 export const fileStagingObjects = { data: 'data', spec: 'spec.json', result: 'result.json', listing: 'listing.json' } as const;
 /** Operation ids: `op-` for inline calls, `upl-` uploads, `dl-` downloads. */
-export const fileOperationIdPattern = /^(?:op|upl|dl)-[a-z0-9]{20}$/;
+const fileOperationIdPattern = /^(?:op|upl|dl)-[a-z0-9]{20}$/;
 export function fileStagingFolder(tenantId: string, sandboxIdValue: string, operationId: string): string {
   return `${fileStagingPrefix}${tenantId}/${sandboxIdValue}/${operationId}/`;
 }

@@ -17,7 +17,7 @@ import type { StorageSpec } from './protocol';
 import { attachCold, detachCold } from './sandbox-storage';
 import { coldMountAlive, isMounted } from './storage/index';
 
-export type ColdMountState = 'alive' | 'remounted' | 'failed' | 'not_mounted';
+type ColdMountState = 'alive' | 'remounted' | 'failed' | 'not_mounted';
 
 export interface AdoptedSandbox {
   sandboxId: string;

@@ -27,7 +27,7 @@ async function apply(sandboxId: string, event: SandboxEvent, set: Record<string,
 /** creating -> ready, with the container and the first idle deadline. */
 export async function recordCreated(sandboxId: string, containerId: string): Promise<void> {
   const r = await getSandbox(sandboxId);
-  if (!r || r.status !== 'creating') return;
+  if (r?.status !== 'creating') return;
   const now = Date.now();
   await apply(sandboxId, 'created', { container_id: containerId, last_activity_at: now, deadline_at: idleDeadline(r, now) });
 }
@@ -35,14 +35,14 @@ export async function recordCreated(sandboxId: string, containerId: string): Pro
 /** creating -> failed (create_failed), giving the host and tenant slots back. */
 export async function recordCreateFailed(sandboxId: string, detail: string): Promise<void> {
   const r = await getSandbox(sandboxId);
-  if (!r || r.status !== 'creating') return;
+  if (r?.status !== 'creating') return;
   await markEnded(r, { event: 'fail', reason: 'create_failed', detail, only: ['creating'] });
 }
 
 /** shutting_down -> stopped | expired, once the container and its state are gone. */
 export async function recordDestroyed(sandboxId: string, detail?: string): Promise<void> {
   const r = await getSandbox(sandboxId);
-  if (!r || r.status !== 'shutting_down') return;
+  if (r?.status !== 'shutting_down') return;
   const event = endEventOf(r.stop_reason);
   await markEnded(r, { event, ...(detail ? { detail } : {}) });
 }
@@ -50,7 +50,7 @@ export async function recordDestroyed(sandboxId: string, detail?: string): Promi
 /** pausing -> paused (only the TTL applies while paused), or back to ready when the stop failed. */
 export async function recordPaused(sandboxId: string, outcome: { ok: true; tmpNotKept?: string[] } | { ok: false; detail: string }): Promise<void> {
   const r = await getSandbox(sandboxId);
-  if (!r || r.status !== 'pausing') return;
+  if (r?.status !== 'pausing') return;
   const now = Date.now();
   if (outcome.ok) await apply(sandboxId, 'paused', { deadline_at: r.expires_at_ms, ...(outcome.tmpNotKept?.length ? { tmp_not_kept: outcome.tmpNotKept } : {}) });
   else if (await apply(sandboxId, 'pause_failed', { last_activity_at: now, deadline_at: idleDeadline(r, now), stop_detail: `stop failed: ${outcome.detail}` })) {
@@ -61,7 +61,7 @@ export async function recordPaused(sandboxId: string, outcome: { ok: true; tmpNo
 /** resuming -> ready, or back to paused when the start failed. */
 export async function recordResumed(sandboxId: string, outcome: { ok: true; tmpNotRestored?: string[] } | { ok: false; detail: string }): Promise<void> {
   const r = await getSandbox(sandboxId);
-  if (!r || r.status !== 'resuming') return;
+  if (r?.status !== 'resuming') return;
   const now = Date.now();
   if (outcome.ok) {
     // Running again: a sandbox moved off a drained host has its staged state restored (and deleted) now.

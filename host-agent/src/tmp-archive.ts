@@ -41,11 +41,11 @@ import type { TmpArchiveReport, TmpRestoreReport } from './protocol';
 /** The archive may exceed the tmpfs by this factor: tar's headers (1.5 KiB each in pax format) of empty files, dirs and links take no tmpfs pages. */
 export const archiveSizeFactor = 2;
 /** Never let an archive take the host's disk below this much free space. */
-export const hostDiskReserveBytes = 512 * 1024 * 1024;
+const hostDiskReserveBytes = 512 * 1024 * 1024;
 /** Re-check the host's free space every this many archive bytes. */
 const diskCheckEveryBytes = 16 * 1024 * 1024;
 /** Archive and restore each get this long before tar is killed (pause and resume are dispatched with 120 s). */
-export const tarTimeoutMs = 60_000;
+const tarTimeoutMs = 60_000;
 /** How many of tar's warning lines a report carries (the rest are counted). */
 const maxWarnings = 20;
 const maxWarningChars = 300;
@@ -91,7 +91,7 @@ const archiveArgv = [
 const restoreArgv = ['tar', '--extract', '--file=-', '--directory=/tmp', '--preserve-permissions', '--no-same-owner', '--delay-directory-restore'];
 
 /** One owner's tar stream inside the archive file. */
-export interface TmpSegment {
+interface TmpSegment {
   uid: number;
   gid: number;
   offset: number;
@@ -111,7 +111,7 @@ const footerBytes = indexMagic.length + 17;
 /** The inventory's listing is bounded like the archive (a name per entry). */
 const maxInventoryBytes = 32 * 1024 * 1024;
 /** Each stream is a docker exec (~50 ms): ownership that changes at every level of a deep tree must not make thousands. */
-export const maxTmpSegments = 64;
+const maxTmpSegments = 64;
 
 /** Where a paused sandbox's /tmp is kept (outside the home: the sandbox cannot see or edit it). */
 export function tmpArchivePath(config: HostConfig, sandboxId: string): string {

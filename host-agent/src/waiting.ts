@@ -17,7 +17,7 @@ export async function takeWaitingCreates(hostId: string, runtime: DaemonRuntime,
   const waiting = await waitingCreates();
   if (waiting.length === 0) return [];
   let host = await getHost(hostId);
-  if (!host || host.status !== 'active' || !host.capacity) return [];
+  if (host?.status !== 'active' || !host.capacity) return [];
   const taken: string[] = [];
   for (const w of waiting) {
     if (w.deadline_at !== undefined && w.deadline_at <= now) continue; // the reaper fails it
@@ -26,7 +26,7 @@ export async function takeWaitingCreates(hostId: string, runtime: DaemonRuntime,
     const outcome = await claimWaitingCreate(host, w.sandbox_id, share, createTimeoutSeconds, now);
     if (outcome === 'no_room') {
       host = await getHost(hostId);
-      if (!host || host.status !== 'active') break;
+      if (host?.status !== 'active') break;
       continue;
     }
     if (outcome === 'gone') continue;

@@ -45,7 +45,7 @@ const run = promisify(execFile);
 /** Label on every pool container: its pool id (also the name of its host directory). */
 export const poolLabel = 'dev.ephemeral-sandbox.pool';
 /** Pool containers are named `sbxpool-<id>` until a claim renames them to their sandbox's id. */
-export const poolNamePrefix = 'sbxpool-';
+const poolNamePrefix = 'sbxpool-';
 const sandboxIdPattern = /^sbx-[a-z0-9]{20}$/;
 
 /** The pool's shape and depth, from the host's environment (the control plane's defaults). */
@@ -88,7 +88,7 @@ export interface PoolContainer {
   tmpMb: number;
 }
 
-export function poolDir(config: HostConfig, poolId: string): string {
+function poolDir(config: HostConfig, poolId: string): string {
   return join(config.stateDir, 'pool', poolId);
 }
 

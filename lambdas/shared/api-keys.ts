@@ -23,7 +23,7 @@ export interface ApiKeyRecord {
   usage_key?: string;
 }
 
-export const tenantIdPattern = /^[a-z0-9][a-z0-9-]{0,62}$/;
+const tenantIdPattern = /^[a-z0-9][a-z0-9-]{0,62}$/;
 const keyPattern = /^esk_([a-z0-9]{10})_([A-Za-z0-9_-]{32,128})$/;
 const tokenPattern = /^sbt_(sbx-[a-z0-9]{20})_([A-Za-z0-9_-]{32,128})$/;
 
@@ -45,7 +45,7 @@ function randomId(length: number): string {
 }
 
 /** A fresh API key in the `esk_<id>_<secret>` form. */
-export function generateApiKey(): { key: string; keyId: string } {
+function generateApiKey(): { key: string; keyId: string } {
   const keyId = randomId(10);
   return { key: `esk_${keyId}_${randomBytes(32).toString('base64url')}`, keyId };
 }

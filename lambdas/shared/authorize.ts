@@ -19,7 +19,7 @@ export type Decision =
     };
 
 /** The signal routes a sandbox token may call, for its own sandbox only. */
-export const sandboxTokenActions = ['heartbeat', 'complete', 'error'] as const;
+const sandboxTokenActions = ['heartbeat', 'complete', 'error'] as const;
 
 /**
  * @param methodArn arn:aws:execute-api:<region>:<account>:<api>/<stage>/<METHOD>/<path>

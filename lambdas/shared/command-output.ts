@@ -12,14 +12,14 @@ import { outputChunkListStart, parseOutputChunkKey } from '../../host-agent/src/
 import type { OutputStream } from './command-state';
 
 /** Most bytes of one stream an answer carries. */
-export const maxReadBytes = 1024 * 1024;
+const maxReadBytes = 1024 * 1024;
 /** Most chunk objects one read fetches (a trickling command writes many small ones). */
 const maxChunksPerRead = 64;
 /**
  * Each stream's share of a Lambda response (6,291,556 bytes) once escaped
  * twice; both streams and the record's fields fit with room to spare.
  */
-export const payloadBudgetPerStream = 2_900_000;
+const payloadBudgetPerStream = 2_900_000;
 
 /** Bytes a string costs inside the Lambda response payload (JSON string in a JSON string). */
 function payloadBytes(text: string): number {
@@ -72,7 +72,7 @@ function prefixWithinBudget(bytes: Buffer, budget: number): number {
 }
 
 /** Raw bytes of one stream from `offset`, at most `maxBytes`, as far as they are stored. */
-export async function readStreamBytes(prefix: string, stream: OutputStream, offset: number, maxBytes: number): Promise<Buffer> {
+async function readStreamBytes(prefix: string, stream: OutputStream, offset: number, maxBytes: number): Promise<Buffer> {
   const bucket = config().bucket;
   const listed = await s3().send(
     new ListObjectsV2Command({

@@ -13,7 +13,7 @@ export type CommandStatus = (typeof commandStatuses)[number];
 /** Statuses in which a command may still produce output or change. */
 export const openCommandStatuses: readonly CommandStatus[] = ['pending', 'running'];
 /** Statuses after which nothing about a command changes any more. */
-export const finalCommandStatuses: readonly CommandStatus[] = ['exited', 'timed_out', 'killed', 'lost'];
+const finalCommandStatuses: readonly CommandStatus[] = ['exited', 'timed_out', 'killed', 'lost'];
 
 export function isFinalCommandStatus(status: CommandStatus): boolean {
   return finalCommandStatuses.includes(status);
@@ -37,7 +37,6 @@ export type CommandEndReason =
   | 'not_started';
 
 export type OutputStream = 'stdout' | 'stderr';
-export const outputStreams: readonly OutputStream[] = ['stdout', 'stderr'];
 
 /** Where a command came from: the commands API, or the start-and-wait exec route. */
 export type CommandOrigin = 'commands' | 'exec';

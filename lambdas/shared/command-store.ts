@@ -3,9 +3,9 @@
  * runs a command moves it on; every change is a conditional write on the
  * command's status, so a command starts once and ends once.
  */
-import { ConditionalCheckFailedException, TransactionCanceledException } from '@aws-sdk/client-dynamodb';
+import { TransactionCanceledException } from '@aws-sdk/client-dynamodb';
 import { unmarshall } from '@aws-sdk/util-dynamodb';
-import { DeleteCommand, GetCommand, PutCommand, QueryCommand, TransactWriteCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
+import { DeleteCommand, GetCommand, QueryCommand, TransactWriteCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
 import { conditionally, dynamo, queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError } from './errors';
@@ -90,26 +90,6 @@ export async function createCommand(
   }
 }
 
-/** Puts a new record; answers the existing one instead when the id is taken. */
-export async function putNewCommand(record: CommandRecord): Promise<{ created: true } | { created: false; existing: CommandRecord }> {
-  try {
-    await dynamo().send(
-      new PutCommand({
-        TableName: table(),
-        Item: record,
-        ConditionExpression: 'attribute_not_exists(command_id)',
-        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
-      }),
-    );
-    return { created: true };
-  } catch (err) {
-    if (!(err instanceof ConditionalCheckFailedException)) throw err;
-    const existing = err.Item ? (unmarshall(err.Item as never) as CommandRecord) : await getCommand(record.sandbox_id, record.command_id);
-    if (!existing) throw err;
-    return { created: false, existing };
-  }
-}
-
 export async function getCommand(sandboxId: string, commandId: string): Promise<CommandRecord | undefined> {
   const out = await dynamo().send(new GetCommand({ TableName: table(), Key: { sandbox_id: sandboxId, command_id: commandId }, ConsistentRead: true }));
   return out.Item as CommandRecord | undefined;
@@ -154,7 +134,7 @@ async function updateCommand(sandboxId: string, commandId: string, u: Update): P
     names[`#r${i}`] = k;
     return `#r${i++}`;
   });
-  u.from.forEach((s, j) => (values[`:from${j}`] = s));
+  for (const [j, s] of u.from.entries()) values[`:from${j}`] = s;
   const conditions = [`attribute_exists(created_seq)`, `#status IN (${u.from.map((_, j) => `:from${j}`).join(', ')})`];
   if (u.condition) conditions.push(`(${u.condition})`);
   const out = await conditionally(dynamo().send(

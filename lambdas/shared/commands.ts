@@ -32,7 +32,7 @@ const hostAnswerWithinMs = 1_500;
 /** Time left for answering after a wait (reading output, the trip back). */
 const answerReserveMs = 1_500;
 
-export function newCommandId(): string {
+function newCommandId(): string {
   const alphabet = 'abcdefghijklmnopqrstuvwxyz0123456789';
   return 'cmd-' + Array.from(randomBytes(20), (b) => alphabet[b % 36]).join('');
 }
@@ -135,7 +135,7 @@ export async function readOutput(r: CommandRecord, offsets: { stdout: number; st
 }
 
 /** The tenant's command, or 404 (another tenant's is indistinguishable from none). */
-export async function getTenantCommand(p: Principal, sandboxId: string, commandId: string): Promise<CommandRecord> {
+async function getTenantCommand(p: Principal, sandboxId: string, commandId: string): Promise<CommandRecord> {
   const r = await getCommand(sandboxId, commandId);
   if (!r || r.tenant_id !== p.tenantId) throw notFound(`command ${commandId} of sandbox ${sandboxId}`);
   return r;

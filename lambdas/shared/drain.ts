@@ -34,7 +34,7 @@ export interface DrainTarget {
  * Which host an event asks to drain, and within how long; undefined for an
  * event that is not for this fleet (another group's lifecycle action).
  */
-export function drainTargetOf(event: FleetEventInput, o: { groupName: string; drainTimeoutSeconds: number }): DrainTarget | undefined {
+function drainTargetOf(event: FleetEventInput, o: { groupName: string; drainTimeoutSeconds: number }): DrainTarget | undefined {
   const d = event.detail ?? {};
   if (event.source === 'aws.autoscaling' && event['detail-type'] === 'EC2 Instance-terminate Lifecycle Action') {
     if (d.AutoScalingGroupName !== o.groupName || typeof d.EC2InstanceId !== 'string') return undefined;
@@ -62,7 +62,7 @@ export type DrainOutcome = 'not_a_host' | 'lost' | 'draining' | 'marked_only';
  * itself draining; a host that is gone is found lost, and its hook times out
  * to CONTINUE).
  */
-export async function drainHost(target: DrainTarget, now = Date.now()): Promise<DrainOutcome> {
+async function drainHost(target: DrainTarget, now = Date.now()): Promise<DrainOutcome> {
   const host = await getHost(target.hostId);
   // A Spot warning for an instance of another fleet in the account.
   if (!host) return 'not_a_host';

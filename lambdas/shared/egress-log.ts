@@ -11,7 +11,7 @@ import { config } from './config';
 import { logger } from './logger';
 import { emitMetrics } from './metrics';
 
-export type EgressVerdict = 'allowed' | 'refused' | 'not_logged';
+type EgressVerdict = 'allowed' | 'refused' | 'not_logged';
 
 /** One decision as the API shows it. */
 export interface EgressLogEntry {

@@ -6,7 +6,7 @@
 /** `source` of every event the platform puts on its bus. */
 export const eventSource = 'ephemeral-sandbox';
 
-export const platformEventTypes = [
+const platformEventTypes = [
   'sandbox.created',
   'sandbox.ready',
   'sandbox.paused',

@@ -33,9 +33,9 @@ import { emitMetrics } from './metrics';
 import type { SandboxEvent } from './sandbox-state';
 import type { SandboxRecord } from './sandbox-record';
 
-export { eventSource, platformEventTypes, type PlatformEventType } from './event-types';
+export type { PlatformEventType } from './event-types';
 
-export interface SandboxEventDetail {
+interface SandboxEventDetail {
   sandbox_id: string;
   tenant_id: string;
   user_id: string;
@@ -50,7 +50,7 @@ export interface SandboxEventDetail {
   lifetime_ms?: number;
 }
 
-export interface CommandFinishedDetail {
+interface CommandFinishedDetail {
   sandbox_id: string;
   command_id: string;
   tenant_id: string;
@@ -72,7 +72,7 @@ export interface CommandFinishedDetail {
   stderr_bytes?: number;
 }
 
-export interface HostLostDetail {
+interface HostLostDetail {
   host_id: string;
   at: string;
   last_heartbeat_at: string;
@@ -155,7 +155,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * Puts `events` on the bus. Never throws: what cannot be delivered after
  * retries is logged whole and counted (EventsNotDelivered), see above.
  */
-export async function publishEvents(events: readonly PlatformEvent[]): Promise<void> {
+async function publishEvents(events: readonly PlatformEvent[]): Promise<void> {
   if (events.length === 0) return;
   const bus = process.env.EVENT_BUS_NAME;
   if (!bus) {

@@ -140,7 +140,7 @@ export async function completeUpload(p: Principal, sandboxId: string, uploadId: 
     if (answer) return answer;
   }
   const spec = await getStagedJson<TransferSpec>(folder + fileStagingObjects.spec);
-  if (!spec || spec.kind !== 'upload') throw notFound(`upload ${uploadId} of sandbox ${sandboxId} (unknown, or its staging area expired)`);
+  if (spec?.kind !== 'upload') throw notFound(`upload ${uploadId} of sandbox ${sandboxId} (unknown, or its staging area expired)`);
   const size = await stagedObjectSize(folder + fileStagingObjects.data);
   if (size === undefined) {
     // The host may have finished between the two reads: it records the result before it drops the object.
@@ -215,7 +215,7 @@ export async function followDownload(p: Principal, sandboxId: string, downloadId
   const r = await getTenantSandbox(p.tenantId, sandboxId);
   const folder = stagingFolder(p.tenantId, sandboxId, downloadId);
   const spec = await getStagedJson<TransferSpec>(folder + fileStagingObjects.spec);
-  if (!spec || spec.kind !== 'download') throw notFound(`download ${downloadId} of sandbox ${sandboxId} (unknown, or its staging area expired)`);
+  if (spec?.kind !== 'download') throw notFound(`download ${downloadId} of sandbox ${sandboxId} (unknown, or its staging area expired)`);
   const recorded = await getStagedJson<TransferState>(folder + fileStagingObjects.result);
   if (recorded?.status === 'done') return { done: true, view: await downloadView(downloadId, folder, spec, recorded.result) };
   if (recorded?.status === 'failed') throw fileApiError(recorded.error);

@@ -35,7 +35,7 @@ export interface FileEntryView {
   link_target?: string;
 }
 
-export function entryView(e: FileEntryInfo): FileEntryView {
+function entryView(e: FileEntryInfo): FileEntryView {
   return {
     path: e.path,
     name: e.name,

@@ -30,7 +30,7 @@ export const fleetMetrics = {
 } as const;
 
 /** The EMF record of one measurement. */
-export function emfRecord(metric: CapacityMetric, groupName: string, now: number): Record<string, unknown> {
+function emfRecord(metric: CapacityMetric, groupName: string, now: number): Record<string, unknown> {
   const values: Record<string, number> = {
     [fleetMetrics.utilization.name]: metric.utilizationPercent,
     [fleetMetrics.utilizationWithoutOneHost.name]: metric.utilizationWithoutOneHostPercent,

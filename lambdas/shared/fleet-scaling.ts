@@ -152,7 +152,7 @@ export function hostsNeeded(hosts: readonly FleetHost[], waiting: readonly Resou
  * create larger than a whole host is counted out (it can never be placed:
  * the request limits keep that from happening).
  */
-export function hostsToAdd(hosts: readonly FleetHost[], waiting: readonly Resources[], launching: number, hostShape: Resources): number {
+function hostsToAdd(hosts: readonly FleetHost[], waiting: readonly Resources[], launching: number, hostShape: Resources): number {
   const bins = hosts.filter((h) => h.status === 'active').map((h) => ({ capacity: h.capacity, allocated: h.allocated }));
   for (let i = 0; i < launching; i++) bins.push({ capacity: hostShape, allocated: zeroResources });
   let added = 0;

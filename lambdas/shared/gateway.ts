@@ -128,7 +128,7 @@ export const gatewayResponses: readonly GatewayResponse[] = [
 ];
 
 /** The configured answer for a response type. */
-export function gatewayResponse(type: GatewayResponseType): GatewayResponse {
+function gatewayResponse(type: GatewayResponseType): GatewayResponse {
   const found = gatewayResponses.find((r) => r.type === type);
   if (!found) throw new Error(`no gateway response configured for ${type}`);
   return found;

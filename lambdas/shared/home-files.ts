@@ -32,14 +32,14 @@ const maxLinkHops = 16;
 const headConcurrency = 16;
 
 /** Whether the stored copy may be behind a live sandbox of the user. */
-export interface HomeCopyView {
+interface HomeCopyView {
   may_lag: boolean;
   /** Set with may_lag: the user's live sandboxes (each syncs its home every sync_interval_seconds while it runs, and whole when it ends). */
   sandboxes?: { sandbox_id: string; status: string }[];
   sync_interval_seconds?: number;
 }
 
-export async function homeCopyOf(tenantId: string, userId: string): Promise<HomeCopyView> {
+async function homeCopyOf(tenantId: string, userId: string): Promise<HomeCopyView> {
   const c = config();
   const live = await liveSandboxesOfUser(tenantId, userId, Date.now() - (c.limits.maxTtlSeconds + 3600) * 1000);
   if (live.length === 0) return { may_lag: false };

@@ -32,8 +32,8 @@ import { assertHostAgentCommand, assertHostVerb, buildHostCommandLine, requestSt
 import { span } from './timing';
 
 // The dispatcher's callers and tests reach the pieces through this module.
-export { HostDispatchError, type HostDispatchErrorCode } from './host-dispatch-error';
-export { parseHostEnvelope, type ParsedEnvelope } from './host-answer';
+export { HostDispatchError } from './host-dispatch-error';
+export { parseHostEnvelope } from './host-answer';
 export { assertHostAgentCommand, buildHostCommandLine } from './host-request';
 
 export interface HostDispatcherOptions {

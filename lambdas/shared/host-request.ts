@@ -37,7 +37,7 @@ export function buildHostCommandLine(hostAgentCommand: string, verb: HostVerb, a
 }
 
 /** Where a request travels: inline in the command line, or staged in S3 by key. */
-export interface EncodedRequest {
+interface EncodedRequest {
   arg: string;
   stagedKey?: string;
 }

@@ -183,7 +183,7 @@ export function allocationUpdate(host: Pick<HostRecord, 'host_id' | 'capacity'>,
  * Takes `request` on `host` for `sandboxId` (allocationUpdate). Undefined
  * when it lost the race (another create took the room, the host left the pool).
  */
-export async function takeAllocation(host: Pick<HostRecord, 'host_id' | 'capacity'>, sandboxId: string, request: Resources, now = Date.now()): Promise<HostRecord | undefined> {
+async function takeAllocation(host: Pick<HostRecord, 'host_id' | 'capacity'>, sandboxId: string, request: Resources, now = Date.now()): Promise<HostRecord | undefined> {
   const out = await conditionally(dynamo().send(new UpdateCommand({ ...allocationUpdate(host, sandboxId, request, now), ReturnValues: 'ALL_NEW' })));
   return out.applied ? (out.output.Attributes as HostRecord) : undefined;
 }

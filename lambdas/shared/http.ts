@@ -5,7 +5,7 @@
  */
 import middy from '@middy/core';
 import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
-import * as z from 'zod';
+import type * as z from 'zod';
 import { ApiError, StillInProgress } from './errors';
 import { logger } from './logger';
 import { emitMetrics } from './metrics';
@@ -59,7 +59,7 @@ export interface ApiResult {
 
 const jsonHeaders = { 'Content-Type': 'application/json' };
 
-export function json(status: number, body: unknown, headers: Record<string, string> = {}): APIGatewayProxyResult {
+function json(status: number, body: unknown, headers: Record<string, string> = {}): APIGatewayProxyResult {
   return { statusCode: status, headers: { ...jsonHeaders, ...headers }, body: JSON.stringify(body) };
 }
 
@@ -152,7 +152,7 @@ function handlerDeadline(context: Context | undefined, requestTimeEpoch?: number
 const gatewayReserveSeconds = 4;
 
 /** Maps any error to the JSON error response; only unexpected ones are 500s. */
-export function errorResponse(err: unknown, requestId?: string): APIGatewayProxyResult {
+function errorResponse(err: unknown, requestId?: string): APIGatewayProxyResult {
   if (err instanceof ApiError) return json(err.status, err.toBody(), err.headers);
   if (err instanceof StillInProgress) return json(202, err.body);
   const down = dependencyDown(err);

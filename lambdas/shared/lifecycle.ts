@@ -11,7 +11,7 @@ import { HostDispatchError } from './host-dispatch';
 import { isActive, isSettled, isTerminal, settledStatuses } from './sandbox-state';
 import { toView, type SandboxRecord, type SandboxView } from './sandbox-record';
 import { activityDeadline, createTimeoutSeconds, idleDeadline, powerLease, settledDeadline } from './reaper-rules';
-import { getSandbox, getTenantSandbox, latest, transition, TransitionRejectedError, updateSandbox } from './sandbox-store';
+import { getTenantSandbox, latest, transition, TransitionRejectedError, updateSandbox } from './sandbox-store';
 import { storageFor, waitSecondsUntil } from './sandboxes';
 import { placeMovedSandbox, resumeRequestFor } from './relocation';
 

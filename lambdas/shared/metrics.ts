@@ -11,7 +11,7 @@
  *
  * @example emitMetrics({ Code: 'no_capacity' }, { ApiErrors: 1 });
  */
-import { Metrics, MetricUnit } from '@aws-lambda-powertools/metrics';
+import { Metrics, type MetricUnit } from '@aws-lambda-powertools/metrics';
 import type { EmfOutput } from '@aws-lambda-powertools/metrics/types';
 import { logger, serviceName } from './logger';
 import { metricDefinitions, type MetricDimensions, type MetricName } from './metric-names';

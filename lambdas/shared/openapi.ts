@@ -265,7 +265,9 @@ export function openApiDocument(limits: ControlPlaneConfig['limits'] = loadConfi
   const paths: Record<string, Record<string, unknown>> = {};
   for (const route of routes) {
     const op = ops[`${route.method} ${route.path}`] as Operation;
-    (paths[route.path] ??= {})[route.method.toLowerCase()] = operationOf(route, op, schemas);
+    const methods = paths[route.path] ?? {};
+    methods[route.method.toLowerCase()] = operationOf(route, op, schemas);
+    paths[route.path] = methods;
   }
   return {
     openapi: '3.1.0',

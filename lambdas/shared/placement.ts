@@ -98,7 +98,7 @@ export interface PlacementHost {
 }
 
 /** True when the host has pulled `image` (named by the reference it resolved, or by its digest). */
-export function hostHasImage(host: Pick<PlacementHost, 'image' | 'image_ref'>, image: string): boolean {
+function hostHasImage(host: Pick<PlacementHost, 'image' | 'image_ref'>, image: string): boolean {
   return host.image === image || host.image_ref === image;
 }
 

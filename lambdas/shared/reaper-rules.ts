@@ -15,7 +15,7 @@ export const createTimeoutSeconds = 120;
 /** How long a shutdown may stay unfinished (a claim's lease) before the reaper drives it again. */
 export const shutdownRetrySeconds = 120;
 /** How long a stop or start may stay unfinished before the reaper drives it again. */
-export const powerRetrySeconds = 120;
+const powerRetrySeconds = 120;
 /** How long a complete/error waits for the execs still running in the sandbox (the one that sent it, usually). */
 export const signalExecGraceSeconds = 30;
 /** How soon a shutdown that failed on the host is tried again (the claim's lease is longer). */
@@ -67,7 +67,7 @@ export function idleDeadline(r: Pick<SandboxRecord, 'idle_timeout_s' | 'expires_
 }
 
 /** When each exec still in flight at `now` must have ended. */
-export function execsInFlight(r: Pick<SandboxRecord, 'execs'>, now: number, except?: string): number[] {
+function execsInFlight(r: Pick<SandboxRecord, 'execs'>, now: number, except?: string): number[] {
   return Object.entries(r.execs ?? {})
     .filter(([id, ends]) => id !== except && ends > now)
     .map(([, ends]) => ends);

@@ -84,7 +84,10 @@ function hostLookup(): HostLookup {
   const seen = new Map<string, Promise<HostRecord | undefined>>();
   return (hostId) => {
     let found = seen.get(hostId);
-    if (!found) seen.set(hostId, (found = getHost(hostId)));
+    if (!found) {
+      found = getHost(hostId);
+      seen.set(hostId, found);
+    }
     return found;
   };
 }

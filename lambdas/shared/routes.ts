@@ -3,10 +3,10 @@
  * resources and one Lambda per handler from it; the local API server dispatches
  * with it. `handler` names a file `lambdas/<handler>.ts` exporting `handler`.
  */
-export type HttpMethod = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+type HttpMethod = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
 /** Who may call a route: an API key, the per-sandbox token (or an API key), or anyone. */
-export type RouteAuth = 'api-key' | 'sandbox-token' | 'none';
+type RouteAuth = 'api-key' | 'sandbox-token' | 'none';
 
 export interface Route {
   method: HttpMethod;

@@ -8,7 +8,7 @@ import { isTerminal } from './sandbox-state';
 import { idleDeadline } from './reaper-rules';
 
 export const hotPath = '/home/agent';
-export const coldPath = '/data/cold';
+const coldPath = '/data/cold';
 
 /**
  * "none": no network at all; {egress}: the bridge under that policy;
@@ -23,7 +23,7 @@ export function egressOf(network: SandboxNetworkConfig): EgressPolicy | undefine
   return network === 'bridge' ? 'allow_all' : network.egress;
 }
 
-export interface SandboxConfigView {
+interface SandboxConfigView {
   cpu: number;
   memory_mb: number;
   /** Home size (MB): its own file system, and its sync quota. Absent on records from before disk_mb. */

@@ -44,7 +44,7 @@ export type SandboxEvent =
 export const activeStatuses = ['ready', 'running'] as const satisfies readonly SandboxStatus[];
 
 /** Statuses after which nothing changes any more. */
-export const terminalStatuses = ['stopped', 'expired', 'failed'] as const satisfies readonly SandboxStatus[];
+const terminalStatuses = ['stopped', 'expired', 'failed'] as const satisfies readonly SandboxStatus[];
 
 /** Statuses that hold a container on a host. */
 export const liveStatuses = ['creating', 'ready', 'running', 'pausing', 'paused', 'resuming', 'shutting_down'] as const satisfies readonly SandboxStatus[];

@@ -98,7 +98,7 @@ export async function updateSandbox(
   const conds = ['attribute_exists(sandbox_id)'];
   if (statusCondition) {
     names['#status'] = 'status';
-    statusCondition.forEach((s, j) => (values[`:from${j}`] = s));
+    for (const [j, s] of statusCondition.entries()) values[`:from${j}`] = s;
     conds.push(`#status IN (${statusCondition.map((_, j) => `:from${j}`).join(', ')})`);
   }
   if (spec.condition) conds.push(`(${spec.condition})`);

@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { generateSandboxToken, sha256Hex } from './api-keys';
 import { config } from './config';
-import { ApiError, invalidState, unavailable } from './errors';
+import { ApiError, unavailable } from './errors';
 import { hostFailure, hosts } from './host-calls';
 import { placeSandbox, releaseAllocation } from './host-store';
 import { createImageFor, resourcesOf, type Resources } from './placement';
@@ -16,12 +16,10 @@ import type { Principal } from './http';
 import { closeOpenCommands } from './command-store';
 import { HostDispatchError } from './host-dispatch';
 import { logger } from './logger';
-import { isActive, isTerminal, type SandboxStatus, type StopReason } from './sandbox-state';
+import { isTerminal, type SandboxStatus, type StopReason } from './sandbox-state';
 import { egressOf, hotPath, reapShardOf, toView, type SandboxRecord, type SandboxView } from './sandbox-record';
 import { createDeadline, createTimeoutSeconds, endEventOf, idleDeadline, shutdownLease } from './reaper-rules';
 import {
-  beginExec,
-  endExec,
   getSandbox,
   latest,
   getTenantSandbox,
@@ -168,7 +166,7 @@ export async function createSandbox(
   // By the digest the host holds (during a rollout, possibly the previous image: no create waits for a pull);
   // a host with no image recorded pulls the reference. (A waiting create is staged with the reference: no host is known yet.)
   const request = hostCreateRequest(record, { token, image: createImageFor(host, c.sandboxImage) });
-  if (!host) return waitForCapacity(p, record, request, share, o);
+  if (!host) return waitForCapacity(record, request, share, o);
 
   try {
     // The record and the tenant's slot in one transaction; a tenant at its cap answers 429 and gives the host slot back.
@@ -226,7 +224,6 @@ export async function createSandbox(
  * again every minute while creates wait.
  */
 async function waitForCapacity(
-  p: Principal,
   record: SandboxRecord,
   request: CreateRequest,
   share: Resources,

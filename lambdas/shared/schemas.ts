@@ -16,7 +16,7 @@ const envMap = z
   .refine((m) => Object.keys(m).length <= 64, 'at most 64 entries')
   .refine((m) => Object.values(m).every((v) => !v.includes('\0')), 'values must not contain NUL');
 /** Names the platform sets in every sandbox; callers cannot override them. */
-export const reservedEnvKeys = ['SANDBOX_ID', 'SANDBOX_API_URL', 'SANDBOX_TOKEN', 'HOME', 'USER'] as const;
+const reservedEnvKeys = ['SANDBOX_ID', 'SANDBOX_API_URL', 'SANDBOX_TOKEN', 'HOME', 'USER'] as const;
 
 export const userIdSchema = z
   .string()

@@ -3,14 +3,14 @@
  * its indexes. The CDK stateful stack and the local stack both build tables
  * from these objects, and the code queries only the indexes named here.
  */
-export type AttributeType = 'S' | 'N';
+type AttributeType = 'S' | 'N';
 
 export interface KeyAttribute {
   name: string;
   type: AttributeType;
 }
 
-export interface IndexDefinition {
+interface IndexDefinition {
   name: string;
   partitionKey: KeyAttribute;
   sortKey?: KeyAttribute;

@@ -30,7 +30,7 @@ export interface TenantRecord {
 }
 
 /** Seconds a caller over its sandbox cap is told to wait: a slot frees only when one of its sandboxes ends. */
-export const tenantFullRetryAfterSeconds = 10;
+const tenantFullRetryAfterSeconds = 10;
 
 const table = () => config().tables.tenants;
 
@@ -130,7 +130,7 @@ async function refuseIfFull(tenantId: string, t: Partial<TenantRecord> | undefin
  * @example tenantFullMessage('acme', 2, 2, 1)
  *   // 'tenant acme is at its limit of 2 sandboxes: 1 not yet ended and 1 still being created (a create that fails gives its slot back); destroy one or retry later'
  */
-export function tenantFullMessage(tenantId: string, cap: number, held: number, creating: number): string {
+function tenantFullMessage(tenantId: string, cap: number, held: number, creating: number): string {
   const plural = (n: number, one: string, many: string) => `${n} ${n === 1 ? one : many}`;
   const existing = held - creating;
   const parts =

@@ -49,17 +49,6 @@ export function span<T>(name: string, fn: () => Promise<T>): Promise<T> {
   return fn().finally(() => recordSpan(name, performance.now() - started));
 }
 
-/** Synchronous variant of span. */
-export function spanSync<T>(name: string, fn: () => T): T {
-  if (!timingsOn()) return fn();
-  const started = performance.now();
-  try {
-    return fn();
-  } finally {
-    recordSpan(name, performance.now() - started);
-  }
-}
-
 /** Runs `fn` with its spans marked as `scope` (background work the bench leaves out of a request's breakdown). */
 export function inScope<T>(scope: string, fn: () => T): T {
   if (!timingsOn()) return fn();

@@ -11,7 +11,7 @@ import { apiKeysTable, commandsTable, egressLogTable, hostsTable, idempotencyTab
 /** Handlers with no API route: the scheduled reaper and the authorizer. */
 export type BackgroundHandlerName = (typeof backgroundHandlerNames)[number];
 
-export type DynamoAction =
+type DynamoAction =
   | 'dynamodb:GetItem'
   | 'dynamodb:PutItem'
   | 'dynamodb:UpdateItem'
@@ -22,7 +22,7 @@ export type DynamoAction =
   | 'dynamodb:ConditionCheckItem'
   | 'dynamodb:DescribeTable';
 
-export interface TableGrant {
+interface TableGrant {
   table: TableDefinition;
   actions: readonly DynamoAction[];
   /** Indexes the handler queries (needs dynamodb:Query). */

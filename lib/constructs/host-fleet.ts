@@ -47,7 +47,7 @@ export interface HostFleetProps {
 }
 
 /** Block device of the sandbox state volume (user data finds it under this name or its /dev/xvd twin). */
-export const stateDeviceName = '/dev/sdb';
+const stateDeviceName = '/dev/sdb';
 
 /** Lifecycle hook that holds a new host until its setup finished (user data completes it). */
 export const launchHookName = 'sandbox-host-launching';

@@ -35,20 +35,20 @@ export interface HostUserDataProps {
   readonly stateDevice: string;
 }
 
-export const installDir = '/opt/ephemeral-sandbox';
+const installDir = '/opt/ephemeral-sandbox';
 /** Sandbox state on the host (STATE_DIR's default): homes' file systems, kept /tmp archives, policies. */
-export const stateDir = '/var/lib/ephemeral-sandbox';
+const stateDir = '/var/lib/ephemeral-sandbox';
 /** File system label of the state volume (fstab mounts it by label: NVMe device names are not stable). */
-export const stateVolumeLabel = 'sbx-state';
-export const hostEnvFile = '/etc/ephemeral-sandbox/host.env';
-export const ssmAgentConfigFile = '/etc/amazon/ssm/amazon-ssm-agent.json';
-export const hostDaemonUnit = 'ephemeral-sandbox-host.service';
-export const hostReadyUnit = 'ephemeral-sandbox-ready.service';
+const stateVolumeLabel = 'sbx-state';
+const hostEnvFile = '/etc/ephemeral-sandbox/host.env';
+const ssmAgentConfigFile = '/etc/amazon/ssm/amazon-ssm-agent.json';
+const hostDaemonUnit = 'ephemeral-sandbox-host.service';
+const hostReadyUnit = 'ephemeral-sandbox-ready.service';
 /** AL2023 installs Node majors side by side; the versioned binary never changes under us. */
-export const hostNode = '/usr/bin/node-22';
+const hostNode = '/usr/bin/node-22';
 
 /** Official mountpoint-s3 RPM for the host architecture. */
-export function mountpointRpmUrl(architecture: ec2.InstanceArchitecture): string {
+function mountpointRpmUrl(architecture: ec2.InstanceArchitecture): string {
   const arch = architecture === ec2.InstanceArchitecture.ARM_64 ? 'arm64' : 'x86_64';
   return `https://s3.amazonaws.com/mountpoint-s3-release/latest/${arch}/mount-s3.rpm`;
 }

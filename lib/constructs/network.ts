@@ -4,7 +4,7 @@
  * IPs and a security group with no inbound rules (no NAT bill); with NAT
  * gateways they sit in private subnets and have no public address at all.
  */
-import { RemovalPolicy } from 'aws-cdk-lib';
+import type { RemovalPolicy } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import { Construct } from 'constructs';

@@ -25,10 +25,10 @@ import { metricDefinitions, metricNamespace, metricService, type MetricName } fr
 import type { DeploymentEnvironment } from '../environment';
 
 /** Every alarm evaluates one period of this length. */
-export const alarmPeriod = Duration.minutes(5);
+const alarmPeriod = Duration.minutes(5);
 
 /** The bus's name: one per environment. */
-export function eventBusName(envName: string): string {
+function eventBusName(envName: string): string {
   return `ephemeral-sandbox-${envName}`;
 }
 

@@ -3,7 +3,7 @@
  * (lambdas/shared/tables.ts) so the keys and indexes the code queries are the
  * keys and indexes that exist. On-demand billing, point-in-time recovery.
  */
-import { RemovalPolicy } from 'aws-cdk-lib';
+import type { RemovalPolicy } from 'aws-cdk-lib';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import { Construct } from 'constructs';
 import type { KeyAttribute, TableDefinition } from '../../lambdas/shared/tables';

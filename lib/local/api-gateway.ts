@@ -28,7 +28,7 @@ import { matchRoute } from './gateway/routing';
 import { Throttle } from './gateway/throttle';
 
 // The local stack picks how handlers run; it reaches the choices through this module.
-export { bundledFunctions, inProcessFunctions, type LocalFunctions } from './gateway/functions';
+export { bundledFunctions, type LocalFunctions } from './gateway/functions';
 
 export interface LocalApi {
   url: string;

@@ -26,8 +26,8 @@ import type { AddressInfo } from 'node:net';
 import { logger } from '../../lambdas/shared/logger';
 import { admitSigned, type LocalCredentials, type SigningPolicy } from './sigv4';
 
-export type LifecycleState = 'Pending' | 'Pending:Wait' | 'InService' | 'Terminating' | 'Terminating:Wait' | 'Terminated';
-export type LifecycleResult = 'CONTINUE' | 'ABANDON';
+type LifecycleState = 'Pending' | 'Pending:Wait' | 'InService' | 'Terminating' | 'Terminating:Wait' | 'Terminated';
+type LifecycleResult = 'CONTINUE' | 'ABANDON';
 
 export interface HookSpecification {
   name: string;
@@ -36,7 +36,7 @@ export interface HookSpecification {
 }
 
 /** What EventBridge carries from Auto Scaling (and EC2) to the drain consumer, in AWS's shape. */
-export interface FleetEvent {
+interface FleetEvent {
   version: '0';
   id: string;
   source: 'aws.autoscaling' | 'aws.ec2';
@@ -78,7 +78,7 @@ interface Instance {
   /** Decrement desired when this termination finishes (scale-in already counted it). */
 }
 
-export interface AutoScalingCall {
+interface AutoScalingCall {
   action: string;
   params: Record<string, string>;
   at: number;

@@ -41,7 +41,7 @@ function engineDirectory(): string {
 }
 
 /** The CreateTable input for a table definition (the CDK stack maps the same definition). */
-export function createTableInput(def: TableDefinition, tableName: string): CreateTableCommandInput {
+function createTableInput(def: TableDefinition, tableName: string): CreateTableCommandInput {
   const attributes = new Map<string, 'S' | 'N'>();
   const keyAttrs = [def.partitionKey, def.sortKey, ...def.indexes.flatMap((i) => [i.partitionKey, i.sortKey])];
   for (const a of keyAttrs) if (a) attributes.set(a.name, a.type);

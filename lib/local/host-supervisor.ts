@@ -93,7 +93,7 @@ export function superviseService(o: ServiceOptions): SupervisedService {
     o.onStart?.(c);
     const ready = waiters;
     waiters = [];
-    ready.forEach((w) => w(c));
+    for (const w of ready) w(c);
     c.on('exit', (code, signal) => {
       if (child === c) child = undefined;
       // What the main process left in its service goes with it (KillMode=control-group).

@@ -178,7 +178,7 @@ export async function startLocalHost(ctx: LocalHostContext, o: LocalHostOptions 
 }
 
 /** Waits until the daemon registered the host (bounded). */
-export async function waitForHost(hostId: string, signal?: AbortSignal, timeoutMs = 30_000): Promise<void> {
+async function waitForHost(hostId: string, signal?: AbortSignal, timeoutMs = 30_000): Promise<void> {
   const started = Date.now();
   while (Date.now() - started < timeoutMs) {
     signal?.throwIfAborted();
@@ -217,7 +217,7 @@ export async function removeCgroupTreeWhenEmpty(dir: string, timeoutMs = 5_000):
 }
 
 /** Removes an emptied cgroup directory and its (empty) children, deepest first. */
-export function removeCgroupTree(dir: string): void {
+function removeCgroupTree(dir: string): void {
   let children: string[];
   try {
     children = readdirSync(dir, { withFileTypes: true })

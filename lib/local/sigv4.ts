@@ -79,7 +79,7 @@ export class SignatureRefusedError extends Error {
 }
 
 /** AWS allows this much clock difference between signer and service. */
-export const maxClockSkewMs = 15 * 60_000;
+const maxClockSkewMs = 15 * 60_000;
 const algorithm = 'AWS4-HMAC-SHA256';
 const unsignedPayload = 'UNSIGNED-PAYLOAD';
 const emptySha256 = createHash('sha256').digest('hex');
@@ -113,11 +113,11 @@ const faultAnswers: Record<SigningPolicy['protocol'], Record<SignatureFault, [nu
 };
 
 /** The longest a presigned URL may be valid (SigV4's limit: 7 days). */
-export const maxPresignedExpirySeconds = 604_800;
+const maxPresignedExpirySeconds = 604_800;
 /** The largest object S3 takes in one PUT. */
-export const maxS3PutBytes = 5 * 1024 ** 3;
+const maxS3PutBytes = 5 * 1024 ** 3;
 
-export function sha256Hex(data: Buffer | string): string {
+function sha256Hex(data: Buffer | string): string {
   return createHash('sha256').update(data).digest('hex');
 }
 
@@ -248,7 +248,7 @@ export interface SignedRequestParts {
   rawHeaders: readonly string[];
 }
 
-export function requestParts(req: IncomingMessage): SignedRequestParts {
+function requestParts(req: IncomingMessage): SignedRequestParts {
   return { method: req.method ?? 'GET', url: req.url ?? '/', rawHeaders: req.rawHeaders };
 }
 
@@ -402,7 +402,7 @@ export function checkSignature(req: SignedRequestParts, claim: SignatureClaim, b
 }
 
 /** Answers a refusal in the service's own error format. */
-export function answerRefusal(res: ServerResponse, err: SignatureRefusedError, policy: SigningPolicy): void {
+function answerRefusal(res: ServerResponse, err: SignatureRefusedError, policy: SigningPolicy): void {
   const [status, code] = faultAnswers[policy.protocol][err.fault];
   const body =
     policy.protocol === 'json'

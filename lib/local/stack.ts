@@ -153,7 +153,7 @@ export interface LocalStack {
 }
 
 /** The local twin of /ephemeral-sandbox/<env>/sandbox-image (lib/constructs/host-fleet.ts). */
-export const localSandboxImageParameter = '/ephemeral-sandbox/local/sandbox-image';
+const localSandboxImageParameter = '/ephemeral-sandbox/local/sandbox-image';
 
 export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalStack> {
   const tenantId = o.tenantId ?? 'default';
@@ -432,7 +432,7 @@ export function localHostSettings(): { warmContainers: number } {
  * The API functions' timeout and memory: the local stack runs them as the dev
  * environment in cdk.json deploys them.
  */
-export function localFunctionSettings(): { timeoutSeconds: number; memoryMb: number } {
+function localFunctionSettings(): { timeoutSeconds: number; memoryMb: number } {
   const cdk = JSON.parse(readFileSync(join(repoRoot, 'cdk.json'), 'utf8')) as {
     context: { environments: { dev: { handlers: { apiTimeoutSeconds: number; memoryMb: number } } } };
   };

@@ -86,7 +86,7 @@ export class LocalTelemetry {
 }
 
 /** The EMF object in `line`, or undefined when it is any other line. */
-export function parseEmf(line: string): Emf | undefined {
+function parseEmf(line: string): Emf | undefined {
   if (!line.startsWith('{') || !line.includes('"_aws"')) return undefined;
   try {
     const value = JSON.parse(line) as Emf;

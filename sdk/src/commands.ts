@@ -267,8 +267,3 @@ async function killSoon(handle: CommandHandle): Promise<void> {
     }
   }
 }
-
-/** Whether an error is the API saying the sandbox cannot take the call in its state. */
-export function isInvalidState(err: unknown): boolean {
-  return err instanceof SandboxApiError && err.code === 'invalid_state';
-}

@@ -147,7 +147,13 @@ export class Files {
     } catch (err) {
       if (!(err instanceof SandboxApiError && err.code === 'too_large')) throw err;
       const parts: Buffer[] = [];
-      await this.download(path, new Writable({ write: (c: Buffer, _e, done) => (parts.push(c), done()) }), { signal: o.signal });
+      const sink = new Writable({
+        write: (c: Buffer, _e, done) => {
+          parts.push(c);
+          done();
+        },
+      });
+      await this.download(path, sink, { signal: o.signal });
       bytes = Buffer.concat(parts);
     }
     return o.format === 'text' ? Buffer.from(bytes).toString('utf8') : bytes;
@@ -225,7 +231,13 @@ export class Files {
     if (size <= inlineMaxBytes) {
       const m = meter(size, o.onProgress);
       const parts: Buffer[] = [];
-      await pipeline(createReadStream(local), m.stream, new Writable({ write: (c: Buffer, _e, done) => (parts.push(c), done()) }));
+      const sink = new Writable({
+        write: (c: Buffer, _e, done) => {
+          parts.push(c);
+          done();
+        },
+      });
+      await pipeline(createReadStream(local), m.stream, sink);
       const written = await this.client.json<WrittenFile>('PUT', await this.base(), {
         query: { path: remotePath, mkdirs: o.mkdirs, mode: o.mode },
         bytes: Buffer.concat(parts),

@@ -24,7 +24,7 @@ const ended: readonly SandboxStatus[] = ['stopped', 'expired', 'failed'];
 
 /** Quotes one argument for bash: safe words as they are, anything else in single quotes. */
 export function shellQuote(arg: string): string {
-  if (/^[A-Za-z0-9_\/.,:=@%+-]+$/.test(arg)) return arg;
+  if (/^[A-Za-z0-9_/.,:=@%+-]+$/.test(arg)) return arg;
   return `'${arg.replace(/'/g, `'\\''`)}'`;
 }
 

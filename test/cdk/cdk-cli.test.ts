@@ -32,7 +32,9 @@ function cdk(args: string[]) {
 
 describe('cdk CLI (pinned version, offline)', () => {
   const outdirs: string[] = [];
-  after(() => outdirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
+  after(() => {
+    for (const d of outdirs) rmSync(d, { recursive: true, force: true });
+  });
   const synthesized = new Map<string, string>();
 
   it('is the version package.json pins', () => {

@@ -75,11 +75,11 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
     for (const calls of both) {
       for (const [table, e] of calls.tables) {
         const entry = used.get(table) ?? { actions: new Set<string>(), indexes: new Set<string>() };
-        e.actions.forEach((a) => entry.actions.add(a));
-        e.indexes.forEach((i) => entry.indexes.add(i));
+        for (const a of e.actions) entry.actions.add(a);
+        for (const i of e.indexes) entry.indexes.add(i);
         used.set(table, entry);
       }
-      calls.otherActions.forEach((a) => (a.startsWith('events:') ? published.add(a) : a.startsWith('logs:') ? shipped.add(a) : storage.add(a)));
+      for (const a of calls.otherActions) (a.startsWith('events:') ? published : a.startsWith('logs:') ? shipped : storage).add(a);
     }
     const usedTables = Object.fromEntries([...used].map(([t, e]) => [t, { actions: [...e.actions].sort(), indexes: [...e.indexes].sort() }]));
     const granted = Object.fromEntries(

@@ -35,7 +35,9 @@ function validationViolations(outdir: string): string[] {
 
 describe('cdk-nag AwsSolutions', () => {
   const outdirs: string[] = [];
-  after(() => outdirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
+  after(() => {
+    for (const d of outdirs) rmSync(d, { recursive: true, force: true });
+  });
 
   it('reports a finding this test harness can see (the checks are really running)', () => {
     const app = new App();

@@ -109,7 +109,7 @@ for (const env of ['dev', 'prod'] as const) {
           for (const resource of asList(s.Resource).map(render)) {
             const id = tableIdOf(resource);
             const entry = granted.get(id) ?? { actions: new Set(), resources: new Set() };
-            actions.forEach((a) => entry.actions.add(a));
+            for (const a of actions) entry.actions.add(a);
             entry.resources.add(resource.replace(/^.*?Arn[0-9A-F]*\}/, '<table>'));
             granted.set(id, entry);
           }
@@ -427,7 +427,7 @@ for (const env of ['dev', 'prod'] as const) {
         { name: launch.LifecycleHookName, timeout: launch.HeartbeatTimeout, result: launch.DefaultResult },
         { name: launchHookName, timeout: e.hosts.bootTimeoutSeconds, result: 'ABANDON' },
       );
-      assert.match(userData(), new RegExp(`--lifecycle-hook-name "\\$LAUNCH_LIFECYCLE_HOOK" --instance-id "\\$HOST_ID" --lifecycle-action-result "\\$result"`));
+      assert.match(userData(), /--lifecycle-hook-name "\$LAUNCH_LIFECYCLE_HOOK" --instance-id "\$HOST_ID" --lifecycle-action-result "\$result"/);
     });
 
     // The lifecycle-ready script exactly as user data writes it, run by bash with stand-ins for what only an EC2 host

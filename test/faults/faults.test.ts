@@ -165,7 +165,7 @@ describe('faults', () => {
     } finally {
       thaw('dynamodb');
     }
-    during.forEach((res, i) => acceptable(res, `request ${i} while DynamoDB was frozen`));
+    for (const [i, res] of during.entries()) acceptable(res, `request ${i} while DynamoDB was frozen`);
     assert.ok(during.some((res) => res.status === 503), 'the frozen table is reported, not hidden');
     const done = await waitFor('the command to be recorded', async () => {
       const g = await api.call('GET', `/sandboxes/${id}/commands/during`);
@@ -226,7 +226,7 @@ describe('faults', () => {
       }
       calls.splice(40, 0, () => api.call('DELETE', `/sandboxes/${id}?graceful=true`));
       const answers = await Promise.all(calls.map((c, i) => sleep(i * 30).then(c)));
-      answers.forEach((res, i) => acceptable(res, `race call ${i}`));
+      for (const [i, res] of answers.entries()) acceptable(res, `race call ${i}`);
       const after = await api.destroyAndWait(id);
       assert.ok(['stopped', 'expired'].includes(after.final.body.status), after.final.text);
     }

@@ -4,7 +4,6 @@
  * Run: node --import tsx --test test/host-agent/exec-output.test.ts
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { applyEnvFile, loadHostConfig, parseEnvFile } from '../../host-agent/src/config';
 import { CwdMarkerExtractor } from '../../host-agent/src/exec-output';

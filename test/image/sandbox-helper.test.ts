@@ -138,7 +138,7 @@ describe('the sandbox helper', { skip }, () => {
     const message = `START${'x'.repeat(10_000)}END`;
     const run = await sandbox(['error', message]);
     assert.equal(run.code, 0, run.stderr);
-    const sent = (requests[0]?.body as { error: string }).error;
+    const sent = (requests[0]!.body as { error: string }).error;
     assert.ok(sent.length <= 4096, `sent ${sent.length} characters`);
     assert.ok(sent.startsWith('START') && sent.endsWith('END'));
     assert.match(sent, /characters cut/);
@@ -221,6 +221,6 @@ describe('the sandbox helper', { skip }, () => {
     const run = await sandbox(['--help']);
     assert.equal(run.code, 0);
     assert.match(run.stdout, /sandbox heartbeat/);
-    assert.match(run.stdout, /exit codes:\n  0 ok, 2 usage error, 3 missing environment, 4 rejected by the API \(4xx\),/);
+    assert.match(run.stdout, /exit codes:\n {2}0 ok, 2 usage error, 3 missing environment, 4 rejected by the API \(4xx\),/);
   });
 });

@@ -14,7 +14,7 @@ import { dynamo } from '../../lambdas/shared/clients/dynamodb';
 import { config } from '../../lambdas/shared/config';
 import { getHost } from '../../lambdas/shared/host-store';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';
-import { apiClient, type ApiClient } from '../support/api-client';
+import { type ApiAnswer, apiClient, type ApiClient } from '../support/api-client';
 import { containerExists } from '../support/docker';
 import { record, waitFor } from './lifecycle-support';
 
@@ -65,7 +65,7 @@ describe("the SSM agent's 5 commands at once do not hold commands back", () => {
         ),
       ),
     );
-    ends.forEach((e, i) => assert.equal(e.stdout, `done-${i}\n`));
+    for (const [i, e] of ends.entries()) assert.equal(e.stdout, `done-${i}\n`);
     const starts = ends.map((e) => Date.parse(e.started_at));
     assert.ok(Math.max(...starts) - Math.min(...starts) < 10_000, 'they started side by side, not 5 then 3');
     assert.ok(Date.now() - started < 2 * 15_000 + 15_000, 'they ran at once');
@@ -75,7 +75,10 @@ describe("the SSM agent's 5 commands at once do not hold commands back", () => {
 
 /** 202 with the record mid-transition (the handler answered at its deadline), or 502 (Lambda cut it off at its timeout). */
 function cutOrInTime(res: { status: number; text: string; body: any }, status: string): void {
-  if (res.status === 502) return assert.equal(res.body.error.code, 'internal_error');
+  if (res.status === 502) {
+    assert.equal(res.body.error.code, 'internal_error');
+    return;
+  }
   assert.equal(res.status, 202, res.text);
   assert.equal(res.body.status, status, res.text);
 }
@@ -88,7 +91,7 @@ describe('a handler cut off at its Lambda timeout leaves nothing half-done for g
   it('create: SSM slower than the function; the host still makes the sandbox and records it ready', async () => {
     const before = await liveSandboxesOfTenant();
     stack.ssm.setLatency(8_000);
-    let res;
+    let res: ApiAnswer;
     try {
       res = await api.create('cut-create');
     } finally {
@@ -107,7 +110,7 @@ describe('a handler cut off at its Lambda timeout leaves nothing half-done for g
 
     // destroy, cut off the same way: the host removes the container and records the end.
     stack.ssm.setLatency(8_000);
-    let d;
+    let d: ApiAnswer;
     try {
       d = await api.destroy(id);
     } finally {
@@ -126,7 +129,7 @@ describe('a handler cut off at its Lambda timeout leaves nothing half-done for g
     const id = await createReady('cut-stop');
     await api.exec(id, 'echo kept > ~/kept.txt');
     stack.ssm.setLatency(8_000);
-    let res;
+    let res: ApiAnswer;
     try {
       res = await api.call('POST', `/sandboxes/${id}/stop`);
     } finally {
@@ -146,7 +149,7 @@ describe('a handler cut off at its Lambda timeout leaves nothing half-done for g
     const id = await createReady('slow-host');
     // SSM as slow as the function's whole budget: the handler gives up waiting and answers 202.
     stack.ssm.setLatency(3_000);
-    let res;
+    let res: ApiAnswer;
     try {
       res = await api.call('POST', `/sandboxes/${id}/stop`);
     } finally {

@@ -24,7 +24,7 @@ export function apiClient(baseUrl: string, apiKey: string | undefined) {
     };
     const res = await fetch(baseUrl + path, init);
     const text = await res.text();
-    let parsed: any = undefined;
+    let parsed: any;
     try {
       parsed = text ? JSON.parse(text) : undefined;
     } catch {

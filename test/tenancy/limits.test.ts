@@ -11,7 +11,7 @@ import { UpdateCommand } from '@aws-sdk/lib-dynamodb';
 import { createApiKey } from '../../lambdas/shared/api-keys';
 import { dynamo } from '../../lambdas/shared/clients/dynamodb';
 import { s3 } from '../../lambdas/shared/clients/s3';
-import { config, resetConfig } from '../../lambdas/shared/config';
+import { config } from '../../lambdas/shared/config';
 import { getHost } from '../../lambdas/shared/host-store';
 import { getTenant, liveSandboxCount, setTenantSandboxLimit } from '../../lambdas/shared/tenants';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';

@@ -10,7 +10,12 @@ import { Throttle } from '../../lib/local/gateway/throttle';
 /** A clock the test moves by hand. */
 function clock(start = 1_000_000) {
   let t = start;
-  return { now: () => t, advance: (ms: number) => void (t += ms) };
+  return {
+    now: () => t,
+    advance: (ms: number) => {
+      t += ms;
+    },
+  };
 }
 
 const allowAll = (tenant = 't1'): Decision => ({

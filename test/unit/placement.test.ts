@@ -35,6 +35,7 @@ const host = (id: string, capacity: Resources, allocated: Resources, extra: Part
 });
 
 describe('what a sandbox takes from its host', () => {
+  // biome-ignore format: one case per line reads as a table
   const cases: { name: string; config: { cpu: number; memory_mb: number; disk_mb?: number }; defaultDisk?: number; want: Resources }[] = [
     { name: 'its limits, its home and room for its paused /tmp', config: { cpu: 1, memory_mb: 1024, disk_mb: 1024 }, want: { cpu_milli: 1000, memory_mb: 1024, disk_mb: 1536, sandboxes: 1 } },
     { name: 'a quarter CPU in exact thousandths', config: { cpu: 0.25, memory_mb: 256, disk_mb: 64 }, want: { cpu_milli: 250, memory_mb: 256, disk_mb: 192, sandboxes: 1 } },
@@ -48,6 +49,7 @@ describe('what a sandbox takes from its host', () => {
 
 describe('whether a sandbox fits', () => {
   const capacity = r(2, 3, 19, 3);
+  // biome-ignore format: one case per line reads as a table
   const cases: { name: string; allocated: Resources; request: Resources; want: boolean }[] = [
     { name: 'an empty host takes a sandbox', allocated: r(0, 0, 0, 0), request: r(1, 1, 1, 1), want: true },
     { name: 'exactly the last gigabyte of memory is taken', allocated: r(1, 2, 2, 2), request: r(1, 1, 1, 1), want: true },
@@ -84,6 +86,7 @@ describe('the order hosts are tried in', () => {
   ];
   const request = r(1, 1, 1, 1);
   const ids = (hs: PlacementHost[]) => hs.map((h) => h.host_id);
+  // biome-ignore format: one case per line reads as a table
   const cases: { name: string; strategy: 'spread' | 'binpack'; image?: string; hosts: PlacementHost[]; want: string[] }[] = [
     { name: 'spread: emptiest first, full hosts left out', strategy: 'spread', hosts, want: ['mi-b', 'mi-c', 'mi-a'] },
     { name: 'binpack: fullest that fits first', strategy: 'binpack', hosts, want: ['mi-a', 'mi-c', 'mi-b'] },

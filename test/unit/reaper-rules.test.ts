@@ -63,6 +63,7 @@ interface Row {
   want: ReapAction;
 }
 
+// biome-ignore format: one case per line reads as a table of the rules
 const rows: Row[] = [
   // What the query found may have moved on by the time it is read again.
   { name: 'a record gone since the query: nothing', record: undefined, now: T, want: { kind: 'nothing', why: 'ended' } },

@@ -29,7 +29,7 @@ export function cgroup2Root(): string {
 let root: string | undefined;
 
 /** The cgroup2 directory of the process `pid` (from /proc/<pid>/cgroup, line `0::<path>`). */
-export function cgroupOfPid(pid: number): string {
+function cgroupOfPid(pid: number): string {
   root ??= cgroup2Root();
   const line = readFileSync(`/proc/${pid}/cgroup`, 'utf8')
     .split('\n')

@@ -33,7 +33,7 @@ export interface FifoStdio {
 }
 
 /** Paths of a command's FIFOs in a host io directory. */
-export function fifoPaths(ioDir: string, commandId: string): { in: string; out: string; err: string } {
+function fifoPaths(ioDir: string, commandId: string): { in: string; out: string; err: string } {
   const base = join(ioDir, commandId);
   return { in: `${base}.in`, out: `${base}.out`, err: `${base}.err` };
 }

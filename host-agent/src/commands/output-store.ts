@@ -18,7 +18,7 @@ const earlyPhaseMs = 5_000;
 /** A chunk is uploaded at once when this much waits. */
 const chunkBytes = 4 * 1024 * 1024;
 /** Above this much waiting, the command's stream is paused until uploads catch up. */
-export const backpressureBytes = 16 * 1024 * 1024;
+const backpressureBytes = 16 * 1024 * 1024;
 
 class StreamBuffer {
   pending: Buffer[] = [];

@@ -73,7 +73,7 @@ function isAlive(pid: number): boolean {
 }
 
 /** A pending command nobody started after this long is lost. */
-export const unstartedAfterMs = 60_000;
+const unstartedAfterMs = 60_000;
 
 interface Running {
   record: CommandRecord;

@@ -152,11 +152,15 @@ export class AddressGrants {
 
   grant(sandboxId: string, name: string, ip: string, ttlSeconds: number, now = Date.now()): void {
     let addresses = this.bySandbox.get(sandboxId);
-    if (!addresses) this.bySandbox.set(sandboxId, (addresses = new Map()));
+    if (!addresses) {
+      addresses = new Map();
+      this.bySandbox.set(sandboxId, addresses);
+    }
     let names = addresses.get(ip);
     if (!names) {
       if (addresses.size >= this.maxAddresses) addresses.delete(addresses.keys().next().value!);
-      addresses.set(ip, (names = new Map()));
+      names = new Map();
+      addresses.set(ip, names);
     }
     const key = normalizeName(name);
     const until = now + Math.max(ttlSeconds, this.minTtlSeconds) * 1000;

@@ -16,21 +16,21 @@ import * as z from 'zod';
 export type EgressPolicy = 'allow_all' | 'deny_all' | { allow: string[] };
 
 /** Most entries one allowlist may hold (each name costs a lookup per query). */
-export const maxAllowEntries = 256;
+const maxAllowEntries = 256;
 
 /** IPv4 ranges a sandbox may never reach, whatever its policy: link-local (IMDS), RFC 1918, RFC 6598. */
 export const blockedIpv4Ranges = ['169.254.0.0/16', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '100.64.0.0/10'];
 /** Not destinations at all (this network, loopback, multicast, reserved, broadcast): refused like the blocked ranges. */
 const reservedIpv4Ranges = ['0.0.0.0/8', '127.0.0.0/8', '224.0.0.0/4', '240.0.0.0/4'];
 
-export interface Cidr {
+interface Cidr {
   /** Network address as an unsigned 32-bit integer. */
   base: number;
   prefix: number;
   text: string;
 }
 
-export function ipv4ToInt(ip: string): number {
+function ipv4ToInt(ip: string): number {
   return ip.split('.').reduce((n, octet) => n * 256 + Number(octet), 0);
 }
 
@@ -39,7 +39,7 @@ function maskOf(prefix: number): number {
 }
 
 /** Parses `a.b.c.d/n` or `a.b.c.d`; undefined when it is neither. The base is masked, so 203.0.113.7/24 is 203.0.113.0/24. */
-export function parseCidr(text: string): Cidr | undefined {
+function parseCidr(text: string): Cidr | undefined {
   const [ip, prefixText, ...rest] = text.split('/');
   if (rest.length > 0 || !ip || !isIPv4(ip)) return undefined;
   const prefix = prefixText === undefined ? 32 : /^\d{1,2}$/.test(prefixText) ? Number(prefixText) : NaN;
@@ -48,7 +48,7 @@ export function parseCidr(text: string): Cidr | undefined {
   return { base, prefix, text: `${[24, 16, 8, 0].map((s) => (base >>> s) & 255).join('.')}/${prefix}` };
 }
 
-export function cidrContains(cidr: Cidr, ip: string): boolean {
+function cidrContains(cidr: Cidr, ip: string): boolean {
   return ((ipv4ToInt(ip) & maskOf(cidr.prefix)) >>> 0) === cidr.base;
 }
 
@@ -73,7 +73,7 @@ export function normalizeName(name: string): string {
 }
 
 /** Why `entry` cannot be an allowlist entry, or undefined when it can. */
-export function allowEntryProblem(entry: string): string | undefined {
+function allowEntryProblem(entry: string): string | undefined {
   if (typeof entry !== 'string' || entry.length === 0) return 'must be a non-empty string';
   if (/^[\d./]+$/.test(entry)) {
     const cidr = parseCidr(entry);
@@ -162,8 +162,3 @@ export const egressPolicySchema = z.unknown().transform((value, ctx): EgressPoli
   ctx.addIssue({ code: 'custom', path: read.path, message: read.message });
   return z.NEVER;
 });
-
-/** A short label for logs and errors. */
-export function describePolicy(policy: EgressPolicy): string {
-  return typeof policy === 'string' ? policy : `allowlist of ${policy.allow.length}`;
-}

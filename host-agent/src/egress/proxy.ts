@@ -65,7 +65,10 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
 
   const track = (t: Tracked) => {
     let set = open.get(t.sandboxId);
-    if (!set) open.set(t.sandboxId, (set = new Set()));
+    if (!set) {
+      set = new Set();
+      open.set(t.sandboxId, set);
+    }
     set.add(t);
     return () => {
       set!.delete(t);

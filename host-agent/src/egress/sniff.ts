@@ -28,7 +28,7 @@ export function sniff(data: Buffer): Sniffed {
 }
 
 /** The hostname in a Host header or an absolute URI, without port or brackets; undefined for an IP literal. */
-export function hostOf(authority: string): string | undefined {
+function hostOf(authority: string): string | undefined {
   let host = authority.trim().toLowerCase();
   if (host.startsWith('[')) return undefined; // IPv6 literal
   host = host.replace(/:\d*$/, '').replace(/\.$/, '');

@@ -22,7 +22,7 @@
  * Only the image's python3, tar and gzip are used (Python's -I -S: no
  * environment, no site packages of the sandbox user).
  */
-export const sandboxFilesProgram = String.raw`
+const sandboxFilesProgram = String.raw`
 import errno, hashlib, json, os, stat, sys
 
 CHUNK = 1 << 20

@@ -26,7 +26,7 @@ export interface Staging {
 }
 
 /** Only keys of the file staging area: a request must not turn the host into a reader or writer of the whole bucket. */
-export function assertStagingKey(key: string): void {
+function assertStagingKey(key: string): void {
   if (!key.startsWith(fileStagingPrefix) || key.includes('..')) {
     throw new HostAgentError('bad_request', `file staging keys start with ${fileStagingPrefix}; got ${key}`);
   }

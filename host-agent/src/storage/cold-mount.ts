@@ -21,7 +21,7 @@ import { removeScope, scopedCommand } from '../process-scope';
 import { ColdMountError, StorageError } from './errors';
 import { createS3Client } from './s3';
 
-export const coldMountDrivers = ['s3fs', 'mountpoint-s3'] as const;
+const coldMountDrivers = ['s3fs', 'mountpoint-s3'] as const;
 export type ColdMountDriver = (typeof coldMountDrivers)[number];
 
 /** Reads COLD_MOUNT_DRIVER (`s3fs` | `mountpoint-s3`), defaulting to s3fs. */
@@ -33,7 +33,7 @@ export function coldMountDriverFromEnv(env: NodeJS.ProcessEnv = process.env): Co
   return value as ColdMountDriver;
 }
 
-export interface ColdCredentials {
+interface ColdCredentials {
   accessKeyId: string;
   secretAccessKey: string;
   sessionToken?: string;
@@ -70,7 +70,7 @@ export interface ColdMountOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-export const defaultSecretsDir = '/run/ephemeral-sandbox/s3fs';
+const defaultSecretsDir = '/run/ephemeral-sandbox/s3fs';
 
 /** The command a driver runs: file, arguments (never through a shell) and its whole environment. */
 export interface MountCommand {
@@ -122,7 +122,7 @@ function resolveMount(o: ColdMountOptions): ResolvedMount {
 }
 
 /** The scope (process-scope.ts) a mount point's FUSE client runs in: outside the daemon's service, so it survives a daemon restart. */
-export function coldMountScope(mountPoint: string): string {
+function coldMountScope(mountPoint: string): string {
   return 'cold-' + createHash('sha256').update(resolve(mountPoint)).digest('hex').slice(0, 24);
 }
 
@@ -314,13 +314,13 @@ export interface MountEntry {
 
 /** Parses /proc/mounts (fields are space-separated, with octal escapes such as \040 for a space). */
 export function parseProcMounts(text: string): MountEntry[] {
-  const unescape = (field: string) => field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(Number.parseInt(octal, 8)));
+  const unescapeOctal = (field: string) => field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(Number.parseInt(octal, 8)));
   return text
     .split('\n')
     .filter((line) => line.trim() !== '')
     .map((line) => {
       const [source = '', target = '', fstype = '', options = ''] = line.split(' ');
-      return { source: unescape(source), target: unescape(target), fstype: unescape(fstype), options };
+      return { source: unescapeOctal(source), target: unescapeOctal(target), fstype: unescapeOctal(fstype), options };
     });
 }
 

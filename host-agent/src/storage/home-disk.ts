@@ -44,7 +44,7 @@ async function isMountPoint(path: string): Promise<boolean> {
 }
 
 /** Inodes for a home of `bytes`: ext4's usual one per 16 KiB, never more than the sync carries (less the 11 ext4 keeps). */
-export function homeInodes(bytes: number, maxEntries: number): number {
+function homeInodes(bytes: number, maxEntries: number): number {
   // mke2fs rounds the count up to fill whole inode-table blocks in every group: leave it room below the limit.
   return Math.max(1024, Math.min(Math.floor(bytes / 16_384), Math.floor(maxEntries * 0.9)));
 }

@@ -28,8 +28,9 @@ import { QuotaExceededError, StorageError } from './errors';
 export type HotEntryKind = 'file' | 'symlink' | 'dir';
 
 /** S3's limit on a key, prefix included. */
-export const maxKeyBytes = 1024;
+const maxKeyBytes = 1024;
 /** Names with these cannot round-trip through S3's XML listings. */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
 export const controlCharacter = /[\u0000-\u001f\u007f]/;
 
 /** An entry of the home found by the walk. */
@@ -57,7 +58,7 @@ export function openHomeRoot(dir: string): number {
 }
 
 /** A path under an open directory that the kernel resolves from that directory, not by name from `/`. */
-export function beneath(dirFd: number, name: string): string {
+function beneath(dirFd: number, name: string): string {
   return `/proc/self/fd/${dirFd}/${name}`;
 }
 

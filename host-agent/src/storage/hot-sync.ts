@@ -60,12 +60,6 @@ import {
 } from './home-walk';
 import { entryFromStat, isUnchanged, pendingOf, readManifest, withSyncLock, writeManifest, type Manifest } from './hot-manifest';
 
-export type { HotEntryKind } from './home-walk';
-
-/** Default cap on a user's hot home. */
-export const defaultHotQuotaBytes = 100 * 1024 * 1024;
-/** Default seconds between incremental syncs while a sandbox runs. */
-export const defaultSyncIntervalSeconds = 60;
 /** Parallel S3 transfers per sync. */
 export const defaultSyncConcurrency = 32;
 /** Entries (files, links, directories) a home may hold: zero-byte files escape the byte quota. */
@@ -98,7 +92,7 @@ export interface HotSyncOptions {
   lockTimeoutMs?: number;
 }
 
-export interface NotSyncedPath {
+interface NotSyncedPath {
   /** Relative path; bytes that are not UTF-8 are shown escaped. */
   path: string;
   reason: string;

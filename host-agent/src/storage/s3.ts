@@ -11,7 +11,7 @@ import { S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
 import { timeSdkClient } from '../../../lambdas/shared/timing';
 
 /** Sockets per client: parallel transfers (default 32) plus headroom for listings and retries. */
-export const defaultMaxSockets = 64;
+const defaultMaxSockets = 64;
 
 export interface S3ClientOptions {
   /** Overrides AWS_ENDPOINT_URL_S3 (tests start s3rver on a random port). */

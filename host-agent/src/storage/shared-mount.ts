@@ -28,7 +28,7 @@ async function mountInfo(): Promise<MountInfo[]> {
     });
 }
 
-let sharedChecked = new Set<string>();
+const sharedChecked = new Set<string>();
 
 /**
  * Makes `dir` a shared mount point (bound onto itself first when it is a
@@ -55,9 +55,4 @@ export async function ensureSharedMount(dir: string): Promise<'already' | 'made'
   }
   sharedChecked.add(path);
   return 'made';
-}
-
-/** Forget what was checked (tests that remove and remake state directories). */
-export function resetSharedMountCheck(): void {
-  sharedChecked = new Set();
 }

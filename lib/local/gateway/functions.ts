@@ -33,10 +33,8 @@ export function bundledFunctions(o: {
     let f = functions.get(name);
     const output = o.output;
     if (!f) {
-      functions.set(
-        name,
-        (f = new LocalFunction({ name, timeoutSeconds: o.timeoutSeconds, memoryMb: o.memoryMb, env, ...(output ? { output: (stream) => output(name, stream) } : {}) })),
-      );
+      f = new LocalFunction({ name, timeoutSeconds: o.timeoutSeconds, memoryMb: o.memoryMb, env, ...(output ? { output: (stream) => output(name, stream) } : {}) });
+      functions.set(name, f);
     }
     return f;
   };
@@ -62,7 +60,10 @@ export function inProcessFunctions(load: (name: HandlerName) => Promise<LambdaHa
   return {
     async invoke(name, event) {
       let h = cache.get(name);
-      if (!h) cache.set(name, (h = load(name)));
+      if (!h) {
+        h = load(name);
+        cache.set(name, h);
+      }
       const handler = await h;
       const deadline = Date.now() + timeoutSeconds * 1000;
       const context = {

@@ -7,7 +7,7 @@ import type { APIGatewayProxyEvent } from 'aws-lambda';
 import { isBinaryMediaType } from '../../../lambdas/shared/gateway';
 import type { RouteMatch } from './routing';
 
-export const stage = 'local';
+const stage = 'local';
 const arnPrefix = 'arn:aws:execute-api:local:000000000000:local';
 
 /** The execute-api ARN the authorizer's policy is checked against. */

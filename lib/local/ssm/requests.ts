@@ -49,7 +49,7 @@ export function requiredString(body: RequestBody, key: string): string {
   return v;
 }
 
-export function optionalInteger(body: RequestBody, key: string): number | undefined {
+function optionalInteger(body: RequestBody, key: string): number | undefined {
   const v = body[key];
   if (v === undefined || v === null) return undefined;
   if (typeof v !== 'number' || !Number.isInteger(v)) throw new AwsJsonError('SerializationException', `${key} must be an integer`);
