@@ -42,7 +42,7 @@ import { checkEgressRules, ensureSandboxNetwork } from './network';
 import { retryKeptHomes } from './sandbox-storage';
 import { hostResources } from './host-resources';
 import { adoptSandboxes } from './readopt';
-import { containerLabels, hostVerbs, ownerLabelValue } from './protocol';
+import { containerLabels, hostVerbs, ownerLabelValue } from '../../contract/host-protocol';
 import { readClaim } from './claim';
 import { isUnclaimedPoolContainer, poolSettings, sandboxIdOf, WarmPool } from './warm-pool';
 import { desiredImageSource, prepareHostImage, pruneImages, repositoryOf, type HostImage } from './image-rollout';

@@ -31,9 +31,9 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { loadHostConfig, sandboxPaths, type EgressEndpoint, type HostConfig } from './config';
 import { DockerApiError, DockerClient } from './docker';
-import { blockedIpv4Ranges, readEgressPolicy } from './egress/policy';
+import { blockedIpv4Ranges, readEgressPolicy } from '../../contract/egress-policy';
 import { HostAgentError } from './errors';
-import { containerLabels, ownerLabelValue } from './protocol';
+import { containerLabels, ownerLabelValue } from '../../contract/host-protocol';
 
 const run = promisify(execFile);
 

@@ -37,7 +37,7 @@ import { inScope, span } from '../../lambdas/shared/timing';
 import type { HostConfig } from './config';
 import { containerSpec, sandboxColdMount, sandboxHome, sandboxIoMount, tmpSizeMbFor, type CreateInput } from './create';
 import { DockerApiError, type DockerClient } from './docker';
-import { containerLabels, ownerLabelValue } from './protocol';
+import { containerLabels, ownerLabelValue } from '../../contract/host-protocol';
 import { mountsUnder } from './sandbox-storage';
 
 const run = promisify(execFile);

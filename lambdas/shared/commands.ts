@@ -14,7 +14,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { config } from './config';
-import { commandOutputPrefix } from '../../host-agent/src/protocol';
+import { commandOutputPrefix } from '../../contract/host-protocol';
 import { readHeadAndTail, readStream } from './command-output';
 import { isFinalCommandStatus, type CommandOrigin, type CommandRecord, type CommandStatus } from './command-state';
 import { acceptStdin, CommandConflictError, createCommand, deleteUnstartedCommand, getCommand, listCommandPage } from './command-store';

@@ -1,12 +1,12 @@
 /**
  * The API's side of a file operation's staging folder in the storage bucket
- * (fileStagingPrefix in host-agent/src/protocol.ts): small objects only. An
+ * (fileStagingPrefix in contract/host-protocol.ts): small objects only. An
  * inline read or write (at most FILES_INLINE_MAX_BYTES) passes through here;
  * larger transfers never do (presigned URLs).
  */
 import { randomBytes } from 'node:crypto';
 import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
-import { fileStagingFolder, fileStagingObjects } from '../../host-agent/src/protocol';
+import { fileStagingFolder, fileStagingObjects } from '../../contract/host-protocol';
 import { s3 } from './clients/s3';
 import { config } from './config';
 import { logger } from './logger';

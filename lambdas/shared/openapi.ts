@@ -5,7 +5,7 @@
  * route needs an entry in `operations`; the generator refuses a route without one.
  */
 import * as z from 'zod';
-import { egressPolicySchema } from '../../host-agent/src/egress/policy';
+import { egressPolicySchema } from '../../contract/egress-policy';
 import { loadConfig, type ControlPlaneConfig } from './config';
 import { binaryMediaTypes, filesInlineMaxBytes, gatewayResponses } from './gateway';
 import * as res from './responses';

@@ -34,7 +34,7 @@ import type { CreateSandboxBody, ExecBody } from './schemas';
 import { isFinalCommandStatus, type CommandStatus } from './command-state';
 import { specOf, startCommand, toCommandView, waitForEnd, wholeOutput, type CommandView } from './commands';
 import { recordWithTenantSlot, refuseIfTenantFull, releaseTenantSlot } from './tenants';
-import { pausedStateKeys, type CreateRequest, type StorageSpec } from '../../host-agent/src/protocol';
+import { pausedStateKeys, type CreateRequest, type StorageSpec } from '../../contract/host-protocol';
 import { DeleteObjectCommand } from '@aws-sdk/client-s3';
 import { s3 } from './clients/s3';
 

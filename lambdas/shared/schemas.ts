@@ -3,8 +3,8 @@
  * type the handlers, and name the offending field in every 400.
  */
 import * as z from 'zod';
-import { egressPolicySchema, readEgressPolicy } from '../../host-agent/src/egress/policy';
-import { commandIdPattern, minHomeDiskMb } from '../../host-agent/src/protocol';
+import { egressPolicySchema, readEgressPolicy } from '../../contract/egress-policy';
+import { commandIdPattern, minHomeDiskMb } from '../../contract/host-protocol';
 import { sandboxStatuses } from './sandbox-state';
 import type { ControlPlaneConfig } from './config';
 import type { SandboxNetworkConfig } from './sandbox-record';

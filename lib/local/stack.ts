@@ -27,7 +27,7 @@ import { startS3Endpoint, type S3Endpoint } from './s3-endpoint';
 import { generateLocalCredentials, type LocalCredentials } from './sigv4';
 import { startSsmEndpoint, type SsmEndpoint } from './ssm-endpoint';
 import { LocalTelemetry } from './telemetry';
-import { ssmCommandWorkersFor } from '../../host-agent/src/protocol';
+import { ssmCommandWorkersFor } from '../../contract/host-protocol';
 import { localCgroupRoot } from './host-supervisor';
 import { startAutoScalingEndpoint, type AutoScalingEndpoint, type HookSpecification } from './autoscaling-endpoint';
 import { handler as fleetEventsHandler } from '../../lambdas/fleet-events';

@@ -10,7 +10,7 @@ import type { Duplex } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { userLabelPrefix } from '../../host-agent/src/create';
 import { DockerApiError, DockerClient, DockerStreamDemuxer } from '../../host-agent/src/docker';
-import { containerLabels, ownerLabelValue } from '../../host-agent/src/protocol';
+import { containerLabels, ownerLabelValue } from '../../contract/host-protocol';
 import { docker, newSandboxId, runLabel, sandboxImage } from './fixture';
 
 const client = new DockerClient('/var/run/docker.sock');

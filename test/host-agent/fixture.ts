@@ -14,7 +14,7 @@ import { build } from 'esbuild';
 import { hostAgentBuildOptions } from '../../lib/bundling';
 import Docker from 'dockerode';
 import { userLabelPrefix } from '../../host-agent/src/create';
-import { encodeInline, type HostEnvelope, type HostVerb } from '../../host-agent/src/protocol';
+import { encodeInline, type HostEnvelope, type HostVerb } from '../../contract/host-protocol';
 
 const run = promisify(execFile);
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');

@@ -14,7 +14,7 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { containerLabels } from '../../host-agent/src/protocol';
+import { containerLabels } from '../../contract/host-protocol';
 import { removeContainersOfHost, removeNetwork } from '../../lib/local/sandbox-network';
 import { repoRoot } from '../../lib/local/stack';
 import { apiClient } from '../support/api-client';

@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { getHost } from '../../lambdas/shared/host-store';
 import { beginShutdown, markEnded } from '../../lambdas/shared/sandboxes';
-import { containerLabels, ownerLabelValue } from '../../host-agent/src/protocol';
+import { containerLabels, ownerLabelValue } from '../../contract/host-protocol';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';
 import { apiClient, type ApiClient } from '../support/api-client';
 import { containerExists, docker } from '../support/docker';

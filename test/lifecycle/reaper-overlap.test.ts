@@ -25,7 +25,7 @@ import { reapShardOf, type SandboxRecord } from '../../lambdas/shared/sandbox-re
 import { newSandboxId, storageFor } from '../../lambdas/shared/sandboxes';
 import { recordWithTenantSlot } from '../../lambdas/shared/tenants';
 import { indexName, reapShards, sandboxesTable } from '../../lambdas/shared/tables';
-import { encodeInline } from '../../host-agent/src/protocol';
+import { encodeInline } from '../../contract/host-protocol';
 import { repoRoot } from '../../lib/paths';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';
 import { apiClient, type ApiClient } from '../support/api-client';

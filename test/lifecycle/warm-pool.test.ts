@@ -13,7 +13,7 @@ import { request } from 'node:http';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { getHost } from '../../lambdas/shared/host-store';
-import { encodeInline } from '../../host-agent/src/protocol';
+import { encodeInline } from '../../contract/host-protocol';
 import { poolLabel } from '../../host-agent/src/warm-pool';
 import { repoRoot, startLocalStack, type LocalStack } from '../../lib/local/stack';
 import { apiClient, type ApiClient } from '../support/api-client';

@@ -13,7 +13,7 @@
  * alphabet plus `/` and `.`); the host-agent fetches and deletes it.
  */
 import * as z from 'zod';
-import { egressPolicySchema, type EgressPolicy } from './egress/policy';
+import { egressPolicySchema, type EgressPolicy } from './egress-policy';
 
 export const hostVerbs = ['create', 'destroy', 'pause', 'resume', 'sync', 'status', 'network', 'run', 'kill', 'stdin', 'drain', 'files'] as const;
 export type HostVerb = (typeof hostVerbs)[number];
@@ -94,7 +94,7 @@ export const createRequest = z.object({
   network: z.enum(['bridge', 'none']).default('bridge'),
   /** Size of the home's own file system; absent: a plain directory (requests from before disk_mb). */
   diskMb: z.number().int().min(minHomeDiskMb).max(1_048_576).optional(),
-  /** What a bridge sandbox may reach (egress/policy.ts); ignored with network none. */
+  /** What a bridge sandbox may reach (egress-policy.ts); ignored with network none. */
   egress: egressPolicySchema.default('allow_all'),
   env: envMap.default({}),
   labels: z.record(z.string().max(63), z.string().max(256)).default({}),
