@@ -11,7 +11,8 @@ import { after, before, describe, it } from 'node:test';
 import { userLabelPrefix } from '../../host-agent/src/create';
 import { DockerApiError, DockerClient, DockerStreamDemuxer } from '../../host-agent/src/docker';
 import { containerLabels, ownerLabelValue } from '../../contract/host-protocol';
-import { docker, newSandboxId, runLabel, sandboxImage } from './fixture';
+import { newSandboxId } from '../../contract/ids';
+import { docker, runLabel, sandboxImage } from './fixture';
 
 const client = new DockerClient('/var/run/docker.sock');
 const runId = randomBytes(4).toString('hex');

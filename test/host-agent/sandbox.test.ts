@@ -14,7 +14,8 @@ import { HeadObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s
 import { userLabelPrefix } from '../../host-agent/src/create';
 import { containerLabels, ownerLabelValue } from '../../contract/host-protocol';
 import { startS3Endpoint, type S3Endpoint } from '../../lib/local/s3-endpoint';
-import { TestHost, docker, newSandboxId } from './fixture';
+import { newSandboxId } from '../../contract/ids';
+import { TestHost, docker } from './fixture';
 
 const host = new TestHost();
 let sandbox: string;

@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { containerLabels } from '../../contract/host-protocol';
 import { removeContainersOfHost, removeNetwork } from '../../lib/local/sandbox-network';
-import { repoRoot } from '../../lib/local/stack';
+import { repoRoot } from '../../lib/paths';
 import { apiClient } from '../support/api-client';
 import { docker } from '../support/docker';
 import { sleep, waitFor } from './lifecycle-support';

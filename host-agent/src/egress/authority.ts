@@ -22,8 +22,7 @@ import {
   type EgressPolicy,
 } from '../../../contract/egress-policy';
 import type { EgressDecision, EgressKind, EgressLogSink } from '../../../contract/egress-decision';
-
-const sandboxIdPattern = /^sbx-[a-z0-9]{20}$/;
+import { sandboxIdPattern } from '../../../contract/ids';
 
 export interface Verdict {
   allowed: boolean;
