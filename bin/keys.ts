@@ -16,6 +16,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { ApiKeyRecord } from '../lambdas/shared/api-keys';
 import type { LocalStackState } from '../lib/local/stack';
+import { tenantIdPattern } from '../contract/ids';
 import { stackNames } from '../lib/stack-names';
 
 /** A failure the operator can act on; `exitCode` 2 is a usage error, 1 anything else. */
@@ -71,7 +72,6 @@ export type KeysCommand =
       usageKey?: string;
     };
 
-const tenantPattern = /^[a-z0-9][a-z0-9-]{0,62}$/;
 const keyIdPattern = /^[a-z0-9]{10}$/;
 const stagePattern = /^[A-Za-z0-9][A-Za-z0-9-]{0,31}$/;
 
@@ -114,7 +114,7 @@ export function parseKeysArgs(argv: readonly string[], now = Date.now()): KeysCo
 
   const bad = (message: string) => new KeysCliError(message, 2);
   if (v.tenant === undefined) throw bad(`${command} needs --tenant <id>`);
-  if (!tenantPattern.test(v.tenant)) throw bad(`--tenant "${v.tenant}" must be 1-63 lowercase letters, digits or -, starting with a letter or digit`);
+  if (!tenantIdPattern.test(v.tenant)) throw bad(`--tenant "${v.tenant}" must be 1-63 lowercase letters, digits or -, starting with a letter or digit`);
   const stage = v.stage ?? 'local';
   if (!stagePattern.test(stage)) throw bad(`--stage "${stage}" is not an environment name (letters, digits, -)`);
   const onlyFor = (option: string, allowed: string) => {

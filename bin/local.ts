@@ -11,7 +11,8 @@
  */
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { localHostSettings, repoRoot, startLocalStack, type LocalStack } from '../lib/local/stack';
+import { localHostSettings, startLocalStack, type LocalStack } from '../lib/local/stack';
+import { repoRoot } from '../lib/paths';
 
 function step(script: string): void {
   const out = spawnSync('bash', [join(repoRoot, 'scripts', script)], { stdio: 'inherit' });

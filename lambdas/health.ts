@@ -1,5 +1,6 @@
 /** GET /health: liveness of the API and its table (no key needed). */
 import { DescribeTableCommand } from '@aws-sdk/client-dynamodb';
+import { appVersion } from '../contract/version';
 import { dynamo } from './shared/clients/dynamodb';
 import { config } from './shared/config';
 import { apiHandler } from './shared/http';
@@ -17,7 +18,7 @@ export const handler = apiHandler(
     const healthy = database === 'ok';
     return {
       status: healthy ? 200 : 503,
-      body: { status: healthy ? 'healthy' : 'degraded', database, version: process.env.APP_VERSION ?? '0.1.0', started_at: startedAt },
+      body: { status: healthy ? 'healthy' : 'degraded', database, version: process.env.APP_VERSION ?? appVersion, started_at: startedAt },
     };
   },
   { auth: 'none' },

@@ -137,7 +137,7 @@ export async function analyzeCalls(label: string, entry: string, tableIndexes: R
   const sections = text.split(/^\/\/ (?=\S+\.[cm]?[jt]s$)/m);
   for (const section of sections) {
     const path = section.slice(0, section.indexOf('\n'));
-    if (!path.startsWith('lambdas/') && !path.startsWith('host-agent/')) continue;
+    if (!path.startsWith('lambdas/') && !path.startsWith('host-agent/') && !path.startsWith('contract/')) continue;
     // Generic client helpers (e.g. queryAll) name no table: their callers' modules carry the call.
     if (path.startsWith('lambdas/shared/clients/')) continue;
     const actions = new Set<string>();

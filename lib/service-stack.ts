@@ -3,8 +3,6 @@
  * reaper schedule, the sandbox host fleet and its network. It reads the
  * tables and the bucket from the stateful stack.
  */
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { CfnOutput, Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
 import * as ecrAssets from 'aws-cdk-lib/aws-ecr-assets';
 import { InstanceArchitecture } from 'aws-cdk-lib/aws-ec2';
@@ -22,7 +20,8 @@ import { ReaperSchedule } from './constructs/reaper-schedule';
 import { SandboxApi } from './constructs/sandbox-api';
 import type { ProjectTables } from './constructs/tables';
 import type { DeploymentEnvironment } from './environment';
-import { repoRoot, sandboxImageDir } from './paths';
+import { appVersion } from '../contract/version';
+import { sandboxImageDir } from './paths';
 
 export interface ServiceStackProps extends StackProps {
   /** The environment's settings (cdk.json). */
@@ -51,7 +50,6 @@ export class ServiceStack extends Stack {
     const retain = e.removalPolicy === 'retain';
     super(scope, id, { ...props, terminationProtection: props.terminationProtection ?? retain });
     const removalPolicy = retain ? RemovalPolicy.RETAIN : RemovalPolicy.DESTROY;
-    const appVersion = (JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as { version: string }).version;
 
     const sandboxImage = new ecrAssets.DockerImageAsset(this, 'SandboxImage', {
       directory: sandboxImageDir,

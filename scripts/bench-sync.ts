@@ -18,8 +18,8 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { cp, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { repoRoot } from '../lib/paths';
 import { promisify } from 'node:util';
 import { build } from 'esbuild';
 import { hostAgentBuildOptions } from '../lib/bundling';
@@ -27,7 +27,6 @@ import { createS3Client, defaultSyncConcurrency, hotSyncDown, hotSyncUp, type Ho
 import { startS3Endpoint } from '../lib/local/s3-endpoint';
 
 const run = promisify(execFile);
-const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
 const awsCli = '/usr/bin/aws';
 const bucket = 'bench-sync';
 const fileCount = 1_000;

@@ -7,7 +7,7 @@ import { mkdir } from 'node:fs/promises';
 import { sandboxPaths, type HostConfig } from './config';
 import { DockerApiError, type DockerClient } from './docker';
 import { HostAgentError } from './errors';
-import { containerLabels, ownerLabelValue, type CreateResult, type createRequest } from './protocol';
+import { containerLabels, ownerLabelValue, type CreateResult, type createRequest } from '../../contract/host-protocol';
 import { writeEgressPolicyFile } from './egress/sandbox-egress';
 import { attachCold, prepareHome } from './sandbox-storage';
 import { span } from '../../lambdas/shared/timing';

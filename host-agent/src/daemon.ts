@@ -25,7 +25,6 @@ import { shipDaemonOutput } from './log-shipper';
 import type { SandboxRecord } from '../../lambdas/shared/sandbox-record';
 import { getSandbox, liveSandboxesOnHost } from '../../lambdas/shared/sandbox-store';
 import { isActive, settledStatuses } from '../../lambdas/shared/sandbox-state';
-import { sandboxIdPattern } from '../../lambdas/shared/schemas';
 import { beginShutdown, markEnded, storageFor } from '../../lambdas/shared/sandboxes';
 import { EgressLogWriter } from '../../lambdas/shared/egress-log';
 import { inScope, span } from '../../lambdas/shared/timing';
@@ -42,12 +41,13 @@ import { checkEgressRules, ensureSandboxNetwork } from './network';
 import { retryKeptHomes } from './sandbox-storage';
 import { hostResources } from './host-resources';
 import { adoptSandboxes } from './readopt';
-import { containerLabels, hostVerbs, ownerLabelValue } from './protocol';
+import { containerLabels, hostVerbs, ownerLabelValue } from '../../contract/host-protocol';
+import { sandboxIdPattern, ssmInstanceIdPattern } from '../../contract/ids';
+import { appVersion } from '../../contract/version';
 import { readClaim } from './claim';
 import { isUnclaimedPoolContainer, poolSettings, sandboxIdOf, WarmPool } from './warm-pool';
 import { desiredImageSource, prepareHostImage, pruneImages, repositoryOf, type HostImage } from './image-rollout';
 
-const agentVersion = '0.1.0';
 
 function seconds(name: string, fallback: number): number {
   const raw = process.env[name];
@@ -86,7 +86,7 @@ export interface DaemonSettings {
 
 export function daemonSettings(): DaemonSettings {
   const hostId = process.env.HOST_ID ?? '';
-  if (!/^(i|mi)-[0-9a-f]{8,17}$/.test(hostId)) throw new Error(`HOST_ID must be an EC2 or SSM managed instance id, got "${hostId}"`);
+  if (!ssmInstanceIdPattern.test(hostId)) throw new Error(`HOST_ID must be an EC2 or SSM managed instance id, got "${hostId}"`);
   const heartbeatSeconds = seconds('HOST_HEARTBEAT_SECONDS', 15);
   return {
     hostId,
@@ -488,7 +488,7 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
     return undefined;
   });
   const capacity = hostResources(hostConfig.stateDir, s.slots);
-  const registered = await registerHost({ hostId: s.hostId, capacity, agentVersion });
+  const registered = await registerHost({ hostId: s.hostId, capacity, agentVersion: appVersion });
   logger.info('daemon: host registered', { hostId: s.hostId, status: registered, capacity, agentSocket: s.agentSocket });
   let hostImage: HostImage | undefined;
   if (pulled) hostImage = await rollOutImage(s, docker, startImage, undefined).catch((err: unknown) => void logger.error('daemon: recording the sandbox image failed; retrying', { err }));
@@ -503,7 +503,7 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
       const host = await heartbeatHost(s.hostId, { runningSandboxes: running, warmContainers: pool.stats().ready });
       if (!host) {
         // Declared lost while we were away: come back as a fresh host; reconcile cleans up.
-        await registerHost({ hostId: s.hostId, capacity, agentVersion });
+        await registerHost({ hostId: s.hostId, capacity, agentVersion: appVersion });
         return;
       }
       await onHeartbeat(host);

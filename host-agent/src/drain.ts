@@ -17,7 +17,7 @@ import { isTerminal } from '../../lambdas/shared/sandbox-state';
 import { getSandbox, liveSandboxesOnHost } from '../../lambdas/shared/sandbox-store';
 import { beginShutdown, storageFor } from '../../lambdas/shared/sandboxes';
 import { drainHookHeartbeatTimeoutSeconds } from './service';
-import { encodeInline } from './protocol';
+import { encodeInline } from '../../contract/host-protocol';
 import { runHostAgent, type DaemonRuntime } from './invocation';
 import { applyEnvFile, loadHostConfig } from './config';
 import { DockerClient } from './docker';

@@ -1,4 +1,4 @@
-import type { HostErrorCode } from './protocol';
+import type { HostErrorCode } from '../../contract/host-protocol';
 import { StorageError } from './storage/errors';
 
 /** An error the host-agent answers as `{ ok: false, error: { code, message } }`. */

@@ -10,7 +10,7 @@ import { HostAgentError, toHostError } from './errors';
 import type { CommandRunner } from './commands/runner';
 import type { WarmPool } from './warm-pool';
 import { span } from '../../lambdas/shared/timing';
-import { daemonOnlyVerbs, decodeArgument, hostVerbs, requestSchemas, ssmStdoutCap, type HostEnvelope, type HostResults, type HostVerb, type ResumeRequest } from './protocol';
+import { daemonOnlyVerbs, decodeArgument, hostVerbs, requestSchemas, ssmStdoutCap, type HostEnvelope, type HostResults, type HostVerb, type ResumeRequest } from '../../contract/host-protocol';
 import type { SandboxFiles } from './files/sandbox-files';
 
 /** What the long-lived host daemon lends an invocation it serves (absent in the CLI fallback). */

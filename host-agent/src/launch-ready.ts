@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import type { HostConfig } from './config';
 import { containerSpec, type CreateInput } from './create';
 import { DockerStreamDemuxer, type DockerClient } from './docker';
-import { encodeInline } from './protocol';
+import { encodeInline } from '../../contract/host-protocol';
 import { ensureImagePresent, type RegistryAuth } from './image-rollout';
 
 export interface LaunchReadyOptions {

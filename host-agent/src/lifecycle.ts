@@ -18,7 +18,7 @@ import {
   type TmpRestoreReport,
   type destroyRequest,
   type sandboxRef,
-} from './protocol';
+} from '../../contract/host-protocol';
 import { attachCold, attachHome, detachCold, keepHomeForLater, removeSandboxState, syncHomeUp, type SandboxStorageContext } from './sandbox-storage';
 import { applyIdentity, linkPoolBinds, readClaim, releasePoolDir, unlinkColdBind } from './claim';
 import { isUnclaimedPoolContainer, sandboxIdOf } from './warm-pool';

@@ -13,7 +13,7 @@ import { logger } from '../../lambdas/shared/logger';
 import { activeStatuses } from '../../lambdas/shared/sandbox-state';
 import { sandboxPaths, type HostConfig } from './config';
 import type { DockerClient } from './docker';
-import type { StorageSpec } from './protocol';
+import type { StorageSpec } from '../../contract/host-protocol';
 import { attachCold, detachCold } from './sandbox-storage';
 import { coldMountAlive, isMounted } from './storage/index';
 

@@ -30,7 +30,7 @@ import { createSandbox, isOwned } from './create';
 import type { DockerClient } from './docker';
 import { HostAgentError } from './errors';
 import { destroySandbox, resumeSandbox } from './lifecycle';
-import { createRequest, pausedStateKeys, pausedStatePrefix, type resumeRequest, type TmpRestoreReport } from './protocol';
+import { createRequest, pausedStateKeys, pausedStatePrefix, type resumeRequest, type TmpRestoreReport } from '../../contract/host-protocol';
 import { attachHome, syncHomeUp } from './sandbox-storage';
 import { createS3Client } from './storage/index';
 import { archiveSizeFactor, restoreTmp, tmpArchivePath, tmpfsBytes } from './tmp-archive';

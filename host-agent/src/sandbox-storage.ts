@@ -14,7 +14,7 @@ import { dirname, join } from 'node:path';
 import { emitMetrics } from '../../lambdas/shared/metrics';
 import { sandboxPaths, type HostConfig } from './config';
 import { HostAgentError } from './errors';
-import type { StorageSpec, SyncReport } from './protocol';
+import type { StorageSpec, SyncReport } from '../../contract/host-protocol';
 import { ensureSharedMount } from './storage/shared-mount';
 import { attachHomeDisk, detachHomeDisk, homeDiskBytes } from './storage/home-disk';
 import {

@@ -18,6 +18,3 @@ export const hostDaemonService = {
  * on is the environment's hosts.drainTimeoutSeconds (DRAIN_TIMEOUT_SECONDS).
  */
 export const drainHookHeartbeatTimeoutSeconds = 120;
-
-/** What a Spot interruption warning leaves (two minutes), less room for the last records and the hook. */
-export const spotDrainSeconds = 100;

@@ -4,7 +4,7 @@
  */
 import type { HostConfig } from './config';
 import { HostAgentError } from './errors';
-import { stagedRequestPrefix } from './protocol';
+import { stagedRequestPrefix } from '../../contract/host-protocol';
 
 export async function fetchStagedRequest(config: HostConfig, key: string): Promise<unknown> {
   // Only staged requests: the argument must not turn the agent into a reader of the whole bucket.

@@ -36,7 +36,7 @@ import { sandboxPaths, type HostConfig } from './config';
 import { DockerStreamDemuxer, type DockerClient } from './docker';
 import { HostAgentError } from './errors';
 import { killProcessTree } from './process-tree';
-import type { TmpArchiveReport, TmpRestoreReport } from './protocol';
+import type { TmpArchiveReport, TmpRestoreReport } from '../../contract/host-protocol';
 
 /** The archive may exceed the tmpfs by this factor: tar's headers (1.5 KiB each in pax format) of empty files, dirs and links take no tmpfs pages. */
 export const archiveSizeFactor = 2;

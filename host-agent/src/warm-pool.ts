@@ -37,7 +37,8 @@ import { inScope, span } from '../../lambdas/shared/timing';
 import type { HostConfig } from './config';
 import { containerSpec, sandboxColdMount, sandboxHome, sandboxIoMount, tmpSizeMbFor, type CreateInput } from './create';
 import { DockerApiError, type DockerClient } from './docker';
-import { containerLabels, ownerLabelValue } from './protocol';
+import { containerLabels, ownerLabelValue } from '../../contract/host-protocol';
+import { sandboxIdPattern } from '../../contract/ids';
 import { mountsUnder } from './sandbox-storage';
 
 const run = promisify(execFile);
@@ -46,7 +47,6 @@ const run = promisify(execFile);
 export const poolLabel = 'dev.ephemeral-sandbox.pool';
 /** Pool containers are named `sbxpool-<id>` until a claim renames them to their sandbox's id. */
 const poolNamePrefix = 'sbxpool-';
-const sandboxIdPattern = /^sbx-[a-z0-9]{20}$/;
 
 /** The pool's shape and depth, from the host's environment (the control plane's defaults). */
 export interface PoolSettings {

@@ -8,6 +8,7 @@ import { GetCommand, PutCommand, QueryCommand, UpdateCommand } from '@aws-sdk/li
 import { conditionally, dynamo, queryAll } from './clients/dynamodb';
 import { config } from './config';
 import { apiKeysTable, indexName } from './tables';
+import { patternBody, randomId, sandboxIdPattern, tenantIdPattern } from '../../contract/ids';
 
 export interface ApiKeyRecord {
   key_hash: string;
@@ -23,9 +24,8 @@ export interface ApiKeyRecord {
   usage_key?: string;
 }
 
-const tenantIdPattern = /^[a-z0-9][a-z0-9-]{0,62}$/;
 const keyPattern = /^esk_([a-z0-9]{10})_([A-Za-z0-9_-]{32,128})$/;
-const tokenPattern = /^sbt_(sbx-[a-z0-9]{20})_([A-Za-z0-9_-]{32,128})$/;
+const tokenPattern = new RegExp(`^sbt_(${patternBody(sandboxIdPattern)})_([A-Za-z0-9_-]{32,128})$`);
 
 export function sha256Hex(value: string): string {
   return createHash('sha256').update(value, 'utf8').digest('hex');
@@ -36,12 +36,6 @@ export function sameHash(a: string, b: string): boolean {
   const x = Buffer.from(a, 'hex');
   const y = Buffer.from(b, 'hex');
   return x.length === y.length && x.length > 0 && timingSafeEqual(x, y);
-}
-
-function randomId(length: number): string {
-  const alphabet = 'abcdefghijklmnopqrstuvwxyz0123456789';
-  const bytes = randomBytes(length);
-  return Array.from(bytes, (b) => alphabet[b % alphabet.length]).join('');
 }
 
 /** A fresh API key in the `esk_<id>_<secret>` form. */

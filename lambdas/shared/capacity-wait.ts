@@ -18,7 +18,7 @@ import { allocationUpdate, type HostRecord } from './host-store';
 import { resourcesOf, type Resources } from './placement';
 import type { SandboxRecord } from './sandbox-record';
 import { indexName, sandboxesTable } from './tables';
-import { stagedRequestPrefix } from '../../host-agent/src/protocol';
+import { stagedRequestPrefix } from '../../contract/host-protocol';
 
 /** Where a waiting create's host request waits (the hosts fetch and delete it; the bucket expires leftovers after a day). */
 export function waitingRequestKey(sandboxId: string): string {

@@ -8,7 +8,7 @@
 import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { s3 } from './clients/s3';
 import { config } from './config';
-import { outputChunkListStart, parseOutputChunkKey } from '../../host-agent/src/protocol';
+import { outputChunkListStart, parseOutputChunkKey } from '../../contract/host-protocol';
 import type { OutputStream } from './command-state';
 
 /** Most bytes of one stream an answer carries. */

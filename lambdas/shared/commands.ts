@@ -12,9 +12,10 @@
  * a replay of the first answer could not; stdin writes are idempotent by
  * offset, kills by the command's status.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { config } from './config';
-import { commandOutputPrefix } from '../../host-agent/src/protocol';
+import { commandOutputPrefix } from '../../contract/host-protocol';
+import { randomId } from '../../contract/ids';
 import { readHeadAndTail, readStream } from './command-output';
 import { isFinalCommandStatus, type CommandOrigin, type CommandRecord, type CommandStatus } from './command-state';
 import { acceptStdin, CommandConflictError, createCommand, deleteUnstartedCommand, getCommand, listCommandPage } from './command-store';
@@ -33,8 +34,7 @@ const hostAnswerWithinMs = 1_500;
 const answerReserveMs = 1_500;
 
 function newCommandId(): string {
-  const alphabet = 'abcdefghijklmnopqrstuvwxyz0123456789';
-  return 'cmd-' + Array.from(randomBytes(20), (b) => alphabet[b % 36]).join('');
+  return `cmd-${randomId(20)}`;
 }
 
 function stableJson(value: unknown): string {

@@ -7,13 +7,15 @@
  * reached still drains: its daemon sees itself marked draining at its next
  * heartbeat.
  */
-import { spotDrainSeconds } from '../../host-agent/src/service';
 import { config } from './config';
 import { completeLifecycleAction } from './fleet';
 import { hosts } from './host-calls';
 import { HostDispatchError } from './host-dispatch';
 import { getHost, markHostDraining } from './host-store';
 import { logger } from './logger';
+
+/** What a Spot interruption warning leaves (two minutes), less room for the last records and the hook. */
+export const spotDrainSeconds = 100;
 
 /** An EventBridge event as the consumer receives it (the fields it reads). */
 export interface FleetEventInput {

@@ -5,7 +5,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BatchWriteCommand, QueryCommand } from '@aws-sdk/lib-dynamodb';
-import type { EgressDecision, EgressLogSink } from '../../host-agent/src/egress/authority';
+import type { EgressDecision, EgressLogSink } from '../../contract/egress-decision';
 import { dynamo } from './clients/dynamodb';
 import { config } from './config';
 import { logger } from './logger';

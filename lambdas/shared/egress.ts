@@ -4,7 +4,7 @@
  * effect there before the call answers) and records it; GET
  * /sandboxes/{id}/network/log reads the decisions the host logged.
  */
-import type { EgressPolicy } from '../../host-agent/src/egress/policy';
+import type { EgressPolicy } from '../../contract/egress-policy';
 import { readEgressLog, type EgressLogEntry } from './egress-log';
 import { invalidState } from './errors';
 import { hostFailure, hosts } from './host-calls';

@@ -7,7 +7,7 @@
  * and the user's, and nothing outside it is ever named.
  */
 import { posix } from 'node:path';
-import { maxFilePathBytes } from '../../host-agent/src/protocol';
+import { maxFilePathBytes } from '../../contract/host-protocol';
 import { ApiError } from './errors';
 import { hotPath } from './sandbox-record';
 

@@ -1,12 +1,12 @@
 /**
  * The API's side of a file operation's staging folder in the storage bucket
- * (fileStagingPrefix in host-agent/src/protocol.ts): small objects only. An
+ * (fileStagingPrefix in contract/host-protocol.ts): small objects only. An
  * inline read or write (at most FILES_INLINE_MAX_BYTES) passes through here;
  * larger transfers never do (presigned URLs).
  */
-import { randomBytes } from 'node:crypto';
 import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
-import { fileStagingFolder, fileStagingObjects } from '../../host-agent/src/protocol';
+import { fileStagingFolder, fileStagingObjects } from '../../contract/host-protocol';
+import { randomId } from '../../contract/ids';
 import { s3 } from './clients/s3';
 import { config } from './config';
 import { logger } from './logger';
@@ -15,8 +15,7 @@ export type FileOperationKind = 'op' | 'upl' | 'dl';
 
 /** A new operation id: `op-`, `upl-` or `dl-` and 20 lower-case letters and digits. */
 export function newFileOperationId(kind: FileOperationKind): string {
-  const alphabet = 'abcdefghijklmnopqrstuvwxyz0123456789';
-  return `${kind}-` + Array.from(randomBytes(20), (b) => alphabet[b % 36]).join('');
+  return `${kind}-${randomId(20)}`;
 }
 
 /** The staging folder of one operation of a sandbox. */

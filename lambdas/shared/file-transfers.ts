@@ -25,7 +25,7 @@ import {
   type FilesRequest,
   type TransferResult,
   type TransferState,
-} from '../../host-agent/src/protocol';
+} from '../../contract/host-protocol';
 import { ApiError, invalidState, notFound } from './errors';
 import { sandboxFilePath, sandboxPath } from './file-paths';
 import { activeSandbox, fileApiError } from './files';

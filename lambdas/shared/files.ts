@@ -7,7 +7,7 @@
  * in S3, never through SSM. Every call counts as activity for the idle timer.
  */
 import { createHash } from 'node:crypto';
-import type { FileEntryInfo, FileError, FileListing, FilesAnswer, FilesRequest } from '../../host-agent/src/protocol';
+import type { FileEntryInfo, FileError, FileListing, FilesAnswer, FilesRequest } from '../../contract/host-protocol';
 import { ApiError, invalidState, StillInProgress, type ApiErrorCode } from './errors';
 import { isProtectedFromDelete, sandboxFilePath, sandboxPath } from './file-paths';
 import { deleteStagedObject, fileStagingObjects, getStagedJson, getStagedObject, newFileOperationId, putStagedObject, stagingFolder } from './file-staging';

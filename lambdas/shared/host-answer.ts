@@ -5,7 +5,7 @@
  * place and tested without SSM.
  */
 import type { GetCommandInvocationCommandOutput } from '@aws-sdk/client-ssm';
-import { hostErrorCodes, ssmStdoutCap, type HostErrorCode, type HostResults, type HostVerb } from '../../host-agent/src/protocol';
+import { hostErrorCodes, ssmStdoutCap, type HostErrorCode, type HostResults, type HostVerb } from '../../contract/host-protocol';
 import { HostDispatchError } from './host-dispatch-error';
 
 /** How much of a failed command's output an error message quotes. */

@@ -4,7 +4,7 @@
  * so the send and poll loops and their tests agree on which SSM errors are
  * worth retrying and which mean the host is out of reach.
  */
-import type { HostErrorCode } from '../../host-agent/src/protocol';
+import type { HostErrorCode } from '../../contract/host-protocol';
 
 export type HostDispatchErrorCode =
   /** The host-agent answered `ok: false`; see `hostCode`. */

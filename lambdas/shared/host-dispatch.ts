@@ -25,7 +25,8 @@ import {
   type SSMClient,
 } from '@aws-sdk/client-ssm';
 import type { S3Client } from '@aws-sdk/client-s3';
-import { ssmInstanceIdPattern, type HostResults, type HostVerb } from '../../host-agent/src/protocol';
+import type { HostResults, HostVerb } from '../../contract/host-protocol';
+import { ssmInstanceIdPattern } from '../../contract/ids';
 import { readInvocation } from './host-answer';
 import { errorName, HostDispatchError, isThrottling, isTransient, ssmFailure } from './host-dispatch-error';
 import { assertHostAgentCommand, assertHostVerb, buildHostCommandLine, requestStaging } from './host-request';

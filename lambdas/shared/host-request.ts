@@ -6,7 +6,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { DeleteObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { encodeInline, hostVerbs, maxInlineRequestChars, stagedRequestPrefix, stagedVerbs, type HostVerb } from '../../host-agent/src/protocol';
+import { encodeInline, hostVerbs, maxInlineRequestChars, stagedRequestPrefix, stagedVerbs, type HostVerb } from '../../contract/host-protocol';
 import { HostDispatchError } from './host-dispatch-error';
 import { logger } from './logger';
 

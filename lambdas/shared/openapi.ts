@@ -5,7 +5,8 @@
  * route needs an entry in `operations`; the generator refuses a route without one.
  */
 import * as z from 'zod';
-import { egressPolicySchema } from '../../host-agent/src/egress/policy';
+import { egressPolicySchema } from '../../contract/egress-policy';
+import { appVersion } from '../../contract/version';
 import { loadConfig, type ControlPlaneConfig } from './config';
 import { binaryMediaTypes, filesInlineMaxBytes, gatewayResponses } from './gateway';
 import * as res from './responses';
@@ -273,7 +274,7 @@ export function openApiDocument(limits: ControlPlaneConfig['limits'] = loadConfi
     openapi: '3.1.0',
     info: {
       title: 'Ephemeral Sandbox API',
-      version: process.env.APP_VERSION ?? '0.1.0',
+      version: process.env.APP_VERSION ?? appVersion,
       description:
         'On-demand, isolated Linux sandboxes for AI agents. No call lasts longer than 29 s: long work answers 202 and is followed with GET. ' +
         `Error codes: ${[...new Set(gatewayResponses.map((g) => g.code))].join(', ')} and the handlers' own (see the README).`,

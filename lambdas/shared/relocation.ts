@@ -19,7 +19,7 @@ import { resourcesOf } from './placement';
 import { config } from './config';
 import type { SandboxRecord } from './sandbox-record';
 import { transition, TransitionRejectedError, updateSandbox } from './sandbox-store';
-import { pausedStatePrefix, pausedStateKeys, type ResumeRequest } from '../../host-agent/src/protocol';
+import { pausedStatePrefix, pausedStateKeys, type ResumeRequest } from '../../contract/host-protocol';
 import { egressOf } from './sandbox-record';
 import { storageFor } from './sandboxes';
 

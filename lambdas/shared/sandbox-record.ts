@@ -1,7 +1,7 @@
 /**
  * The sandbox record as stored in DynamoDB, and the view the API shows.
  */
-import type { EgressPolicy } from '../../host-agent/src/egress/policy';
+import type { EgressPolicy } from '../../contract/egress-policy';
 import { reapShards } from './tables';
 import type { SandboxStatus, StopReason } from './sandbox-state';
 import { isTerminal } from './sandbox-state';

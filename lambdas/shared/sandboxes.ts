@@ -3,7 +3,6 @@
  * these; every status change goes through the state machine's conditional
  * writes, and every host call through SSM.
  */
-import { randomBytes } from 'node:crypto';
 import { generateSandboxToken, sha256Hex } from './api-keys';
 import { config } from './config';
 import { ApiError, unavailable } from './errors';
@@ -32,14 +31,10 @@ import type { CreateSandboxBody, ExecBody } from './schemas';
 import { isFinalCommandStatus, type CommandStatus } from './command-state';
 import { specOf, startCommand, toCommandView, waitForEnd, wholeOutput, type CommandView } from './commands';
 import { recordWithTenantSlot, refuseIfTenantFull, releaseTenantSlot } from './tenants';
-import { pausedStateKeys, type CreateRequest, type StorageSpec } from '../../host-agent/src/protocol';
+import { pausedStateKeys, type CreateRequest, type StorageSpec } from '../../contract/host-protocol';
+import { newSandboxId } from '../../contract/ids';
 import { DeleteObjectCommand } from '@aws-sdk/client-s3';
 import { s3 } from './clients/s3';
-
-export function newSandboxId(): string {
-  const alphabet = 'abcdefghijklmnopqrstuvwxyz0123456789';
-  return 'sbx-' + Array.from(randomBytes(20), (b) => alphabet[b % 36]).join('');
-}
 
 /**
  * Where a user's tiers live. `diskMb` is the sandbox's home size, which is

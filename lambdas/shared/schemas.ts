@@ -3,14 +3,14 @@
  * type the handlers, and name the offending field in every 400.
  */
 import * as z from 'zod';
-import { egressPolicySchema, readEgressPolicy } from '../../host-agent/src/egress/policy';
-import { commandIdPattern, minHomeDiskMb } from '../../host-agent/src/protocol';
+import { egressPolicySchema, readEgressPolicy } from '../../contract/egress-policy';
+import { minHomeDiskMb } from '../../contract/host-protocol';
+import { commandIdPattern, envKeyPattern, sandboxIdPattern, userIdPattern } from '../../contract/ids';
 import { sandboxStatuses } from './sandbox-state';
 import type { ControlPlaneConfig } from './config';
 import type { SandboxNetworkConfig } from './sandbox-record';
 
-export const sandboxIdPattern = /^sbx-[a-z0-9]{20}$/;
-const envKey = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'must be a valid environment variable name');
+const envKey = z.string().regex(envKeyPattern, 'must be a valid environment variable name');
 const envMap = z
   .record(envKey, z.string().max(32_768))
   .refine((m) => Object.keys(m).length <= 64, 'at most 64 entries')
@@ -20,7 +20,7 @@ const reservedEnvKeys = ['SANDBOX_ID', 'SANDBOX_API_URL', 'SANDBOX_TOKEN', 'HOME
 
 export const userIdSchema = z
   .string()
-  .regex(/^[A-Za-z0-9][A-Za-z0-9._@=-]{0,127}$/, 'must be 1-128 characters of letters, digits and ._@=- starting with a letter or digit');
+  .regex(userIdPattern, 'must be 1-128 characters of letters, digits and ._@=- starting with a letter or digit');
 
 export const sandboxIdSchema = z.string().regex(sandboxIdPattern, 'must look like sbx-<20 lowercase letters or digits>');
 

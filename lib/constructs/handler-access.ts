@@ -85,7 +85,7 @@ export const fileStagingActions = ['s3:PutObject', 's3:GetObject', 's3:DeleteObj
 export const homeReadActions = ['s3:ListBucket', 's3:GetObject'] as const;
 /** Stored homes in the storage bucket: tenants/<tenant>/users/<user>/hot/ (lambdas/shared/sandboxes.ts storageFor). */
 export const storedHomeKeyPattern = 'tenants/*/users/*/hot/*';
-/** Where moved paused sandboxes' state is staged (host-agent/src/protocol.ts pausedStatePrefix), as IAM can name it. */
+/** Where moved paused sandboxes' state is staged (contract/host-protocol.ts pausedStatePrefix), as IAM can name it. */
 export const pausedStateKeyPattern = 'tenants/*/users/*/sandboxes/*/paused/*';
 /** Deleting a moved paused sandbox's staged state when it ends. */
 export const pausedStateDropActions = ['s3:DeleteObject'] as const;

@@ -18,7 +18,7 @@ import { hostTags, storageBucketArnPattern } from './control-plane-functions';
 import { hostAccess } from './handler-access';
 import { hostGroupArn, hostGroupArnSuppression, hostGroupName } from './host-group';
 import type { HostAgentAssets } from './host-agent-assets';
-import { ssmCommandWorkersFor } from '../../host-agent/src/protocol';
+import { ssmCommandWorkersFor } from '../../contract/host-protocol';
 import { hostUserData } from './host-user-data';
 import type { SandboxNetwork } from './network';
 import type * as logs from 'aws-cdk-lib/aws-logs';

@@ -6,7 +6,7 @@ import { Duration, RemovalPolicy } from 'aws-cdk-lib';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
-import { fileStagingPrefix, stagedRequestPrefix } from '../../host-agent/src/protocol';
+import { fileStagingPrefix, stagedRequestPrefix } from '../../contract/host-protocol';
 import { commandOutputKeyPrefix } from './handler-access';
 
 export interface StorageBucketProps {

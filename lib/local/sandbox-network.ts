@@ -7,7 +7,7 @@ import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import Docker from 'dockerode';
-import { containerLabels, ownerLabelValue } from '../../host-agent/src/protocol';
+import { containerLabels, ownerLabelValue } from '../../contract/host-protocol';
 
 const run = promisify(execFile);
 

@@ -27,7 +27,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { ssmInstanceIdPattern } from '../../host-agent/src/protocol';
+import { ssmInstanceIdPattern } from '../../contract/ids';
 import { answerAwsJson, AwsJsonError } from './aws-json';
 import { admitSigned, generateLocalCredentials, type LocalCredentials, type SigningPolicy } from './sigv4';
 import { createAgent } from './ssm/agent';

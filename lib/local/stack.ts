@@ -10,7 +10,6 @@ import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { createApiKey } from '../../lambdas/shared/api-keys';
 import { resetConfig } from '../../lambdas/shared/config';
 import { resetHosts } from '../../lambdas/shared/host-calls';
@@ -27,13 +26,13 @@ import { startS3Endpoint, type S3Endpoint } from './s3-endpoint';
 import { generateLocalCredentials, type LocalCredentials } from './sigv4';
 import { startSsmEndpoint, type SsmEndpoint } from './ssm-endpoint';
 import { LocalTelemetry } from './telemetry';
-import { ssmCommandWorkersFor } from '../../host-agent/src/protocol';
+import { ssmCommandWorkersFor } from '../../contract/host-protocol';
 import { localCgroupRoot } from './host-supervisor';
+import { repoRoot } from '../paths';
 import { startAutoScalingEndpoint, type AutoScalingEndpoint, type HookSpecification } from './autoscaling-endpoint';
 import { handler as fleetEventsHandler } from '../../lambdas/fleet-events';
 import { localHostId, removeCgroupTreeWhenEmpty, startLocalHost, type LocalHost, type LocalHostContext, type LocalHostOptions } from './local-host';
 
-export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 export interface LocalStackOptions {
   /** API port on 127.0.0.1; 0 picks a free one. @default 8000 */

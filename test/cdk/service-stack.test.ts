@@ -10,7 +10,7 @@ import { hostAgentCommand, pascal } from '../../lib/constructs/control-plane-fun
 import { handlerAccess, hostDispatchActions, storedHomeKeyPattern } from '../../lib/constructs/handler-access';
 import { drainHookName, launchHookName } from '../../lib/constructs/host-fleet';
 import { gatewayResponses, integrationTimeoutSeconds } from '../../lambdas/shared/gateway';
-import { fileStagingPrefix, ssmCommandWorkersFor } from '../../host-agent/src/protocol';
+import { fileStagingPrefix, ssmCommandWorkersFor } from '../../contract/host-protocol';
 import { resolveEnvironment } from '../../lib/environment';
 import { repoRoot } from '../../lib/paths';
 import { cdkJsonContext, onlyResource, render, resourcesOf, synth, type EnvName } from './fixture';

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { Match } from 'aws-cdk-lib/assertions';
 import { commandsTable, sandboxesTable, tables, type TableDefinition } from '../../lambdas/shared/tables';
-import { stagedRequestPrefix } from '../../host-agent/src/protocol';
+import { stagedRequestPrefix } from '../../contract/host-protocol';
 import { render, resourcesOf, synth, type EnvName } from './fixture';
 
 /** The table built from `definition`: the one with its partition and sort keys. */

@@ -10,7 +10,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { isNeverReachable } from '../../host-agent/src/egress/policy';
+import { isNeverReachable } from '../../contract/egress-policy';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';
 import { apiClient, type ApiClient } from '../support/api-client';
 import { startUpstreamNet, type UpstreamNet } from '../support/upstream-net';

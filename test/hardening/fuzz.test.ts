@@ -22,7 +22,7 @@ import { ssm } from '../../lambdas/shared/clients/ssm';
 import { config } from '../../lambdas/shared/config';
 import { routes, type Route } from '../../lambdas/shared/routes';
 import { liveStatuses } from '../../lambdas/shared/sandbox-state';
-import { hostVerbs } from '../../host-agent/src/protocol';
+import { hostVerbs } from '../../contract/host-protocol';
 import { getTenant, liveSandboxCount } from '../../lambdas/shared/tenants';
 import { startLocalApi } from '../../lib/local/api-gateway';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';

@@ -10,8 +10,9 @@ import type { Duplex } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { userLabelPrefix } from '../../host-agent/src/create';
 import { DockerApiError, DockerClient, DockerStreamDemuxer } from '../../host-agent/src/docker';
-import { containerLabels, ownerLabelValue } from '../../host-agent/src/protocol';
-import { docker, newSandboxId, runLabel, sandboxImage } from './fixture';
+import { containerLabels, ownerLabelValue } from '../../contract/host-protocol';
+import { newSandboxId } from '../../contract/ids';
+import { docker, runLabel, sandboxImage } from './fixture';
 
 const client = new DockerClient('/var/run/docker.sock');
 const runId = randomBytes(4).toString('hex');

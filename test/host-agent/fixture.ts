@@ -7,26 +7,21 @@ import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { build } from 'esbuild';
 import { hostAgentBuildOptions } from '../../lib/bundling';
+import { repoRoot } from '../../lib/paths';
 import Docker from 'dockerode';
 import { userLabelPrefix } from '../../host-agent/src/create';
-import { encodeInline, type HostEnvelope, type HostVerb } from '../../host-agent/src/protocol';
+import { encodeInline, type HostEnvelope, type HostVerb } from '../../contract/host-protocol';
+import { newSandboxId } from '../../contract/ids';
 
 const run = promisify(execFile);
-const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const docker = new Docker();
 
 /** Every container a test run makes carries this request label (stored under userLabelPrefix). */
 export const runLabel = 'test-run';
-
-export function newSandboxId(): string {
-  const alphabet = 'abcdefghijklmnopqrstuvwxyz0123456789';
-  return 'sbx-' + Array.from(randomBytes(20), (b) => alphabet[b % alphabet.length]).join('');
-}
 
 /**
  * Bundles host-agent/src/cli.ts with the production build's options (one

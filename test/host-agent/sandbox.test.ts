@@ -12,9 +12,10 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { HeadObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { userLabelPrefix } from '../../host-agent/src/create';
-import { containerLabels, ownerLabelValue } from '../../host-agent/src/protocol';
+import { containerLabels, ownerLabelValue } from '../../contract/host-protocol';
 import { startS3Endpoint, type S3Endpoint } from '../../lib/local/s3-endpoint';
-import { TestHost, docker, newSandboxId } from './fixture';
+import { newSandboxId } from '../../contract/ids';
+import { TestHost, docker } from './fixture';
 
 const host = new TestHost();
 let sandbox: string;

@@ -9,7 +9,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import type { StorageSpec } from '../../host-agent/src/protocol';
+import type { StorageSpec } from '../../contract/host-protocol';
 import { startS3Endpoint, type S3Endpoint } from '../../lib/local/s3-endpoint';
 import { TestHost } from './fixture';
 

@@ -9,7 +9,8 @@ import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { getHost } from '../../lambdas/shared/host-store';
 import { beginShutdown, markEnded } from '../../lambdas/shared/sandboxes';
-import { containerLabels, ownerLabelValue } from '../../host-agent/src/protocol';
+import { containerLabels, ownerLabelValue } from '../../contract/host-protocol';
+import { newSandboxId } from '../../contract/ids';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';
 import { apiClient, type ApiClient } from '../support/api-client';
 import { containerExists, docker } from '../support/docker';
@@ -73,7 +74,6 @@ async function startLabelled(name: string, labels: Record<string, string>): Prom
   await container.start();
 }
 
-const randomSandboxId = () => 'sbx-' + Array.from(randomBytes(20), (b) => 'abcdefghijklmnopqrstuvwxyz0123456789'[b % 36]).join('');
 
 describe('the host daemon', () => {
   it('registers its host (instance id, capacity, running sandboxes) and heartbeats it', async () => {
@@ -128,9 +128,9 @@ describe('the host daemon', () => {
   });
 
   it('removes a container with the owner labels and no record after the grace period, and nothing of another host', async () => {
-    const orphan = randomSandboxId();
+    const orphan = newSandboxId();
     const oddName = `lc-orphan-${randomBytes(4).toString('hex')}`;
-    const otherHosts = randomSandboxId();
+    const otherHosts = newSandboxId();
     // The grace runs from the orphan's creation: timed from here, not after the slower starts below.
     const started = Date.now();
     await startLabelled(orphan, { [containerLabels.hostId]: stack.hostId, [containerLabels.sandboxId]: orphan, [containerLabels.tenantId]: 't', [containerLabels.userId]: 'u' });

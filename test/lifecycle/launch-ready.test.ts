@@ -10,7 +10,8 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
-import { startLocalStack, repoRoot, type LocalStack } from '../../lib/local/stack';
+import { startLocalStack, type LocalStack } from '../../lib/local/stack';
+import { repoRoot } from '../../lib/paths';
 import { docker } from '../support/docker';
 
 const run = promisify(execFile);

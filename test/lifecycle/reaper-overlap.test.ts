@@ -22,10 +22,11 @@ import { dueSandboxes, reap, type ReapReport } from '../../lambdas/shared/reaper
 import { getHost, placeSandbox } from '../../lambdas/shared/host-store';
 import { resourcesOf } from '../../lambdas/shared/placement';
 import { reapShardOf, type SandboxRecord } from '../../lambdas/shared/sandbox-record';
-import { newSandboxId, storageFor } from '../../lambdas/shared/sandboxes';
+import { storageFor } from '../../lambdas/shared/sandboxes';
+import { newSandboxId } from '../../contract/ids';
 import { recordWithTenantSlot } from '../../lambdas/shared/tenants';
 import { indexName, reapShards, sandboxesTable } from '../../lambdas/shared/tables';
-import { encodeInline } from '../../host-agent/src/protocol';
+import { encodeInline } from '../../contract/host-protocol';
 import { repoRoot } from '../../lib/paths';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';
 import { apiClient, type ApiClient } from '../support/api-client';

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { PutCommand } from '@aws-sdk/lib-dynamodb';
-import { containerLabels } from '../../host-agent/src/protocol';
+import { containerLabels } from '../../contract/host-protocol';
 import { dynamo } from '../../lambdas/shared/clients/dynamodb';
 import { config } from '../../lambdas/shared/config';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';

@@ -14,7 +14,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { getHost } from '../../lambdas/shared/host-store';
 import { pausedStateKeys, pausedStatePrefix } from '../../lambdas/shared/relocation';
-import { spotDrainSeconds } from '../../host-agent/src/service';
+import { spotDrainSeconds } from '../../lambdas/shared/drain';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';
 import { apiClient, type ApiClient } from '../support/api-client';
 import { containerExists } from '../support/docker';

@@ -25,7 +25,7 @@ import {
   throttleBackoffMs,
   type HostDispatcherOptions,
 } from '../../lambdas/shared/host-dispatch';
-import { maxInlineRequestChars, stagedRequestPrefix } from '../../host-agent/src/protocol';
+import { maxInlineRequestChars, stagedRequestPrefix } from '../../contract/host-protocol';
 
 interface S3rverInstance {
   run(): Promise<{ address: string; port: number }>;

@@ -27,7 +27,7 @@ import {
   unmountCold,
   type ColdMountOptions,
 } from '../../host-agent/src/storage/index';
-import { containerLabels, ownerLabelValue } from '../../host-agent/src/protocol';
+import { containerLabels, ownerLabelValue } from '../../contract/host-protocol';
 import { startS3Endpoint, type S3Endpoint } from '../../lib/local/s3-endpoint';
 
 const exec = promisify(execFile);

@@ -14,7 +14,8 @@ import { deployedTarget, KeysCliError, localTarget, parseKeysArgs } from '../../
 import { sha256Hex } from '../../lambdas/shared/api-keys';
 import { dynamo } from '../../lambdas/shared/clients/dynamodb';
 import { config } from '../../lambdas/shared/config';
-import { repoRoot, startLocalStack, type LocalStack } from '../../lib/local/stack';
+import { startLocalStack, type LocalStack } from '../../lib/local/stack';
+import { repoRoot } from '../../lib/paths';
 import { apiClient } from '../support/api-client';
 
 const now = Date.parse('2026-06-01T00:00:00Z');

@@ -8,7 +8,8 @@ import { once } from 'node:events';
 import { createServer } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { describe, it } from 'node:test';
-import { AddressGrants, EgressAuthority, type EgressDecision, type SandboxEgress } from '../../host-agent/src/egress/authority';
+import { AddressGrants, EgressAuthority, type SandboxEgress } from '../../host-agent/src/egress/authority';
+import type { EgressDecision } from '../../contract/egress-decision';
 import { findRedirected, parseConntrackLine } from '../../host-agent/src/egress/conntrack';
 import {
   allowlistAdmitsAddress,
@@ -17,7 +18,7 @@ import {
   isNeverReachable,
   readEgressPolicy,
   type EgressPolicy,
-} from '../../host-agent/src/egress/policy';
+} from '../../contract/egress-policy';
 import { bareAnswer, resolvConfUpstreams } from '../../host-agent/src/egress/resolver';
 import { HttpRequestFramer, sniff } from '../../host-agent/src/egress/sniff';
 import { createSandboxBody, networkBody } from '../../lambdas/shared/schemas';

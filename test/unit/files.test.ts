@@ -10,7 +10,7 @@ import { describe, it } from 'node:test';
 import { parseOutcome } from '../../host-agent/src/files/exec-tool';
 import { extractFailure } from '../../host-agent/src/files/sandbox-files';
 import { sandboxFilesArgv } from '../../host-agent/src/files/sandbox-tool';
-import { fileStagingFolder, filesRequest } from '../../host-agent/src/protocol';
+import { fileStagingFolder, filesRequest } from '../../contract/host-protocol';
 import { ApiError } from '../../lambdas/shared/errors';
 import { homeRelative, isProtectedFromDelete, sandboxFilePath, sandboxPath } from '../../lambdas/shared/file-paths';
 import { decodeListToken, fileApiError } from '../../lambdas/shared/files';

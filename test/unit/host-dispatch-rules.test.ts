@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { ssmStdoutCap } from '../../host-agent/src/protocol';
+import { ssmStdoutCap } from '../../contract/host-protocol';
 import { readInvocation } from '../../lambdas/shared/host-answer';
 import { HostDispatchError, isThrottling, isTransient, ssmFailure } from '../../lambdas/shared/host-dispatch-error';
 import { assertHostVerb } from '../../lambdas/shared/host-request';

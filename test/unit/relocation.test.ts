@@ -1,11 +1,11 @@
 /**
  * Where a paused sandbox moved off a drained host keeps its state
- * (host-agent/src/protocol.ts): the prefix a start hands its new host, which
+ * (contract/host-protocol.ts): the prefix a start hands its new host, which
  * reads and deletes there, so only a sandbox's own prefix may pass.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { pausedStateKeys, pausedStatePrefix, resumeRequest } from '../../host-agent/src/protocol';
+import { pausedStateKeys, pausedStatePrefix, resumeRequest } from '../../contract/host-protocol';
 
 const record = { tenant_id: 'acme', user_id: 'user.one@example', sandbox_id: 'sbx-abcdefghij0123456789' };
 

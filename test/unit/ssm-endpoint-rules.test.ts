@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { ssmStdoutCap } from '../../host-agent/src/protocol';
+import { ssmStdoutCap } from '../../contract/host-protocol';
 import { AwsJsonError } from '../../lib/local/aws-json';
 import { pluginOutput } from '../../lib/local/ssm/answers';
 import { CappedText, commandStatus, exitOutcome, isTerminal, newInvocation, type Invocation, type InvocationStatus } from '../../lib/local/ssm/invocation';

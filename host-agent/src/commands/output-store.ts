@@ -7,7 +7,7 @@
  * command's stream is paused while too much waits for S3.
  */
 import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { outputChunkKey } from '../protocol';
+import { outputChunkKey } from '../../../contract/host-protocol';
 
 export type StreamName = 'stdout' | 'stderr';
 

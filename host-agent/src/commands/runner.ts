@@ -37,7 +37,7 @@ import { DockerApiError, type DockerClient } from '../docker';
 import { HostAgentError } from '../errors';
 import { CwdMarkerExtractor } from '../exec-output';
 import { cwdMarkerPrefix, execArgv, maxCommandBytes } from '../exec-wrapper';
-import { commandOutputPrefix, runOutputBudgetChars, type CommandSnapshot, type RunResult } from '../protocol';
+import { commandOutputPrefix, runOutputBudgetChars, type CommandSnapshot, type RunResult } from '../../../contract/host-protocol';
 import { CommandCgroup } from './cgroup';
 import { makeFifoStdio, type FifoStdio } from './fifo-stdio';
 import { OutputStore } from './output-store';

@@ -20,27 +20,9 @@ import {
   readEgressPolicy,
   type CompiledAllowlist,
   type EgressPolicy,
-} from './policy';
-
-const sandboxIdPattern = /^sbx-[a-z0-9]{20}$/;
-
-export type EgressKind = 'dns' | 'address' | 'sni' | 'http_host';
-
-/** One decision, as the egress log stores it. */
-export interface EgressDecision {
-  sandboxId: string;
-  kind: EgressKind;
-  /** The name asked for (dns, sni, http_host) or the address (address), with the port for connections. */
-  target: string;
-  verdict: 'allowed' | 'refused';
-  reason: string;
-  /** Epoch ms. */
-  at: number;
-}
-
-export interface EgressLogSink {
-  record(decision: EgressDecision): void;
-}
+} from '../../../contract/egress-policy';
+import type { EgressKind, EgressLogSink } from '../../../contract/egress-decision';
+import { sandboxIdPattern } from '../../../contract/ids';
 
 export interface Verdict {
   allowed: boolean;

@@ -15,7 +15,7 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 import { logger } from '../../../lambdas/shared/logger';
 import type { EgressAuthority, SandboxEgress, Verdict } from './authority';
 import type { Endpoint, OriginalDestination } from './conntrack';
-import { isNeverReachable } from './policy';
+import { isNeverReachable } from '../../../contract/egress-policy';
 import { HttpRequestFramer, maxSniffBytes, sniff } from './sniff';
 
 /** Open proxied connections one sandbox may hold. */

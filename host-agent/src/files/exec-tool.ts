@@ -14,7 +14,7 @@ import { pipeline } from 'node:stream/promises';
 import type { HostConfig } from '../config';
 import { DockerApiError, DockerStreamDemuxer, type DockerClient } from '../docker';
 import { killProcessTree } from '../process-tree';
-import type { FileError, FileErrorCode } from '../protocol';
+import type { FileError, FileErrorCode } from '../../../contract/host-protocol';
 import { sandboxFilesArgv } from './sandbox-tool';
 
 /** What the tool's environment holds: nothing of the caller's, and the image's own binaries. */

@@ -30,7 +30,7 @@ import {
   type filesRequest,
   type TransferResult,
   type TransferState,
-} from '../protocol';
+} from '../../../contract/host-protocol';
 import { fileError, runSandboxTool, type ToolOutcome } from './exec-tool';
 import { deleteStaged, openStaged, putStaged, readStagedJson, StagedObjectWriter, type Staging } from './staging';
 

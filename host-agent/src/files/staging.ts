@@ -1,6 +1,6 @@
 /**
  * The host's side of a file operation's staging folder in the storage bucket
- * (see fileStagingPrefix in protocol.ts): bytes streamed in from an object,
+ * (see fileStagingPrefix in contract/host-protocol.ts): bytes streamed in from an object,
  * bytes streamed out to one in parts, and the small JSON documents beside them.
  * Memory stays bounded by a few parts whatever the size of the transfer.
  */
@@ -18,7 +18,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { whileDependencyDown } from '../../../lambdas/shared/dependencies';
 import { HostAgentError } from '../errors';
-import { fileStagingPrefix } from '../protocol';
+import { fileStagingPrefix } from '../../../contract/host-protocol';
 
 export interface Staging {
   s3: S3Client;

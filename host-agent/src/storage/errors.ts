@@ -1,5 +1,5 @@
 /** Errors the storage tiers throw: a code the host-agent maps to its envelope, and a message a person can act on. */
-import type { HostErrorCode } from '../protocol';
+import type { HostErrorCode } from '../../../contract/host-protocol';
 
 export type StorageErrorCode = Extract<HostErrorCode, 'quota_exceeded' | 'storage_error'>;
 

@@ -44,7 +44,7 @@ import {
   PutObjectCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
-import type { SyncReport } from '../protocol';
+import type { SyncReport } from '../../../contract/host-protocol';
 import { QuotaExceededError, StorageError, SyncError, type FailedTransfer } from './errors';
 import {
   controlCharacter,

@@ -6,7 +6,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { StringDecoder } from 'node:string_decoder';
-import { ssmStderrCap, ssmStdoutCap } from '../../../host-agent/src/protocol';
+import { ssmStderrCap, ssmStdoutCap } from '../../../contract/host-protocol';
 
 export type InvocationStatus = 'Pending' | 'InProgress' | 'Success' | 'Failed' | 'TimedOut' | 'Cancelling' | 'Cancelled';
 

@@ -4,7 +4,7 @@
  * (ValidationException, InvalidParameters, InvalidInstanceId...) is decided
  * here, before anything runs, and can be tested without a server.
  */
-import { ssmInstanceIdPattern } from '../../../host-agent/src/protocol';
+import { ssmInstanceIdPattern } from '../../../contract/ids';
 import { AwsJsonError } from '../aws-json';
 
 /** The only document this endpoint runs, and the plugin inside it. */

@@ -13,7 +13,8 @@
  * alphabet plus `/` and `.`); the host-agent fetches and deletes it.
  */
 import * as z from 'zod';
-import { egressPolicySchema, type EgressPolicy } from './egress/policy';
+import { egressPolicySchema, type EgressPolicy } from './egress-policy';
+import { commandIdPattern, envKeyPattern, patternBody, sandboxIdPattern, userIdPattern } from './ids';
 
 export const hostVerbs = ['create', 'destroy', 'pause', 'resume', 'sync', 'status', 'network', 'run', 'kill', 'stdin', 'drain', 'files'] as const;
 export type HostVerb = (typeof hostVerbs)[number];
@@ -62,12 +63,11 @@ export const stagedVerbs: readonly HostVerb[] = ['create', 'files'];
 export const ssmStdoutCap = 24_000;
 /** SSM returns at most this many characters of a command's stderr. */
 export const ssmStderrCap = 8_000;
-/** What SSM takes as a command's target: an EC2 instance (i-) or a managed instance (mi-). */
-export const ssmInstanceIdPattern = /^(?:i|mi)-[0-9a-f]{8,17}$/;
 
-const sandboxId = z.string().regex(/^sbx-[a-z0-9]{20}$/);
-const safeName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._@=-]{0,127}$/);
-const envMap = z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/), z.string().max(32_768));
+const sandboxId = z.string().regex(sandboxIdPattern);
+/** A tenant or user name (tenant ids are within it). */
+const safeName = z.string().regex(userIdPattern);
+const envMap = z.record(z.string().regex(envKeyPattern), z.string().max(32_768));
 
 /** Smallest home a sandbox may have, in MB (ext4 and the caches of a few tools need room). */
 export const minHomeDiskMb = 64;
@@ -94,7 +94,7 @@ export const createRequest = z.object({
   network: z.enum(['bridge', 'none']).default('bridge'),
   /** Size of the home's own file system; absent: a plain directory (requests from before disk_mb). */
   diskMb: z.number().int().min(minHomeDiskMb).max(1_048_576).optional(),
-  /** What a bridge sandbox may reach (egress/policy.ts); ignored with network none. */
+  /** What a bridge sandbox may reach (egress-policy.ts); ignored with network none. */
   egress: egressPolicySchema.default('allow_all'),
   env: envMap.default({}),
   labels: z.record(z.string().max(63), z.string().max(256)).default({}),
@@ -102,7 +102,6 @@ export const createRequest = z.object({
 });
 export type CreateRequest = z.input<typeof createRequest>;
 
-export const commandIdPattern = /^[A-Za-z0-9_-]{1,64}$/;
 const commandId = z.string().regex(commandIdPattern);
 
 /**
@@ -143,7 +142,7 @@ export function pausedStateKeys(prefix: string): { request: string; tmp: string 
 }
 
 /** The prefix shape a host accepts in a resume (it reads and deletes there): never another tenant's or a path trick. */
-const pausedStatePrefixPattern = /^tenants\/[A-Za-z0-9][A-Za-z0-9._@=-]{0,127}\/users\/[A-Za-z0-9][A-Za-z0-9._@=-]{0,127}\/sandboxes\/sbx-[a-z0-9]{1,64}\/paused\/$/;
+const pausedStatePrefixPattern = new RegExp(`^tenants/${patternBody(userIdPattern)}/users/${patternBody(userIdPattern)}/sandboxes/sbx-[a-z0-9]{1,64}/paused/$`);
 
 /**
  * start: `relocate` when the sandbox was moved off a drained host while
@@ -191,7 +190,10 @@ export function fileStagingFolder(tenantId: string, sandboxIdValue: string, oper
 const stagingFolder = z
   .string()
   .max(512)
-  .regex(/^files-staging\/[A-Za-z0-9][A-Za-z0-9._@=-]{0,127}\/sbx-[a-z0-9]{20}\/(?:op|upl|dl)-[a-z0-9]{20}\/$/, 'must be a file staging folder');
+  .regex(
+    new RegExp(`^${fileStagingPrefix}${patternBody(userIdPattern)}/${patternBody(sandboxIdPattern)}/${patternBody(fileOperationIdPattern)}/$`),
+    'must be a file staging folder',
+  );
 
 /**
  * The entry a transfer holds in its sandbox's `execs` (with the time it must
