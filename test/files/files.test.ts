@@ -237,7 +237,7 @@ describe('every error with its status, naming the path', () => {
     assert.equal((await theirs.put('plain.txt', 'theirs')).status, 404);
     assert.equal((await files.get('plain.txt')).bytes.toString(), 'x');
     const paused = await api.createReady(uniqueUser('files-paused'));
-    const stop = await api.call('POST', `/sandboxes/${paused.body.sandbox_id}/stop`);
+    const stop = await api.call('POST', `/sandboxes/${paused.body.sandbox_id}/pause`);
     assert.equal(stop.status, 200, stop.text);
     const read = await filesOf(stack.url, stack.apiKey, paused.body.sandbox_id).get('x');
     assert.deepEqual([read.status, read.json.error.code], [409, 'invalid_state']);

@@ -84,7 +84,7 @@ describe('the sandbox token', () => {
     assert.equal((await record(id)).status, 'running');
   });
 
-  it('cannot call exec, get, list, destroy, create, timeout, stop or start (403)', async () => {
+  it('cannot call exec, get, list, destroy, create, timeout, pause or resume (403), by their old names stop and start neither', async () => {
     const asSandbox = apiClient(stack.url, await sandboxToken(id));
     const calls: [string, Promise<{ status: number; body: any }>][] = [
       ['exec', asSandbox.exec(id, 'id')],
@@ -93,6 +93,8 @@ describe('the sandbox token', () => {
       ['destroy', asSandbox.destroy(id, false)],
       ['create', asSandbox.create('someone')],
       ['timeout', asSandbox.call('POST', `/sandboxes/${id}/timeout`, {})],
+      ['pause', asSandbox.call('POST', `/sandboxes/${id}/pause`)],
+      ['resume', asSandbox.call('POST', `/sandboxes/${id}/resume`)],
       ['stop', asSandbox.call('POST', `/sandboxes/${id}/stop`)],
       ['start', asSandbox.call('POST', `/sandboxes/${id}/start`)],
     ];
