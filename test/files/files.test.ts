@@ -230,7 +230,7 @@ describe('every error with its status, naming the path', () => {
     assert.equal(home.status, 400, 'the home itself is never deleted');
   });
 
-  it('409 invalid_state for a stopped sandbox, and 404 for another tenant\'s', async () => {
+  it('409 invalid_state for a paused sandbox (naming what to do), and 404 for another tenant\'s', async () => {
     const other = await createApiKey({ tenantId: 'other-tenant', description: 'files test' });
     const theirs = filesOf(stack.url, other.key, id);
     assert.deepEqual([(await theirs.get('plain.txt')).status, (await theirs.get('plain.txt')).json.error.code], [404, 'not_found']);
