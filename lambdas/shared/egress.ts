@@ -13,7 +13,7 @@ import { getTenantSandbox, TransitionRejectedError, updateSandbox } from './sand
 import { isSettled, settledStatuses } from './sandbox-state';
 
 /**
- * Sets a sandbox's egress policy while it runs (or is stopped: it applies at start).
+ * Sets a sandbox's egress policy while it runs (or is paused: it applies at resume).
  *
  * @example await setEgress(tenantId, sandboxId, { allow: ['api.github.com'] });
  */
@@ -22,11 +22,11 @@ export async function setEgress(tenantId: string, sandboxId: string, egress: Egr
   if (r.config.network === 'none') {
     throw invalidState(`sandbox ${sandboxId} was created with network "none": it has no network to set an egress policy on`);
   }
-  // A settled container (running or stopped) is on a host that can take a new policy.
+  // A settled container (running or paused) is on a host that can take a new policy.
   if (!isSettled(r.status)) {
-    throw invalidState(`sandbox ${sandboxId} is ${r.status}; the egress policy can change while it is ready, running or stopped`);
+    throw invalidState(`sandbox ${sandboxId} is ${r.status}; the egress policy can change while it is ready, running or paused`);
   }
-  // Stopped and moved off a drained host: no host holds it; its next start applies the recorded policy (relocation.ts).
+  // Paused and moved off a drained host: no host holds it; its next resume applies the recorded policy (relocation.ts).
   const hostless = !r.host_id;
   try {
     if (!hostless) await hosts().dispatch(r.host_id, 'network', { sandboxId, egress }, { timeoutSeconds: 30 });
@@ -42,7 +42,7 @@ export async function setEgress(tenantId: string, sandboxId: string, egress: Egr
         names: { '#cfg': 'config', '#net': 'network' },
         values: { ':net': { egress }, ...(hostless ? { ':none': '' } : {}) },
         extraSet: '#cfg.#net = :net',
-        // Still without a host: a start that placed it meanwhile would not see the change.
+        // Still without a host: a resume that placed it meanwhile would not see the change.
         ...(hostless ? { condition: 'host_id = :none' } : {}),
       },
       hostless ? ['paused'] : settledStatuses,

@@ -4,8 +4,8 @@
  *
  *   sandbox.created   the record exists (status creating)
  *   sandbox.ready     its container is up (first start, not a resume)
- *   sandbox.paused    stopped with every file kept
- *   sandbox.resumed   started again
+ *   sandbox.paused    paused: CPU and memory freed, every file kept
+ *   sandbox.resumed   running again after a pause
  *   sandbox.ended     stopped | expired | failed, with stop_reason
  *   command.finished  exited | timed_out | killed | lost, with exit code and durations
  *   host.lost         a host stopped heartbeating (its sandboxes end with host_lost)
@@ -83,7 +83,7 @@ export type PlatformEvent =
   | { type: 'command.finished'; detail: CommandFinishedDetail }
   | { type: 'host.lost'; detail: HostLostDetail };
 
-/** The event a state-machine transition publishes, if any (heartbeat, stop and start asked, shutdown begun: none). */
+/** The event a state-machine transition publishes, if any (heartbeat, pause and resume asked, shutdown begun: none). */
 const transitionEvents: Partial<Record<SandboxEvent, PlatformEvent['type']>> = {
   created: 'sandbox.ready',
   paused: 'sandbox.paused',

@@ -80,7 +80,7 @@ export function fileApiError(e: FileError, hint = ''): ApiError {
 export async function activeSandbox(p: Principal, sandboxId: string): Promise<SandboxRecord> {
   const r = await getTenantSandbox(p.tenantId, sandboxId);
   if (!isActive(r.status)) {
-    const hint = r.status === 'paused' ? ' (start it, or read its user\'s stored home at /users/{user_id}/home/files)' : ` (its user's stored home is at /users/${r.user_id}/home/files)`;
+    const hint = r.status === 'paused' ? ' (resume it, or read its user\'s stored home at /users/{user_id}/home/files)' : ` (its user's stored home is at /users/${r.user_id}/home/files)`;
     throw invalidState(`sandbox ${sandboxId} is ${r.status}; files need a ready or running sandbox${hint}`);
   }
   await recordActivity(r, Date.now());

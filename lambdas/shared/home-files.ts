@@ -5,8 +5,8 @@
  * the named user's: paths are normalized here and may not leave the home.
  * Symlinks are followed only while they stay in the home (the stored copy has
  * nothing else). When a sandbox of the user is live, the copy may be behind
- * it (by up to the sync interval while it runs; a stopped one syncs when it
- * ends), and every answer says so.
+ * it (by up to the sync interval while it runs; a paused one was synced as it
+ * paused), and every answer says so.
  */
 import { createHash } from 'node:crypto';
 import { posix } from 'node:path';

@@ -1,6 +1,6 @@
 /**
- * Lifecycle calls: heartbeat, complete, error, timeout refresh, stop (pause)
- * and start (resume). Complete and error record why and hand the graceful end
+ * Lifecycle calls: heartbeat, complete, error, timeout refresh, pause and
+ * resume. Complete and error record why and hand the graceful end
  * to the reaper (due at once), so the caller inside the sandbox gets its answer
  * before its container stops.
  */
@@ -10,7 +10,7 @@ import { hostFailure, hosts } from './host-calls';
 import { HostDispatchError } from './host-dispatch';
 import { isActive, isSettled, isTerminal, settledStatuses } from './sandbox-state';
 import { toView, type SandboxRecord, type SandboxView } from './sandbox-record';
-import { activityDeadline, createTimeoutSeconds, idleDeadline, powerLease, settledDeadline } from './reaper-rules';
+import { activityDeadline, createTimeoutSeconds, idleDeadline, pauseResumeLease, settledDeadline } from './reaper-rules';
 import { getTenantSandbox, latest, transition, TransitionRejectedError, updateSandbox } from './sandbox-store';
 import { storageFor, waitSecondsUntil } from './sandboxes';
 import { placeMovedSandbox, resumeRequestFor } from './relocation';
@@ -111,20 +111,20 @@ export async function refreshTimeout(
 }
 
 /**
- * stop: the container stops (CPU and memory freed), its filesystem and home
+ * pause: the container stops (CPU and memory freed), its filesystem and home
  * stay. `done` when it is paused before `deadline`; else it is `pausing` and
- * its host records `paused` (or `ready` again, if the stop failed).
+ * its host records `paused` (or `ready` again, if the pause failed).
  */
 export async function pauseSandbox(tenantId: string, sandboxId: string, deadline: number): Promise<{ done: boolean; view: SandboxView }> {
   const r = await getTenantSandbox(tenantId, sandboxId);
   if (r.status === 'paused') return { done: true, view: toView(r) };
   if (r.status === 'pausing') return { done: false, view: toView(r) };
-  if (!isActive(r.status)) throw invalidState(`sandbox ${sandboxId} is ${r.status}; only a ready or running sandbox can be stopped`);
+  if (!isActive(r.status)) throw invalidState(`sandbox ${sandboxId} is ${r.status}; only a ready or running sandbox can be paused`);
   let pausing: SandboxRecord;
   try {
-    pausing = await transition(sandboxId, 'pause', { set: { deadline_at: powerLease(Date.now()) } });
+    pausing = await transition(sandboxId, 'pause', { set: { deadline_at: pauseResumeLease(Date.now()) } });
   } catch (err) {
-    rejected(err, 'stop');
+    rejected(err, 'pause');
   }
   let notKept: string[] = [];
   try {
@@ -132,29 +132,29 @@ export async function pauseSandbox(tenantId: string, sandboxId: string, deadline
     notKept = paused.tmp?.warnings ?? [];
   } catch (err) {
     if (err instanceof HostDispatchError && err.code === 'still_running') return { done: false, view: toView((await latest(sandboxId)) ?? pausing) };
-    // The host keeps the container running when its stop fails (and records that); a stop it never got is undone here.
+    // The host keeps the container running when its pause fails (and records that); a pause it never got is undone here.
     await settleOrUndo(sandboxId, 'pause_failed', { last_activity_at: Date.now(), deadline_at: idleDeadline(pausing, Date.now()) });
-    throw hostFailure(err, 'stop');
+    throw hostFailure(err, 'pause');
   }
-  // What of /tmp could not be kept is said on the record (the host records it too, for a stop it finished later).
+  // What of /tmp could not be kept is said on the record (the host records it too, for a pause it finished later).
   const after = await settleOrUndo(sandboxId, 'paused', { deadline_at: pausing.expires_at_ms, ...(notKept.length > 0 ? { tmp_not_kept: notKept } : {}) });
   return { done: after.status === 'paused', view: toView(after) };
 }
 
 /**
- * start: the stopped container runs again with every file it had. `done`
+ * resume: the paused container runs again with every file it had. `done`
  * when it is ready before `deadline`; else it is `resuming` and its host
- * records `ready` (or `paused` again, if the start failed).
+ * records `ready` (or `paused` again, if the resume failed).
  */
 export async function resumeSandbox(tenantId: string, sandboxId: string, deadline: number): Promise<{ done: boolean; view: SandboxView }> {
   const r = await getTenantSandbox(tenantId, sandboxId);
   if (isActive(r.status)) return { done: true, view: toView(r) };
   if (r.status === 'resuming') return { done: false, view: toView(r) };
-  if (r.status !== 'paused') throw invalidState(`sandbox ${sandboxId} is ${r.status}; only a stopped (paused) sandbox can be started`);
+  if (r.status !== 'paused') throw invalidState(`sandbox ${sandboxId} is ${r.status}; only a paused sandbox can be resumed`);
   let resuming: SandboxRecord;
-  const resumingUntil = powerLease(Date.now());
+  const resumingUntil = pauseResumeLease(Date.now());
   if (!r.host_id) {
-    // Moved off a drained host while stopped: placed like a create, made again from its staged state.
+    // Moved off a drained host while paused: placed like a create, made again from its staged state.
     resuming = await placeMovedSandbox(r, resumingUntil);
   } else {
     try {
@@ -162,7 +162,7 @@ export async function resumeSandbox(tenantId: string, sandboxId: string, deadlin
       resuming = await transition(sandboxId, 'resume', { set: { deadline_at: resumingUntil }, condition: 'host_id = :seenHost', values: { ':seenHost': r.host_id } });
     } catch (err) {
       if (err instanceof TransitionRejectedError && err.current?.status === 'paused' && !err.current.host_id) return resumeSandbox(tenantId, sandboxId, deadline);
-      rejected(err, 'start');
+      rejected(err, 'resume');
     }
   }
   let notRestored: string[] = [];
@@ -178,7 +178,7 @@ export async function resumeSandbox(tenantId: string, sandboxId: string, deadlin
   } catch (err) {
     if (err instanceof HostDispatchError && err.code === 'still_running') return { done: false, view: toView((await latest(sandboxId)) ?? resuming) };
     await settleOrUndo(sandboxId, 'resume_failed', { deadline_at: resuming.expires_at_ms });
-    throw hostFailure(err, 'start');
+    throw hostFailure(err, 'resume');
   }
   const now = Date.now();
   const after = await settleOrUndo(
@@ -195,7 +195,7 @@ export async function resumeSandbox(tenantId: string, sandboxId: string, deadlin
 }
 
 /**
- * Applies the outcome of a stop or start the host finished (the host records
+ * Applies the outcome of a pause or resume the host finished (the host records
  * it too; whichever lands first wins), answering the record as it stands.
  */
 async function settleOrUndo(

@@ -33,6 +33,8 @@ const json = (schema: Schema, description: string): Answer => ({ json: schema, d
 /** What each route takes and answers, keyed `METHOD /path` as in the route table. */
 export function operations(limits: ControlPlaneConfig['limits']): Record<string, Operation> {
   const sandbox = (d: string) => json(res.sandboxView, d);
+  const pause: Operation = { operationId: 'pauseSandbox', summary: 'Pause: frees CPU and memory, keeps every file', tags: ['sandboxes'], responses: { 200: sandbox('paused'), 202: sandbox('pausing') } };
+  const resume: Operation = { operationId: 'resumeSandbox', summary: 'Resume a paused sandbox', tags: ['sandboxes'], responses: { 200: sandbox('ready'), 202: sandbox('resuming') } };
   return {
     'GET /health': { operationId: 'health', summary: 'Liveness of the API and its table', tags: ['meta'], responses: { 200: json(res.healthAnswer, 'healthy'), 503: json(res.healthAnswer, 'degraded') } },
     'GET /openapi.json': { operationId: 'openApi', summary: 'This document', tags: ['meta'], responses: { 200: { json: z.record(z.string(), z.unknown()), description: 'the OpenAPI 3.1 document' } } },
@@ -64,8 +66,11 @@ export function operations(limits: ControlPlaneConfig['limits']): Record<string,
     'POST /sandboxes/{id}/complete': { operationId: 'complete', summary: 'End the sandbox with a result', tags: ['signals'], body: req.completeBody, responses: { 200: sandbox('shutting down') } },
     'POST /sandboxes/{id}/error': { operationId: 'reportError', summary: 'End the sandbox with an agent error', tags: ['signals'], body: req.errorBody, responses: { 200: json(res.errorSignalAnswer, 'shutting down') } },
     'POST /sandboxes/{id}/timeout': { operationId: 'setTimeout', summary: 'Refresh the idle timer; change the idle timeout or TTL', tags: ['sandboxes'], body: req.timeoutBody(limits), responses: { 200: sandbox('the sandbox') } },
-    'POST /sandboxes/{id}/stop': { operationId: 'stopSandbox', summary: 'Stop (pause): frees CPU and memory, keeps every file', tags: ['sandboxes'], responses: { 200: sandbox('paused'), 202: sandbox('pausing') } },
-    'POST /sandboxes/{id}/start': { operationId: 'startSandbox', summary: 'Start (resume) a stopped sandbox', tags: ['sandboxes'], responses: { 200: sandbox('ready'), 202: sandbox('resuming') } },
+    'POST /sandboxes/{id}/pause': pause,
+    'POST /sandboxes/{id}/resume': resume,
+    // The deprecated aliases answer as the routes they stand for; their operationIds stay those clients were generated with.
+    'POST /sandboxes/{id}/stop': { ...pause, operationId: 'stopSandbox', summary: 'Deprecated name of POST /sandboxes/{id}/pause (answers the same)' },
+    'POST /sandboxes/{id}/start': { ...resume, operationId: 'startSandbox', summary: 'Deprecated name of POST /sandboxes/{id}/resume (answers the same)' },
     'POST /sandboxes/{id}/commands': {
       operationId: 'startCommand',
       summary: 'Start a command that outlives the request',
@@ -246,6 +251,8 @@ function operationOf(route: Route, op: Operation, schemas: Record<string, JsonSc
     operationId: op.operationId,
     summary: op.summary,
     tags: op.tags,
+    // Decided by the route table: an alias is the deprecated name of another route.
+    ...(route.aliasOf ? { deprecated: true } : {}),
     security,
     parameters: [
       ...pathParameters(route.path),

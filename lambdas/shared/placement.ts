@@ -37,7 +37,7 @@ export const zeroResources: Resources = { cpu_milli: 0, memory_mb: 0, disk_mb: 0
  * What a sandbox takes from its host: its CPU and memory limits, its home's
  * file system (preallocated, `disk_mb`) plus room for its /tmp archive while
  * it is paused (at most half its memory), and one of the host's sandboxes.
- * A paused sandbox keeps its share, so its start never fails for room.
+ * A paused sandbox keeps its share, so its resume never fails for room.
  *
  * @example resourcesOf({ cpu: 1, memory_mb: 1024, disk_mb: 1024 }) // { cpu_milli: 1000, memory_mb: 1024, disk_mb: 1536, sandboxes: 1 }
  */

@@ -14,8 +14,8 @@ import type { StopReason } from './sandbox-state';
 export const createTimeoutSeconds = 120;
 /** How long a shutdown may stay unfinished (a claim's lease) before the reaper drives it again. */
 export const shutdownRetrySeconds = 120;
-/** How long a stop or start may stay unfinished before the reaper drives it again. */
-const powerRetrySeconds = 120;
+/** How long a pause or resume may stay unfinished before the reaper drives it again. */
+const pauseResumeRetrySeconds = 120;
 /** How long a complete/error waits for the execs still running in the sandbox (the one that sent it, usually). */
 export const signalExecGraceSeconds = 30;
 /** How soon a shutdown that failed on the host is tried again (the claim's lease is longer). */
@@ -47,7 +47,7 @@ export type ReapAction =
   | { kind: 'wait'; why: 'signal_grace' }
   /** A due shutdown (signalled, or a try that did not finish): claim it and end it on its host. */
   | { kind: 'finish_shutdown'; outcome: EndEvent }
-  /** A stop or start whose host never reported back: claim it and ask the host again. */
+  /** A pause or resume whose host never reported back: claim it and ask the host again. */
   | { kind: 'redrive'; verb: 'pause' | 'resume' }
   /** End it now (TTL, or idle with no activity since it was read); a shutdown left unfinished is due again at `leaseUntil`. */
   | { kind: 'end'; reason: Extract<StopReason, 'ttl_expired' | 'idle_timeout'>; leaseUntil: number }
@@ -106,9 +106,9 @@ export function shutdownLease(now: number, s: Pick<ReaperSettings, 'shutdownRetr
   return now + s.shutdownRetrySeconds * 1000;
 }
 
-/** A stop or start in progress: the reaper drives it again after this. */
-export function powerLease(now: number): number {
-  return now + powerRetrySeconds * 1000;
+/** A pause or resume in progress: the reaper drives it again after this. */
+export function pauseResumeLease(now: number): number {
+  return now + pauseResumeRetrySeconds * 1000;
 }
 
 /** Where a claimed shutdown that failed on its host goes: due again soon, not after the whole lease. */

@@ -153,7 +153,7 @@ async function apply(r: SandboxRecord, action: ReapAction, now: number, report: 
       const claimed = await claimDue(r, now);
       if (!claimed) return;
       try {
-        // A start of a sandbox moved off a drained host makes it again from its staged state (relocation.ts).
+        // A resume of a sandbox moved off a drained host makes it again from its staged state (relocation.ts).
         const request = action.verb === 'resume' ? resumeRequestFor(r) : { sandboxId: r.sandbox_id, storage: storageFor(r.tenant_id, r.user_id) };
         await hosts().dispatch(r.host_id, action.verb, request, { timeoutSeconds: 120, waitSeconds: reaperWaitSeconds });
         report.deferred++;

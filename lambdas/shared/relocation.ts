@@ -7,7 +7,7 @@
  * token is only on the host, in the container's env) in S3 under the
  * sandbox's own prefix, then releases the sandbox from the host: its record
  * loses its host (a conditional write, only while it is still paused there)
- * and the host's allocation is given back. Its next start places it like a
+ * and the host's allocation is given back. Its next resume places it like a
  * create and the new host makes the container from the staged request and
  * restores /tmp from the staged archive (host-agent/src/relocate.ts).
  */
@@ -28,7 +28,7 @@ export { pausedStatePrefix, pausedStateKeys };
 /**
  * Releases a paused sandbox from its draining host once its state is in S3:
  * host cleared and the state's prefix recorded, only while it is still paused
- * on `hostId` (a start or destroy that came first wins, and the caller keeps
+ * on `hostId` (a resume or destroy that came first wins, and the caller keeps
  * or ends it instead); then the host's share is given back. True when moved.
  */
 export async function releasePausedSandbox(sandboxId: string, hostId: string, prefix: string): Promise<boolean> {
@@ -53,7 +53,7 @@ export async function releasePausedSandbox(sandboxId: string, hostId: string, pr
 }
 
 /**
- * A start of a paused sandbox that has no host (moved off a drained one):
+ * A resume of a paused sandbox that has no host (moved off a drained one):
  * takes room on a host as a create does, then moves the record to resuming
  * on that host (only while it is still paused and hostless). No host with
  * room: 503 with Retry-After, and the group is asked for a host.
@@ -64,9 +64,9 @@ export async function placeMovedSandbox(r: SandboxRecord, resumingUntil: number)
   const host = await placeSandbox(r.sandbox_id, share, { image: c.sandboxImage });
   if (!host) {
     if (c.autoScalingGroupName) {
-      await requestCapacity({ also: [share] }).catch((err: unknown) => logger.warn('start: asking the group for a host failed', { sandboxId: r.sandbox_id, err }));
+      await requestCapacity({ also: [share] }).catch((err: unknown) => logger.warn('resume: asking the group for a host failed', { sandboxId: r.sandbox_id, err }));
     }
-    throw unavailable(`no sandbox host has room to start ${r.sandbox_id} right now (its host left the fleet while it was stopped); retry shortly`, 10);
+    throw unavailable(`no sandbox host has room to resume ${r.sandbox_id} right now (its host left the fleet while it was paused); retry shortly`, 10);
   }
   try {
     return await transition(r.sandbox_id, 'resume', {
@@ -76,18 +76,18 @@ export async function placeMovedSandbox(r: SandboxRecord, resumingUntil: number)
     });
   } catch (err) {
     await releaseAllocation(host.host_id, r.sandbox_id).catch((e: unknown) =>
-      logger.error("start: giving the host's share back failed (the host's reconciliation corrects it)", { hostId: host.host_id, err: e }),
+      logger.error("resume: giving the host's share back failed (the host's reconciliation corrects it)", { hostId: host.host_id, err: e }),
     );
     if (err instanceof TransitionRejectedError) {
-      throw invalidState(`sandbox ${r.sandbox_id} changed while it was being started (now ${err.current?.status ?? 'gone'}); retry`);
+      throw invalidState(`sandbox ${r.sandbox_id} changed while it was being resumed (now ${err.current?.status ?? 'gone'}); retry`);
     }
     throw err;
   }
 }
 
 /**
- * The host's resume request for a sandbox being started (by its start, or
- * the reaper driving a start again): with `relocate` while it still has
+ * The host's resume request for a sandbox being resumed (by its resume, or
+ * the reaper driving a resume again): with `relocate` while it still has
  * staged state from a move, so whichever drives it makes it the same way.
  */
 export function resumeRequestFor(r: SandboxRecord): ResumeRequest {

@@ -16,6 +16,12 @@ export interface Route {
   auth: RouteAuth;
   /** `bytes`: the body is a file's raw bytes (Content-Type application/octet-stream), not JSON. */
   body?: 'bytes';
+  /**
+   * A deprecated path kept working for clients written against it: it answers
+   * exactly as the route of the same method at `aliasOf` (same handler, auth
+   * and answers), and the OpenAPI document marks it `deprecated`.
+   */
+  aliasOf?: string;
 }
 
 export const handlerNames = [
@@ -28,7 +34,7 @@ export const handlerNames = [
   'destroy-sandbox',
   'sandbox-signal',
   'sandbox-timeout',
-  'sandbox-power',
+  'pause-resume-sandbox',
   'start-command',
   'list-commands',
   'get-command',
@@ -56,8 +62,11 @@ export const routes: readonly Route[] = [
   { method: 'POST', path: '/sandboxes/{id}/complete', handler: 'sandbox-signal', auth: 'sandbox-token' },
   { method: 'POST', path: '/sandboxes/{id}/error', handler: 'sandbox-signal', auth: 'sandbox-token' },
   { method: 'POST', path: '/sandboxes/{id}/timeout', handler: 'sandbox-timeout', auth: 'api-key' },
-  { method: 'POST', path: '/sandboxes/{id}/stop', handler: 'sandbox-power', auth: 'api-key' },
-  { method: 'POST', path: '/sandboxes/{id}/start', handler: 'sandbox-power', auth: 'api-key' },
+  { method: 'POST', path: '/sandboxes/{id}/pause', handler: 'pause-resume-sandbox', auth: 'api-key' },
+  { method: 'POST', path: '/sandboxes/{id}/resume', handler: 'pause-resume-sandbox', auth: 'api-key' },
+  // The first names of pause and resume ("stop" now only ever means ended: status `stopped`).
+  { method: 'POST', path: '/sandboxes/{id}/stop', handler: 'pause-resume-sandbox', auth: 'api-key', aliasOf: '/sandboxes/{id}/pause' },
+  { method: 'POST', path: '/sandboxes/{id}/start', handler: 'pause-resume-sandbox', auth: 'api-key', aliasOf: '/sandboxes/{id}/resume' },
   { method: 'POST', path: '/sandboxes/{id}/commands', handler: 'start-command', auth: 'api-key' },
   { method: 'GET', path: '/sandboxes/{id}/commands', handler: 'list-commands', auth: 'api-key' },
   { method: 'GET', path: '/sandboxes/{id}/commands/{command_id}', handler: 'get-command', auth: 'api-key' },
@@ -80,6 +89,16 @@ export const routes: readonly Route[] = [
   { method: 'GET', path: '/users/{user_id}/home/files/list', handler: 'home-files', auth: 'api-key' },
   { method: 'POST', path: '/users/{user_id}/home/files/download', handler: 'home-files', auth: 'api-key' },
 ];
+
+/**
+ * The path a request is answered as: an alias's target, else its own. `resource`
+ * is the route's path as API Gateway passes it (event.resource).
+ *
+ *   canonicalPath('POST', '/sandboxes/{id}/stop') // '/sandboxes/{id}/pause'
+ */
+export function canonicalPath(method: string, resource: string): string {
+  return routes.find((r) => r.method === method && r.path === resource)?.aliasOf ?? resource;
+}
 
 /** The largest request body the API accepts, in bytes (API Gateway's own cap is 10 MB). */
 export const maxBodyBytes = 256 * 1024;

@@ -77,14 +77,14 @@ export interface SandboxRecord {
   ended_at?: string;
   result?: Record<string, unknown>;
   heartbeat_at?: string;
-  /** What of /tmp the last stop could not keep (files their owner cannot read, root's, sockets). */
+  /** What of /tmp the last pause could not keep (files their owner cannot read, root's, sockets). */
   tmp_not_kept?: string[];
-  /** What of /tmp the last start could not put back. */
+  /** What of /tmp the last resume could not put back. */
   tmp_not_restored?: string[];
   /**
    * A paused sandbox moved off a draining host: the S3 prefix holding what its
-   * next start needs on another host (relocation.ts). Set with host_id '' by
-   * the drain, removed once a start restored it.
+   * next resume needs on another host (relocation.ts). Set with host_id '' by
+   * the drain, removed once a resume restored it.
    */
   paused_state?: string;
 }
@@ -135,7 +135,7 @@ export function toView(r: SandboxRecord): SandboxView {
     ...(r.stop_detail ? { stop_detail: r.stop_detail } : {}),
     ...(r.ended_at ? { ended_at: r.ended_at } : {}),
     ...(r.result ? { result: r.result } : {}),
-    // Said after the stop (or start) that could not keep (or put back) them, until the next one.
+    // Said after the pause (or resume) that could not keep (or put back) them, until the next one.
     ...(r.status === 'paused' && r.tmp_not_kept?.length ? { tmp_not_kept: r.tmp_not_kept } : {}),
     ...(r.status !== 'paused' && r.tmp_not_restored?.length ? { tmp_not_restored: r.tmp_not_restored } : {}),
   };

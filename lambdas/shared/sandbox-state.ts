@@ -5,12 +5,16 @@
  * so two concurrent requests cannot both win.
  *
  *   creating -> ready -> running -> shutting_down -> stopped | expired | failed
- *                 \        \-> pausing -> paused -> resuming -> ready  (POST stop / start)
+ *                 \        \-> pausing -> paused -> resuming -> ready  (POST pause / resume)
  *                  \-> failed (host lost, create failed, container vanished)
  *
- * `pausing` and `resuming` are the host at work on a stop or a start: the host
+ * `pausing` and `resuming` are the host at work on a pause or a resume: the host
  * records where it ends (paused, or ready), whether or not the request that
  * asked for it is still waiting.
+ *
+ * `stopped` is an end shut down cleanly (destroy, complete, error, a drained
+ * host, a container that exited), never a pause: nothing leaves it. The
+ * words are the README's (Words).
  */
 export const sandboxStatuses = [
   'creating',
@@ -33,12 +37,12 @@ export type SandboxEvent =
   | 'stopped' // host removed the container after a requested end
   | 'expired' // host removed the container after the reaper ended it
   | 'fail' // create failed, host lost, container vanished
-  | 'pause' // stop asked: the host is stopping the container
+  | 'pause' // pause asked: the host is stopping the container (docker stop)
   | 'paused' // the host stopped it, filesystem kept
-  | 'pause_failed' // the host could not stop it: it keeps running
-  | 'resume' // start asked: the host is starting the container again
+  | 'pause_failed' // the host could not pause it: it keeps running
+  | 'resume' // resume asked: the host is starting the container again
   | 'resumed' // the host started it
-  | 'resume_failed'; // the host could not start it: it stays stopped
+  | 'resume_failed'; // the host could not resume it: it stays paused
 
 /** Statuses in which a sandbox accepts exec, file and heartbeat calls. */
 export const activeStatuses = ['ready', 'running'] as const satisfies readonly SandboxStatus[];

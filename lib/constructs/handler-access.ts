@@ -164,16 +164,16 @@ export const handlerAccess: Record<HandlerName | BackgroundHandlerName, HandlerA
     tables: [{ table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'] }],
     dispatchesToHosts: false,
   },
-  'sandbox-power': {
+  'pause-resume-sandbox': {
     tables: [
-      // The waiting creates are counted when a start asks the group for a host (relocation.ts).
+      // The waiting creates are counted when a resume asks the group for a host (relocation.ts).
       { table: sandboxesTable, actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:Query'], indexes: [index(sandboxesTable, 'by-waiting')] },
-      // A start of a sandbox moved off a drained host places it as a create does (and gives the share back if the start lost a race).
+      // A resume of a sandbox moved off a drained host places it as a create does (and gives the share back if the resume lost a race).
       { table: hostsTable, actions: ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:UpdateItem'], indexes: [index(hostsTable, 'by-pool')] },
     ],
     dispatchesToHosts: true,
     publishesEvents: true,
-    // No host with room for such a start: the group is asked for one.
+    // No host with room for such a resume: the group is asked for one.
     autoScaling: ['autoscaling:DescribeAutoScalingGroups', 'autoscaling:SetDesiredCapacity'],
   },
   'sandbox-network': {

@@ -3,7 +3,8 @@
  *
  *   sbx create [--user U] [--cpu N] [--memory MB] [--ttl S]   sbx ls [--user U] [--status S]
  *   sbx info <id>    sbx exec <id> [--cwd DIR] [--env K=V] -- <cmd...>    sbx logs <id> <command_id> [--follow]
- *   sbx cp <local> <id>:<path>    sbx cp <id>:<path> <local>    sbx stop|start|rm <id>
+ *   sbx cp <local> <id>:<path>    sbx cp <id>:<path> <local>    sbx pause|resume|rm <id>
+ *   (sbx stop|start: the deprecated names of pause|resume)
  *   sbx keys create|list|revoke --tenant T ...   (key administration: the account's credentials, not an API key)
  *
  * --json on every command prints the API's answer as JSON. The key and URL come from
@@ -28,7 +29,9 @@ const usage = `usage: sbx <command> [options]
                                                               (one argument is shell text; several are quoted each)
   logs <id> <command_id> [--follow]                           a command's output (--follow until it ends)
   cp <local> <id>:<path> | cp <id>:<path> <local>             copy a file or directory in or out (progress on a terminal)
-  stop <id> | start <id> | rm <id> [--force]                  pause, resume, end (--force: not graceful)
+  pause <id> | resume <id>                                    pause (frees CPU and memory, keeps every file), resume
+                                                              (stop and start: deprecated names of pause and resume)
+  rm <id> [--force]                                           destroy: end the sandbox (--force: not graceful)
   keys create|list|revoke --tenant T [...]                    tenant API keys (sbx keys --help); uses the local stack's
                                                               state or the AWS account's credentials, not an API key
 
@@ -161,13 +164,15 @@ export async function main(argv: readonly string[]): Promise<number> {
       out(sbx.info, JSON.stringify(sbx.info, null, 2));
       return 0;
     }
-    case 'stop':
-    case 'start':
+    case 'pause':
+    case 'resume':
+    case 'stop': // deprecated name of pause
+    case 'start': // deprecated name of resume
     case 'rm': {
       const [id] = need(p, 1, '<id>');
       const sbx = await Sandbox.connect(id as string, options);
-      if (command === 'stop') await sbx.pause();
-      else if (command === 'start') await sbx.resume();
+      if (command === 'pause' || command === 'stop') await sbx.pause();
+      else if (command === 'resume' || command === 'start') await sbx.resume();
       else await sbx.destroy({ graceful: !p.flags.has('force') });
       const info = await sbx.getInfo().catch(() => sbx.info);
       out(info, `${id} ${info?.status ?? 'ended'}`);

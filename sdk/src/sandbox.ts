@@ -1,6 +1,6 @@
 /**
  * A sandbox: create, connect, list, and what you do with one (commands,
- * files, timeouts, stop and start, the end). Also the simple form: `new
+ * files, timeouts, pause and resume, destroy). Also the simple form: `new
  * Sandbox({ apiKey })` creates its sandbox on first use.
  */
 import { randomUUID } from 'node:crypto';
@@ -170,23 +170,23 @@ export class Sandbox {
     return info;
   }
 
-  /** Stops the sandbox: frees CPU and memory, keeps every file. Answers once it is paused. */
+  /** Pauses the sandbox: frees CPU and memory, keeps every file. Answers once it is paused. */
   async pause(o: { signal?: AbortSignal } = {}): Promise<SandboxInfo> {
     const id = await this.ensure();
-    this.info = await this.client.json<SandboxInfo>('POST', `/sandboxes/${id}/stop`, { idempotent: true, signal: o.signal });
+    this.info = await this.client.json<SandboxInfo>('POST', `/sandboxes/${id}/pause`, { idempotent: true, signal: o.signal });
     return settling.includes(this.info.status) ? this.settle(o.signal) : this.info;
   }
 
-  /** Starts a stopped sandbox. Answers once it is ready. */
+  /** Resumes a paused sandbox with every file it had. Answers once it is ready. */
   async resume(o: { signal?: AbortSignal } = {}): Promise<SandboxInfo> {
     const id = await this.ensure();
-    this.info = await this.client.json<SandboxInfo>('POST', `/sandboxes/${id}/start`, { idempotent: true, signal: o.signal });
+    this.info = await this.client.json<SandboxInfo>('POST', `/sandboxes/${id}/resume`, { idempotent: true, signal: o.signal });
     return settling.includes(this.info.status) ? this.settle(o.signal) : this.info;
   }
 
   /**
-   * Ends the sandbox (graceful by default: the home is synced back first) and
-   * waits for the end. A sandbox of the simple form that was never used has nothing to end.
+   * Destroys (ends) the sandbox (graceful by default: the home is synced back
+   * first) and waits for the end: its status becomes `stopped`. A sandbox of the simple form that was never used has nothing to end.
    */
   async destroy(o: { graceful?: boolean; signal?: AbortSignal } = {}): Promise<void> {
     if (!this.id && !this.creating) return;
@@ -198,7 +198,7 @@ export class Sandbox {
     } else this.info = undefined;
   }
 
-  /** Whether the sandbox has ended (stopped, expired or failed). */
+  /** Whether the sandbox has ended: `stopped` (destroyed, completed, agent error), `expired` or `failed`. */
   static isEnded(info: SandboxInfo): boolean {
     return ended.includes(info.status);
   }

@@ -8,6 +8,7 @@ export type SandboxStatus =
   | 'paused'
   | 'resuming'
   | 'shutting_down'
+  // The ended statuses (stop_reason says why): `stopped` is an end shut down cleanly (destroy, complete, error, ...), never a pause.
   | 'stopped'
   | 'expired'
   | 'failed';

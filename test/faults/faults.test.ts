@@ -2,7 +2,7 @@
  * The standing fault suite: the local stack on its real engines while its
  * parts fail under it (the host daemon killed mid-command, DynamoDB and S3
  * frozen with SIGSTOP mid-request and thawed, a container removed behind the
- * system's back, stop/start/destroy/exec racing on one sandbox). Each case
+ * system's back, pause/resume/destroy/exec racing on one sandbox). Each case
  * ends with the same checks: no 500 or 502 a retry would fix, nothing leaked
  * (container, mount, home, host slot, tenant count), no data lost beyond what
  * the README promises. (Ctrl-C of the whole stack is test/lifecycle/ctrl-c.)
@@ -212,14 +212,14 @@ describe('faults', () => {
     assert.equal(await s3Text(stack, hotPrefix(stack, user) + 'kept.txt'), 'kept\n', 'the home on the host was synced before it went');
   });
 
-  it('stop, start, destroy and exec racing on one sandbox: only success, 409 or 503 with Retry-After, and it ends clean', async () => {
+  it('pause, resume, destroy and exec racing on one sandbox: only success, 409 or 503 with Retry-After, and it ends clean', async () => {
     const ids = await Promise.all([1, 2].map(() => createReady(uniqueUser('race'))));
     for (const id of ids) {
       const calls: (() => Promise<ApiAnswer>)[] = [];
       for (let i = 0; i < 16; i++) {
         calls.push(
-          () => api.call('POST', `/sandboxes/${id}/stop`),
-          () => api.call('POST', `/sandboxes/${id}/start`),
+          () => api.call('POST', `/sandboxes/${id}/pause`),
+          () => api.call('POST', `/sandboxes/${id}/resume`),
           () => api.exec(id, 'echo hi'),
           () => api.call('POST', `/sandboxes/${id}/commands`, { command: 'sleep 1' }),
         );

@@ -230,14 +230,14 @@ describe('every error with its status, naming the path', () => {
     assert.equal(home.status, 400, 'the home itself is never deleted');
   });
 
-  it('409 invalid_state for a stopped sandbox, and 404 for another tenant\'s', async () => {
+  it('409 invalid_state for a paused sandbox (naming what to do), and 404 for another tenant\'s', async () => {
     const other = await createApiKey({ tenantId: 'other-tenant', description: 'files test' });
     const theirs = filesOf(stack.url, other.key, id);
     assert.deepEqual([(await theirs.get('plain.txt')).status, (await theirs.get('plain.txt')).json.error.code], [404, 'not_found']);
     assert.equal((await theirs.put('plain.txt', 'theirs')).status, 404);
     assert.equal((await files.get('plain.txt')).bytes.toString(), 'x');
     const paused = await api.createReady(uniqueUser('files-paused'));
-    const stop = await api.call('POST', `/sandboxes/${paused.body.sandbox_id}/stop`);
+    const stop = await api.call('POST', `/sandboxes/${paused.body.sandbox_id}/pause`);
     assert.equal(stop.status, 200, stop.text);
     const read = await filesOf(stack.url, stack.apiKey, paused.body.sandbox_id).get('x');
     assert.deepEqual([read.status, read.json.error.code], [409, 'invalid_state']);

@@ -125,20 +125,20 @@ describe('a handler cut off at its Lambda timeout leaves nothing half-done for g
     assert.equal(host?.allocations[id], undefined, 'its share of the host was given back');
   });
 
-  it('stop: the host stops the container and records paused; start then works', async () => {
+  it('pause: the host stops the container and records paused; resume then works', async () => {
     const id = await createReady('cut-stop');
     await api.exec(id, 'echo kept > ~/kept.txt');
     stack.ssm.setLatency(8_000);
     let res: ApiAnswer;
     try {
-      res = await api.call('POST', `/sandboxes/${id}/stop`);
+      res = await api.call('POST', `/sandboxes/${id}/pause`);
     } finally {
       stack.ssm.setLatency(0);
     }
     cutOrInTime(res, 'pausing');
-    assert.equal((await record(id)).status, 'pausing', 'the record says a stop is at work');
+    assert.equal((await record(id)).status, 'pausing', 'the record says a pause is at work');
     await settle(id, 'paused');
-    const started = await api.call('POST', `/sandboxes/${id}/start`);
+    const started = await api.call('POST', `/sandboxes/${id}/resume`);
     assert.ok([200, 202].includes(started.status), started.text);
     await settle(id, 'ready');
     assert.equal((await api.exec(id, 'cat ~/kept.txt')).body.stdout, 'kept\n');
@@ -151,7 +151,7 @@ describe('a handler cut off at its Lambda timeout leaves nothing half-done for g
     stack.ssm.setLatency(3_000);
     let res: ApiAnswer;
     try {
-      res = await api.call('POST', `/sandboxes/${id}/stop`);
+      res = await api.call('POST', `/sandboxes/${id}/pause`);
     } finally {
       stack.ssm.setLatency(0);
     }

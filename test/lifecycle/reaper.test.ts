@@ -1,7 +1,7 @@
 /**
  * Issue 5 on the real local stack: the reaper on its timer (like the
  * EventBridge schedule) ends idle and over-age sandboxes within one period of
- * their deadline, and never a sandbox that is busy or stopped by its owner.
+ * their deadline, and never a sandbox that is busy or paused by its owner.
  * The scenarios run side by side: each needs real time to pass.
  */
 import assert from 'node:assert/strict';
@@ -168,9 +168,9 @@ describe('the reaper on its schedule', { concurrency: true }, () => {
     assert.ok([403, 409].includes(late409.status), `a heartbeat after the end is refused (${late409.status})`);
   });
 
-  it('does not reap a stopped sandbox for idleness; start brings it back', async () => {
+  it('does not reap a paused sandbox for idleness; resume brings it back', async () => {
     const s = await create(uniqueUser('paused'), { idle_timeout_seconds: 30, ttl_seconds: 600 });
-    const stopped = await api.call('POST', `/sandboxes/${s.sandbox_id}/stop`);
+    const stopped = await api.call('POST', `/sandboxes/${s.sandbox_id}/pause`);
     assert.equal(stopped.status, 200, stopped.text);
     const idleDeadline = Date.parse(s.idle_expires_at);
     await sleep(Math.max(0, idleDeadline - Date.now()) + reaperPeriodMs * 3);
@@ -178,7 +178,7 @@ describe('the reaper on its schedule', { concurrency: true }, () => {
     assert.equal(r.status, 'paused');
     assert.equal(r.deadline_at, r.expires_at_ms);
     assert.equal(await containerExists(s.sandbox_id), true);
-    const started = await api.call('POST', `/sandboxes/${s.sandbox_id}/start`);
+    const started = await api.call('POST', `/sandboxes/${s.sandbox_id}/resume`);
     assert.equal(started.status, 200, started.text);
     assert.equal(started.body.status, 'ready');
   });

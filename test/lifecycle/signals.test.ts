@@ -84,7 +84,7 @@ describe('the sandbox token', () => {
     assert.equal((await record(id)).status, 'running');
   });
 
-  it('cannot call exec, get, list, destroy, create, timeout, stop or start (403)', async () => {
+  it('cannot call exec, get, list, destroy, create, timeout, pause or resume (403), by their old names stop and start neither', async () => {
     const asSandbox = apiClient(stack.url, await sandboxToken(id));
     const calls: [string, Promise<{ status: number; body: any }>][] = [
       ['exec', asSandbox.exec(id, 'id')],
@@ -93,6 +93,8 @@ describe('the sandbox token', () => {
       ['destroy', asSandbox.destroy(id, false)],
       ['create', asSandbox.create('someone')],
       ['timeout', asSandbox.call('POST', `/sandboxes/${id}/timeout`, {})],
+      ['pause', asSandbox.call('POST', `/sandboxes/${id}/pause`)],
+      ['resume', asSandbox.call('POST', `/sandboxes/${id}/resume`)],
       ['stop', asSandbox.call('POST', `/sandboxes/${id}/stop`)],
       ['start', asSandbox.call('POST', `/sandboxes/${id}/start`)],
     ];
@@ -268,33 +270,33 @@ describe('idle timeout and TTL', () => {
   });
 });
 
-describe('stop and start', () => {
-  it('stop frees the container (not running) and keeps every file, /tmp too; start brings them back', async () => {
-    const id = await create(uniqueUser('power'), { idle_timeout_seconds: 300 });
+describe('pause and resume', () => {
+  it('pause frees the container (not running) and keeps every file, /tmp too; resume brings them back', async () => {
+    const id = await create(uniqueUser('pause'), { idle_timeout_seconds: 300 });
     const write = await exec(
       id,
       'mkdir -p /home/agent/project/src && echo "print(42)" > /home/agent/project/src/main.py && head -c 300000 /dev/urandom > /home/agent/blob.bin && sha256sum /home/agent/blob.bin /home/agent/project/src/main.py',
     );
     assert.equal(write.exit_code, 0, write.stderr);
-    // /tmp is a tmpfs: the host keeps it across the stop in an archive.
+    // /tmp is a tmpfs: the host keeps it across the pause in an archive.
     const scratch = await exec(
       id,
       'mkdir -p /tmp/build/obj && head -c 200000 /dev/urandom > /tmp/build/obj/cache.bin && chmod 0600 /tmp/build/obj/cache.bin && sha256sum /tmp/build/obj/cache.bin && stat -c "%a %s %Y" /tmp/build/obj/cache.bin',
     );
     assert.equal(scratch.exit_code, 0, scratch.stderr);
 
-    const stopped = await api.call('POST', `/sandboxes/${id}/stop`);
-    assert.equal(stopped.status, 200, stopped.text);
-    assert.equal(stopped.body.status, 'paused');
+    const paused = await api.call('POST', `/sandboxes/${id}/pause`);
+    assert.equal(paused.status, 200, paused.text);
+    assert.equal(paused.body.status, 'paused');
     const info = await inspect(id);
     assert.equal(info.State.Running, false, 'no process holds CPU or memory');
-    assert.equal((await record(id)).deadline_at, Date.parse(stopped.body.expires_at), 'only the TTL applies while stopped');
-    const execWhileStopped = await api.exec(id, 'true');
-    assert.equal(execWhileStopped.status, 409);
+    assert.equal((await record(id)).deadline_at, Date.parse(paused.body.expires_at), 'only the TTL applies while paused');
+    const execWhilePaused = await api.exec(id, 'true');
+    assert.equal(execWhilePaused.status, 409);
 
-    const started = await api.call('POST', `/sandboxes/${id}/start`);
-    assert.equal(started.status, 200, started.text);
-    assert.equal(started.body.status, 'ready');
+    const resumed = await api.call('POST', `/sandboxes/${id}/resume`);
+    assert.equal(resumed.status, 200, resumed.text);
+    assert.equal(resumed.body.status, 'ready');
     assert.equal((await inspect(id)).State.Running, true);
     const check = await exec(id, 'sha256sum /home/agent/blob.bin /home/agent/project/src/main.py && python3 /home/agent/project/src/main.py');
     assert.equal(check.exit_code, 0, check.stderr);
@@ -305,35 +307,64 @@ describe('stop and start', () => {
     assert.equal(scratchBack.stdout, scratch.stdout, 'the /tmp file came back byte for byte, with its mode and time');
   });
 
-  it("keeps other users' /tmp files through stop and start, and the stop answer names what it could not keep", async () => {
-    const id = await create(uniqueUser('power-users'));
+  it("keeps other users' /tmp files through pause and resume, and the pause answer names what it could not keep", async () => {
+    const id = await create(uniqueUser('pause-users'));
     const theirs = await api.exec(id, 'umask 077 && f=$(mktemp) && echo private > "$f" && d=$(mktemp -d) && echo nested > "$d/in" && echo "$f $d"', { user: 'nobody' });
     assert.equal(theirs.status, 200, theirs.text);
     const [file, dir] = theirs.body.stdout.trim().split(' ');
     const locked = await exec(id, 'echo unreadable > /tmp/locked && chmod 000 /tmp/locked');
     assert.equal(locked.exit_code, 0, locked.stderr);
 
-    const stopped = await api.call('POST', `/sandboxes/${id}/stop`);
-    assert.equal(stopped.status, 200, stopped.text);
-    assert.deepEqual(stopped.body.tmp_not_kept, ['tar: locked: Warning: Cannot open: Permission denied'], 'a file its own owner cannot read is named');
-    const started = await api.call('POST', `/sandboxes/${id}/start`);
-    assert.equal(started.status, 200, started.text);
-    assert.equal(started.body.tmp_not_restored, undefined);
+    const paused = await api.call('POST', `/sandboxes/${id}/pause`);
+    assert.equal(paused.status, 200, paused.text);
+    assert.deepEqual(paused.body.tmp_not_kept, ['tar: locked: Warning: Cannot open: Permission denied'], 'a file its own owner cannot read is named');
+    const resumed = await api.call('POST', `/sandboxes/${id}/resume`);
+    assert.equal(resumed.status, 200, resumed.text);
+    assert.equal(resumed.body.tmp_not_restored, undefined);
     const back = await api.exec(id, `stat -c '%U %a' ${file} ${dir} && cat ${file} ${dir}/in`, { user: 'nobody' });
     assert.equal(back.body.stdout, 'nobody 600\nnobody 700\nprivate\nnested\n', back.text);
   });
 
-  it('stop and start are idempotent, and start refuses a sandbox that ended', async () => {
-    const id = await create(uniqueUser('power-twice'));
-    assert.equal((await api.call('POST', `/sandboxes/${id}/stop`)).status, 200);
-    const again = await api.call('POST', `/sandboxes/${id}/stop`);
+  it('pause and resume are idempotent, and resume refuses a sandbox that ended', async () => {
+    const id = await create(uniqueUser('pause-twice'));
+    assert.equal((await api.call('POST', `/sandboxes/${id}/pause`)).status, 200);
+    const again = await api.call('POST', `/sandboxes/${id}/pause`);
     assert.equal(again.status, 200);
     assert.equal(again.body.status, 'paused');
-    assert.equal((await api.call('POST', `/sandboxes/${id}/start`)).status, 200);
-    assert.equal((await api.call('POST', `/sandboxes/${id}/start`)).body.status, 'ready');
+    assert.equal((await api.call('POST', `/sandboxes/${id}/resume`)).status, 200);
+    assert.equal((await api.call('POST', `/sandboxes/${id}/resume`)).body.status, 'ready');
     assert.equal((await api.destroy(id, false)).status, 204);
-    const late = await api.call('POST', `/sandboxes/${id}/start`);
+    const late = await api.call('POST', `/sandboxes/${id}/resume`);
     assert.equal(late.status, 409);
+  });
+
+  it('answers the deprecated /stop and /start exactly as /pause and /resume', async () => {
+    const id = await create(uniqueUser('pause-aliases'));
+    const call = (verb: string) => api.call('POST', `/sandboxes/${id}/${verb}`);
+    const same = async (alias: string, route: string) => {
+      const [a, b] = [await call(alias), await call(route)];
+      assert.deepEqual({ status: a.status, body: a.body }, { status: b.status, body: b.body }, `/${alias} answers as /${route}`);
+      return a;
+    };
+    // Each alias does the work (ready -> paused -> ready), then both names answer the settled sandbox alike.
+    const paused = await same('stop', 'pause');
+    assert.equal(paused.status, 200, paused.text);
+    assert.equal(paused.body.status, 'paused');
+    assert.equal((await inspect(id)).State.Running, false, '/stop paused the container');
+    const resumed = await same('start', 'resume');
+    assert.equal(resumed.status, 200, resumed.text);
+    assert.equal(resumed.body.status, 'ready');
+    assert.equal((await inspect(id)).State.Running, true, '/start resumed it');
+    // And the new names do the work the old ones answer to.
+    assert.equal((await same('pause', 'stop')).body.status, 'paused');
+    assert.equal((await same('resume', 'start')).body.status, 'ready');
+    // The refusals are the same too.
+    assert.equal((await api.destroy(id, false)).status, 204);
+    assert.equal((await same('start', 'resume')).status, 409);
+    const refused = await same('stop', 'pause');
+    assert.equal(refused.status, 409);
+    assert.equal(refused.body.error.code, 'invalid_state');
+    assert.match(refused.body.error.message, /only a ready or running sandbox can be paused/);
   });
 });
 

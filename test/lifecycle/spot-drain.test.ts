@@ -2,7 +2,7 @@
  * Issue 13, a Spot interruption end to end on the real local stack: the
  * EventBridge "EC2 Spot Instance Interruption Warning" for a host's instance
  * reaches the real fleet-events handler, the host drains within the warning,
- * and a paused sandbox on it is moved (its state to S3) and starts later on
+ * and a paused sandbox on it is moved (its state to S3) and resumes later on
  * another host with every file it had.
  * Stand-ins: EC2 and its Auto Scaling group are a local endpoint
  * (lib/local/autoscaling-endpoint.ts: it launches local hosts, sends the Spot
@@ -76,7 +76,7 @@ describe('a Spot interruption warning (EC2 and its Auto Scaling group stood in b
     assert.equal((await record(paused)).host_id, spotHost);
     assert.equal((await record(dropped)).host_id, spotHost);
     assert.equal((await api.exec(dropped, `printf x > /tmp/x`)).status, 200);
-    assert.ok([200, 202].includes((await api.call('POST', `/sandboxes/${dropped}/stop`)).status));
+    assert.ok([200, 202].includes((await api.call('POST', `/sandboxes/${dropped}/pause`)).status));
 
     // The paused sandbox's files: its root file system is read-only, so /tmp, its home and its cold tier are all it can write.
     const wrote = await api.exec(
@@ -85,12 +85,12 @@ describe('a Spot interruption warning (EC2 and its Auto Scaling group stood in b
     );
     assert.equal(wrote.status, 200, wrote.text);
     assert.equal(wrote.body.exit_code, 0, `writes, and the root file system is read-only: ${wrote.body.stderr}`);
-    const stopped = await api.call('POST', `/sandboxes/${paused}/stop`);
+    const stopped = await api.call('POST', `/sandboxes/${paused}/pause`);
     assert.ok([200, 202].includes(stopped.status), stopped.text);
     await waitForStatus(paused, 'paused', 120_000);
     await waitForStatus(dropped, 'paused', 120_000);
 
-    // A second host, outside the group: where the create during the drain, and the paused sandbox's start, can go.
+    // A second host, outside the group: where the create during the drain, and the paused sandbox's resume, can go.
     const other = await stack.addHost({ slots: 4, allocatable });
 
     // Written just before the warning: the drain's sync must carry it.
@@ -159,9 +159,9 @@ describe('a Spot interruption warning (EC2 and its Auto Scaling group stood in b
     assert.ok(!stack.hosts().some((h) => h.hostId === spotHost), 'the local host is gone');
   });
 
-  it('starts the moved paused sandbox on another host with its /tmp, home and cold files, and its staged state is deleted', async () => {
+  it('resumes the moved paused sandbox on another host with its /tmp, home and cold files, and its staged state is deleted', async () => {
     assert.ok(paused, 'the first test paused a sandbox');
-    const started = await api.call('POST', `/sandboxes/${paused}/start`);
+    const started = await api.call('POST', `/sandboxes/${paused}/resume`);
     assert.ok([200, 202].includes(started.status), started.text);
     const ready = await waitForStatus(paused, 'ready', 180_000);
     assert.notEqual(ready.host_id, spotHost);
@@ -173,11 +173,11 @@ describe('a Spot interruption warning (EC2 and its Auto Scaling group stood in b
     assert.equal(read.body.exit_code, 0, read.body.stderr);
     assert.equal(read.body.stdout, 'tmp kept\nnested\nhome kept\ncold kept\n');
     assert.deepEqual(await s3Keys(stack, pausedStatePrefix(ready)), [], 'the staged state is deleted once restored');
-    // Stopping and starting again works on its new host as on any.
-    const stop = await api.call('POST', `/sandboxes/${paused}/stop`);
+    // Pausing and resuming again works on its new host as on any.
+    const stop = await api.call('POST', `/sandboxes/${paused}/pause`);
     assert.ok([200, 202].includes(stop.status), stop.text);
     await waitForStatus(paused, 'paused', 120_000);
-    const again = await api.call('POST', `/sandboxes/${paused}/start`);
+    const again = await api.call('POST', `/sandboxes/${paused}/resume`);
     assert.ok([200, 202].includes(again.status), again.text);
     await waitForStatus(paused, 'ready', 120_000);
     const reread = await api.exec(paused, 'cat /tmp/kept.txt');

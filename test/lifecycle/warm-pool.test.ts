@@ -2,7 +2,7 @@
  * Issue 15 on the real local stack: the host daemon keeps warm containers of
  * the default shape; a create claims one and gets what a cold create gets
  * (hardening, resources, hostname, env and token, home and cold tier, network
- * policy); a claimed container is never handed out again; destroy, stop/start
+ * policy); a claimed container is never handed out again; destroy, pause/resume
  * and a restarted daemon handle pool containers; and the SSM wrapper reaches
  * the daemon through its loopback door without starting a process.
  */
@@ -151,14 +151,14 @@ describe('the warm pool', () => {
     assert.equal(await sh(again, 'cat ~/note.txt /data/cold/pool-cold.txt'), 'kept\ncold\n');
   });
 
-  it('keeps a claimed sandbox whole across stop and start, and leaves no mount behind at its end', async () => {
+  it('keeps a claimed sandbox whole across pause and resume, and leaves no mount behind at its end', async () => {
     await poolFull();
     const id = await create(uniqueUser('pause'));
     assert.ok((await inspect(id)).Config.Labels[poolLabel], 'claimed from the pool');
     await sh(id, 'echo before > ~/f.txt; echo tmp > /tmp/t.txt');
-    const stop = await api.call('POST', `/sandboxes/${id}/stop`);
+    const stop = await api.call('POST', `/sandboxes/${id}/pause`);
     assert.ok([200, 202].includes(stop.status), stop.text);
-    const start = await api.call('POST', `/sandboxes/${id}/start`);
+    const start = await api.call('POST', `/sandboxes/${id}/resume`);
     assert.ok([200, 202].includes(start.status), start.text);
     await waitFor('the sandbox to be ready again', async () => (await api.get(id)).body.status === 'ready', 60_000);
     assert.equal(await sh(id, 'hostname; cat ~/f.txt /tmp/t.txt; echo "$SANDBOX_ID"'), `${id}\nbefore\ntmp\n${id}\n`);

@@ -2,7 +2,7 @@
  * The sbx CLI (the SDK package's bin, sdk/dist/cli.js from the build) driven
  * as a process against the local stack: create, ls, info, exec (live output,
  * the command's exit status, Ctrl-C kills the remote command), cp both ways,
- * logs, stop, start, rm, --json, and errors that say what to do.
+ * logs, pause, resume (and stop, start), rm, --json, and errors that say what to do.
  * Run: npm run build && node --import tsx --test test/sdk/cli.test.ts
  */
 import assert from 'node:assert/strict';
@@ -274,7 +274,9 @@ describe('sbx', () => {
     assert.equal(JSON.parse((await keys(['list', '--tenant', tenant, '--json'])).stdout)[0].state, 'revoked');
   });
 
-  it('stops, starts and removes', async () => {
+  it('pauses, resumes (also by their deprecated names stop and start) and removes', async () => {
+    assert.match((await sbx(['pause', id])).stdout, /paused/);
+    assert.match((await sbx(['resume', id])).stdout, /ready/);
     assert.match((await sbx(['stop', id])).stdout, /paused/);
     assert.match((await sbx(['start', id])).stdout, /ready/);
     const rmd = await sbx(['rm', id, '--json']);

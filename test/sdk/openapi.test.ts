@@ -61,6 +61,22 @@ describe('the OpenAPI document', () => {
     assert.equal(count, routes.length, 'nothing beyond the route table');
   });
 
+  it('marks the aliases of the route table deprecated, answering as the routes they stand for', () => {
+    const aliases = routes.filter((r) => r.aliasOf);
+    assert.deepEqual(aliases.map((r) => `${r.method} ${r.path} -> ${r.aliasOf}`), ['POST /sandboxes/{id}/stop -> /sandboxes/{id}/pause', 'POST /sandboxes/{id}/start -> /sandboxes/{id}/resume']);
+    for (const r of aliases) {
+      const { operationId: _a, summary: _s, deprecated, ...alias } = doc.paths[r.path]![r.method.toLowerCase()];
+      const { operationId: _t, summary: _u, ...target } = doc.paths[r.aliasOf!]![r.method.toLowerCase()];
+      assert.equal(deprecated, true, `${r.path} is deprecated`);
+      assert.equal(target.deprecated, undefined, `${r.aliasOf} is not`);
+      assert.deepEqual(alias, target, `${r.path} takes and answers what ${r.aliasOf} does`);
+    }
+    assert.equal(doc.paths['/sandboxes/{id}/pause']!.post.operationId, 'pauseSandbox');
+    assert.equal(doc.paths['/sandboxes/{id}/stop']!.post.operationId, 'stopSandbox', 'clients generated from the old document keep their names');
+    const deprecated = Object.entries(doc.paths).flatMap(([path, m]) => Object.entries(m).filter(([, op]) => op.deprecated).map(([method]) => `${method.toUpperCase()} ${path}`));
+    assert.deepEqual(deprecated, aliases.map((r) => `${r.method} ${r.path}`), 'nothing else is deprecated');
+  });
+
   it('resolves every $ref, and names both auth schemes (X-API-Key: key or sandbox token)', () => {
     assert.deepEqual(unresolvedRefs(doc), []);
     assert.equal(doc.components.securitySchemes.apiKey.name, 'X-API-Key');
@@ -179,10 +195,13 @@ describe('real answers of the local stack', () => {
 
     await call('POST', '/sandboxes/{id}/timeout', `${s}/timeout`, { body: { idle_timeout_seconds: 600 } });
     await call('POST', '/sandboxes/{id}/heartbeat', `${s}/heartbeat`);
-    const stopped = await call('POST', '/sandboxes/{id}/stop', `${s}/stop`);
-    if (stopped.status === 202) await call('GET', '/sandboxes/{id}', `${s}?wait=20`);
-    const started = await call('POST', '/sandboxes/{id}/start', `${s}/start`);
-    if (started.status === 202) await call('GET', '/sandboxes/{id}', `${s}?wait=20`);
+    // Pause and resume, then the same by their deprecated names.
+    for (const [pause, resume] of [['pause', 'resume'], ['stop', 'start']]) {
+      const paused = await call('POST', `/sandboxes/{id}/${pause}`, `${s}/${pause}`);
+      if (paused.status === 202) await call('GET', '/sandboxes/{id}', `${s}?wait=20`);
+      const resumed = await call('POST', `/sandboxes/{id}/${resume}`, `${s}/${resume}`);
+      if (resumed.status === 202) await call('GET', '/sandboxes/{id}', `${s}?wait=20`);
+    }
 
     // Errors have the one error shape.
     assert.equal((await call('GET', '/sandboxes/{id}', '/sandboxes/sbx-aaaaaaaaaaaaaaaaaaaa')).status, 404);

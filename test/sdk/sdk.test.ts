@@ -242,12 +242,15 @@ describe('files', () => {
   });
 });
 
-describe('stop, start and the end', () => {
-  it('pauses and resumes, keeping files', async () => {
+describe('pause, resume and the end', () => {
+  it('pauses and resumes, keeping files, on the pause and resume routes', async () => {
     await sbx.files.write('kept.txt', 'still here');
+    const since = Date.now();
     assert.equal((await sbx.pause()).status, 'paused');
     assert.equal((await sbx.resume()).status, 'ready');
     assert.equal(await sbx.files.read('kept.txt', { format: 'text' }), 'still here');
+    const called = proxy.log.filter((l) => l.at >= since && l.method === 'POST').map((l) => l.path);
+    assert.deepEqual(called, [`/sandboxes/${sbx.sandboxId}/pause`, `/sandboxes/${sbx.sandboxId}/resume`], 'not the deprecated /stop and /start');
   });
 
   it("runs seed 002's example verbatim (with our package name) as a Node process", async () => {

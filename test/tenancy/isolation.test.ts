@@ -42,6 +42,9 @@ const sandboxRoutes: { method: string; path: (id: string) => string; body?: unkn
   { method: 'POST', path: (id) => `/sandboxes/${id}/exec`, body: { command: 'touch /tmp/tenant-b-was-here' } },
   { method: 'POST', path: (id) => `/sandboxes/${id}/heartbeat` },
   { method: 'POST', path: (id) => `/sandboxes/${id}/timeout`, body: { idle_timeout_seconds: 60 } },
+  { method: 'POST', path: (id) => `/sandboxes/${id}/pause` },
+  { method: 'POST', path: (id) => `/sandboxes/${id}/resume` },
+  // The deprecated names of pause and resume.
   { method: 'POST', path: (id) => `/sandboxes/${id}/stop` },
   { method: 'POST', path: (id) => `/sandboxes/${id}/start` },
   { method: 'POST', path: (id) => `/sandboxes/${id}/complete`, body: { result: { stolen: true } } },

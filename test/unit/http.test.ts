@@ -5,7 +5,7 @@ import { apiHandler, parse } from '../../lambdas/shared/http';
 import { ApiError } from '../../lambdas/shared/errors';
 import { execBody } from '../../lambdas/shared/schemas';
 import { allows } from '../../lambdas/shared/authorize';
-import { routes, handlerNames } from '../../lambdas/shared/routes';
+import { canonicalPath, handlerNames, routes } from '../../lambdas/shared/routes';
 
 const ctx = { awsRequestId: 'req-1' } as Context;
 function event(over: Partial<APIGatewayProxyEvent> = {}): APIGatewayProxyEvent {
@@ -90,6 +90,23 @@ describe('the route table', () => {
       assert.ok(!seen.has(key), key);
       seen.add(key);
     }
+  });
+
+  it('has aliases only of routes that are not aliases themselves, with the same method, handler and auth', () => {
+    for (const alias of routes.filter((r) => r.aliasOf)) {
+      const target = routes.find((r) => r.method === alias.method && r.path === alias.aliasOf);
+      assert.ok(target, `${alias.method} ${alias.path}: ${alias.aliasOf} is a route`);
+      assert.equal(target.aliasOf, undefined);
+      assert.deepEqual({ handler: alias.handler, auth: alias.auth, body: alias.body }, { handler: target.handler, auth: target.auth, body: target.body });
+    }
+  });
+
+  it('answers /stop and /start as /pause and /resume, and every other route as itself', () => {
+    assert.equal(canonicalPath('POST', '/sandboxes/{id}/stop'), '/sandboxes/{id}/pause');
+    assert.equal(canonicalPath('POST', '/sandboxes/{id}/start'), '/sandboxes/{id}/resume');
+    assert.equal(canonicalPath('POST', '/sandboxes/{id}/pause'), '/sandboxes/{id}/pause');
+    assert.equal(canonicalPath('POST', '/sandboxes/{id}/resume'), '/sandboxes/{id}/resume');
+    assert.equal(canonicalPath('GET', '/sandboxes/{id}/stop'), '/sandboxes/{id}/stop', 'the method is part of the route');
   });
 });
 
