@@ -117,8 +117,23 @@ export class ServiceStack extends Stack {
       envName: e.name,
     });
 
+    const h = e.hosts;
     this.fleet = new HostFleet(this, 'Hosts', {
-      environment: e,
+      envName: e.name,
+      instanceTypes: h.instanceTypes,
+      architecture: e.hostArchitecture,
+      minHosts: h.minHosts,
+      maxHosts: h.maxHosts,
+      sandboxSlotsPerHost: h.sandboxSlotsPerHost,
+      warmContainersPerHost: h.warmContainersPerHost,
+      rootVolumeGiB: h.rootVolumeGiB,
+      stateVolumeGiB: h.stateVolumeGiB,
+      ...(h.spot.enabled
+        ? { spot: { onDemandBaseCapacity: h.spot.onDemandBaseCapacity, onDemandPercentageAboveBaseCapacity: h.spot.onDemandPercentageAboveBaseCapacity } }
+        : {}),
+      warmPoolMinSize: h.warmPoolMinSize,
+      bootTimeoutSeconds: h.bootTimeoutSeconds,
+      drainTimeoutSeconds: h.drainTimeoutSeconds,
       network: this.network,
       tables: props.tables,
       bucket: props.bucket,
