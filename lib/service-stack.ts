@@ -162,7 +162,10 @@ export class ServiceStack extends Stack {
     });
 
     this.observability = new PlatformAlarms(this, 'Observability', {
-      environment: e,
+      envName: e.name,
+      thresholds: e.observability.alarms,
+      alarmEmail: e.observability.alarmEmail ?? undefined,
+      removalPolicy,
       restApi: this.api.restApi,
       functions: this.functions.functions,
       reaper,
