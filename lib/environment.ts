@@ -186,7 +186,7 @@ const environmentSchema = z
     }
   });
 
-type EnvironmentSettings = z.infer<typeof environmentSchema>;
+export type EnvironmentSettings = z.infer<typeof environmentSchema>;
 
 /** One resolved environment: its name plus its validated settings. */
 export interface DeploymentEnvironment extends EnvironmentSettings {

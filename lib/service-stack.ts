@@ -9,7 +9,7 @@ import { InstanceArchitecture } from 'aws-cdk-lib/aws-ec2';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import type { Construct } from 'constructs';
 import { backgroundHandlerNames, handlerNames, routes } from '../lambdas/shared/routes';
-import { ControlPlaneFunctions, handlerEnvironment } from './constructs/control-plane-functions';
+import { ControlPlaneFunctions, handlerEnvironment, type HandlerEnvironmentProps } from './constructs/control-plane-functions';
 import { HostAgentAssets } from './constructs/host-agent-assets';
 import { FleetWiring } from './constructs/fleet-wiring';
 import { HostFleet } from './constructs/host-fleet';
@@ -65,13 +65,28 @@ export class ServiceStack extends Stack {
       removalPolicy,
     });
 
-    this.api = new SandboxApi(this, 'Api', { environment: e, removalPolicy });
+    this.api = new SandboxApi(this, 'Api', {
+      envName: e.name,
+      stageName: e.api.stageName,
+      throttleRateLimit: e.api.throttleRateLimit,
+      throttleBurstLimit: e.api.throttleBurstLimit,
+      quotaPerDay: e.api.quotaPerDay,
+      authorizerCacheSeconds: e.api.authorizerCacheSeconds,
+      executionLogLevel: e.api.executionLogLevel,
+      accessLogRetention: e.logRetentionDays,
+      removalPolicy,
+    });
 
     this.events = new SandboxEventBus(this, 'Events', { envName: e.name, archiveRetentionDays: e.logRetentionDays });
 
-    const controlPlane = {
+    const controlPlane: HandlerEnvironmentProps = {
+      envName: e.name,
+      limits: e.limits,
+      sandboxSlotsPerHost: e.hosts.sandboxSlotsPerHost,
+      headroomPercent: e.hosts.headroomPercent,
+      drainTimeoutSeconds: e.hosts.drainTimeoutSeconds,
+      logRetentionDays: e.logRetentionDays,
       events: this.events,
-      environment: e,
       tables: props.tables,
       bucket: props.bucket,
       sandboxImageUri: sandboxImage.imageUri,
@@ -82,6 +97,9 @@ export class ServiceStack extends Stack {
     this.functions = new ControlPlaneFunctions(this, 'Handlers', {
       ...controlPlane,
       handlers: [...handlerNames, ...backgroundHandlerNames],
+      memoryMb: e.handlers.memoryMb,
+      apiTimeoutSeconds: e.handlers.apiTimeoutSeconds,
+      reaperTimeoutSeconds: e.handlers.reaperTimeoutSeconds,
       removalPolicy,
     });
     this.api.addRoutes(routes, (h) => this.functions.fn(h), this.functions.fn('authorizer'));
@@ -97,8 +115,23 @@ export class ServiceStack extends Stack {
       envName: e.name,
     });
 
+    const h = e.hosts;
     this.fleet = new HostFleet(this, 'Hosts', {
-      environment: e,
+      envName: e.name,
+      instanceTypes: h.instanceTypes,
+      architecture: e.hostArchitecture,
+      minHosts: h.minHosts,
+      maxHosts: h.maxHosts,
+      sandboxSlotsPerHost: h.sandboxSlotsPerHost,
+      warmContainersPerHost: h.warmContainersPerHost,
+      rootVolumeGiB: h.rootVolumeGiB,
+      stateVolumeGiB: h.stateVolumeGiB,
+      ...(h.spot.enabled
+        ? { spot: { onDemandBaseCapacity: h.spot.onDemandBaseCapacity, onDemandPercentageAboveBaseCapacity: h.spot.onDemandPercentageAboveBaseCapacity } }
+        : {}),
+      warmPoolMinSize: h.warmPoolMinSize,
+      bootTimeoutSeconds: h.bootTimeoutSeconds,
+      drainTimeoutSeconds: h.drainTimeoutSeconds,
       network: this.network,
       tables: props.tables,
       bucket: props.bucket,
@@ -127,7 +160,10 @@ export class ServiceStack extends Stack {
     });
 
     this.observability = new PlatformAlarms(this, 'Observability', {
-      environment: e,
+      envName: e.name,
+      thresholds: e.observability.alarms,
+      alarmEmail: e.observability.alarmEmail ?? undefined,
+      removalPolicy,
       restApi: this.api.restApi,
       functions: this.functions.functions,
       reaper,

@@ -12,7 +12,7 @@ import type * as s3 from 'aws-cdk-lib/aws-s3';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
 import { stagedRequestPrefix } from '../../contract/host-protocol';
-import type { DeploymentEnvironment } from '../environment';
+import type { EnvironmentSettings } from '../environment';
 import { handlerBundling } from '../handler-bundling';
 import { handlerEntry, lockFile, repoRoot } from '../paths';
 import { metricNamespace, metricService } from '../../lambdas/shared/metric-names';
@@ -41,11 +41,23 @@ export function arnPrefixPattern(service: string): string {
   return `arn:(<AWS::Partition>|aws[a-z-]*):${service}:(<AWS::Region>|[a-z0-9-]+):(<AWS::AccountId>|\\d{12})`;
 }
 
-export interface ControlPlaneFunctionsProps {
-  /** The environment's settings (cdk.json): limits, timeouts, memory and the values handed to the functions. */
-  readonly environment: DeploymentEnvironment;
-  /** Handler names to make a function for (the route table's and the background ones). */
-  readonly handlers: readonly string[];
+/** The sandbox limits (cdk.json `limits`, documented there): every one is handed to the functions and the hosts. */
+type SandboxLimits = Readonly<EnvironmentSettings['limits']>;
+
+/** What the functions' (and the host daemon's) configuration is made of: see handlerEnvironment. */
+export interface HandlerEnvironmentProps {
+  /** The environment's name: the metrics namespace (and, for the functions, their descriptions). */
+  readonly envName: string;
+  /** Sizes, lifetimes and quotas of sandboxes and commands. */
+  readonly limits: SandboxLimits;
+  /** Sandbox slots of one host (HOST_SLOTS). */
+  readonly sandboxSlotsPerHost: number;
+  /** Capacity kept free ahead of demand, in percent of the fleet (FLEET_HEADROOM_PERCENT). */
+  readonly headroomPercent: number;
+  /** How long a terminating host may drain (DRAIN_TIMEOUT_SECONDS). */
+  readonly drainTimeoutSeconds: number;
+  /** Days the logs are kept: the functions' log groups and the egress log (EGRESS_LOG_RETENTION_DAYS). */
+  readonly logRetentionDays: number;
   /** The project's tables: each function gets their names and only the grants its bundle's calls need. */
   readonly tables: ProjectTables;
   /** The storage bucket (homes, cold tier, command output, staged requests). */
@@ -54,14 +66,25 @@ export interface ControlPlaneFunctionsProps {
   readonly sandboxImageUri: string;
   /** Base URL sandboxes call back (SANDBOX_API_URL). */
   readonly sandboxApiUrl: string;
-  /** What happens to the functions' log groups when the stack goes. */
-  readonly removalPolicy: RemovalPolicy;
   /** Version string the health route reports. */
   readonly appVersion: string;
   /** The environment's lifecycle event bus (EVENT_BUS_NAME; PutEvents for handlers that publish). */
   readonly events: SandboxEventBus;
   /** The hosts' Auto Scaling group (AUTO_SCALING_GROUP_NAME): its fixed name, so the functions need no reference to the group. */
   readonly autoScalingGroupName: string;
+}
+
+export interface ControlPlaneFunctionsProps extends HandlerEnvironmentProps {
+  /** Handler names to make a function for (the route table's and the background ones). */
+  readonly handlers: readonly string[];
+  /** Memory of every function. */
+  readonly memoryMb: number;
+  /** Timeout of every function but the reaper (API Gateway gives up at 29 s anyway). */
+  readonly apiTimeoutSeconds: number;
+  /** Timeout of the reaper. */
+  readonly reaperTimeoutSeconds: number;
+  /** What happens to the functions' log groups when the stack goes. */
+  readonly removalPolicy: RemovalPolicy;
 }
 
 /** How long a create that found no room waits for a host before it fails no_capacity (the fleet simulation reads it too). */
@@ -73,8 +96,8 @@ export function pascal(name: string): string {
 }
 
 /** Environment variables of every function: what lambdas/shared/config.ts reads. */
-export function handlerEnvironment(props: Omit<ControlPlaneFunctionsProps, 'handlers' | 'removalPolicy'>): Record<string, string> {
-  const l = props.environment.limits;
+export function handlerEnvironment(props: HandlerEnvironmentProps): Record<string, string> {
+  const l = props.limits;
   const env: Record<string, string> = {
     STORAGE_BUCKET: props.bucket.bucketName,
     SANDBOX_IMAGE: props.sandboxImageUri,
@@ -97,22 +120,22 @@ export function handlerEnvironment(props: Omit<ControlPlaneFunctionsProps, 'hand
     // A create with no room asks this group for hosts and waits (202 waiting_for_capacity).
     AUTO_SCALING_GROUP_NAME: props.autoScalingGroupName,
     CAPACITY_WAIT_SECONDS: String(capacityWaitSeconds),
-    HOST_SLOTS: String(props.environment.hosts.sandboxSlotsPerHost),
+    HOST_SLOTS: String(props.sandboxSlotsPerHost),
     // fleet-capacity (each minute) and a create that finds no room add hosts until this much stays free.
-    FLEET_HEADROOM_PERCENT: String(props.environment.hosts.headroomPercent),
+    FLEET_HEADROOM_PERCENT: String(props.headroomPercent),
     // The termination hook's heartbeat timeout: how long a terminating host may drain.
-    DRAIN_TIMEOUT_SECONDS: String(props.environment.hosts.drainTimeoutSeconds),
+    DRAIN_TIMEOUT_SECONDS: String(props.drainTimeoutSeconds),
     COMMAND_OUTPUT_MAX_BYTES: String(l.commandOutputMaxBytes),
     COMMAND_RETENTION_DAYS: String(l.commandRetentionDays),
     FILES_URL_TTL_SECONDS: String(l.filesUrlTtlSeconds),
     // The egress log is a log: kept as long as the environment keeps its logs.
-    EGRESS_LOG_RETENTION_DAYS: String(props.environment.logRetentionDays),
+    EGRESS_LOG_RETENTION_DAYS: String(props.logRetentionDays),
     APP_VERSION: props.appVersion,
     EVENT_BUS_NAME: props.events.bus.eventBusName,
     // Powertools: one service, one metrics namespace per environment; events (they carry API keys) and
     // responses (records, command output) never go into logs or traces.
     POWERTOOLS_SERVICE_NAME: metricService,
-    POWERTOOLS_METRICS_NAMESPACE: metricNamespace(props.environment.name),
+    POWERTOOLS_METRICS_NAMESPACE: metricNamespace(props.envName),
     POWERTOOLS_LOGGER_LOG_EVENT: 'false',
     POWERTOOLS_TRACER_CAPTURE_RESPONSE: 'false',
     LOG_LEVEL: 'info',
@@ -128,37 +151,36 @@ export class ControlPlaneFunctions extends Construct {
   constructor(scope: Construct, id: string, props: ControlPlaneFunctionsProps) {
     super(scope, id);
     const environment = handlerEnvironment(props);
-    const e = props.environment;
     for (const name of props.handlers) {
       const access = (handlerAccess as Record<string, HandlerAccess | undefined>)[name];
       if (!access) throw new Error(`handler "${name}" has no entry in lib/constructs/handler-access.ts: list the tables and host access it needs`);
       const id = pascal(name);
       const logGroup = new logs.LogGroup(this, `${id}Logs`, {
-        retention: e.logRetentionDays as logs.RetentionDays,
+        retention: props.logRetentionDays as logs.RetentionDays,
         removalPolicy: props.removalPolicy,
       });
       // A role per function: no managed policies, nothing shared between handlers.
       const role = new iam.Role(this, `${id}Role`, {
         assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
-        description: `Ephemeral Sandbox ${e.name}: ${name} handler`,
+        description: `Ephemeral Sandbox ${props.envName}: ${name} handler`,
       });
       logGroup.grantWrite(role);
-      grantAccess(role, access, props, e.name);
+      grantAccess(role, access, props);
 
       const fn = new NodejsFunction(this, id, {
         entry: handlerEntry(name),
         handler: 'handler',
         runtime: lambda.Runtime.NODEJS_22_X,
         architecture: lambda.Architecture.ARM_64,
-        memorySize: e.handlers.memoryMb,
-        timeout: Duration.seconds(name === 'reaper' ? e.handlers.reaperTimeoutSeconds : e.handlers.apiTimeoutSeconds),
+        memorySize: props.memoryMb,
+        timeout: Duration.seconds(name === 'reaper' ? props.reaperTimeoutSeconds : props.apiTimeoutSeconds),
         environment,
         role,
         logGroup,
         projectRoot: repoRoot,
         depsLockFilePath: lockFile,
         bundling: handlerBundling,
-        description: `Ephemeral Sandbox ${e.name}: ${name}`,
+        description: `Ephemeral Sandbox ${props.envName}: ${name}`,
         // X-Ray: the handler's segment (Powertools Tracer) and each AWS call in it.
         tracing: lambda.Tracing.ACTIVE,
       });
@@ -198,7 +220,7 @@ export class ControlPlaneFunctions extends Construct {
   }
 }
 
-function grantAccess(role: iam.Role, access: HandlerAccess, props: ControlPlaneFunctionsProps, envName: string): void {
+function grantAccess(role: iam.Role, access: HandlerAccess, props: HandlerEnvironmentProps): void {
   for (const grant of access.tables) {
     const table = props.tables.table(grant.table);
     const itemActions = grant.actions.filter((a) => a !== 'dynamodb:Query');
@@ -306,7 +328,7 @@ function grantAccess(role: iam.Role, access: HandlerAccess, props: ControlPlaneF
     }),
   );
   const conditions: Record<string, string> = {};
-  for (const [key, value] of Object.entries(hostTags(envName))) conditions[`ssm:resourceTag/${key}`] = value;
+  for (const [key, value] of Object.entries(hostTags(props.envName))) conditions[`ssm:resourceTag/${key}`] = value;
   role.addToPolicy(
     new iam.PolicyStatement({
       sid: 'SandboxHostsOnly',

@@ -13,7 +13,6 @@ import type * as s3 from 'aws-cdk-lib/aws-s3';
 import * as ssm from 'aws-cdk-lib/aws-ssm';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
-import type { DeploymentEnvironment } from '../environment';
 import { hostTags, storageBucketArnPattern } from './control-plane-functions';
 import { hostAccess } from './handler-access';
 import { hostGroupArn, hostGroupArnSuppression, hostGroupName } from './host-group';
@@ -25,9 +24,50 @@ import type * as logs from 'aws-cdk-lib/aws-logs';
 import type { SandboxEventBus } from './observability';
 import type { ProjectTables } from './tables';
 
+/** Spot hosts: every instance type is an override, On-Demand only up to these amounts. */
+interface HostFleetSpotProps {
+  /** Hosts that are always On-Demand, before any Spot host. */
+  readonly onDemandBaseCapacity: number;
+  /** Percent of the hosts above the base that are On-Demand. */
+  readonly onDemandPercentageAboveBaseCapacity: number;
+}
+
 export interface HostFleetProps {
-  /** The environment's settings: instance types, Spot, min/max hosts, slots, volume size. */
-  readonly environment: DeploymentEnvironment;
+  /** The environment's name: the hosts' role, tags, image parameter and Name. */
+  readonly envName: string;
+  /** Host instance types, all of one architecture: the first is the launch template's; with Spot, all are overrides. */
+  readonly instanceTypes: readonly string[];
+  /** Architecture of those instance types (the AMI's). */
+  readonly architecture: ec2.InstanceArchitecture;
+  /** Fewest hosts the group keeps. */
+  readonly minHosts: number;
+  /** Most hosts the group may have. */
+  readonly maxHosts: number;
+  /** Sandbox slots of one host (HOST_SLOTS; also sizes the SSM command workers). */
+  readonly sandboxSlotsPerHost: number;
+  /**
+   * Ready containers of the default shape each host keeps for creates to claim (WARM_CONTAINERS_PER_HOST).
+   * @default 0 - every create makes its container
+   */
+  readonly warmContainersPerHost?: number;
+  /** Size of each host's root volume (encrypted gp3). */
+  readonly rootVolumeGiB: number;
+  /** Size of each host's sandbox state volume (encrypted gp3): must hold every slot's home and kept /tmp. */
+  readonly stateVolumeGiB: number;
+  /**
+   * Run Spot hosts (a mixed instances policy with capacity rebalancing).
+   * @default - On-Demand hosts of the first instance type only
+   */
+  readonly spot?: HostFleetSpotProps;
+  /**
+   * Stopped, pre-initialised hosts kept ready; needs a single instance type and no Spot.
+   * @default 0 - no warm pool
+   */
+  readonly warmPoolMinSize?: number;
+  /** How long first-boot setup may take before the launch hook abandons the host. */
+  readonly bootTimeoutSeconds: number;
+  /** How long a terminating host may drain (the termination hook's heartbeat timeout). */
+  readonly drainTimeoutSeconds: number;
   /** The VPC and the hosts' security group (no inbound rules). */
   readonly network: SandboxNetwork;
   /** The tables the host daemon reads and writes (hosts, sandboxes, commands, egress log). */
@@ -68,14 +108,13 @@ export class HostFleet extends Construct {
 
   constructor(scope: Construct, id: string, props: HostFleetProps) {
     super(scope, id);
-    const e = props.environment;
-    const h = e.hosts;
+    const envName = props.envName;
     const stack = Stack.of(this);
     const autoScalingGroupName = hostGroupName(this);
 
     this.role = new iam.Role(this, 'Role', {
       assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com'),
-      description: `Ephemeral Sandbox ${e.name}: sandbox host`,
+      description: `Ephemeral Sandbox ${envName}: sandbox host`,
       managedPolicies: [iam.ManagedPolicy.fromAwsManagedPolicyName('AmazonSSMManagedInstanceCore')],
     });
     // A host's SANDBOX_IMAGE (host.env) is fixed when it launches; a deploy that changes the image reaches the hosts
@@ -84,25 +123,25 @@ export class HostFleet extends Construct {
     // functions the new SANDBOX_IMAGE, from the same value, with no custom resource and nothing for placement to skip;
     // a host reads one standard parameter every pass (well within GetParameter's throughput for a fleet).
     this.sandboxImageParameter = new ssm.StringParameter(this, 'SandboxImageParameter', {
-      parameterName: sandboxImageParameterName(e.name),
+      parameterName: sandboxImageParameterName(envName),
       stringValue: props.sandboxImage.imageUri,
-      description: `Ephemeral Sandbox ${e.name}: the sandbox image hosts pre-pull and creates run`,
+      description: `Ephemeral Sandbox ${envName}: the sandbox image hosts pre-pull and creates run`,
     });
     this.grantHostAccess(props, autoScalingGroupName);
 
     const { NODE_OPTIONS: _nodeOptions, ...controlPlaneEnv } = props.controlPlaneEnv;
     const userData = hostUserData({
       region: stack.region,
-      architecture: e.hostArchitecture,
+      architecture: props.architecture,
       hostEnv: {
         // The daemon runs control-plane code (records, slots, storage layout): same settings as the functions.
         ...controlPlaneEnv,
         AWS_REGION: stack.region,
         AWS_DEFAULT_REGION: stack.region,
-        DEPLOYMENT_ENV: e.name,
-        HOST_SLOTS: String(h.sandboxSlotsPerHost),
+        DEPLOYMENT_ENV: envName,
+        HOST_SLOTS: String(props.sandboxSlotsPerHost),
         HOST_LOG_GROUP: props.daemonLogGroup.logGroupName,
-        WARM_CONTAINERS_PER_HOST: String(h.warmContainersPerHost),
+        WARM_CONTAINERS_PER_HOST: String(props.warmContainersPerHost ?? 0),
         COLD_MOUNT_DRIVER: 'mountpoint-s3',
         AUTO_SCALING_GROUP_NAME: autoScalingGroupName,
         LAUNCH_LIFECYCLE_HOOK: launchHookName,
@@ -118,15 +157,15 @@ export class HostFleet extends Construct {
       sandboxImageRegistry: Fn.select(0, Fn.split('/', props.sandboxImage.imageUri)),
       autoScalingGroupName,
       launchHookName,
-      ssmCommandWorkers: ssmCommandWorkersFor(h.sandboxSlotsPerHost),
+      ssmCommandWorkers: ssmCommandWorkersFor(props.sandboxSlotsPerHost),
       stateDevice: stateDeviceName,
     });
 
     this.launchTemplate = new ec2.LaunchTemplate(this, 'LaunchTemplate', {
       machineImage: ec2.MachineImage.latestAmazonLinux2023({
-        cpuType: e.hostArchitecture === ec2.InstanceArchitecture.ARM_64 ? ec2.AmazonLinuxCpuType.ARM_64 : ec2.AmazonLinuxCpuType.X86_64,
+        cpuType: props.architecture === ec2.InstanceArchitecture.ARM_64 ? ec2.AmazonLinuxCpuType.ARM_64 : ec2.AmazonLinuxCpuType.X86_64,
       }),
-      instanceType: new ec2.InstanceType(h.instanceTypes[0]!),
+      instanceType: new ec2.InstanceType(props.instanceTypes[0]!),
       userData,
       role: this.role,
       securityGroup: props.network.hostSecurityGroup,
@@ -140,7 +179,7 @@ export class HostFleet extends Construct {
       blockDevices: [
         {
           deviceName: '/dev/xvda',
-          volume: ec2.BlockDeviceVolume.ebs(h.rootVolumeGiB, {
+          volume: ec2.BlockDeviceVolume.ebs(props.rootVolumeGiB, {
             encrypted: true,
             volumeType: ec2.EbsDeviceVolumeType.GP3,
             deleteOnTermination: true,
@@ -149,7 +188,7 @@ export class HostFleet extends Construct {
         {
           // Sandbox state (each home's own ext4 file system, preallocated): apart from the root, so no sandbox can fill it.
           deviceName: stateDeviceName,
-          volume: ec2.BlockDeviceVolume.ebs(h.stateVolumeGiB, {
+          volume: ec2.BlockDeviceVolume.ebs(props.stateVolumeGiB, {
             encrypted: true,
             volumeType: ec2.EbsDeviceVolumeType.GP3,
             deleteOnTermination: true,
@@ -158,23 +197,24 @@ export class HostFleet extends Construct {
       ],
     });
 
-    const spot = h.spot.enabled;
+    const spot = props.spot;
+    const warmPoolMinSize = props.warmPoolMinSize ?? 0;
     this.autoScalingGroup = new autoscaling.AutoScalingGroup(this, 'Group', {
       autoScalingGroupName,
       vpc: props.network.vpc,
       vpcSubnets: props.network.hostSubnets,
-      minCapacity: h.minHosts,
-      maxCapacity: h.maxHosts,
+      minCapacity: props.minHosts,
+      maxCapacity: props.maxHosts,
       // Only the host daemon protects a host (while it holds sandboxes): an empty host is what scale-in removes.
       newInstancesProtectedFromScaleIn: false,
       ...(spot
         ? {
             mixedInstancesPolicy: {
               launchTemplate: this.launchTemplate,
-              launchTemplateOverrides: h.instanceTypes.map((t) => ({ instanceType: new ec2.InstanceType(t) })),
+              launchTemplateOverrides: props.instanceTypes.map((t) => ({ instanceType: new ec2.InstanceType(t) })),
               instancesDistribution: {
-                onDemandBaseCapacity: h.spot.onDemandBaseCapacity,
-                onDemandPercentageAboveBaseCapacity: h.spot.onDemandPercentageAboveBaseCapacity,
+                onDemandBaseCapacity: spot.onDemandBaseCapacity,
+                onDemandPercentageAboveBaseCapacity: spot.onDemandPercentageAboveBaseCapacity,
                 spotAllocationStrategy: autoscaling.SpotAllocationStrategy.PRICE_CAPACITY_OPTIMIZED,
               },
             },
@@ -187,7 +227,7 @@ export class HostFleet extends Construct {
     });
 
     // On the group (propagated at launch) and in the template's instance tags: SSM's tag condition matches these.
-    const tags = { ...hostTags(e.name), Name: `ephemeral-sandbox-${e.name}-host` };
+    const tags = { ...hostTags(envName), Name: `ephemeral-sandbox-${envName}-host` };
     for (const [key, value] of Object.entries(tags)) {
       Tags.of(this.autoScalingGroup).add(key, value, { applyToLaunchedInstances: true });
       // Above the priority of the construct-path Name the template sets itself.
@@ -200,24 +240,24 @@ export class HostFleet extends Construct {
       {
         lifecycleHookName: launchHookName,
         lifecycleTransition: 'autoscaling:EC2_INSTANCE_LAUNCHING',
-        heartbeatTimeout: h.bootTimeoutSeconds,
+        heartbeatTimeout: props.bootTimeoutSeconds,
         // A host that never reported ready is replaced, not put in service.
         defaultResult: 'ABANDON',
       },
       {
         lifecycleHookName: drainHookName,
         lifecycleTransition: 'autoscaling:EC2_INSTANCE_TERMINATING',
-        heartbeatTimeout: h.drainTimeoutSeconds,
+        heartbeatTimeout: props.drainTimeoutSeconds,
         // Termination goes ahead when draining runs out of time.
         defaultResult: 'CONTINUE',
       },
     ];
 
-    if (h.warmPoolMinSize > 0) {
+    if (warmPoolMinSize > 0) {
       this.autoScalingGroup.addWarmPool({
-        minSize: h.warmPoolMinSize,
+        minSize: warmPoolMinSize,
         // Exactly warmPoolMinSize stopped hosts: without a cap the pool fills up to maxHosts.
-        maxGroupPreparedCapacity: h.minHosts + h.warmPoolMinSize,
+        maxGroupPreparedCapacity: props.minHosts + warmPoolMinSize,
         // Stopped: pay only for EBS while waiting; user data already ran, so a start takes seconds.
         poolState: autoscaling.PoolState.STOPPED,
         // A scaled-in host may hold stale sandbox state: terminate it rather than recycle it.

@@ -6,7 +6,7 @@
  * custom metrics from lambdas/shared/metric-names.ts, the list the code emits.
  * README ("What to watch") says what each alarm means and what to do.
  */
-import { Duration, RemovalPolicy, Stack } from 'aws-cdk-lib';
+import { Duration, type RemovalPolicy, Stack } from 'aws-cdk-lib';
 import * as cw from 'aws-cdk-lib/aws-cloudwatch';
 import { SnsAction } from 'aws-cdk-lib/aws-cloudwatch-actions';
 import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
@@ -22,7 +22,7 @@ import type * as apigw from 'aws-cdk-lib/aws-apigateway';
 import { Construct } from 'constructs';
 import { eventSource } from '../../lambdas/shared/event-types';
 import { metricDefinitions, metricNamespace, metricService, type MetricName } from '../../lambdas/shared/metric-names';
-import type { DeploymentEnvironment } from '../environment';
+import type { EnvironmentSettings } from '../environment';
 
 /** Every alarm evaluates one period of this length. */
 const alarmPeriod = Duration.minutes(5);
@@ -70,9 +70,21 @@ export function hostLogGroup(scope: Construct, id: string, props: { envName: str
   });
 }
 
+/** Each alarm's threshold per 5-minute period (cdk.json `observability.alarms`, documented there). */
+export type AlarmThresholds = Readonly<EnvironmentSettings['observability']['alarms']>;
+
 export interface PlatformAlarmsProps {
-  /** The environment's settings: alarm thresholds and the email subscription, if any. */
-  readonly environment: DeploymentEnvironment;
+  /** The environment's name: the metrics namespace, the dashboard's, the topic's and the key's names. */
+  readonly envName: string;
+  /** What each alarm fires at. */
+  readonly thresholds: AlarmThresholds;
+  /**
+   * Where alarms are mailed (an SNS email subscription its recipient confirms).
+   * @default - no subscription: the topic only
+   */
+  readonly alarmEmail?: string;
+  /** What happens to the topic's KMS key when the stack goes. */
+  readonly removalPolicy: RemovalPolicy;
   /** The REST API whose 5xx rate and p99 latency are watched. */
   readonly restApi: apigw.RestApi;
   /** Every function, by handler name. */
@@ -96,7 +108,7 @@ export interface AlarmSpec {
 /**
  * The alarms (to an SNS topic) and the dashboard of one environment.
  *
- * @example new PlatformAlarms(this, 'Observability', { environment, restApi, functions, reaper, reaperDeadLetterQueue, fleetDeadLetterQueue, tables });
+ * @example new PlatformAlarms(this, 'Observability', { envName, thresholds, removalPolicy, restApi, functions, reaper, reaperDeadLetterQueue, fleetDeadLetterQueue, tables });
  */
 export class PlatformAlarms extends Construct {
   public readonly topic: sns.Topic;
@@ -106,15 +118,14 @@ export class PlatformAlarms extends Construct {
 
   constructor(scope: Construct, id: string, props: PlatformAlarmsProps) {
     super(scope, id);
-    const e = props.environment;
-    const t = e.observability.alarms;
-    this.namespace = metricNamespace(e.name);
+    const t = props.thresholds;
+    this.namespace = metricNamespace(props.envName);
 
     // CloudWatch publishes to an encrypted topic only with a key whose policy lets it.
     const key = new kms.Key(this, 'TopicKey', {
-      description: `Ephemeral Sandbox ${e.name}: alarm topic encryption`,
+      description: `Ephemeral Sandbox ${props.envName}: alarm topic encryption`,
       enableKeyRotation: true,
-      removalPolicy: e.removalPolicy === 'retain' ? RemovalPolicy.RETAIN : RemovalPolicy.DESTROY,
+      removalPolicy: props.removalPolicy,
     });
     key.addToResourcePolicy(
       new iam.PolicyStatement({
@@ -124,8 +135,8 @@ export class PlatformAlarms extends Construct {
         conditions: { StringEquals: { 'aws:SourceAccount': Stack.of(this).account } },
       }),
     );
-    this.topic = new sns.Topic(this, 'AlarmTopic', { displayName: `Ephemeral Sandbox ${e.name} alarms`, masterKey: key, enforceSSL: true });
-    if (e.observability.alarmEmail) this.topic.addSubscription(new subscriptions.EmailSubscription(e.observability.alarmEmail));
+    this.topic = new sns.Topic(this, 'AlarmTopic', { displayName: `Ephemeral Sandbox ${props.envName} alarms`, masterKey: key, enforceSSL: true });
+    if (props.alarmEmail) this.topic.addSubscription(new subscriptions.EmailSubscription(props.alarmEmail));
 
     // API Gateway: what callers see.
     const api5xxRate = new cw.MathExpression({
@@ -233,10 +244,9 @@ export class PlatformAlarms extends Construct {
   }
 
   private buildDashboard(props: PlatformAlarmsProps): cw.Dashboard {
-    const e = props.environment;
     const graph = (title: string, left: cw.IMetric[], width = 8) => new cw.GraphWidget({ title, left, width, height: 6 });
     const fns = [...props.functions.values()];
-    const dashboard = new cw.Dashboard(this, 'Dashboard', { dashboardName: `ephemeral-sandbox-${e.name}`, defaultInterval: Duration.hours(3) });
+    const dashboard = new cw.Dashboard(this, 'Dashboard', { dashboardName: `ephemeral-sandbox-${props.envName}`, defaultInterval: Duration.hours(3) });
     dashboard.addWidgets(
       new cw.AlarmStatusWidget({ title: 'Alarms', alarms: this.alarms.map((a) => a.alarm), width: 24, height: 4 }),
     );

@@ -18,11 +18,33 @@ import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
 import { binaryMediaTypes, gatewayResponses, gatewayResponseTemplate, integrationTimeoutSeconds } from '../../lambdas/shared/gateway';
 import type { Route } from '../../lambdas/shared/routes';
-import type { DeploymentEnvironment } from '../environment';
 
 export interface SandboxApiProps {
-  /** The environment's settings: stage name, throttling, usage plan, authorizer cache, CORS. */
-  readonly environment: DeploymentEnvironment;
+  /** The environment's name, in the API's, the usage plan's and the default key's names. */
+  readonly envName: string;
+  /** The one stage, and the last segment of the base URL. */
+  readonly stageName: string;
+  /** Per-key (usage plan) steady-state requests per second. */
+  readonly throttleRateLimit: number;
+  /** Per-key (usage plan) burst; at least the rate limit. */
+  readonly throttleBurstLimit: number;
+  /**
+   * Per-key requests per day; 0 is no quota either.
+   * @default - no quota
+   */
+  readonly quotaPerDay?: number;
+  /**
+   * How long the authorizer's answer for a key is cached; 0 turns caching off.
+   * @default 0
+   */
+  readonly authorizerCacheSeconds?: number;
+  /**
+   * Execution logging of the stage; anything but OFF also sets up the account's API Gateway logging role.
+   * @default 'OFF'
+   */
+  readonly executionLogLevel?: 'OFF' | 'ERROR' | 'INFO';
+  /** How long the access logs are kept. */
+  readonly accessLogRetention: logs.RetentionDays;
   /** What happens to the access log group when the stack goes. */
   readonly removalPolicy: RemovalPolicy;
 }
@@ -43,19 +65,20 @@ export class SandboxApi extends Construct {
 
   constructor(scope: Construct, id: string, props: SandboxApiProps) {
     super(scope, id);
-    const e = props.environment;
     const stack = Stack.of(this);
-    this.authorizerCacheSeconds = e.api.authorizerCacheSeconds;
+    this.authorizerCacheSeconds = props.authorizerCacheSeconds ?? 0;
+    const executionLogLevel = props.executionLogLevel ?? 'OFF';
+    const quotaPerDay = props.quotaPerDay ?? 0;
 
     const accessLogs = new logs.LogGroup(this, 'AccessLogs', {
-      retention: e.logRetentionDays as logs.RetentionDays,
+      retention: props.accessLogRetention,
       removalPolicy: props.removalPolicy,
     });
-    const executionLogging = e.api.executionLogLevel !== 'OFF';
+    const executionLogging = executionLogLevel !== 'OFF';
 
     this.restApi = new apigw.RestApi(this, 'Api', {
-      restApiName: `ephemeral-sandbox-${e.name}`,
-      description: `Ephemeral Sandbox control plane (${e.name})`,
+      restApiName: `ephemeral-sandbox-${props.envName}`,
+      description: `Ephemeral Sandbox control plane (${props.envName})`,
       endpointTypes: [apigw.EndpointType.REGIONAL],
       apiKeySourceType: apigw.ApiKeySourceType.AUTHORIZER,
       // File bytes pass as binary (base64 to and from the handlers); the local gateway decides with the same list.
@@ -64,7 +87,7 @@ export class SandboxApi extends Construct {
       cloudWatchRole: executionLogging,
       ...(executionLogging ? { cloudWatchRoleRemovalPolicy: RemovalPolicy.RETAIN } : {}),
       deployOptions: {
-        stageName: e.api.stageName,
+        stageName: props.stageName,
         // X-Ray from the gateway on: a trace follows a request into its handler.
         tracingEnabled: true,
         accessLogDestination: new apigw.LogGroupLogDestination(accessLogs),
@@ -87,14 +110,14 @@ export class SandboxApi extends Construct {
           }),
         ),
         metricsEnabled: true,
-        loggingLevel: executionLogging ? apigw.MethodLoggingLevel[e.api.executionLogLevel] : apigw.MethodLoggingLevel.OFF,
+        loggingLevel: executionLogging ? apigw.MethodLoggingLevel[executionLogLevel] : apigw.MethodLoggingLevel.OFF,
         // Request and response bodies carry sandbox output and caller secrets: never logged.
         dataTraceEnabled: false,
       },
     });
     // The stack's ApiUrl output replaces the generic one RestApi adds.
     this.restApi.node.tryRemoveChild('Endpoint');
-    this.url = `https://${this.restApi.restApiId}.execute-api.${stack.region}.${stack.urlSuffix}/${e.api.stageName}`;
+    this.url = `https://${this.restApi.restApiId}.execute-api.${stack.region}.${stack.urlSuffix}/${props.stageName}`;
 
     // The gateway's own answers come from the table the local gateway reads too.
     for (const r of gatewayResponses) {
@@ -116,15 +139,15 @@ export class SandboxApi extends Construct {
     });
 
     this.usagePlan = this.restApi.addUsagePlan('TenantPlan', {
-      name: `ephemeral-sandbox-${e.name}-tenant`,
+      name: `ephemeral-sandbox-${props.envName}-tenant`,
       description: 'Per-tenant throttling and quota: the authorizer returns a key of this plan as usageIdentifierKey',
-      throttle: { rateLimit: e.api.throttleRateLimit, burstLimit: e.api.throttleBurstLimit },
-      ...(e.api.quotaPerDay > 0 ? { quota: { limit: e.api.quotaPerDay, period: apigw.Period.DAY } } : {}),
+      throttle: { rateLimit: props.throttleRateLimit, burstLimit: props.throttleBurstLimit },
+      ...(quotaPerDay > 0 ? { quota: { limit: quotaPerDay, period: apigw.Period.DAY } } : {}),
     });
     this.usagePlan.addApiStage({ stage: this.restApi.deploymentStage });
     // API Gateway generates the value; the key-management CLI reads it (GetApiKey includeValue) into tenant key records.
     this.defaultUsageKey = new apigw.ApiKey(this, 'DefaultUsageKey', {
-      description: `Ephemeral Sandbox ${e.name}: default usage-plan key for tenants without their own`,
+      description: `Ephemeral Sandbox ${props.envName}: default usage-plan key for tenants without their own`,
       enabled: true,
     });
     this.usagePlan.addApiKey(this.defaultUsageKey);
