@@ -34,6 +34,7 @@ import { DockerApiError, DockerClient } from './docker';
 import { blockedIpv4Ranges, readEgressPolicy } from './egress/policy';
 import { HostAgentError } from './errors';
 import { containerLabels, ownerLabelValue } from './protocol';
+import { sandboxIdPattern } from './ids';
 
 const run = promisify(execFile);
 
@@ -42,7 +43,6 @@ export const blockedIpv6Ranges = ['fd00:ec2::254/128'];
 
 const iccOption = 'com.docker.network.bridge.enable_icc';
 const bridgeNameOption = 'com.docker.network.bridge.name';
-const sandboxIdPattern = /^sbx-[a-z0-9]{20}$/;
 /** Port of the sandbox resolver on the gateway. */
 export const resolverPort = 53;
 

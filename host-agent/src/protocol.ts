@@ -13,6 +13,7 @@
  * alphabet plus `/` and `.`); the host-agent fetches and deletes it.
  */
 import * as z from 'zod';
+import { commandIdPattern } from './ids';
 import { egressPolicySchema, type EgressPolicy } from './egress/policy';
 
 export const hostVerbs = ['create', 'destroy', 'pause', 'resume', 'sync', 'status', 'network', 'run', 'kill', 'stdin', 'drain', 'files'] as const;
@@ -102,7 +103,7 @@ export const createRequest = z.object({
 });
 export type CreateRequest = z.input<typeof createRequest>;
 
-export const commandIdPattern = /^[A-Za-z0-9_-]{1,64}$/;
+export { commandIdPattern };
 const commandId = z.string().regex(commandIdPattern);
 
 /**

@@ -39,6 +39,7 @@ import { containerSpec, sandboxColdMount, sandboxHome, sandboxIoMount, tmpSizeMb
 import { DockerApiError, type DockerClient } from './docker';
 import { containerLabels, ownerLabelValue } from './protocol';
 import { mountsUnder } from './sandbox-storage';
+import { sandboxIdPattern } from './ids';
 
 const run = promisify(execFile);
 
@@ -46,7 +47,6 @@ const run = promisify(execFile);
 export const poolLabel = 'dev.ephemeral-sandbox.pool';
 /** Pool containers are named `sbxpool-<id>` until a claim renames them to their sandbox's id. */
 export const poolNamePrefix = 'sbxpool-';
-const sandboxIdPattern = /^sbx-[a-z0-9]{20}$/;
 
 /** The pool's shape and depth, from the host's environment (the control plane's defaults). */
 export interface PoolSettings {

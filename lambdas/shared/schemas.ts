@@ -4,12 +4,13 @@
  */
 import * as z from 'zod';
 import { egressPolicySchema, readEgressPolicy } from '../../host-agent/src/egress/policy';
-import { commandIdPattern, minHomeDiskMb } from '../../host-agent/src/protocol';
+import { commandIdPattern, sandboxIdPattern } from '../../host-agent/src/ids';
+import { minHomeDiskMb } from '../../host-agent/src/protocol';
 import { sandboxStatuses } from './sandbox-state';
 import type { ControlPlaneConfig } from './config';
 import type { SandboxNetworkConfig } from './sandbox-record';
 
-export const sandboxIdPattern = /^sbx-[a-z0-9]{20}$/;
+export { sandboxIdPattern };
 const envKey = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'must be a valid environment variable name');
 const envMap = z
   .record(envKey, z.string().max(32_768))

@@ -21,8 +21,8 @@ import {
   type CompiledAllowlist,
   type EgressPolicy,
 } from './policy';
+import { sandboxIdPattern } from '../ids';
 
-const sandboxIdPattern = /^sbx-[a-z0-9]{20}$/;
 
 export type EgressKind = 'dns' | 'address' | 'sni' | 'http_host';
 
