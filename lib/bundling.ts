@@ -23,6 +23,7 @@ export const handlerMainFields = ['module', 'main'];
  */
 export const handlerAlias: Record<string, string> = {
   '@aws-sdk/credential-provider-node': join(repoRoot, 'lambdas', 'shared', 'bundle-aliases', 'credential-provider-env-only.ts'),
+  semver: join(repoRoot, 'lambdas', 'shared', 'bundle-aliases', 'semver-gte-only.ts'),
 };
 
 /** A Lambda handler as NodejsFunction bundles it: minified ESM for Node 22, SDK v3 bundled in. */
