@@ -155,8 +155,10 @@ export function readEgressPolicy(value: unknown): { ok: true; policy: EgressPoli
  * The zod form of readEgressPolicy, for request schemas on both sides.
  *
  * @example egressPolicySchema.parse({ allow: ['API.github.com', '203.0.113.7/24'] }) // { allow: ['api.github.com', '203.0.113.0/24'] }
+ *
+ * Marked pure: bundles that never validate a policy drop it (lambdas/shared/schemas.ts says why).
  */
-export const egressPolicySchema = z.unknown().transform((value, ctx): EgressPolicy => {
+export const egressPolicySchema = /* @__PURE__ */ z.unknown().transform((value, ctx): EgressPolicy => {
   const read = readEgressPolicy(value);
   if (read.ok) return read.policy;
   ctx.addIssue({ code: 'custom', path: read.path, message: read.message });

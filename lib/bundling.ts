@@ -16,6 +16,16 @@ export const esmRequireBanner =
 export const handlerTarget = 'node22';
 export const handlerMainFields = ['module', 'main'];
 
+/**
+ * Modules the Lambda bundles replace (package -> stand-in), so cold starts do
+ * not load what never runs in a function; each stand-in says why it is safe.
+ * The CDK bundling (handler-bundling.ts) passes the same map to esbuild.
+ */
+export const handlerAlias: Record<string, string> = {
+  '@aws-sdk/credential-provider-node': join(repoRoot, 'lambdas', 'shared', 'bundle-aliases', 'credential-provider-env-only.ts'),
+  semver: join(repoRoot, 'lambdas', 'shared', 'bundle-aliases', 'semver-gte-only.ts'),
+};
+
 /** A Lambda handler as NodejsFunction bundles it: minified ESM for Node 22, SDK v3 bundled in. */
 export function handlerBuildOptions(entry: string, outfile: string): BuildOptions {
   return {
@@ -27,6 +37,7 @@ export function handlerBuildOptions(entry: string, outfile: string): BuildOption
     target: handlerTarget,
     mainFields: handlerMainFields,
     banner: { js: esmRequireBanner },
+    alias: handlerAlias,
     minify: true,
     sourcemap: true,
     sourcesContent: false,

@@ -4,7 +4,7 @@
  * the sizes the report prints are the sizes that deploy.
  */
 import { OutputFormat, type BundlingOptions } from 'aws-cdk-lib/aws-lambda-nodejs';
-import { esmRequireBanner, handlerMainFields, handlerTarget } from './bundling';
+import { esmRequireBanner, handlerAlias, handlerMainFields, handlerTarget } from './bundling';
 
 /** NodejsFunction bundling: local esbuild (no Docker), minified ESM, SDK v3 bundled in. */
 export const handlerBundling: BundlingOptions = {
@@ -19,4 +19,6 @@ export const handlerBundling: BundlingOptions = {
   // Bundle the SDK: the runtime's copy is a different version, and bundling only the clients we use starts faster.
   bundleAwsSDK: true,
   forceDockerBundling: false,
+  // The stand-ins of bundling.ts's handlerAlias (NodejsFunction has no alias option of its own).
+  esbuildArgs: { '--alias': Object.entries(handlerAlias).map(([pkg, file]) => `${pkg}=${file}`) },
 };

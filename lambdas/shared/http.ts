@@ -14,7 +14,8 @@ import { maxBodyBytes, routes } from './routes';
 import { dependencyDown } from './dependencies';
 import { withCallDeadline } from './clients/deadline';
 import { handlerBudgetSeconds, integrationTimeoutSeconds } from './gateway';
-import { commandIdSchema, sandboxIdSchema } from './schemas';
+// The path ids are checked with plain patterns: the zod schemas (schemas.ts) would load zod into handlers that parse no body.
+import { commandIdPattern, sandboxIdPattern } from '../../contract/ids';
 import { span } from './timing';
 
 /** Who is calling, as the authorizer established it. */
@@ -123,12 +124,12 @@ function toRequest(event: APIGatewayProxyEvent, principal: Principal, context: C
     header: (name) => headers.get(name.toLowerCase()),
     sandboxId: () => {
       const id = event.pathParameters?.id;
-      if (!id || !sandboxIdSchema.safeParse(id).success) throw new ApiError(404, 'not_found', `sandbox ${String(id).slice(0, 64)} not found`);
+      if (!id || !sandboxIdPattern.test(id)) throw new ApiError(404, 'not_found', `sandbox ${String(id).slice(0, 64)} not found`);
       return id;
     },
     commandId: () => {
       const id = event.pathParameters?.command_id;
-      if (!id || !commandIdSchema.safeParse(id).success) throw new ApiError(404, 'not_found', `command ${String(id).slice(0, 64)} not found`);
+      if (!id || !commandIdPattern.test(id)) throw new ApiError(404, 'not_found', `command ${String(id).slice(0, 64)} not found`);
       return id;
     },
     deadline: handlerDeadline(context, event.requestContext?.requestTimeEpoch),
@@ -201,7 +202,7 @@ export function apiHandler(fn: Fn, options: { auth?: 'required' | 'none' } = {})
       before: async (request) => {
         // Only an id that can be one (never caller text of any length) goes on the lines.
         const id = request.event.pathParameters?.id;
-        if (id && sandboxIdSchema.safeParse(id).success) logger.appendKeys({ sandbox_id: id });
+        if (id && sandboxIdPattern.test(id)) logger.appendKeys({ sandbox_id: id });
       },
       // Registered after the metrics middleware, so this runs first on the way out and its metric is in the flush.
       after: async (request) => {

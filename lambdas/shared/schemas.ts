@@ -1,34 +1,38 @@
 /**
  * Request schemas (zod): they validate every body, query string and path id,
  * type the handlers, and name the offending field in every 400.
+ *
+ * Each top-level schema is marked `/* @__PURE__ *\/`: a handler's bundle keeps
+ * only the schemas it uses (esbuild drops unused pure calls), instead of
+ * building every route's schemas at each cold start. A schema's outermost
+ * call must take no argument with a call in it (`.strict()`, `.regex(re)`),
+ * or esbuild keeps it anyway.
  */
 import * as z from 'zod';
 import { egressPolicySchema, readEgressPolicy } from '../../contract/egress-policy';
 import { minHomeDiskMb } from '../../contract/host-protocol';
-import { commandIdPattern, envKeyPattern, sandboxIdPattern, userIdPattern } from '../../contract/ids';
+import { commandIdPattern, envKeyPattern, userIdPattern } from '../../contract/ids';
 import { sandboxStatuses } from './sandbox-state';
 import type { ControlPlaneConfig } from './config';
 import type { SandboxNetworkConfig } from './sandbox-record';
 
-const envKey = z.string().regex(envKeyPattern, 'must be a valid environment variable name');
-const envMap = z
+const envKey = /* @__PURE__ */ z.string().regex(envKeyPattern, 'must be a valid environment variable name');
+const envMap = /* @__PURE__ */ z
   .record(envKey, z.string().max(32_768))
   .refine((m) => Object.keys(m).length <= 64, 'at most 64 entries')
   .refine((m) => Object.values(m).every((v) => !v.includes('\0')), 'values must not contain NUL');
 /** Names the platform sets in every sandbox; callers cannot override them. */
 const reservedEnvKeys = ['SANDBOX_ID', 'SANDBOX_API_URL', 'SANDBOX_TOKEN', 'HOME', 'USER'] as const;
 
-export const userIdSchema = z
+export const userIdSchema = /* @__PURE__ */ z
   .string()
   .regex(userIdPattern, 'must be 1-128 characters of letters, digits and ._@=- starting with a letter or digit');
-
-export const sandboxIdSchema = z.string().regex(sandboxIdPattern, 'must look like sbx-<20 lowercase letters or digits>');
 
 /**
  * `config.network`: "none" (no network at all), "bridge" (the internet under
  * allow_all, as before egress policies), or {"egress": <policy>}.
  */
-export const networkConfigSchema = z.unknown().transform((value, ctx): SandboxNetworkConfig => {
+export const networkConfigSchema = /* @__PURE__ */ z.unknown().transform((value, ctx): SandboxNetworkConfig => {
   if (value === 'bridge' || value === 'none') return value;
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
     ctx.addIssue({ code: 'custom', message: 'must be "none", "bridge" or {"egress": "allow_all" | "deny_all" | {"allow": [...]}}' });
@@ -74,27 +78,27 @@ export function createSandboxBody(limits: ControlPlaneConfig['limits']) {
 }
 export type CreateSandboxBody = z.infer<ReturnType<typeof createSandboxBody>>;
 
-const commandText = z.string().min(1).max(200_000).refine((c) => !c.includes('\0'), 'must not contain NUL');
-const cwdSchema = z
+const commandText = /* @__PURE__ */ z.string().min(1).max(200_000).refine((c) => !c.includes('\0'), 'must not contain NUL');
+const cwdSchema = /* @__PURE__ */ z
   .string()
   .min(1)
   .max(4096)
   .regex(/^\/[^\0]*$/, 'must be an absolute path');
-const commandUser = z
+const commandUser = /* @__PURE__ */ z
   .string()
   .regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'must be a valid user name')
   // Sandboxes never run anything as root, not even root without capabilities.
   .refine((u) => u !== 'root', 'must not be root: commands run as a non-root user (default agent)')
   .default('agent');
 /** Initial stdin: text, at most 192 KiB (the body is at most 256 KiB). */
-const stdinText = z.string().max(192 * 1024).refine((d) => Buffer.byteLength(d, 'utf8') <= 192 * 1024, 'must be at most 196608 bytes of UTF-8');
+const stdinText = /* @__PURE__ */ z.string().max(192 * 1024).refine((d) => Buffer.byteLength(d, 'utf8') <= 192 * 1024, 'must be at most 196608 bytes of UTF-8');
 /** Seconds a call may wait for a change (API Gateway ends every call at 29 s). */
-const waitSeconds = z.coerce.number().min(0).max(20).default(0);
+const waitSeconds = /* @__PURE__ */ z.coerce.number().min(0).max(20).default(0);
 
-export const commandIdSchema = z.string().regex(commandIdPattern, 'must be 1-64 characters of letters, digits, _ and -');
+const commandIdSchema = /* @__PURE__ */ z.string().regex(commandIdPattern, 'must be 1-64 characters of letters, digits, _ and -');
 
 /** POST /sandboxes/{id}/exec: start a command and wait for it (up to about 25 s). */
-export const execBody = z
+export const execBody = /* @__PURE__ */ z
   .object({
     command: commandText,
     timeout: z.number().int().min(1).max(600).default(30),
@@ -107,7 +111,7 @@ export const execBody = z
 export type ExecBody = z.infer<typeof execBody>;
 
 /** POST /sandboxes/{id}/commands: start a command that outlives the request. */
-export const startCommandBody = z
+export const startCommandBody = /* @__PURE__ */ z
   .object({
     command: commandText,
     cwd: cwdSchema.optional(),
@@ -124,7 +128,7 @@ export const startCommandBody = z
 export type StartCommandBody = z.infer<typeof startCommandBody>;
 
 /** GET /sandboxes/{id}/commands/{command_id} */
-export const commandQuery = z
+export const commandQuery = /* @__PURE__ */ z
   .object({
     stdout_offset: z.coerce.number().int().min(0).max(Number.MAX_SAFE_INTEGER).default(0),
     stderr_offset: z.coerce.number().int().min(0).max(Number.MAX_SAFE_INTEGER).default(0),
@@ -133,16 +137,16 @@ export const commandQuery = z
   .strict();
 
 /** GET /sandboxes/{id}/commands */
-export const listCommandsQuery = z
+export const listCommandsQuery = /* @__PURE__ */ z
   .object({
     limit: z.coerce.number().int().min(1).max(100).default(50),
     next_token: z.string().max(2048).regex(/^[A-Za-z0-9_-]+$/, 'is not a valid page token').optional(),
   })
   .strict();
 
-export const killCommandBody = z.object({ signal: z.enum(['TERM', 'KILL']).default('KILL') }).strict();
+export const killCommandBody = /* @__PURE__ */ z.object({ signal: z.enum(['TERM', 'KILL']).default('KILL') }).strict();
 
-export const commandStdinBody = z
+export const commandStdinBody = /* @__PURE__ */ z
   .object({
     data: stdinText,
     offset: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
@@ -151,9 +155,9 @@ export const commandStdinBody = z
   .strict();
 
 /** GET /sandboxes/{id}?wait=S: wait up to S seconds for a change of status. */
-export const getSandboxQuery = z.object({ wait: waitSeconds }).strict();
+export const getSandboxQuery = /* @__PURE__ */ z.object({ wait: waitSeconds }).strict();
 
-export const listQuery = z
+export const listQuery = /* @__PURE__ */ z
   .object({
     user_id: userIdSchema.optional(),
     status: z.enum(sandboxStatuses).optional(),
@@ -163,12 +167,12 @@ export const listQuery = z
   .strict();
 
 /** PUT /sandboxes/{id}/network */
-export const networkBody = z.object({ egress: egressPolicySchema }).strict();
+export const networkBody = /* @__PURE__ */ z.object({ egress: egressPolicySchema }).strict();
 
 /** GET /sandboxes/{id}/network/log */
-export const egressLogQuery = z.object({ limit: z.coerce.number().int().min(1).max(500).default(100) }).strict();
+export const egressLogQuery = /* @__PURE__ */ z.object({ limit: z.coerce.number().int().min(1).max(500).default(100) }).strict();
 
-export const destroyQuery = z
+export const destroyQuery = /* @__PURE__ */ z
   .object({ graceful: z.enum(['true', 'false']).default('true') })
   .strict();
 
@@ -196,13 +200,13 @@ function unstorable(value: unknown, depth: number): string | undefined {
 }
 
 /** A JSON object kept on the sandbox record (complete's result, error's details). */
-const storedObject = z.record(z.string(), z.unknown()).superRefine((value, ctx) => {
+const storedObject = /* @__PURE__ */ z.record(z.string(), z.unknown()).superRefine((value, ctx) => {
   const problem = unstorable(value, 1);
   if (problem) ctx.addIssue({ code: 'custom', message: problem });
 });
 
-export const completeBody = z.object({ result: storedObject.optional() }).strict();
-export const errorBody = z
+export const completeBody = /* @__PURE__ */ z.object({ result: storedObject.optional() }).strict();
+export const errorBody = /* @__PURE__ */ z
   .object({ error: z.string().min(1).max(4096), details: storedObject.optional() })
   .strict();
 /** Refreshes the idle timer; may change the idle timeout and the TTL (never past the configured cap). */
@@ -219,27 +223,27 @@ export function timeoutBody(limits: ControlPlaneConfig['limits']) {
  * Files. A path is absolute or relative to /home/agent; file-paths.ts checks
  * the rest (NUL, length, well-formed Unicode) and names the field in the 400.
  */
-const pathText = z.string();
-const flag = z.enum(['true', 'false']).transform((v) => v === 'true');
+const pathText = /* @__PURE__ */ z.string();
+const flag = /* @__PURE__ */ z.enum(['true', 'false']).transform((v) => v === 'true');
 /** Permission bits as octal digits (e.g. 0644, 755): a number would be read as decimal. */
-const octalMode = z
+const octalMode = /* @__PURE__ */ z
   .string()
   .regex(/^[0-7]{3,4}$/, 'must be 3 or 4 octal digits, e.g. 0644')
   .transform((m) => Number.parseInt(m, 8));
-const sha256Text = z
+const sha256Text = /* @__PURE__ */ z
   .string()
   .regex(/^[0-9a-fA-F]{64}$/, 'must be 64 hex digits')
   .transform((h) => h.toLowerCase());
-const pageToken = z.string().max(16_384).regex(/^[A-Za-z0-9_-]+$/, 'is not a valid page token');
+const pageToken = /* @__PURE__ */ z.string().max(16_384).regex(/^[A-Za-z0-9_-]+$/, 'is not a valid page token');
 
 /** GET /sandboxes/{id}/files, GET .../files/stat, GET /users/{user_id}/home/files */
-export const filePathQuery = z.object({ path: pathText }).strict();
+export const filePathQuery = /* @__PURE__ */ z.object({ path: pathText }).strict();
 /** PUT /sandboxes/{id}/files */
-export const writeFileQuery = z.object({ path: pathText, mode: octalMode.optional(), mkdirs: flag.default(false) }).strict();
+export const writeFileQuery = /* @__PURE__ */ z.object({ path: pathText, mode: octalMode.optional(), mkdirs: flag.default(false) }).strict();
 /** DELETE /sandboxes/{id}/files */
-export const deleteFileQuery = z.object({ path: pathText, recursive: flag.default(false) }).strict();
+export const deleteFileQuery = /* @__PURE__ */ z.object({ path: pathText, recursive: flag.default(false) }).strict();
 /** GET /sandboxes/{id}/files/list, GET /users/{user_id}/home/files/list */
-export const listFilesQuery = z
+export const listFilesQuery = /* @__PURE__ */ z
   .object({
     path: pathText.optional(),
     recursive: flag.default(false),
@@ -249,11 +253,11 @@ export const listFilesQuery = z
   .strict();
 export type ListFilesQuery = z.infer<typeof listFilesQuery>;
 /** POST /sandboxes/{id}/files/mkdir */
-export const mkdirBody = z.object({ path: pathText, parents: z.boolean().default(false) }).strict();
+export const mkdirBody = /* @__PURE__ */ z.object({ path: pathText, parents: z.boolean().default(false) }).strict();
 /** POST /sandboxes/{id}/files/move */
-export const moveBody = z.object({ from: pathText, to: pathText, overwrite: z.boolean().default(false) }).strict();
+export const moveBody = /* @__PURE__ */ z.object({ from: pathText, to: pathText, overwrite: z.boolean().default(false) }).strict();
 /** POST /sandboxes/{id}/files/upload */
-export const uploadBody = z
+export const uploadBody = /* @__PURE__ */ z
   .object({
     path: pathText,
     sha256: sha256Text.optional(),
@@ -265,9 +269,9 @@ export const uploadBody = z
   .refine((b) => b.extract === undefined || b.mode === undefined, { message: 'mode applies to a file; an archive keeps the modes it holds', path: ['mode'] });
 export type UploadBody = z.infer<typeof uploadBody>;
 /** POST /sandboxes/{id}/files/download */
-export const downloadBody = z.object({ path: pathText, archive: z.literal('tar.gz').optional() }).strict();
+export const downloadBody = /* @__PURE__ */ z.object({ path: pathText, archive: z.literal('tar.gz').optional() }).strict();
 export type DownloadBody = z.infer<typeof downloadBody>;
 /** GET /sandboxes/{id}/files/download/{download_id}, POST .../upload/{upload_id}/complete */
-export const transferQuery = z.object({ wait: waitSeconds }).strict();
+export const transferQuery = /* @__PURE__ */ z.object({ wait: waitSeconds }).strict();
 /** POST /users/{user_id}/home/files/download */
-export const homeDownloadBody = z.object({ path: pathText }).strict();
+export const homeDownloadBody = /* @__PURE__ */ z.object({ path: pathText }).strict();
