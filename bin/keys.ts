@@ -216,7 +216,12 @@ export function localTarget(stateFile = defaultStateFile(), isAlive = pidAlive):
     throw new KeysCliError(`the local stack that wrote ${stateFile} (pid ${state.pid}) is no longer running: start it again with \`npm start\``);
   }
   const credentials = state?.credentials;
-  if (typeof state?.dynamodbEndpoint !== 'string' || typeof table !== 'string' || typeof credentials?.accessKeyId !== 'string' || typeof credentials.secretAccessKey !== 'string') {
+  if (
+    typeof state?.dynamodbEndpoint !== 'string' ||
+    typeof table !== 'string' ||
+    typeof credentials?.accessKeyId !== 'string' ||
+    typeof credentials.secretAccessKey !== 'string'
+  ) {
     throw new KeysCliError(`${stateFile} lacks dynamodbEndpoint, credentials or tables.API_KEYS_TABLE; restart \`npm start\` to rewrite it`);
   }
   return {
@@ -287,7 +292,9 @@ export async function deployedTarget(
     const outputs = await readOutputs(stateful, region);
     table = outputs[apiKeysTableOutput];
     if (!table) {
-      throw new KeysCliError(`stack ${stateful} has no output ${apiKeysTableOutput} (outputs: ${Object.keys(outputs).join(', ') || 'none'}); pass --table <name>`);
+      throw new KeysCliError(
+        `stack ${stateful} has no output ${apiKeysTableOutput} (outputs: ${Object.keys(outputs).join(', ') || 'none'}); pass --table <name>`,
+      );
     }
   }
   return { stage: cmd.stage, table, region, env: {}, unset: [], description: `stage ${cmd.stage} (${region}, table ${table})` };
@@ -298,7 +305,12 @@ export async function deployedTarget(
  * reused), whose value the authorizer returns as usageIdentifierKey, so
  * throttling and quota count per tenant.
  */
-export async function tenantUsageKey(stage: string, tenantId: string, region: string, readOutputs: StackOutputsReader = cloudFormationOutputs): Promise<string> {
+export async function tenantUsageKey(
+  stage: string,
+  tenantId: string,
+  region: string,
+  readOutputs: StackOutputsReader = cloudFormationOutputs,
+): Promise<string> {
   const { service } = await stageStackNames(stage);
   const planId = (await readOutputs(service, region)).UsagePlanId;
   if (!planId) throw new KeysCliError(`stack ${service} has no output UsagePlanId; pass --usage-key <value> instead`);
@@ -333,7 +345,14 @@ function keyState(k: Omit<ApiKeyRecord, 'key_hash'>, now: number): 'active' | 'r
 
 function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
+  return rows
+    .map((r) =>
+      r
+        .map((c, i) => c.padEnd(widths[i]!))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
 }
 
 export interface KeysIo {

@@ -49,12 +49,12 @@ function parseCidr(text: string): Cidr | undefined {
 }
 
 function cidrContains(cidr: Cidr, ip: string): boolean {
-  return ((ipv4ToInt(ip) & maskOf(cidr.prefix)) >>> 0) === cidr.base;
+  return (ipv4ToInt(ip) & maskOf(cidr.prefix)) >>> 0 === cidr.base;
 }
 
 function overlaps(a: Cidr, b: Cidr): boolean {
   const prefix = Math.min(a.prefix, b.prefix);
-  return ((a.base & maskOf(prefix)) >>> 0) === ((b.base & maskOf(prefix)) >>> 0);
+  return (a.base & maskOf(prefix)) >>> 0 === (b.base & maskOf(prefix)) >>> 0;
 }
 
 const neverReachable = [...blockedIpv4Ranges, ...reservedIpv4Ranges].map((r) => parseCidr(r)!);
@@ -134,7 +134,8 @@ export function readEgressPolicy(value: unknown): { ok: true; policy: EgressPoli
     return { ok: false, path: [], message: 'must be "allow_all", "deny_all" or {"allow": [...]}' };
   }
   const extra = Object.keys(value).filter((k) => k !== 'allow');
-  if (extra.length > 0) return { ok: false, path: [], message: `unknown field${extra.length > 1 ? 's' : ''} ${extra.join(', ')}; an allowlist is {"allow": [...]}` };
+  if (extra.length > 0)
+    return { ok: false, path: [], message: `unknown field${extra.length > 1 ? 's' : ''} ${extra.join(', ')}; an allowlist is {"allow": [...]}` };
   const allow = (value as { allow?: unknown }).allow;
   if (!Array.isArray(allow)) return { ok: false, path: ['allow'], message: 'must be an array of names, "*.domain" wildcards and IPv4 CIDRs' };
   if (allow.length > maxAllowEntries) return { ok: false, path: ['allow'], message: `at most ${maxAllowEntries} entries` };

@@ -209,7 +209,10 @@ export const maxFilePathBytes = 4096;
 const filePath = z
   .string()
   .min(1)
-  .refine((p) => p.startsWith('/') && !p.includes('\0') && Buffer.byteLength(p) <= maxFilePathBytes, 'must be an absolute path without NUL, at most 4096 bytes');
+  .refine(
+    (p) => p.startsWith('/') && !p.includes('\0') && Buffer.byteLength(p) <= maxFilePathBytes,
+    'must be an absolute path without NUL, at most 4096 bytes',
+  );
 const fileMode = z.number().int().min(0).max(0o7777);
 const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/);
 /** The largest single object S3 takes in one PUT (a presigned upload is one PUT). */
@@ -498,9 +501,7 @@ export type HostResults = {
  */
 export const hostErrorCodes = ['bad_request', 'not_found', 'quota_exceeded', 'docker_error', 'storage_error', 'unavailable', 'internal_error'] as const;
 export type HostErrorCode = (typeof hostErrorCodes)[number];
-export type HostEnvelope<V extends HostVerb> =
-  | { ok: true; result: HostResults[V] }
-  | { ok: false; error: { code: HostErrorCode; message: string } };
+export type HostEnvelope<V extends HostVerb> = { ok: true; result: HostResults[V] } | { ok: false; error: { code: HostErrorCode; message: string } };
 
 export function encodeInline(request: unknown): string {
   return 'b64:' + Buffer.from(JSON.stringify(request), 'utf8').toString('base64url');

@@ -20,16 +20,31 @@ export const handler = apiHandler(async (req) => {
     case 'GET /users/{user_id}/home/files': {
       const { path } = parse(filePathQuery, req.query, 'query');
       if (!acceptsBinary(req.header('accept'))) {
-        throw new ApiError(406, 'not_acceptable', 'send Accept: application/octet-stream to read file bytes (any other Accept gets base64 text from API Gateway)');
+        throw new ApiError(
+          406,
+          'not_acceptable',
+          'send Accept: application/octet-stream to read file bytes (any other Accept gets base64 text from API Gateway)',
+        );
       }
       const file = await readHomeFile(p, userId, path);
       const lag: Record<string, string> = file.homeCopy.may_lag
-        ? { 'X-Home-Copy-May-Lag': 'true', 'X-Home-Copy-Sandboxes': (file.homeCopy.sandboxes ?? []).map((s) => s.sandbox_id).join(','), 'X-Home-Sync-Interval-Seconds': String(file.homeCopy.sync_interval_seconds) }
+        ? {
+            'X-Home-Copy-May-Lag': 'true',
+            'X-Home-Copy-Sandboxes': (file.homeCopy.sandboxes ?? []).map((s) => s.sandbox_id).join(','),
+            'X-Home-Sync-Interval-Seconds': String(file.homeCopy.sync_interval_seconds),
+          }
         : { 'X-Home-Copy-May-Lag': 'false' };
       return {
         status: 200,
         binary: file.bytes,
-        headers: { 'X-File-Path': encodeURI(file.path), 'X-File-Size': String(file.size), 'X-File-Mode': file.mode, 'X-File-Sha256': file.sha256, 'X-File-Mtime': file.mtime, ...lag },
+        headers: {
+          'X-File-Path': encodeURI(file.path),
+          'X-File-Size': String(file.size),
+          'X-File-Mode': file.mode,
+          'X-File-Sha256': file.sha256,
+          'X-File-Mtime': file.mtime,
+          ...lag,
+        },
       };
     }
     case 'GET /users/{user_id}/home/files/list':

@@ -17,13 +17,23 @@ async function route(req: ApiRequest, sandboxId: string): Promise<ApiResult> {
       const { path } = parse(filePathQuery, req.query, 'query');
       // Bytes reach the caller only when its first Accept type is binary (API Gateway's rule): say so rather than answer base64 text.
       if (!acceptsBinary(req.header('accept'))) {
-        throw new ApiError(406, 'not_acceptable', 'send Accept: application/octet-stream to read file bytes (any other Accept gets base64 text from API Gateway)');
+        throw new ApiError(
+          406,
+          'not_acceptable',
+          'send Accept: application/octet-stream to read file bytes (any other Accept gets base64 text from API Gateway)',
+        );
       }
       const file = await readSandboxFile(p, sandboxId, path, req.deadline);
       return {
         status: 200,
         binary: file.bytes,
-        headers: { 'X-File-Path': encodeURI(file.path), 'X-File-Size': String(file.size), 'X-File-Mode': file.mode, 'X-File-Sha256': file.sha256, 'X-File-Mtime': file.mtime },
+        headers: {
+          'X-File-Path': encodeURI(file.path),
+          'X-File-Size': String(file.size),
+          'X-File-Mode': file.mode,
+          'X-File-Sha256': file.sha256,
+          'X-File-Mtime': file.mtime,
+        },
       };
     }
     case 'PUT /sandboxes/{id}/files':

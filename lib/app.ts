@@ -18,7 +18,6 @@ export interface SandboxStacks {
   service: ServiceStack;
 }
 
-
 /**
  * Adds both stacks of the environment named by the `env` context value.
  * Throws EnvironmentConfigError for a missing/unknown name or a bad table.

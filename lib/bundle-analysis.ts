@@ -144,7 +144,12 @@ export async function analyzeCalls(label: string, entry: string, tableIndexes: R
     // Transaction items name their own table and action: `Put: { TableName: config().tables.<key>`.
     // Those pairs are exact; the table is not counted for the module's other calls.
     const transactItem = /\b(Put|Update|Delete|ConditionCheck):\s*\{\s*TableName:\s*config\d*\(\)\.tables\.(\w+)\b/g;
-    const transactActions: Record<string, string> = { Put: 'dynamodb:PutItem', Update: 'dynamodb:UpdateItem', Delete: 'dynamodb:DeleteItem', ConditionCheck: 'dynamodb:ConditionCheckItem' };
+    const transactActions: Record<string, string> = {
+      Put: 'dynamodb:PutItem',
+      Update: 'dynamodb:UpdateItem',
+      Delete: 'dynamodb:DeleteItem',
+      ConditionCheck: 'dynamodb:ConditionCheckItem',
+    };
     for (const m of section.matchAll(transactItem)) {
       const id = tableIdByKey[m[2]!];
       if (!id) throw new Error(`${handler}: ${path} names config().tables.${m[2]}, which is no table definition`);

@@ -10,8 +10,7 @@ import type { BuildOptions } from 'esbuild';
 import { repoRoot } from './paths';
 
 /** ESM has no `require`; bundled CommonJS dependencies still call it. */
-export const esmRequireBanner =
-  "import { createRequire as __esCreateRequire } from 'node:module'; const require = __esCreateRequire(import.meta.url);";
+export const esmRequireBanner = "import { createRequire as __esCreateRequire } from 'node:module'; const require = __esCreateRequire(import.meta.url);";
 
 export const handlerTarget = 'node22';
 export const handlerMainFields = ['module', 'main'];

@@ -23,8 +23,14 @@ const retention = z
 const environmentSchema = z
   .object({
     /** Account/region to pin the stacks to; absent = the CLI's current credentials (env-agnostic). */
-    account: z.string().regex(/^\d{12}$/).optional(),
-    region: z.string().regex(/^[a-z]{2}(-[a-z]+)+-\d$/).optional(),
+    account: z
+      .string()
+      .regex(/^\d{12}$/)
+      .optional(),
+    region: z
+      .string()
+      .regex(/^[a-z]{2}(-[a-z]+)+-\d$/)
+      .optional(),
     /** 'retain' keeps tables and the bucket when the stack goes and turns on termination/deletion protection. */
     removalPolicy: z.enum(['retain', 'destroy']),
     logRetentionDays: retention,
@@ -103,7 +109,10 @@ const environmentSchema = z
     }),
     observability: z.strictObject({
       /** Where alarms are mailed (an SNS email subscription, confirmed by its recipient); null = the topic only. */
-      alarmEmail: z.string().regex(/^[^@\s]+@[^@\s]+\.[^@\s]+$/, 'must be an email address').nullable(),
+      alarmEmail: z
+        .string()
+        .regex(/^[^@\s]+@[^@\s]+\.[^@\s]+$/, 'must be an email address')
+        .nullable(),
       /** Alarm thresholds; each alarm looks at 5-minute periods. */
       alarms: z.strictObject({
         /** Share of API requests answered 5xx, in percent. */
@@ -158,22 +167,36 @@ const environmentSchema = z
     }
     if (h.warmPoolMinSize > 0 && (h.spot.enabled || h.instanceTypes.length > 1)) {
       // Auto Scaling rejects a warm pool on a group with a mixed instances policy.
-      ctx.addIssue({ code: 'custom', path: ['hosts', 'warmPoolMinSize'], message: 'a warm pool needs a single instance type and Spot off (Auto Scaling does not support warm pools with mixed instances)' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['hosts', 'warmPoolMinSize'],
+        message: 'a warm pool needs a single instance type and Spot off (Auto Scaling does not support warm pools with mixed instances)',
+      });
     }
     if (h.instanceTypes.length > 1 && !h.spot.enabled) {
-      ctx.addIssue({ code: 'custom', path: ['hosts', 'instanceTypes'], message: 'several instance types are only used with Spot (mixed instances); list one type or enable Spot' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['hosts', 'instanceTypes'],
+        message: 'several instance types are only used with Spot (mixed instances); list one type or enable Spot',
+      });
     }
     const arches = new Set(h.instanceTypes.map((t) => new InstanceType(t).architecture));
     if (arches.size > 1) {
-      ctx.addIssue({ code: 'custom', path: ['hosts', 'instanceTypes'], message: `instance types mix architectures (${h.instanceTypes.join(', ')}); the AMI and the sandbox image are built for one` });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['hosts', 'instanceTypes'],
+        message: `instance types mix architectures (${h.instanceTypes.join(', ')}); the AMI and the sandbox image are built for one`,
+      });
     }
     if (env.api.throttleBurstLimit < env.api.throttleRateLimit) {
       ctx.addIssue({ code: 'custom', path: ['api', 'throttleBurstLimit'], message: 'burst limit must be at least the rate limit' });
     }
     const l = env.limits;
     if (l.defaultCpu > l.maxCpu) ctx.addIssue({ code: 'custom', path: ['limits', 'defaultCpu'], message: 'defaultCpu is above maxCpu' });
-    if (l.defaultMemoryMb > l.maxMemoryMb) ctx.addIssue({ code: 'custom', path: ['limits', 'defaultMemoryMb'], message: 'defaultMemoryMb is above maxMemoryMb' });
-    if (l.defaultTtlSeconds > l.maxTtlSeconds) ctx.addIssue({ code: 'custom', path: ['limits', 'defaultTtlSeconds'], message: 'defaultTtlSeconds is above maxTtlSeconds' });
+    if (l.defaultMemoryMb > l.maxMemoryMb)
+      ctx.addIssue({ code: 'custom', path: ['limits', 'defaultMemoryMb'], message: 'defaultMemoryMb is above maxMemoryMb' });
+    if (l.defaultTtlSeconds > l.maxTtlSeconds)
+      ctx.addIssue({ code: 'custom', path: ['limits', 'defaultTtlSeconds'], message: 'defaultTtlSeconds is above maxTtlSeconds' });
     if (l.defaultDiskMb > l.maxDiskMb) ctx.addIssue({ code: 'custom', path: ['limits', 'defaultDiskMb'], message: 'defaultDiskMb is above maxDiskMb' });
     // Homes are preallocated and a stopped sandbox keeps its /tmp (up to half its memory) on the host: every slot at the limits must fit.
     const neededMb = h.sandboxSlotsPerHost * (l.maxDiskMb + Math.ceil(l.maxMemoryMb / 2));
@@ -218,7 +241,9 @@ export function resolveEnvironment(envName: unknown, environments: unknown): Dep
     throw new EnvironmentConfigError(`unknown environment "${String(envName)}": valid names are ${valid} (defined in cdk.json under context.environments)`);
   }
   if (!/^[a-z][a-z0-9-]{0,15}$/.test(envName)) {
-    throw new EnvironmentConfigError(`environment name "${envName}" must be lowercase letters, digits and dashes (at most 16), starting with a letter: it becomes part of stack and resource names`);
+    throw new EnvironmentConfigError(
+      `environment name "${envName}" must be lowercase letters, digits and dashes (at most 16), starting with a letter: it becomes part of stack and resource names`,
+    );
   }
   const parsed = environmentSchema.safeParse((environments as Record<string, unknown>)[envName]);
   if (!parsed.success) {

@@ -174,12 +174,24 @@ export class ServiceStack extends Stack {
 
     new CfnOutput(this, 'ApiUrl', { value: this.api.restApi.url, description: 'Base URL of the API (stage included)' });
     new CfnOutput(this, 'UsagePlanId', { value: this.api.usagePlan.usagePlanId, description: 'Usage plan tenant keys are attached to' });
-    new CfnOutput(this, 'DefaultUsageKeyId', { value: this.api.defaultUsageKey.keyId, description: 'API Gateway key of the usage plan (its value becomes usageIdentifierKey)' });
-    new CfnOutput(this, 'HostAutoScalingGroupName', { value: this.fleet.autoScalingGroup.autoScalingGroupName, description: 'Auto Scaling group of sandbox hosts' });
+    new CfnOutput(this, 'DefaultUsageKeyId', {
+      value: this.api.defaultUsageKey.keyId,
+      description: 'API Gateway key of the usage plan (its value becomes usageIdentifierKey)',
+    });
+    new CfnOutput(this, 'HostAutoScalingGroupName', {
+      value: this.fleet.autoScalingGroup.autoScalingGroupName,
+      description: 'Auto Scaling group of sandbox hosts',
+    });
     new CfnOutput(this, 'SandboxImageUri', { value: sandboxImage.imageUri, description: 'Sandbox image in ECR' });
     new CfnOutput(this, 'EventBusName', { value: this.events.bus.eventBusName, description: 'EventBridge bus with sandbox.* and command.finished events' });
     new CfnOutput(this, 'AlarmTopicArn', { value: this.observability.topic.topicArn, description: 'SNS topic every alarm notifies' });
-    new CfnOutput(this, 'FleetDeadLetterQueueUrl', { value: this.fleetWiring.deadLetterQueue.queueUrl, description: 'Fleet events and capacity-schedule deliveries that failed' });
-    new CfnOutput(this, 'ReaperDeadLetterQueueUrl', { value: this.reaperSchedule.deadLetterQueue.queueUrl, description: 'Reaper schedule deliveries that failed' });
+    new CfnOutput(this, 'FleetDeadLetterQueueUrl', {
+      value: this.fleetWiring.deadLetterQueue.queueUrl,
+      description: 'Fleet events and capacity-schedule deliveries that failed',
+    });
+    new CfnOutput(this, 'ReaperDeadLetterQueueUrl', {
+      value: this.reaperSchedule.deadLetterQueue.queueUrl,
+      description: 'Reaper schedule deliveries that failed',
+    });
   }
 }

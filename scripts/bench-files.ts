@@ -54,7 +54,8 @@ try {
     figures.apiDown.push(
       await time(async () => {
         const started = await api.call('POST', `/sandboxes/${id}/files/download`, { path: `bench-api-${i}.bin` });
-        const dl = started.status === 202 ? await untilDone(() => api.call('GET', `/sandboxes/${id}/files/download/${started.body.download_id}?wait=20`)) : started;
+        const dl =
+          started.status === 202 ? await untilDone(() => api.call('GET', `/sandboxes/${id}/files/download/${started.body.download_id}?wait=20`)) : started;
         if (dl.status !== 200 || (await curl('GET', dl.body.url, out)) !== 200) throw new Error(`download failed: ${dl.text}`);
       }),
     );
@@ -68,7 +69,9 @@ try {
   await api.destroy(id, false);
 
   const rate = (ms: number) => `${(transferMb / (ms / 1000)).toFixed(0)} MiB/s (${(ms / 1000).toFixed(1)} s)`;
-  console.log(`\nEphemeral Sandbox files benchmark (${new Date().toISOString()}; a ${transferMb} MiB file, ${runs} rounds, medians; byte-identical by sha256)\n`);
+  console.log(
+    `\nEphemeral Sandbox files benchmark (${new Date().toISOString()}; a ${transferMb} MiB file, ${runs} rounds, medians; byte-identical by sha256)\n`,
+  );
   console.log(`| ${'figure'.padEnd(44)} | ${'ours'.padEnd(18)} | ${'docker cp'.padEnd(18)} | ratio |`);
   console.log(`|${'-'.repeat(46)}|${'-'.repeat(20)}|${'-'.repeat(20)}|------:|`);
   const row = (name: string, ours: number[], base: number[]) =>

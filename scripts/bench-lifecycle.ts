@@ -107,7 +107,11 @@ function stagesOf(spans: Span[], clientMs: number): OpStages {
   const dispatch = sumOf('handler ssm.dispatch.');
   add('= handler own code (outside DynamoDB, S3, SSM)', get('handler handler') - sumOf('handler ddb.') - sumOf('handler s3.') - dispatch, 0);
   // The polls run while the script does: what is left is the SSM agent's start of the script and the last poll after its end.
-  add('= SSM: script start and the answer noticed (dispatch outside SendCommand and the script)', dispatch - get('handler ssm.SendCommand') - get('ssm-agent.script'), 0);
+  add(
+    '= SSM: script start and the answer noticed (dispatch outside SendCommand and the script)',
+    dispatch - get('handler ssm.SendCommand') - get('ssm-agent.script'),
+    0,
+  );
   const daemon = sumOf('host daemon.');
   add('= host-agent wrapper (script outside the daemon)', get('ssm-agent.script') - daemon, 0);
   return m;
@@ -117,7 +121,37 @@ function breakdown(columns: { title: string; ops: OpStages[]; clientMs: number[]
   const names = new Set<string>();
   for (const c of columns) for (const op of c.ops) for (const n of op.keys()) names.add(n);
   const order = (n: string) => {
-    const keys = ['client', 'gateway', 'lambda', 'Lambda', 'handler handler', 'handler own', 'handler ddb', 'handler s3', 'handler ssm.dispatch', 'handler ssm.Send', 'handler ssm.poll', 'handler ssm.Get', 'SSM', 'ssm-agent', 'host-agent wrapper', 'host daemon', 'host host.staged', 'host host.storage', 'host host.network', 'host host.image', 'host host.claim', 'host claim', 'host host.egress', 'host runner.claim', 'host runner', 'host ddb', 'host s3', 'host docker', 'host host.record'];
+    const keys = [
+      'client',
+      'gateway',
+      'lambda',
+      'Lambda',
+      'handler handler',
+      'handler own',
+      'handler ddb',
+      'handler s3',
+      'handler ssm.dispatch',
+      'handler ssm.Send',
+      'handler ssm.poll',
+      'handler ssm.Get',
+      'SSM',
+      'ssm-agent',
+      'host-agent wrapper',
+      'host daemon',
+      'host host.staged',
+      'host host.storage',
+      'host host.network',
+      'host host.image',
+      'host host.claim',
+      'host claim',
+      'host host.egress',
+      'host runner.claim',
+      'host runner',
+      'host ddb',
+      'host s3',
+      'host docker',
+      'host host.record',
+    ];
     const key = n.replace(/^= /, '');
     const i = keys.findIndex((k) => key.startsWith(k));
     return (i === -1 ? keys.length : i) * 1000 + (n.startsWith('= ') ? 0 : 1);
@@ -131,7 +165,10 @@ function breakdown(columns: { title: string; ops: OpStages[]; clientMs: number[]
   for (const n of sorted) {
     const cells = columns.map((c) => {
       const ms = c.ops.map((op) => op.get(n)?.ms ?? 0);
-      const calls = percentile(c.ops.map((op) => op.get(n)?.calls ?? 0), 50);
+      const calls = percentile(
+        c.ops.map((op) => op.get(n)?.calls ?? 0),
+        50,
+      );
       const p = percentile(ms, 50);
       if (c.ops.every((op) => !op.has(n))) return '-'.padStart(18);
       return `${p.toFixed(1)}${calls > 0 ? ` (${calls})` : ''}`.padStart(18);
@@ -235,7 +272,9 @@ try {
     const name = `bench-docker-run-${process.pid}-${i}`;
     const d0 = performance.now();
     dockerRun.push(
-      await time(() => execFileSync('docker', ['run', '-d', '--name', name, '--label', 'dev.ephemeral-sandbox.owner=ephemeral-sandbox', image, 'sleep', 'infinity'])),
+      await time(() =>
+        execFileSync('docker', ['run', '-d', '--name', name, '--label', 'dev.ephemeral-sandbox.owner=ephemeral-sandbox', image, 'sleep', 'infinity']),
+      ),
     );
     execFileSync('docker', ['exec', name, 'true']);
     dockerTti.push(performance.now() - d0);
@@ -285,7 +324,9 @@ try {
   if (process.env.BENCH_OUTPUT === '1') outputFigures = await commandOutputFigures(id);
   await api.destroy(id, false);
 
-  console.log(`\nEphemeral Sandbox benchmark (${new Date().toISOString()}; ${createRuns} creates, ${execRuns} execs, a burst of ${burstSize}; warm pool of ${warmContainers} per host)\n`);
+  console.log(
+    `\nEphemeral Sandbox benchmark (${new Date().toISOString()}; ${createRuns} creates, ${execRuns} execs, a burst of ${burstSize}; warm pool of ${warmContainers} per host)\n`,
+  );
   console.log(`| ${'figure (ms)'.padEnd(52)} |    p50 |    p95 | base50 | base95 | ratio |`);
   console.log(`|${'-'.repeat(54)}|-------:|-------:|-------:|-------:|------:|`);
   console.log(row('TTI: create -> first `true` vs docker run -d + exec', tti, dockerTti));
@@ -308,7 +349,9 @@ try {
     ]),
   );
   if (outputFigures) console.log(outputFigures);
-  console.log('\nours = HTTP -> local API Gateway (authorizer) -> handler (its bundle, in a worker) -> DynamoDB Local -> local SSM -> host-agent wrapper -> host daemon -> Docker Engine API');
+  console.log(
+    '\nours = HTTP -> local API Gateway (authorizer) -> handler (its bundle, in a worker) -> DynamoDB Local -> local SSM -> host-agent wrapper -> host daemon -> Docker Engine API',
+  );
   console.log('base = the docker CLI (or the Engine API) against the same engine, same image, same container');
   console.log('not included: SSM delivery to an EC2 instance, API Gateway and Lambda as deployed, AWS network hops (not measurable here)');
 } finally {

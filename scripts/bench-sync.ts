@@ -83,7 +83,9 @@ async function main(): Promise<void> {
       samples.set(key, [...(samples.get(key) ?? []), sample]);
     };
 
-    console.log(`hot sync benchmark: ${fileCount} files in ${dirCount} directories, ${(bytes / 1024 / 1024).toFixed(1)} MiB, against s3rver at ${endpoint.url}; ${rounds} round(s)`);
+    console.log(
+      `hot sync benchmark: ${fileCount} files in ${dirCount} directories, ${(bytes / 1024 / 1024).toFixed(1)} MiB, against s3rver at ${endpoint.url}; ${rounds} round(s)`,
+    );
     for (let round = 1; round <= rounds; round++) {
       const order: Tool[] = round % 2 === 1 ? tools : [...tools].reverse();
       for (const tool of order) {
@@ -113,14 +115,18 @@ async function main(): Promise<void> {
       ...ops.map((op) => [op, ...tools.map((tool) => `${seconds(med(op, tool, 'clientCpuMs'))} / ${seconds(med(op, tool, 'serverCpuMs'))}`)]),
     ]);
     const loadAverage = (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).join(' ');
-    console.log(`load average at the end: ${loadAverage} (on ${(await readFile('/proc/cpuinfo', 'utf8')).match(/^processor/gm)?.length ?? '?'} CPUs): other work on the machine slows every column`);
+    console.log(
+      `load average at the end: ${loadAverage} (on ${(await readFile('/proc/cpuinfo', 'utf8')).match(/^processor/gm)?.length ?? '?'} CPUs): other work on the machine slows every column`,
+    );
     const transfers = rows.filter((r) => r.op !== 'up, nothing changed');
     const verdict = (met: boolean) => (met ? 'met' : 'NOT met');
     console.log(
       `goal (down and up at least 2x faster than aws s3 sync): fresh process ${verdict(transfers.every((r) => r.ratio >= 2))}, ` +
         `warm process ${verdict(transfers.every((r) => r.ratioInProcess >= 2))}`,
     );
-    console.log(`ours: ${defaultSyncConcurrency} parallel transfers, uploads also store ${dirCount} directory markers; aws: awscli defaults (10 parallel requests)`);
+    console.log(
+      `ours: ${defaultSyncConcurrency} parallel transfers, uploads also store ${dirCount} directory markers; aws: awscli defaults (10 parallel requests)`,
+    );
   } finally {
     await endpoint.close();
     await rm(work, { recursive: true, force: true });
@@ -193,7 +199,8 @@ async function runTool(tool: Tool, r: ToolRun): Promise<Record<Op, Sample>> {
 
   if (tool === 'aws s3 sync') {
     const target = `s3://${bucket}/${r.prefix}`;
-    const aws = (...args: string[]) => run(awsCli, ['--endpoint-url', r.endpoint, 's3', 'sync', '--only-show-errors', ...args], { env: r.env, maxBuffer: 1 << 24 });
+    const aws = (...args: string[]) =>
+      run(awsCli, ['--endpoint-url', r.endpoint, 's3', 'sync', '--only-show-errors', ...args], { env: r.env, maxBuffer: 1 << 24 });
     const up = await timed(() => aws(r.source, target));
     const again = await timed(() => aws(r.source, target));
     const down = await timed(() => aws(target, restored));
@@ -227,7 +234,11 @@ async function runTool(tool: Tool, r: ToolRun): Promise<Record<Op, Sample>> {
   }
 
   const withClient = async <T>(fn: (o: HotSyncOptions) => Promise<T>, o: ReturnType<typeof options>) => {
-    const s3 = createS3Client({ endpoint: o.endpoint, forcePathStyle: true, credentials: { accessKeyId: r.env.AWS_ACCESS_KEY_ID!, secretAccessKey: r.env.AWS_SECRET_ACCESS_KEY! } });
+    const s3 = createS3Client({
+      endpoint: o.endpoint,
+      forcePathStyle: true,
+      credentials: { accessKeyId: r.env.AWS_ACCESS_KEY_ID!, secretAccessKey: r.env.AWS_SECRET_ACCESS_KEY! },
+    });
     try {
       return await fn({ ...o, s3 });
     } finally {

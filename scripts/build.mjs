@@ -40,7 +40,16 @@ const sdkEntries = [
 ].map(([src, out, extra]) => ({
   in: join(root, 'sdk', 'src', src),
   out: join(root, 'sdk', 'dist', out),
-  options: (outfile) => ({ entryPoints: [join(root, 'sdk', 'src', src)], outfile, bundle: true, platform: 'node', format: 'esm', target: 'node20', logLevel: 'warning', ...extra }),
+  options: (outfile) => ({
+    entryPoints: [join(root, 'sdk', 'src', src)],
+    outfile,
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    logLevel: 'warning',
+    ...extra,
+  }),
 }));
 entries.push(...sdkEntries);
 // `sbx keys`: the key administration of bin/keys.ts (DynamoDB, API Gateway, CloudFormation clients

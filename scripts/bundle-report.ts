@@ -98,7 +98,16 @@ function table(bundles: Measured[], baseline: Baseline | undefined, markdown: bo
   const header = ['handler', 'bundle KB', 'gzip KB', 'init ms (CPU)', 'init ms (wall)', 'before: KB', 'before: init ms (CPU)', 'SDK clients'];
   const rows = bundles.map((b) => {
     const before = baseline?.handlers[b.handler];
-    return [b.handler, kb(b.bytes), kb(b.gzipBytes), b.initMs.toFixed(0), b.initWallMs.toFixed(0), before ? kb(before.bytes) : '-', before ? before.initMs.toFixed(0) : '-', clientsOf(b)];
+    return [
+      b.handler,
+      kb(b.bytes),
+      kb(b.gzipBytes),
+      b.initMs.toFixed(0),
+      b.initWallMs.toFixed(0),
+      before ? kb(before.bytes) : '-',
+      before ? before.initMs.toFixed(0) : '-',
+      clientsOf(b),
+    ];
   });
   const total = bundles.reduce((sum, b) => sum + b.bytes, 0);
   const slowest = Math.max(...bundles.map((b) => b.initMs));
@@ -144,7 +153,12 @@ async function main(): Promise<void> {
         measuredAt: new Date().toISOString(),
         commit: gitCommit(),
         note: process.env.BASELINE_NOTE ?? 'the baseline',
-        handlers: Object.fromEntries(measured.map((m) => [m.handler, { bytes: m.bytes, gzipBytes: m.gzipBytes, initMs: Number(m.initMs.toFixed(1)), initWallMs: Number(m.initWallMs.toFixed(1)) }])),
+        handlers: Object.fromEntries(
+          measured.map((m) => [
+            m.handler,
+            { bytes: m.bytes, gzipBytes: m.gzipBytes, initMs: Number(m.initMs.toFixed(1)), initWallMs: Number(m.initWallMs.toFixed(1)) },
+          ]),
+        ),
       };
       writeFileSync(baselineFile, JSON.stringify(baseline, null, 2) + '\n');
     }

@@ -91,14 +91,19 @@ let stackTail = '';
 let isolatedDoneAt;
 
 const typecheck = asked.length > 0 ? [] : [[process.execPath, [join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc'), '--noEmit', '-p', '.']]];
-const isolatedRun = lane([...typecheck, ...(isolatedFiles.length > 0 ? [nodeTest(isolatedFiles)] : [])], (d) => (isolatedText += d), { nice: true }).then((code) => {
-  isolatedDoneAt = Date.now();
-  return code;
-});
-const stackRun = stackFiles.length > 0 ? lane([nodeTest(stackFiles)], (d) => {
+const isolatedRun = lane([...typecheck, ...(isolatedFiles.length > 0 ? [nodeTest(isolatedFiles)] : [])], (d) => (isolatedText += d), { nice: true }).then(
+  (code) => {
+    isolatedDoneAt = Date.now();
+    return code;
+  },
+);
+const stackRun =
+  stackFiles.length > 0
+    ? lane([nodeTest(stackFiles)], (d) => {
         process.stdout.write(d);
         stackTail = (stackTail + d).slice(-4096);
-      }) : Promise.resolve(0);
+      })
+    : Promise.resolve(0);
 
 let interrupted = false;
 process.on('SIGINT', () => {
@@ -107,7 +112,9 @@ process.on('SIGINT', () => {
 
 const [isolatedCode, stackCode] = await Promise.all([isolatedRun, stackRun]);
 const minutes = (ms) => `${(ms / 60_000).toFixed(1)} min`;
-process.stdout.write(`\n# ---- isolated lane (typecheck and ${isolatedFiles.length} files, run alongside the stack lane; done after ${minutes(isolatedDoneAt - started)}) ----\n`);
+process.stdout.write(
+  `\n# ---- isolated lane (typecheck and ${isolatedFiles.length} files, run alongside the stack lane; done after ${minutes(isolatedDoneAt - started)}) ----\n`,
+);
 process.stdout.write(isolatedText);
 
 /** Sums the TAP footers ("# pass N") of both lanes. */

@@ -101,9 +101,29 @@ export interface TrafficProfile {
 
 export const trafficProfiles: Record<string, TrafficProfile> = {
   // A few developers and CI: quiet, with test-suite bursts.
-  dev: { peakCreatesPerMinute: 0.15, troughShare: 0.05, burstsPerDay: 2, burstSize: 4, sessionMedianMinutes: 8, sessionSigma: 1, destroyShare: 0.6, defaultShare: 0.8, doubleShare: 0.2 },
+  dev: {
+    peakCreatesPerMinute: 0.15,
+    troughShare: 0.05,
+    burstsPerDay: 2,
+    burstSize: 4,
+    sessionMedianMinutes: 8,
+    sessionSigma: 1,
+    destroyShare: 0.6,
+    defaultShare: 0.8,
+    doubleShare: 0.2,
+  },
   // Agents in production: a working-day curve and bursts of batch jobs.
-  prod: { peakCreatesPerMinute: 0.6, troughShare: 0.15, burstsPerDay: 4, burstSize: 12, sessionMedianMinutes: 12, sessionSigma: 1, destroyShare: 0.7, defaultShare: 0.75, doubleShare: 0.2 },
+  prod: {
+    peakCreatesPerMinute: 0.6,
+    troughShare: 0.15,
+    burstsPerDay: 4,
+    burstSize: 12,
+    sessionMedianMinutes: 12,
+    sessionSigma: 1,
+    destroyShare: 0.7,
+    defaultShare: 0.75,
+    doubleShare: 0.2,
+  },
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -269,7 +289,8 @@ export function syntheticTraffic(environment: DeploymentEnvironment, traffic: Tr
   const shapeOf = () => {
     const x = random();
     if (x < traffic.defaultShare) return { cpu: l.defaultCpu, memory_mb: l.defaultMemoryMb };
-    if (x < traffic.defaultShare + traffic.doubleShare) return { cpu: Math.min(l.maxCpu, 2 * l.defaultCpu), memory_mb: Math.min(l.maxMemoryMb, 2 * l.defaultMemoryMb) };
+    if (x < traffic.defaultShare + traffic.doubleShare)
+      return { cpu: Math.min(l.maxCpu, 2 * l.defaultCpu), memory_mb: Math.min(l.maxMemoryMb, 2 * l.defaultMemoryMb) };
     return { cpu: l.maxCpu, memory_mb: Math.min(l.maxMemoryMb, 4 * l.defaultMemoryMb) };
   };
   const make = (at: number) => {
@@ -411,7 +432,13 @@ export function simulate(o: SimulationOptions): SimulationResult {
     const starting = liveInstances().length;
     const launching = Math.max(0, Math.max(desired, starting) - active.length);
     const hostShape = hostShapeOf(active, { slots: h.sandboxSlotsPerHost, defaultSandbox });
-    const toAdd = hostsNeeded(active, waiting.map((w) => w.request), launching, hostShape, h.headroomPercent);
+    const toAdd = hostsNeeded(
+      active,
+      waiting.map((w) => w.request),
+      launching,
+      hostShape,
+      h.headroomPercent,
+    );
     const next = desiredForWaiting({ desired, max: h.maxHosts, running: starting }, toAdd);
     if (next !== undefined) {
       desired = next;
@@ -601,7 +628,10 @@ export function environmentFromCdkJson(name: string): DeploymentEnvironment {
 
 const seconds = (s: number) => (s < 10 ? `${s.toFixed(1)} s` : `${Math.round(s)} s`);
 
-function report(results: SimulationResult[], o: { seed: number; hours: number; strategy: PlacementStrategy; environmentOf: (name: string) => DeploymentEnvironment }): string {
+function report(
+  results: SimulationResult[],
+  o: { seed: number; hours: number; strategy: PlacementStrategy; environmentOf: (name: string) => DeploymentEnvironment },
+): string {
   const lines: string[] = [];
   lines.push(`Fleet simulation: ${o.hours} h of synthetic traffic, seed ${o.seed}, placement ${o.strategy}`);
   lines.push('');
@@ -629,7 +659,9 @@ function report(results: SimulationResult[], o: { seed: number; hours: number; s
     const h = e.hosts;
     const t = trafficProfiles[r.environment]!;
     const spec = instanceSpecs[h.instanceTypes[0]!]!;
-    const fit = Math.floor(Math.min(r.hostShape.cpu_milli / (e.limits.defaultCpu * 1000), r.hostShape.memory_mb / e.limits.defaultMemoryMb, r.hostShape.sandboxes));
+    const fit = Math.floor(
+      Math.min(r.hostShape.cpu_milli / (e.limits.defaultCpu * 1000), r.hostShape.memory_mb / e.limits.defaultMemoryMb, r.hostShape.sandboxes),
+    );
     lines.push(
       `- ${r.environment}: ${h.instanceTypes[0]} (${spec.vcpus} vCPU, ${spec.memoryGiB} GiB, $${spec.usdPerHour}/h on-demand${h.spot.enabled ? '; Spot runs cheaper: an upper bound' : ''}), ` +
         `allocatable ${r.hostShape.cpu_milli / 1000} CPU / ${r.hostShape.memory_mb} MB / ${h.sandboxSlotsPerHost} slots = ${fit} default sandboxes per host; ` +
@@ -666,7 +698,8 @@ function main(): void {
   const strategy = values.strategy as PlacementStrategy;
   if (!placementStrategies.includes(strategy)) throw new Error(`--strategy must be one of ${placementStrategies.join(', ')}`);
   const headroom = values.headroom === undefined ? undefined : Number(values.headroom);
-  if (headroom !== undefined && !(Number.isInteger(headroom) && headroom >= 0 && headroom <= maxHeadroomPercent)) throw new Error(`--headroom must be an integer from 0 to ${maxHeadroomPercent}`);
+  if (headroom !== undefined && !(Number.isInteger(headroom) && headroom >= 0 && headroom <= maxHeadroomPercent))
+    throw new Error(`--headroom must be an integer from 0 to ${maxHeadroomPercent}`);
   const environmentOf = (name: string): DeploymentEnvironment => {
     const e = environmentFromCdkJson(name);
     return headroom === undefined ? e : { ...e, hosts: { ...e.hosts, headroomPercent: headroom } };

@@ -191,7 +191,12 @@ export async function claimPoolContainer(
     await symlink(join(entry.dir, 'io'), paths.io);
     await span('claim.binds', () => linkPoolBinds(config, request.sandboxId, claim));
     const memory = request.memoryMb * 1024 * 1024;
-    await docker.updateContainer(entry.containerId, { NanoCpus: Math.round(request.cpu * 1e9), Memory: memory, MemorySwap: memory, PidsLimit: request.pidsLimit });
+    await docker.updateContainer(entry.containerId, {
+      NanoCpus: Math.round(request.cpu * 1e9),
+      Memory: memory,
+      MemorySwap: memory,
+      PidsLimit: request.pidsLimit,
+    });
     await docker.renameContainer(entry.containerId, request.sandboxId);
     renamed = true;
     // Independent: the hostname, and the firewall's fast path (which finds the container by its new name).

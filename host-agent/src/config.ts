@@ -70,7 +70,10 @@ export function parseEnvFile(text: string): Record<string, string> {
 
 function parseEgressAllow(list: string): EgressEndpoint[] {
   const endpoints: EgressEndpoint[] = [];
-  for (const item of list.split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const item of list
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const match = /^(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})$/.exec(item);
     const port = match ? Number(match[2]) : NaN;
     if (!match || !match[1]!.split('.').every((o) => Number(o) <= 255) || port < 1 || port > 65_535) {
@@ -83,7 +86,10 @@ function parseEgressAllow(list: string): EgressEndpoint[] {
 
 function parseDnsUpstreams(list: string): DnsUpstream[] {
   const upstreams: DnsUpstream[] = [];
-  for (const item of list.split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const item of list
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const match = /^(\d{1,3}(?:\.\d{1,3}){3})(?::(\d{1,5}))?$/.exec(item);
     const port = match?.[2] ? Number(match[2]) : 53;
     if (!match || !match[1]!.split('.').every((o) => Number(o) <= 255) || port < 1 || port > 65_535) {

@@ -157,7 +157,9 @@ export async function createSandbox(request: CreateInput, config: HostConfig, do
   const ctx = { config, sandboxId: request.sandboxId, storage: request.storage, diskMb: request.diskMb };
   // Independent steps run side by side: create time is the slowest, not the sum.
   const [network, , { home, hotSync }, cold] = await Promise.all([
-    request.network === 'none' ? { name: 'none' } : span('host.network', () => import('./network').then(({ ensureSandboxNetwork }) => ensureSandboxNetwork(config, docker))),
+    request.network === 'none'
+      ? { name: 'none' }
+      : span('host.network', () => import('./network').then(({ ensureSandboxNetwork }) => ensureSandboxNetwork(config, docker))),
     span('host.image', () => ensureImage(docker, request.image)),
     span('host.storage.home', () => prepareHome(ctx)),
     span('host.storage.cold', () => attachCold(ctx)),

@@ -14,7 +14,16 @@ import type { AddressInfo } from 'node:net';
 import { dirname } from 'node:path';
 import { s3 } from '../../lambdas/shared/clients/s3';
 import { config as controlPlaneConfig } from '../../lambdas/shared/config';
-import { addAllocation, getHost, heartbeatHost, recordHostImage, recordScaleInProtection, registerHost, releaseAllocation, type HostRecord } from '../../lambdas/shared/host-store';
+import {
+  addAllocation,
+  getHost,
+  heartbeatHost,
+  recordHostImage,
+  recordScaleInProtection,
+  registerHost,
+  releaseAllocation,
+  type HostRecord,
+} from '../../lambdas/shared/host-store';
 import { setScaleInProtection } from '../../lambdas/shared/fleet';
 import { wantsScaleInProtection } from '../../lambdas/shared/fleet-scaling';
 import { allocationCorrections, resourcesOf, type Resources } from '../../lambdas/shared/placement';
@@ -47,7 +56,6 @@ import { appVersion } from '../../contract/version';
 import { readClaim } from './claim';
 import { isUnclaimedPoolContainer, poolSettings, sandboxIdOf, WarmPool } from './warm-pool';
 import { desiredImageSource, prepareHostImage, pruneImages, repositoryOf, type HostImage } from './image-rollout';
-
 
 function seconds(name: string, fallback: number): number {
   const raw = process.env[name];
@@ -177,11 +185,7 @@ export async function reconcile(s: DaemonSettings, docker: DockerClient, now = D
     const graceful = Boolean(record && tenant && user);
     try {
       if (sandboxIdPattern.test(sandboxId) && c.Names.includes(`/${sandboxId}`)) {
-        await destroySandbox(
-          { sandboxId, graceful, ...(graceful ? { storage: storageFor(tenant!, user!) } : {}) },
-          hostConfig,
-          docker,
-        );
+        await destroySandbox({ sandboxId, graceful, ...(graceful ? { storage: storageFor(tenant!, user!) } : {}) }, hostConfig, docker);
       } else {
         // Our labels on a container the host-agent did not name: no sandbox state to save, remove it by id.
         await docker.removeContainer(c.Id, true);
@@ -200,12 +204,15 @@ export async function reconcile(s: DaemonSettings, docker: DockerClient, now = D
     if (!(settledStatuses as readonly string[]).includes(r.status)) continue;
     if (now - Date.parse(r.created_at) < graceMs) continue;
     // The by-host index does not carry host_id: this host is the one whose slot it held.
-    const ended = await markEnded({ sandbox_id: r.sandbox_id, host_id: s.hostId }, {
-      event: 'fail',
-      reason: 'container_vanished',
-      detail: `container missing on host ${s.hostId}`,
-      only: settledStatuses,
-    });
+    const ended = await markEnded(
+      { sandbox_id: r.sandbox_id, host_id: s.hostId },
+      {
+        event: 'fail',
+        reason: 'container_vanished',
+        detail: `container missing on host ${s.hostId}`,
+        only: settledStatuses,
+      },
+    );
     if (ended) {
       report.failedVanished.push(r.sandbox_id);
       logger.warn('reconcile: container vanished; sandbox marked failed', { sandboxId: r.sandbox_id });
@@ -370,9 +377,11 @@ function perSandboxQueue(): DaemonRuntime['serialize'] {
     const previous = tails.get(sandboxId) ?? Promise.resolve();
     const next = previous.catch(() => undefined).then(work);
     tails.set(sandboxId, next);
-    void next.finally(() => {
-      if (tails.get(sandboxId) === next) tails.delete(sandboxId);
-    }).catch(() => undefined);
+    void next
+      .finally(() => {
+        if (tails.get(sandboxId) === next) tails.delete(sandboxId);
+      })
+      .catch(() => undefined);
     return next;
   };
 }
@@ -491,15 +500,19 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
   const registered = await registerHost({ hostId: s.hostId, capacity, agentVersion: appVersion });
   logger.info('daemon: host registered', { hostId: s.hostId, status: registered, capacity, agentSocket: s.agentSocket });
   let hostImage: HostImage | undefined;
-  if (pulled) hostImage = await rollOutImage(s, docker, startImage, undefined).catch((err: unknown) => void logger.error('daemon: recording the sandbox image failed; retrying', { err }));
+  if (pulled)
+    hostImage = await rollOutImage(s, docker, startImage, undefined).catch(
+      (err: unknown) => void logger.error('daemon: recording the sandbox image failed; retrying', { err }),
+    );
   const onHeartbeat = heartbeatActions(s, runtime, startDrain, () => drain.active);
   // Creates that waited for a host (this one may have been launched for them) are taken at once, not at the next heartbeat.
   await onHeartbeat(await getHost(s.hostId)).catch((err) => logger.error('daemon: first heartbeat actions failed; the heartbeat retries', { err }));
 
   const stops = [
     every(s.heartbeatSeconds * 1000, 'heartbeat', async () => {
-      const running = (await docker.listContainers({ label: [`${containerLabels.hostId}=${s.hostId}`, `${containerLabels.owner}=${ownerLabelValue}`] }, false))
-        .filter((c) => !isUnclaimedPoolContainer(c)).length;
+      const running = (
+        await docker.listContainers({ label: [`${containerLabels.hostId}=${s.hostId}`, `${containerLabels.owner}=${ownerLabelValue}`] }, false)
+      ).filter((c) => !isUnclaimedPoolContainer(c)).length;
       const host = await heartbeatHost(s.hostId, { runningSandboxes: running, warmContainers: pool.stats().ready });
       if (!host) {
         // Declared lost while we were away: come back as a fresh host; reconcile cleans up.

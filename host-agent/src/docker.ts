@@ -9,13 +9,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import Modem from 'docker-modem';
-import type {
-  ContainerCreateOptions,
-  ContainerInfo,
-  ContainerInspectInfo,
-  ExecInspectInfo,
-  NetworkInspectInfo,
-} from 'dockerode';
+import type { ContainerCreateOptions, ContainerInfo, ContainerInspectInfo, ExecInspectInfo, NetworkInspectInfo } from 'dockerode';
 import { HostAgentError } from './errors';
 import { span, timingsOn } from '../../lambdas/shared/timing';
 
@@ -82,9 +76,7 @@ function describeFailure(error: unknown, what: string): HostAgentError {
   const e = error as { statusCode?: number; json?: { message?: string } | Buffer | string; message?: string; code?: string };
   if (typeof e?.statusCode === 'number') {
     const detail =
-      e.json && typeof e.json === 'object' && !Buffer.isBuffer(e.json) && e.json.message
-        ? e.json.message
-        : String(e.json ?? e.message ?? '').trim();
+      e.json && typeof e.json === 'object' && !Buffer.isBuffer(e.json) && e.json.message ? e.json.message : String(e.json ?? e.message ?? '').trim();
     return new DockerApiError(e.statusCode, `${what}: ${detail || `HTTP ${e.statusCode}`}`);
   }
   if (e?.code === 'ENOENT' || e?.code === 'ECONNREFUSED' || e?.code === 'EACCES') {

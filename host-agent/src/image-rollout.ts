@@ -159,7 +159,11 @@ async function readParameter(name: string): Promise<string | undefined> {
  * `initial`; a read that fails (SSM unreachable, throttled) answers the last
  * reference read, so the host keeps its image rather than losing it.
  */
-export function desiredImageSource(o: { parameterName: string | undefined; initial: string; read?: (name: string) => Promise<string | undefined> }): DesiredImage {
+export function desiredImageSource(o: {
+  parameterName: string | undefined;
+  initial: string;
+  read?: (name: string) => Promise<string | undefined>;
+}): DesiredImage {
   const read = o.read ?? readParameter;
   let last = o.initial;
   return async () => {

@@ -10,7 +10,17 @@ import { HostAgentError, toHostError } from './errors';
 import type { CommandRunner } from './commands/runner';
 import type { WarmPool } from './warm-pool';
 import { span } from '../../lambdas/shared/timing';
-import { daemonOnlyVerbs, decodeArgument, hostVerbs, requestSchemas, ssmStdoutCap, type HostEnvelope, type HostResults, type HostVerb, type ResumeRequest } from '../../contract/host-protocol';
+import {
+  daemonOnlyVerbs,
+  decodeArgument,
+  hostVerbs,
+  requestSchemas,
+  ssmStdoutCap,
+  type HostEnvelope,
+  type HostResults,
+  type HostVerb,
+  type ResumeRequest,
+} from '../../contract/host-protocol';
 import type { SandboxFiles } from './files/sandbox-files';
 
 /** What the long-lived host daemon lends an invocation it serves (absent in the CLI fallback). */
@@ -51,7 +61,10 @@ async function readRequest(verb: HostVerb, arg: string, config: HostConfig): Pro
 async function dispatch(verb: HostVerb, request: unknown, config: HostConfig, runtime: DaemonRuntime | undefined): Promise<unknown> {
   const docker = new DockerClient(config.dockerSocket);
   if (daemonOnlyVerbs.includes(verb) && !runtime) {
-    throw new HostAgentError('unavailable', `the host daemon is not running on this host; "${verb}" needs it (it is restarted by its service manager): retry shortly`);
+    throw new HostAgentError(
+      'unavailable',
+      `the host daemon is not running on this host; "${verb}" needs it (it is restarted by its service manager): retry shortly`,
+    );
   }
   const serial = <T>(sandboxId: string, work: () => Promise<T>) => (runtime ? runtime.serialize(sandboxId, work) : work());
   switch (verb) {
@@ -87,7 +100,9 @@ async function dispatch(verb: HostVerb, request: unknown, config: HostConfig, ru
         await runtime?.runner.endSandbox(r.sandboxId, 'sandbox_ended');
         await runtime?.files.endSandbox(r.sandboxId);
         const result = await (await import('./lifecycle')).destroySandbox(request as never, config, docker);
-        await records(async (rec) => rec.recordDestroyed(r.sandboxId, result.keptHome ? `the home could not be synced and is kept on the host (${result.keptHome.reason})` : undefined));
+        await records(async (rec) =>
+          rec.recordDestroyed(r.sandboxId, result.keptHome ? `the home could not be synced and is kept on the host (${result.keptHome.reason})` : undefined),
+        );
         return result;
       });
     }

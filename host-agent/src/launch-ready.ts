@@ -91,7 +91,12 @@ async function daemonAnswers(socketPath: string, waitMs: number): Promise<string
 }
 
 /** Reads an exec's output and exit code (stdout kept, a few KB at most for the probe). */
-async function runInContainer(docker: DockerClient, containerId: string, cmd: string[], user: string): Promise<{ exitCode: number; stdout: string; stderr: string }> {
+async function runInContainer(
+  docker: DockerClient,
+  containerId: string,
+  cmd: string[],
+  user: string,
+): Promise<{ exitCode: number; stdout: string; stderr: string }> {
   const { Id } = await docker.createExec(containerId, { Cmd: cmd, User: user, AttachStdout: true, AttachStderr: true });
   const stream = await docker.startExec(Id);
   let stdout = '';
@@ -132,7 +137,8 @@ async function probeContainer(o: LaunchReadyOptions): Promise<string> {
     const user = `${o.config.sandboxUid}:${o.config.sandboxGid}`;
     const ran = await runInContainer(o.docker, containerId, ['id', '-u'], user);
     if (ran.exitCode !== 0) throw new Error(`a command in it exited ${ran.exitCode}: ${(ran.stderr || ran.stdout).trim().slice(0, 300)}`);
-    if (ran.stdout.trim() !== String(o.config.sandboxUid)) throw new Error(`a command in it ran as uid ${ran.stdout.trim()}, not the sandbox user ${o.config.sandboxUid}`);
+    if (ran.stdout.trim() !== String(o.config.sandboxUid))
+      throw new Error(`a command in it ran as uid ${ran.stdout.trim()}, not the sandbox user ${o.config.sandboxUid}`);
     return `container ${name} started, ran as uid ${o.config.sandboxUid}, removed`;
   } catch (error) {
     throw new LaunchReadyError('container', `a sandbox container of ${o.image} cannot run here: ${(error as Error).message}`);

@@ -113,11 +113,7 @@ export async function destroySandbox(request: DestroyInput, config: HostConfig, 
  * keeps running. Then the home is synced up and the cold tier unmounted
  * (resume mounts it again).
  */
-export async function pauseSandbox(
-  request: SandboxRefInput,
-  config: HostConfig,
-  docker: DockerClient,
-): Promise<{ paused: boolean; tmp?: TmpArchiveReport }> {
+export async function pauseSandbox(request: SandboxRefInput, config: HostConfig, docker: DockerClient): Promise<{ paused: boolean; tmp?: TmpArchiveReport }> {
   const info = await requireContainer(docker, request.sandboxId);
   const ctx = { config, sandboxId: request.sandboxId, storage: request.storage };
   let tmp: TmpArchiveReport | undefined;
@@ -141,11 +137,7 @@ export async function pauseSandbox(
  * sandbox is still paused for the control plane) retries the restore. A running
  * container is left as it is, apart from such a pending restore.
  */
-export async function resumeSandbox(
-  request: SandboxRefInput,
-  config: HostConfig,
-  docker: DockerClient,
-): Promise<{ resumed: boolean; tmp?: TmpRestoreReport }> {
+export async function resumeSandbox(request: SandboxRefInput, config: HostConfig, docker: DockerClient): Promise<{ resumed: boolean; tmp?: TmpRestoreReport }> {
   const info = await requireContainer(docker, request.sandboxId);
   if (info.State.Running) {
     if ((await tmpArchiveState(config, request.sandboxId, info)) !== 'pending') return { resumed: true };

@@ -76,7 +76,12 @@ export class LogShipper {
     const now = Date.now();
     for (const line of lines) {
       if (line === '') continue;
-      const message = Buffer.byteLength(line) > maxEventBytes ? `${Buffer.from(line).subarray(0, maxEventBytes - 32).toString('utf8')} …[line cut]` : line;
+      const message =
+        Buffer.byteLength(line) > maxEventBytes
+          ? `${Buffer.from(line)
+              .subarray(0, maxEventBytes - 32)
+              .toString('utf8')} …[line cut]`
+          : line;
       this.buffer.push({ timestamp: now, message });
     }
     if (this.buffer.length > this.o.maxBuffered) {
@@ -103,7 +108,12 @@ export class LogShipper {
         this.streamReady = true;
       }
       if (this.dropped > 0) {
-        const note = JSON.stringify({ level: 'ERROR', message: 'log shipper: lines dropped while CloudWatch Logs could not be reached', dropped: this.dropped, timestamp: new Date().toISOString() });
+        const note = JSON.stringify({
+          level: 'ERROR',
+          message: 'log shipper: lines dropped while CloudWatch Logs could not be reached',
+          dropped: this.dropped,
+          timestamp: new Date().toISOString(),
+        });
         this.buffer.unshift({ timestamp: this.buffer[0]?.timestamp ?? Date.now(), message: note });
         this.dropped = 0;
       }
@@ -123,7 +133,9 @@ export class LogShipper {
           // A batch CloudWatch will never take (too old, malformed) would block every line after it: count it and go on.
           if ((err as { name?: string }).name !== 'InvalidParameterException') throw err;
           this.dropped += count;
-          this.originals.stderr(`${JSON.stringify({ level: 'ERROR', message: 'log shipper: CloudWatch Logs rejected a batch; dropped', lines: count, err: (err as Error).message })}\n`);
+          this.originals.stderr(
+            `${JSON.stringify({ level: 'ERROR', message: 'log shipper: CloudWatch Logs rejected a batch; dropped', lines: count, err: (err as Error).message })}\n`,
+          );
         }
         // Only what CloudWatch took (or rejected for good) leaves the buffer; a failure keeps it for the next flush.
         this.buffer.splice(0, count);

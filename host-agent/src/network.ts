@@ -157,7 +157,10 @@ function desiredRules(family: Family, table: Table, input: DesiredInput, saved: 
     ]);
     chains.set(c.natPolicy, [...openRules(c.natPolicy, c.natOpen, input.openIps), `-A ${c.natPolicy} -p tcp ${redirect}`]);
     // allow_all goes straight out, but its attempts at private ranges reach the proxy, which refuses and logs them.
-    chains.set(c.natOpen, blockedIpv4Ranges.map((range) => `-A ${c.natOpen} -d ${range} -p tcp ${redirect}`));
+    chains.set(
+      c.natOpen,
+      blockedIpv4Ranges.map((range) => `-A ${c.natOpen} -d ${range} -p tcp ${redirect}`),
+    );
     return { family, table, chains, jumps: [{ parent: 'PREROUTING', rule: `-A PREROUTING -i ${input.bridge} -j ${c.nat}` }] };
   }
   const forwardParent = saved.chains.has('DOCKER-USER') ? 'DOCKER-USER' : 'FORWARD';
@@ -181,7 +184,10 @@ function desiredRules(family: Family, table: Table, input: DesiredInput, saved: 
       `-A ${c.input} -j DROP`,
     ]);
   } else {
-    chains.set(c.forward, blockedIpv6Ranges.map((range) => `-A ${c.forward} -d ${range} -j DROP`));
+    chains.set(
+      c.forward,
+      blockedIpv6Ranges.map((range) => `-A ${c.forward} -d ${range} -j DROP`),
+    );
     chains.set(c.input, [established(c.input), `-A ${c.input} -j DROP`]);
   }
   return {
@@ -263,7 +269,10 @@ async function withHostLock<T>(config: HostConfig, name: string, fn: () => Promi
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
       // A holder that died leaves the directory behind: take over after 30 s.
-      const age = await stat(lock).then((s) => Date.now() - s.mtimeMs, () => 0);
+      const age = await stat(lock).then(
+        (s) => Date.now() - s.mtimeMs,
+        () => 0,
+      );
       if (age > 30_000) await rmdir(lock).catch(() => undefined);
       else if (Date.now() > deadline) throw new HostAgentError('internal_error', `timed out waiting for the lock ${lock}`);
       else await new Promise((r) => setTimeout(r, 25));

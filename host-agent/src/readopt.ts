@@ -67,4 +67,3 @@ async function adoptOne(config: HostConfig, docker: DockerClient, s: { sandboxId
     return { sandboxId: s.sandboxId, container, home, cold: 'failed', error: (error as Error).message };
   }
 }
-

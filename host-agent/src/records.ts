@@ -52,8 +52,11 @@ export async function recordPaused(sandboxId: string, outcome: { ok: true; tmpNo
   const r = await getSandbox(sandboxId);
   if (r?.status !== 'pausing') return;
   const now = Date.now();
-  if (outcome.ok) await apply(sandboxId, 'paused', { deadline_at: r.expires_at_ms, ...(outcome.tmpNotKept?.length ? { tmp_not_kept: outcome.tmpNotKept } : {}) });
-  else if (await apply(sandboxId, 'pause_failed', { last_activity_at: now, deadline_at: idleDeadline(r, now), stop_detail: `stop failed: ${outcome.detail}` })) {
+  if (outcome.ok)
+    await apply(sandboxId, 'paused', { deadline_at: r.expires_at_ms, ...(outcome.tmpNotKept?.length ? { tmp_not_kept: outcome.tmpNotKept } : {}) });
+  else if (
+    await apply(sandboxId, 'pause_failed', { last_activity_at: now, deadline_at: idleDeadline(r, now), stop_detail: `stop failed: ${outcome.detail}` })
+  ) {
     logger.warn('stop failed on the host; the sandbox keeps running', { sandboxId, detail: outcome.detail });
   }
 }
@@ -65,7 +68,11 @@ export async function recordResumed(sandboxId: string, outcome: { ok: true; tmpN
   const now = Date.now();
   if (outcome.ok) {
     // Running again: a sandbox moved off a drained host has its staged state restored (and deleted) now.
-    await apply(sandboxId, 'resumed', { last_activity_at: now, deadline_at: idleDeadline(r, now), ...(outcome.tmpNotRestored?.length ? { tmp_not_restored: outcome.tmpNotRestored } : {}) }, ['paused_state']);
-  }
-  else await apply(sandboxId, 'resume_failed', { deadline_at: r.expires_at_ms, stop_detail: `start failed: ${outcome.detail}` });
+    await apply(
+      sandboxId,
+      'resumed',
+      { last_activity_at: now, deadline_at: idleDeadline(r, now), ...(outcome.tmpNotRestored?.length ? { tmp_not_restored: outcome.tmpNotRestored } : {}) },
+      ['paused_state'],
+    );
+  } else await apply(sandboxId, 'resume_failed', { deadline_at: r.expires_at_ms, stop_detail: `start failed: ${outcome.detail}` });
 }

@@ -78,7 +78,9 @@ export async function movePausedOut(r: SandboxRecord, hostId: string, config: Ho
       // The limit every /tmp archive has (twice its tmpfs), and what one PUT carries.
       const cap = Math.min(archiveSizeFactor * tmpfsBytes(info, config), maxSinglePutBytes);
       if (size > cap) throw new HostAgentError('storage_error', `the /tmp archive of ${sandboxId} is ${size} bytes, over its ${cap}-byte limit; not moving it`);
-      await s3.send(new PutObjectCommand({ Bucket: storage.bucket, Key: keys.tmp, Body: createReadStream(archive), ContentLength: size, ContentType: 'application/x-tar' }));
+      await s3.send(
+        new PutObjectCommand({ Bucket: storage.bucket, Key: keys.tmp, Body: createReadStream(archive), ContentLength: size, ContentType: 'application/x-tar' }),
+      );
     } else {
       // No archive: /tmp was empty (or already gone with a stopped container); no stale one of an earlier move may stand in.
       await s3.send(new DeleteObjectCommand({ Bucket: storage.bucket, Key: keys.tmp }));
@@ -102,7 +104,9 @@ export async function dropPausedState(bucket: string, prefix: string): Promise<v
   const keys = pausedStateKeys(prefix);
   await withS3(async (s3) => {
     for (const key of [keys.request, keys.tmp]) {
-      await s3.send(new DeleteObjectCommand({ Bucket: bucket, Key: key })).catch((err: unknown) => logger.warn('paused state: an object was not deleted', { bucket, key, err }));
+      await s3
+        .send(new DeleteObjectCommand({ Bucket: bucket, Key: key }))
+        .catch((err: unknown) => logger.warn('paused state: an object was not deleted', { bucket, key, err }));
     }
   });
 }
@@ -122,7 +126,8 @@ async function fetchArchive(s3: S3Client, bucket: string, key: string, to: strin
   let body: Readable;
   try {
     const out = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
-    if ((out.ContentLength ?? 0) > capBytes) throw new HostAgentError('storage_error', `the staged /tmp archive is ${out.ContentLength} bytes, over this sandbox's ${capBytes}-byte limit`);
+    if ((out.ContentLength ?? 0) > capBytes)
+      throw new HostAgentError('storage_error', `the staged /tmp archive is ${out.ContentLength} bytes, over this sandbox's ${capBytes}-byte limit`);
     body = out.Body as Readable;
   } catch (err) {
     if (err instanceof NoSuchKey || (err as { name?: string }).name === 'NoSuchKey') return false;

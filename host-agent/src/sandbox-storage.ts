@@ -17,16 +17,7 @@ import { HostAgentError } from './errors';
 import type { StorageSpec, SyncReport } from '../../contract/host-protocol';
 import { ensureSharedMount } from './storage/shared-mount';
 import { attachHomeDisk, detachHomeDisk, homeDiskBytes } from './storage/home-disk';
-import {
-  coldMountDriverFromEnv,
-  createS3Client,
-  defaultMaxEntries,
-  hotSyncDown,
-  hotSyncUp,
-  mountCold,
-  unmountCold,
-  type HotSyncReport,
-} from './storage/index';
+import { coldMountDriverFromEnv, createS3Client, defaultMaxEntries, hotSyncDown, hotSyncUp, mountCold, unmountCold, type HotSyncReport } from './storage/index';
 
 export interface SandboxStorageContext {
   config: HostConfig;

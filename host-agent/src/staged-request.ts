@@ -14,10 +14,7 @@ export async function fetchStagedRequest(config: HostConfig, key: string): Promi
   const bucket = config.storageBucket;
   if (!bucket) throw new HostAgentError('bad_request', `request staged at s3:${key} but STORAGE_BUCKET is not set on this host`);
 
-  const [{ GetObjectCommand, DeleteObjectCommand }, { createS3Client }] = await Promise.all([
-    import('@aws-sdk/client-s3'),
-    import('./storage/s3'),
-  ]);
+  const [{ GetObjectCommand, DeleteObjectCommand }, { createS3Client }] = await Promise.all([import('@aws-sdk/client-s3'), import('./storage/s3')]);
   const s3 = createS3Client();
   let text: string;
   try {

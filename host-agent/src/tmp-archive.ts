@@ -156,7 +156,10 @@ async function freeBytes(dir: string): Promise<number> {
 
 /** tar's stderr as report lines: the first few, each cut, plus a count of the rest. */
 function warningLines(stderr: string, total: number): string[] {
-  const lines = stderr.split('\n').map((l) => l.trim()).filter((l) => l && !/^tar: Exiting with failure status/.test(l));
+  const lines = stderr
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !/^tar: Exiting with failure status/.test(l));
   const shown = lines.slice(0, maxWarnings).map((l) => (l.length > maxWarningChars ? l.slice(0, maxWarningChars) + '…' : l));
   const more = lines.length - shown.length;
   if (more > 0) shown.push(`… and ${more} more line(s)`);
@@ -185,7 +188,13 @@ async function runTar(
   containerId: string,
   config: HostConfig,
   cmd: string[],
-  io: { sink?: (chunk: Buffer) => Promise<void>; stdinFile?: string; stdinRange?: { start: number; end: number }; what: string; user?: { uid: number; gid: number } },
+  io: {
+    sink?: (chunk: Buffer) => Promise<void>;
+    stdinFile?: string;
+    stdinRange?: { start: number; end: number };
+    what: string;
+    user?: { uid: number; gid: number };
+  },
 ): Promise<TarRun> {
   const user = io.user ?? { uid: config.sandboxUid, gid: config.sandboxGid };
   // Never as root: every run reads or writes only what its own user may.
@@ -228,14 +237,19 @@ async function runTar(
     }
     stream.destroy();
   };
-  const timer = setTimeout(() => void stop(new HostAgentError('storage_error', `${io.what} took longer than ${tarTimeoutMs / 1000} s; tar was stopped`)), tarTimeoutMs);
+  const timer = setTimeout(
+    () => void stop(new HostAgentError('storage_error', `${io.what} took longer than ${tarTimeoutMs / 1000} s; tar was stopped`)),
+    tarTimeoutMs,
+  );
 
   // Resolves to the feeding error, if any: when tar leaves early the write side fails too, and tar's exit code says why.
   const feeding: Promise<unknown> =
     io.stdinFile === undefined
       ? Promise.resolve(undefined)
       : pipeline(
-          io.stdinRange && io.stdinRange.end <= io.stdinRange.start ? Readable.from([]) : createReadStream(io.stdinFile, io.stdinRange ? { start: io.stdinRange.start, end: io.stdinRange.end - 1 } : {}),
+          io.stdinRange && io.stdinRange.end <= io.stdinRange.start
+            ? Readable.from([])
+            : createReadStream(io.stdinFile, io.stdinRange ? { start: io.stdinRange.start, end: io.stdinRange.end - 1 } : {}),
           stream as unknown as NodeJS.WritableStream,
         ).then(
           () => undefined,
@@ -341,7 +355,10 @@ async function inventory(docker: DockerClient, config: HostConfig, containerId: 
         sink: async (chunk) => {
           listingBytes += chunk.length;
           if (listingBytes > maxInventoryBytes) {
-            throw new HostAgentError('storage_error', `${what}: /tmp lists more than ${maxInventoryBytes} bytes of names; not pausing (the sandbox keeps running): remove files from /tmp and retry`);
+            throw new HostAgentError(
+              'storage_error',
+              `${what}: /tmp lists more than ${maxInventoryBytes} bytes of names; not pausing (the sandbox keeps running): remove files from /tmp and retry`,
+            );
           }
           chunks.push(chunk);
         },
@@ -349,7 +366,10 @@ async function inventory(docker: DockerClient, config: HostConfig, containerId: 
     );
     // find: 1 means some entries could not be read (reported through stderr).
     if (run.exitCode !== 0 && run.exitCode !== 1) {
-      throw new HostAgentError('storage_error', `${what}: listing /tmp as ${ownerOf(user)} failed (exit ${run.exitCode}): ${run.stderr.trim().slice(0, 2000) || 'no message'}; not pausing (the sandbox keeps running)`);
+      throw new HostAgentError(
+        'storage_error',
+        `${what}: listing /tmp as ${ownerOf(user)} failed (exit ${run.exitCode}): ${run.stderr.trim().slice(0, 2000) || 'no message'}; not pausing (the sandbox keeps running)`,
+      );
     }
     warnings.add(warningLines(run.stderr, run.stderrBytes));
     const unlisted = new Map<string, { user: { uid: number; gid: number }; dirs: string[] }>();
@@ -376,7 +396,9 @@ async function inventory(docker: DockerClient, config: HostConfig, containerId: 
   }
   const rootOwned = [...entries.values()].filter((e) => e.uid === 0);
   if (rootOwned.length > 0) {
-    warnings.add([`${rootOwned.length} entr${rootOwned.length === 1 ? 'y' : 'ies'} owned by root not kept (no exec runs as root), e.g. ${rootOwned[0]!.path.slice(2)}`]);
+    warnings.add([
+      `${rootOwned.length} entr${rootOwned.length === 1 ? 'y' : 'ies'} owned by root not kept (no exec runs as root), e.g. ${rootOwned[0]!.path.slice(2)}`,
+    ]);
   }
   return [...entries.values()].filter((e) => e.uid !== 0);
 }
@@ -429,7 +451,8 @@ async function readIndex(archive: string): Promise<{ segments: TmpSegment[]; tim
     const text = footer.toString('latin1');
     if (!text.startsWith(indexMagic) || !text.endsWith('\n')) return undefined;
     const length = Number(text.slice(indexMagic.length, -1));
-    if (!Number.isInteger(length) || length < 0 || length > size - footerBytes) throw new Error(`the archive's index length ${text.slice(indexMagic.length, -1)} is out of range`);
+    if (!Number.isInteger(length) || length < 0 || length > size - footerBytes)
+      throw new Error(`the archive's index length ${text.slice(indexMagic.length, -1)} is out of range`);
     const json = Buffer.alloc(length);
     await handle.read(json, 0, length, size - footerBytes - length);
     const index = JSON.parse(json.toString('utf8')) as { version: number; segments: TmpSegment[]; times?: TmpTimes[] };
@@ -459,7 +482,10 @@ export async function archiveTmp(docker: DockerClient, config: HostConfig, sandb
 
   await mkdir(root, { recursive: true, mode: 0o755 });
   if ((await freeBytes(root)) < hostDiskReserveBytes) {
-    throw new HostAgentError('storage_error', `${what}: the host's disk has less than ${hostDiskReserveBytes >> 20} MiB free; not pausing (the sandbox keeps running)`);
+    throw new HostAgentError(
+      'storage_error',
+      `${what}: the host's disk has less than ${hostDiskReserveBytes >> 20} MiB free; not pausing (the sandbox keeps running)`,
+    );
   }
   let file: FileHandle | undefined;
   let bytes = 0;
@@ -480,35 +506,45 @@ export async function archiveTmp(docker: DockerClient, config: HostConfig, sandb
     for (const segment of plan.segments) {
       const offset = bytes;
       // Names relative to /tmp (tar runs with --directory=/tmp), as the archive has always stored them.
-    const run = await withList(root, segment.paths.map((p) => p.slice(2)), (list) =>
-        runTar(docker, info.Id, config, archiveArgv, {
-          what: `${what} (files of ${ownerOf(segment)})`,
-          stdinFile: list,
-          user: segment,
-          sink: async (chunk) => {
-            if (bytes + chunk.length > capBytes) {
-              throw new HostAgentError(
-                'storage_error',
-                `${what}: the archive passed ${capBytes} bytes (twice the ${capBytes / archiveSizeFactor}-byte tmpfs; many empty files or huge sparse ones?); not pausing (the sandbox keeps running): remove files from /tmp and retry`,
-              );
-            }
-            bytes += chunk.length;
-            if (bytes >= nextDiskCheck) {
-              nextDiskCheck += diskCheckEveryBytes;
-              if ((await freeBytes(root)) < hostDiskReserveBytes) {
-                throw new HostAgentError('storage_error', `${what}: the host's disk fell below ${hostDiskReserveBytes >> 20} MiB free; not pausing (the sandbox keeps running)`);
+      const run = await withList(
+        root,
+        segment.paths.map((p) => p.slice(2)),
+        (list) =>
+          runTar(docker, info.Id, config, archiveArgv, {
+            what: `${what} (files of ${ownerOf(segment)})`,
+            stdinFile: list,
+            user: segment,
+            sink: async (chunk) => {
+              if (bytes + chunk.length > capBytes) {
+                throw new HostAgentError(
+                  'storage_error',
+                  `${what}: the archive passed ${capBytes} bytes (twice the ${capBytes / archiveSizeFactor}-byte tmpfs; many empty files or huge sparse ones?); not pausing (the sandbox keeps running): remove files from /tmp and retry`,
+                );
               }
-            }
-            await handle.write(chunk);
-          },
-        }),
+              bytes += chunk.length;
+              if (bytes >= nextDiskCheck) {
+                nextDiskCheck += diskCheckEveryBytes;
+                if ((await freeBytes(root)) < hostDiskReserveBytes) {
+                  throw new HostAgentError(
+                    'storage_error',
+                    `${what}: the host's disk fell below ${hostDiskReserveBytes >> 20} MiB free; not pausing (the sandbox keeps running)`,
+                  );
+                }
+              }
+              await handle.write(chunk);
+            },
+          }),
       );
       // 1: some files changed while being read (a process still writing); they are kept as read.
       if (run.exitCode !== 0 && run.exitCode !== 1) {
         const hint = run.exitCode === 127 ? ' (the sandbox image needs tar and find in /usr/bin or /bin)' : '';
-        throw new HostAgentError('storage_error', `${what}: tar as ${ownerOf(segment)} exited ${run.exitCode}${hint}: ${run.stderr.trim().slice(0, 2000) || 'no message'}; not pausing (the sandbox keeps running)`);
+        throw new HostAgentError(
+          'storage_error',
+          `${what}: tar as ${ownerOf(segment)} exited ${run.exitCode}${hint}: ${run.stderr.trim().slice(0, 2000) || 'no message'}; not pausing (the sandbox keeps running)`,
+        );
       }
-      if (bytes === offset) throw new HostAgentError('storage_error', `${what}: tar as ${ownerOf(segment)} wrote nothing; not pausing (the sandbox keeps running)`);
+      if (bytes === offset)
+        throw new HostAgentError('storage_error', `${what}: tar as ${ownerOf(segment)} wrote nothing; not pausing (the sandbox keeps running)`);
       warnings.add(warningLines(run.stderr, run.stderrBytes));
       segments.push({ uid: segment.uid, gid: segment.gid, offset, bytes: bytes - offset });
     }

@@ -111,15 +111,17 @@ async function touchLastUsed(record: ApiKeyRecord, now: number): Promise<void> {
   if (record.last_used_at && now - Date.parse(record.last_used_at) < 60_000) return;
   const iso = new Date(now).toISOString();
   // Not applied: another request recorded it.
-  await conditionally(dynamo().send(
-    new UpdateCommand({
-      TableName: config().tables.apiKeys,
-      Key: { key_hash: record.key_hash },
-      UpdateExpression: 'SET last_used_at = :now',
-      ConditionExpression: 'attribute_exists(key_hash) AND (attribute_not_exists(last_used_at) OR last_used_at < :cutoff)',
-      ExpressionAttributeValues: { ':now': iso, ':cutoff': new Date(now - 60_000).toISOString() },
-    }),
-  ));
+  await conditionally(
+    dynamo().send(
+      new UpdateCommand({
+        TableName: config().tables.apiKeys,
+        Key: { key_hash: record.key_hash },
+        UpdateExpression: 'SET last_used_at = :now',
+        ConditionExpression: 'attribute_exists(key_hash) AND (attribute_not_exists(last_used_at) OR last_used_at < :cutoff)',
+        ExpressionAttributeValues: { ':now': iso, ':cutoff': new Date(now - 60_000).toISOString() },
+      }),
+    ),
+  );
 }
 
 export async function listApiKeys(tenantId?: string): Promise<Omit<ApiKeyRecord, 'key_hash'>[]> {
@@ -146,15 +148,17 @@ export async function revokeApiKey(tenantId: string, keyId: string): Promise<boo
   );
   let revoked = false;
   for (const item of (keys.Items ?? []) as ApiKeyRecord[]) {
-    const write = await conditionally(dynamo().send(
-      new UpdateCommand({
-        TableName: config().tables.apiKeys,
-        Key: { key_hash: item.key_hash },
-        UpdateExpression: 'SET revoked_at = :now',
-        ConditionExpression: 'attribute_not_exists(revoked_at)',
-        ExpressionAttributeValues: { ':now': new Date().toISOString() },
-      }),
-    ));
+    const write = await conditionally(
+      dynamo().send(
+        new UpdateCommand({
+          TableName: config().tables.apiKeys,
+          Key: { key_hash: item.key_hash },
+          UpdateExpression: 'SET revoked_at = :now',
+          ConditionExpression: 'attribute_not_exists(revoked_at)',
+          ExpressionAttributeValues: { ':now': new Date().toISOString() },
+        }),
+      ),
+    );
     if (write.applied) revoked = true;
   }
   return revoked;

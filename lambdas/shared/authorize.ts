@@ -57,7 +57,14 @@ export async function decide(presented: string | undefined, methodArn: string): 
 /** Whether `methodArn` matches one of the policy resources (`*` matches any run of characters). */
 export function allows(resources: readonly string[], methodArn: string): boolean {
   return resources.some((pattern) => {
-    const re = new RegExp('^' + pattern.split('*').map((p) => p.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*') + '$');
+    const re = new RegExp(
+      '^' +
+        pattern
+          .split('*')
+          .map((p) => p.replace(/[.+?^${}()|[\]\\]/g, '\\$&'))
+          .join('.*') +
+        '$',
+    );
     return re.test(methodArn);
   });
 }

@@ -150,6 +150,6 @@ export async function readHeadAndTail(
   const tailBytes = await readStreamBytes(prefix, stream, total - half, half);
   const tailStart = nextCharacterStart(tailBytes, 0);
   const tailText = tailBytes.subarray(tailStart, tailStart + prefixWithinBudget(tailBytes.subarray(tailStart), budget)).toString('utf8');
-  const omitted = total - (head.next) - (tailBytes.length - tailStart);
+  const omitted = total - head.next - (tailBytes.length - tailStart);
   return { text: `${head.text}\n[... ${omitted} bytes truncated ...]\n${tailText}`, truncated: true };
 }

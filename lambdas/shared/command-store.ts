@@ -97,15 +97,17 @@ export async function getCommand(sandboxId: string, commandId: string): Promise<
 
 /** Removes a record nobody started (its start could not be delivered), so the same id can be tried again. */
 export async function deleteUnstartedCommand(sandboxId: string, commandId: string, createdAt: string): Promise<boolean> {
-  const write = await conditionally(dynamo().send(
-    new DeleteCommand({
-      TableName: table(),
-      Key: { sandbox_id: sandboxId, command_id: commandId },
-      ConditionExpression: '#status = :pending AND created_at = :created',
-      ExpressionAttributeNames: { '#status': 'status' },
-      ExpressionAttributeValues: { ':pending': 'pending', ':created': createdAt },
-    }),
-  ));
+  const write = await conditionally(
+    dynamo().send(
+      new DeleteCommand({
+        TableName: table(),
+        Key: { sandbox_id: sandboxId, command_id: commandId },
+        ConditionExpression: '#status = :pending AND created_at = :created',
+        ExpressionAttributeNames: { '#status': 'status' },
+        ExpressionAttributeValues: { ':pending': 'pending', ':created': createdAt },
+      }),
+    ),
+  );
   return write.applied;
 }
 
@@ -137,18 +139,20 @@ async function updateCommand(sandboxId: string, commandId: string, u: Update): P
   for (const [j, s] of u.from.entries()) values[`:from${j}`] = s;
   const conditions = [`attribute_exists(created_seq)`, `#status IN (${u.from.map((_, j) => `:from${j}`).join(', ')})`];
   if (u.condition) conditions.push(`(${u.condition})`);
-  const out = await conditionally(dynamo().send(
-    new UpdateCommand({
-      TableName: table(),
-      Key: { sandbox_id: sandboxId, command_id: commandId },
-      UpdateExpression: [sets.length ? `SET ${sets.join(', ')}` : '', removes.length ? `REMOVE ${removes.join(', ')}` : ''].filter(Boolean).join(' '),
-      ConditionExpression: conditions.join(' AND '),
-      ExpressionAttributeNames: names,
-      ExpressionAttributeValues: values,
-      ReturnValues: 'ALL_NEW',
-      ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
-    }),
-  ));
+  const out = await conditionally(
+    dynamo().send(
+      new UpdateCommand({
+        TableName: table(),
+        Key: { sandbox_id: sandboxId, command_id: commandId },
+        UpdateExpression: [sets.length ? `SET ${sets.join(', ')}` : '', removes.length ? `REMOVE ${removes.join(', ')}` : ''].filter(Boolean).join(' '),
+        ConditionExpression: conditions.join(' AND '),
+        ExpressionAttributeNames: names,
+        ExpressionAttributeValues: values,
+        ReturnValues: 'ALL_NEW',
+        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+      }),
+    ),
+  );
   if (!out.applied) throw new CommandConflictError(commandId, (out.current as CommandRecord | undefined) ?? (await getCommand(sandboxId, commandId)));
   return out.output.Attributes as CommandRecord;
 }
@@ -163,19 +167,21 @@ export async function claimCommandStart(
   commandId: string,
   f: { runnerId: string; startedAt: string },
 ): Promise<{ before: CommandRecord; after: CommandRecord }> {
-  const out = await conditionally(dynamo().send(
-    new UpdateCommand({
-      TableName: table(),
-      Key: { sandbox_id: sandboxId, command_id: commandId },
-      // The initial stdin is written at start: later writes continue from its end.
-      UpdateExpression: 'SET #status = :running, started_at = :at, runner_id = :runner, stdin_delivered = stdin_initial_bytes REMOVE env, stdin',
-      ConditionExpression: 'attribute_exists(created_seq) AND #status = :pending',
-      ExpressionAttributeNames: { '#status': 'status' },
-      ExpressionAttributeValues: { ':running': 'running', ':pending': 'pending', ':at': f.startedAt, ':runner': f.runnerId },
-      ReturnValues: 'ALL_OLD',
-      ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
-    }),
-  ));
+  const out = await conditionally(
+    dynamo().send(
+      new UpdateCommand({
+        TableName: table(),
+        Key: { sandbox_id: sandboxId, command_id: commandId },
+        // The initial stdin is written at start: later writes continue from its end.
+        UpdateExpression: 'SET #status = :running, started_at = :at, runner_id = :runner, stdin_delivered = stdin_initial_bytes REMOVE env, stdin',
+        ConditionExpression: 'attribute_exists(created_seq) AND #status = :pending',
+        ExpressionAttributeNames: { '#status': 'status' },
+        ExpressionAttributeValues: { ':running': 'running', ':pending': 'pending', ':at': f.startedAt, ':runner': f.runnerId },
+        ReturnValues: 'ALL_OLD',
+        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+      }),
+    ),
+  );
   if (!out.applied) throw new CommandConflictError(commandId, (out.current as CommandRecord | undefined) ?? (await getCommand(sandboxId, commandId)));
   const before = out.output.Attributes as CommandRecord;
   const after: CommandRecord = { ...before, status: 'running', started_at: f.startedAt, runner_id: f.runnerId, stdin_delivered: before.stdin_initial_bytes };
@@ -421,10 +427,7 @@ export interface StdinChunk {
  * Answers the record after the write; throws CommandConflictError with the
  * record as it is when the offset or the command's state does not allow it.
  */
-export async function acceptStdin(
-  record: CommandRecord,
-  w: { offset: number; data: string; eof: boolean },
-): Promise<CommandRecord> {
+export async function acceptStdin(record: CommandRecord, w: { offset: number; data: string; eof: boolean }): Promise<CommandRecord> {
   const bytes = Buffer.byteLength(w.data, 'utf8');
   const next = w.offset + bytes;
   const key = { sandbox_id: record.sandbox_id, command_id: record.command_id };

@@ -60,7 +60,9 @@ export interface CommandSpec {
 }
 
 function fingerprint(spec: CommandSpec, origin: CommandOrigin): string {
-  return createHash('sha256').update(stableJson({ ...spec, origin })).digest('hex');
+  return createHash('sha256')
+    .update(stableJson({ ...spec, origin }))
+    .digest('hex');
 }
 
 export interface CommandView {
@@ -328,7 +330,12 @@ export async function killCommand(p: Principal, sandboxId: string, commandId: st
     throw invalidState(`sandbox ${sandboxId} is ${sandbox?.status ?? 'gone'}; its commands end with it`);
   }
   try {
-    await hosts().dispatch(sandbox.host_id, 'kill', { sandboxId, commandId, signal }, { timeoutSeconds: 30, waitSeconds: Math.max(1, (deadline - answerReserveMs - Date.now()) / 1000) });
+    await hosts().dispatch(
+      sandbox.host_id,
+      'kill',
+      { sandboxId, commandId, signal },
+      { timeoutSeconds: 30, waitSeconds: Math.max(1, (deadline - answerReserveMs - Date.now()) / 1000) },
+    );
   } catch (err) {
     if (!(err instanceof HostDispatchError && err.code === 'still_running')) throw hostFailure(err, 'kill the command');
   }
@@ -353,20 +360,36 @@ export async function writeCommandStdin(
     const now = err.current ?? r;
     if (isFinalCommandStatus(now.status)) throw invalidState(`command ${commandId} is ${now.status}; it takes no more input`);
     if (now.stdin_eof) throw invalidState(`stdin of command ${commandId} was closed (eof) at offset ${now.stdin_offset}`);
-    throw new ApiError(409, 'offset_mismatch', `stdin offset ${w.offset} is not the next one; the next write must be at offset ${now.stdin_offset}`, {}, {
-      expected_offset: now.stdin_offset,
-    });
+    throw new ApiError(
+      409,
+      'offset_mismatch',
+      `stdin offset ${w.offset} is not the next one; the next write must be at offset ${now.stdin_offset}`,
+      {},
+      {
+        expected_offset: now.stdin_offset,
+      },
+    );
   }
   const sandbox = await getSandbox(sandboxId);
   if (sandbox && isActive(sandbox.status)) {
     try {
-      await hosts().dispatch(sandbox.host_id, 'stdin', { sandboxId, commandId }, { timeoutSeconds: 30, waitSeconds: Math.max(1, (deadline - answerReserveMs - Date.now()) / 1000) });
+      await hosts().dispatch(
+        sandbox.host_id,
+        'stdin',
+        { sandboxId, commandId },
+        { timeoutSeconds: 30, waitSeconds: Math.max(1, (deadline - answerReserveMs - Date.now()) / 1000) },
+      );
     } catch (err) {
       // Accepted and kept: the next write (or the command's start) delivers it. Say so if the host could not be told.
       if (!(err instanceof HostDispatchError && err.code === 'still_running')) {
-        throw new ApiError(503, 'host_unavailable', `stdin up to offset ${accepted.stdin_offset} was accepted but not yet delivered: ${(err as Error).message}; retrying this write answers 409 with that offset`, {
-          'Retry-After': '2',
-        });
+        throw new ApiError(
+          503,
+          'host_unavailable',
+          `stdin up to offset ${accepted.stdin_offset} was accepted but not yet delivered: ${(err as Error).message}; retrying this write answers 409 with that offset`,
+          {
+            'Retry-After': '2',
+          },
+        );
       }
     }
   }
@@ -374,7 +397,10 @@ export async function writeCommandStdin(
 }
 
 /** The output /exec answers: everything up to 1 MiB per stream, head and tail past that. */
-export async function wholeOutput(r: CommandRecord, inline?: { stdout: string; stderr: string }): Promise<{ stdout: { text: string; truncated: boolean }; stderr: { text: string; truncated: boolean } }> {
+export async function wholeOutput(
+  r: CommandRecord,
+  inline?: { stdout: string; stderr: string },
+): Promise<{ stdout: { text: string; truncated: boolean }; stderr: { text: string; truncated: boolean } }> {
   if (inline) return { stdout: { text: inline.stdout, truncated: false }, stderr: { text: inline.stderr, truncated: false } };
   const [stdout, stderr] = await Promise.all([
     (r.stdout_bytes ?? 0) === 0 ? { text: '', truncated: false } : readHeadAndTail(prefixOf(r), 'stdout', r.stdout_bytes ?? 0),

@@ -76,7 +76,12 @@ async function drainHost(target: DrainTarget, now = Date.now()): Promise<DrainOu
   const deadlineAt = now + target.deadlineSeconds * 1000;
   await markHostDraining(target.hostId, target.reason, deadlineAt, now);
   try {
-    const answer = await hosts().dispatch(target.hostId, 'drain', { reason: target.reason, deadlineSeconds: target.deadlineSeconds }, { timeoutSeconds: 30, waitSeconds: 20 });
+    const answer = await hosts().dispatch(
+      target.hostId,
+      'drain',
+      { reason: target.reason, deadlineSeconds: target.deadlineSeconds },
+      { timeoutSeconds: 30, waitSeconds: 20 },
+    );
     logger.info('drain: host draining', { ...target, started: answer.started, sandboxes: answer.sandboxes });
     return 'draining';
   } catch (err) {

@@ -6,13 +6,5 @@
 /** `source` of every event the platform puts on its bus. */
 export const eventSource = 'ephemeral-sandbox';
 
-const platformEventTypes = [
-  'sandbox.created',
-  'sandbox.ready',
-  'sandbox.paused',
-  'sandbox.resumed',
-  'sandbox.ended',
-  'command.finished',
-  'host.lost',
-] as const;
+const platformEventTypes = ['sandbox.created', 'sandbox.ready', 'sandbox.paused', 'sandbox.resumed', 'sandbox.ended', 'command.finished', 'host.lost'] as const;
 export type PlatformEventType = (typeof platformEventTypes)[number];

@@ -112,12 +112,18 @@ async function runTransfer(
   const budgetMs = Math.max(0, deadline - answerReserveMs - now);
   let answer: FilesAnswer;
   try {
-    answer = await hosts().dispatch(r.host_id, 'files', { ...request, answerWithinMs: Math.min(o.waitMs, 20_000, Math.max(0, budgetMs - 3_000)) }, {
-      timeoutSeconds: 60,
-      waitSeconds: Math.max(0.5, budgetMs / 1000),
-    });
+    answer = await hosts().dispatch(
+      r.host_id,
+      'files',
+      { ...request, answerWithinMs: Math.min(o.waitMs, 20_000, Math.max(0, budgetMs - 3_000)) },
+      {
+        timeoutSeconds: 60,
+        waitSeconds: Math.max(0.5, budgetMs / 1000),
+      },
+    );
   } catch (err) {
-    if (err instanceof HostDispatchError && err.code === 'still_running') return (await getStagedJson<TransferState>(folder + fileStagingObjects.result)) ?? { status: 'running' };
+    if (err instanceof HostDispatchError && err.code === 'still_running')
+      return (await getStagedJson<TransferState>(folder + fileStagingObjects.result)) ?? { status: 'running' };
     throw hostFailure(err, `the ${request.op}`);
   }
   if (answer.error) throw fileApiError(answer.error);
@@ -147,11 +153,18 @@ export async function completeUpload(p: Principal, sandboxId: string, uploadId: 
     const justEnded = await getStagedJson<TransferState>(folder + fileStagingObjects.result);
     const answer = justEnded && ended(justEnded, view);
     if (answer) return answer;
-    throw new ApiError(409, 'conflict', `upload ${uploadId}: nothing was uploaded yet; PUT the bytes to the upload's url first (it is valid until the expires_at it came with)`, {}, {
-      path: spec.path,
-    });
+    throw new ApiError(
+      409,
+      'conflict',
+      `upload ${uploadId}: nothing was uploaded yet; PUT the bytes to the upload's url first (it is valid until the expires_at it came with)`,
+      {},
+      {
+        path: spec.path,
+      },
+    );
   }
-  if (size > maxUploadBytes) throw new ApiError(413, 'too_large', `${spec.path}: the upload is ${size} bytes; at most ${maxUploadBytes}`, {}, { path: spec.path });
+  if (size > maxUploadBytes)
+    throw new ApiError(413, 'too_large', `${spec.path}: the upload is ${size} bytes; at most ${maxUploadBytes}`, {}, { path: spec.path });
   if (!isActive(r.status)) throw invalidState(`sandbox ${sandboxId} is ${r.status}; an upload completes into a ready or running sandbox`);
   const state = await runTransfer(
     r,
@@ -197,7 +210,13 @@ export async function startDownload(p: Principal, sandboxId: string, body: Downl
   return followOnHost(r, downloadId, folder, spec, { deadline, waitMs: 20_000 });
 }
 
-async function followOnHost(r: SandboxRecord, downloadId: string, folder: string, spec: TransferSpec, o: { deadline: number; waitMs: number }): Promise<TransferAnswer<DownloadView>> {
+async function followOnHost(
+  r: SandboxRecord,
+  downloadId: string,
+  folder: string,
+  spec: TransferSpec,
+  o: { deadline: number; waitMs: number },
+): Promise<TransferAnswer<DownloadView>> {
   const state = await runTransfer(
     r,
     { op: 'download', sandboxId: r.sandbox_id, transferId: downloadId, staging: folder, path: spec.path, ...(spec.archive ? { archive: spec.archive } : {}) },
@@ -210,7 +229,13 @@ async function followOnHost(r: SandboxRecord, downloadId: string, folder: string
 }
 
 /** GET /sandboxes/{id}/files/download/{download_id}?wait=S: the download once it is staged (a fresh URL each time). */
-export async function followDownload(p: Principal, sandboxId: string, downloadId: string, waitSeconds: number, deadline: number): Promise<TransferAnswer<DownloadView>> {
+export async function followDownload(
+  p: Principal,
+  sandboxId: string,
+  downloadId: string,
+  waitSeconds: number,
+  deadline: number,
+): Promise<TransferAnswer<DownloadView>> {
   if (!downloadIdPattern.test(downloadId)) throw notFound(`download ${downloadId.slice(0, 64)}`);
   const r = await getTenantSandbox(p.tenantId, sandboxId);
   const folder = stagingFolder(p.tenantId, sandboxId, downloadId);
@@ -219,7 +244,8 @@ export async function followDownload(p: Principal, sandboxId: string, downloadId
   const recorded = await getStagedJson<TransferState>(folder + fileStagingObjects.result);
   if (recorded?.status === 'done') return { done: true, view: await downloadView(downloadId, folder, spec, recorded.result) };
   if (recorded?.status === 'failed') throw fileApiError(recorded.error);
-  if (!isActive(r.status)) throw invalidState(`sandbox ${sandboxId} is ${r.status} and download ${downloadId} never finished; start a new download in a running sandbox`);
+  if (!isActive(r.status))
+    throw invalidState(`sandbox ${sandboxId} is ${r.status} and download ${downloadId} never finished; start a new download in a running sandbox`);
   // Not recorded yet: its host joins the transfer it runs (waiting up to `wait` for its end), or runs it again if it lost it (a restart).
   return followOnHost(r, downloadId, folder, spec, { deadline, waitMs: waitSeconds * 1000 });
 }

@@ -80,7 +80,10 @@ export function fileApiError(e: FileError, hint = ''): ApiError {
 export async function activeSandbox(p: Principal, sandboxId: string): Promise<SandboxRecord> {
   const r = await getTenantSandbox(p.tenantId, sandboxId);
   if (!isActive(r.status)) {
-    const hint = r.status === 'paused' ? ' (resume it, or read its user\'s stored home at /users/{user_id}/home/files)' : ` (its user's stored home is at /users/${r.user_id}/home/files)`;
+    const hint =
+      r.status === 'paused'
+        ? " (resume it, or read its user's stored home at /users/{user_id}/home/files)"
+        : ` (its user's stored home is at /users/${r.user_id}/home/files)`;
     throw invalidState(`sandbox ${sandboxId} is ${r.status}; files need a ready or running sandbox${hint}`);
   }
   await recordActivity(r, Date.now());
@@ -139,7 +142,11 @@ export async function readSandboxFile(p: Principal, sandboxId: string, rawPath: 
     if (!bytes) throw new ApiError(502, 'host_error', `${path}: the host read the file but its bytes were not staged`);
     const sha256 = createHash('sha256').update(bytes).digest('hex');
     if (bytes.length !== content.size || sha256 !== content.sha256) {
-      throw new ApiError(502, 'host_error', `${path}: the staged bytes (${bytes.length}, sha256 ${sha256}) are not what the sandbox read (${content.size}, ${content.sha256})`);
+      throw new ApiError(
+        502,
+        'host_error',
+        `${path}: the staged bytes (${bytes.length}, sha256 ${sha256}) are not what the sandbox read (${content.size}, ${content.sha256})`,
+      );
     }
     return { path, bytes, size: content.size, mode: content.mode, sha256, mtime: new Date(content.mtime_ms).toISOString() };
   } finally {
@@ -253,7 +260,12 @@ export async function listSandboxFiles(p: Principal, sandboxId: string, q: ListF
 }
 
 /** POST /sandboxes/{id}/files/mkdir */
-export async function makeSandboxDirectory(p: Principal, sandboxId: string, body: { path: string; parents: boolean }, deadline: number): Promise<FileEntryView> {
+export async function makeSandboxDirectory(
+  p: Principal,
+  sandboxId: string,
+  body: { path: string; parents: boolean },
+  deadline: number,
+): Promise<FileEntryView> {
   const path = sandboxPath(body.path);
   const r = await activeSandbox(p, sandboxId);
   return entryView(answerOrThrow(await onHost(r, { op: 'mkdir', sandboxId, path, parents: body.parents }, deadline, path), 'entry'));
@@ -284,7 +296,8 @@ export async function moveSandboxFile(
 ): Promise<{ from: string; to: string; entry: FileEntryView }> {
   const from = sandboxPath(body.from, 'from');
   const to = sandboxPath(body.to, 'to');
-  if (isProtectedFromDelete(from)) throw new ApiError(400, 'validation_error', `from: ${from} is the root or the home itself and cannot be moved`, {}, { path: from });
+  if (isProtectedFromDelete(from))
+    throw new ApiError(400, 'validation_error', `from: ${from} is the root or the home itself and cannot be moved`, {}, { path: from });
   const r = await activeSandbox(p, sandboxId);
   const entry = answerOrThrow(await onHost(r, { op: 'move', sandboxId, from, to, overwrite: body.overwrite }, deadline, from), 'entry');
   return { from, to, entry: entryView(entry) };

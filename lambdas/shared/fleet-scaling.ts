@@ -92,7 +92,9 @@ export function capacityMetric(hosts: readonly FleetHost[], waiting: readonly Re
 export function utilizationWithoutOneHost(hosts: readonly FleetHost[], waiting: readonly Resources[]): number {
   if (waiting.length > 0) return noScaleInReading;
   const active = hosts.filter((h) => h.status === 'active');
-  const empty = active.filter((h) => h.allocated.sandboxes === 0).sort((a, b) => b.capacity.memory_mb - a.capacity.memory_mb || b.capacity.cpu_milli - a.capacity.cpu_milli);
+  const empty = active
+    .filter((h) => h.allocated.sandboxes === 0)
+    .sort((a, b) => b.capacity.memory_mb - a.capacity.memory_mb || b.capacity.cpu_milli - a.capacity.cpu_milli);
   const leaving = empty[0];
   if (!leaving) return noScaleInReading;
   const staying = active.filter((h) => h !== leaving);
@@ -115,11 +117,20 @@ export function allowsScaleIn(utilizationWithoutOneHostPercent: number, headroom
  *
  * @example hostsForHeadroom([], [oneSandbox], 0, shapeOf4, 20) // 1
  */
-export function hostsForHeadroom(hosts: readonly FleetHost[], waiting: readonly Resources[], launching: number, hostShape: Resources, headroomPercent: number): number {
+export function hostsForHeadroom(
+  hosts: readonly FleetHost[],
+  waiting: readonly Resources[],
+  launching: number,
+  hostShape: Resources,
+  headroomPercent: number,
+): number {
   const active = hosts.filter((h) => h.status === 'active');
   // A create larger than a whole host is counted out, as in hostsToAdd: no number of hosts places it.
   const placeable = waiting.filter((w) => fits(hostShape, zeroResources, w));
-  const demand = placeable.reduce((sum, w) => addResources(sum, w), active.reduce((sum, h) => addResources(sum, h.allocated), zeroResources));
+  const demand = placeable.reduce(
+    (sum, w) => addResources(sum, w),
+    active.reduce((sum, h) => addResources(sum, h.allocated), zeroResources),
+  );
   if (demand.sandboxes === 0 || hostShape.sandboxes <= 0) return 0;
   const base = active.reduce((sum, h) => addResources(sum, h.capacity), zeroResources);
   const most = 1 - Math.min(headroomPercent, maxHeadroomPercent) / 100;
@@ -141,7 +152,13 @@ export function hostsForHeadroom(hosts: readonly FleetHost[], waiting: readonly 
  * The hosts to add: enough for every waiting create to fit (hostsToAdd) and
  * for the fleet to keep its headroom, whichever needs more.
  */
-export function hostsNeeded(hosts: readonly FleetHost[], waiting: readonly Resources[], launching: number, hostShape: Resources, headroomPercent: number): number {
+export function hostsNeeded(
+  hosts: readonly FleetHost[],
+  waiting: readonly Resources[],
+  launching: number,
+  hostShape: Resources,
+  headroomPercent: number,
+): number {
   return Math.max(hostsToAdd(hosts, waiting, launching, hostShape), hostsForHeadroom(hosts, waiting, launching, hostShape, headroomPercent));
 }
 

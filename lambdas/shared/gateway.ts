@@ -119,10 +119,27 @@ export const gatewayResponses: readonly GatewayResponse[] = [
   { type: 'BAD_REQUEST_PARAMETERS', status: 400, code: 'validation_error' },
   { type: 'BAD_REQUEST_BODY', status: 400, code: 'validation_error' },
   // The authorizer fails when its table cannot be read: a dependency that is down, so retry.
-  { type: 'AUTHORIZER_FAILURE', status: 503, code: 'service_unavailable', message: 'the authorizer could not check the key right now: retry shortly', headers: { 'Retry-After': '2' } },
-  { type: 'AUTHORIZER_CONFIGURATION_ERROR', status: 503, code: 'service_unavailable', message: 'the authorizer could not check the key right now: retry shortly', headers: { 'Retry-After': '2' } },
+  {
+    type: 'AUTHORIZER_FAILURE',
+    status: 503,
+    code: 'service_unavailable',
+    message: 'the authorizer could not check the key right now: retry shortly',
+    headers: { 'Retry-After': '2' },
+  },
+  {
+    type: 'AUTHORIZER_CONFIGURATION_ERROR',
+    status: 503,
+    code: 'service_unavailable',
+    message: 'the authorizer could not check the key right now: retry shortly',
+    headers: { 'Retry-After': '2' },
+  },
   { type: 'INTEGRATION_FAILURE', status: 502, code: 'internal_error', message: 'the handler failed: retry, and report it if it persists' },
-  { type: 'INTEGRATION_TIMEOUT', status: 504, code: 'gateway_timeout', message: `the request took longer than API Gateway's ${integrationTimeoutSeconds} s limit; long work answers 202 and is followed with GET` },
+  {
+    type: 'INTEGRATION_TIMEOUT',
+    status: 504,
+    code: 'gateway_timeout',
+    message: `the request took longer than API Gateway's ${integrationTimeoutSeconds} s limit; long work answers 202 and is followed with GET`,
+  },
   { type: 'DEFAULT_4XX', code: 'request_rejected' },
   { type: 'DEFAULT_5XX', code: 'internal_error' },
 ];

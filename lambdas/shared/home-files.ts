@@ -107,14 +107,22 @@ async function resolveFile(prefix: string, rel: string, asked: string): Promise<
     const found = await head(key);
     if (!found) {
       if (await isDirectory(prefix, current)) throw new ApiError(409, 'is_a_directory', `${asked}: is a directory`, {}, { path: asked });
-      throw new ApiError(404, 'not_found', `${asked}: no such file in the stored home${current === rel ? '' : ` (a link leads to ${homeAbsolute(current)}, which is not there)`}`, {}, { path: asked });
+      throw new ApiError(
+        404,
+        'not_found',
+        `${asked}: no such file in the stored home${current === rel ? '' : ` (a link leads to ${homeAbsolute(current)}, which is not there)`}`,
+        {},
+        { path: asked },
+      );
     }
     const mode = modeOf(found.Metadata, 0o100644);
     if ((mode & S_IFMT) !== S_IFLNK) {
       return { rel: current, key, size: Number(found.ContentLength ?? 0), mode, mtime: mtimeOf(found.Metadata, found.LastModified) };
     }
     const target = (await readSmall(key)).toString('utf8');
-    const next = posix.normalize(target.startsWith('/') ? target : posix.join(homeAbsolute(posix.dirname(current) === '.' ? '' : posix.dirname(current)), target));
+    const next = posix.normalize(
+      target.startsWith('/') ? target : posix.join(homeAbsolute(posix.dirname(current) === '.' ? '' : posix.dirname(current)), target),
+    );
     if (next !== '/home/agent' && !next.startsWith('/home/agent/')) {
       throw new ApiError(404, 'not_found', `${asked}: is a link to ${target}, outside the home; the stored copy holds only /home/agent`, {}, { path: asked });
     }
@@ -217,7 +225,9 @@ export async function listHomeFiles(p: Principal, userId: string, q: ListFilesQu
   }
   // Keys and common prefixes, in one order (S3 gives each sorted by key).
   const names = [
-    ...(page.Contents ?? []).filter((o) => o.Key !== listPrefix).map((o) => ({ key: o.Key!, size: Number(o.Size ?? 0), lastModified: o.LastModified, prefix: false })),
+    ...(page.Contents ?? [])
+      .filter((o) => o.Key !== listPrefix)
+      .map((o) => ({ key: o.Key!, size: Number(o.Size ?? 0), lastModified: o.LastModified, prefix: false })),
     ...(page.CommonPrefixes ?? []).map((c) => ({ key: c.Prefix!, size: 0, lastModified: undefined, prefix: true })),
   ].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   const entries = await mapLimited(names, headConcurrency, async (n): Promise<FileEntryView> => {
@@ -236,7 +246,10 @@ export async function listHomeFiles(p: Principal, userId: string, q: ListFilesQu
       ...(type === 'symlink' ? { link_target: (await readSmall(n.key)).toString('utf8') } : {}),
     };
   });
-  const next = page.IsTruncated && page.NextContinuationToken ? Buffer.from(JSON.stringify({ p: rel, r: q.recursive, c: page.NextContinuationToken } satisfies HomeListToken), 'utf8').toString('base64url') : undefined;
+  const next =
+    page.IsTruncated && page.NextContinuationToken
+      ? Buffer.from(JSON.stringify({ p: rel, r: q.recursive, c: page.NextContinuationToken } satisfies HomeListToken), 'utf8').toString('base64url')
+      : undefined;
   return { path, entries, ...(next ? { next_token: next } : {}), home_copy: homeCopy };
 }
 
@@ -258,7 +271,12 @@ export async function downloadHomeFile(p: Principal, userId: string, rawPath: st
   const path = homeAbsolute(rel);
   const prefix = prefixOf(p.tenantId, userId);
   const [file, homeCopy] = await Promise.all([resolveFile(prefix, rel, path), homeCopyOf(p.tenantId, userId)]);
-  const sha256 = file.size <= filesInlineMaxBytes ? createHash('sha256').update(await readSmall(file.key)).digest('hex') : null;
+  const sha256 =
+    file.size <= filesInlineMaxBytes
+      ? createHash('sha256')
+          .update(await readSmall(file.key))
+          .digest('hex')
+      : null;
   const signed = await presignedDownload(file.key);
   return { path, url: signed.url, expires_at: signed.expires_at, size: file.size, mode: octal(file.mode), mtime: file.mtime, sha256, home_copy: homeCopy };
 }

@@ -11,9 +11,7 @@ import { HostDispatchError } from './host-dispatch-error';
 /** How much of a failed command's output an error message quotes. */
 const excerptChars = 500;
 
-export type ParsedEnvelope =
-  | { ok: true; result: unknown }
-  | { ok: false; error: { code: HostErrorCode; message: string } };
+export type ParsedEnvelope = { ok: true; result: unknown } | { ok: false; error: { code: HostErrorCode; message: string } };
 
 /** The host-agent's answer: the last non-empty line of stdout, if it is an envelope. */
 export function parseHostEnvelope(stdout: string): ParsedEnvelope | undefined {
@@ -42,9 +40,7 @@ export function parseHostEnvelope(stdout: string): ParsedEnvelope | undefined {
     const known = (hostErrorCodes as readonly string[]).includes(code);
     return {
       ok: false,
-      error: known
-        ? { code: code as HostErrorCode, message }
-        : { code: 'internal_error', message: `host answered unknown error code "${code}": ${message}` },
+      error: known ? { code: code as HostErrorCode, message } : { code: 'internal_error', message: `host answered unknown error code "${code}": ${message}` },
     };
   }
   return undefined;

@@ -52,8 +52,10 @@ export class HostDispatchError extends Error {
 
   /** True when the host surely did not act on the request (it was never delivered, or refused as invalid). */
   get notDelivered(): boolean {
-    return ['host_unreachable', 'throttled', 'staging_failed', 'invalid_dispatch', 'config_error'].includes(this.code) ||
-      (this.code === 'ssm_error' && this.commandId === undefined);
+    return (
+      ['host_unreachable', 'throttled', 'staging_failed', 'invalid_dispatch', 'config_error'].includes(this.code) ||
+      (this.code === 'ssm_error' && this.commandId === undefined)
+    );
   }
 }
 

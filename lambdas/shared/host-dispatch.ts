@@ -69,12 +69,7 @@ export interface HostDispatcher {
    * bounds how long this call waits for it: past that it throws `still_running`
    * and the host carries on (what the API answers 202 for).
    */
-  dispatch<V extends HostVerb>(
-    instanceId: string,
-    verb: V,
-    request: unknown,
-    opts: { timeoutSeconds: number; waitSeconds?: number },
-  ): Promise<HostResults[V]>;
+  dispatch<V extends HostVerb>(instanceId: string, verb: V, request: unknown, opts: { timeoutSeconds: number; waitSeconds?: number }): Promise<HostResults[V]>;
 }
 
 /** SSM's delivery timeout floor: the command waits at most this long for an offline agent. */
@@ -159,7 +154,10 @@ export function createHostDispatcher(opts: HostDispatcherOptions): HostDispatche
         // Cut at the request's deadline with the send in flight: SSM may have taken it, and then the host is at it
         // (it needs the staged request). The caller answers with the record as it stands; the host records the
         // outcome, or, if the command never went out, the reaper ends what it left waiting.
-        throw new HostDispatchError('still_running', `host-agent ${verb} on ${instanceId}: SSM did not confirm the command within this request's time; the host may be at it`);
+        throw new HostDispatchError(
+          'still_running',
+          `host-agent ${verb} on ${instanceId}: SSM did not confirm the command within this request's time; the host may be at it`,
+        );
       }
       throw ssmFailure('SendCommand', instanceId, err);
     }

@@ -70,9 +70,7 @@ export function requestStaging(s3: S3Client | undefined, bucket: string | undefi
       }
       const key = `${stagedRequestPrefix}${randomUUID()}.json`;
       try {
-        await s3.send(
-          new PutObjectCommand({ Bucket: bucket, Key: key, Body: JSON.stringify(request), ContentType: 'application/json' }),
-        );
+        await s3.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: JSON.stringify(request), ContentType: 'application/json' }));
       } catch (err) {
         throw new HostDispatchError('staging_failed', `could not stage the host request at s3://${bucket}/${key}: ${(err as Error).message}`, {
           cause: err,

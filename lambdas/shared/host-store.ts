@@ -77,17 +77,19 @@ export async function registerHost(h: { hostId: string; capacity: Resources; age
     (h.image ? ', #image = :image' : '');
   const fieldNames = { '#cap': 'capacity', '#used': 'allocated', '#allocs': 'allocations', ...(h.image ? { '#image': 'image' } : {}) };
   const values = { ...common, ...(h.image ? { ':image': h.image } : {}) };
-  const write = await conditionally(dynamo().send(
-    new UpdateCommand({
-      TableName: table(),
-      Key: { host_id: h.hostId },
-      // slots_used: the counter allocations replaced.
-      UpdateExpression: `SET #pool = :active, #status = :active, ${fields} REMOVE lost_at, slots_used`,
-      ConditionExpression: 'attribute_not_exists(host_id) OR #status <> :draining',
-      ExpressionAttributeNames: { '#pool': 'pool', '#status': 'status', ...fieldNames },
-      ExpressionAttributeValues: { ...values, ':active': 'active', ':draining': 'draining' },
-    }),
-  ));
+  const write = await conditionally(
+    dynamo().send(
+      new UpdateCommand({
+        TableName: table(),
+        Key: { host_id: h.hostId },
+        // slots_used: the counter allocations replaced.
+        UpdateExpression: `SET #pool = :active, #status = :active, ${fields} REMOVE lost_at, slots_used`,
+        ConditionExpression: 'attribute_not_exists(host_id) OR #status <> :draining',
+        ExpressionAttributeNames: { '#pool': 'pool', '#status': 'status', ...fieldNames },
+        ExpressionAttributeValues: { ...values, ':active': 'active', ':draining': 'draining' },
+      }),
+    ),
+  );
   if (write.applied) return 'active';
   await dynamo().send(
     new UpdateCommand({
@@ -103,19 +105,29 @@ export async function registerHost(h: { hostId: string; capacity: Resources; age
 }
 
 /** Heartbeat from a host daemon: the host as it stands now, or undefined once it was marked lost. */
-export async function heartbeatHost(hostId: string, fields: { runningSandboxes: number; warmContainers?: number; now?: number }): Promise<HostRecord | undefined> {
+export async function heartbeatHost(
+  hostId: string,
+  fields: { runningSandboxes: number; warmContainers?: number; now?: number },
+): Promise<HostRecord | undefined> {
   const warm = fields.warmContainers !== undefined;
-  const out = await conditionally(dynamo().send(
-    new UpdateCommand({
-      TableName: table(),
-      Key: { host_id: hostId },
-      UpdateExpression: `SET last_heartbeat_at = :now, running_sandboxes = :n${warm ? ', warm_containers = :w' : ''}`,
-      ConditionExpression: 'attribute_exists(host_id) AND #status <> :lost',
-      ExpressionAttributeNames: { '#status': 'status' },
-      ExpressionAttributeValues: { ':now': fields.now ?? Date.now(), ':n': fields.runningSandboxes, ':lost': 'lost', ...(warm ? { ':w': fields.warmContainers } : {}) },
-      ReturnValues: 'ALL_NEW',
-    }),
-  ));
+  const out = await conditionally(
+    dynamo().send(
+      new UpdateCommand({
+        TableName: table(),
+        Key: { host_id: hostId },
+        UpdateExpression: `SET last_heartbeat_at = :now, running_sandboxes = :n${warm ? ', warm_containers = :w' : ''}`,
+        ConditionExpression: 'attribute_exists(host_id) AND #status <> :lost',
+        ExpressionAttributeNames: { '#status': 'status' },
+        ExpressionAttributeValues: {
+          ':now': fields.now ?? Date.now(),
+          ':n': fields.runningSandboxes,
+          ':lost': 'lost',
+          ...(warm ? { ':w': fields.warmContainers } : {}),
+        },
+        ReturnValues: 'ALL_NEW',
+      }),
+    ),
+  );
   return out.applied ? (out.output.Attributes as HostRecord) : undefined;
 }
 
@@ -183,7 +195,12 @@ export function allocationUpdate(host: Pick<HostRecord, 'host_id' | 'capacity'>,
  * Takes `request` on `host` for `sandboxId` (allocationUpdate). Undefined
  * when it lost the race (another create took the room, the host left the pool).
  */
-async function takeAllocation(host: Pick<HostRecord, 'host_id' | 'capacity'>, sandboxId: string, request: Resources, now = Date.now()): Promise<HostRecord | undefined> {
+async function takeAllocation(
+  host: Pick<HostRecord, 'host_id' | 'capacity'>,
+  sandboxId: string,
+  request: Resources,
+  now = Date.now(),
+): Promise<HostRecord | undefined> {
   const out = await conditionally(dynamo().send(new UpdateCommand({ ...allocationUpdate(host, sandboxId, request, now), ReturnValues: 'ALL_NEW' })));
   return out.applied ? (out.output.Attributes as HostRecord) : undefined;
 }
@@ -230,17 +247,19 @@ export async function releaseAllocation(hostId: string, sandboxId: string): Prom
     );
     const entry = (out.Item as { allocations?: Record<string, Allocation> } | undefined)?.allocations?.[sandboxId];
     if (!entry) return false;
-    const write = await conditionally(dynamo().send(
-      new UpdateCommand({
-        TableName: table(),
-        Key: { host_id: hostId },
-        UpdateExpression:
-          'REMOVE #allocs.#sbx SET #used.cpu_milli = #used.cpu_milli - :cpu, #used.memory_mb = #used.memory_mb - :mem, #used.disk_mb = #used.disk_mb - :disk, #used.sandboxes = #used.sandboxes - :one',
-        ConditionExpression: '#allocs.#sbx.#at = :at',
-        ExpressionAttributeNames: { '#sbx': sandboxId, '#at': 'at', ...allocationNames },
-        ExpressionAttributeValues: { ':cpu': entry.cpu_milli, ':mem': entry.memory_mb, ':disk': entry.disk_mb, ':one': 1, ':at': entry.at },
-      }),
-    ));
+    const write = await conditionally(
+      dynamo().send(
+        new UpdateCommand({
+          TableName: table(),
+          Key: { host_id: hostId },
+          UpdateExpression:
+            'REMOVE #allocs.#sbx SET #used.cpu_milli = #used.cpu_milli - :cpu, #used.memory_mb = #used.memory_mb - :mem, #used.disk_mb = #used.disk_mb - :disk, #used.sandboxes = #used.sandboxes - :one',
+          ConditionExpression: '#allocs.#sbx.#at = :at',
+          ExpressionAttributeNames: { '#sbx': sandboxId, '#at': 'at', ...allocationNames },
+          ExpressionAttributeValues: { ':cpu': entry.cpu_milli, ':mem': entry.memory_mb, ':disk': entry.disk_mb, ':one': 1, ':at': entry.at },
+        }),
+      ),
+    );
     if (write.applied) return true;
     // Released (or replaced) meanwhile: read again.
   }
@@ -252,22 +271,24 @@ export async function releaseAllocation(hostId: string, sandboxId: string): Prom
  * daemon's reconciliation): no capacity check, it is there already.
  */
 export async function addAllocation(hostId: string, sandboxId: string, resources: Resources, now = Date.now()): Promise<boolean> {
-  const write = await conditionally(dynamo().send(
-    new UpdateCommand({
-      TableName: table(),
-      Key: { host_id: hostId },
-      UpdateExpression: `SET #allocs.#sbx = :entry, ${addToTotals}`,
-      ConditionExpression: 'attribute_exists(#allocs) AND attribute_not_exists(#allocs.#sbx)',
-      ExpressionAttributeNames: { '#sbx': sandboxId, ...allocationNames },
-      ExpressionAttributeValues: {
-        ':entry': { cpu_milli: resources.cpu_milli, memory_mb: resources.memory_mb, disk_mb: resources.disk_mb, at: now } satisfies Allocation,
-        ':cpu': resources.cpu_milli,
-        ':mem': resources.memory_mb,
-        ':disk': resources.disk_mb,
-        ':one': 1,
-      },
-    }),
-  ));
+  const write = await conditionally(
+    dynamo().send(
+      new UpdateCommand({
+        TableName: table(),
+        Key: { host_id: hostId },
+        UpdateExpression: `SET #allocs.#sbx = :entry, ${addToTotals}`,
+        ConditionExpression: 'attribute_exists(#allocs) AND attribute_not_exists(#allocs.#sbx)',
+        ExpressionAttributeNames: { '#sbx': sandboxId, ...allocationNames },
+        ExpressionAttributeValues: {
+          ':entry': { cpu_milli: resources.cpu_milli, memory_mb: resources.memory_mb, disk_mb: resources.disk_mb, at: now } satisfies Allocation,
+          ':cpu': resources.cpu_milli,
+          ':mem': resources.memory_mb,
+          ':disk': resources.disk_mb,
+          ':one': 1,
+        },
+      }),
+    ),
+  );
   return write.applied;
 }
 
@@ -278,17 +299,25 @@ export async function addAllocation(hostId: string, sandboxId: string, resources
  * was draining (or lost, or unknown) already.
  */
 export async function markHostDraining(hostId: string, reason: string, deadlineAt: number, now = Date.now()): Promise<HostRecord | undefined> {
-  const out = await conditionally(dynamo().send(
-    new UpdateCommand({
-      TableName: table(),
-      Key: { host_id: hostId },
-      UpdateExpression: 'SET #status = :draining, #pool = :draining, draining_since = :iso, drain_reason = :reason, drain_deadline_at = :deadline',
-      ConditionExpression: '#status = :active',
-      ExpressionAttributeNames: { '#status': 'status', '#pool': 'pool' },
-      ExpressionAttributeValues: { ':draining': 'draining', ':active': 'active', ':iso': new Date(now).toISOString(), ':reason': reason, ':deadline': deadlineAt },
-      ReturnValues: 'ALL_NEW',
-    }),
-  ));
+  const out = await conditionally(
+    dynamo().send(
+      new UpdateCommand({
+        TableName: table(),
+        Key: { host_id: hostId },
+        UpdateExpression: 'SET #status = :draining, #pool = :draining, draining_since = :iso, drain_reason = :reason, drain_deadline_at = :deadline',
+        ConditionExpression: '#status = :active',
+        ExpressionAttributeNames: { '#status': 'status', '#pool': 'pool' },
+        ExpressionAttributeValues: {
+          ':draining': 'draining',
+          ':active': 'active',
+          ':iso': new Date(now).toISOString(),
+          ':reason': reason,
+          ':deadline': deadlineAt,
+        },
+        ReturnValues: 'ALL_NEW',
+      }),
+    ),
+  );
   return out.applied ? (out.output.Attributes as HostRecord) : undefined;
 }
 
@@ -324,15 +353,17 @@ export async function recordHostImage(hostId: string, image: { digestRef: string
 
 /** Marks a host lost (reaper): out of every pool. Only one caller wins. */
 export async function markHostLost(hostId: string, lastSeenBefore: number): Promise<boolean> {
-  const write = await conditionally(dynamo().send(
-    new UpdateCommand({
-      TableName: table(),
-      Key: { host_id: hostId },
-      UpdateExpression: 'SET #status = :lost, lost_at = :iso REMOVE #pool',
-      ConditionExpression: '#status <> :lost AND last_heartbeat_at < :before',
-      ExpressionAttributeNames: { '#status': 'status', '#pool': 'pool' },
-      ExpressionAttributeValues: { ':lost': 'lost', ':iso': new Date().toISOString(), ':before': lastSeenBefore },
-    }),
-  ));
+  const write = await conditionally(
+    dynamo().send(
+      new UpdateCommand({
+        TableName: table(),
+        Key: { host_id: hostId },
+        UpdateExpression: 'SET #status = :lost, lost_at = :iso REMOVE #pool',
+        ConditionExpression: '#status <> :lost AND last_heartbeat_at < :before',
+        ExpressionAttributeNames: { '#status': 'status', '#pool': 'pool' },
+        ExpressionAttributeValues: { ':lost': 'lost', ':iso': new Date().toISOString(), ':before': lastSeenBefore },
+      }),
+    ),
+  );
   return write.applied;
 }

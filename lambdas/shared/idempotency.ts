@@ -97,8 +97,9 @@ export async function withIdempotency(
       ),
     );
     if (!claim.applied) {
-      const existing = (await dynamo().send(new GetCommand({ TableName: table, Key: { idempotency_key: id }, ConsistentRead: true })))
-        .Item as IdempotencyRecord | undefined;
+      const existing = (await dynamo().send(new GetCommand({ TableName: table, Key: { idempotency_key: id }, ConsistentRead: true }))).Item as
+        | IdempotencyRecord
+        | undefined;
       if (!existing) continue; // the first attempt failed and let go of the key: claim it
       if (existing.fingerprint !== fingerprint) {
         throw new ApiError(409, 'conflict', 'Idempotency-Key was already used with a different request body');
@@ -144,7 +145,9 @@ export async function withIdempotency(
       return view;
     } catch (err) {
       // Let a retry try again rather than replaying a failure forever.
-      await dynamo().send(new DeleteCommand({ TableName: table, Key: { idempotency_key: id } })).catch(() => undefined);
+      await dynamo()
+        .send(new DeleteCommand({ TableName: table, Key: { idempotency_key: id } }))
+        .catch(() => undefined);
       throw err;
     }
   }

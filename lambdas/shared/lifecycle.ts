@@ -72,11 +72,7 @@ export async function signalEnd(
 }
 
 /** Refreshes the idle timer; optionally changes the idle timeout or the TTL (capped by configuration). */
-export async function refreshTimeout(
-  tenantId: string,
-  sandboxId: string,
-  body: { idle_timeout_seconds?: number; ttl_seconds?: number },
-): Promise<SandboxView> {
+export async function refreshTimeout(tenantId: string, sandboxId: string, body: { idle_timeout_seconds?: number; ttl_seconds?: number }): Promise<SandboxView> {
   const r = await getTenantSandbox(tenantId, sandboxId);
   if (!isSettled(r.status)) throw invalidState(`sandbox ${sandboxId} is ${r.status}; cannot change its timeout`);
   const maxTtl = config().limits.maxTtlSeconds;
@@ -128,7 +124,12 @@ export async function pauseSandbox(tenantId: string, sandboxId: string, deadline
   }
   let notKept: string[] = [];
   try {
-    const paused = await hosts().dispatch(r.host_id, 'pause', { sandboxId, storage: storageFor(r.tenant_id, r.user_id) }, { timeoutSeconds: 120, waitSeconds: waitSecondsUntil(deadline) });
+    const paused = await hosts().dispatch(
+      r.host_id,
+      'pause',
+      { sandboxId, storage: storageFor(r.tenant_id, r.user_id) },
+      { timeoutSeconds: 120, waitSeconds: waitSecondsUntil(deadline) },
+    );
     notKept = paused.tmp?.warnings ?? [];
   } catch (err) {
     if (err instanceof HostDispatchError && err.code === 'still_running') return { done: false, view: toView((await latest(sandboxId)) ?? pausing) };
@@ -159,9 +160,14 @@ export async function resumeSandbox(tenantId: string, sandboxId: string, deadlin
   } else {
     try {
       // Only on the host it was read on: a drain that moved it off meanwhile leaves it to be placed again.
-      resuming = await transition(sandboxId, 'resume', { set: { deadline_at: resumingUntil }, condition: 'host_id = :seenHost', values: { ':seenHost': r.host_id } });
+      resuming = await transition(sandboxId, 'resume', {
+        set: { deadline_at: resumingUntil },
+        condition: 'host_id = :seenHost',
+        values: { ':seenHost': r.host_id },
+      });
     } catch (err) {
-      if (err instanceof TransitionRejectedError && err.current?.status === 'paused' && !err.current.host_id) return resumeSandbox(tenantId, sandboxId, deadline);
+      if (err instanceof TransitionRejectedError && err.current?.status === 'paused' && !err.current.host_id)
+        return resumeSandbox(tenantId, sandboxId, deadline);
       rejected(err, 'resume');
     }
   }

@@ -33,11 +33,31 @@ const json = (schema: Schema, description: string): Answer => ({ json: schema, d
 /** What each route takes and answers, keyed `METHOD /path` as in the route table. */
 export function operations(limits: ControlPlaneConfig['limits']): Record<string, Operation> {
   const sandbox = (d: string) => json(res.sandboxView, d);
-  const pause: Operation = { operationId: 'pauseSandbox', summary: 'Pause: frees CPU and memory, keeps every file', tags: ['sandboxes'], responses: { 200: sandbox('paused'), 202: sandbox('pausing') } };
-  const resume: Operation = { operationId: 'resumeSandbox', summary: 'Resume a paused sandbox', tags: ['sandboxes'], responses: { 200: sandbox('ready'), 202: sandbox('resuming') } };
+  const pause: Operation = {
+    operationId: 'pauseSandbox',
+    summary: 'Pause: frees CPU and memory, keeps every file',
+    tags: ['sandboxes'],
+    responses: { 200: sandbox('paused'), 202: sandbox('pausing') },
+  };
+  const resume: Operation = {
+    operationId: 'resumeSandbox',
+    summary: 'Resume a paused sandbox',
+    tags: ['sandboxes'],
+    responses: { 200: sandbox('ready'), 202: sandbox('resuming') },
+  };
   return {
-    'GET /health': { operationId: 'health', summary: 'Liveness of the API and its table', tags: ['meta'], responses: { 200: json(res.healthAnswer, 'healthy'), 503: json(res.healthAnswer, 'degraded') } },
-    'GET /openapi.json': { operationId: 'openApi', summary: 'This document', tags: ['meta'], responses: { 200: { json: z.record(z.string(), z.unknown()), description: 'the OpenAPI 3.1 document' } } },
+    'GET /health': {
+      operationId: 'health',
+      summary: 'Liveness of the API and its table',
+      tags: ['meta'],
+      responses: { 200: json(res.healthAnswer, 'healthy'), 503: json(res.healthAnswer, 'degraded') },
+    },
+    'GET /openapi.json': {
+      operationId: 'openApi',
+      summary: 'This document',
+      tags: ['meta'],
+      responses: { 200: { json: z.record(z.string(), z.unknown()), description: 'the OpenAPI 3.1 document' } },
+    },
     'POST /sandboxes': {
       operationId: 'createSandbox',
       summary: 'Create a sandbox for one of your users',
@@ -46,8 +66,20 @@ export function operations(limits: ControlPlaneConfig['limits']): Record<string,
       headers: [{ name: 'Idempotency-Key', description: 'a retry with the same key answers the same sandbox as it stands now, never a second one' }],
       responses: { 201: sandbox('ready'), 202: sandbox('still creating: follow with GET /sandboxes/{id}?wait=20') },
     },
-    'GET /sandboxes': { operationId: 'listSandboxes', summary: 'List sandboxes', tags: ['sandboxes'], query: req.listQuery, responses: { 200: json(res.sandboxList, 'a page of sandboxes') } },
-    'GET /sandboxes/{id}': { operationId: 'getSandbox', summary: 'One sandbox; with wait, answers as soon as its status changes', tags: ['sandboxes'], query: req.getSandboxQuery, responses: { 200: sandbox('the sandbox') } },
+    'GET /sandboxes': {
+      operationId: 'listSandboxes',
+      summary: 'List sandboxes',
+      tags: ['sandboxes'],
+      query: req.listQuery,
+      responses: { 200: json(res.sandboxList, 'a page of sandboxes') },
+    },
+    'GET /sandboxes/{id}': {
+      operationId: 'getSandbox',
+      summary: 'One sandbox; with wait, answers as soon as its status changes',
+      tags: ['sandboxes'],
+      query: req.getSandboxQuery,
+      responses: { 200: sandbox('the sandbox') },
+    },
     'DELETE /sandboxes/{id}': {
       operationId: 'destroySandbox',
       summary: 'End a sandbox',
@@ -62,10 +94,33 @@ export function operations(limits: ControlPlaneConfig['limits']): Record<string,
       body: req.execBody,
       responses: { 200: json(res.execAnswer, 'the command ended'), 202: json(res.commandView, 'still running: follow GET .../commands/{command_id}') },
     },
-    'POST /sandboxes/{id}/heartbeat': { operationId: 'heartbeat', summary: 'Refresh the idle timer (ready -> running)', tags: ['signals'], responses: { 200: json(res.heartbeatAnswer, 'acknowledged') } },
-    'POST /sandboxes/{id}/complete': { operationId: 'complete', summary: 'End the sandbox with a result', tags: ['signals'], body: req.completeBody, responses: { 200: sandbox('shutting down') } },
-    'POST /sandboxes/{id}/error': { operationId: 'reportError', summary: 'End the sandbox with an agent error', tags: ['signals'], body: req.errorBody, responses: { 200: json(res.errorSignalAnswer, 'shutting down') } },
-    'POST /sandboxes/{id}/timeout': { operationId: 'setTimeout', summary: 'Refresh the idle timer; change the idle timeout or TTL', tags: ['sandboxes'], body: req.timeoutBody(limits), responses: { 200: sandbox('the sandbox') } },
+    'POST /sandboxes/{id}/heartbeat': {
+      operationId: 'heartbeat',
+      summary: 'Refresh the idle timer (ready -> running)',
+      tags: ['signals'],
+      responses: { 200: json(res.heartbeatAnswer, 'acknowledged') },
+    },
+    'POST /sandboxes/{id}/complete': {
+      operationId: 'complete',
+      summary: 'End the sandbox with a result',
+      tags: ['signals'],
+      body: req.completeBody,
+      responses: { 200: sandbox('shutting down') },
+    },
+    'POST /sandboxes/{id}/error': {
+      operationId: 'reportError',
+      summary: 'End the sandbox with an agent error',
+      tags: ['signals'],
+      body: req.errorBody,
+      responses: { 200: json(res.errorSignalAnswer, 'shutting down') },
+    },
+    'POST /sandboxes/{id}/timeout': {
+      operationId: 'setTimeout',
+      summary: 'Refresh the idle timer; change the idle timeout or TTL',
+      tags: ['sandboxes'],
+      body: req.timeoutBody(limits),
+      responses: { 200: sandbox('the sandbox') },
+    },
     'POST /sandboxes/{id}/pause': pause,
     'POST /sandboxes/{id}/resume': resume,
     // The deprecated aliases answer as the routes they stand for; their operationIds stay those clients were generated with.
@@ -78,7 +133,13 @@ export function operations(limits: ControlPlaneConfig['limits']): Record<string,
       body: req.startCommandBody,
       responses: { 200: json(res.commandWithOutput, 'ended within wait'), 202: json(res.commandWithOutput, 'running') },
     },
-    'GET /sandboxes/{id}/commands': { operationId: 'listCommands', summary: 'Commands of a sandbox, newest first', tags: ['commands'], query: req.listCommandsQuery, responses: { 200: json(res.commandList, 'a page of commands') } },
+    'GET /sandboxes/{id}/commands': {
+      operationId: 'listCommands',
+      summary: 'Commands of a sandbox, newest first',
+      tags: ['commands'],
+      query: req.listCommandsQuery,
+      responses: { 200: json(res.commandList, 'a page of commands') },
+    },
     'GET /sandboxes/{id}/commands/{command_id}': {
       operationId: 'getCommand',
       summary: 'A command and its output from the given byte offsets',
@@ -86,7 +147,13 @@ export function operations(limits: ControlPlaneConfig['limits']): Record<string,
       query: req.commandQuery,
       responses: { 200: json(res.commandWithOutput, 'the command') },
     },
-    'POST /sandboxes/{id}/commands/{command_id}/kill': { operationId: 'killCommand', summary: 'Kill a command and everything it started', tags: ['commands'], body: req.killCommandBody, responses: { 202: json(res.commandView, 'killing') } },
+    'POST /sandboxes/{id}/commands/{command_id}/kill': {
+      operationId: 'killCommand',
+      summary: 'Kill a command and everything it started',
+      tags: ['commands'],
+      body: req.killCommandBody,
+      responses: { 202: json(res.commandView, 'killing') },
+    },
     'POST /sandboxes/{id}/commands/{command_id}/stdin': {
       operationId: 'writeCommandStdin',
       summary: "Write to a command's stdin at an offset (a retried write is never applied twice)",
@@ -94,8 +161,20 @@ export function operations(limits: ControlPlaneConfig['limits']): Record<string,
       body: req.commandStdinBody,
       responses: { 200: json(res.stdinAnswer, 'written') },
     },
-    'PUT /sandboxes/{id}/network': { operationId: 'setNetwork', summary: 'Set the egress policy', tags: ['network'], body: req.networkBody, responses: { 200: sandbox('the sandbox') } },
-    'GET /sandboxes/{id}/network/log': { operationId: 'getEgressLog', summary: 'Egress decisions, newest first', tags: ['network'], query: req.egressLogQuery, responses: { 200: json(res.egressLog, 'the log') } },
+    'PUT /sandboxes/{id}/network': {
+      operationId: 'setNetwork',
+      summary: 'Set the egress policy',
+      tags: ['network'],
+      body: req.networkBody,
+      responses: { 200: sandbox('the sandbox') },
+    },
+    'GET /sandboxes/{id}/network/log': {
+      operationId: 'getEgressLog',
+      summary: 'Egress decisions, newest first',
+      tags: ['network'],
+      query: req.egressLogQuery,
+      responses: { 200: json(res.egressLog, 'the log') },
+    },
     'GET /sandboxes/{id}/files': {
       operationId: 'readFile',
       summary: `Read a file (up to ${filesInlineMaxBytes} bytes; send Accept: application/octet-stream)`,
@@ -111,11 +190,41 @@ export function operations(limits: ControlPlaneConfig['limits']): Record<string,
       body: 'bytes',
       responses: { 200: json(res.fileWritten, 'written') },
     },
-    'DELETE /sandboxes/{id}/files': { operationId: 'deleteFile', summary: 'Delete a file or directory', tags: ['files'], query: req.deleteFileQuery, responses: { 200: json(res.fileDeleted, 'deleted') } },
-    'GET /sandboxes/{id}/files/list': { operationId: 'listFiles', summary: 'One page of a directory', tags: ['files'], query: req.listFilesQuery, responses: { 200: json(res.fileListing, 'entries') } },
-    'GET /sandboxes/{id}/files/stat': { operationId: 'statFile', summary: 'One entry', tags: ['files'], query: req.filePathQuery, responses: { 200: json(res.fileEntry, 'the entry') } },
-    'POST /sandboxes/{id}/files/mkdir': { operationId: 'makeDirectory', summary: 'Make a directory', tags: ['files'], body: req.mkdirBody, responses: { 200: json(res.fileEntry, 'the directory') } },
-    'POST /sandboxes/{id}/files/move': { operationId: 'moveFile', summary: 'Move or rename', tags: ['files'], body: req.moveBody, responses: { 200: json(res.fileMoved, 'moved') } },
+    'DELETE /sandboxes/{id}/files': {
+      operationId: 'deleteFile',
+      summary: 'Delete a file or directory',
+      tags: ['files'],
+      query: req.deleteFileQuery,
+      responses: { 200: json(res.fileDeleted, 'deleted') },
+    },
+    'GET /sandboxes/{id}/files/list': {
+      operationId: 'listFiles',
+      summary: 'One page of a directory',
+      tags: ['files'],
+      query: req.listFilesQuery,
+      responses: { 200: json(res.fileListing, 'entries') },
+    },
+    'GET /sandboxes/{id}/files/stat': {
+      operationId: 'statFile',
+      summary: 'One entry',
+      tags: ['files'],
+      query: req.filePathQuery,
+      responses: { 200: json(res.fileEntry, 'the entry') },
+    },
+    'POST /sandboxes/{id}/files/mkdir': {
+      operationId: 'makeDirectory',
+      summary: 'Make a directory',
+      tags: ['files'],
+      body: req.mkdirBody,
+      responses: { 200: json(res.fileEntry, 'the directory') },
+    },
+    'POST /sandboxes/{id}/files/move': {
+      operationId: 'moveFile',
+      summary: 'Move or rename',
+      tags: ['files'],
+      body: req.moveBody,
+      responses: { 200: json(res.fileMoved, 'moved') },
+    },
     'POST /sandboxes/{id}/files/upload': {
       operationId: 'startUpload',
       summary: 'A presigned PUT for a large file (up to 5 GiB); then POST .../complete',
@@ -150,8 +259,20 @@ export function operations(limits: ControlPlaneConfig['limits']): Record<string,
       query: req.filePathQuery,
       responses: { 200: { bytes: true, description: 'the bytes; X-File-* and X-Home-Copy-May-Lag headers' } },
     },
-    'GET /users/{user_id}/home/files/list': { operationId: 'listHomeFiles', summary: "One page of a user's stored home", tags: ['home'], query: req.listFilesQuery, responses: { 200: json(res.homeListing, 'entries') } },
-    'POST /users/{user_id}/home/files/download': { operationId: 'downloadHomeFile', summary: 'A presigned GET for one stored file', tags: ['home'], body: req.homeDownloadBody, responses: { 200: json(res.homeDownload, 'ready to GET') } },
+    'GET /users/{user_id}/home/files/list': {
+      operationId: 'listHomeFiles',
+      summary: "One page of a user's stored home",
+      tags: ['home'],
+      query: req.listFilesQuery,
+      responses: { 200: json(res.homeListing, 'entries') },
+    },
+    'POST /users/{user_id}/home/files/download': {
+      operationId: 'downloadHomeFile',
+      summary: 'A presigned GET for one stored file',
+      tags: ['home'],
+      body: req.homeDownloadBody,
+      responses: { 200: json(res.homeDownload, 'ready to GET') },
+    },
   };
 }
 
@@ -232,7 +353,7 @@ function operationOf(route: Route, op: Operation, schemas: Record<string, JsonSc
   if (route.auth !== 'none') {
     responses['401'] = errorResponse('missing_api_key');
     responses['403'] = errorResponse('invalid_api_key');
-    responses['404'] = errorResponse('not_found (also another tenant\'s resource)');
+    responses['404'] = errorResponse("not_found (also another tenant's resource)");
     responses['409'] = errorResponse('invalid_state, conflict, offset_mismatch or exists');
   }
   responses['429'] = errorResponse('too_many_requests or quota_exceeded; Retry-After says when to retry');
@@ -290,7 +411,12 @@ export function openApiDocument(limits: ControlPlaneConfig['limits'] = loadConfi
     components: {
       securitySchemes: {
         apiKey: { type: 'apiKey', in: 'header', name: 'X-API-Key', description: "a tenant's API key" },
-        sandboxToken: { type: 'apiKey', in: 'header', name: 'X-API-Key', description: "a sandbox's own token (SANDBOX_TOKEN inside it): heartbeat, complete and error of that sandbox only" },
+        sandboxToken: {
+          type: 'apiKey',
+          in: 'header',
+          name: 'X-API-Key',
+          description: "a sandbox's own token (SANDBOX_TOKEN inside it): heartbeat, complete and error of that sandbox only",
+        },
       },
       schemas,
     },

@@ -63,12 +63,7 @@ export function freeOf(capacity: Resources, allocated: Resources): Resources {
 /** True when `request` fits in what is free: never more memory (or disk, or CPU, or sandboxes) than the host has. */
 export function fits(capacity: Resources, allocated: Resources, request: Resources): boolean {
   const free = freeOf(capacity, allocated);
-  return (
-    request.cpu_milli <= free.cpu_milli &&
-    request.memory_mb <= free.memory_mb &&
-    request.disk_mb <= free.disk_mb &&
-    request.sandboxes <= free.sandboxes
-  );
+  return request.cpu_milli <= free.cpu_milli && request.memory_mb <= free.memory_mb && request.disk_mb <= free.disk_mb && request.sandboxes <= free.sandboxes;
 }
 
 /**
@@ -185,9 +180,7 @@ export function allocationCorrections(
     if (state === 'here') continue;
     if (state === 'ended' || now - a.at > graceMs) release.push(sandboxId);
   }
-  const add = [...live]
-    .filter(([sandboxId]) => allocations[sandboxId] === undefined)
-    .map(([sandboxId, resources]) => ({ sandboxId, resources }));
+  const add = [...live].filter(([sandboxId]) => allocations[sandboxId] === undefined).map(([sandboxId, resources]) => ({ sandboxId, resources }));
   return { release: release.sort(), add: add.sort((a, b) => (a.sandboxId < b.sandboxId ? -1 : 1)) };
 }
 

@@ -92,7 +92,11 @@ export function execStartDeadline(r: Pick<SandboxRecord, 'idle_timeout_s' | 'exp
 }
 
 /** The deadline of a sandbox that just settled in `status` (paused: only its TTL applies). */
-export function settledDeadline(r: Pick<SandboxRecord, 'idle_timeout_s' | 'expires_at_ms' | 'execs'>, status: 'ready' | 'running' | 'paused', now: number): number {
+export function settledDeadline(
+  r: Pick<SandboxRecord, 'idle_timeout_s' | 'expires_at_ms' | 'execs'>,
+  status: 'ready' | 'running' | 'paused',
+  now: number,
+): number {
   return status === 'paused' ? r.expires_at_ms : activityDeadline(r, now);
 }
 

@@ -211,7 +211,9 @@ async function finishOrRetrySoon(claimed: SandboxRecord, outcome: EndEvent, sett
 
 async function moveDeadline(r: SandboxRecord, deadline: number): Promise<void> {
   try {
-    await updateSandbox(r.sandbox_id, 'reap_defer', { set: { deadline_at: deadline }, condition: 'deadline_at = :seen', values: { ':seen': r.deadline_at } }, [r.status]);
+    await updateSandbox(r.sandbox_id, 'reap_defer', { set: { deadline_at: deadline }, condition: 'deadline_at = :seen', values: { ':seen': r.deadline_at } }, [
+      r.status,
+    ]);
   } catch (err) {
     if (!(err instanceof TransitionRejectedError)) throw err;
   }
@@ -247,7 +249,12 @@ async function reapLostHosts(now: number, report: ReapReport, settings: ReaperSe
       (await liveSandboxesOnHost(host.host_id)).map(async (item) => {
         // The host may still answer (the daemon died, not the machine): save the hot tier first.
         try {
-          await hosts().dispatch(host.host_id, 'sync', { sandboxId: item.sandbox_id, storage: storageFor(item.tenant_id, item.user_id) }, { timeoutSeconds: 30, waitSeconds: 30 });
+          await hosts().dispatch(
+            host.host_id,
+            'sync',
+            { sandboxId: item.sandbox_id, storage: storageFor(item.tenant_id, item.user_id) },
+            { timeoutSeconds: 30, waitSeconds: 30 },
+          );
         } catch (err) {
           logger.warn('reaper: lost host did not answer the final sync', { sandboxId: item.sandbox_id, err: (err as Error).message });
         }

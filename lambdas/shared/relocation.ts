@@ -64,14 +64,16 @@ export async function placeMovedSandbox(r: SandboxRecord, resumingUntil: number)
   const host = await placeSandbox(r.sandbox_id, share, { image: c.sandboxImage });
   if (!host) {
     if (c.autoScalingGroupName) {
-      await requestCapacity({ also: [share] }).catch((err: unknown) => logger.warn('resume: asking the group for a host failed', { sandboxId: r.sandbox_id, err }));
+      await requestCapacity({ also: [share] }).catch((err: unknown) =>
+        logger.warn('resume: asking the group for a host failed', { sandboxId: r.sandbox_id, err }),
+      );
     }
     throw unavailable(`no sandbox host has room to resume ${r.sandbox_id} right now (its host left the fleet while it was paused); retry shortly`, 10);
   }
   try {
     return await transition(r.sandbox_id, 'resume', {
       set: { host_id: host.host_id, live_host_id: host.host_id, deadline_at: resumingUntil },
-      condition: "host_id = :none AND attribute_exists(paused_state)",
+      condition: 'host_id = :none AND attribute_exists(paused_state)',
       values: { ':none': '' },
     });
   } catch (err) {

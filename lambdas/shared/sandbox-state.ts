@@ -16,18 +16,7 @@
  * host, a container that exited), never a pause: nothing leaves it. The
  * words are the README's (Words).
  */
-export const sandboxStatuses = [
-  'creating',
-  'ready',
-  'running',
-  'pausing',
-  'paused',
-  'resuming',
-  'shutting_down',
-  'stopped',
-  'expired',
-  'failed',
-] as const;
+export const sandboxStatuses = ['creating', 'ready', 'running', 'pausing', 'paused', 'resuming', 'shutting_down', 'stopped', 'expired', 'failed'] as const;
 export type SandboxStatus = (typeof sandboxStatuses)[number];
 
 export type SandboxEvent =

@@ -81,9 +81,7 @@ function buildUpdate(spec: UpdateSpec) {
     removes.push(`#r${i}`);
     i++;
   }
-  const expression = [sets.length ? `SET ${sets.join(', ')}` : '', removes.length ? `REMOVE ${removes.join(', ')}` : '']
-    .filter(Boolean)
-    .join(' ');
+  const expression = [sets.length ? `SET ${sets.join(', ')}` : '', removes.length ? `REMOVE ${removes.join(', ')}` : ''].filter(Boolean).join(' ');
   return { names, values, expression };
 }
 
@@ -102,18 +100,20 @@ export async function updateSandbox(
     conds.push(`#status IN (${statusCondition.map((_, j) => `:from${j}`).join(', ')})`);
   }
   if (spec.condition) conds.push(`(${spec.condition})`);
-  const out = await conditionally(dynamo().send(
-    new UpdateCommand({
-      TableName: table(),
-      Key: { sandbox_id: sandboxId },
-      UpdateExpression: expression,
-      ConditionExpression: conds.join(' AND '),
-      ExpressionAttributeNames: names,
-      ExpressionAttributeValues: Object.keys(values).length ? values : undefined,
-      ReturnValues: 'ALL_NEW',
-      ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
-    }),
-  ));
+  const out = await conditionally(
+    dynamo().send(
+      new UpdateCommand({
+        TableName: table(),
+        Key: { sandbox_id: sandboxId },
+        UpdateExpression: expression,
+        ConditionExpression: conds.join(' AND '),
+        ExpressionAttributeNames: names,
+        ExpressionAttributeValues: Object.keys(values).length ? values : undefined,
+        ReturnValues: 'ALL_NEW',
+        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+      }),
+    ),
+  );
   if (!out.applied) throw new TransitionRejectedError(sandboxId, event, (out.current as SandboxRecord | undefined) ?? (await getSandbox(sandboxId)));
   return out.output.Attributes as SandboxRecord;
 }
@@ -226,9 +226,7 @@ export async function getSandboxes(sandboxIds: readonly string[]): Promise<Sandb
     let keys: Record<string, unknown>[] | undefined = sandboxIds.slice(i, i + 100).map((sandbox_id) => ({ sandbox_id }));
     for (let round = 0; keys && keys.length > 0; round++) {
       if (round > 0) await new Promise((r) => setTimeout(r, Math.min(1000, 50 * 2 ** round)));
-      const out: BatchGetCommandOutput = await dynamo().send(
-        new BatchGetCommand({ RequestItems: { [table()]: { Keys: keys, ConsistentRead: true } } }),
-      );
+      const out: BatchGetCommandOutput = await dynamo().send(new BatchGetCommand({ RequestItems: { [table()]: { Keys: keys, ConsistentRead: true } } }));
       found.push(...((out.Responses?.[table()] ?? []) as SandboxRecord[]));
       keys = out.UnprocessedKeys?.[table()]?.Keys;
     }

@@ -18,15 +18,7 @@ import { logger } from './logger';
 import { isTerminal, type SandboxStatus, type StopReason } from './sandbox-state';
 import { egressOf, hotPath, reapShardOf, toView, type SandboxRecord, type SandboxView } from './sandbox-record';
 import { createDeadline, createTimeoutSeconds, endEventOf, idleDeadline, shutdownLease } from './reaper-rules';
-import {
-  getSandbox,
-  latest,
-  getTenantSandbox,
-  listSandboxes as queryList,
-  transition,
-  TransitionRejectedError,
-  updateSandbox,
-} from './sandbox-store';
+import { getSandbox, latest, getTenantSandbox, listSandboxes as queryList, transition, TransitionRejectedError, updateSandbox } from './sandbox-store';
 import type { CreateSandboxBody, ExecBody } from './schemas';
 import { isFinalCommandStatus, type CommandStatus } from './command-state';
 import { specOf, startCommand, toCommandView, waitForEnd, wholeOutput, type CommandView } from './commands';
@@ -259,7 +251,13 @@ async function waitForCapacity(
 export async function markEnded(
   record: Pick<SandboxRecord, 'sandbox_id' | 'host_id'>,
   end:
-    | { event: 'fail'; reason: StopReason; detail?: string; only?: readonly SandboxStatus[]; /** Only while it still waits for a host (no host took it meanwhile). */ whileWaiting?: boolean }
+    | {
+        event: 'fail';
+        reason: StopReason;
+        detail?: string;
+        only?: readonly SandboxStatus[] /** Only while it still waits for a host (no host took it meanwhile). */;
+        whileWaiting?: boolean;
+      }
     | { event: 'stopped' | 'expired'; detail?: string },
   /** Filled with the record as it is when another caller ended it first (saves reading it again). */
   seen: { current?: SandboxRecord } = {},
@@ -320,7 +318,12 @@ async function failCreate(record: SandboxRecord, detail: string, deadline: numbe
   // The host may have made a container before failing: remove it now; if
   // this fails too, the host's reconciliation removes the orphan.
   try {
-    await hosts().dispatch(record.host_id, 'destroy', { sandboxId: record.sandbox_id, graceful: false }, { timeoutSeconds: 60, waitSeconds: waitSecondsUntil(deadline) });
+    await hosts().dispatch(
+      record.host_id,
+      'destroy',
+      { sandboxId: record.sandbox_id, graceful: false },
+      { timeoutSeconds: 60, waitSeconds: waitSecondsUntil(deadline) },
+    );
   } catch (err) {
     if (err instanceof HostDispatchError && err.code === 'still_running') return;
     logger.error('create: cleanup of a failed create did not finish; reconciliation will remove the container', {
@@ -415,7 +418,10 @@ export async function destroySandbox(p: Principal, sandboxId: string, graceful: 
     if (err instanceof HostDispatchError && err.code === 'still_running') return { done: false, view: toView((await latest(sandboxId)) ?? shutting) };
     if (!graceful && !(err instanceof HostDispatchError && err.code === 'still_running')) {
       // Forced: the record ends now; a container left on a live host is removed by its reconciliation.
-      const ended = await markEnded(shutting, { event: 'stopped', detail: `the host could not be reached to remove the container (${(err as Error).message}); it removes it when it is back` });
+      const ended = await markEnded(shutting, {
+        event: 'stopped',
+        detail: `the host could not be reached to remove the container (${(err as Error).message}); it removes it when it is back`,
+      });
       return { done: true, view: toView(ended ?? (await getSandbox(sandboxId)) ?? shutting) };
     }
     throw err instanceof ApiError ? err : hostFailure(err, 'destroy');

@@ -63,9 +63,7 @@ export function createSandboxBody(limits: ControlPlaneConfig['limits']) {
           ttl_seconds: z.number().int().min(60).max(limits.maxTtlSeconds).optional(),
           idle_timeout_seconds: z.number().int().min(30).max(limits.maxTtlSeconds).optional(),
           network: networkConfigSchema.optional(),
-          env: envMap
-            .refine((m) => !reservedEnvKeys.some((k) => k in m), `must not set ${reservedEnvKeys.join(', ')}`)
-            .optional(),
+          env: envMap.refine((m) => !reservedEnvKeys.some((k) => k in m), `must not set ${reservedEnvKeys.join(', ')}`).optional(),
           labels: z
             .record(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/, 'label keys are 1-63 characters of letters, digits and ._/-'), z.string().max(256))
             .refine((m) => Object.keys(m).length <= 32, 'at most 32 labels')
@@ -78,7 +76,11 @@ export function createSandboxBody(limits: ControlPlaneConfig['limits']) {
 }
 export type CreateSandboxBody = z.infer<ReturnType<typeof createSandboxBody>>;
 
-const commandText = /* @__PURE__ */ z.string().min(1).max(200_000).refine((c) => !c.includes('\0'), 'must not contain NUL');
+const commandText = /* @__PURE__ */ z
+  .string()
+  .min(1)
+  .max(200_000)
+  .refine((c) => !c.includes('\0'), 'must not contain NUL');
 const cwdSchema = /* @__PURE__ */ z
   .string()
   .min(1)
@@ -91,7 +93,10 @@ const commandUser = /* @__PURE__ */ z
   .refine((u) => u !== 'root', 'must not be root: commands run as a non-root user (default agent)')
   .default('agent');
 /** Initial stdin: text, at most 192 KiB (the body is at most 256 KiB). */
-const stdinText = /* @__PURE__ */ z.string().max(192 * 1024).refine((d) => Buffer.byteLength(d, 'utf8') <= 192 * 1024, 'must be at most 196608 bytes of UTF-8');
+const stdinText = /* @__PURE__ */ z
+  .string()
+  .max(192 * 1024)
+  .refine((d) => Buffer.byteLength(d, 'utf8') <= 192 * 1024, 'must be at most 196608 bytes of UTF-8');
 /** Seconds a call may wait for a change (API Gateway ends every call at 29 s). */
 const waitSeconds = /* @__PURE__ */ z.coerce.number().min(0).max(20).default(0);
 
@@ -140,7 +145,11 @@ export const commandQuery = /* @__PURE__ */ z
 export const listCommandsQuery = /* @__PURE__ */ z
   .object({
     limit: z.coerce.number().int().min(1).max(100).default(50),
-    next_token: z.string().max(2048).regex(/^[A-Za-z0-9_-]+$/, 'is not a valid page token').optional(),
+    next_token: z
+      .string()
+      .max(2048)
+      .regex(/^[A-Za-z0-9_-]+$/, 'is not a valid page token')
+      .optional(),
   })
   .strict();
 
@@ -162,7 +171,11 @@ export const listQuery = /* @__PURE__ */ z
     user_id: userIdSchema.optional(),
     status: z.enum(sandboxStatuses).optional(),
     limit: z.coerce.number().int().min(1).max(100).default(50),
-    next_token: z.string().max(2048).regex(/^[A-Za-z0-9_-]+$/, 'is not a valid page token').optional(),
+    next_token: z
+      .string()
+      .max(2048)
+      .regex(/^[A-Za-z0-9_-]+$/, 'is not a valid page token')
+      .optional(),
   })
   .strict();
 
@@ -172,9 +185,7 @@ export const networkBody = /* @__PURE__ */ z.object({ egress: egressPolicySchema
 /** GET /sandboxes/{id}/network/log */
 export const egressLogQuery = /* @__PURE__ */ z.object({ limit: z.coerce.number().int().min(1).max(500).default(100) }).strict();
 
-export const destroyQuery = /* @__PURE__ */ z
-  .object({ graceful: z.enum(['true', 'false']).default('true') })
-  .strict();
+export const destroyQuery = /* @__PURE__ */ z.object({ graceful: z.enum(['true', 'false']).default('true') }).strict();
 
 /** Why DynamoDB could not store `value` as a map attribute, or undefined when it can. */
 function unstorable(value: unknown, depth: number): string | undefined {
@@ -206,9 +217,7 @@ const storedObject = /* @__PURE__ */ z.record(z.string(), z.unknown()).superRefi
 });
 
 export const completeBody = /* @__PURE__ */ z.object({ result: storedObject.optional() }).strict();
-export const errorBody = /* @__PURE__ */ z
-  .object({ error: z.string().min(1).max(4096), details: storedObject.optional() })
-  .strict();
+export const errorBody = /* @__PURE__ */ z.object({ error: z.string().min(1).max(4096), details: storedObject.optional() }).strict();
 /** Refreshes the idle timer; may change the idle timeout and the TTL (never past the configured cap). */
 export function timeoutBody(limits: ControlPlaneConfig['limits']) {
   return z
@@ -234,7 +243,10 @@ const sha256Text = /* @__PURE__ */ z
   .string()
   .regex(/^[0-9a-fA-F]{64}$/, 'must be 64 hex digits')
   .transform((h) => h.toLowerCase());
-const pageToken = /* @__PURE__ */ z.string().max(16_384).regex(/^[A-Za-z0-9_-]+$/, 'is not a valid page token');
+const pageToken = /* @__PURE__ */ z
+  .string()
+  .max(16_384)
+  .regex(/^[A-Za-z0-9_-]+$/, 'is not a valid page token');
 
 /** GET /sandboxes/{id}/files, GET .../files/stat, GET /users/{user_id}/home/files */
 export const filePathQuery = /* @__PURE__ */ z.object({ path: pathText }).strict();

@@ -62,9 +62,7 @@ export function inScope<T>(scope: string, fn: () => T): T {
  */
 export function timeSdkClient(client: { middlewareStack: { add: (mw: never, opts: never) => void } }, prefix: string): void {
   if (!timingsOn()) return;
-  const middleware =
-    (next: (args: unknown) => Promise<unknown>, context: { commandName?: string }) =>
-    (args: unknown) =>
-      span(`${prefix}.${(context.commandName ?? 'call').replace(/Command$/, '')}`, () => next(args));
+  const middleware = (next: (args: unknown) => Promise<unknown>, context: { commandName?: string }) => (args: unknown) =>
+    span(`${prefix}.${(context.commandName ?? 'call').replace(/Command$/, '')}`, () => next(args));
   client.middlewareStack.add(middleware as never, { step: 'initialize', name: `timing-${prefix}` } as never);
 }

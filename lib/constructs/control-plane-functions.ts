@@ -17,7 +17,15 @@ import { handlerBundling } from '../handler-bundling';
 import { handlerEntry, lockFile, repoRoot } from '../paths';
 import { metricNamespace, metricService } from '../../lambdas/shared/metric-names';
 import { fileStagingPrefix } from '../../contract/host-protocol';
-import { commandOutputKeyPrefix, handlerAccess, pausedStateDropActions, pausedStateKeyPattern, storedHomeKeyPattern, type AutoScalingAction, type HandlerAccess } from './handler-access';
+import {
+  commandOutputKeyPrefix,
+  handlerAccess,
+  pausedStateDropActions,
+  pausedStateKeyPattern,
+  storedHomeKeyPattern,
+  type AutoScalingAction,
+  type HandlerAccess,
+} from './handler-access';
 import { hostGroupArn, hostGroupArnSuppression } from './host-group';
 import type { SandboxEventBus } from './observability';
 import type { ProjectTables } from './tables';
@@ -271,7 +279,8 @@ function grantAccess(role: iam.Role, access: HandlerAccess, props: HandlerEnviro
       [
         {
           id: 'AwsSolutions-IAM5',
-          reason: 'File bytes and transfer records are staged as objects with generated keys under the files-staging/ prefix only; the prefix is the narrowest scope possible.',
+          reason:
+            'File bytes and transfer records are staged as objects with generated keys under the files-staging/ prefix only; the prefix is the narrowest scope possible.',
           appliesTo: [{ regex: `/^Resource::${storageBucketArnPattern}\\/files-staging\\/\\*$/g` }],
         },
       ],
@@ -279,7 +288,9 @@ function grantAccess(role: iam.Role, access: HandlerAccess, props: HandlerEnviro
     );
   }
   if (access.readsHomes) {
-    role.addToPolicy(new iam.PolicyStatement({ sid: 'ReadStoredHomes', actions: ['s3:GetObject'], resources: [props.bucket.arnForObjects(storedHomeKeyPattern)] }));
+    role.addToPolicy(
+      new iam.PolicyStatement({ sid: 'ReadStoredHomes', actions: ['s3:GetObject'], resources: [props.bucket.arnForObjects(storedHomeKeyPattern)] }),
+    );
     role.addToPolicy(
       new iam.PolicyStatement({
         sid: 'ListStoredHomes',
@@ -302,7 +313,9 @@ function grantAccess(role: iam.Role, access: HandlerAccess, props: HandlerEnviro
     );
   }
   if (access.dropsPausedState) {
-    role.addToPolicy(new iam.PolicyStatement({ sid: 'DropPausedState', actions: [...pausedStateDropActions], resources: [props.bucket.arnForObjects(pausedStateKeyPattern)] }));
+    role.addToPolicy(
+      new iam.PolicyStatement({ sid: 'DropPausedState', actions: [...pausedStateDropActions], resources: [props.bucket.arnForObjects(pausedStateKeyPattern)] }),
+    );
     NagSuppressions.addResourceSuppressions(
       role,
       [
@@ -363,7 +376,8 @@ function grantAccess(role: iam.Role, access: HandlerAccess, props: HandlerEnviro
       },
       {
         id: 'AwsSolutions-IAM5',
-        reason: 'Oversized host requests are staged as objects with generated keys under the host-requests/ prefix only; the prefix is the narrowest scope possible.',
+        reason:
+          'Oversized host requests are staged as objects with generated keys under the host-requests/ prefix only; the prefix is the narrowest scope possible.',
         appliesTo: [{ regex: `/^Resource::${storageBucketArnPattern}\\/host-requests\\/\\*$/g` }],
       },
     ],
@@ -383,7 +397,13 @@ function grantAutoScaling(role: iam.Role, actions: readonly AutoScalingAction[],
   role.addToPolicy(new iam.PolicyStatement({ sid: 'DescribeGroups', actions: [describe], resources: ['*'] }));
   NagSuppressions.addResourceSuppressions(
     role,
-    [{ id: 'AwsSolutions-IAM5', reason: 'autoscaling:DescribeAutoScalingGroups supports no resource-level permissions; the function names its own group in the call.', appliesTo: ['Resource::*'] }],
+    [
+      {
+        id: 'AwsSolutions-IAM5',
+        reason: 'autoscaling:DescribeAutoScalingGroups supports no resource-level permissions; the function names its own group in the call.',
+        appliesTo: ['Resource::*'],
+      },
+    ],
     true,
   );
 }

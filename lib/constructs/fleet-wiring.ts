@@ -110,7 +110,8 @@ export class FleetWiring extends Construct {
       [
         {
           id: 'AwsSolutions-IAM5',
-          reason: "CDK's Lambda target grants invoke on the fleet-capacity function and its versions/aliases (<arn>:*); the schedule only ever invokes the function itself.",
+          reason:
+            "CDK's Lambda target grants invoke on the fleet-capacity function and its versions/aliases (<arn>:*); the schedule only ever invokes the function itself.",
           appliesTo: [{ regex: '/^Resource::<.*FleetCapacity.*\\.Arn>:\\*$/g' }],
         },
       ],

@@ -6,7 +6,16 @@
  * code actually makes, so it can neither lag behind nor grant extra.
  */
 import type { backgroundHandlerNames, HandlerName } from '../../lambdas/shared/routes';
-import { apiKeysTable, commandsTable, egressLogTable, hostsTable, idempotencyTable, sandboxesTable, tenantsTable, type TableDefinition } from '../../lambdas/shared/tables';
+import {
+  apiKeysTable,
+  commandsTable,
+  egressLogTable,
+  hostsTable,
+  idempotencyTable,
+  sandboxesTable,
+  tenantsTable,
+  type TableDefinition,
+} from '../../lambdas/shared/tables';
 
 /** Handlers with no API route: the scheduled reaper and the authorizer. */
 export type BackgroundHandlerName = (typeof backgroundHandlerNames)[number];

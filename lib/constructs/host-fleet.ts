@@ -287,7 +287,9 @@ export class HostFleet extends Construct {
     this.role.addToPolicy(new iam.PolicyStatement({ sid: 'ListStorage', actions: ['s3:ListBucket'], resources: [bucket.bucketArn] }));
     this.role.addToPolicy(new iam.PolicyStatement({ sid: 'ReadWriteStorage', actions: [...objectActions], resources: [bucket.arnForObjects('*')] }));
     if (hostAccess.publishesEvents) props.events.grantPut(this.role);
-    this.role.addToPolicy(new iam.PolicyStatement({ sid: 'ShipDaemonLines', actions: [...hostAccess.logActions], resources: [`${props.daemonLogGroup.logGroupArn}`] }));
+    this.role.addToPolicy(
+      new iam.PolicyStatement({ sid: 'ShipDaemonLines', actions: [...hostAccess.logActions], resources: [`${props.daemonLogGroup.logGroupArn}`] }),
+    );
     // Registration, heartbeats, reconciliation of the sandboxes on this host (handler-access.ts, checked against the bundles).
     for (const grant of hostAccess.tables) {
       const table = props.tables.table(grant.table);
@@ -305,7 +307,11 @@ export class HostFleet extends Construct {
     // The fleet's current image reference: GetParameter on that one parameter. (AmazonSSMManagedInstanceCore also
     // allows ssm:GetParameter on every parameter, for the SSM agent; this grant says what the daemon itself needs.)
     this.role.addToPolicy(
-      new iam.PolicyStatement({ sid: 'SandboxImageParameter', actions: [...hostAccess.imageParameterActions], resources: [this.sandboxImageParameter.parameterArn] }),
+      new iam.PolicyStatement({
+        sid: 'SandboxImageParameter',
+        actions: [...hostAccess.imageParameterActions],
+        resources: [this.sandboxImageParameter.parameterArn],
+      }),
     );
     // Exactly the host-agent objects, not the whole asset bucket.
     this.role.addToPolicy(
@@ -316,7 +322,9 @@ export class HostFleet extends Construct {
       }),
     );
     // Its own scale-in protection and the lifecycle actions it completes, on its own group only.
-    this.role.addToPolicy(new iam.PolicyStatement({ sid: 'OwnGroup', actions: [...hostAccess.autoScaling], resources: [hostGroupArn(this, autoScalingGroupName)] }));
+    this.role.addToPolicy(
+      new iam.PolicyStatement({ sid: 'OwnGroup', actions: [...hostAccess.autoScaling], resources: [hostGroupArn(this, autoScalingGroupName)] }),
+    );
 
     NagSuppressions.addResourceSuppressions(
       this.role,

@@ -46,7 +46,10 @@ export class SandboxEventBus extends Construct {
 
   constructor(scope: Construct, id: string, props: SandboxEventBusProps) {
     super(scope, id);
-    this.bus = new events.EventBus(this, 'Bus', { eventBusName: eventBusName(props.envName), description: `Ephemeral Sandbox ${props.envName}: sandbox and command lifecycle events` });
+    this.bus = new events.EventBus(this, 'Bus', {
+      eventBusName: eventBusName(props.envName),
+      description: `Ephemeral Sandbox ${props.envName}: sandbox and command lifecycle events`,
+    });
     this.archive = this.bus.archive('Archive', {
       archiveName: `${eventBusName(props.envName)}-archive`,
       description: 'Every platform event, for replay to a consumer that missed them',
@@ -153,11 +156,21 @@ export class PlatformAlarms extends Construct {
     this.add('ApiLatencyP99', p99, t.apiP99LatencyMs, 'API p99 latency above the threshold');
 
     // Capacity and hosts.
-    this.add('NoCapacity', this.custom('ApiErrors', { Code: 'no_capacity' }, 'Sum'), t.noCapacityAnswers, 'creates answered 503 no_capacity: every host is full');
+    this.add(
+      'NoCapacity',
+      this.custom('ApiErrors', { Code: 'no_capacity' }, 'Sum'),
+      t.noCapacityAnswers,
+      'creates answered 503 no_capacity: every host is full',
+    );
     this.add('HostsLost', this.custom('HostsLost', {}, 'Sum'), t.hostsLost, 'hosts stopped heartbeating; their sandboxes failed with host_lost');
 
     // The reaper and its schedule.
-    this.add('ReaperErrors', props.reaper.metricErrors({ statistic: 'Sum', period: alarmPeriod }), t.reaperErrors, 'reaper runs failed (sandboxes it could not end stay due)');
+    this.add(
+      'ReaperErrors',
+      props.reaper.metricErrors({ statistic: 'Sum', period: alarmPeriod }),
+      t.reaperErrors,
+      'reaper runs failed (sandboxes it could not end stay due)',
+    );
     this.add(
       'ReaperDeadLetters',
       props.reaperDeadLetterQueue.metricApproximateNumberOfMessagesVisible({ statistic: 'Maximum', period: alarmPeriod }),
@@ -199,7 +212,12 @@ export class PlatformAlarms extends Construct {
       this.add(`DynamoDbThrottles-${definition.id}`, expression, t.dynamoDbThrottles, `DynamoDB table ${definition.id} throttled reads or writes`);
     }
     this.add('SsmThrottles', this.custom('SsmThrottled', {}, 'Sum'), t.ssmThrottles, 'SSM Run Command answered ThrottlingException');
-    this.add('EventsNotDelivered', this.custom('EventsNotDelivered', {}, 'Sum'), t.eventsNotDelivered, 'lifecycle events the bus did not take after retries (logged whole)');
+    this.add(
+      'EventsNotDelivered',
+      this.custom('EventsNotDelivered', {}, 'Sum'),
+      t.eventsNotDelivered,
+      'lifecycle events the bus did not take after retries (logged whole)',
+    );
 
     this.dashboard = this.buildDashboard(props);
   }
@@ -247,16 +265,17 @@ export class PlatformAlarms extends Construct {
     const graph = (title: string, left: cw.IMetric[], width = 8) => new cw.GraphWidget({ title, left, width, height: 6 });
     const fns = [...props.functions.values()];
     const dashboard = new cw.Dashboard(this, 'Dashboard', { dashboardName: `ephemeral-sandbox-${props.envName}`, defaultInterval: Duration.hours(3) });
-    dashboard.addWidgets(
-      new cw.AlarmStatusWidget({ title: 'Alarms', alarms: this.alarms.map((a) => a.alarm), width: 24, height: 4 }),
-    );
+    dashboard.addWidgets(new cw.AlarmStatusWidget({ title: 'Alarms', alarms: this.alarms.map((a) => a.alarm), width: 24, height: 4 }));
     dashboard.addWidgets(
       graph('API requests and errors', [
         props.restApi.metricCount({ statistic: 'Sum', label: 'requests' }),
         props.restApi.metricClientError({ statistic: 'Sum', label: '4xx' }),
         props.restApi.metricServerError({ statistic: 'Sum', label: '5xx' }),
       ]),
-      graph('API latency (ms)', [props.restApi.metricLatency({ statistic: 'p50', label: 'p50' }), props.restApi.metricLatency({ statistic: 'p99', label: 'p99' })]),
+      graph('API latency (ms)', [
+        props.restApi.metricLatency({ statistic: 'p50', label: 'p50' }),
+        props.restApi.metricLatency({ statistic: 'p99', label: 'p99' }),
+      ]),
       graph('Errors answered, by code', [this.search('ApiErrors', 'Sum')]),
     );
     dashboard.addWidgets(
@@ -304,9 +323,21 @@ export class PlatformAlarms extends Construct {
       graph('Events not delivered', [this.custom('EventsNotDelivered', {}, 'Sum', 'not delivered')]),
     );
     dashboard.addWidgets(
-      graph('Lambda errors', fns.map((f) => f.metricErrors({ statistic: 'Sum' })), 8),
-      graph('Lambda throttles', fns.map((f) => f.metricThrottles({ statistic: 'Sum' })), 8),
-      graph('Lambda duration p99 (ms)', fns.map((f) => f.metricDuration({ statistic: 'p99' })), 8),
+      graph(
+        'Lambda errors',
+        fns.map((f) => f.metricErrors({ statistic: 'Sum' })),
+        8,
+      ),
+      graph(
+        'Lambda throttles',
+        fns.map((f) => f.metricThrottles({ statistic: 'Sum' })),
+        8,
+      ),
+      graph(
+        'Lambda duration p99 (ms)',
+        fns.map((f) => f.metricDuration({ statistic: 'p99' })),
+        8,
+      ),
     );
     dashboard.addWidgets(
       graph(

@@ -74,7 +74,8 @@ export class ReaperSchedule extends Construct {
       [
         {
           id: 'AwsSolutions-IAM5',
-          reason: "CDK's Lambda target grants invoke on the reaper function and its versions/aliases (<arn>:*); the schedule only ever invokes the function itself.",
+          reason:
+            "CDK's Lambda target grants invoke on the reaper function and its versions/aliases (<arn>:*); the schedule only ever invokes the function itself.",
           appliesTo: [{ regex: '/^Resource::<.*Reaper.*\\.Arn>:\\*$/g' }],
         },
       ],

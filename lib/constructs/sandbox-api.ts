@@ -179,7 +179,12 @@ export class SandboxApi extends Construct {
     } else {
       NagSuppressions.addResourceSuppressions(
         this.restApi,
-        [{ id: 'AwsSolutions-APIG6', reason: 'Execution logging is turned off for this environment in cdk.json (api.executionLogLevel OFF); access logs and metrics stay on.' }],
+        [
+          {
+            id: 'AwsSolutions-APIG6',
+            reason: 'Execution logging is turned off for this environment in cdk.json (api.executionLogLevel OFF); access logs and metrics stay on.',
+          },
+        ],
         true,
       );
     }
@@ -229,7 +234,10 @@ export class SandboxApi extends Construct {
         method,
         open
           ? [
-              { id: 'AwsSolutions-APIG4', reason: `${route.method} ${route.path} is the public liveness probe: it returns no tenant data and must work without a key.` },
+              {
+                id: 'AwsSolutions-APIG4',
+                reason: `${route.method} ${route.path} is the public liveness probe: it returns no tenant data and must work without a key.`,
+              },
               { id: 'AwsSolutions-COG4', reason: `${route.method} ${route.path} is the public liveness probe: no caller identity is involved.` },
             ]
           : [

@@ -56,7 +56,10 @@ export class StorageBucket extends Construct {
       autoDeleteObjects: destroy,
     });
     NagSuppressions.addResourceSuppressions(this.accessLogBucket, [
-      { id: 'AwsSolutions-S1', reason: 'This is the access log bucket of the storage bucket; logging it into itself (or a third bucket) would only log the log deliveries.' },
+      {
+        id: 'AwsSolutions-S1',
+        reason: 'This is the access log bucket of the storage bucket; logging it into itself (or a third bucket) would only log the log deliveries.',
+      },
     ]);
 
     const lifecycleRules: s3.LifecycleRule[] = [

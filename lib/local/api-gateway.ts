@@ -62,9 +62,7 @@ export async function startLocalApi(o: {
 }): Promise<LocalApi> {
   const functions =
     o.functions ??
-    inProcessFunctions(
-      o.loadHandler ?? (async (name: HandlerName) => ((await import(`../../lambdas/${name}.ts`)) as { handler: LambdaHandler }).handler),
-    );
+    inProcessFunctions(o.loadHandler ?? (async (name: HandlerName) => ((await import(`../../lambdas/${name}.ts`)) as { handler: LambdaHandler }).handler));
   const cutAfterMs = (o.integrationTimeoutSeconds ?? integrationTimeoutSeconds) * 1000;
 
   const decisions = new DecisionCache((o.authorizerCacheSeconds ?? 300) * 1000, o.authorize ?? decide);

@@ -163,7 +163,9 @@ export async function startAutoScalingEndpoint(o: AutoScalingEndpointOptions): P
               LifecycleTransition: 'autoscaling:EC2_INSTANCE_TERMINATING',
             },
           })
-          .catch((err) => logger.error('local Auto Scaling: the lifecycle event consumer failed (the hook times out to its default)', { instanceId: instance.id, err }));
+          .catch((err) =>
+            logger.error('local Auto Scaling: the lifecycle event consumer failed (the hook times out to its default)', { instanceId: instance.id, err }),
+          );
       }
     });
   }
@@ -228,12 +230,17 @@ export async function startAutoScalingEndpoint(o: AutoScalingEndpointOptions): P
 
   function instanceOf(id: string | undefined): Instance {
     const i = id ? instances.get(id) : undefined;
-    if (!i || i.state === 'Terminated') throw new QueryError('ValidationError', `Instance Id not found - No instance(s) found with Instance Id ${id ?? '(none)'} in Auto Scaling group ${o.groupName}`);
+    if (!i || i.state === 'Terminated')
+      throw new QueryError(
+        'ValidationError',
+        `Instance Id not found - No instance(s) found with Instance Id ${id ?? '(none)'} in Auto Scaling group ${o.groupName}`,
+      );
     return i;
   }
 
   function checkGroup(p: Record<string, string>): void {
-    if (p.AutoScalingGroupName !== o.groupName) throw new QueryError('ValidationError', `AutoScalingGroup name not found - no such group: ${p.AutoScalingGroupName ?? '(none)'}`);
+    if (p.AutoScalingGroupName !== o.groupName)
+      throw new QueryError('ValidationError', `AutoScalingGroup name not found - no such group: ${p.AutoScalingGroupName ?? '(none)'}`);
   }
 
   function pendingAction(p: Record<string, string>): Instance {
@@ -247,7 +254,9 @@ export async function startAutoScalingEndpoint(o: AutoScalingEndpointOptions): P
 
   const operations: Record<string, (p: Record<string, string>) => string> = {
     DescribeAutoScalingGroups(p) {
-      const names = Object.entries(p).filter(([k]) => k.startsWith('AutoScalingGroupNames.member.')).map(([, v]) => v);
+      const names = Object.entries(p)
+        .filter(([k]) => k.startsWith('AutoScalingGroupNames.member.'))
+        .map(([, v]) => v);
       if (names.length > 0 && !names.includes(o.groupName)) return '<AutoScalingGroups/>';
       const members = [...instances.values()]
         .filter((i) => i.state !== 'Terminated')
@@ -277,7 +286,9 @@ export async function startAutoScalingEndpoint(o: AutoScalingEndpointOptions): P
     },
     SetInstanceProtection(p) {
       checkGroup(p);
-      const ids = Object.entries(p).filter(([k]) => k.startsWith('InstanceIds.member.')).map(([, v]) => v);
+      const ids = Object.entries(p)
+        .filter(([k]) => k.startsWith('InstanceIds.member.'))
+        .map(([, v]) => v);
       const targets = ids.map((id) => {
         const i = instances.get(id);
         if (!i || i.state === 'Terminated') throw new QueryError('ValidationError', `The instance ${id} is not part of Auto Scaling group ${o.groupName}.`);
@@ -390,7 +401,8 @@ export async function startAutoScalingEndpoint(o: AutoScalingEndpointOptions): P
       for (;;) {
         const all = [...instances.values()];
         if (all.length === desired && all.every((i) => i.state === 'InService')) return;
-        if (Date.now() > until) throw new Error(`local Auto Scaling: not settled after ${timeoutMs} ms: desired ${desired}, ${all.map((i) => `${i.id}=${i.state}`).join(', ')}`);
+        if (Date.now() > until)
+          throw new Error(`local Auto Scaling: not settled after ${timeoutMs} ms: desired ${desired}, ${all.map((i) => `${i.id}=${i.state}`).join(', ')}`);
         await new Promise((r) => setTimeout(r, 100));
       }
     },

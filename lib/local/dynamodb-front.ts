@@ -31,10 +31,14 @@ async function main(): Promise<void> {
   const jarDir = need('DYNAMODB_FRONT_JAR_DIR');
   const listening = new Promise<Server>((resolve) => process.once('message', (_m, handle) => resolve(handle as Server)));
   execFileSync('ip', ['link', 'set', 'lo', 'up']);
-  const java = spawn('java', [`-Djava.library.path=${jarDir}/DynamoDBLocal_lib`, '-jar', `${jarDir}/DynamoDBLocal.jar`, '-inMemory', '-sharedDb', '-port', String(enginePort)], {
-    cwd: jarDir,
-    stdio: ['ignore', 'inherit', 'inherit'],
-  });
+  const java = spawn(
+    'java',
+    [`-Djava.library.path=${jarDir}/DynamoDBLocal_lib`, '-jar', `${jarDir}/DynamoDBLocal.jar`, '-inMemory', '-sharedDb', '-port', String(enginePort)],
+    {
+      cwd: jarDir,
+      stdio: ['ignore', 'inherit', 'inherit'],
+    },
+  );
   java.on('exit', (code, signal) => {
     process.stderr.write(`DynamoDB Local exited (${signal ?? code})\n`);
     process.exit(1);

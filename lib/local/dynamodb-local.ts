@@ -62,9 +62,7 @@ function createTableInput(def: TableDefinition, tableName: string): CreateTableC
               ...(i.sortKey ? [{ AttributeName: i.sortKey.name, KeyType: 'RANGE' as const }] : []),
             ],
             Projection:
-              typeof i.projection === 'string'
-                ? { ProjectionType: i.projection }
-                : { ProjectionType: 'INCLUDE' as const, NonKeyAttributes: [...i.projection] },
+              typeof i.projection === 'string' ? { ProjectionType: i.projection } : { ProjectionType: 'INCLUDE' as const, NonKeyAttributes: [...i.projection] },
           })),
         }
       : {}),
@@ -132,7 +130,9 @@ export async function startDynamoDbLocal(o: DynamoDbLocalOptions = {}): Promise<
           ' (it runs in namespaces of its own: unshare needs root, and `ip` and Java must be installed; scripts/setup-host.sh installs them)',
       );
     await new Promise<void>((resolve, reject) => {
-      child.once('message', (m: { ready?: boolean }) => (m.ready ? resolve() : reject(new Error(`unexpected message from the DynamoDB front: ${JSON.stringify(m)}`))));
+      child.once('message', (m: { ready?: boolean }) =>
+        m.ready ? resolve() : reject(new Error(`unexpected message from the DynamoDB front: ${JSON.stringify(m)}`)),
+      );
       void exited.then(() => reject(stopped()));
       child.send('listen', listener, (err) => err && reject(err));
     });

@@ -88,7 +88,15 @@ export async function startLocalEventBus(o: LocalEventBusOptions): Promise<Local
         return { ErrorCode: 'MalformedDetail', ErrorMessage: 'Detail is malformed.' };
       }
       const time = typeof e.Time === 'number' ? new Date(e.Time * 1000).toISOString() : new Date().toISOString();
-      const event: BusEvent = { id: randomUUID(), bus, source: e.Source, detailType: e.DetailType, detail: detail as Record<string, unknown>, time, seq: received.length + 1 };
+      const event: BusEvent = {
+        id: randomUUID(),
+        bus,
+        source: e.Source,
+        detailType: e.DetailType,
+        detail: detail as Record<string, unknown>,
+        time,
+        seq: received.length + 1,
+      };
       received.push(event);
       for (const l of listeners) l(event);
       return { EventId: event.id };
@@ -103,7 +111,10 @@ export async function startLocalEventBus(o: LocalEventBusOptions): Promise<Local
       for await (const chunk of req as AsyncIterable<Buffer>) chunks.push(chunk);
       const target = req.headers['x-amz-target'];
       if (req.method !== 'POST' || target !== 'AWSEvents.PutEvents') {
-        throw new AwsJsonError('UnknownOperationException', `the local bus answers POST with X-Amz-Target: AWSEvents.PutEvents only, got ${req.method} ${String(target)}`);
+        throw new AwsJsonError(
+          'UnknownOperationException',
+          `the local bus answers POST with X-Amz-Target: AWSEvents.PutEvents only, got ${req.method} ${String(target)}`,
+        );
       }
       if (failCalls > 0) {
         failCalls -= 1;

@@ -18,10 +18,7 @@ export async function sandboxNetworkGateway(name: string): Promise<string> {
   try {
     info = await docker.getNetwork(name).inspect();
   } catch {
-    const [{ ensureSandboxNetwork }, { loadHostConfig }] = await Promise.all([
-      import('../../host-agent/src/network'),
-      import('../../host-agent/src/config'),
-    ]);
+    const [{ ensureSandboxNetwork }, { loadHostConfig }] = await Promise.all([import('../../host-agent/src/network'), import('../../host-agent/src/config')]);
     await ensureSandboxNetwork(loadHostConfig({ ...process.env, SANDBOX_NETWORK: name }));
     info = await docker.getNetwork(name).inspect();
   }
@@ -46,16 +43,18 @@ export async function removeContainersOfHost(hostId: string, stateDir: string): 
     .sort((a, b) => b.length - a.length);
   for (const m of mounts) {
     // A lazy unmount above takes what is below it (and its propagated copies) along.
-    if (!readFileSync('/proc/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === m)) continue;
+    if (
+      !readFileSync('/proc/mounts', 'utf8')
+        .split('\n')
+        .some((l) => l.split(' ')[1] === m)
+    )
+      continue;
     await run('umount', ['-l', m]).catch(() => run('fusermount', ['-uz', m]));
   }
 }
 
 /** Removes a stack's sandbox network and its firewall chains. */
 export async function removeNetwork(name: string): Promise<void> {
-  const [{ removeSandboxNetwork }, { loadHostConfig }] = await Promise.all([
-    import('../../host-agent/src/network'),
-    import('../../host-agent/src/config'),
-  ]);
+  const [{ removeSandboxNetwork }, { loadHostConfig }] = await Promise.all([import('../../host-agent/src/network'), import('../../host-agent/src/config')]);
   await removeSandboxNetwork(loadHostConfig({ ...process.env, SANDBOX_NETWORK: name }));
 }

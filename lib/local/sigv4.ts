@@ -144,7 +144,11 @@ function safeDecode(s: string): string {
  */
 function canonicalUris(path: string, service: string): string[] {
   if (service === 's3') {
-    const reencoded = path.split('/').map((seg) => uriEscape(safeDecode(seg))).join('/') || '/';
+    const reencoded =
+      path
+        .split('/')
+        .map((seg) => uriEscape(safeDecode(seg)))
+        .join('/') || '/';
     return reencoded === path ? [path] : [path, reencoded];
   }
   const segments: string[] = [];
@@ -219,7 +223,10 @@ function parseAuthorization(value: string): ParsedAuthorization {
   }
   const scope = credential.split('/');
   if (scope.length !== 5 || scope[4] !== 'aws4_request' || !/^\d{8}$/.test(scope[1]!)) {
-    throw new SignatureRefusedError('malformed', `the credential scope must be <key>/<yyyymmdd>/<region>/<service>/aws4_request, got "${credential.slice(0, 200)}"`);
+    throw new SignatureRefusedError(
+      'malformed',
+      `the credential scope must be <key>/<yyyymmdd>/<region>/<service>/aws4_request, got "${credential.slice(0, 200)}"`,
+    );
   }
   if (!/^[0-9a-f]{64}$/.test(signature)) throw new SignatureRefusedError('malformed', 'the signature must be 64 lower-case hex digits');
   const [accessKeyId, date, region, service] = scope as [string, string, string, string];
@@ -284,7 +291,8 @@ function readPresignedClaim(headers: Map<string, string[]>, query: string, polic
     throw new SignatureRefusedError('malformed', 'only one auth mechanism allowed: the X-Amz-Algorithm query parameter or the Authorization header, not both');
   }
   const algorithmName = one('X-Amz-Algorithm');
-  if (algorithmName !== algorithm) throw new SignatureRefusedError('unsupported', `only ${algorithm} presigned URLs are accepted, not "${String(algorithmName).slice(0, 40)}"`);
+  if (algorithmName !== algorithm)
+    throw new SignatureRefusedError('unsupported', `only ${algorithm} presigned URLs are accepted, not "${String(algorithmName).slice(0, 40)}"`);
   const credential = one('X-Amz-Credential');
   const signedHeaders = one('X-Amz-SignedHeaders');
   const signature = one('X-Amz-Signature');
@@ -294,11 +302,14 @@ function readPresignedClaim(headers: Map<string, string[]>, query: string, polic
     throw new SignatureRefusedError('malformed', 'a presigned URL needs X-Amz-Credential, X-Amz-Date, X-Amz-Expires, X-Amz-SignedHeaders and X-Amz-Signature');
   }
   const auth = parseAuthorization(`${algorithm} Credential=${credential}, SignedHeaders=${signedHeaders}, Signature=${signature}`);
-  if (auth.accessKeyId !== policy.credentials.accessKeyId) throw new SignatureRefusedError('unknown_key', `the access key id ${auth.accessKeyId.slice(0, 40)} is not this stack's`);
-  if (auth.service !== policy.service) throw new SignatureRefusedError('mismatch', `the URL is signed for service "${auth.service}", this endpoint is "${policy.service}"`);
+  if (auth.accessKeyId !== policy.credentials.accessKeyId)
+    throw new SignatureRefusedError('unknown_key', `the access key id ${auth.accessKeyId.slice(0, 40)} is not this stack's`);
+  if (auth.service !== policy.service)
+    throw new SignatureRefusedError('mismatch', `the URL is signed for service "${auth.service}", this endpoint is "${policy.service}"`);
   if (!auth.signedHeaders.includes('host')) throw new SignatureRefusedError('malformed', 'the host header must be signed');
   if (!/^\d{8}T\d{6}Z$/.test(amzDate)) throw new SignatureRefusedError('malformed', 'X-Amz-Date must be yyyymmddThhmmssZ');
-  if (amzDate.slice(0, 8) !== auth.date) throw new SignatureRefusedError('malformed', `the credential scope date ${auth.date} is not the date of X-Amz-Date ${amzDate}`);
+  if (amzDate.slice(0, 8) !== auth.date)
+    throw new SignatureRefusedError('malformed', `the credential scope date ${auth.date} is not the date of X-Amz-Date ${amzDate}`);
   const expiresSeconds = Number(expires);
   if (!/^\d{1,6}$/.test(expires) || expiresSeconds < 1 || expiresSeconds > maxPresignedExpirySeconds) {
     throw new SignatureRefusedError('malformed', `X-Amz-Expires must be a number of seconds from 1 to ${maxPresignedExpirySeconds}`);
@@ -306,13 +317,20 @@ function readPresignedClaim(headers: Map<string, string[]>, query: string, polic
   const signedAt = parseAmzDate(amzDate);
   const now = (policy.now ?? Date.now)();
   if (signedAt - now > maxClockSkewMs) {
-    throw new SignatureRefusedError('expired', `the presigned URL is not yet valid: signed at ${amzDate}, the endpoint's clock says ${new Date(now).toISOString()}`);
+    throw new SignatureRefusedError(
+      'expired',
+      `the presigned URL is not yet valid: signed at ${amzDate}, the endpoint's clock says ${new Date(now).toISOString()}`,
+    );
   }
   if (now > signedAt + expiresSeconds * 1000) {
-    throw new SignatureRefusedError('url_expired', `Request has expired: the URL was valid for ${expiresSeconds} s from ${amzDate}; it is now ${new Date(now).toISOString()}`);
+    throw new SignatureRefusedError(
+      'url_expired',
+      `Request has expired: the URL was valid for ${expiresSeconds} s from ${amzDate}; it is now ${new Date(now).toISOString()}`,
+    );
   }
   const declared = one('X-Amz-Content-Sha256') ?? headers.get('x-amz-content-sha256')?.[0] ?? unsignedPayload;
-  if (declared.startsWith('STREAMING-')) throw new SignatureRefusedError('unsupported', `${declared} (aws-chunked) uploads are not supported by the local S3 endpoint`);
+  if (declared.startsWith('STREAMING-'))
+    throw new SignatureRefusedError('unsupported', `${declared} (aws-chunked) uploads are not supported by the local S3 endpoint`);
   if (declared !== unsignedPayload && !/^[0-9a-f]{64}$/.test(declared)) {
     throw new SignatureRefusedError('malformed', 'X-Amz-Content-Sha256 must be 64 lower-case hex digits or UNSIGNED-PAYLOAD');
   }
@@ -328,7 +346,7 @@ export function readSignatureClaim(req: SignedRequestParts, policy: SigningPolic
   const query = req.url.includes('?') ? req.url.slice(req.url.indexOf('?') + 1) : '';
   if (/(?:^|&)(?:X-Amz-Signature|X-Amz-Algorithm|X-Amz-Credential|Signature|AWSAccessKeyId)=/i.test(query)) return readPresignedClaim(headers, query, policy);
   const authorization = headers.get('authorization');
-  if (!authorization) throw new SignatureRefusedError('missing', 'the request is not signed: send it with the stack\'s credentials (AWS Signature Version 4)');
+  if (!authorization) throw new SignatureRefusedError('missing', "the request is not signed: send it with the stack's credentials (AWS Signature Version 4)");
   if (authorization.length !== 1) throw new SignatureRefusedError('malformed', 'the request has more than one Authorization header');
   const auth = parseAuthorization(authorization[0]!);
   if (auth.accessKeyId !== policy.credentials.accessKeyId) {
@@ -342,17 +360,24 @@ export function readSignatureClaim(req: SignedRequestParts, policy: SigningPolic
   if (!amzDate || !/^\d{8}T\d{6}Z$/.test(amzDate) || !auth.signedHeaders.includes('x-amz-date')) {
     throw new SignatureRefusedError('malformed', 'the request needs a signed x-amz-date header (yyyymmddThhmmssZ)');
   }
-  if (amzDate.slice(0, 8) !== auth.date) throw new SignatureRefusedError('malformed', `the credential scope date ${auth.date} is not the date of x-amz-date ${amzDate}`);
+  if (amzDate.slice(0, 8) !== auth.date)
+    throw new SignatureRefusedError('malformed', `the credential scope date ${auth.date} is not the date of x-amz-date ${amzDate}`);
   const signedAt = parseAmzDate(amzDate);
   const now = (policy.now ?? Date.now)();
   if (Math.abs(now - signedAt) > maxClockSkewMs) {
-    throw new SignatureRefusedError('expired', `Signature expired or not yet valid: signed at ${amzDate}, the endpoint's clock says ${new Date(now).toISOString()} (at most 15 minutes apart)`);
+    throw new SignatureRefusedError(
+      'expired',
+      `Signature expired or not yet valid: signed at ${amzDate}, the endpoint's clock says ${new Date(now).toISOString()} (at most 15 minutes apart)`,
+    );
   }
   const declaredPayloadHash = headers.get('x-amz-content-sha256')?.[0];
   if (policy.service === 's3') {
     if (!declaredPayloadHash) throw new SignatureRefusedError('malformed', 'S3 requests need an x-amz-content-sha256 header');
     if (declaredPayloadHash.startsWith('STREAMING-')) {
-      throw new SignatureRefusedError('unsupported', `${declaredPayloadHash} (aws-chunked) uploads are not supported by the local S3 endpoint; disable request checksums (requestChecksumCalculation: WHEN_REQUIRED)`);
+      throw new SignatureRefusedError(
+        'unsupported',
+        `${declaredPayloadHash} (aws-chunked) uploads are not supported by the local S3 endpoint; disable request checksums (requestChecksumCalculation: WHEN_REQUIRED)`,
+      );
     }
   }
   if (declaredPayloadHash !== undefined && declaredPayloadHash !== unsignedPayload && !/^[0-9a-f]{64}$/.test(declaredPayloadHash)) {
@@ -397,7 +422,10 @@ export function checkSignature(req: SignedRequestParts, claim: SignatureClaim, b
     return timingSafeEqual(createHmac('sha256', key).update(stringToSign, 'utf8').digest(), provided);
   });
   if (!matches) {
-    throw new SignatureRefusedError('mismatch', 'The request signature we calculated does not match the signature you provided. Check your key and signing method.');
+    throw new SignatureRefusedError(
+      'mismatch',
+      'The request signature we calculated does not match the signature you provided. Check your key and signing method.',
+    );
   }
 }
 
@@ -469,7 +497,10 @@ export async function admitSigned(req: IncomingMessage, res: ServerResponse, pol
 export function checkS3PutLength(contentLength: string | undefined): void {
   if (contentLength === undefined) throw new SignatureRefusedError('length_required', 'You must provide the Content-Length HTTP header.');
   if (Number(contentLength) > maxS3PutBytes) {
-    throw new SignatureRefusedError('too_large', `Your proposed upload of ${contentLength} bytes exceeds the maximum allowed object size of ${maxS3PutBytes} bytes`);
+    throw new SignatureRefusedError(
+      'too_large',
+      `Your proposed upload of ${contentLength} bytes exceeds the maximum allowed object size of ${maxS3PutBytes} bytes`,
+    );
   }
 }
 
@@ -514,12 +545,19 @@ export async function startSignedProxy(o: SignedProxyOptions): Promise<SignedPro
     const [code, body] =
       o.policy.protocol === 'json'
         ? ['ServiceUnavailable', JSON.stringify({ __type: 'ServiceUnavailable', message })]
-        : ['ServiceUnavailable', `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ServiceUnavailable</Code><Message>${xmlEscape(message)}</Message></Error>`];
+        : [
+            'ServiceUnavailable',
+            `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ServiceUnavailable</Code><Message>${xmlEscape(message)}</Message></Error>`,
+          ];
     if (res.headersSent) {
       res.destroy();
       return;
     }
-    res.writeHead(503, { 'content-type': o.policy.protocol === 'json' ? 'application/x-amz-json-1.0' : 'application/xml', 'x-amzn-errortype': code, connection: 'close' });
+    res.writeHead(503, {
+      'content-type': o.policy.protocol === 'json' ? 'application/x-amz-json-1.0' : 'application/xml',
+      'x-amzn-errortype': code,
+      connection: 'close',
+    });
     res.end(body);
   };
 

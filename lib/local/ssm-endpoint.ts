@@ -118,7 +118,12 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
   const recordTtlMs = opts.recordTtlMs ?? 10 * 60_000;
   const env = opts.env ?? process.env;
   // Commands run as root: only callers holding the stack's credentials may send or read them.
-  const signing: SigningPolicy = { credentials: opts.credentials ?? generateLocalCredentials(), service: 'ssm', protocol: 'json', maxBodyBytes: maxRequestBytes };
+  const signing: SigningPolicy = {
+    credentials: opts.credentials ?? generateLocalCredentials(),
+    service: 'ssm',
+    protocol: 'json',
+    maxBodyBytes: maxRequestBytes,
+  };
   const instances = new Set<string>();
   /** Per-instance environments (several local hosts on one machine); the others run with `env`. */
   const instanceEnv = new Map<string, NodeJS.ProcessEnv>();

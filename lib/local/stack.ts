@@ -33,7 +33,6 @@ import { startAutoScalingEndpoint, type AutoScalingEndpoint, type HookSpecificat
 import { handler as fleetEventsHandler } from '../../lambdas/fleet-events';
 import { localHostId, removeCgroupTreeWhenEmpty, startLocalHost, type LocalHost, type LocalHostContext, type LocalHostOptions } from './local-host';
 
-
 export interface LocalStackOptions {
   /** API port on 127.0.0.1; 0 picks a free one. @default 8000 */
   port?: number;
@@ -177,7 +176,11 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
       startS3Endpoint({ buckets: ['ephemeral-sandbox-local'], credentials }),
       startLocalEventBus({ credentials }),
     ]);
-    cleanups.push(() => dynamodb.close(), () => s3.close(), () => events.close());
+    cleanups.push(
+      () => dynamodb.close(),
+      () => s3.close(),
+      () => events.close(),
+    );
     // What the parts print goes through here: EMF lines become metric records (printed at debug only).
     const telemetry = new LocalTelemetry({ printEmf: (process.env.LOG_LEVEL ?? '').toLowerCase() === 'debug' });
     setMetricSink((emf) => telemetry.add('stack', emf));
@@ -247,7 +250,8 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
         ...o.autoScaling,
         ...(o.autoScaling.terminateHook ? { terminateHook: o.autoScaling.terminateHook } : {}),
         newInstanceId: localHostId,
-        launch: async (hostId) => void (await (await canStartHosts).add({ hostId, slots: o.slots ?? 16, ...(o.allocatable ? { allocatable: o.allocatable } : {}) })),
+        launch: async (hostId) =>
+          void (await (await canStartHosts).add({ hostId, slots: o.slots ?? 16, ...(o.allocatable ? { allocatable: o.allocatable } : {}) })),
         // A terminated instance is gone at once: what it ran goes with it.
         terminate: async (hostId) => (await canStartHosts).remove(hostId),
         // EventBridge to the fleet-events function's handler (run here in the stack's process, as the reaper is).
@@ -438,4 +442,3 @@ function localFunctionSettings(): { timeoutSeconds: number; memoryMb: number } {
   const h = cdk.context.environments.dev.handlers;
   return { timeoutSeconds: h.apiTimeoutSeconds, memoryMb: h.memoryMb };
 }
-

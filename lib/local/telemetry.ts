@@ -21,7 +21,10 @@ export interface MetricRecord {
   seq: number;
 }
 
-type Emf = { _aws?: { CloudWatchMetrics?: { Namespace?: string; Dimensions?: string[][]; Metrics?: { Name: string; Unit?: string }[] }[] } } & Record<string, unknown>;
+type Emf = { _aws?: { CloudWatchMetrics?: { Namespace?: string; Dimensions?: string[][]; Metrics?: { Name: string; Unit?: string }[] }[] } } & Record<
+  string,
+  unknown
+>;
 
 export class LocalTelemetry {
   readonly metrics: MetricRecord[] = [];
@@ -57,7 +60,15 @@ export class LocalTelemetry {
         const raw = e[m.Name];
         for (const value of Array.isArray(raw) ? raw : [raw]) {
           if (typeof value !== 'number') continue;
-          const record: MetricRecord = { source, namespace: directive.Namespace ?? '', name: m.Name, value, unit: m.Unit ?? 'None', dimensions, seq: this.metrics.length + 1 };
+          const record: MetricRecord = {
+            source,
+            namespace: directive.Namespace ?? '',
+            name: m.Name,
+            value,
+            unit: m.Unit ?? 'None',
+            dimensions,
+            seq: this.metrics.length + 1,
+          };
           this.metrics.push(record);
           for (const l of this.listeners) l(record);
         }

@@ -84,7 +84,12 @@ function configFile(): { apiKey?: string; apiUrl?: string } {
     throw new SandboxError(`${path} is not JSON (${(err as Error).message}); write it as {"apiKey": "...", "apiUrl": "..."}`);
   }
   const { apiKey, apiUrl } = (file ?? {}) as Record<string, unknown>;
-  if (typeof file !== 'object' || Array.isArray(file) || (apiKey !== undefined && typeof apiKey !== 'string') || (apiUrl !== undefined && typeof apiUrl !== 'string')) {
+  if (
+    typeof file !== 'object' ||
+    Array.isArray(file) ||
+    (apiKey !== undefined && typeof apiKey !== 'string') ||
+    (apiUrl !== undefined && typeof apiUrl !== 'string')
+  ) {
     throw new SandboxError(`${path} must be an object with string "apiKey" and "apiUrl"`);
   }
   return { ...(apiKey ? { apiKey } : {}), ...(apiUrl ? { apiUrl } : {}) };
@@ -149,7 +154,11 @@ export async function main(argv: readonly string[]): Promise<number> {
   switch (command) {
     case 'create': {
       const config = { cpu: num('cpu'), memory_mb: num('memory'), ttl_seconds: num('ttl') };
-      const sbx = await Sandbox.create({ ...options, userId: flag('user') ?? process.env.SANDBOX_USER_ID ?? 'default', config: JSON.parse(JSON.stringify(config)) });
+      const sbx = await Sandbox.create({
+        ...options,
+        userId: flag('user') ?? process.env.SANDBOX_USER_ID ?? 'default',
+        config: JSON.parse(JSON.stringify(config)),
+      });
       out(sbx.info, sbx.sandboxId);
       return 0;
     }
@@ -229,7 +238,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     }
     case 'cp': {
       const [from, to] = need(p, 2, '<from> <to>');
-      const remote = (s: string) => /^sbx-[a-z0-9]{20}:/.exec(s) ? { id: s.slice(0, s.indexOf(':')), path: s.slice(s.indexOf(':') + 1) } : undefined;
+      const remote = (s: string) => (/^sbx-[a-z0-9]{20}:/.exec(s) ? { id: s.slice(0, s.indexOf(':')), path: s.slice(s.indexOf(':') + 1) } : undefined);
       const src = remote(from as string);
       const dst = remote(to as string);
       if (!!src === !!dst) throw new SandboxError('cp copies between this machine and a sandbox: one side is <id>:<path>');

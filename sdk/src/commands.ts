@@ -46,7 +46,10 @@ const finalStatuses: readonly CommandStatus[] = ['exited', 'timed_out', 'killed'
 
 /** A command id like the API's own: `sdk-` and 20 random characters. */
 export function newCommandId(): string {
-  return `sdk-${randomBytes(15).toString('base64url').replace(/[^A-Za-z0-9]/g, '0').slice(0, 20)}`;
+  return `sdk-${randomBytes(15)
+    .toString('base64url')
+    .replace(/[^A-Za-z0-9]/g, '0')
+    .slice(0, 20)}`;
 }
 
 /** A command started in the background: follow its output, wait for it, kill it, write its stdin. */
@@ -125,7 +128,14 @@ export class CommandHandle {
       // Ended and every kept byte read (past a truncation the offsets stop short of the counts: one read with nothing new ends it too).
       if (info && finalStatuses.includes(info.status) && this.stdoutOffset >= info.stdout_bytes && this.stderrOffset >= info.stderr_bytes) break;
       const { ended, progressed } = await this.poll(20, signal);
-      if (ended && !progressed && this.info && (this.stdoutOffset >= this.info.stdout_bytes || this.info.stdout_truncated) && (this.stderrOffset >= this.info.stderr_bytes || this.info.stderr_truncated)) break;
+      if (
+        ended &&
+        !progressed &&
+        this.info &&
+        (this.stdoutOffset >= this.info.stdout_bytes || this.info.stdout_truncated) &&
+        (this.stderrOffset >= this.info.stderr_bytes || this.info.stderr_truncated)
+      )
+        break;
     }
     const info = this.info as CommandInfo;
     return {
@@ -141,7 +151,11 @@ export class CommandHandle {
 
   /** Kills the command and every process it started (KILL, or TERM then KILL after 10 s). */
   async kill(o: { signal?: 'TERM' | 'KILL'; abortSignal?: AbortSignal } = {}): Promise<CommandInfo> {
-    const info = await this.client.json<CommandInfo>('POST', `${this.path}/kill`, { body: { signal: o.signal ?? 'KILL' }, idempotent: true, signal: o.abortSignal });
+    const info = await this.client.json<CommandInfo>('POST', `${this.path}/kill`, {
+      body: { signal: o.signal ?? 'KILL' },
+      idempotent: true,
+      signal: o.abortSignal,
+    });
     return info;
   }
 
@@ -153,7 +167,11 @@ export class CommandHandle {
     const offset = this.stdinOffset;
     const next = offset + Buffer.byteLength(data, 'utf8');
     try {
-      const answer = await this.client.json<{ offset_next: number }>('POST', `${this.path}/stdin`, { body: { data, offset, eof: o.eof ?? false }, idempotent: true, signal: o.signal });
+      const answer = await this.client.json<{ offset_next: number }>('POST', `${this.path}/stdin`, {
+        body: { data, offset, eof: o.eof ?? false },
+        idempotent: true,
+        signal: o.signal,
+      });
       this.stdinOffset = answer.offset_next;
     } catch (err) {
       // Our own earlier attempt landed and its answer was lost: the API expects exactly what follows it.

@@ -65,6 +65,14 @@ export function apiErrorOf(status: number, body: unknown, retryAfterSeconds?: nu
   const message = typeof e?.message === 'string' ? e.message : `the API answered ${status}`;
   const { code: _c, message: _m, ...details } = e ?? {};
   const Kind =
-    status === 401 || status === 403 ? AuthenticationError : status === 404 ? NotFoundError : status === 409 ? ConflictError : status === 429 ? RateLimitError : SandboxApiError;
+    status === 401 || status === 403
+      ? AuthenticationError
+      : status === 404
+        ? NotFoundError
+        : status === 409
+          ? ConflictError
+          : status === 429
+            ? RateLimitError
+            : SandboxApiError;
   return new Kind(status, code, message, details, retryAfterSeconds);
 }

@@ -91,7 +91,9 @@ function presigned(method: 'PUT' | 'GET', url: string, o: { body?: Readable; len
       if ((res.statusCode ?? 0) >= 300) {
         const parts: Buffer[] = [];
         res.on('data', (c: Buffer) => parts.push(c));
-        res.on('end', () => reject(new SandboxError(`${method} of the presigned URL answered ${res.statusCode}: ${Buffer.concat(parts).toString('utf8').slice(0, 300)}`)));
+        res.on('end', () =>
+          reject(new SandboxError(`${method} of the presigned URL answered ${res.statusCode}: ${Buffer.concat(parts).toString('utf8').slice(0, 300)}`)),
+        );
         res.on('error', reject);
         return;
       }
@@ -208,7 +210,10 @@ export class Files {
   }
 
   async move(from: string, to: string, o: { overwrite?: boolean; signal?: AbortSignal } = {}): Promise<FileEntry> {
-    const moved = await this.client.json<{ entry: FileEntry }>('POST', `${await this.base()}/move`, { body: { from, to, overwrite: o.overwrite ?? false }, signal: o.signal });
+    const moved = await this.client.json<{ entry: FileEntry }>('POST', `${await this.base()}/move`, {
+      body: { from, to, overwrite: o.overwrite ?? false },
+      signal: o.signal,
+    });
     return moved.entry;
   }
 
@@ -243,7 +248,8 @@ export class Files {
         bytes: Buffer.concat(parts),
         signal: o.signal,
       });
-      if (written.sha256 !== m.digest()) throw new ChecksumError(`${written.path}: the sandbox holds sha256 ${written.sha256}, the local file is ${m.digest()}`);
+      if (written.sha256 !== m.digest())
+        throw new ChecksumError(`${written.path}: the sandbox holds sha256 ${written.sha256}, the local file is ${m.digest()}`);
       return { path: written.path, size: written.size, sha256: written.sha256, via: 'inline' };
     }
     const done = await this.uploadStream(() => createReadStream(local), size, remotePath, o);
@@ -253,7 +259,12 @@ export class Files {
   private async uploadStream(open: () => Readable, size: number, remotePath: string, o: TransferOptions & { extract?: 'tar.gz' }): Promise<TransferDone> {
     const base = await this.base();
     const ticket = await this.client.json<UploadTicket>('POST', `${base}/upload`, {
-      body: { path: remotePath, ...(o.mkdirs ? { mkdirs: true } : {}), ...(o.mode && !o.extract ? { mode: o.mode } : {}), ...(o.extract ? { extract: o.extract } : {}) },
+      body: {
+        path: remotePath,
+        ...(o.mkdirs ? { mkdirs: true } : {}),
+        ...(o.mode && !o.extract ? { mode: o.mode } : {}),
+        ...(o.extract ? { extract: o.extract } : {}),
+      },
       // Nothing happens until the bytes arrive: a second ticket is harmless.
       idempotent: true,
       signal: o.signal,
@@ -265,7 +276,8 @@ export class Files {
     const res = await presigned('PUT', ticket.url, { body: m.stream, length: size, signal: o.signal });
     res.resume();
     const done = await this.followTransfer('POST', `${base}/upload/${ticket.upload_id}/complete`, o);
-    if (!o.extract && done.sha256 !== m.digest()) throw new ChecksumError(`${done.path}: the sandbox holds sha256 ${done.sha256}, what was sent is ${m.digest()}`);
+    if (!o.extract && done.sha256 !== m.digest())
+      throw new ChecksumError(`${done.path}: the sandbox holds sha256 ${done.sha256}, what was sent is ${m.digest()}`);
     return done;
   }
 
@@ -286,7 +298,11 @@ export class Files {
   /** Downloads a directory of the sandbox (as tar.gz through a presigned URL) and unpacks it into `localDir`. */
   async downloadDirectory(remotePath: string, localDir: string, o: TransferOptions = {}): Promise<TransferResult> {
     const base = await this.base();
-    let done = await this.client.request<TransferDone>('POST', `${base}/download`, { body: { path: remotePath, archive: 'tar.gz' }, idempotent: true, signal: o.signal });
+    let done = await this.client.request<TransferDone>('POST', `${base}/download`, {
+      body: { path: remotePath, archive: 'tar.gz' },
+      idempotent: true,
+      signal: o.signal,
+    });
     if (done.status === 202) done = { ...done, body: await this.followTransfer('GET', `${base}/download/${done.body.download_id}`, o, { wait: 20 }) };
     const ready = done.body;
     if (!ready.url) throw new SandboxError(`${remotePath}: the download answered no URL`);

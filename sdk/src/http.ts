@@ -119,7 +119,9 @@ export class ApiClient {
       } catch (err) {
         if (o.signal?.aborted) throw o.signal.reason;
         if (!idempotent || attempt >= this.maxRetries) {
-          throw new ConnectionError(`${method} ${path}: ${(err as Error).message}${idempotent ? '' : ' (not retried: repeating it could do the work twice)'}`, { cause: err });
+          throw new ConnectionError(`${method} ${path}: ${(err as Error).message}${idempotent ? '' : ' (not retried: repeating it could do the work twice)'}`, {
+            cause: err,
+          });
         }
         await sleep(backoffMs(attempt), o.signal);
         continue;
@@ -130,7 +132,8 @@ export class ApiClient {
       } catch (err) {
         // The answer was cut while its body arrived: the same as a dropped connection.
         if (o.signal?.aborted) throw o.signal.reason;
-        if (!idempotent || attempt >= this.maxRetries) throw new ConnectionError(`${method} ${path}: the answer was cut: ${(err as Error).message}`, { cause: err });
+        if (!idempotent || attempt >= this.maxRetries)
+          throw new ConnectionError(`${method} ${path}: the answer was cut: ${(err as Error).message}`, { cause: err });
         await sleep(backoffMs(attempt), o.signal);
         continue;
       }

@@ -165,7 +165,10 @@ export class Sandbox {
   /** Refreshes the idle timer (the first heartbeat moves ready to running). */
   async heartbeat(o: { signal?: AbortSignal } = {}): Promise<SandboxInfo> {
     const id = await this.ensure();
-    const { acknowledged: _a, ...info } = await this.client.json<SandboxInfo & { acknowledged: true }>('POST', `/sandboxes/${id}/heartbeat`, { idempotent: true, signal: o.signal });
+    const { acknowledged: _a, ...info } = await this.client.json<SandboxInfo & { acknowledged: true }>('POST', `/sandboxes/${id}/heartbeat`, {
+      idempotent: true,
+      signal: o.signal,
+    });
     this.info = info;
     return info;
   }
@@ -191,7 +194,10 @@ export class Sandbox {
   async destroy(o: { graceful?: boolean; signal?: AbortSignal } = {}): Promise<void> {
     if (!this.id && !this.creating) return;
     const id = await this.ensure();
-    const answer = await this.client.request<SandboxInfo | undefined>('DELETE', `/sandboxes/${id}`, { query: { graceful: o.graceful ?? true }, signal: o.signal });
+    const answer = await this.client.request<SandboxInfo | undefined>('DELETE', `/sandboxes/${id}`, {
+      query: { graceful: o.graceful ?? true },
+      signal: o.signal,
+    });
     if (answer.status === 202 && answer.body) {
       this.info = answer.body;
       await this.settle(o.signal);
@@ -217,7 +223,11 @@ export class Sandbox {
   }
 
   /** Runs a program with arguments (each quoted for the shell, never interpreted by it). */
-  async runCommand(cmd: string, args: readonly string[] = [], o: { cwd?: string; env?: Record<string, string>; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<CommandResult> {
+  async runCommand(
+    cmd: string,
+    args: readonly string[] = [],
+    o: { cwd?: string; env?: Record<string, string>; timeoutMs?: number; signal?: AbortSignal } = {},
+  ): Promise<CommandResult> {
     return this.commands.run([cmd, ...args].map(shellQuote).join(' '), o);
   }
 }

@@ -58,7 +58,10 @@ describe('cdk CLI (pinned version, offline)', () => {
       // With a stack selected the CLI names no output folder; the manifest below is the proof either way.
       if (bundling.length === 0) assert.match(output, new RegExp(`Successfully synthesized to ${outdir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
       const manifest = JSON.parse(readFileSync(join(outdir, 'manifest.json'), 'utf8')) as { artifacts: Record<string, { type: string }> };
-      const stacks = Object.entries(manifest.artifacts).filter(([, a]) => a.type === 'aws:cloudformation:stack').map(([id]) => id).sort();
+      const stacks = Object.entries(manifest.artifacts)
+        .filter(([, a]) => a.type === 'aws:cloudformation:stack')
+        .map(([id]) => id)
+        .sort();
       assert.deepEqual(stacks, [`EphemeralSandbox-${env}-Service`, `EphemeralSandbox-${env}-Stateful`]);
       synthesized.set(env, outdir);
     });
@@ -72,7 +75,9 @@ describe('cdk CLI (pinned version, offline)', () => {
     outdirs.push(reportDir);
     const measured = new Map((await bundleHandlers(allHandlers, reportDir)).map((b) => [b.handler, b.bytes]));
     for (const handler of allHandlers) {
-      const [, fn] = Object.entries(template.Resources).find(([id, r]) => r.Type === 'AWS::Lambda::Function' && new RegExp(`^Handlers${pascal(handler)}[0-9A-F]{8}$`).test(id))!;
+      const [, fn] = Object.entries(template.Resources).find(
+        ([id, r]) => r.Type === 'AWS::Lambda::Function' && new RegExp(`^Handlers${pascal(handler)}[0-9A-F]{8}$`).test(id),
+      )!;
       const assetPath = fn.Metadata['aws:asset:path'] as string;
       const files = readdirSync(join(outdir, assetPath)).sort();
       assert.deepEqual(files, ['index.mjs', 'index.mjs.map'], `${handler} asset holds only the bundle and its map (SDK bundled, no node_modules)`);

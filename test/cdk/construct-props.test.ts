@@ -164,7 +164,10 @@ describe('HostFleet with only its required props', () => {
     ).Properties!;
     assert.equal(spotGroup.CapacityRebalance, true);
     const policy = spotGroup.MixedInstancesPolicy;
-    assert.deepEqual(policy.LaunchTemplate.Overrides.map((o: { InstanceType: string }) => o.InstanceType), ['t4g.medium', 'm7g.medium']);
+    assert.deepEqual(
+      policy.LaunchTemplate.Overrides.map((o: { InstanceType: string }) => o.InstanceType),
+      ['t4g.medium', 'm7g.medium'],
+    );
     assert.equal(policy.InstancesDistribution.OnDemandBaseCapacity, 1);
     assert.equal(policy.InstancesDistribution.OnDemandPercentageAboveBaseCapacity, 25);
   });

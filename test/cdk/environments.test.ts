@@ -64,8 +64,22 @@ describe('per-environment settings from cdk.json', () => {
   });
 
   it('rejects unknown and missing settings, so a typo is not silently ignored', () => {
-    assert.throws(() => resolveEnvironment('dev', withChange('dev', (e) => (e.hosts.minHost = 1))), /hosts: Unrecognized key/);
-    assert.throws(() => resolveEnvironment('dev', withChange('dev', (e) => delete e.reaper)), /reaper:/);
+    assert.throws(
+      () =>
+        resolveEnvironment(
+          'dev',
+          withChange('dev', (e) => (e.hosts.minHost = 1)),
+        ),
+      /hosts: Unrecognized key/,
+    );
+    assert.throws(
+      () =>
+        resolveEnvironment(
+          'dev',
+          withChange('dev', (e) => delete e.reaper),
+        ),
+      /reaper:/,
+    );
   });
 
   it('rejects a warm pool together with Spot (Auto Scaling does not support it)', () => {
@@ -75,15 +89,53 @@ describe('per-environment settings from cdk.json', () => {
 
   it('rejects a state volume that cannot hold every slot at the disk and memory limits (homes are preallocated)', () => {
     const bad = withChange('prod', (e) => (e.hosts.stateVolumeGiB = 100));
-    assert.throws(() => resolveEnvironment('prod', bad), /hosts\.stateVolumeGiB: 100 GiB cannot hold 12 slots at maxDiskMb \(8192\) plus a kept \/tmp of half maxMemoryMb \(4096\): needs at least 144 GiB/);
-    assert.throws(() => resolveEnvironment('dev', withChange('dev', (e) => (e.limits.defaultDiskMb = 8192))), /limits\.defaultDiskMb: defaultDiskMb is above maxDiskMb/);
+    assert.throws(
+      () => resolveEnvironment('prod', bad),
+      /hosts\.stateVolumeGiB: 100 GiB cannot hold 12 slots at maxDiskMb \(8192\) plus a kept \/tmp of half maxMemoryMb \(4096\): needs at least 144 GiB/,
+    );
+    assert.throws(
+      () =>
+        resolveEnvironment(
+          'dev',
+          withChange('dev', (e) => (e.limits.defaultDiskMb = 8192)),
+        ),
+      /limits\.defaultDiskMb: defaultDiskMb is above maxDiskMb/,
+    );
   });
 
   it('rejects a headroom that would keep the fleet mostly empty, and a scale-in wait CloudWatch cannot evaluate', () => {
-    assert.throws(() => resolveEnvironment('prod', withChange('prod', (e) => (e.hosts.headroomPercent = 95))), /hosts\.headroomPercent:.*90/);
-    assert.throws(() => resolveEnvironment('prod', withChange('prod', (e) => (e.hosts.headroomPercent = -1))), /hosts\.headroomPercent:/);
-    assert.throws(() => resolveEnvironment('dev', withChange('dev', (e) => (e.hosts.scaleInAfterMinutes = 0))), /hosts\.scaleInAfterMinutes:/);
-    assert.throws(() => resolveEnvironment('dev', withChange('dev', (e) => (e.hosts.scaleInAfterMinutes = 1441))), /hosts\.scaleInAfterMinutes:/);
+    assert.throws(
+      () =>
+        resolveEnvironment(
+          'prod',
+          withChange('prod', (e) => (e.hosts.headroomPercent = 95)),
+        ),
+      /hosts\.headroomPercent:.*90/,
+    );
+    assert.throws(
+      () =>
+        resolveEnvironment(
+          'prod',
+          withChange('prod', (e) => (e.hosts.headroomPercent = -1)),
+        ),
+      /hosts\.headroomPercent:/,
+    );
+    assert.throws(
+      () =>
+        resolveEnvironment(
+          'dev',
+          withChange('dev', (e) => (e.hosts.scaleInAfterMinutes = 0)),
+        ),
+      /hosts\.scaleInAfterMinutes:/,
+    );
+    assert.throws(
+      () =>
+        resolveEnvironment(
+          'dev',
+          withChange('dev', (e) => (e.hosts.scaleInAfterMinutes = 1441)),
+        ),
+      /hosts\.scaleInAfterMinutes:/,
+    );
   });
 
   it('rejects instance types of different architectures', () => {

@@ -55,7 +55,9 @@ function hostEnv(env: EnvName): Record<string, string> {
 }
 
 function fleetQueueId(env: EnvName): string {
-  const ids = resourcesOf(template(env), 'AWS::SQS::Queue').map(([id]) => id).filter((id) => /^FleetDeadLetterQueue[0-9A-F]{8}$/.test(id));
+  const ids = resourcesOf(template(env), 'AWS::SQS::Queue')
+    .map(([id]) => id)
+    .filter((id) => /^FleetDeadLetterQueue[0-9A-F]{8}$/.test(id));
   assert.equal(ids.length, 1);
   return ids[0]!;
 }
@@ -121,7 +123,8 @@ for (const env of ['dev', 'prod'] as const) {
     it('keeps the fleet DLQ encrypted and TLS-only, and takes dead letters from EventBridge', () => {
       const queueId = fleetQueueId(env);
       assert.equal(resources(env)[queueId].Properties.SqsManagedSseEnabled, true);
-      const policy = resourcesOf(template(env), 'AWS::SQS::QueuePolicy').find(([, p]) => (p.Properties!.Queues as any[]).some((q) => q.Ref === queueId))![1].Properties!;
+      const policy = resourcesOf(template(env), 'AWS::SQS::QueuePolicy').find(([, p]) => (p.Properties!.Queues as any[]).some((q) => q.Ref === queueId))![1]
+        .Properties!;
       const statements = policy.PolicyDocument.Statement as any[];
       assert.ok(statements.some((s) => s.Effect === 'Deny' && s.Condition?.Bool?.['aws:SecureTransport'] === 'false'));
       assert.ok(statements.some((s) => s.Effect === 'Allow' && s.Principal?.Service === 'events.amazonaws.com' && s.Action === 'sqs:SendMessage'));
@@ -144,7 +147,9 @@ for (const env of ['dev', 'prod'] as const) {
     });
 
     it('does not let Lambda retry a failed fleet-capacity run (the next tick does)', () => {
-      const config = resourcesOf(template(env), 'AWS::Lambda::EventInvokeConfig').find(([, c]) => c.Properties!.FunctionName.Ref === functionId(env, 'fleet-capacity'));
+      const config = resourcesOf(template(env), 'AWS::Lambda::EventInvokeConfig').find(
+        ([, c]) => c.Properties!.FunctionName.Ref === functionId(env, 'fleet-capacity'),
+      );
       assert.ok(config);
       assert.equal(config[1].Properties!.MaximumRetryAttempts, 0);
     });
@@ -156,11 +161,21 @@ for (const env of ['dev', 'prod'] as const) {
       const hooks = group().LifecycleHookSpecificationList as any[];
       assert.deepEqual(
         hooks.find((h) => h.LifecycleTransition === 'autoscaling:EC2_INSTANCE_TERMINATING'),
-        { LifecycleHookName: drainHookName, LifecycleTransition: 'autoscaling:EC2_INSTANCE_TERMINATING', HeartbeatTimeout: e.hosts.drainTimeoutSeconds, DefaultResult: 'CONTINUE' },
+        {
+          LifecycleHookName: drainHookName,
+          LifecycleTransition: 'autoscaling:EC2_INSTANCE_TERMINATING',
+          HeartbeatTimeout: e.hosts.drainTimeoutSeconds,
+          DefaultResult: 'CONTINUE',
+        },
       );
       assert.deepEqual(
         hooks.find((h) => h.LifecycleTransition === 'autoscaling:EC2_INSTANCE_LAUNCHING'),
-        { LifecycleHookName: launchHookName, LifecycleTransition: 'autoscaling:EC2_INSTANCE_LAUNCHING', HeartbeatTimeout: e.hosts.bootTimeoutSeconds, DefaultResult: 'ABANDON' },
+        {
+          LifecycleHookName: launchHookName,
+          LifecycleTransition: 'autoscaling:EC2_INSTANCE_LAUNCHING',
+          HeartbeatTimeout: e.hosts.bootTimeoutSeconds,
+          DefaultResult: 'ABANDON',
+        },
       );
     });
 
@@ -218,7 +233,7 @@ for (const env of ['dev', 'prod'] as const) {
       }
     });
 
-    it('grants each function its Auto Scaling actions on the hosts\' group only (DescribeAutoScalingGroups on *), and none to the others', () => {
+    it("grants each function its Auto Scaling actions on the hosts' group only (DescribeAutoScalingGroups on *), and none to the others", () => {
       for (const handler of allHandlers) {
         const roleId = resources(env)[functionId(env, handler)].Properties.Role['Fn::GetAtt'][0] as string;
         const actions = handlerAccess[handler].autoScaling ?? [];
@@ -232,7 +247,12 @@ for (const env of ['dev', 'prod'] as const) {
       const data = onlyResource(template(env), 'AWS::EC2::LaunchTemplate').Properties!.LaunchTemplateData;
       const profile = resources(env)[data.IamInstanceProfile.Arn['Fn::GetAtt'][0]];
       const pairs = autoScalingPairs(env, profile.Properties.Roles[0].Ref);
-      assert.deepEqual(pairs, ['autoscaling:CompleteLifecycleAction', 'autoscaling:RecordLifecycleActionHeartbeat', 'autoscaling:SetInstanceProtection'].map((a) => `${a} on ${groupArn}`));
+      assert.deepEqual(
+        pairs,
+        ['autoscaling:CompleteLifecycleAction', 'autoscaling:RecordLifecycleActionHeartbeat', 'autoscaling:SetInstanceProtection'].map(
+          (a) => `${a} on ${groupArn}`,
+        ),
+      );
     });
   });
 
@@ -255,7 +275,10 @@ for (const env of ['dev', 'prod'] as const) {
       assert.equal(policy.PolicyType, 'StepScaling');
       assert.equal(policy.AdjustmentType, 'ChangeInCapacity');
       const adjustments = policy.StepAdjustments as any[];
-      assert.ok(adjustments.every((s) => s.ScalingAdjustment <= 0), 'never adds hosts (the capacity function does)');
+      assert.ok(
+        adjustments.every((s) => s.ScalingAdjustment <= 0),
+        'never adds hosts (the capacity function does)',
+      );
       assert.ok(adjustments.some((s) => s.ScalingAdjustment === -1));
       const alarms = resourcesOf(template(env), 'AWS::CloudWatch::Alarm')
         .map(([, a]) => a.Properties!)

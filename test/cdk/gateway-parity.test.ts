@@ -147,9 +147,11 @@ describe('binary bodies: the local gateway decides text or base64 as the deploye
     assert.equal((await send(undefined, Buffer.from('{"a":1}'))).base64, false);
   });
 
-  it("answers a base64 body as bytes only when the first Accept type is binary, else as the base64 text", async () => {
+  it('answers a base64 body as bytes only when the first Accept type is binary, else as the base64 text', async () => {
     const read = (accept?: string) =>
-      fetch(binary.url + files, { headers: { 'X-API-Key': 'good', ...(accept ? { Accept: accept } : {}) } }).then(async (r) => Buffer.from(await r.arrayBuffer()));
+      fetch(binary.url + files, { headers: { 'X-API-Key': 'good', ...(accept ? { Accept: accept } : {}) } }).then(async (r) =>
+        Buffer.from(await r.arrayBuffer()),
+      );
     assert.deepEqual(await read('application/octet-stream'), allBytes);
     assert.deepEqual(await read('application/octet-stream;q=1, */*'), allBytes);
     assert.equal((await read('*/*')).toString('latin1'), allBytes.toString('base64'));

@@ -9,7 +9,16 @@ import { backgroundHandlerNames, handlerNames } from '../../lambdas/shared/route
 import { tables } from '../../lambdas/shared/tables';
 import { join } from 'node:path';
 import { analyzeCalls, analyzeHandlerCalls, type HandlerCalls } from '../../lib/bundle-analysis';
-import { commandOutputActions, eventBusActions, fileStagingActions, handlerAccess, homeReadActions, hostAccess, hostDispatchActions, pausedStateDropActions } from '../../lib/constructs/handler-access';
+import {
+  commandOutputActions,
+  eventBusActions,
+  fileStagingActions,
+  handlerAccess,
+  homeReadActions,
+  hostAccess,
+  hostDispatchActions,
+  pausedStateDropActions,
+} from '../../lib/constructs/handler-access';
 import { hostAgentDir } from '../../lib/paths';
 
 const tableIndexes = Object.fromEntries(tables.map((t) => [t.id, t.indexes.map((i) => i.name)]));
@@ -32,9 +41,7 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
   for (const handler of allHandlers) {
     it(`${handler}: DynamoDB actions per table and queried indexes`, async () => {
       const calls = await analyze(handler);
-      const used = Object.fromEntries(
-        [...calls.tables].map(([table, e]) => [table, { actions: [...e.actions].sort(), indexes: [...e.indexes].sort() }]),
-      );
+      const used = Object.fromEntries([...calls.tables].map(([table, e]) => [table, { actions: [...e.actions].sort(), indexes: [...e.indexes].sort() }]));
       const granted = Object.fromEntries(
         handlerAccess[handler].tables.map((g) => [g.table.id, { actions: [...g.actions].sort(), indexes: [...(g.indexes ?? [])].sort() }]),
       );
@@ -82,17 +89,27 @@ describe('handler IAM grants match the AWS calls in each bundle', () => {
       for (const a of calls.otherActions) (a.startsWith('events:') ? published : a.startsWith('logs:') ? shipped : storage).add(a);
     }
     const usedTables = Object.fromEntries([...used].map(([t, e]) => [t, { actions: [...e.actions].sort(), indexes: [...e.indexes].sort() }]));
-    const granted = Object.fromEntries(
-      hostAccess.tables.map((g) => [g.table.id, { actions: [...g.actions].sort(), indexes: [...(g.indexes ?? [])].sort() }]),
-    );
+    const granted = Object.fromEntries(hostAccess.tables.map((g) => [g.table.id, { actions: [...g.actions].sort(), indexes: [...(g.indexes ?? [])].sort() }]));
     assert.deepEqual(granted, usedTables, `host: ${fix} (hostAccess)`);
     const grantedStorage = hostAccess.storageActions.filter((a) => !hostAccess.mountpointOnlyActions.includes(a)).sort();
     assert.deepEqual(grantedStorage, [...storage].filter((a) => a.startsWith('s3:')).sort(), `host: ${fix} (hostAccess.storageActions)`);
-    assert.deepEqual([...hostAccess.autoScaling].sort(), [...storage].filter((a) => a.startsWith('autoscaling:')).sort(), `host: ${fix} (hostAccess.autoScaling)`);
+    assert.deepEqual(
+      [...hostAccess.autoScaling].sort(),
+      [...storage].filter((a) => a.startsWith('autoscaling:')).sort(),
+      `host: ${fix} (hostAccess.autoScaling)`,
+    );
     assert.deepEqual(hostAccess.publishesEvents ? [...eventBusActions] : [], [...published].sort(), `host: ${fix} (hostAccess.publishesEvents)`);
     assert.deepEqual([...hostAccess.logActions].sort(), [...shipped].sort(), `host: ${fix} (hostAccess.logActions)`);
-    assert.deepEqual([...hostAccess.registryActions].sort(), [...storage].filter((a) => a.startsWith('ecr:')).sort(), `host: ${fix} (hostAccess.registryActions)`);
-    assert.deepEqual([...hostAccess.imageParameterActions].sort(), [...storage].filter((a) => a.startsWith('ssm:')).sort(), `host: ${fix} (hostAccess.imageParameterActions)`);
+    assert.deepEqual(
+      [...hostAccess.registryActions].sort(),
+      [...storage].filter((a) => a.startsWith('ecr:')).sort(),
+      `host: ${fix} (hostAccess.registryActions)`,
+    );
+    assert.deepEqual(
+      [...hostAccess.imageParameterActions].sort(),
+      [...storage].filter((a) => a.startsWith('ssm:')).sort(),
+      `host: ${fix} (hostAccess.imageParameterActions)`,
+    );
     assert.deepEqual(
       [...storage].filter((a) => !a.startsWith('s3:') && !a.startsWith('autoscaling:') && !a.startsWith('ecr:') && !a.startsWith('ssm:')),
       [],

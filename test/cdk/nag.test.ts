@@ -29,7 +29,9 @@ function suppressionsIn(stack: Stack): { path: string; suppression: Suppression 
 function validationViolations(outdir: string): string[] {
   const report = join(outdir, 'validation-report.json');
   if (!existsSync(report)) return [];
-  const parsed = JSON.parse(readFileSync(report, 'utf8')) as { pluginReports: { pluginName: string; violations: { ruleName: string; description: string }[] }[] };
+  const parsed = JSON.parse(readFileSync(report, 'utf8')) as {
+    pluginReports: { pluginName: string; violations: { ruleName: string; description: string }[] }[];
+  };
   return parsed.pluginReports.flatMap((p) => p.violations.map((v) => `${p.pluginName} ${v.ruleName}: ${v.description}`));
 }
 
@@ -85,7 +87,11 @@ describe('cdk-nag AwsSolutions', () => {
       assert.equal(assembly.stacks.length, 2);
       for (const stack of assembly.stacks) {
         const findings = stack.messages.filter((m) => m.level === 'error' || m.level === 'warning');
-        assert.deepEqual(findings.map((m) => `${m.level} ${m.id}: ${String(m.entry.data).split('\n')[0]}`), [], stack.stackName);
+        assert.deepEqual(
+          findings.map((m) => `${m.level} ${m.id}: ${String(m.entry.data).split('\n')[0]}`),
+          [],
+          stack.stackName,
+        );
       }
     });
 

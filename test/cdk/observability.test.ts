@@ -59,7 +59,10 @@ describe('observability (CDK)', () => {
     for (const h of allHandlers) {
       assert.equal(putters.has(fnRoles[h]!), handlerAccess[h].publishesEvents === true, `${h}: events:PutEvents granted iff its bundle publishes`);
     }
-    assert.ok([...putters].some((r) => r.startsWith('HostsRole')), 'the host role may put events');
+    assert.ok(
+      [...putters].some((r) => r.startsWith('HostsRole')),
+      'the host role may put events',
+    );
   });
 
   it('turns tracing on in every function and on the API stage', () => {
@@ -86,7 +89,11 @@ describe('observability (CDK)', () => {
   for (const env of ['dev', 'prod'] as const) {
     it(`${env}: each alarm watches its metric at the threshold from cdk.json and notifies the alarm topic`, () => {
       const a = settings(env).observability.alarms;
-      const metricOf = (p: Record<string, any>) => ({ name: p.MetricName, namespace: p.Namespace, dims: [...p.Dimensions].sort((x: any, y: any) => x.Name.localeCompare(y.Name)) });
+      const metricOf = (p: Record<string, any>) => ({
+        name: p.MetricName,
+        namespace: p.Namespace,
+        dims: [...p.Dimensions].sort((x: any, y: any) => x.Name.localeCompare(y.Name)),
+      });
       const expect = (id: string, threshold: number) => {
         const p = alarm(env, id);
         assert.equal(p.Threshold, threshold, `${id} threshold`);
@@ -121,12 +128,16 @@ describe('observability (CDK)', () => {
       assert.equal(expect('EventsNotDelivered', a.eventsNotDelivered).MetricName, 'EventsNotDelivered');
       for (const h of allHandlers) {
         const p = expect(`Lambda${h}`, a.lambdaErrorsAndThrottles);
-        const names = p.Metrics.filter((m: any) => m.MetricStat).map((m: any) => m.MetricStat.Metric.MetricName).sort();
+        const names = p.Metrics.filter((m: any) => m.MetricStat)
+          .map((m: any) => m.MetricStat.Metric.MetricName)
+          .sort();
         assert.deepEqual(names, ['Errors', 'Throttles'], h);
       }
       for (const def of tables) {
         const p = expect(`DynamoDbThrottles${def.id}`, a.dynamoDbThrottles);
-        const names = p.Metrics.filter((m: any) => m.MetricStat).map((m: any) => m.MetricStat.Metric.MetricName).sort();
+        const names = p.Metrics.filter((m: any) => m.MetricStat)
+          .map((m: any) => m.MetricStat.Metric.MetricName)
+          .sort();
         assert.deepEqual(names, ['ReadThrottleEvents', 'WriteThrottleEvents'], def.id);
       }
       // Plus the scale-in policy's own alarm (fleet.test.ts), which acts on the group and notifies nobody.

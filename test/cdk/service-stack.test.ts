@@ -105,7 +105,10 @@ for (const env of ['dev', 'prod'] as const) {
         for (const s of statements) {
           const actions = asList(s.Action as string | string[]);
           if (!actions.some((a) => a.startsWith('dynamodb:'))) continue;
-          assert.ok(actions.every((a) => a.startsWith('dynamodb:') && !a.includes('*')), `${handler}: ${actions}`);
+          assert.ok(
+            actions.every((a) => a.startsWith('dynamodb:') && !a.includes('*')),
+            `${handler}: ${actions}`,
+          );
           for (const resource of asList(s.Resource).map(render)) {
             const id = tableIdOf(resource);
             const entry = granted.get(id) ?? { actions: new Set(), resources: new Set() };
@@ -150,7 +153,7 @@ for (const env of ['dev', 'prod'] as const) {
       }
     });
 
-    it('lets only host-dispatching functions send commands, to AWS-RunShellScript on this environment\'s hosts', () => {
+    it("lets only host-dispatching functions send commands, to AWS-RunShellScript on this environment's hosts", () => {
       for (const handler of allHandlers) {
         const statements = statementsOfRoleOf(env, functionId(env, handler));
         const other = statements.filter(
@@ -241,7 +244,11 @@ for (const env of ['dev', 'prod'] as const) {
         assert.equal(found.length, 1, `${route.method} ${route.path}`);
         const props = found[0]!.m.Properties!;
         assert.equal(props.Integration.Type, 'AWS_PROXY');
-        assert.match(render(props.Integration.Uri), new RegExp(`Handlers${pascal(route.handler)}[0-9A-F]{8}\\.Arn`), `${route.method} ${route.path} -> ${route.handler}`);
+        assert.match(
+          render(props.Integration.Uri),
+          new RegExp(`Handlers${pascal(route.handler)}[0-9A-F]{8}\\.Arn`),
+          `${route.method} ${route.path} -> ${route.handler}`,
+        );
         if (route.auth === 'none') {
           assert.equal(props.AuthorizationType, 'NONE');
           assert.equal(props.ApiKeyRequired, undefined);
@@ -268,7 +275,7 @@ for (const env of ['dev', 'prod'] as const) {
       assert.equal(onlyResource(t, 'AWS::ApiGateway::RestApi').Properties!.ApiKeySourceType, 'AUTHORIZER');
     });
 
-    it('has a usage plan with the environment\'s throttle and quota, holding an API Gateway key', () => {
+    it("has a usage plan with the environment's throttle and quota, holding an API Gateway key", () => {
       const t = synth(env).serviceTemplate;
       const plan = onlyResource(t, 'AWS::ApiGateway::UsagePlan').Properties!;
       assert.deepEqual(plan.Throttle, { RateLimit: e.api.throttleRateLimit, BurstLimit: e.api.throttleBurstLimit });
@@ -282,11 +289,20 @@ for (const env of ['dev', 'prod'] as const) {
       assert.equal(planKey.KeyType, 'API_KEY');
     });
 
-    it('answers gateway errors in the API\'s JSON error shape', () => {
+    it("answers gateway errors in the API's JSON error shape", () => {
       const t = synth(env).serviceTemplate;
       const responses = resourcesOf(t, 'AWS::ApiGateway::GatewayResponse').map(([, r]) => r.Properties!);
       assert.equal(responses.length, gatewayResponses.length);
-      for (const type of ['UNAUTHORIZED', 'ACCESS_DENIED', 'THROTTLED', 'QUOTA_EXCEEDED', 'DEFAULT_4XX', 'DEFAULT_5XX', 'MISSING_AUTHENTICATION_TOKEN', 'INTEGRATION_TIMEOUT']) {
+      for (const type of [
+        'UNAUTHORIZED',
+        'ACCESS_DENIED',
+        'THROTTLED',
+        'QUOTA_EXCEEDED',
+        'DEFAULT_4XX',
+        'DEFAULT_5XX',
+        'MISSING_AUTHENTICATION_TOKEN',
+        'INTEGRATION_TIMEOUT',
+      ]) {
         const r = responses.find((x) => x.ResponseType === type);
         assert.ok(r, type);
         const body = JSON.parse((r.ResponseTemplates['application/json'] as string).replace('$context.error.messageString', '"gateway says"'));
@@ -309,7 +325,9 @@ for (const env of ['dev', 'prod'] as const) {
       const format = JSON.parse(stage.AccessLogSetting.Format);
       assert.equal(format.requestId, '$context.requestId');
       assert.equal(format.tenant, '$context.authorizer.tenant_id');
-      assert.deepEqual(stage.MethodSettings, [{ DataTraceEnabled: false, HttpMethod: '*', LoggingLevel: e.api.executionLogLevel, MetricsEnabled: true, ResourcePath: '/*' }]);
+      assert.deepEqual(stage.MethodSettings, [
+        { DataTraceEnabled: false, HttpMethod: '*', LoggingLevel: e.api.executionLogLevel, MetricsEnabled: true, ResourcePath: '/*' },
+      ]);
       t.resourceCountIs('AWS::ApiGateway::Account', 1);
     });
 
@@ -332,7 +350,8 @@ for (const env of ['dev', 'prod'] as const) {
       const [queueId, queue] = resourcesOf(t, 'AWS::SQS::Queue').find(([id]) => id.startsWith('Reaper'))!;
       assert.equal(render(schedule.Target.DeadLetterConfig.Arn), `\${${queueId}.Arn}`);
       assert.equal(queue.Properties!.SqsManagedSseEnabled, true);
-      const queuePolicy = resourcesOf(t, 'AWS::SQS::QueuePolicy').find(([, p]) => (p.Properties!.Queues as any[]).some((q) => q.Ref === queueId))![1].Properties!;
+      const queuePolicy = resourcesOf(t, 'AWS::SQS::QueuePolicy').find(([, p]) => (p.Properties!.Queues as any[]).some((q) => q.Ref === queueId))![1]
+        .Properties!;
       assert.ok(
         (queuePolicy.PolicyDocument.Statement as any[]).some((s) => s.Effect === 'Deny' && s.Condition?.Bool?.['aws:SecureTransport'] === 'false'),
         'DLQ is TLS-only',
@@ -342,7 +361,9 @@ for (const env of ['dev', 'prod'] as const) {
     });
 
     it('does not let Lambda retry a failed reaper run (the next tick does)', () => {
-      const config = resourcesOf(synth(env).serviceTemplate, 'AWS::Lambda::EventInvokeConfig').find(([, c]) => c.Properties!.FunctionName.Ref === functionId(env, 'reaper'));
+      const config = resourcesOf(synth(env).serviceTemplate, 'AWS::Lambda::EventInvokeConfig').find(
+        ([, c]) => c.Properties!.FunctionName.Ref === functionId(env, 'reaper'),
+      );
       assert.ok(config);
       assert.equal(config[1].Properties!.MaximumRetryAttempts, 0);
     });
@@ -354,7 +375,12 @@ for (const env of ['dev', 'prod'] as const) {
     const userData = () => render(launchData().UserData);
 
     it('requires IMDSv2 with a hop limit of 1', () => {
-      assert.deepEqual(launchData().MetadataOptions, { HttpEndpoint: 'enabled', HttpPutResponseHopLimit: 1, HttpTokens: 'required', InstanceMetadataTags: 'disabled' });
+      assert.deepEqual(launchData().MetadataOptions, {
+        HttpEndpoint: 'enabled',
+        HttpPutResponseHopLimit: 1,
+        HttpTokens: 'required',
+        InstanceMetadataTags: 'disabled',
+      });
     });
 
     it('boots Amazon Linux 2023 for the instance architecture, from its SSM parameter', () => {
@@ -401,7 +427,10 @@ for (const env of ['dev', 'prod'] as const) {
         const policy = group().MixedInstancesPolicy;
         assert.equal(policy.InstancesDistribution.SpotAllocationStrategy, 'price-capacity-optimized');
         assert.equal(policy.InstancesDistribution.OnDemandBaseCapacity, e.hosts.spot.onDemandBaseCapacity);
-        assert.deepEqual(policy.LaunchTemplate.Overrides, e.hosts.instanceTypes.map((t) => ({ InstanceType: t })));
+        assert.deepEqual(
+          policy.LaunchTemplate.Overrides,
+          e.hosts.instanceTypes.map((t) => ({ InstanceType: t })),
+        );
         assert.equal(group().CapacityRebalance, true);
         synth(env).serviceTemplate.resourceCountIs('AWS::AutoScaling::WarmPool', 0);
       });
@@ -441,8 +470,13 @@ for (const env of ['dev', 'prod'] as const) {
         stub('aws', `printf '%s\\n' "$*" >> ${dir}/aws.log`);
         stub('curl', target ? `case "$*" in *target-lifecycle-state*) echo '${target}' ;; *) echo token ;; esac` : 'exit 7');
         stub('host-agent', `printf '%s\\n' "$*" >> ${dir}/agent.log; echo '{"ok":${agentExit === 0}}'; exit ${agentExit}`);
-        writeFileSync(join(dir, 'host.env'), 'AWS_REGION=eu-west-1\nAUTO_SCALING_GROUP_NAME=hosts\nLAUNCH_LIFECYCLE_HOOK=sandbox-host-launching\nHOST_ID=i-0123456789abcdef0\n');
-        const rewritten = script.replaceAll('/opt/ephemeral-sandbox/bin/host-agent', join(dir, 'host-agent')).replaceAll('/etc/ephemeral-sandbox/host.env', join(dir, 'host.env'));
+        writeFileSync(
+          join(dir, 'host.env'),
+          'AWS_REGION=eu-west-1\nAUTO_SCALING_GROUP_NAME=hosts\nLAUNCH_LIFECYCLE_HOOK=sandbox-host-launching\nHOST_ID=i-0123456789abcdef0\n',
+        );
+        const rewritten = script
+          .replaceAll('/opt/ephemeral-sandbox/bin/host-agent', join(dir, 'host-agent'))
+          .replaceAll('/etc/ephemeral-sandbox/host.env', join(dir, 'host.env'));
         const out = spawnSync('bash', ['-c', rewritten], { env: { PATH: `${dir}:${process.env.PATH}` }, encoding: 'utf8' });
         const read = (f: string) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f), 'utf8').trim() : '');
         return { status: out.status, stdout: out.stdout, aws: read('aws.log'), agent: read('agent.log') };
@@ -475,7 +509,10 @@ for (const env of ['dev', 'prod'] as const) {
       assert.match(script, /docker pull \$\{AWS::AccountId\}\.dkr\.ecr\.\$\{AWS::Region\}\.\$\{AWS::URLSuffix\}\/cdk-hnb659fds-container-assets-/);
       assert.match(script, new RegExp(`cat > ${hostAgentCommand} <<`));
       // HOST_AGENT_COMMAND runs the project's wrapper (host-agent/bin/host-agent) with Node 22 and the CLI bundle.
-      assert.match(script, /NODE_BINARY=\/usr\/bin\/node-22 HOST_AGENT_BUNDLE=\/opt\/ephemeral-sandbox\/host-agent\.mjs exec \/opt\/ephemeral-sandbox\/libexec\/host-agent "\$@"/);
+      assert.match(
+        script,
+        /NODE_BINARY=\/usr\/bin\/node-22 HOST_AGENT_BUNDLE=\/opt\/ephemeral-sandbox\/host-agent\.mjs exec \/opt\/ephemeral-sandbox\/libexec\/host-agent "\$@"/,
+      );
       assert.match(script, /ExecStart=\/usr\/bin\/node-22 --enable-source-maps \/opt\/ephemeral-sandbox\/host-agent-daemon\.mjs/);
       assert.match(script, /systemctl enable ephemeral-sandbox-host\.service ephemeral-sandbox-ready\.service/);
     });
@@ -512,7 +549,10 @@ for (const env of ['dev', 'prod'] as const) {
       assert.equal(values.MAX_DISK_MB, String(e.limits.maxDiskMb));
       // The daemon ships its lines (logs and EMF metrics) to the hosts' own log group, kept as long as the functions' logs.
       assert.match(values.HOST_LOG_GROUP!, /^\$\{HostLogs[0-9A-F]{8}\}$/);
-      synth(env).serviceTemplate.hasResourceProperties('AWS::Logs::LogGroup', { LogGroupName: `/ephemeral-sandbox/${e.name}/hosts`, RetentionInDays: e.logRetentionDays });
+      synth(env).serviceTemplate.hasResourceProperties('AWS::Logs::LogGroup', {
+        LogGroupName: `/ephemeral-sandbox/${e.name}/hosts`,
+        RetentionInDays: e.logRetentionDays,
+      });
       assert.match(script, /echo "HOST_ID=\$INSTANCE_ID" >> \/etc\/ephemeral-sandbox\/host\.env/);
       assert.match(script, /INSTANCE_ID=\$\(imds instance-id\)/);
       assert.match(script, /X-aws-ec2-metadata-token/);
@@ -576,7 +616,10 @@ for (const env of ['dev', 'prod'] as const) {
       const subnets = resourcesOf(t, 'AWS::EC2::Subnet');
       const hostSubnets = (group: any[]) => group.map((s: any) => s.Ref).sort();
       const asg = onlyResource(t, 'AWS::AutoScaling::AutoScalingGroup').Properties!;
-      const publicIds = subnets.filter(([, s]) => s.Properties!.MapPublicIpOnLaunch === true).map(([id]) => id).sort();
+      const publicIds = subnets
+        .filter(([, s]) => s.Properties!.MapPublicIpOnLaunch === true)
+        .map(([id]) => id)
+        .sort();
       if (env === 'dev') {
         assert.deepEqual(hostSubnets(asg.VPCZoneIdentifier), publicIds);
         assert.equal(onlyResource(t, 'AWS::EC2::LaunchTemplate').Properties!.LaunchTemplateData.NetworkInterfaces[0].AssociatePublicIpAddress, true);
@@ -609,7 +652,10 @@ for (const env of ['dev', 'prod'] as const) {
     it('outputs the API URL and the host group name', () => {
       const s = synth(env);
       const outputs = s.serviceTemplate.toJSON().Outputs as Record<string, { Value: unknown }>;
-      assert.match(render(outputs.ApiUrl!.Value), /^https:\/\/\$\{Api\w+\}\.execute-api\.\$\{AWS::Region\}\.\$\{AWS::URLSuffix\}\/\$\{ApiDeploymentStage\w+\}\/$/);
+      assert.match(
+        render(outputs.ApiUrl!.Value),
+        /^https:\/\/\$\{Api\w+\}\.execute-api\.\$\{AWS::Region\}\.\$\{AWS::URLSuffix\}\/\$\{ApiDeploymentStage\w+\}\/$/,
+      );
       assert.equal(render(outputs.HostAutoScalingGroupName!.Value), `\${${resourcesOf(s.serviceTemplate, 'AWS::AutoScaling::AutoScalingGroup')[0]![0]}}`);
       assert.ok(outputs.UsagePlanId && outputs.DefaultUsageKeyId && outputs.SandboxImageUri);
     });

@@ -11,7 +11,9 @@ function tableFor(env: EnvName, definition: TableDefinition) {
     { AttributeName: definition.partitionKey.name, KeyType: 'HASH' },
     ...(definition.sortKey ? [{ AttributeName: definition.sortKey.name, KeyType: 'RANGE' }] : []),
   ];
-  const found = resourcesOf(synth(env).statefulTemplate, 'AWS::DynamoDB::Table').filter(([, t]) => JSON.stringify(t.Properties!.KeySchema) === JSON.stringify(wanted));
+  const found = resourcesOf(synth(env).statefulTemplate, 'AWS::DynamoDB::Table').filter(
+    ([, t]) => JSON.stringify(t.Properties!.KeySchema) === JSON.stringify(wanted),
+  );
   assert.equal(found.length, 1, `one table keyed on ${JSON.stringify(wanted)}`);
   return found[0]![1];
 }
@@ -30,7 +32,10 @@ for (const env of ['dev', 'prod'] as const) {
       const types = new Set(Object.values(s.statefulTemplate.toJSON().Resources as Record<string, { Type: string }>).map((r) => r.Type));
       const allowed = ['AWS::DynamoDB::Table', 'AWS::S3::Bucket', 'AWS::S3::BucketPolicy'];
       if (env === 'dev') allowed.push('Custom::S3AutoDeleteObjects', 'AWS::IAM::Role', 'AWS::Lambda::Function');
-      assert.deepEqual([...types].filter((t) => !allowed.includes(t)), []);
+      assert.deepEqual(
+        [...types].filter((t) => !allowed.includes(t)),
+        [],
+      );
     });
 
     it('creates one on-demand, point-in-time-recoverable table per shared definition', () => {
@@ -119,8 +124,14 @@ for (const env of ['dev', 'prod'] as const) {
       assert.equal(policies.length, 1);
       const statements = policies[0]![1].Properties!.PolicyDocument.Statement as any[];
       const denies = statements.filter((s) => s.Effect === 'Deny' && s.Action === 's3:*' && s.Principal?.AWS === '*');
-      assert.ok(denies.some((s) => s.Condition?.Bool?.['aws:SecureTransport'] === 'false'), 'denies plain HTTP');
-      assert.ok(denies.some((s) => s.Condition?.NumericLessThan?.['s3:TlsVersion'] === 1.2), 'denies TLS below 1.2');
+      assert.ok(
+        denies.some((s) => s.Condition?.Bool?.['aws:SecureTransport'] === 'false'),
+        'denies plain HTTP',
+      );
+      assert.ok(
+        denies.some((s) => s.Condition?.NumericLessThan?.['s3:TlsVersion'] === 1.2),
+        'denies TLS below 1.2',
+      );
       for (const s of denies) {
         assert.deepEqual(s.Resource.map(render).sort(), [`\${${bucketId}.Arn}`, `\${${bucketId}.Arn}/*`].sort());
       }
@@ -144,8 +155,17 @@ for (const env of ['dev', 'prod'] as const) {
       const [, bucket] = storageBucket(env);
       const rules = bucket.Properties!.LifecycleConfiguration.Rules as any[];
       const byId = Object.fromEntries(rules.map((r) => [r.Id, r]));
-      assert.deepEqual(byId['abort-incomplete-uploads'], { Id: 'abort-incomplete-uploads', AbortIncompleteMultipartUpload: { DaysAfterInitiation: 1 }, Status: 'Enabled' });
-      assert.deepEqual(byId['expire-staged-host-requests'], { Id: 'expire-staged-host-requests', Prefix: stagedRequestPrefix, ExpirationInDays: 1, Status: 'Enabled' });
+      assert.deepEqual(byId['abort-incomplete-uploads'], {
+        Id: 'abort-incomplete-uploads',
+        AbortIncompleteMultipartUpload: { DaysAfterInitiation: 1 },
+        Status: 'Enabled',
+      });
+      assert.deepEqual(byId['expire-staged-host-requests'], {
+        Id: 'expire-staged-host-requests',
+        Prefix: stagedRequestPrefix,
+        ExpirationInDays: 1,
+        Status: 'Enabled',
+      });
       assert.deepEqual(byId['intelligent-tiering-for-idle-files'], {
         Id: 'intelligent-tiering-for-idle-files',
         ObjectSizeGreaterThan: '131072',

@@ -194,10 +194,15 @@ describe('POST /sandboxes/{id}/commands', () => {
     assert.equal(res.status, 202, res.text);
     assert.equal(res.body.command_id, 'reads-live');
     assert.equal(res.body.status, 'running');
-    const seen = await waitFor('the first line', async () => {
-      const g = await get('reads-live', '?wait=5');
-      return g.body.stdout === 'first line\n' ? g.body : undefined;
-    }, 10_000, 50);
+    const seen = await waitFor(
+      'the first line',
+      async () => {
+        const g = await get('reads-live', '?wait=5');
+        return g.body.stdout === 'first line\n' ? g.body : undefined;
+      },
+      10_000,
+      50,
+    );
     assert.equal(seen.status, 'running');
     assert.equal(seen.stdout_offset_next, 11);
     const nothingNew = await get('reads-live', '?stdout_offset=11&wait=1');
@@ -262,10 +267,14 @@ describe('POST /sandboxes/{id}/commands', () => {
   it('cuts a stream past COMMAND_OUTPUT_MAX_BYTES and flags it, counting every byte', async () => {
     const res = await start({ command: 'head -c 70000000 /dev/zero | tr "\\0" x', command_id: 'over-cap', timeout: 120 });
     assert.ok([200, 202].includes(res.status), res.text);
-    const final = await waitFor('the capped command to end', async () => {
-      const g = await get('over-cap', '?stdout_offset=67108864&wait=10');
-      return ['pending', 'running'].includes(g.body.status) ? undefined : g.body;
-    }, 120_000);
+    const final = await waitFor(
+      'the capped command to end',
+      async () => {
+        const g = await get('over-cap', '?stdout_offset=67108864&wait=10');
+        return ['pending', 'running'].includes(g.body.status) ? undefined : g.body;
+      },
+      120_000,
+    );
     assert.equal(final.stdout_truncated, true);
     assert.equal(final.stdout_bytes, 70_000_000);
     assert.equal(final.stdout_offset_next, 64 * 1024 * 1024, 'stored up to the cap');
@@ -301,10 +310,14 @@ describe('kill', () => {
     await waitFor('all four sleeps', async () => (await exec('pgrep -c -f "^sleep 100[1-4]" || true')).body.stdout.trim() === '4', 10_000);
     const kill = await api.call('POST', `/sandboxes/${id}/commands/escapers/kill`, {});
     assert.equal(kill.status, 202, kill.text);
-    const final = await waitFor('killed', async () => {
-      const g = await get('escapers');
-      return g.body.status === 'killed' ? g.body : undefined;
-    }, 15_000);
+    const final = await waitFor(
+      'killed',
+      async () => {
+        const g = await get('escapers');
+        return g.body.status === 'killed' ? g.body : undefined;
+      },
+      15_000,
+    );
     assert.equal(final.end_reason, 'kill_requested');
     assert.equal((await exec('pgrep -c -f "^sleep 100[1-4]" || true')).body.stdout.trim(), '0', 'no process is left');
   });
@@ -313,10 +326,14 @@ describe('kill', () => {
     await start({ command: 'trap "echo cleaned; exit 0" TERM; sleep 100 & wait', command_id: 'polite' });
     await sleep(500);
     assert.equal((await api.call('POST', `/sandboxes/${id}/commands/polite/kill`, { signal: 'TERM' })).status, 202);
-    const final = await waitFor('killed', async () => {
-      const g = await get('polite');
-      return g.body.status === 'killed' ? g.body : undefined;
-    }, 20_000);
+    const final = await waitFor(
+      'killed',
+      async () => {
+        const g = await get('polite');
+        return g.body.status === 'killed' ? g.body : undefined;
+      },
+      20_000,
+    );
     assert.equal(final.stdout, 'cleaned\n');
     const ended = await api.call('POST', `/sandboxes/${id}/commands/euros/kill`, {});
     assert.equal(ended.status, 202);
@@ -396,7 +413,11 @@ describe('secrets stay out of SSM', () => {
     const token = (await api.exec(sid, 'printf %s "$SANDBOX_TOKEN"')).body.stdout;
     assert.match(token, /^sbt_/);
     await api.destroy(sid);
-    const ssm = new SSMClient({ endpoint: stack.ssm.url, region: 'us-east-1', credentials: { accessKeyId: stack.env.AWS_ACCESS_KEY_ID!, secretAccessKey: stack.env.AWS_SECRET_ACCESS_KEY! } });
+    const ssm = new SSMClient({
+      endpoint: stack.ssm.url,
+      region: 'us-east-1',
+      credentials: { accessKeyId: stack.env.AWS_ACCESS_KEY_ID!, secretAccessKey: stack.env.AWS_SECRET_ACCESS_KEY! },
+    });
     const texts: string[] = [];
     let next: string | undefined;
     do {
@@ -407,7 +428,15 @@ describe('secrets stay out of SSM', () => {
     ssm.destroy();
     assert.ok(texts.length > 5);
     const all = texts.join('\n');
-    for (const secret of ['create-secret-value-4242', 'exec-secret-value-7373', 'command-secret-text-9191', 'stdin-secret-6262', 'more-stdin-secret-8484', 'started-secret-5151', token]) {
+    for (const secret of [
+      'create-secret-value-4242',
+      'exec-secret-value-7373',
+      'command-secret-text-9191',
+      'stdin-secret-6262',
+      'more-stdin-secret-8484',
+      'started-secret-5151',
+      token,
+    ]) {
       assert.ok(!all.includes(secret), `SSM command text holds ${secret.slice(0, 12)}...`);
     }
     // Not even encoded: the request arguments are ids (b64 of a small JSON) or S3 keys.

@@ -49,7 +49,12 @@ async function stored(user: string): Promise<Map<string, number>> {
 async function homeFiles(id: string): Promise<Map<string, number>> {
   const res = await api.exec(id, "cd ~ && find . -type f -printf '%P %s\\n' | sort");
   assert.equal(res.body.exit_code, 0, res.text);
-  return new Map(res.body.stdout.trim().split('\n').map((l: string) => [l.slice(0, l.lastIndexOf(' ')), Number(l.slice(l.lastIndexOf(' ') + 1))]));
+  return new Map(
+    res.body.stdout
+      .trim()
+      .split('\n')
+      .map((l: string) => [l.slice(0, l.lastIndexOf(' ')), Number(l.slice(l.lastIndexOf(' ') + 1))]),
+  );
 }
 
 describe('disk_mb', () => {

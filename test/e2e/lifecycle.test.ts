@@ -105,7 +105,9 @@ describe('the sandbox lifecycle (create -> exec -> destroy)', () => {
   });
 
   it('runs a 64 KiB command intact', async () => {
-    const payload = randomBytes(33 * 1024).toString('hex').slice(0, 64 * 1024 - 200);
+    const payload = randomBytes(33 * 1024)
+      .toString('hex')
+      .slice(0, 64 * 1024 - 200);
     const command = `cat <<'EOF_PAYLOAD' | tr -d '\\n' | sha256sum\n${payload}\nEOF_PAYLOAD`;
     assert.ok(command.length >= 64 * 1024 - 150);
     const res = await api.exec(id, command);

@@ -111,7 +111,7 @@ describe('the hot tier: /home/agent outlives the sandbox', () => {
     await api.destroy(second, false);
   });
 
-  it('never shows one user\'s files to another user', async () => {
+  it("never shows one user's files to another user", async () => {
     const mallory = await sandboxFor('mallory');
     assert.equal(await run(mallory, 'test -e ~/notes.txt && echo seen || echo unseen'), 'unseen\n');
     assert.equal(await run(mallory, 'ls -A ~ | grep -c notes || true'), '0\n');
@@ -119,11 +119,15 @@ describe('the hot tier: /home/agent outlives the sandbox', () => {
     assert.ok(!(await keys(prefix('mallory', 'hot'))).includes('notes.txt'));
   });
 
-  it('loses at most the sync window when the container is killed behind the system\'s back', async () => {
+  it("loses at most the sync window when the container is killed behind the system's back", async () => {
     const id = await sandboxFor('crashy');
     await run(id, 'echo "saved by the periodic sync" > ~/work.txt');
     // The host daemon's periodic sync uploads it within the window...
-    await until('the periodic sync', async () => ((await keys(prefix('crashy', 'hot'))).includes('work.txt') ? true : undefined), 4 * syncIntervalSeconds * 1000);
+    await until(
+      'the periodic sync',
+      async () => ((await keys(prefix('crashy', 'hot'))).includes('work.txt') ? true : undefined),
+      4 * syncIntervalSeconds * 1000,
+    );
     // ...so a crash afterwards loses nothing of it.
     await docker.getContainer(id).remove({ force: true });
     const failed = await until('the record to fail', async () => {
@@ -141,7 +145,7 @@ describe('the hot tier: /home/agent outlives the sandbox', () => {
   });
 });
 
-describe('the cold tier: /data/cold is the user\'s S3 prefix, mounted on the host', () => {
+describe("the cold tier: /data/cold is the user's S3 prefix, mounted on the host", () => {
   it('shows objects put in S3 and writes back to S3, and a forced destroy leaves no mount', async () => {
     const big = Buffer.alloc(3 * 1024 * 1024, 'ab');
     await s3.send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix('carol', 'cold')}datasets/big.bin`, Body: big }));

@@ -93,14 +93,19 @@ async function strayFirewallRules(): Promise<string[]> {
 /** Nothing of an ended sandbox left on the host or in the counts. */
 async function assertNothingLeaked(ids: string[]): Promise<void> {
   for (const id of ids) {
-    await waitFor(`${id} to leave nothing behind`, async () => {
-      const r = await record(id);
-      if (!['stopped', 'expired', 'failed'].includes(r.status)) return undefined;
-      if (await containerExists(id)) return undefined;
-      if (mountsOf(id).length > 0) return undefined;
-      if (existsSync(join(stack.stateDir, 'sandboxes', id))) return undefined;
-      return true;
-    }, 90_000, 500);
+    await waitFor(
+      `${id} to leave nothing behind`,
+      async () => {
+        const r = await record(id);
+        if (!['stopped', 'expired', 'failed'].includes(r.status)) return undefined;
+        if (await containerExists(id)) return undefined;
+        if (mountsOf(id).length > 0) return undefined;
+        if (existsSync(join(stack.stateDir, 'sandboxes', id))) return undefined;
+        return true;
+      },
+      90_000,
+      500,
+    );
   }
   await waitFor('no firewall rule for a container that is gone', async () => (await strayFirewallRules()).length === 0, 30_000).catch(async (err: Error) => {
     throw new Error(`${err.message}: ${(await strayFirewallRules()).join('; ')}`);
@@ -110,7 +115,11 @@ async function assertNothingLeaked(ids: string[]): Promise<void> {
   await waitFor('the tenant count to match what is live', async () => (await tenantLiveCount()) === mine.length, 30_000).catch(async (err: Error) => {
     throw new Error(`${err.message}: count ${await tenantLiveCount()}, live ${JSON.stringify(mine.map((r) => [r.sandbox_id, r.status]))}`);
   });
-  await waitFor("the host's allocations to match what is live", async () => Object.keys((await getHost(stack.hostId))?.allocations ?? {}).length === live.length, 30_000);
+  await waitFor(
+    "the host's allocations to match what is live",
+    async () => Object.keys((await getHost(stack.hostId))?.allocations ?? {}).length === live.length,
+    30_000,
+  );
 }
 
 async function createReady(user: string): Promise<string> {
@@ -127,7 +136,11 @@ describe('faults', () => {
       command_id: 'crashed',
     });
     assert.equal(started.status, 202, started.text);
-    await waitFor('its first line', async () => (await api.call('GET', `/sandboxes/${id}/commands/crashed?wait=5`)).body.stdout === 'before the crash\n', 15_000);
+    await waitFor(
+      'its first line',
+      async () => (await api.call('GET', `/sandboxes/${id}/commands/crashed?wait=5`)).body.stdout === 'before the crash\n',
+      15_000,
+    );
 
     await stack.stopDaemon(); // SIGKILL, as a crash
     try {
@@ -139,16 +152,24 @@ describe('faults', () => {
       stack.startDaemon();
     }
 
-    const lost = await waitFor('the command to be closed as lost', async () => {
-      const g = await api.call('GET', `/sandboxes/${id}/commands/crashed`);
-      return g.body.status === 'lost' ? g.body : undefined;
-    }, 30_000);
+    const lost = await waitFor(
+      'the command to be closed as lost',
+      async () => {
+        const g = await api.call('GET', `/sandboxes/${id}/commands/crashed`);
+        return g.body.status === 'lost' ? g.body : undefined;
+      },
+      30_000,
+    );
     assert.equal(lost.end_reason, 'host_daemon_restarted');
     assert.equal(lost.stdout, 'before the crash\n', 'what it wrote before the crash is kept');
-    const left = await waitFor('the sandbox to run commands again', async () => {
-      const res = await api.exec(id, 'pgrep -c -f "^sleep 300" || true');
-      return res.status === 200 ? res : undefined;
-    }, 30_000);
+    const left = await waitFor(
+      'the sandbox to run commands again',
+      async () => {
+        const res = await api.exec(id, 'pgrep -c -f "^sleep 300" || true');
+        return res.status === 200 ? res : undefined;
+      },
+      30_000,
+    );
     assert.equal(left.body.stdout.trim(), '0', "the lost command's processes were stopped");
     assert.equal((await api.destroyAndWait(id)).final.body.status, 'stopped');
     await assertNothingLeaked([id]);
@@ -166,14 +187,22 @@ describe('faults', () => {
       thaw('dynamodb');
     }
     for (const [i, res] of during.entries()) acceptable(res, `request ${i} while DynamoDB was frozen`);
-    assert.ok(during.some((res) => res.status === 503), 'the frozen table is reported, not hidden');
-    const done = await waitFor('the command to be recorded', async () => {
-      const g = await api.call('GET', `/sandboxes/${id}/commands/during`);
-      return g.body.status === 'exited' ? g.body : undefined;
-    }, 60_000);
+    assert.ok(
+      during.some((res) => res.status === 503),
+      'the frozen table is reported, not hidden',
+    );
+    const done = await waitFor(
+      'the command to be recorded',
+      async () => {
+        const g = await api.call('GET', `/sandboxes/${id}/commands/during`);
+        return g.body.status === 'exited' ? g.body : undefined;
+      },
+      60_000,
+    );
     assert.equal(done.stdout, 'ran while the table was away\n');
     // A create refused while the table was away (or made once it came back) leaves the counts straight.
-    for (const s of (await api.call('GET', '/sandboxes')).body.sandboxes) if (!['stopped', 'expired', 'failed'].includes(s.status)) await api.destroyAndWait(s.sandbox_id, false);
+    for (const s of (await api.call('GET', '/sandboxes')).body.sandboxes)
+      if (!['stopped', 'expired', 'failed'].includes(s.status)) await api.destroyAndWait(s.sandbox_id, false);
     await assertNothingLeaked([id]);
   });
 
@@ -197,7 +226,7 @@ describe('faults', () => {
     await assertNothingLeaked([id]);
   });
 
-  it('a container removed behind the system\'s back: the record fails, the home is synced, nothing stays on the host', async () => {
+  it("a container removed behind the system's back: the record fails, the home is synced, nothing stays on the host", async () => {
     const user = uniqueUser('rm-f');
     // allow_all: the sandbox has a firewall rule of its own, which must go with it.
     const res = await api.createReady(user, { idle_timeout_seconds: 600, network: { egress: 'allow_all' } });
@@ -231,6 +260,9 @@ describe('faults', () => {
       assert.ok(['stopped', 'expired'].includes(after.final.body.status), after.final.text);
     }
     await assertNothingLeaked(ids);
-    assert.deepEqual(readdirSync(join(stack.stateDir, 'sandboxes')).filter((d) => ids.includes(d)), []);
+    assert.deepEqual(
+      readdirSync(join(stack.stateDir, 'sandboxes')).filter((d) => ids.includes(d)),
+      [],
+    );
   });
 });

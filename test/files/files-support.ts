@@ -37,7 +37,8 @@ export function filesOf(url: string, apiKey: string, sandboxId: string) {
   return {
     put: async (path: string, body: Buffer | string, extra = '', contentType = 'application/octet-stream') =>
       answer(await fetch(`${base}?path=${q(path)}${extra}`, { method: 'PUT', headers: { 'X-API-Key': apiKey, 'Content-Type': contentType }, body })),
-    get: async (path: string, accept = 'application/octet-stream') => answer(await fetch(`${base}?path=${q(path)}`, { headers: { 'X-API-Key': apiKey, Accept: accept } })),
+    get: async (path: string, accept = 'application/octet-stream') =>
+      answer(await fetch(`${base}?path=${q(path)}`, { headers: { 'X-API-Key': apiKey, Accept: accept } })),
   };
 }
 

@@ -60,7 +60,7 @@ describe('bytes in and out, inline', () => {
   });
 
   it('takes names with spaces, UTF-8, leading dashes and shell syntax, in every route', async () => {
-    const names = ['with space.txt', 'été 日本語 🚀.txt', '-rf', '--help', '$(touch pwned)`id`;|&.txt', "quote'and\"double"];
+    const names = ['with space.txt', 'été 日本語 🚀.txt', '-rf', '--help', '$(touch pwned)`id`;|&.txt', 'quote\'and"double'];
     for (const name of names) {
       const path = `odd dir/-sub/${name}`;
       const put = await files.put(path, `content of ${name}`, '&mkdirs=true');
@@ -106,7 +106,10 @@ describe('bytes in and out, inline', () => {
     const puts = await Promise.all(versions.map((v) => files.put('race/target.bin', v)));
     writing = false;
     await reader;
-    assert.deepEqual(puts.map((p) => p.status), versions.map(() => 200));
+    assert.deepEqual(
+      puts.map((p) => p.status),
+      versions.map(() => 200),
+    );
     const final = await files.get('race/target.bin');
     assert.ok(known.has(sha256(final.bytes)), 'the file is one of the versions, whole');
     assert.ok(reads.length > 0 && reads.every((r) => known.has(r)), `every read saw a whole version (${reads.length} reads)`);
@@ -133,13 +136,20 @@ describe('bytes in and out, inline', () => {
     const link = flat.body.entries.find((e: { name: string }) => e.name === 'link');
     assert.deepEqual({ type: link.type, link_target: link.link_target }, { type: 'symlink', link_target: 'a/1' });
     assert.ok(Number.isFinite(Date.parse(link.mtime)));
-    const foreign = await api.call('GET', `/sandboxes/${id}/files/list?path=tree/a&recursive=true&next_token=${token ?? Buffer.from(JSON.stringify({ p: '/home/agent/tree', r: true, a: ['a'] })).toString('base64url')}`);
+    const foreign = await api.call(
+      'GET',
+      `/sandboxes/${id}/files/list?path=tree/a&recursive=true&next_token=${token ?? Buffer.from(JSON.stringify({ p: '/home/agent/tree', r: true, a: ['a'] })).toString('base64url')}`,
+    );
     assert.equal(foreign.status, 400, 'a token of another listing is refused');
   });
 
   it('makes directories, moves without replacing unless asked, and deletes a link without touching its target', async () => {
     assert.equal((await api.call('POST', `/sandboxes/${id}/files/mkdir`, { path: 'm/n/o', parents: true })).status, 200);
-    assert.equal((await api.call('POST', `/sandboxes/${id}/files/mkdir`, { path: 'm/n/o', parents: true })).status, 200, 'parents: an existing directory is fine');
+    assert.equal(
+      (await api.call('POST', `/sandboxes/${id}/files/mkdir`, { path: 'm/n/o', parents: true })).status,
+      200,
+      'parents: an existing directory is fine',
+    );
     await files.put('m/one', '1');
     await files.put('m/two', '2');
     assert.equal((await api.call('POST', `/sandboxes/${id}/files/move`, { from: 'm/one', to: 'm/two' })).status, 409);
@@ -230,7 +240,7 @@ describe('every error with its status, naming the path', () => {
     assert.equal(home.status, 400, 'the home itself is never deleted');
   });
 
-  it('409 invalid_state for a paused sandbox (naming what to do), and 404 for another tenant\'s', async () => {
+  it("409 invalid_state for a paused sandbox (naming what to do), and 404 for another tenant's", async () => {
     const other = await createApiKey({ tenantId: 'other-tenant', description: 'files test' });
     const theirs = filesOf(stack.url, other.key, id);
     assert.deepEqual([(await theirs.get('plain.txt')).status, (await theirs.get('plain.txt')).json.error.code], [404, 'not_found']);
@@ -280,15 +290,22 @@ describe('large files through presigned S3 URLs', () => {
 
     const started = await api.call('POST', `/sandboxes/${bigId}/files/download`, { path: 'data/transfer.bin' });
     assert.ok([200, 202].includes(started.status), started.text);
-    const dl = started.status === 200 ? started : await untilDone(() => api.call('GET', `/sandboxes/${bigId}/files/download/${started.body.download_id}?wait=20`));
+    const dl =
+      started.status === 200 ? started : await untilDone(() => api.call('GET', `/sandboxes/${bigId}/files/download/${started.body.download_id}?wait=20`));
     assert.equal(dl.status, 200, dl.text);
     assert.deepEqual({ size: dl.body.size, sha256: dl.body.sha256 }, { size, sha256: digest });
     const fetched = join(work, 'fetched.bin');
     assert.equal(await curl('GET', dl.body.url, fetched), 200);
     const grown = memory.stop();
     const downloaded = Date.now();
-    t.diagnostic(`upload ${((uploaded - began) / 1000).toFixed(1)} s, download ${((downloaded - uploaded) / 1000).toFixed(1)} s (through the API, S3 and the sandbox)`);
-    t.diagnostic(`memory growth at peak: ${Object.entries(grown).map(([n, b]) => `${n} ${Math.round(b / 1024 ** 2)} MiB`).join(', ')}`);
+    t.diagnostic(
+      `upload ${((uploaded - began) / 1000).toFixed(1)} s, download ${((downloaded - uploaded) / 1000).toFixed(1)} s (through the API, S3 and the sandbox)`,
+    );
+    t.diagnostic(
+      `memory growth at peak: ${Object.entries(grown)
+        .map(([n, b]) => `${n} ${Math.round(b / 1024 ** 2)} MiB`)
+        .join(', ')}`,
+    );
     assert.equal(statSync(fetched).size, size);
     assert.equal(await fileSha256(fetched), digest, 'the bytes that came back are the bytes sent');
     for (const [name, bytes] of Object.entries(grown)) assert.ok(bytes < 256 * 1024 ** 2, `${name} grew by ${Math.round(bytes / 1024 ** 2)} MiB`);
@@ -321,7 +338,8 @@ describe('large files through presigned S3 URLs', () => {
     const repo = join(work, 'repo');
     for (let d = 0; d < 40; d++) {
       mkdirSync(join(repo, 'src', `pkg-${d}`), { recursive: true });
-      for (let f = 0; f < 50; f++) writeFileSync(join(repo, 'src', `pkg-${d}`, `file ${f}.ts`), `export const n = ${d * 50 + f};\n`, { mode: f === 0 ? 0o755 : 0o644 });
+      for (let f = 0; f < 50; f++)
+        writeFileSync(join(repo, 'src', `pkg-${d}`, `file ${f}.ts`), `export const n = ${d * 50 + f};\n`, { mode: f === 0 ? 0o755 : 0o644 });
     }
     mkdirSync(join(repo, 'bin'), { mode: 0o750 });
     symlinkSync('../src/pkg-0/file 0.ts', join(repo, 'bin', 'run'));
@@ -338,7 +356,11 @@ describe('large files through presigned S3 URLs', () => {
     assert.equal(done.body.entries, 2000 + 40 + 1 + 1 + 2);
     assert.equal(
       // A subshell: exec's working directory sticks.
-      await sh(api, id, '(cd ~/projects/repo && find . -type f | wc -l && stat -c "%U %a %n" "src/pkg-3/file 0.ts" "src/pkg-3/file 1.ts" bin && readlink bin/run bin/outside && cat bin/run)'),
+      await sh(
+        api,
+        id,
+        '(cd ~/projects/repo && find . -type f | wc -l && stat -c "%U %a %n" "src/pkg-3/file 0.ts" "src/pkg-3/file 1.ts" bin && readlink bin/run bin/outside && cat bin/run)',
+      ),
       '2000\nagent 755 src/pkg-3/file 0.ts\nagent 644 src/pkg-3/file 1.ts\nagent 750 bin\n../src/pkg-0/file 0.ts\n/etc/passwd\nexport const n = 0;\n',
     );
     const listed = await api.call('GET', `/sandboxes/${id}/files/stat?path=projects/repo/bin/outside`);
@@ -395,7 +417,10 @@ describe('symlinks never lead outside the sandbox', () => {
     assert.equal(name.bytes.toString().trim(), id);
     assert.notEqual(name.bytes.toString().trim(), hostname());
     const listed = await api.call('GET', `/sandboxes/${id}/files/list?path=root/home`);
-    assert.deepEqual(listed.body.entries.map((e: { name: string }) => e.name), ['agent']);
+    assert.deepEqual(
+      listed.body.entries.map((e: { name: string }) => e.name),
+      ['agent'],
+    );
   });
 
   it("finds the sandbox's own root behind /proc/1/root (its init is the sandbox's), directly or through a link", async () => {
@@ -477,7 +502,7 @@ describe("a user's home with no sandbox running", () => {
     assert.equal(await res.text(), '# notes\nremember me\n');
     assert.equal(res.headers.get('x-home-copy-may-lag'), 'false');
     assert.equal(res.headers.get('x-file-mode'), '0644');
-    assert.equal((await (await home('/home/agent/latest')).text()), '# notes\nremember me\n', 'a link inside the home is followed');
+    assert.equal(await (await home('/home/agent/latest')).text(), '# notes\nremember me\n', 'a link inside the home is followed');
     const listed = await api.call('GET', `/users/${homeUser}/home/files/list?recursive=true`);
     assert.deepEqual(
       listed.body.entries.filter((e: { name: string }) => !e.name.startsWith('.')).map((e: { path: string; type: string }) => `${e.type} ${e.path}`),
@@ -502,7 +527,9 @@ describe("a user's home with no sandbox running", () => {
     assert.match(((await out.json()) as { error: { message: string } }).error.message, /outside the home/);
     assert.equal((await home('notes')).status, 409);
     const other = await createApiKey({ tenantId: 'other-tenant-home', description: 'files test' });
-    const theirs = await fetch(`${stack.url}/users/${homeUser}/home/files?path=notes/today.md`, { headers: { 'X-API-Key': other.key, Accept: 'application/octet-stream' } });
+    const theirs = await fetch(`${stack.url}/users/${homeUser}/home/files?path=notes/today.md`, {
+      headers: { 'X-API-Key': other.key, Accept: 'application/octet-stream' },
+    });
     assert.equal(theirs.status, 404);
     const theirList = await apiClient(stack.url, other.key).call('GET', `/users/${homeUser}/home/files/list?path=notes`);
     assert.equal(theirList.status, 404);

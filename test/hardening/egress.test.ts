@@ -211,10 +211,16 @@ describe('an allowlist', () => {
 
   it('logs what it admitted too, with time, name or address, and verdict', async () => {
     const entries = await decisions(sandbox);
-    assert.ok(entries.some((d) => d.kind === 'dns' && d.target === 'web-a.egress.test' && d.verdict === 'allowed'), JSON.stringify(entries));
+    assert.ok(
+      entries.some((d) => d.kind === 'dns' && d.target === 'web-a.egress.test' && d.verdict === 'allowed'),
+      JSON.stringify(entries),
+    );
     assert.ok(entries.every((d) => !Number.isNaN(Date.parse(d.time)) && d.kind && d.target && d.verdict && d.reason));
     // Newest first.
-    assert.deepEqual(entries.map((d) => d.time), [...entries.map((d) => d.time)].sort().reverse());
+    assert.deepEqual(
+      entries.map((d) => d.time),
+      [...entries.map((d) => d.time)].sort().reverse(),
+    );
   });
 });
 

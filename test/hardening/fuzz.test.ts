@@ -110,11 +110,31 @@ const unicode = [
   '\u0000',
   '\u0007\u001b[31mred',
 ];
-const wrongTypes: unknown[] = [null, true, false, 0, -1, 1.5, 1e308, -1e308, 2 ** 53 + 1, [], [1, 'a'], {}, { nested: { deeper: [] } }, '', '0', 'true', 'null'];
+const wrongTypes: unknown[] = [
+  null,
+  true,
+  false,
+  0,
+  -1,
+  1.5,
+  1e308,
+  -1e308,
+  2 ** 53 + 1,
+  [],
+  [1, 'a'],
+  {},
+  { nested: { deeper: [] } },
+  '',
+  '0',
+  'true',
+  'null',
+];
 
 /** Percent-encodes the UTF-8 bytes of `s` (lone surrogates become U+FFFD, as a client library would send them). */
 function pct(s: string): string {
-  return Array.from(Buffer.from(s, 'utf8'), (b) => (/[A-Za-z0-9\-_.~]/.test(String.fromCharCode(b)) ? String.fromCharCode(b) : '%' + b.toString(16).toUpperCase().padStart(2, '0'))).join('');
+  return Array.from(Buffer.from(s, 'utf8'), (b) =>
+    /[A-Za-z0-9\-_.~]/.test(String.fromCharCode(b)) ? String.fromCharCode(b) : '%' + b.toString(16).toUpperCase().padStart(2, '0'),
+  ).join('');
 }
 
 function hugeString(rng: Rng): string {
@@ -317,7 +337,14 @@ function bodyFor(rng: Rng, route: Route, category: string): Buffer | undefined {
   const key = `${route.method} ${route.path}`;
   const valid = validBodies[key];
   if (category === 'bad_json') {
-    return Buffer.from(rng.chance(0.1) ? deepNesting(rng) : rng.chance(0.05) ? Buffer.from(Array.from({ length: 64 }, () => rng.int(256))).toString('latin1') : rng.pick(badJsonTexts), 'latin1');
+    return Buffer.from(
+      rng.chance(0.1)
+        ? deepNesting(rng)
+        : rng.chance(0.05)
+          ? Buffer.from(Array.from({ length: 64 }, () => rng.int(256))).toString('latin1')
+          : rng.pick(badJsonTexts),
+      'latin1',
+    );
   }
   if (!valid) {
     // Routes without a body get one anyway, sometimes.
@@ -358,7 +385,20 @@ function bodyFor(rng: Rng, route: Route, category: string): Buffer | undefined {
   return Buffer.from(JSON.stringify(body), 'utf8');
 }
 
-const categories = ['bad_json', 'wrong_type', 'huge_string', 'shell_meta', 'traversal', 'unicode', 'extra_field', 'missing_field', 'wrong_method', 'bad_headers', 'bad_query', 'raw_http'] as const;
+const categories = [
+  'bad_json',
+  'wrong_type',
+  'huge_string',
+  'shell_meta',
+  'traversal',
+  'unicode',
+  'extra_field',
+  'missing_field',
+  'wrong_method',
+  'bad_headers',
+  'bad_query',
+  'raw_http',
+] as const;
 
 function generate(rng: Rng, t: Targets): FuzzRequest {
   const category = rng.pick(categories);
@@ -416,18 +456,32 @@ function send(baseUrl: string, r: FuzzRequest): Promise<Answer> {
         const contentType = /\r\ncontent-type: *([^\r]*)/i.exec(head)?.[1] ?? '';
         const body = rest.join('\r\n\r\n');
         // A chunked answer to a keep-alive-less request: take the JSON out of the chunk framing.
-        const json = /\r\ntransfer-encoding: *chunked/i.test(head) ? body.split('\r\n').filter((_, i) => i % 2 === 1).join('') : body;
+        const json = /\r\ntransfer-encoding: *chunked/i.test(head)
+          ? body
+              .split('\r\n')
+              .filter((_, i) => i % 2 === 1)
+              .join('')
+          : body;
         resolve({ status, contentType, text: json });
       });
     });
   }
   return new Promise((resolve, reject) => {
     const req = httpRequest(
-      { host: url.hostname, port: url.port, method: r.method, path: r.path, headers: { ...r.headers, ...(r.body ? { 'Content-Length': String(r.body.length) } : {}) }, agent },
+      {
+        host: url.hostname,
+        port: url.port,
+        method: r.method,
+        path: r.path,
+        headers: { ...r.headers, ...(r.body ? { 'Content-Length': String(r.body.length) } : {}) },
+        agent,
+      },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, contentType: String(res.headers['content-type'] ?? ''), text: Buffer.concat(chunks).toString('utf8') }));
+        res.on('end', () =>
+          resolve({ status: res.statusCode ?? 0, contentType: String(res.headers['content-type'] ?? ''), text: Buffer.concat(chunks).toString('utf8') }),
+        );
         res.on('error', reject);
       },
     );
@@ -505,11 +559,18 @@ before(async () => {
     otherTenantKey: (await createApiKey({ tenantId: 'fuzz-other' })).key,
   };
   // A command the command routes can find (the fuzz may kill it or write its stdin).
-  const cmd = await api.call('POST', `/sandboxes/${targets.target}/commands`, { command: 'cat >/dev/null; sleep 600', command_id: 'fuzz-cmd', stdin_open: true });
+  const cmd = await api.call('POST', `/sandboxes/${targets.target}/commands`, {
+    command: 'cat >/dev/null; sleep 600',
+    command_id: 'fuzz-cmd',
+    stdin_open: true,
+  });
   assert.equal(cmd.status, 202, cmd.text);
 });
 after(async () => {
-  for (const [id, key] of made) await apiClient(stack.url, key).destroy(id, false).catch(() => undefined);
+  for (const [id, key] of made)
+    await apiClient(stack.url, key)
+      .destroy(id, false)
+      .catch(() => undefined);
   agent.destroy();
   await stack?.close();
 });
@@ -536,7 +597,12 @@ describe(`fuzzing every route with ${total} malformed requests (seed ${seed})`, 
       const problem = problemWith(answer);
       if (problem) failures.push(`#${i} ${r.category} ${r.method} ${r.path.slice(0, 120)} -> ${problem}: ${answer.status} ${answer.text.slice(0, 200)}`);
     });
-    console.log(`# ${total} requests, statuses: ${[...statuses].sort(([a], [b]) => a - b).map(([s, n]) => `${s}x${n}`).join(' ')}`);
+    console.log(
+      `# ${total} requests, statuses: ${[...statuses]
+        .sort(([a], [b]) => a - b)
+        .map(([s, n]) => `${s}x${n}`)
+        .join(' ')}`,
+    );
     assert.deepEqual(failures.slice(0, 25), [], `${failures.length} answers broke the contract (replay with FUZZ_SEED=${seed})`);
   });
 
@@ -548,21 +614,29 @@ describe(`fuzzing every route with ${total} malformed requests (seed ${seed})`, 
       next = page.NextToken;
     }
     // What reached the host's shell: the operator's host-agent path, a fixed verb, and inert base64url or an S3 key.
-    const safe = new RegExp(`^${stack.env.HOST_AGENT_COMMAND!.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} (${hostVerbs.join('|')}) (b64:[A-Za-z0-9_-]*|s3:[A-Za-z0-9_\\-/.]{1,512})$`);
+    const safe = new RegExp(
+      `^${stack.env.HOST_AGENT_COMMAND!.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} (${hostVerbs.join('|')}) (b64:[A-Za-z0-9_-]*|s3:[A-Za-z0-9_\\-/.]{1,512})$`,
+    );
     assert.ok(hostCommandLines.length > 20, `the fuzz reached the host (${hostCommandLines.length} commands)`);
     for (const line of hostCommandLines) assert.match(line, safe);
     assert.equal(existsSync(marker), false, `${marker} exists: a request ran text on the host`);
-    assert.deepEqual(readdirSync('/tmp').filter((f) => f.startsWith('es-fuzz-pwned-')), []);
+    assert.deepEqual(
+      readdirSync('/tmp').filter((f) => f.startsWith('es-fuzz-pwned-')),
+      [],
+    );
   });
 
   it('answers ids that are not ids with 404 (or 400) without touching DynamoDB (handlers in this process, so their calls are counted)', async () => {
     const inProcess = await startLocalApi({ port: 0, rateLimit: 0 });
     let calls = 0;
     const counter = 'fuzz-dynamodb-call-counter';
-    dynamo().middlewareStack.add((next) => async (args) => {
-      calls += 1;
-      return next(args);
-    }, { step: 'initialize', name: counter });
+    dynamo().middlewareStack.add(
+      (next) => async (args) => {
+        calls += 1;
+        return next(args);
+      },
+      { step: 'initialize', name: counter },
+    );
     try {
       const direct = apiClient(inProcess.url, stack.apiKey);
       // Warm the authorizer cache for the key, so only the handler could call DynamoDB.
@@ -587,7 +661,10 @@ describe(`fuzzing every route with ${total} malformed requests (seed ${seed})`, 
           headers: { 'X-API-Key': stack.apiKey, 'Content-Type': 'application/json' },
           ...(body ? { body: Buffer.from(JSON.stringify(body)) } : {}),
         });
-        assert.ok([400, 404].includes(answer.status), `${route.method} ${pathFor(route, encoded).slice(0, 100)}: ${answer.status} ${answer.text.slice(0, 200)}`);
+        assert.ok(
+          [400, 404].includes(answer.status),
+          `${route.method} ${pathFor(route, encoded).slice(0, 100)}: ${answer.status} ${answer.text.slice(0, 200)}`,
+        );
         assert.equal(problemWith(answer), undefined);
         assert.equal(calls - before, 0, `${route.method} ${pathFor(route, encoded).slice(0, 100)} reached DynamoDB`);
         checked++;
@@ -631,10 +708,16 @@ describe(`fuzzing every route with ${total} malformed requests (seed ${seed})`, 
       all: true,
       filters: { label: ['dev.ephemeral-sandbox.owner=ephemeral-sandbox', `dev.ephemeral-sandbox.host-id=${stack.hostId}`] },
     });
-    assert.deepEqual(containers.map((c) => c.Names[0]), []);
+    assert.deepEqual(
+      containers.map((c) => c.Names[0]),
+      [],
+    );
     const items = (await dynamo().send(new ScanCommand({ TableName: config().tables.sandboxes }))).Items ?? [];
     const live = items.filter((i) => (liveStatuses as readonly string[]).includes(i.status));
-    assert.deepEqual(live.map((i) => `${i.sandbox_id} ${i.status}`), []);
+    assert.deepEqual(
+      live.map((i) => `${i.sandbox_id} ${i.status}`),
+      [],
+    );
     for (const tenant of [stack.tenantId, 'fuzz-other']) {
       assert.equal(liveSandboxCount(await getTenant(tenant)), 0, `tenant ${tenant} has all its slots back`);
     }

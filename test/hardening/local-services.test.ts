@@ -117,13 +117,25 @@ async function allProbes(): Promise<{ refused: Probe[]; allowed: Probe[] }> {
   const bucketPath = `/${stack.env.STORAGE_BUCKET}/${homeKey}`;
   const refused = [
     ...(await attempts('DynamoDB ListTables', ddb, 'dynamodb', json10('ListTables', {}))),
-    ...(await attempts('DynamoDB PutItem of an API key', ddb, 'dynamodb', json10('GetItem', { TableName: stack.env.API_KEYS_TABLE, Key: { key_hash: { S: 'x' } } }), {
-      headers: { 'x-amz-target': 'DynamoDB_20120810.PutItem' },
-      body: putKey.body as string,
-    })),
+    ...(await attempts(
+      'DynamoDB PutItem of an API key',
+      ddb,
+      'dynamodb',
+      json10('GetItem', { TableName: stack.env.API_KEYS_TABLE, Key: { key_hash: { S: 'x' } } }),
+      {
+        headers: { 'x-amz-target': 'DynamoDB_20120810.PutItem' },
+        body: putKey.body as string,
+      },
+    )),
     ...(await attempts('DynamoDB PutItem of an API key (unchanged)', ddb, 'dynamodb', putKey)),
     ...(await attempts('S3 GetObject of a home', stack.s3.url, 's3', { method: 'GET', path: bucketPath })),
-    ...(await attempts('S3 PutObject into a home', stack.s3.url, 's3', { method: 'PUT', path: bucketPath, body: 'echo original' }, { body: 'touch /tmp/pwned' })),
+    ...(await attempts(
+      'S3 PutObject into a home',
+      stack.s3.url,
+      's3',
+      { method: 'PUT', path: bucketPath, body: 'echo original' },
+      { body: 'touch /tmp/pwned' },
+    )),
     ...(await attempts('SSM ListCommandInvocations', stack.ssm.url, 'ssm', ssmReq('ListCommandInvocations', { Details: true }))),
     ...(await attempts('SSM SendCommand', stack.ssm.url, 'ssm', sendCommand('true'), { body: sendCommand(`id > ${marker}`).body as string })),
   ];
@@ -156,7 +168,7 @@ function descendants(root: number): number[] {
   const todo = [root];
   while (todo.length > 0) {
     const pid = todo.pop()!;
-    for (const [child, parent] of parents) if (parent === pid) (found.push(child), todo.push(child));
+    for (const [child, parent] of parents) if (parent === pid) found.push(child), todo.push(child);
   }
   return found;
 }
@@ -168,7 +180,24 @@ async function runProbe(as: 'user' | 'container', requests: Probe[], files: stri
   const [cmd, args] =
     as === 'user'
       ? ['runuser', ['-u', probeUser, '--', process.execPath, join(work, 'probe.mjs'), file]]
-      : ['docker', ['run', '--rm', '--network', 'bridge', '--user', '65534:65534', '-v', `${work}:/probe:ro`, '--entrypoint', '/usr/local/bin/node', stack.env.SANDBOX_IMAGE!, '/probe/probe.mjs', `/probe/${file.slice(work.length + 1)}`]];
+      : [
+          'docker',
+          [
+            'run',
+            '--rm',
+            '--network',
+            'bridge',
+            '--user',
+            '65534:65534',
+            '-v',
+            `${work}:/probe:ro`,
+            '--entrypoint',
+            '/usr/local/bin/node',
+            stack.env.SANDBOX_IMAGE!,
+            '/probe/probe.mjs',
+            `/probe/${file.slice(work.length + 1)}`,
+          ],
+        ];
   const { stdout } = await run(cmd as string, args as string[], { timeout: 120_000, maxBuffer: 1 << 24 });
   return JSON.parse(stdout) as Record<string, ProbeResult>;
 }
@@ -206,7 +235,9 @@ before(async () => {
     new SendCommandCommand({ DocumentName: 'AWS-RunShellScript', InstanceIds: [stack.hostId], Parameters: { commands: [`echo ${secret}`] } }),
   );
   for (let i = 0; i < 100; i++) {
-    const inv = await ssm().send(new GetCommandInvocationCommand({ CommandId: sent.Command!.CommandId!, InstanceId: stack.hostId })).catch(() => undefined);
+    const inv = await ssm()
+      .send(new GetCommandInvocationCommand({ CommandId: sent.Command!.CommandId!, InstanceId: stack.hostId }))
+      .catch(() => undefined);
     if (inv?.Status === 'Success') break;
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -223,7 +254,8 @@ describe('the local back-end services', () => {
   it('refuse an unprivileged local user everything not signed by the stack, and nothing asked for happens', async () => {
     const { refused, allowed } = await allProbes();
     const results = await runProbe('user', [...refused, ...allowed]);
-    for (const p of refused) assert.ok(!('error' in results[p.name]!), `${p.name}: the user should reach the endpoint (and be refused), got ${JSON.stringify(results[p.name])}`);
+    for (const p of refused)
+      assert.ok(!('error' in results[p.name]!), `${p.name}: the user should reach the endpoint (and be refused), got ${JSON.stringify(results[p.name])}`);
     assertRefused(results, refused);
     for (const p of allowed) assert.equal((results[p.name] as { status: number }).status, 200, `${p.name}: ${JSON.stringify(results[p.name])}`);
 
@@ -236,7 +268,7 @@ describe('the local back-end services', () => {
     assert.equal(intruder.status, 403, `a refused PutItem made a working API key: ${intruder.text}`);
   });
 
-  it('cannot be reached at all from a container on Docker\'s default bridge', async () => {
+  it("cannot be reached at all from a container on Docker's default bridge", async () => {
     const gateway = await bridgeAddress();
     const { refused, allowed } = await allProbes();
     // Aimed at the host's address on the bridge, as a container sees it.
@@ -247,7 +279,7 @@ describe('the local back-end services', () => {
     }
   });
 
-  it('listen on loopback only, and DynamoDB Local not in the host\'s network at all', () => {
+  it("listen on loopback only, and DynamoDB Local not in the host's network at all", () => {
     // This stack's DynamoDB Local (other stacks may run on a shared machine): the Java process started below this one.
     const cmdline = (pid: number) => {
       try {
@@ -258,13 +290,21 @@ describe('the local back-end services', () => {
     };
     const java = descendants(process.pid).filter((pid) => cmdline(pid).includes('DynamoDBLocal.jar'));
     assert.equal(java.length, 1, 'the stack runs one DynamoDB Local');
-    assert.notEqual(readlinkSync(`/proc/${java[0]}/ns/net`), readlinkSync('/proc/self/ns/net'), 'DynamoDB Local (which checks no signature) is in the host network namespace');
+    assert.notEqual(
+      readlinkSync(`/proc/${java[0]}/ns/net`),
+      readlinkSync('/proc/self/ns/net'),
+      'DynamoDB Local (which checks no signature) is in the host network namespace',
+    );
     const listeners = execFileSync('ss', ['-ltnpH'], { encoding: 'utf8' }).split('\n').filter(Boolean);
     for (const url of [stack.dynamodb.endpoint, stack.s3.url, stack.ssm.url]) {
       const port = new URL(url).port;
       const bound = listeners.map((l) => l.split(/\s+/)[3]!).filter((local) => local.endsWith(`:${port}`));
       assert.ok(bound.length > 0, `nothing listens on ${url}`);
-      assert.deepEqual(bound.filter((local) => !local.startsWith('127.0.0.1:')), [], `${url} also listens beyond loopback`);
+      assert.deepEqual(
+        bound.filter((local) => !local.startsWith('127.0.0.1:')),
+        [],
+        `${url} also listens beyond loopback`,
+      );
     }
   });
 
@@ -280,7 +320,11 @@ describe('the local back-end services', () => {
       assert.ok(!cmdline.includes(secretAccessKey), `process ${pid} has the secret on its command line: ${cmdline.replace(/\0/g, ' ').slice(0, 200)}`);
     }
     const stateFile = join(work, 'state', 'stack.json');
-    assert.equal(JSON.parse(readFileSync(stateFile, 'utf8')).credentials?.secretAccessKey, secretAccessKey, 'npm run keys finds the credentials in the state file');
+    assert.equal(
+      JSON.parse(readFileSync(stateFile, 'utf8')).credentials?.secretAccessKey,
+      secretAccessKey,
+      'npm run keys finds the credentials in the state file',
+    );
     const results = await runProbe('user', [], [stateFile, `/proc/${process.pid}/environ`, `/proc/${stack.s3.pid}/environ`]);
     for (const [name, r] of Object.entries(results)) assert.ok('error' in r, `${name} is readable by an unprivileged user`);
   });

@@ -169,7 +169,10 @@ describe('between sandboxes', () => {
     for (const id of created) {
       const info = await inspect(id);
       assert.deepEqual(info.HostConfig.PortBindings ?? {}, {});
-      assert.ok(Object.values(info.NetworkSettings.Ports ?? {}).every((bindings) => !bindings || bindings.length === 0), id);
+      assert.ok(
+        Object.values(info.NetworkSettings.Ports ?? {}).every((bindings) => !bindings || bindings.length === 0),
+        id,
+      );
     }
   });
 });
@@ -179,7 +182,10 @@ describe('network: "none"', () => {
     const id = await createSandbox({ network: 'none' });
     const info = await inspect(id);
     assert.equal(info.HostConfig.NetworkMode, 'none');
-    const res = await api.exec(id, 'ls /sys/class/net; echo ---; tail -n +2 /proc/net/route; echo ---; tail -n +2 /proc/net/ipv6_route 2>/dev/null | grep -v " lo$" || true');
+    const res = await api.exec(
+      id,
+      'ls /sys/class/net; echo ---; tail -n +2 /proc/net/route; echo ---; tail -n +2 /proc/net/ipv6_route 2>/dev/null | grep -v " lo$" || true',
+    );
     assert.equal(res.status, 200, res.text);
     const [ifaces, routes, routes6] = res.body.stdout.split('---\n');
     assert.equal(ifaces, 'lo\n');
@@ -199,7 +205,10 @@ describe('the host firewall at daemon start', () => {
     execFileSync('iptables', ['-w', '10', '-D', 'INPUT', '-i', bridge, '-j', `SBX-IN-${bridge}`]);
     try {
       const broken = await checkEgressRules(config);
-      assert.ok(broken.missing.some((m) => m.includes(`-I INPUT -i ${bridge} -j SBX-IN-${bridge}`)), broken.missing.join('\n'));
+      assert.ok(
+        broken.missing.some((m) => m.includes(`-I INPUT -i ${bridge} -j SBX-IN-${bridge}`)),
+        broken.missing.join('\n'),
+      );
     } finally {
       await stack.stopDaemon();
       const since = Date.now();
@@ -219,7 +228,11 @@ async function refusalLogged(sandboxId: string, target: string): Promise<void> {
   while (Date.now() < deadline) {
     const res = await api.call('GET', `/sandboxes/${sandboxId}/network/log`);
     last = res.text;
-    if (res.status === 200 && res.body.decisions.some((d: { kind: string; target: string; verdict: string }) => d.kind === 'address' && d.target === target && d.verdict === 'refused')) return;
+    if (
+      res.status === 200 &&
+      res.body.decisions.some((d: { kind: string; target: string; verdict: string }) => d.kind === 'address' && d.target === target && d.verdict === 'refused')
+    )
+      return;
     await new Promise((r) => setTimeout(r, 200));
   }
   assert.fail(`no refusal of ${target} in the egress log of ${sandboxId}: ${last}`);

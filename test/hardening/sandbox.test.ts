@@ -73,7 +73,12 @@ describe('what runs in a sandbox', () => {
 
   it('has no capabilities at all, no new privileges, and a seccomp filter', async () => {
     const out = await run(id, 'grep -E "^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):" /proc/self/status');
-    const status = Object.fromEntries(out.stdout.trim().split('\n').map((l) => l.split(/:\s+/) as [string, string]));
+    const status = Object.fromEntries(
+      out.stdout
+        .trim()
+        .split('\n')
+        .map((l) => l.split(/:\s+/) as [string, string]),
+    );
     assert.deepEqual(status, {
       CapInh: '0000000000000000',
       CapPrm: '0000000000000000',
@@ -150,7 +155,10 @@ describe('what runs in a sandbox', () => {
     assert.deepEqual(info.Mounts.map((m: any) => m.Destination).sort(), ['/data/cold', '/home/agent', '/run/sandbox/io']);
     // The commands' stdio pipes: the sandbox can open the FIFOs in it, never add to or change the directory.
     assert.equal(info.Mounts.find((m: any) => m.Destination === '/run/sandbox/io')?.RW, false);
-    assert.ok(info.Mounts.every((m: any) => m.Source.startsWith(stack.stateDir + '/')), 'only its own state is mounted');
+    assert.ok(
+      info.Mounts.every((m: any) => m.Source.startsWith(stack.stateDir + '/')),
+      'only its own state is mounted',
+    );
   });
 });
 

@@ -47,7 +47,11 @@ describe('cwd side channel', () => {
   function extract(stream: Buffer, chunk: number) {
     const data: Buffer[] = [];
     const cwds: string[] = [];
-    const extractor = new CwdMarkerExtractor(cwdMarkerPrefix(nonce), (b) => data.push(Buffer.from(b)), (c) => cwds.push(c));
+    const extractor = new CwdMarkerExtractor(
+      cwdMarkerPrefix(nonce),
+      (b) => data.push(Buffer.from(b)),
+      (c) => cwds.push(c),
+    );
     for (let i = 0; i < stream.length; i += chunk) extractor.push(stream.subarray(i, i + chunk));
     extractor.end();
     return { data: Buffer.concat(data).toString('utf8'), cwds };
@@ -69,7 +73,11 @@ describe('cwd side channel', () => {
 
   it('passes a line on at once, holding back only an end that could begin a record', () => {
     const seen: string[] = [];
-    const extractor = new CwdMarkerExtractor(cwdMarkerPrefix(nonce), (d) => seen.push(d.toString('utf8')), () => undefined);
+    const extractor = new CwdMarkerExtractor(
+      cwdMarkerPrefix(nonce),
+      (d) => seen.push(d.toString('utf8')),
+      () => undefined,
+    );
     extractor.push(Buffer.from('first line\n'));
     assert.deepEqual(seen, ['first line\n'], 'a command following its output sees the line while the command runs');
     const prefix = cwdMarkerPrefix(nonce);
@@ -111,6 +119,6 @@ describe('host configuration', () => {
   });
 
   it('parses quoted values and ignores junk lines', () => {
-    assert.deepEqual(parseEnvFile("A='x y'\nnot a line\nB=\"q\"\n"), { A: 'x y', B: 'q' });
+    assert.deepEqual(parseEnvFile('A=\'x y\'\nnot a line\nB="q"\n'), { A: 'x y', B: 'q' });
   });
 });

@@ -40,7 +40,7 @@ async function ipOf(sandboxId: string): Promise<string> {
 
 /** Tries a TCP connection from inside a sandbox; `open` only when the peer answered. */
 async function probe(sandboxId: string, ip: string, port: number): Promise<'open' | 'closed'> {
-  const result = (await host.exec(sandboxId, `timeout 3 bash -c 'exec 3<>/dev/tcp/${ip}/${port}; head -c 64 <&3' 2>/dev/null && echo :open || echo :closed`));
+  const result = await host.exec(sandboxId, `timeout 3 bash -c 'exec 3<>/dev/tcp/${ip}/${port}; head -c 64 <&3' 2>/dev/null && echo :open || echo :closed`);
   return result.stdout.trim().endsWith(':open') ? 'open' : 'closed';
 }
 
@@ -113,7 +113,10 @@ describe('sandbox network', () => {
     // Against the old configuration the allow rules are extra: the check says so.
     host.env = {};
     const stale = await checkEgressRules(config());
-    assert.ok(stale.missing.some((line) => line.includes('extra or reordered')), JSON.stringify(stale.missing));
+    assert.ok(
+      stale.missing.some((line) => line.includes('extra or reordered')),
+      JSON.stringify(stale.missing),
+    );
     await ensureSandboxNetwork(config(), new DockerClient('/var/run/docker.sock'), { recheck: true });
     assert.equal(await probe(first, gateway, hostPort), 'closed');
   });
@@ -124,7 +127,10 @@ describe('sandbox network', () => {
     await hostCommand('iptables', ['-D', 'INPUT', '-i', bridge!, '-j', `SBX-IN-${bridge}`]);
     const broken = await checkEgressRules(config());
     assert.ok(broken.missing.includes(`-A SBX-OPEN-${bridge} -d 169.254.0.0/16 -j DROP`), JSON.stringify(broken.missing));
-    assert.ok(broken.missing.some((line) => line.startsWith(`-I INPUT -i ${bridge} -j SBX-IN-${bridge}`)), JSON.stringify(broken.missing));
+    assert.ok(
+      broken.missing.some((line) => line.startsWith(`-I INPUT -i ${bridge} -j SBX-IN-${bridge}`)),
+      JSON.stringify(broken.missing),
+    );
     await ensureSandboxNetwork(config(), new DockerClient('/var/run/docker.sock'), { recheck: true });
     assert.deepEqual((await checkEgressRules(config())).missing, []);
   });
@@ -133,7 +139,7 @@ describe('sandbox network', () => {
     const isolated = await host.createSandbox({ network: 'none' });
     const info = await docker.getContainer(isolated).inspect();
     assert.equal(info.HostConfig.NetworkMode, 'none');
-    const result = (await host.exec(isolated, 'ls /sys/class/net; tail -n +2 /proc/net/route | wc -l'));
+    const result = await host.exec(isolated, 'ls /sys/class/net; tail -n +2 /proc/net/route | wc -l');
     assert.equal(result.stdout, 'lo\n0\n');
     assert.equal(await probe(isolated, gateway, hostPort), 'closed');
   });
@@ -146,11 +152,11 @@ describe('sandbox network', () => {
     assert.doesNotMatch(await hostCommand('iptables', ['-t', 'nat', '-S', c.natPolicy]), new RegExp(`-s ${ip.replace(/\./g, '\\.')}/32`));
     // Redirected to the egress proxy's port on the gateway, where (no daemon in this test) nothing listens: refused at
     // once, where an unredirected packet to this unrouted address would wait for the timeout.
-    const result = (await host.exec(fenced, `curl -sS -m 5 -o /dev/null https://203.0.113.1/ 2>&1; echo "rc=$?"`));
+    const result = await host.exec(fenced, `curl -sS -m 5 -o /dev/null https://203.0.113.1/ 2>&1; echo "rc=$?"`);
     assert.match(result.stdout, /rc=7\n$/);
   });
 
-  it('gives an address Docker hands out again the policy of its new sandbox, not the departed one\'s fast path', async () => {
+  it("gives an address Docker hands out again the policy of its new sandbox, not the departed one's fast path", async () => {
     const { bridge } = await checkEgressRules(config());
     const c = chainNames(bridge!);
     const leaving = await host.createSandbox();

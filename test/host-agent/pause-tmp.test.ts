@@ -26,8 +26,7 @@ async function sh(id: string, command: string, user = 'agent'): Promise<string> 
 }
 
 /** Every entry below /tmp: type, mode, size, mtime, link target, and a hash of each regular file. */
-const snapshotCommand =
-  "find /tmp -mindepth 1 -printf '%y %m %s %T@ %n %p -> %l\\n' | sort; find /tmp -type f -exec sha256sum {} + | sort";
+const snapshotCommand = "find /tmp -mindepth 1 -printf '%y %m %s %T@ %n %p -> %l\\n' | sort; find /tmp -type f -exec sha256sum {} + | sort";
 
 const archivePath = (id: string) => join(host.stateDir, 'sandboxes', id, 'tmp.tar');
 const running = async (id: string) => (await docker.getContainer(id).inspect()).State.Running;
@@ -54,7 +53,10 @@ describe('/tmp across pause and resume', () => {
 
     const paused = await host.ok('pause', { sandboxId: id });
     assert.equal(paused.paused, true);
-    assert.ok(paused.tmp && paused.tmp.bytes > 3_000_000 && paused.tmp.bytes < 4_000_000, `archive of ${paused.tmp?.bytes} bytes (the sparse file must stay sparse)`);
+    assert.ok(
+      paused.tmp && paused.tmp.bytes > 3_000_000 && paused.tmp.bytes < 4_000_000,
+      `archive of ${paused.tmp?.bytes} bytes (the sparse file must stay sparse)`,
+    );
     assert.deepEqual(paused.tmp.warnings, []);
     assert.equal(await running(id), false);
     const archive = await stat(archivePath(id));
@@ -94,7 +96,10 @@ describe('/tmp across pause and resume', () => {
     assert.doesNotMatch(listing, /root:x:0:0/);
 
     await host.ok('resume', { sandboxId: id });
-    const links = await sh(id, 'for l in passwd rootlink dangling statelink d/relative; do printf "%s %s\\n" "$(stat -c %F "$l")" "$(readlink "$l")"; done; grep -c "^agent:" /tmp/passwd');
+    const links = await sh(
+      id,
+      'for l in passwd rootlink dangling statelink d/relative; do printf "%s %s\\n" "$(stat -c %F "$l")" "$(readlink "$l")"; done; grep -c "^agent:" /tmp/passwd',
+    );
     assert.equal(
       links,
       `symbolic link /etc/passwd\nsymbolic link /\nsymbolic link ${hostOnly}\nsymbolic link ${sandboxState}\nsymbolic link ../passwd\n1\n`,
@@ -123,7 +128,11 @@ describe('/tmp across pause and resume', () => {
   it('keeps a /tmp filled to its size limit', async () => {
     const small = host.createRequest();
     await host.ok('create', small, { SANDBOX_TMP_MB: '16' });
-    const full = await host.exec(small.sandboxId, 'echo small > /tmp/a; head -c 20000000 /dev/urandom > /tmp/fill; echo "exit $?"; stat -c %s /tmp/fill; df -k /tmp | tail -1', { cwd: '/tmp' });
+    const full = await host.exec(
+      small.sandboxId,
+      'echo small > /tmp/a; head -c 20000000 /dev/urandom > /tmp/fill; echo "exit $?"; stat -c %s /tmp/fill; df -k /tmp | tail -1',
+      { cwd: '/tmp' },
+    );
     assert.match(full.stdout, /^exit 1\n/, 'the tmpfs is full');
     assert.match(full.stderr, /No space left on device/);
     const size = Number(full.stdout.split('\n')[1]);
@@ -170,7 +179,11 @@ describe('/tmp across pause and resume', () => {
     await sh(id, 'echo back > /tmp/nobody-open/from-agent');
     // What each owner sees: the sandbox user cannot read nobody's files, nobody cannot read some of the sandbox user's.
     const view = (user: string) =>
-      sh(id, "find /tmp -mindepth 1 -printf '%u:%g %m %y %T@ %P\\n' 2>/dev/null | sort; find /tmp -type f -readable -exec sha256sum {} + 2>/dev/null | sort", user);
+      sh(
+        id,
+        "find /tmp -mindepth 1 -printf '%u:%g %m %y %T@ %P\\n' 2>/dev/null | sort; find /tmp -type f -readable -exec sha256sum {} + 2>/dev/null | sort",
+        user,
+      );
     const before = { agent: await view('agent'), nobody: await view('nobody') };
     assert.match(before.nobody, /nobody:nogroup 600 f 981173106\.0+ nobody-secret/);
     assert.match(before.nobody, /nobody:nogroup 700 d \S+ nobody-dir\n/);
@@ -181,7 +194,10 @@ describe('/tmp across pause and resume', () => {
 
     assert.equal(await view('agent'), before.agent);
     assert.equal(await view('nobody'), before.nobody);
-    assert.equal(await sh(id, 'cat /tmp/nobody-secret /tmp/nobody-dir/sub/deep /tmp/shared/from-nobody /tmp/agent-dir/from-nobody', 'nobody'), 'secret\ndeep\ntheirs\ninside\n');
+    assert.equal(
+      await sh(id, 'cat /tmp/nobody-secret /tmp/nobody-dir/sub/deep /tmp/shared/from-nobody /tmp/agent-dir/from-nobody', 'nobody'),
+      'secret\ndeep\ntheirs\ninside\n',
+    );
     assert.equal(await sh(id, 'cat /tmp/nobody-open/from-agent /tmp/mine.txt'), 'back\nmine\n');
     await host.ok('destroy', { sandboxId: id, graceful: false });
   });
@@ -193,7 +209,10 @@ describe('/tmp across pause and resume', () => {
     await sh(id, 'chmod 0755 /tmp/was-open');
     await host.ok('pause', { sandboxId: id });
     const resumed = await host.ok('resume', { sandboxId: id });
-    assert.match(resumed.tmp?.warnings?.join('\n') ?? '', /files of 65534:65534 not restored: tar as 65534:65534 exited 2: .*was-open\/from-nobody: Cannot open: Permission denied/s);
+    assert.match(
+      resumed.tmp?.warnings?.join('\n') ?? '',
+      /files of 65534:65534 not restored: tar as 65534:65534 exited 2: .*was-open\/from-nobody: Cannot open: Permission denied/s,
+    );
     assert.equal(await sh(id, 'cat /tmp/mine.txt /tmp/nobody-top; ls -A /tmp/was-open'), 'mine\ntop\n');
     assert.equal(existsSync(archivePath(id)), false, 'the archive is not kept for a restore that cannot succeed');
     await host.ok('destroy', { sandboxId: id, graceful: false });
@@ -211,8 +230,16 @@ describe('/tmp across pause and resume', () => {
     assert.match(!refused.envelope.ok ? refused.envelope.error.message : '', /passed 2097152 bytes.*keeps running/);
     assert.equal(await running(id), true);
     assert.equal(await sh(id, 'cat /tmp/keep; ls /tmp/many | wc -l'), 'keep\n3000\n');
-    assert.equal(await sh(id, 'for p in /proc/[0-9]*; do cat "$p/comm" 2>/dev/null; done | grep -cx tar || true'), '0\n', 'the stopped tar is not left running');
-    assert.deepEqual((await readdir(join(host.stateDir, 'sandboxes', id))).filter((name) => name.startsWith('tmp')), [], 'no archive, not even a partial one, is left on the host');
+    assert.equal(
+      await sh(id, 'for p in /proc/[0-9]*; do cat "$p/comm" 2>/dev/null; done | grep -cx tar || true'),
+      '0\n',
+      'the stopped tar is not left running',
+    );
+    assert.deepEqual(
+      (await readdir(join(host.stateDir, 'sandboxes', id))).filter((name) => name.startsWith('tmp')),
+      [],
+      'no archive, not even a partial one, is left on the host',
+    );
 
     await sh(id, 'rm -r /tmp/many');
     assert.equal((await host.ok('pause', { sandboxId: id })).paused, true);
@@ -235,7 +262,10 @@ describe('/tmp across pause and resume', () => {
     assert.equal(failed.envelope.ok, false);
     const error = !failed.envelope.ok ? failed.envelope.error : { code: '', message: '' };
     assert.equal(error.code, 'storage_error');
-    assert.match(error.message, /is running again but its \/tmp was not restored \(tar exited 2: [\s\S]*\); the archive is kept on the host and the next start retries/);
+    assert.match(
+      error.message,
+      /is running again but its \/tmp was not restored \(tar exited 2: [\s\S]*\); the archive is kept on the host and the next start retries/,
+    );
     assert.equal(await running(id), true, 'the sandbox is usable');
     assert.equal(await sh(id, 'echo alive'), 'alive\n');
     assert.equal(existsSync(archivePath(id)), true);

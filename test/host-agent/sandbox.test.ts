@@ -48,10 +48,7 @@ describe('create', () => {
     assert.match(info.HostConfig.Tmpfs?.['/tmp'] ?? '', /nosuid,nodev/);
     assert.deepEqual(info.HostConfig.PortBindings ?? {}, {});
     assert.ok(!JSON.stringify(info.Mounts).includes('docker.sock'));
-    assert.deepEqual(
-      info.Mounts.map((m) => m.Destination).sort(),
-      ['/data/cold', '/home/agent', '/run/sandbox/io'],
-    );
+    assert.deepEqual(info.Mounts.map((m) => m.Destination).sort(), ['/data/cold', '/home/agent', '/run/sandbox/io']);
     // Commands' stdio FIFOs: the sandbox may open them, never add, remove or replace one.
     assert.equal(info.Mounts.find((m) => m.Destination === '/run/sandbox/io')?.RW, false);
     assert.equal(info.Config.Labels[containerLabels.owner], ownerLabelValue);

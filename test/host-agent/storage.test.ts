@@ -59,7 +59,7 @@ describe('storage tiers through the lifecycle', () => {
 
     const created = await host.ok('create', request);
     assert.ok((created.hotSync?.downloaded ?? 0) >= 1, JSON.stringify(created));
-    const seen = (await host.exec(sandboxId, 'cat ~/notes.txt /data/cold/dataset.csv; echo written > ~/new.txt'));
+    const seen = await host.exec(sandboxId, 'cat ~/notes.txt /data/cold/dataset.csv; echo written > ~/new.txt');
     assert.equal(seen.stdout, 'from the hot tier\na,b\n1,2\n', seen.stderr);
 
     const synced = await host.ok('sync', { sandboxId, storage });
@@ -71,7 +71,7 @@ describe('storage tiers through the lifecycle', () => {
     assert.equal(mountedUnder(sandboxDir), false, 'pause unmounts the cold tier');
     assert.equal(await objectText(`${storage.hotPrefix}paused.txt`), 'before-pause\n');
     await host.ok('resume', { sandboxId, storage });
-    const back = (await host.exec(sandboxId, 'cat ~/paused.txt /data/cold/dataset.csv; echo last > ~/last.txt'));
+    const back = await host.exec(sandboxId, 'cat ~/paused.txt /data/cold/dataset.csv; echo last > ~/last.txt');
     assert.equal(back.stdout, 'before-pause\na,b\n1,2\n', back.stderr);
 
     const destroyed = await host.ok('destroy', { sandboxId, graceful: true, storage });

@@ -46,9 +46,7 @@ before(async () => {
       };
       requests.push(recorded);
       const answer =
-        recorded.apiKey === token
-          ? respond(recorded, requests.length)
-          : { status: 401, body: { error: { code: 'unauthorized', message: 'invalid key' } } };
+        recorded.apiKey === token ? respond(recorded, requests.length) : { status: 401, body: { error: { code: 'unauthorized', message: 'invalid key' } } };
       // Status 0: drop the connection without an answer, as a crashing proxy would.
       if (answer.status === 0) return void req.socket.destroy();
       res.writeHead(answer.status, { 'content-type': 'application/json', ...answer.headers });

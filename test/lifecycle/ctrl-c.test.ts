@@ -59,7 +59,12 @@ function processTree(root: number): Map<number, string> {
 
 function environ(pid: number): Record<string, string> {
   const raw = readFileSync(`/proc/${pid}/environ`, 'utf8');
-  return Object.fromEntries(raw.split('\0').filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+  return Object.fromEntries(
+    raw
+      .split('\0')
+      .filter(Boolean)
+      .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+  );
 }
 
 interface Started {
@@ -116,7 +121,12 @@ async function ctrlC(s: Started): Promise<{ code: number | null; tree: Map<numbe
   return { code: code as number | null, tree };
 }
 
-async function assertNothingLeft(host: { hostId: string; stateDir: string; network: string; tmp: string }, bridge: string, tree: Map<number, string>, output: string) {
+async function assertNothingLeft(
+  host: { hostId: string; stateDir: string; network: string; tmp: string },
+  bridge: string,
+  tree: Map<number, string>,
+  output: string,
+) {
   // Processes: every one of the stack's tree is gone (the engines' helpers included), and none works on its state.
   await waitFor(
     'every process of the stack to exit',
@@ -130,21 +140,35 @@ async function assertNothingLeft(host: { hostId: string; stateDir: string; netwo
     const alive = [...tree].filter(([pid, start]) => table.get(pid)?.start === start).map(([pid]) => `${pid}: ${table.get(pid)?.cmdline}`);
     throw new Error(`${err.message}\nstill running:\n${alive.join('\n')}\noutput:\n${output}`);
   });
-  const strays = [...processTable()].filter(([, p]) => p.cmdline.includes(host.stateDir) || p.cmdline.includes(host.tmp)).map(([pid, p]) => `${pid}: ${p.cmdline}`);
-  assert.deepEqual(strays, [], 'processes still work on the stack\'s state');
+  const strays = [...processTable()]
+    .filter(([, p]) => p.cmdline.includes(host.stateDir) || p.cmdline.includes(host.tmp))
+    .map(([pid, p]) => `${pid}: ${p.cmdline}`);
+  assert.deepEqual(strays, [], "processes still work on the stack's state");
 
   const containers = await docker.listContainers({ all: true, filters: { label: [`${containerLabels.hostId}=${host.hostId}`] } });
-  assert.deepEqual(containers.map((c) => c.Names), [], 'containers of the stack are left');
+  assert.deepEqual(
+    containers.map((c) => c.Names),
+    [],
+    'containers of the stack are left',
+  );
   await assert.rejects(docker.getNetwork(host.network).inspect(), /no such network|404/i, `the network ${host.network} is left`);
   for (const save of ['iptables-save', 'ip6tables-save']) {
-    const rules = execFileSync(save, ['-t', 'filter'], { encoding: 'utf8' }).split('\n').filter((l) => l.includes(bridge));
+    const rules = execFileSync(save, ['-t', 'filter'], { encoding: 'utf8' })
+      .split('\n')
+      .filter((l) => l.includes(bridge));
     assert.deepEqual(rules, [], `${save}: firewall chains or rules of ${bridge} are left`);
   }
-  const mounts = readFileSync('/proc/mounts', 'utf8').split('\n').filter((l) => l.includes(host.stateDir) || l.includes(host.tmp));
+  const mounts = readFileSync('/proc/mounts', 'utf8')
+    .split('\n')
+    .filter((l) => l.includes(host.stateDir) || l.includes(host.tmp));
   assert.deepEqual(mounts, [], 'mounts are left');
   assert.equal(existsSync(host.stateDir), false, `the state directory ${host.stateDir} is left`);
   // tsx keeps its compile cache in TMPDIR and build-image.sh its lock file; everything else the stack made there must be gone.
-  assert.deepEqual(readdirSync(host.tmp).filter((e) => !e.startsWith('tsx-') && e !== 'ephemeral-sandbox-build-image.lock'), [], 'temporary directories (S3 data, engine sockets, SSM scripts) are left');
+  assert.deepEqual(
+    readdirSync(host.tmp).filter((e) => !e.startsWith('tsx-') && e !== 'ephemeral-sandbox-build-image.lock'),
+    [],
+    'temporary directories (S3 data, engine sockets, SSM scripts) are left',
+  );
   assert.equal(existsSync(stateFile), false, `${stateFile} is left`);
   await docker.ping();
 }
@@ -175,7 +199,12 @@ describe('Ctrl-C on npm start', () => {
     const s = startStack();
     leftovers.push({ tmp: s.tmp });
     const host = await hostOf(s);
-    const ready = await waitFor('npm start to print its API URL and key', async () => /API URL:\s+(\S+)\s+API key:\s+(\S+)/.exec(s.output()) ?? undefined, 120_000, 100);
+    const ready = await waitFor(
+      'npm start to print its API URL and key',
+      async () => /API URL:\s+(\S+)\s+API key:\s+(\S+)/.exec(s.output()) ?? undefined,
+      120_000,
+      100,
+    );
     const api = apiClient(ready[1]!, ready[2]!);
     const created = await api.create('ctrl-c-user');
     assert.equal(created.status, 201, created.text);
@@ -190,13 +219,18 @@ describe('Ctrl-C on npm start', () => {
 });
 
 describe('the Docker engine as scripts/setup-host.sh starts it', () => {
-  it('outlives a Ctrl-C of the process group that started it (a sleep stands in for dockerd: this machine\'s engine is shared)', async () => {
+  it("outlives a Ctrl-C of the process group that started it (a sleep stands in for dockerd: this machine's engine is shared)", async () => {
     assert.match(readFileSync(join(repoRoot, 'scripts', 'setup-host.sh'), 'utf8'), /start-daemon\.sh" \/var\/log\/dockerd\.log dockerd/);
     const log = join(mkdtempSync(join(tmpdir(), 'start-daemon-')), 'daemon.log');
     const marker = `${Date.now()}${process.pid}`;
     // As npm start runs setup-host.sh: a foreground group that goes on after starting the daemon.
     const group = spawn('bash', ['-c', `bash scripts/start-daemon.sh ${log} sleep 3${marker}; sleep 60`], { cwd: repoRoot, detached: true, stdio: 'ignore' });
-    const daemon = await waitFor('the stand-in daemon to start', async () => [...processTable()].find(([, p]) => p.cmdline === `sleep 3${marker} `)?.[0], 10_000, 50);
+    const daemon = await waitFor(
+      'the stand-in daemon to start',
+      async () => [...processTable()].find(([, p]) => p.cmdline === `sleep 3${marker} `)?.[0],
+      10_000,
+      50,
+    );
     const exited = new Promise((r) => group.once('exit', r));
     process.kill(-group.pid!, 'SIGINT');
     await exited;

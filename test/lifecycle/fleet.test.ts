@@ -73,7 +73,11 @@ describe('a fleet that rests at zero (EC2 Auto Scaling stood in by a local endpo
     assert.equal(view.body.status_detail, undefined);
 
     // A host with sandboxes is protected from scale-in, so only empty or drained hosts go.
-    await waitFor('the host to be protected from scale-in', async () => stack.autoScaling!.describe().instances.find((i) => i.id === host!.hostId)?.protectedFromScaleIn, 30_000);
+    await waitFor(
+      'the host to be protected from scale-in',
+      async () => stack.autoScaling!.describe().instances.find((i) => i.id === host!.hostId)?.protectedFromScaleIn,
+      30_000,
+    );
   });
 
   it('keeps a sandbox, its cold mount and its data when the host daemon is killed and restarted by its service', async () => {
@@ -124,10 +128,14 @@ describe('a fleet that rests at zero (EC2 Auto Scaling stood in by a local endpo
     await autoScaling().send(new TerminateInstanceInAutoScalingGroupCommand({ InstanceId: hostId, ShouldDecrementDesiredCapacity: true }));
     await waitFor('the host to be draining', async () => (await getHost(hostId))?.status === 'draining', 30_000);
 
-    const ended = await waitFor('the sandbox to end', async () => {
-      const r = await record(sandboxId);
-      return ['stopped', 'failed', 'expired'].includes(r.status) ? r : undefined;
-    }, 120_000);
+    const ended = await waitFor(
+      'the sandbox to end',
+      async () => {
+        const r = await record(sandboxId);
+        return ['stopped', 'failed', 'expired'].includes(r.status) ? r : undefined;
+      },
+      120_000,
+    );
     assert.equal(ended.stop_reason, 'host_draining');
     assert.equal(await s3Text(stack, hotPrefix(stack, user) + 'drained.txt'), 'before the drain\n', 'its home was synced before it ended');
 
@@ -150,7 +158,11 @@ describe('a fleet that rests at zero (EC2 Auto Scaling stood in by a local endpo
     assert.equal((await getHost(host.hostId))?.status, 'lost');
     const health = stack.autoScaling!.calls.find((c) => c.action === 'SetInstanceHealth' && c.params.InstanceId === host.hostId);
     assert.equal(health?.params.HealthStatus, 'Unhealthy', 'the reaper reported the lost host to its group');
-    await waitFor('the group to replace it', async () => stack.hosts().some((h) => h.hostId !== host.hostId) && !stack.hosts().some((h) => h.hostId === host.hostId), 120_000);
+    await waitFor(
+      'the group to replace it',
+      async () => stack.hosts().some((h) => h.hostId !== host.hostId) && !stack.hosts().some((h) => h.hostId === host.hostId),
+      120_000,
+    );
   });
 
   it('fails a create that no host can take with no_capacity once its wait is over, leaving nothing behind', async () => {
@@ -162,7 +174,12 @@ describe('a fleet that rests at zero (EC2 Auto Scaling stood in by a local endpo
     assert.equal(res.body.status_detail, 'waiting_for_capacity');
     // CAPACITY_WAIT_SECONDS (240 here) passing, without waiting it out: the wait's deadline moves to now.
     await dynamo().send(
-      new UpdateCommand({ TableName: config().tables.sandboxes, Key: { sandbox_id: id }, UpdateExpression: 'SET deadline_at = :now', ExpressionAttributeValues: { ':now': Date.now() } }),
+      new UpdateCommand({
+        TableName: config().tables.sandboxes,
+        Key: { sandbox_id: id },
+        UpdateExpression: 'SET deadline_at = :now',
+        ExpressionAttributeValues: { ':now': Date.now() },
+      }),
     );
     const failed = await waitForStatus(id, 'failed', 30_000);
     assert.equal(failed.stop_reason, 'no_capacity');

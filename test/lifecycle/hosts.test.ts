@@ -43,7 +43,11 @@ before(async () => {
   api = apiClient(stack.url, stack.apiKey);
 });
 after(async () => {
-  for (const name of extraContainers) await docker.getContainer(name).remove({ force: true }).catch(() => undefined);
+  for (const name of extraContainers)
+    await docker
+      .getContainer(name)
+      .remove({ force: true })
+      .catch(() => undefined);
   for (const id of made) await api?.destroy(id, false).catch(() => undefined);
   await stack?.close();
 });
@@ -74,7 +78,6 @@ async function startLabelled(name: string, labels: Record<string, string>): Prom
   await container.start();
 }
 
-
 describe('the host daemon', () => {
   it('registers its host (instance id, capacity, running sandboxes) and heartbeats it', async () => {
     const id = await create(uniqueUser('register'));
@@ -84,10 +87,14 @@ describe('the host daemon', () => {
     assert.ok(first!.capacity.cpu_milli > 0 && first!.capacity.memory_mb > 0 && first!.capacity.disk_mb > 0, JSON.stringify(first!.capacity));
     assert.deepEqual(Object.keys(first!.allocations), [id], 'its one sandbox holds an allocation');
     assert.match(first!.host_id, /^mi-[0-9a-f]{17}$/);
-    const later = await waitFor('two more heartbeats', async () => {
-      const h = await getHost(stack.hostId);
-      return h && h.last_heartbeat_at >= first!.last_heartbeat_at + 2 * heartbeatMs ? h : undefined;
-    }, 10_000);
+    const later = await waitFor(
+      'two more heartbeats',
+      async () => {
+        const h = await getHost(stack.hostId);
+        return h && h.last_heartbeat_at >= first!.last_heartbeat_at + 2 * heartbeatMs ? h : undefined;
+      },
+      10_000,
+    );
     const running = await docker.listContainers({ filters: { label: [`${containerLabels.hostId}=${stack.hostId}`] } });
     assert.equal(later.running_sandboxes, running.length);
     assert.ok(running.some((c) => c.Names.includes(`/${id}`)));
@@ -117,10 +124,14 @@ describe('the host daemon', () => {
     await writeHome(id, 'before-exit.txt', 'kept although the container died');
     // The container's init dies (as an OOM kill of it would): the container exits; nothing asked for it.
     await docker.getContainer(id).kill({ signal: 'SIGKILL' });
-    const ended = await waitFor('the sandbox to end', async () => {
-      const r = await record(id);
-      return ['stopped', 'failed', 'expired'].includes(r.status) ? r : undefined;
-    }, heartbeatMs + reaperPeriodMs + marginMs * 3);
+    const ended = await waitFor(
+      'the sandbox to end',
+      async () => {
+        const r = await record(id);
+        return ['stopped', 'failed', 'expired'].includes(r.status) ? r : undefined;
+      },
+      heartbeatMs + reaperPeriodMs + marginMs * 3,
+    );
     assert.deepEqual([ended.status, ended.stop_reason], ['stopped', 'container_exited']);
     assert.match(ended.stop_detail ?? '', /exited on its own/);
     assert.equal(await s3Text(stack, hotPrefix(stack, user) + 'before-exit.txt'), 'kept although the container died\n');
@@ -133,14 +144,23 @@ describe('the host daemon', () => {
     const otherHosts = newSandboxId();
     // The grace runs from the orphan's creation: timed from here, not after the slower starts below.
     const started = Date.now();
-    await startLabelled(orphan, { [containerLabels.hostId]: stack.hostId, [containerLabels.sandboxId]: orphan, [containerLabels.tenantId]: 't', [containerLabels.userId]: 'u' });
+    await startLabelled(orphan, {
+      [containerLabels.hostId]: stack.hostId,
+      [containerLabels.sandboxId]: orphan,
+      [containerLabels.tenantId]: 't',
+      [containerLabels.userId]: 'u',
+    });
     await startLabelled(oddName, { [containerLabels.hostId]: stack.hostId });
     await startLabelled(otherHosts, { [containerLabels.hostId]: 'mi-00000000000000bee', [containerLabels.sandboxId]: otherHosts });
     // Docker reports creation times in whole seconds: look well inside the grace.
     await sleep(Math.max(0, started + graceSeconds * 1000 - 1500 - Date.now()));
     assert.equal(await containerExists(orphan), true, 'kept during the grace period (a create may still be recording it)');
 
-    await waitFor('the orphans to be removed', async () => !(await containerExists(orphan)) && !(await containerExists(oddName)), graceSeconds * 1000 + heartbeatMs + marginMs);
+    await waitFor(
+      'the orphans to be removed',
+      async () => !(await containerExists(orphan)) && !(await containerExists(oddName)),
+      graceSeconds * 1000 + heartbeatMs + marginMs,
+    );
     assert.ok(Date.now() - started <= graceSeconds * 1000 + heartbeatMs + marginMs);
     await sleep(2 * heartbeatMs);
     assert.equal(await containerExists(otherHosts), true, "another host's container is not this daemon's to remove");
@@ -169,10 +189,14 @@ describe('a host that stops heartbeating', () => {
 
     await stack.stopDaemon();
     const killedAt = Date.now();
-    const lost = await waitFor('the host to be marked lost', async () => {
-      const h = await getHost(stack.hostId);
-      return h?.status === 'lost' ? h : undefined;
-    }, lostAfterSeconds * 1000 + reaperPeriodMs + marginMs + 10_000);
+    const lost = await waitFor(
+      'the host to be marked lost',
+      async () => {
+        const h = await getHost(stack.hostId);
+        return h?.status === 'lost' ? h : undefined;
+      },
+      lostAfterSeconds * 1000 + reaperPeriodMs + marginMs + 10_000,
+    );
     t.diagnostic(`host marked lost ${Date.now() - killedAt} ms after its daemon was killed (lost after ${lostAfterSeconds} s)`);
     assert.ok(lost.lost_at);
 
@@ -196,10 +220,14 @@ describe('a host that stops heartbeating', () => {
     // The daemon comes back: the host registers again and its orphaned containers go.
     stack.startDaemon();
     await waitFor('the host to be active again', async () => (await getHost(stack.hostId))?.status === 'active', 30_000);
-    await waitFor('the failed sandboxes\u2019 containers to be removed', async () => {
-      for (const id of ids) if (await containerExists(id)) return false;
-      return true;
-    }, graceSeconds * 1000 + heartbeatMs + marginMs + 20_000);
+    await waitFor(
+      'the failed sandboxes\u2019 containers to be removed',
+      async () => {
+        for (const id of ids) if (await containerExists(id)) return false;
+        return true;
+      },
+      graceSeconds * 1000 + heartbeatMs + marginMs + 20_000,
+    );
 
     const again = await api.create(uniqueUser('after-return'));
     assert.equal(again.status, 201, again.text);

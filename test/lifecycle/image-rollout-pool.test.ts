@@ -31,7 +31,10 @@ async function poolImages(): Promise<string[]> {
 }
 
 const imageId = async (ref: string) => (await docker('image', 'inspect', '--format', '{{.Id}}', ref)).trim();
-const hasImage = async (ref: string) => docker('image', 'inspect', ref).then(() => true).catch(() => false);
+const hasImage = async (ref: string) =>
+  docker('image', 'inspect', ref)
+    .then(() => true)
+    .catch(() => false);
 
 before(async () => {
   registry = await startLocalRegistry();
@@ -69,10 +72,14 @@ describe('the warm pool through an image rollout (a real registry on loopback)',
     await stack.deployImage(v2.ref);
     await waitFor('the host to record v2', async () => ((await getHost(stack.hostId))?.image === v2!.digestRef ? true : undefined), 90_000);
     const v2Id = await imageId(v2.digestRef);
-    await waitFor('the pool to be made of v2 only', async () => {
-      const images = await poolImages();
-      return images.length > 0 && images.every((i) => i === v2Id) ? true : undefined;
-    }, 90_000);
+    await waitFor(
+      'the pool to be made of v2 only',
+      async () => {
+        const images = await poolImages();
+        return images.length > 0 && images.every((i) => i === v2Id) ? true : undefined;
+      },
+      90_000,
+    );
     await waitFor('v1 to be pruned', async () => ((await hasImage(v1.digestRef)) ? undefined : true), 60_000);
     const res = await api.createReady(uniqueUser('pool-rollout-v2'), { idle_timeout_seconds: 600 });
     assert.equal(res.status, 201, res.text);

@@ -36,7 +36,10 @@ async function createdImage(user: string): Promise<{ id: string; image: string }
   return { id: res.body.sandbox_id, image: (await dockerApi.getContainer(res.body.sandbox_id).inspect()).Config.Image };
 }
 
-const hasImage = async (ref: string) => (await docker('image', 'inspect', ref).then(() => true).catch(() => false));
+const hasImage = async (ref: string) =>
+  await docker('image', 'inspect', ref)
+    .then(() => true)
+    .catch(() => false);
 
 before(async () => {
   registry = await startLocalRegistry();
@@ -90,10 +93,14 @@ describe('image rollout (a real registry on loopback)', () => {
     assert.notEqual(v2.digestRef, pushed.digestRef);
     await docker('rmi', v2.digestRef).catch(() => undefined);
     const pushedAt = Date.now();
-    const ready = await waitFor('the host to pre-pull v2 and record its digest', async () => {
-      const h = await getHost(hostId);
-      return h?.image === v2!.digestRef ? h : undefined;
-    }, 60_000);
+    const ready = await waitFor(
+      'the host to pre-pull v2 and record its digest',
+      async () => {
+        const h = await getHost(hostId);
+        return h?.image === v2!.digestRef ? h : undefined;
+      },
+      60_000,
+    );
     assert.equal(ready.image_ref, v2Ref);
     // Within a pass or two of the image being there (5 s each, and a pull from loopback).
     assert.ok(Date.now() - pushedAt < 20_000, `recorded after ${Date.now() - pushedAt} ms`);

@@ -26,7 +26,10 @@ before(async () => {
 });
 after(async () => {
   await stack?.close();
-  await docker.getImage(emptyImage).remove().catch(() => undefined);
+  await docker
+    .getImage(emptyImage)
+    .remove()
+    .catch(() => undefined);
 });
 
 interface CheckRun {
@@ -39,7 +42,14 @@ function launchReady(env: Record<string, string> = {}): Promise<CheckRun> {
   const host = stack.hosts()[0]!;
   return new Promise((resolve, reject) => {
     const child = spawn(join(repoRoot, 'host-agent', 'bin', 'host-agent'), ['launch-ready'], {
-      env: { ...process.env, ...host.env, HOST_AGENT_ENV_FILE: '', NODE_BINARY: process.execPath, HOST_AGENT_BUNDLE: join(repoRoot, 'dist', 'host-agent.mjs'), ...env },
+      env: {
+        ...process.env,
+        ...host.env,
+        HOST_AGENT_ENV_FILE: '',
+        NODE_BINARY: process.execPath,
+        HOST_AGENT_BUNDLE: join(repoRoot, 'dist', 'host-agent.mjs'),
+        ...env,
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';
@@ -60,7 +70,10 @@ function launchReady(env: Record<string, string> = {}): Promise<CheckRun> {
 /** The check leaves nothing behind, whether it passed or not. */
 async function assertNoProbeLeft(): Promise<void> {
   const probes = await docker.listContainers({ all: true, filters: { name: ['launch-ready-'] } });
-  assert.deepEqual(probes.map((c) => c.Names), []);
+  assert.deepEqual(
+    probes.map((c) => c.Names),
+    [],
+  );
   const dir = join(stack.hosts()[0]!.stateDir, 'launch-ready');
   assert.deepEqual(existsSync(dir) ? readdirSync(dir) : [], []);
 }
@@ -69,7 +82,10 @@ describe('the launch-ready check', () => {
   it('passes on a host whose daemon answers, with the image present and a hardened container that runs a command', async () => {
     const check = await launchReady();
     assert.equal(check.exitCode, 0, JSON.stringify(check.envelope));
-    assert.deepEqual(check.envelope.result?.launchReady.map((s) => s.step), ['daemon', 'image', 'container']);
+    assert.deepEqual(
+      check.envelope.result?.launchReady.map((s) => s.step),
+      ['daemon', 'image', 'container'],
+    );
     assert.match(check.envelope.result!.launchReady[2]!.detail, /ran as uid 1000, removed/);
     await assertNoProbeLeft();
   });
@@ -79,14 +95,20 @@ describe('the launch-ready check', () => {
     const check = await launchReady({ SANDBOX_IMAGE: missing });
     assert.equal(check.exitCode, 1);
     assert.equal(check.envelope.ok, false);
-    assert.match(check.envelope.error!.message, /^launch-ready check failed at image: image 127\.0\.0\.1:9\/ephemeral-sandbox-missing@sha256:0+ is not on this host and could not be pulled/);
+    assert.match(
+      check.envelope.error!.message,
+      /^launch-ready check failed at image: image 127\.0\.0\.1:9\/ephemeral-sandbox-missing@sha256:0+ is not on this host and could not be pulled/,
+    );
     await assertNoProbeLeft();
   });
 
   it('fails at the container step when a sandbox cannot run in the image, and removes what it made', async () => {
     const check = await launchReady({ SANDBOX_IMAGE: emptyImage });
     assert.equal(check.exitCode, 1);
-    assert.match(check.envelope.error!.message, /^launch-ready check failed at container: a sandbox container of ephemeral-sandbox-test:launch-ready-empty cannot run here: /);
+    assert.match(
+      check.envelope.error!.message,
+      /^launch-ready check failed at container: a sandbox container of ephemeral-sandbox-test:launch-ready-empty cannot run here: /,
+    );
     await assertNoProbeLeft();
   });
 
@@ -98,7 +120,15 @@ describe('the launch-ready check', () => {
         execFile(
           join(repoRoot, 'host-agent', 'bin', 'host-agent'),
           ['launch-ready', '--warm-pool'],
-          { env: { ...process.env, ...host.env, HOST_AGENT_ENV_FILE: '', NODE_BINARY: process.execPath, HOST_AGENT_BUNDLE: join(repoRoot, 'dist', 'host-agent.mjs') } },
+          {
+            env: {
+              ...process.env,
+              ...host.env,
+              HOST_AGENT_ENV_FILE: '',
+              NODE_BINARY: process.execPath,
+              HOST_AGENT_BUNDLE: join(repoRoot, 'dist', 'host-agent.mjs'),
+            },
+          },
           (error, stdout) => {
             try {
               resolve({ exitCode: error ? Number(error.code ?? 1) : 0, envelope: JSON.parse(stdout) });
@@ -109,7 +139,10 @@ describe('the launch-ready check', () => {
         );
       });
       assert.equal(check.exitCode, 0, JSON.stringify(check.envelope));
-      assert.deepEqual(check.envelope.result?.launchReady.map((s) => s.step), ['image', 'container']);
+      assert.deepEqual(
+        check.envelope.result?.launchReady.map((s) => s.step),
+        ['image', 'container'],
+      );
 
       // And without it, a daemon that does not answer fails the check once the wait is over.
       const started = Date.now();

@@ -35,10 +35,14 @@ export async function record(sandboxId: string): Promise<SandboxRecord> {
 
 /** Waits until the sandbox's record reaches `status`, answering the record. */
 export function waitForStatus(sandboxId: string, status: SandboxRecord['status'], timeoutMs: number): Promise<SandboxRecord> {
-  return waitFor(`${sandboxId} to be ${status}`, async () => {
-    const r = await record(sandboxId);
-    return r.status === status ? r : undefined;
-  }, timeoutMs);
+  return waitFor(
+    `${sandboxId} to be ${status}`,
+    async () => {
+      const r = await record(sandboxId);
+      return r.status === status ? r : undefined;
+    },
+    timeoutMs,
+  );
 }
 
 /** The container's environment as a map (what the host-agent gave it). */

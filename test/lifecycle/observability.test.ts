@@ -40,8 +40,10 @@ after(async () => {
 });
 
 const eventsOf = (sandboxId: string): BusEvent[] => stack.events.events.filter((e) => e.detail.sandbox_id === sandboxId);
-const metric = (name: string, dims: Record<string, string> = {}, after = 0) => (m: MetricRecord) =>
-  m.seq > after && m.name === name && Object.entries(dims).every(([k, v]) => m.dimensions[k] === v);
+const metric =
+  (name: string, dims: Record<string, string> = {}, after = 0) =>
+  (m: MetricRecord) =>
+    m.seq > after && m.name === name && Object.entries(dims).every(([k, v]) => m.dimensions[k] === v);
 
 describe('events and metrics of a sandbox', () => {
   it('a create, a command and a destroy put their events on the bus in order, with ids, statuses, codes and durations only', async () => {

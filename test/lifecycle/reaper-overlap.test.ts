@@ -153,10 +153,14 @@ describe('the reaper under overlap', () => {
     }
     assert.equal(sent, ids.length, 'one host destroy per sandbox');
     for (const id of ids) {
-      const r = await waitFor(`${id} to end`, async () => {
-        const now = await record(id);
-        return ['stopped', 'expired'].includes(now.status) ? now : undefined;
-      }, 60_000);
+      const r = await waitFor(
+        `${id} to end`,
+        async () => {
+          const now = await record(id);
+          return ['stopped', 'expired'].includes(now.status) ? now : undefined;
+        },
+        60_000,
+      );
       // Whoever won records the end: the user (stopped) or the reaper (expired).
       assert.ok(
         (r.status === 'stopped' && r.stop_reason === 'user_requested') || (r.status === 'expired' && r.stop_reason === 'idle_timeout'),
@@ -202,7 +206,16 @@ describe('a create that died half-way', () => {
     await recordWithTenantSlot(r);
     // ...the host makes the container and dies before it records it (the host-agent run here with no
     // control plane configured: it makes the container and writes nothing, as a host that died would)...
-    const request = { sandboxId: r.sandbox_id, tenantId: stack.tenantId, userId: user, image: config().sandboxImage, cpu: 1, memoryMb: 512, network: 'bridge', storage: storageFor(stack.tenantId, user) };
+    const request = {
+      sandboxId: r.sandbox_id,
+      tenantId: stack.tenantId,
+      userId: user,
+      image: config().sandboxImage,
+      cpu: 1,
+      memoryMb: 512,
+      network: 'bridge',
+      storage: storageFor(stack.tenantId, user),
+    };
     const made = spawnSync(process.execPath, [join(repoRoot, 'dist', 'host-agent.mjs'), 'create', encodeInline(request)], {
       env: { ...process.env, ...stack.env, SANDBOXES_TABLE: '', HOST_AGENT_ENV_FILE: '' },
       encoding: 'utf8',

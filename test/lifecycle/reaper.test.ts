@@ -84,10 +84,14 @@ describe('the reaper on its schedule', { concurrency: true }, () => {
     assert.ok(late <= reaperPeriodMs + marginMs, `reaped ${late} ms after its idle deadline (period ${reaperPeriodMs} ms)`);
     t.diagnostic(`reaped ${late} ms after its idle deadline (reaper period ${reaperPeriodMs} ms)`);
 
-    const ended = await waitFor('expired', async () => {
-      const r = await record(s.sandbox_id);
-      return r.status === 'expired' ? r : undefined;
-    }, 30_000);
+    const ended = await waitFor(
+      'expired',
+      async () => {
+        const r = await record(s.sandbox_id);
+        return r.status === 'expired' ? r : undefined;
+      },
+      30_000,
+    );
     assert.equal(ended.stop_reason, 'idle_timeout');
     assert.equal(ended.deadline_at, undefined);
     assert.equal(await containerExists(s.sandbox_id), false);
@@ -153,10 +157,14 @@ describe('the reaper on its schedule', { concurrency: true }, () => {
     t.diagnostic(`ended ${late} ms after its TTL (reaper period ${reaperPeriodMs} ms)`);
     assert.ok(beats.filter((b) => b === 200).length >= 15, `heartbeats were accepted until then (${beats.join(',')})`);
 
-    const ended = await waitFor('expired', async () => {
-      const r = await record(s.sandbox_id);
-      return r.status === 'expired' ? r : undefined;
-    }, 30_000);
+    const ended = await waitFor(
+      'expired',
+      async () => {
+        const r = await record(s.sandbox_id);
+        return r.status === 'expired' ? r : undefined;
+      },
+      30_000,
+    );
     assert.equal(ended.stop_reason, 'ttl_expired');
     assert.equal(await containerExists(s.sandbox_id), false);
     const cut = await longExec;

@@ -108,7 +108,7 @@ describe('the sandbox token', () => {
     assert.equal((await record(id)).status, 'running');
   });
 
-  it("cannot signal another sandbox (403), and the other sandbox is untouched", async () => {
+  it('cannot signal another sandbox (403), and the other sandbox is untouched', async () => {
     const asSandbox = apiClient(stack.url, await sandboxToken(id));
     for (const action of ['heartbeat', 'complete', 'error']) {
       const res = await asSandbox.call('POST', `/sandboxes/${other}/${action}`, action === 'error' ? { error: 'x' } : {});
@@ -132,7 +132,7 @@ describe('the sandbox token', () => {
       'import json, os, urllib.request, urllib.error',
       "base, sid, tok = os.environ['SANDBOX_API_URL'], os.environ['SANDBOX_ID'], os.environ['SANDBOX_TOKEN']",
       'def call(method, path, body=None):',
-      "    data = None if body is None else json.dumps(body).encode()",
+      '    data = None if body is None else json.dumps(body).encode()',
       "    req = urllib.request.Request(base + path, method=method, data=data, headers={'X-API-Key': tok, 'Content-Type': 'application/json'})",
       '    try:',
       '        with urllib.request.urlopen(req, timeout=10) as r: return r.status',
@@ -309,7 +309,9 @@ describe('pause and resume', () => {
 
   it("keeps other users' /tmp files through pause and resume, and the pause answer names what it could not keep", async () => {
     const id = await create(uniqueUser('pause-users'));
-    const theirs = await api.exec(id, 'umask 077 && f=$(mktemp) && echo private > "$f" && d=$(mktemp -d) && echo nested > "$d/in" && echo "$f $d"', { user: 'nobody' });
+    const theirs = await api.exec(id, 'umask 077 && f=$(mktemp) && echo private > "$f" && d=$(mktemp -d) && echo nested > "$d/in" && echo "$f $d"', {
+      user: 'nobody',
+    });
     assert.equal(theirs.status, 200, theirs.text);
     const [file, dir] = theirs.body.stdout.trim().split(' ');
     const locked = await exec(id, 'echo unreadable > /tmp/locked && chmod 000 /tmp/locked');
@@ -391,10 +393,7 @@ describe('idempotent create', () => {
   it('two concurrent creates with one key make one container; the retry answers it as it stands, without waiting', async () => {
     const user = uniqueUser('idem-race');
     const key = `race-${user}`;
-    const [a, b] = await Promise.all([
-      api.create(user, undefined, { 'Idempotency-Key': key }),
-      api.create(user, undefined, { 'Idempotency-Key': key }),
-    ]);
+    const [a, b] = await Promise.all([api.create(user, undefined, { 'Idempotency-Key': key }), api.create(user, undefined, { 'Idempotency-Key': key })]);
     // One of them made it (201 ready, or 202 if its host needed longer); the other answered the same
     // sandbox as it stood then (202 creating, or 201 once ready).
     for (const res of [a, b]) assert.ok([201, 202].includes(res.status), res.text);

@@ -104,7 +104,10 @@ describe('a Spot interruption warning (EC2 and its Auto Scaling group stood in b
     await stack.autoScaling!.spotInterruption(spotHost, 120);
     // The handler marked it draining before it answered the delivery: no create may land there any more.
     assert.equal((await getHost(spotHost))?.status, 'draining', 'out of placement as soon as the warning was handled');
-    assert.ok((await getHost(spotHost))!.drain_deadline_at! <= warned + spotDrainSeconds * 1000 + 5_000, 'the drain must be over before EC2 takes the instance');
+    assert.ok(
+      (await getHost(spotHost))!.drain_deadline_at! <= warned + spotDrainSeconds * 1000 + 5_000,
+      'the drain must be over before EC2 takes the instance',
+    );
 
     const during = await api.create(uniqueUser('spot-during'), { cpu: 0.5, memory_mb: 512, idle_timeout_seconds: 600 });
     assert.ok([201, 202].includes(during.status), during.text);
@@ -113,23 +116,33 @@ describe('a Spot interruption warning (EC2 and its Auto Scaling group stood in b
     assert.notEqual(duringReady.host_id, spotHost, 'a create during the drain goes to another host');
     assert.equal(duringReady.host_id, other.hostId);
 
-    const ended = await waitFor('the running sandbox to end', async () => {
-      const r = await record(runningId);
-      return ['stopped', 'failed', 'expired'].includes(r.status) ? r : undefined;
-    }, 120_000);
+    const ended = await waitFor(
+      'the running sandbox to end',
+      async () => {
+        const r = await record(runningId);
+        return ['stopped', 'failed', 'expired'].includes(r.status) ? r : undefined;
+      },
+      120_000,
+    );
     assert.equal(ended.stop_reason, 'host_draining');
     assert.equal(await s3Text(stack, hotPrefix(stack, runningUser) + 'last.txt'), 'just before\n', 'the home was synced before the sandbox ended');
-    const home = await fetch(`${stack.url}/users/${runningUser}/home/files?path=${encodeURIComponent('last.txt')}`, { headers: { 'X-API-Key': stack.apiKey, Accept: 'application/octet-stream' } });
+    const home = await fetch(`${stack.url}/users/${runningUser}/home/files?path=${encodeURIComponent('last.txt')}`, {
+      headers: { 'X-API-Key': stack.apiKey, Accept: 'application/octet-stream' },
+    });
     assert.equal(home.status, 200);
     assert.equal(await home.text(), 'just before\n', 'readable through the home files API');
     const cmd = await api.call('GET', `/sandboxes/${runningId}/commands/${commandId}`);
     assert.equal(cmd.status, 200, cmd.text);
     assert.notEqual(cmd.body.status, 'running', 'the command ended with its sandbox');
 
-    const moved = await waitFor('the paused sandbox to leave the host', async () => {
-      const r = await record(paused);
-      return r.paused_state ? r : undefined;
-    }, 120_000);
+    const moved = await waitFor(
+      'the paused sandbox to leave the host',
+      async () => {
+        const r = await record(paused);
+        return r.paused_state ? r : undefined;
+      },
+      120_000,
+    );
     t.diagnostic(`drained ${Date.now() - warned} ms after the warning (Spot drain budget ${spotDrainSeconds} s of the 120 s notice)`);
     assert.ok(Date.now() - warned < 120_000, 'drained within the two-minute warning');
     assert.equal(moved.status, 'paused', 'a paused sandbox is kept, not ended');
@@ -165,7 +178,10 @@ describe('a Spot interruption warning (EC2 and its Auto Scaling group stood in b
     assert.ok([200, 202].includes(started.status), started.text);
     const ready = await waitForStatus(paused, 'ready', 180_000);
     assert.notEqual(ready.host_id, spotHost);
-    assert.ok(stack.hosts().some((h) => h.hostId === ready.host_id), 'placed on a running host');
+    assert.ok(
+      stack.hosts().some((h) => h.hostId === ready.host_id),
+      'placed on a running host',
+    );
     assert.equal(ready.paused_state, undefined, 'no staged state on the record once it runs');
     assert.equal((await getHost(ready.host_id))?.allocations[paused]?.memory_mb, 512, 'its share taken on the new host');
     const read = await api.exec(paused, 'cat /tmp/kept.txt /tmp/dir/n.txt /home/agent/kept.txt /data/cold/kept.txt');

@@ -91,10 +91,14 @@ describe('the warm pool', () => {
     await new Promise((r) => setTimeout(r, 4000));
     assert.deepEqual((await readyPool()).map((c) => c.Id).sort(), before);
     for (const c of await readyPool()) assert.doesNotMatch(c.Names[0]!, /sbx-[a-z0-9]{20}$/);
-    const host = await waitFor('a heartbeat with the pool figure', async () => {
-      const h = await getHost(stack.hostId);
-      return h?.warm_containers === depth ? h : undefined;
-    }, 20_000);
+    const host = await waitFor(
+      'a heartbeat with the pool figure',
+      async () => {
+        const h = await getHost(stack.hostId);
+        return h?.warm_containers === depth ? h : undefined;
+      },
+      20_000,
+    );
     assert.equal(host.running_sandboxes, 0, 'pool containers are not sandboxes');
     assert.deepEqual(host.allocations ?? {}, {}, 'pool containers hold no allocation');
   });
@@ -175,10 +179,14 @@ describe('the warm pool', () => {
     const old = (await readyPool()).map((c) => c.Id);
     await stack.stopDaemon();
     stack.startDaemon();
-    await waitFor('the old pool containers to go', async () => {
-      for (const c of old) if (await containerExists(c)) return false;
-      return true;
-    }, 60_000);
+    await waitFor(
+      'the old pool containers to go',
+      async () => {
+        for (const c of old) if (await containerExists(c)) return false;
+        return true;
+      },
+      60_000,
+    );
     await poolFull();
   });
 });

@@ -46,7 +46,13 @@ function sbx(args: string[], o: { env?: Record<string, string | undefined>; onSp
   child.stderr.on('data', (c: Buffer) => err.push(c));
   return new Promise((resolve) => {
     child.on('close', (code) =>
-      resolve({ code, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString(), endMs: Date.now() - started, ...(firstOutputMs !== undefined ? { firstOutputMs } : {}) }),
+      resolve({
+        code,
+        stdout: Buffer.concat(out).toString(),
+        stderr: Buffer.concat(err).toString(),
+        endMs: Date.now() - started,
+        ...(firstOutputMs !== undefined ? { firstOutputMs } : {}),
+      }),
     );
   });
 }
@@ -155,7 +161,9 @@ describe('sbx', () => {
     assert.equal(JSON.parse(followed.stdout).exitCode, 0);
   });
 
-  it('shows live output and a progress bar in a real terminal (tmux), and the exit status', { skip: spawnSync('tmux', ['-V']).status !== 0 && 'tmux is not installed' }, async () => {
+  it('shows live output and a progress bar in a real terminal (tmux), and the exit status', {
+    skip: spawnSync('tmux', ['-V']).status !== 0 && 'tmux is not installed',
+  }, async () => {
     const session = `sbx-test-${process.pid}`;
     const local = join(work, 'tty.bin');
     await writeFile(local, randomBytes(12 * 1024 * 1024));
@@ -197,7 +205,10 @@ describe('sbx', () => {
     assert.match(lines[0] ?? '', /^export SANDBOX_API_URL=/);
     // Asynchronously: the local stack answers from this very process.
     const result = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
-      const child = spawn('bash', ['-c', lines.slice(1).join('\n')], { cwd: root, env: { ...process.env, SANDBOX_API_KEY: stack.apiKey, SANDBOX_API_URL: stack.url, HOME: work } });
+      const child = spawn('bash', ['-c', lines.slice(1).join('\n')], {
+        cwd: root,
+        env: { ...process.env, SANDBOX_API_KEY: stack.apiKey, SANDBOX_API_URL: stack.url, HOME: work },
+      });
       let stdout = '';
       let stderr = '';
       child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));

@@ -51,7 +51,11 @@ describe('the OpenAPI document', () => {
     for (const r of routes) {
       const op = doc.paths[r.path]?.[r.method.toLowerCase()];
       assert.ok(op, `${r.method} ${r.path} is in the document`);
-      for (const m of r.path.matchAll(/\{([^}]+)\}/g)) assert.ok(op.parameters.some((p: any) => p.in === 'path' && p.name === m[1]), `${r.method} ${r.path} names {${m[1]}}`);
+      for (const m of r.path.matchAll(/\{([^}]+)\}/g))
+        assert.ok(
+          op.parameters.some((p: any) => p.in === 'path' && p.name === m[1]),
+          `${r.method} ${r.path} names {${m[1]}}`,
+        );
       const schemes = op.security.flatMap((s: Record<string, unknown>) => Object.keys(s));
       if (r.auth === 'none') assert.deepEqual(schemes, []);
       else assert.ok(schemes.includes(r.auth === 'api-key' ? 'apiKey' : 'sandboxToken'), `${r.method} ${r.path} security`);
@@ -63,7 +67,10 @@ describe('the OpenAPI document', () => {
 
   it('marks the aliases of the route table deprecated, answering as the routes they stand for', () => {
     const aliases = routes.filter((r) => r.aliasOf);
-    assert.deepEqual(aliases.map((r) => `${r.method} ${r.path} -> ${r.aliasOf}`), ['POST /sandboxes/{id}/stop -> /sandboxes/{id}/pause', 'POST /sandboxes/{id}/start -> /sandboxes/{id}/resume']);
+    assert.deepEqual(
+      aliases.map((r) => `${r.method} ${r.path} -> ${r.aliasOf}`),
+      ['POST /sandboxes/{id}/stop -> /sandboxes/{id}/pause', 'POST /sandboxes/{id}/start -> /sandboxes/{id}/resume'],
+    );
     for (const r of aliases) {
       const { operationId: _a, summary: _s, deprecated, ...alias } = doc.paths[r.path]![r.method.toLowerCase()];
       const { operationId: _t, summary: _u, ...target } = doc.paths[r.aliasOf!]![r.method.toLowerCase()];
@@ -73,8 +80,16 @@ describe('the OpenAPI document', () => {
     }
     assert.equal(doc.paths['/sandboxes/{id}/pause']!.post.operationId, 'pauseSandbox');
     assert.equal(doc.paths['/sandboxes/{id}/stop']!.post.operationId, 'stopSandbox', 'clients generated from the old document keep their names');
-    const deprecated = Object.entries(doc.paths).flatMap(([path, m]) => Object.entries(m).filter(([, op]) => op.deprecated).map(([method]) => `${method.toUpperCase()} ${path}`));
-    assert.deepEqual(deprecated, aliases.map((r) => `${r.method} ${r.path}`), 'nothing else is deprecated');
+    const deprecated = Object.entries(doc.paths).flatMap(([path, m]) =>
+      Object.entries(m)
+        .filter(([, op]) => op.deprecated)
+        .map(([method]) => `${method.toUpperCase()} ${path}`),
+    );
+    assert.deepEqual(
+      deprecated,
+      aliases.map((r) => `${r.method} ${r.path}`),
+      'nothing else is deprecated',
+    );
   });
 
   it('resolves every $ref, and names both auth schemes (X-API-Key: key or sandbox token)', () => {
@@ -196,7 +211,10 @@ describe('real answers of the local stack', () => {
     await call('POST', '/sandboxes/{id}/timeout', `${s}/timeout`, { body: { idle_timeout_seconds: 600 } });
     await call('POST', '/sandboxes/{id}/heartbeat', `${s}/heartbeat`);
     // Pause and resume, then the same by their deprecated names.
-    for (const [pause, resume] of [['pause', 'resume'], ['stop', 'start']]) {
+    for (const [pause, resume] of [
+      ['pause', 'resume'],
+      ['stop', 'start'],
+    ]) {
       const paused = await call('POST', `/sandboxes/{id}/${pause}`, `${s}/${pause}`);
       if (paused.status === 202) await call('GET', '/sandboxes/{id}', `${s}?wait=20`);
       const resumed = await call('POST', `/sandboxes/{id}/${resume}`, `${s}/${resume}`);

@@ -42,7 +42,11 @@ export async function startFaultyProxy(upstream: string): Promise<FaultyProxy> {
     log.push({ method, path, at: Date.now(), ...(fault ? { fault: 'drop' in fault ? 'drop' : String(fault.status) } : {}) });
     if (fault && !('drop' in fault)) {
       res.writeHead(fault.status, { 'Content-Type': 'application/json', ...fault.headers });
-      res.end(JSON.stringify(fault.body ?? { error: { code: fault.status === 429 ? 'too_many_requests' : 'service_unavailable', message: 'injected by the test proxy' } }));
+      res.end(
+        JSON.stringify(
+          fault.body ?? { error: { code: fault.status === 429 ? 'too_many_requests' : 'service_unavailable', message: 'injected by the test proxy' } },
+        ),
+      );
       return;
     }
     const headers: Record<string, string> = {};

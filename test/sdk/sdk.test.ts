@@ -16,7 +16,17 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';
-import { ApiClient, CommandHandle, ConflictError, ConnectionError, NotFoundError, Sandbox, SandboxApiError, shellQuote, type Progress } from '../../sdk/src/index';
+import {
+  ApiClient,
+  CommandHandle,
+  ConflictError,
+  ConnectionError,
+  NotFoundError,
+  Sandbox,
+  SandboxApiError,
+  shellQuote,
+  type Progress,
+} from '../../sdk/src/index';
 import { firstN, startFaultyProxy, type FaultyProxy } from './proxy';
 
 const root = join(import.meta.dirname, '..', '..');
@@ -49,7 +59,10 @@ describe('sandboxes', () => {
     const again = await Sandbox.connect(sbx.sandboxId, { apiKey, apiUrl: stack.url });
     assert.equal(again.info?.user_id, user);
     const listed = await Sandbox.list({ apiKey, apiUrl: stack.url, userId: user });
-    assert.deepEqual(listed.map((s) => s.sandbox_id), [sbx.sandboxId]);
+    assert.deepEqual(
+      listed.map((s) => s.sandbox_id),
+      [sbx.sandboxId],
+    );
     assert.ok(await sbx.isRunning());
   });
 
@@ -78,9 +91,18 @@ describe('sandboxes', () => {
   });
 
   it('throws typed errors carrying the API code', async () => {
-    await assert.rejects(Sandbox.connect('sbx-aaaaaaaaaaaaaaaaaaaa', { apiKey, apiUrl: stack.url }), (err: unknown) => err instanceof NotFoundError && err.code === 'not_found' && err.status === 404);
-    await assert.rejects(sbx.commands.run('true', { cwd: 'relative' }), (err: unknown) => err instanceof SandboxApiError && err.code === 'validation_error' && /cwd/.test(err.message));
-    await assert.rejects(Sandbox.list({ apiKey: 'wrong', apiUrl: stack.url }), (err: unknown) => err instanceof SandboxApiError && err.code === 'invalid_api_key');
+    await assert.rejects(
+      Sandbox.connect('sbx-aaaaaaaaaaaaaaaaaaaa', { apiKey, apiUrl: stack.url }),
+      (err: unknown) => err instanceof NotFoundError && err.code === 'not_found' && err.status === 404,
+    );
+    await assert.rejects(
+      sbx.commands.run('true', { cwd: 'relative' }),
+      (err: unknown) => err instanceof SandboxApiError && err.code === 'validation_error' && /cwd/.test(err.message),
+    );
+    await assert.rejects(
+      Sandbox.list({ apiKey: 'wrong', apiUrl: stack.url }),
+      (err: unknown) => err instanceof SandboxApiError && err.code === 'invalid_api_key',
+    );
   });
 
   it('retries a create whose answer was lost with the same idempotency key: one sandbox, not two', async () => {
@@ -88,7 +110,10 @@ describe('sandboxes', () => {
     proxy.rules.push(firstN(1, (m, p) => m === 'POST' && p === '/sandboxes', { drop: true }));
     const made = await Sandbox.create({ apiKey, apiUrl: proxy.url, userId: u });
     const listed = await Sandbox.list({ apiKey, apiUrl: stack.url, userId: u });
-    assert.deepEqual(listed.map((s) => s.sandbox_id), [made.sandboxId]);
+    assert.deepEqual(
+      listed.map((s) => s.sandbox_id),
+      [made.sandboxId],
+    );
     assert.equal(proxy.log.filter((l) => l.method === 'POST' && l.path === '/sandboxes' && l.fault === 'drop').length, 1);
     await made.destroy({ graceful: false });
     assert.equal((await Sandbox.connect(made.sandboxId, { apiKey, apiUrl: stack.url })).info?.status, 'stopped');
@@ -101,7 +126,10 @@ describe('sandboxes', () => {
     const started = Date.now();
     assert.equal((await sbx.getInfo()).sandbox_id, sbx.sandboxId);
     const calls = proxy.log.filter((l) => l.path === path && l.at >= started);
-    assert.deepEqual(calls.map((c) => c.fault ?? 'ok'), ['429', '503', 'ok']);
+    assert.deepEqual(
+      calls.map((c) => c.fault ?? 'ok'),
+      ['429', '503', 'ok'],
+    );
     assert.ok(calls[1]!.at - calls[0]!.at >= 1000 && calls[2]!.at - calls[1]!.at >= 1000, 'waited Retry-After each time');
   });
 
@@ -178,7 +206,10 @@ describe('commands', () => {
 
   it('aborts a foreground run with an AbortSignal, and kills its command', async () => {
     const id = 'sdk-aborted';
-    await assert.rejects(sbx.commands.run('sleep 120', { commandId: id, signal: AbortSignal.timeout(3000) }), (err: Error) => err.name === 'TimeoutError' || err.name === 'AbortError');
+    await assert.rejects(
+      sbx.commands.run('sleep 120', { commandId: id, signal: AbortSignal.timeout(3000) }),
+      (err: Error) => err.name === 'TimeoutError' || err.name === 'AbortError',
+    );
     const h = await sbx.commands.connect(id);
     assert.equal((await h.wait()).status, 'killed');
   });

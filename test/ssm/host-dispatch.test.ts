@@ -65,8 +65,7 @@ describe('host dispatcher', () => {
   let endpoint: SsmEndpoint;
   let ssm: SSMClient;
 
-  const dispatcher = (extra: Partial<HostDispatcherOptions> = {}) =>
-    createHostDispatcher({ ssm, s3, bucket, hostAgentCommand, ...extra });
+  const dispatcher = (extra: Partial<HostDispatcherOptions> = {}) => createHostDispatcher({ ssm, s3, bucket, hostAgentCommand, ...extra });
 
   before(async () => {
     scratch = await mkdtemp(join(tmpdir(), 'host-dispatch-test-'));
@@ -180,10 +179,7 @@ describe('host dispatcher', () => {
   });
 
   it('reports host_unreachable for an instance SSM does not know', async () => {
-    await assert.rejects(
-      dispatcher().dispatch('i-00000000deadbeef0', 'status', {}, { timeoutSeconds: 30 }),
-      dispatchError('host_unreachable'),
-    );
+    await assert.rejects(dispatcher().dispatch('i-00000000deadbeef0', 'status', {}, { timeoutSeconds: 30 }), dispatchError('host_unreachable'));
   });
 
   it('retries throttled SSM calls with backoff', async () => {
@@ -253,10 +249,22 @@ describe('host dispatch helpers', () => {
   });
 
   it('backs off exponentially with jitter, never to zero, capped', () => {
-    assert.equal(throttleBackoffMs(0, () => 0), 25);
-    assert.equal(throttleBackoffMs(0, () => 0.999999), 50);
-    assert.equal(throttleBackoffMs(3, () => 0), 200);
-    assert.equal(throttleBackoffMs(20, () => 0.999999), 2_000);
+    assert.equal(
+      throttleBackoffMs(0, () => 0),
+      25,
+    );
+    assert.equal(
+      throttleBackoffMs(0, () => 0.999999),
+      50,
+    );
+    assert.equal(
+      throttleBackoffMs(3, () => 0),
+      200,
+    );
+    assert.equal(
+      throttleBackoffMs(20, () => 0.999999),
+      2_000,
+    );
   });
 
   it('accepts plain host-agent commands and refuses anything a shell would interpret', () => {

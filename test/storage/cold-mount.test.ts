@@ -144,8 +144,7 @@ describe('cold mount with s3fs on a local S3 endpoint', () => {
     };
   };
 
-  const objectText = async (key: string) =>
-    (await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }))).Body!.transformToString();
+  const objectText = async (key: string) => (await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }))).Body!.transformToString();
 
   before(async () => {
     endpoint = await startS3Endpoint({ buckets: [bucket] });

@@ -10,15 +10,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import {
-  createS3Client,
-  hotSyncDown,
-  hotSyncUp,
-  QuotaExceededError,
-  SyncError,
-  StorageError,
-  type HotSyncOptions,
-} from '../../host-agent/src/storage/index';
+import { createS3Client, hotSyncDown, hotSyncUp, QuotaExceededError, SyncError, StorageError, type HotSyncOptions } from '../../host-agent/src/storage/index';
 import { startS3Endpoint, type S3Endpoint } from '../../lib/local/s3-endpoint';
 
 const run = promisify(execFile);
@@ -204,7 +196,10 @@ describe('hot sync', () => {
     const down = await hotSyncDown(copy);
     assert.equal(down.downloaded, 1_010);
     assert.equal(down.bytes, up.bytes);
-    assert.deepEqual(await describeTree(copy.dir), await describeTree(o.dir).then((t) => Object.fromEntries(Object.entries(t).map(([k, v]) => [k, v.replace(/ \d+:\d+/, ` ${agentUid}:${agentGid}`)]))));
+    assert.deepEqual(
+      await describeTree(copy.dir),
+      await describeTree(o.dir).then((t) => Object.fromEntries(Object.entries(t).map(([k, v]) => [k, v.replace(/ \d+:\d+/, ` ${agentUid}:${agentGid}`)]))),
+    );
   });
 
   it('round-trips a deep tree and a file over 8 MB (streamed), and reports a path too long for an S3 key', async () => {
@@ -336,7 +331,10 @@ describe('hot sync', () => {
       await assert.rejects(hotSyncUp(o), (err: unknown) => {
         assert.ok(err instanceof SyncError);
         assert.equal(err.code, 'storage_error');
-        assert.deepEqual(err.failed.map((f) => [f.path, f.op]), [['bad.txt', 'upload']]);
+        assert.deepEqual(
+          err.failed.map((f) => [f.path, f.op]),
+          [['bad.txt', 'upload']],
+        );
         assert.match(err.failed[0]!.message, /injected persistent PutObject failure/);
         return true;
       });

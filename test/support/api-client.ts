@@ -7,12 +7,7 @@ export interface ApiAnswer<T = any> {
 }
 
 export function apiClient(baseUrl: string, apiKey: string | undefined) {
-  async function call<T = any>(
-    method: string,
-    path: string,
-    body?: unknown,
-    headers: Record<string, string> = {},
-  ): Promise<ApiAnswer<T>> {
+  async function call<T = any>(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<ApiAnswer<T>> {
     const init: RequestInit = {
       method,
       headers: {
@@ -61,8 +56,7 @@ export function apiClient(baseUrl: string, apiKey: string | undefined) {
     },
     create: (user_id: string, config?: Record<string, unknown>, headers?: Record<string, string>) =>
       call('POST', '/sandboxes', { user_id, ...(config ? { config } : {}) }, headers),
-    exec: (id: string, command: string, extra: Record<string, unknown> = {}) =>
-      call('POST', `/sandboxes/${id}/exec`, { command, ...extra }),
+    exec: (id: string, command: string, extra: Record<string, unknown> = {}) => call('POST', `/sandboxes/${id}/exec`, { command, ...extra }),
     get: (id: string) => call('GET', `/sandboxes/${id}`),
     destroy: (id: string, graceful = true) => call('DELETE', `/sandboxes/${id}?graceful=${graceful}`),
   };

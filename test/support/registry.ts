@@ -39,11 +39,19 @@ export async function startLocalRegistry(): Promise<LocalRegistry> {
   const dir = await mkdtemp(join(tmpdir(), 'registry-'));
   const port = await freePort();
   const config = join(dir, 'registry.yml');
-  await writeFile(config, ['version: 0.1', 'storage:', `  filesystem: { rootdirectory: ${join(dir, 'data')} }`, 'http:', `  addr: 127.0.0.1:${port}`, ''].join('\n'));
+  await writeFile(
+    config,
+    ['version: 0.1', 'storage:', `  filesystem: { rootdirectory: ${join(dir, 'data')} }`, 'http:', `  addr: 127.0.0.1:${port}`, ''].join('\n'),
+  );
   const child = spawn('docker-registry', ['serve', config], { stdio: 'ignore' });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   for (let i = 0; ; i++) {
-    if (await fetch(`http://127.0.0.1:${port}/v2/`).then((r) => r.ok).catch(() => false)) break;
+    if (
+      await fetch(`http://127.0.0.1:${port}/v2/`)
+        .then((r) => r.ok)
+        .catch(() => false)
+    )
+      break;
     if (i > 100 || child.exitCode !== null) throw new Error('the local registry (docker-registry) did not start; run scripts/setup-host.sh');
     await new Promise((r) => setTimeout(r, 100));
   }

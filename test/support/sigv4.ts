@@ -55,10 +55,19 @@ export async function signRequest(
     const prev = query[k];
     query[k] = prev === undefined ? v : Array.isArray(prev) ? [...prev, v] : [prev, v];
   }
-  const signer = new SignatureV4({ credentials, region: 'us-east-1', service, sha256: NodeSha256, uriEscapePath: service !== 's3', applyChecksum: service === 's3' });
+  const signer = new SignatureV4({
+    credentials,
+    region: 'us-east-1',
+    service,
+    sha256: NodeSha256,
+    uriEscapePath: service !== 's3',
+    applyChecksum: service === 's3',
+  });
   const headers: Record<string, string> = { host: url.host, ...(raw.headers ?? {}) };
   if (service === 's3' && !headers['x-amz-content-sha256']) {
-    headers['x-amz-content-sha256'] = createHash('sha256').update(raw.body ?? '').digest('hex');
+    headers['x-amz-content-sha256'] = createHash('sha256')
+      .update(raw.body ?? '')
+      .digest('hex');
   }
   const signed = await signer.sign({
     method: raw.method ?? 'POST',

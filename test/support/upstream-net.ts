@@ -34,8 +34,10 @@ function ip(...args: string[]): void {
 }
 
 function addressInUse(address: string): boolean {
-  return execFileSync('ip', ['-o', 'addr', 'show'], { encoding: 'utf8' }).includes(` ${address}/`) ||
-    execFileSync('ip', ['route', 'show'], { encoding: 'utf8' }).includes(`${address} `);
+  return (
+    execFileSync('ip', ['-o', 'addr', 'show'], { encoding: 'utf8' }).includes(` ${address}/`) ||
+    execFileSync('ip', ['route', 'show'], { encoding: 'utf8' }).includes(`${address} `)
+  );
 }
 
 function openssl(args: string[], cwd: string): void {
@@ -48,7 +50,10 @@ function makeCertificates(dir: string): { ca: string; cert: string; key: string 
   openssl(['req', '-x509', ...ec, '-days', '1', '-subj', '/CN=egress test CA', '-keyout', 'ca.key', '-out', 'ca.pem'], dir);
   openssl(['req', ...ec, '-subj', '/CN=egress.test', '-keyout', 'web.key', '-out', 'web.csr'], dir);
   writeFileSync(join(dir, 'web.ext'), 'subjectAltName=DNS:*.egress.test,DNS:*.wild.egress.test\n');
-  openssl(['x509', '-req', '-in', 'web.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '1', '-extfile', 'web.ext', '-out', 'web.pem'], dir);
+  openssl(
+    ['x509', '-req', '-in', 'web.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '1', '-extfile', 'web.ext', '-out', 'web.pem'],
+    dir,
+  );
   return { ca: join(dir, 'ca.pem'), cert: join(dir, 'web.pem'), key: join(dir, 'web.key') };
 }
 

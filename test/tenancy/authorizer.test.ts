@@ -48,7 +48,10 @@ before(async () => {
     ...Object.fromEntries(tables.map((t) => [t.envVar, `authz-${t.id.toLowerCase()}`])),
   });
   resetConfig();
-  await createTables(db.client, tables.map((def) => ({ def, name: `authz-${def.id.toLowerCase()}` })));
+  await createTables(
+    db.client,
+    tables.map((def) => ({ def, name: `authz-${def.id.toLowerCase()}` })),
+  );
 });
 after(async () => {
   await db?.close();

@@ -88,7 +88,10 @@ describe("another tenant's sandbox is indistinguishable from none", () => {
     assert.deepEqual(byUser.body.sandboxes, []);
     assert.equal(byUser.body.total, 0);
     const mine = await tenantA.call('GET', '/sandboxes?user_id=alice');
-    assert.ok(mine.body.sandboxes.some((s: any) => s.sandbox_id === id), 'the owner does see it');
+    assert.ok(
+      mine.body.sandboxes.some((s: any) => s.sandbox_id === id),
+      'the owner does see it',
+    );
   });
 
   it("refuses another tenant's page token", async () => {
@@ -175,7 +178,10 @@ describe('a sandbox token speaks only for its own sandbox', () => {
   });
 
   it('may do it from inside the sandbox, over the sandbox network', async () => {
-    const res = await tenantA.exec(own, `curl -s -o /dev/null -w '%{http_code}' -X POST -H "X-API-Key: $SANDBOX_TOKEN" "$SANDBOX_API_URL/sandboxes/$SANDBOX_ID/heartbeat"`);
+    const res = await tenantA.exec(
+      own,
+      `curl -s -o /dev/null -w '%{http_code}' -X POST -H "X-API-Key: $SANDBOX_TOKEN" "$SANDBOX_API_URL/sandboxes/$SANDBOX_ID/heartbeat"`,
+    );
     assert.equal(res.body.stdout, '200', res.body.stderr);
   });
 

@@ -116,13 +116,10 @@ describe('keys: where it works', () => {
 
   it('reads the ApiKeys table of a deployed stage from its stateful stack outputs', async () => {
     const asked: string[] = [];
-    const target = await deployedTarget(
-      { stage: 'dev', region: 'eu-west-1' },
-      async (stack, region) => {
-        asked.push(`${stack}@${region}`);
-        return { ApiKeysTableName: 'EphemeralSandbox-dev-Stateful-TablesApiKeys1234', SandboxesTableName: 'x' };
-      },
-    );
+    const target = await deployedTarget({ stage: 'dev', region: 'eu-west-1' }, async (stack, region) => {
+      asked.push(`${stack}@${region}`);
+      return { ApiKeysTableName: 'EphemeralSandbox-dev-Stateful-TablesApiKeys1234', SandboxesTableName: 'x' };
+    });
     assert.deepEqual(asked, ['EphemeralSandbox-dev-Stateful@eu-west-1']);
     assert.equal(target.table, 'EphemeralSandbox-dev-Stateful-TablesApiKeys1234');
     assert.equal(target.region, 'eu-west-1');
@@ -145,7 +142,10 @@ describe('keys: where it works', () => {
     delete process.env.AWS_REGION;
     delete process.env.AWS_DEFAULT_REGION;
     try {
-      await assert.rejects(deployedTarget({ stage: 'dev' }, async () => ({})), (err: unknown) => err instanceof KeysCliError && err.exitCode === 2);
+      await assert.rejects(
+        deployedTarget({ stage: 'dev' }, async () => ({})),
+        (err: unknown) => err instanceof KeysCliError && err.exitCode === 2,
+      );
     } finally {
       if (saved.r !== undefined) process.env.AWS_REGION = saved.r;
       if (saved.d !== undefined) process.env.AWS_DEFAULT_REGION = saved.d;
@@ -160,9 +160,7 @@ describe('keys: create, list and revoke against a running local stack', () => {
 
   /** Runs the real command as an operator would, with none of this process's stack settings. */
   function keysCli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    const env = Object.fromEntries(
-      Object.entries(process.env).filter(([k]) => !k.startsWith('AWS_') && !k.endsWith('_TABLE')),
-    ) as NodeJS.ProcessEnv;
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('AWS_') && !k.endsWith('_TABLE'))) as NodeJS.ProcessEnv;
     const child = spawn(process.execPath, ['--import', 'tsx', join(repoRoot, 'bin', 'keys.ts'), ...args, '--state-file', stateFile], {
       cwd: repoRoot,
       env,
@@ -287,7 +285,9 @@ describe('keys: create, list and revoke against a running local stack', () => {
   it('says the stack is gone when its state file outlives it', async () => {
     const stale = join(dir, 'stale.json');
     writeFileSync(stale, JSON.stringify({ pid: 2 ** 22 + 12345, url: 'x', dynamodbEndpoint: 'http://127.0.0.1:9', tables: { API_KEYS_TABLE: 't' } }));
-    const child = spawn(process.execPath, ['--import', 'tsx', join(repoRoot, 'bin', 'keys.ts'), 'list', '--tenant', 'acme', '--state-file', stale], { cwd: repoRoot });
+    const child = spawn(process.execPath, ['--import', 'tsx', join(repoRoot, 'bin', 'keys.ts'), 'list', '--tenant', 'acme', '--state-file', stale], {
+      cwd: repoRoot,
+    });
     let stderr = '';
     child.stderr.on('data', (d) => (stderr += d));
     const code = await new Promise((r) => child.on('close', r));

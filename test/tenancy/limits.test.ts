@@ -50,7 +50,10 @@ async function liveCount(tenantId: string): Promise<number> {
 }
 
 async function tenantContainers(tenantId: string): Promise<number> {
-  const list = await docker.listContainers({ all: true, filters: { label: [`dev.ephemeral-sandbox.tenant-id=${tenantId}`, `dev.ephemeral-sandbox.host-id=${stack.hostId}`] } });
+  const list = await docker.listContainers({
+    all: true,
+    filters: { label: [`dev.ephemeral-sandbox.tenant-id=${tenantId}`, `dev.ephemeral-sandbox.host-id=${stack.hostId}`] },
+  });
   return list.length;
 }
 
@@ -63,7 +66,11 @@ describe('the cap on sandboxes per tenant', () => {
     for (const a of ok) live.push({ api, id: a.body.sandbox_id });
     assert.equal(ok.length, 2, answers.map((a) => `${a.status} ${a.text}`).join('\n'));
     // Which of the two are still creates when a refusal is written depends on the race; the count of slots does not.
-    for (const a of answers.filter((x) => x.status !== 201)) assertTooMany(a, /^tenant capped is at its limit of 2 sandboxes: (2 sandboxes not yet ended|2 sandboxes still being created|1 not yet ended and 1 still being created)/);
+    for (const a of answers.filter((x) => x.status !== 201))
+      assertTooMany(
+        a,
+        /^tenant capped is at its limit of 2 sandboxes: (2 sandboxes not yet ended|2 sandboxes still being created|1 not yet ended and 1 still being created)/,
+      );
     assert.equal(await liveCount('capped'), 2);
     assert.equal(await tenantContainers('capped'), 2, 'no container was made for a refused create');
   });
@@ -115,12 +122,16 @@ describe('the cap on sandboxes per tenant', () => {
       30_000,
       250,
     );
-    assertTooMany(await api.create('big-home'), /^tenant burst is at its limit of 2 sandboxes: 2 sandboxes still being created \(a create that fails gives its slot back\); destroy one or retry later$/);
+    assertTooMany(
+      await api.create('big-home'),
+      /^tenant burst is at its limit of 2 sandboxes: 2 sandboxes still being created \(a create that fails gives its slot back\); destroy one or retry later$/,
+    );
     for (const res of await Promise.all(burst)) {
       // 202 when the create outlasted the API's time: the host finishes it and the sandbox is followed to ready.
       assert.ok(res.status === 201 || res.status === 202, res.text);
       live.push({ api, id: res.body.sandbox_id });
-      if (res.status === 202) await waitFor(`${res.body.sandbox_id} to be ready`, async () => (await api.get(res.body.sandbox_id)).body.status === 'ready', 120_000, 250);
+      if (res.status === 202)
+        await waitFor(`${res.body.sandbox_id} to be ready`, async () => (await api.get(res.body.sandbox_id)).body.status === 'ready', 120_000, 250);
     }
     assertTooMany(await api.create('big-home'), /^tenant burst is at its limit of 2 sandboxes: 2 sandboxes not yet ended; destroy one or retry later$/);
   });
@@ -140,7 +151,14 @@ describe('the cap on sandboxes per tenant', () => {
     await stack.stopDaemon();
     const host = (await getHost(stack.hostId))!;
     const setUsed = (memoryMb: number) =>
-      dynamo().send(new UpdateCommand({ TableName: config().tables.hosts, Key: { host_id: stack.hostId }, UpdateExpression: 'SET allocated.memory_mb = :n', ExpressionAttributeValues: { ':n': memoryMb } }));
+      dynamo().send(
+        new UpdateCommand({
+          TableName: config().tables.hosts,
+          Key: { host_id: stack.hostId },
+          UpdateExpression: 'SET allocated.memory_mb = :n',
+          ExpressionAttributeValues: { ':n': memoryMb },
+        }),
+      );
     try {
       await setUsed(host.capacity.memory_mb);
       const res = await api.create('u');

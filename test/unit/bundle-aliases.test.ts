@@ -13,7 +13,28 @@ const semver = createRequire(import.meta.url)('semver') as { gte(a: string, b: s
 
 describe('bundle stand-ins', () => {
   it('semver-gte-only compares versions as semver.gte does', () => {
-    const versions = ['0.0.0', '1.0.0', '1.0.1', '1.1.0', '2.0.0', '8.0.0', '20.20.2', '22.1.0', 'v22.11.0', '10.0.0', '1.0.0-alpha', '1.0.0-alpha.1', '1.0.0-alpha.beta', '1.0.0-beta', '1.0.0-beta.2', '1.0.0-beta.11', '1.0.0-rc.1', '1.0.0+build.5', '2.1069.0', '2.3.0'];
+    const versions = [
+      '0.0.0',
+      '1.0.0',
+      '1.0.1',
+      '1.1.0',
+      '2.0.0',
+      '8.0.0',
+      '20.20.2',
+      '22.1.0',
+      'v22.11.0',
+      '10.0.0',
+      '1.0.0-alpha',
+      '1.0.0-alpha.1',
+      '1.0.0-alpha.beta',
+      '1.0.0-beta',
+      '1.0.0-beta.2',
+      '1.0.0-beta.11',
+      '1.0.0-rc.1',
+      '1.0.0+build.5',
+      '2.1069.0',
+      '2.3.0',
+    ];
     for (const a of versions) for (const b of versions) assert.equal(gte(a, b), semver.gte(a, b), `gte(${a}, ${b})`);
   });
 

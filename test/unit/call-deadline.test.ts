@@ -58,14 +58,23 @@ describe('the call deadline', () => {
   it('starts no attempt past the deadline', async () => {
     const client = hungClient();
     const before = sockets.size;
-    await assert.rejects(withCallDeadline(Date.now() - 1, () => client.send(new GetItemCommand({ TableName: 't', Key: { k: { S: 'v' } } }))), DeadlineExceeded);
+    await assert.rejects(
+      withCallDeadline(Date.now() - 1, () => client.send(new GetItemCommand({ TableName: 't', Key: { k: { S: 'v' } } }))),
+      DeadlineExceeded,
+    );
     assert.equal(sockets.size, before, 'no connection was made');
     client.destroy();
   });
 
   it('leaves calls outside a request (the host daemon, scripts) to the SDK’s own timeouts', async () => {
     const client = boundByCallDeadline(
-      new DynamoDBClient({ endpoint, region: 'us-east-1', credentials: { accessKeyId: 'x', secretAccessKey: 'y' }, maxAttempts: 1, requestHandler: { requestTimeout: 300, throwOnRequestTimeout: true } }),
+      new DynamoDBClient({
+        endpoint,
+        region: 'us-east-1',
+        credentials: { accessKeyId: 'x', secretAccessKey: 'y' },
+        maxAttempts: 1,
+        requestHandler: { requestTimeout: 300, throwOnRequestTimeout: true },
+      }),
       'DynamoDB',
     );
     const err = await client.send(new GetItemCommand({ TableName: 't', Key: { k: { S: 'v' } } })).then(

@@ -234,7 +234,8 @@ describe('following the requests of a plain HTTP connection', () => {
 describe('the connection table', () => {
   const proc =
     'ipv4     2 tcp      6 431999 ESTABLISHED src=172.22.0.2 dst=203.0.113.7 sport=60200 dport=443 src=172.22.0.1 dst=172.22.0.2 sport=15001 dport=60200 [ASSURED] mark=0 zone=0 use=2';
-  const tool = 'tcp      6 431999 ESTABLISHED src=172.22.0.2 dst=203.0.113.8 sport=60201 dport=22 src=172.22.0.1 dst=172.22.0.2 sport=15001 dport=60201 [ASSURED] mark=0 use=1';
+  const tool =
+    'tcp      6 431999 ESTABLISHED src=172.22.0.2 dst=203.0.113.8 sport=60201 dport=22 src=172.22.0.1 dst=172.22.0.2 sport=15001 dport=60201 [ASSURED] mark=0 use=1';
 
   it('reads both directions of a line in /proc and conntrack-tool form', () => {
     assert.deepEqual(parseConntrackLine(proc)?.original.dst, { ip: '203.0.113.7', port: 443 });

@@ -90,7 +90,20 @@ describe('lifecycle events', () => {
       expired: 'sandbox.ended',
       fail: 'sandbox.ended',
     };
-    const all: SandboxEvent[] = ['created', 'heartbeat', 'begin_shutdown', 'stopped', 'expired', 'fail', 'pause', 'paused', 'pause_failed', 'resume', 'resumed', 'resume_failed'];
+    const all: SandboxEvent[] = [
+      'created',
+      'heartbeat',
+      'begin_shutdown',
+      'stopped',
+      'expired',
+      'fail',
+      'pause',
+      'paused',
+      'pause_failed',
+      'resume',
+      'resumed',
+      'resume_failed',
+    ];
     for (const event of all) assert.equal(eventForTransition(event), expected[event], event);
     assert.ok(sandboxStatuses.includes('stopped'));
   });

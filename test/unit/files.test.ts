@@ -98,7 +98,7 @@ describe('the host contract for files', () => {
     }
   });
 
-  it('runs the tool without a shell: the caller\'s path is one argv element whatever it holds', () => {
+  it("runs the tool without a shell: the caller's path is one argv element whatever it holds", () => {
     const path = '/home/agent/$(reboot); `id` && rm -rf / #';
     const argv = sandboxFilesArgv('n0nce', 'stat', { path });
     assert.deepEqual(argv.slice(0, 6), ['/usr/bin/python3', '-I', '-S', '-X', 'utf8', '-c']);

@@ -133,7 +133,10 @@ describe('utilizationWithoutOneHost and the scale-in threshold', () => {
   });
 
   it('is published with the capacity metric, rounded up so it never rounds into the threshold', () => {
-    const hosts: FleetHost[] = [{ status: 'active', capacity: { ...shape, sandboxes: 3 }, allocated: { cpu_milli: 1000, memory_mb: 1024, disk_mb: 1536, sandboxes: 1 } }, host(0)];
+    const hosts: FleetHost[] = [
+      { status: 'active', capacity: { ...shape, sandboxes: 3 }, allocated: { cpu_milli: 1000, memory_mb: 1024, disk_mb: 1536, sandboxes: 1 } },
+      host(0),
+    ];
     const metric = capacityMetric(hosts, []);
     // 1 of 3 slots: 33.33...% -> 33.4, never 33.3.
     assert.equal(metric.utilizationWithoutOneHostPercent, 33.4);

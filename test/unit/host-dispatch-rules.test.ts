@@ -28,13 +28,13 @@ describe('reading an SSM invocation of the host-agent', () => {
     }
   });
 
-  it('answers the host\'s result from its envelope, whichever way the script exited', () => {
+  it("answers the host's result from its envelope, whichever way the script exited", () => {
     const stdout = 'noise\n{"ok":true,"result":{"exitCode":0}}\n';
     assert.deepEqual(read({ Status: 'Success', StandardOutputContent: stdout }), { done: true, result: { exitCode: 0 } });
     assert.deepEqual(read({ Status: 'Failed', StandardOutputContent: stdout }), { done: true, result: { exitCode: 0 } });
   });
 
-  it('passes the host\'s own refusal on with its code', () => {
+  it("passes the host's own refusal on with its code", () => {
     try {
       read({ Status: 'Failed', StandardOutputContent: '{"ok":false,"error":{"code":"not_found","message":"no such sandbox"}}' });
       assert.fail('expected a refusal');
@@ -45,21 +45,42 @@ describe('reading an SSM invocation of the host-agent', () => {
     }
   });
 
-  it('maps SSM\'s endings: timeout, unreachable, cancelled, cut, failed', () => {
-    assert.equal(code(() => read({ Status: 'TimedOut', StatusDetails: 'ExecutionTimedOut' })), 'host_timeout');
-    assert.equal(code(() => read({ Status: 'TimedOut', StatusDetails: 'DeliveryTimedOut' })), 'host_unreachable');
-    assert.equal(code(() => read({ Status: 'Failed', StatusDetails: 'Undeliverable' })), 'host_unreachable');
-    assert.equal(code(() => read({ Status: 'Cancelled', StatusDetails: 'Cancelled' })), 'host_cancelled');
-    assert.equal(code(() => read({ Status: 'Success', StandardOutputContent: 'x'.repeat(ssmStdoutCap) })), 'output_too_large');
-    assert.equal(code(() => read({ Status: 'Failed', ResponseCode: 2, StandardErrorContent: 'boom' })), 'host_failed');
-    assert.equal(code(() => read({ Status: 'Success', StandardOutputContent: '' })), 'host_failed');
+  it("maps SSM's endings: timeout, unreachable, cancelled, cut, failed", () => {
+    assert.equal(
+      code(() => read({ Status: 'TimedOut', StatusDetails: 'ExecutionTimedOut' })),
+      'host_timeout',
+    );
+    assert.equal(
+      code(() => read({ Status: 'TimedOut', StatusDetails: 'DeliveryTimedOut' })),
+      'host_unreachable',
+    );
+    assert.equal(
+      code(() => read({ Status: 'Failed', StatusDetails: 'Undeliverable' })),
+      'host_unreachable',
+    );
+    assert.equal(
+      code(() => read({ Status: 'Cancelled', StatusDetails: 'Cancelled' })),
+      'host_cancelled',
+    );
+    assert.equal(
+      code(() => read({ Status: 'Success', StandardOutputContent: 'x'.repeat(ssmStdoutCap) })),
+      'output_too_large',
+    );
+    assert.equal(
+      code(() => read({ Status: 'Failed', ResponseCode: 2, StandardErrorContent: 'boom' })),
+      'host_failed',
+    );
+    assert.equal(
+      code(() => read({ Status: 'Success', StandardOutputContent: '' })),
+      'host_failed',
+    );
   });
 });
 
 describe('mapping SSM errors', () => {
   const sdkError = (name: string, extra: Record<string, unknown> = {}) => Object.assign(new Error(name), { name, ...extra });
 
-  it('treats throttling by name or by the SDK\'s retryable flag as throttling', () => {
+  it("treats throttling by name or by the SDK's retryable flag as throttling", () => {
     assert.ok(isThrottling(sdkError('ThrottlingException')));
     assert.ok(isThrottling(sdkError('Whatever', { $retryable: { throttling: true } })));
     assert.ok(!isThrottling(sdkError('InvalidInstanceId')));
@@ -89,6 +110,9 @@ describe('mapping SSM errors', () => {
   });
 
   it('refuses a verb the host-agent does not have', () => {
-    assert.equal(code(() => assertHostVerb('rm -rf')), 'invalid_dispatch');
+    assert.equal(
+      code(() => assertHostVerb('rm -rf')),
+      'invalid_dispatch',
+    );
   });
 });

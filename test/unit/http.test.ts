@@ -62,7 +62,7 @@ describe('the API handler wrapper', () => {
     assert.doesNotMatch(body.error.message, /secret/);
   });
 
-  it('ends the handler\'s work within the gateway\'s limit counted from the request time (a cold start ate part of it)', async () => {
+  it("ends the handler's work within the gateway's limit counted from the request time (a cold start ate part of it)", async () => {
     const seen = apiHandler(async (req) => ({ status: 200, body: { deadline: req.deadline } }));
     const started = Date.now();
     const late = await seen(event({ requestContext: { ...event().requestContext, requestTimeEpoch: started - 20_000 } as any }), ctx);

@@ -16,7 +16,9 @@ function standInEcr(expiresAt: Date) {
   const client = {
     send: async (command: { constructor: { name: string } }) => {
       calls.push(command.constructor.name);
-      return { authorizationData: [{ authorizationToken: Buffer.from('AWS:secret').toString('base64'), proxyEndpoint: `https://${registryOf(ecrRepo)}`, expiresAt }] };
+      return {
+        authorizationData: [{ authorizationToken: Buffer.from('AWS:secret').toString('base64'), proxyEndpoint: `https://${registryOf(ecrRepo)}`, expiresAt }],
+      };
     },
   } as unknown as Pick<ECRClient, 'send'>;
   return { calls, client };
@@ -47,8 +49,15 @@ describe('ECR credentials (GetAuthorizationToken stood in)', () => {
   it('decodes the token into the Engine API credentials and reuses it until shortly before it expires', async () => {
     let now = Date.parse('2026-01-01T00:00:00Z');
     const { calls, client } = standInEcr(new Date(now + 12 * 3600_000));
-    const auth = ecrRegistryAuth(async () => client, () => now);
-    assert.deepEqual(await auth(`${ecrRepo}:abc`), { username: 'AWS', password: 'secret', serveraddress: 'https://123456789012.dkr.ecr.eu-west-1.amazonaws.com' });
+    const auth = ecrRegistryAuth(
+      async () => client,
+      () => now,
+    );
+    assert.deepEqual(await auth(`${ecrRepo}:abc`), {
+      username: 'AWS',
+      password: 'secret',
+      serveraddress: 'https://123456789012.dkr.ecr.eu-west-1.amazonaws.com',
+    });
     now += 11 * 3600_000;
     await auth(`${ecrRepo}@${digest}`);
     assert.deepEqual(calls, ['GetAuthorizationTokenCommand']);

@@ -73,7 +73,12 @@ function targetOf(from: string, specifier: string): { path: string } | { package
     return { package: specifier.startsWith('@') ? parts.slice(0, 2).join('/') : parts[0]! };
   }
   const absolute = resolve(repoRoot, dirname(from), specifier);
-  return { path: relative(repoRoot, absolute).split(sep).join('/').replace(/\.(?:[cm]?[jt]s)$/, '') };
+  return {
+    path: relative(repoRoot, absolute)
+      .split(sep)
+      .join('/')
+      .replace(/\.(?:[cm]?[jt]s)$/, ''),
+  };
 }
 
 /** `file: import 'x' (why)` for each import that breaks its file's layer rule. */
@@ -105,7 +110,10 @@ describe('import layers', () => {
     const files = layers.flatMap((l) => sourcesUnder(l.folder));
     // A scan that reads nothing passes too: it must at least see the files these rules are about.
     for (const known of ['lambdas/shared/host-dispatch.ts', 'contract/host-protocol.ts', 'sdk/src/index.ts']) {
-      assert.ok(files.some((f) => f.path === known), `the scan did not read ${known}`);
+      assert.ok(
+        files.some((f) => f.path === known),
+        `the scan did not read ${known}`,
+      );
     }
     assert.deepEqual(layerViolations(files), []);
   });
@@ -115,8 +123,14 @@ describe('import layers', () => {
       { path: 'lambdas/shared/a.ts', text: "import { x } from '../../host-agent/src/daemon';\nimport { y } from '../../contract/ids';" },
       { path: 'lambdas/b.ts', text: "export * from '../host-agent/src/docker.ts';\nconst m = await import('../host-agent/src/network');" },
       { path: 'contract/c.ts', text: "import type { Z } from '../lambdas/shared/config';\nimport * as z from 'zod';\nimport { join } from 'node:path';" },
-      { path: 'contract/d.ts', text: "import '../host-agent/src/cli';\nimport { version } from '../package.json';\nimport { S3Client } from '@aws-sdk/client-s3';" },
-      { path: 'sdk/src/e.ts', text: "import { f } from './errors.js';\nimport { g } from '../../lambdas/shared/responses';\nimport { h } from 'zod';\nimport { readFile } from 'node:fs/promises';" },
+      {
+        path: 'contract/d.ts',
+        text: "import '../host-agent/src/cli';\nimport { version } from '../package.json';\nimport { S3Client } from '@aws-sdk/client-s3';",
+      },
+      {
+        path: 'sdk/src/e.ts',
+        text: "import { f } from './errors.js';\nimport { g } from '../../lambdas/shared/responses';\nimport { h } from 'zod';\nimport { readFile } from 'node:fs/promises';",
+      },
       { path: 'host-agent/src/f.ts', text: "import { logger } from '../../lambdas/shared/logger';" },
     ];
     assert.deepEqual(

@@ -139,14 +139,18 @@ describe('the local gateway: routing and the proxy event', () => {
 });
 
 describe('the local gateway: answers', () => {
-  it('passes a handler\'s answer on and turns a timeout, a crash or a malformed answer into an integration failure', () => {
+  it("passes a handler's answer on and turns a timeout, a crash or a malformed answer into an integration failure", () => {
     assert.deepEqual(proxyAnswer({ kind: 'ok', payload: { statusCode: 201, body: '{}' } }), {
       statusCode: 201,
       headers: {},
       body: '{}',
       isBase64Encoded: false,
     });
-    for (const outcome of [{ kind: 'timeout' as const }, { kind: 'error' as const, errorType: 'Error', errorMessage: 'x' }, { kind: 'ok' as const, payload: 'nope' }]) {
+    for (const outcome of [
+      { kind: 'timeout' as const },
+      { kind: 'error' as const, errorType: 'Error', errorMessage: 'x' },
+      { kind: 'ok' as const, payload: 'nope' },
+    ]) {
       assert.equal(proxyAnswer(outcome).statusCode, 502);
     }
     assert.equal(proxyAnswer({ kind: 'error', errorType: 'RequestEntityTooLargeException', errorMessage: 'x' }).statusCode, 413);

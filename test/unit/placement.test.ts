@@ -63,12 +63,20 @@ describe('whether a sandbox fits', () => {
   }
 
   it('a t4g.medium (2 vCPU, 4 GiB, 768 MiB kept for the host) takes three 1 GiB sandboxes by memory, never three of 2 GiB', () => {
-    const medium = allocatableResources({ cpus: 2, memoryMb: 3904, stateDiskMb: 20 * gib }, { cpuOvercommit: 2, reservedMemoryMb: 768, reservedDiskMb: 1024, maxSandboxes: 3 });
+    const medium = allocatableResources(
+      { cpus: 2, memoryMb: 3904, stateDiskMb: 20 * gib },
+      { cpuOvercommit: 2, reservedMemoryMb: 768, reservedDiskMb: 1024, maxSandboxes: 3 },
+    );
     let allocated = r(0, 0, 0, 0);
     const small = resourcesOf({ cpu: 1, memory_mb: 1024, disk_mb: 1024 });
     for (let i = 0; i < 3; i++) {
       assert.ok(fits(medium, allocated, small), `sandbox ${i + 1}`);
-      allocated = { cpu_milli: allocated.cpu_milli + small.cpu_milli, memory_mb: allocated.memory_mb + small.memory_mb, disk_mb: allocated.disk_mb + small.disk_mb, sandboxes: allocated.sandboxes + 1 };
+      allocated = {
+        cpu_milli: allocated.cpu_milli + small.cpu_milli,
+        memory_mb: allocated.memory_mb + small.memory_mb,
+        disk_mb: allocated.disk_mb + small.disk_mb,
+        sandboxes: allocated.sandboxes + 1,
+      };
     }
     const big = resourcesOf({ cpu: 1, memory_mb: 2048, disk_mb: 1024 });
     assert.ok(fits(medium, r(0, 0, 0, 0), big));
@@ -78,12 +86,7 @@ describe('whether a sandbox fits', () => {
 
 describe('the order hosts are tried in', () => {
   const cap = r(4, 8, 40, 8);
-  const hosts = [
-    host('mi-a', cap, r(3, 6, 10, 3)),
-    host('mi-b', cap, r(1, 2, 5, 1)),
-    host('mi-c', cap, r(2, 4, 8, 2)),
-    host('mi-d', cap, r(4, 8, 40, 8)),
-  ];
+  const hosts = [host('mi-a', cap, r(3, 6, 10, 3)), host('mi-b', cap, r(1, 2, 5, 1)), host('mi-c', cap, r(2, 4, 8, 2)), host('mi-d', cap, r(4, 8, 40, 8))];
   const request = r(1, 1, 1, 1);
   const ids = (hs: PlacementHost[]) => hs.map((h) => h.host_id);
   // biome-ignore format: one case per line reads as a table
@@ -203,11 +206,40 @@ describe('correcting a host\u2019s allocations', () => {
     stillHere?: Record<string, 'here' | 'ended' | 'missing'>;
     want: { release: string[]; add: string[] };
   }[] = [
-    { name: 'allocations that match the live sandboxes stay', allocations: { 'sbx-1': a(0), 'sbx-2': a(0) }, live: ['sbx-1', 'sbx-2'], want: { release: [], add: [] } },
-    { name: 'the share of a sandbox that ended (its release was lost) goes', allocations: { 'sbx-1': a(0) }, live: [], stillHere: { 'sbx-1': 'ended' }, want: { release: ['sbx-1'], add: [] } },
-    { name: 'a create still recording its sandbox keeps its share within the grace', allocations: { 'sbx-new': a(now - 5_000) }, live: [], stillHere: { 'sbx-new': 'missing' }, want: { release: [], add: [] } },
-    { name: 'a create that never recorded its sandbox loses its share after the grace', allocations: { 'sbx-dead': a(now - grace - 1) }, live: [], stillHere: { 'sbx-dead': 'missing' }, want: { release: ['sbx-dead'], add: [] } },
-    { name: 'a sandbox the index does not show yet, but whose record is here, keeps its share', allocations: { 'sbx-lag': a(0) }, live: [], stillHere: { 'sbx-lag': 'here' }, want: { release: [], add: [] } },
+    {
+      name: 'allocations that match the live sandboxes stay',
+      allocations: { 'sbx-1': a(0), 'sbx-2': a(0) },
+      live: ['sbx-1', 'sbx-2'],
+      want: { release: [], add: [] },
+    },
+    {
+      name: 'the share of a sandbox that ended (its release was lost) goes',
+      allocations: { 'sbx-1': a(0) },
+      live: [],
+      stillHere: { 'sbx-1': 'ended' },
+      want: { release: ['sbx-1'], add: [] },
+    },
+    {
+      name: 'a create still recording its sandbox keeps its share within the grace',
+      allocations: { 'sbx-new': a(now - 5_000) },
+      live: [],
+      stillHere: { 'sbx-new': 'missing' },
+      want: { release: [], add: [] },
+    },
+    {
+      name: 'a create that never recorded its sandbox loses its share after the grace',
+      allocations: { 'sbx-dead': a(now - grace - 1) },
+      live: [],
+      stillHere: { 'sbx-dead': 'missing' },
+      want: { release: ['sbx-dead'], add: [] },
+    },
+    {
+      name: 'a sandbox the index does not show yet, but whose record is here, keeps its share',
+      allocations: { 'sbx-lag': a(0) },
+      live: [],
+      stillHere: { 'sbx-lag': 'here' },
+      want: { release: [], add: [] },
+    },
     { name: 'a live sandbox without a share gets one', allocations: {}, live: ['sbx-1'], want: { release: [], add: ['sbx-1'] } },
     {
       name: 'both at once, in a stable order',
@@ -225,6 +257,11 @@ describe('correcting a host\u2019s allocations', () => {
   }
 
   it('totals are the sum of the entries', () => {
-    assert.deepEqual(sumAllocations({ x: a(0), y: { cpu_milli: 500, memory_mb: 256, disk_mb: 100, at: 0 } }), { cpu_milli: 1500, memory_mb: 1280, disk_mb: 1636, sandboxes: 2 });
+    assert.deepEqual(sumAllocations({ x: a(0), y: { cpu_milli: 500, memory_mb: 256, disk_mb: 100, at: 0 } }), {
+      cpu_milli: 1500,
+      memory_mb: 1280,
+      disk_mb: 1636,
+      sandboxes: 2,
+    });
   });
 });

@@ -178,7 +178,7 @@ describe('deadline rules', () => {
     assert.ok(failedShutdownRetry(T, settings) < shutdownLease(T, settings));
   });
 
-  it('end event: the reaper\'s own ends are expired, every other end stopped', () => {
+  it("end event: the reaper's own ends are expired, every other end stopped", () => {
     assert.equal(endEventOf('idle_timeout'), 'expired');
     assert.equal(endEventOf('ttl_expired'), 'expired');
     for (const reason of ['user_requested', 'completed', 'agent_error', 'container_exited', 'host_draining', undefined] as const) {

@@ -14,7 +14,20 @@ describe('the sandbox state machine', () => {
   it('refuses every event from a terminal status', () => {
     for (const s of ['stopped', 'expired', 'failed'] as const) {
       assert.ok(isTerminal(s));
-      for (const e of ['created', 'heartbeat', 'begin_shutdown', 'stopped', 'expired', 'fail', 'pause', 'paused', 'pause_failed', 'resume', 'resumed', 'resume_failed'] as const) {
+      for (const e of [
+        'created',
+        'heartbeat',
+        'begin_shutdown',
+        'stopped',
+        'expired',
+        'fail',
+        'pause',
+        'paused',
+        'pause_failed',
+        'resume',
+        'resumed',
+        'resume_failed',
+      ] as const) {
         assert.equal(nextStatus(s, e), null, `${e} from ${s}`);
       }
     }

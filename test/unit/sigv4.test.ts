@@ -72,7 +72,10 @@ describe('SigV4 check: everything else is refused', () => {
 
   it('refuses a request with no signature', async () => {
     const parts: SignedRequestParts = { method: 'POST', url: '/', rawHeaders: ['Host', '127.0.0.1:1', 'X-Amz-Target', 'DynamoDB_20120810.ListTables'] };
-    assert.throws(() => readSignatureClaim(parts, policy('dynamodb')), (e) => e instanceof SignatureRefusedError && e.fault === 'missing');
+    assert.throws(
+      () => readSignatureClaim(parts, policy('dynamodb')),
+      (e) => e instanceof SignatureRefusedError && e.fault === 'missing',
+    );
   });
 
   it("refuses another key, s3rver's public S3RVER key, and the stack's key with a wrong secret", async () => {
@@ -98,10 +101,19 @@ describe('SigV4 check: everything else is refused', () => {
 
   it('refuses signature version 2 (header or presigned) and aws-chunked uploads, which it does not check', async () => {
     const v2: SignedRequestParts = { method: 'GET', url: '/bucket/k', rawHeaders: ['Host', 'h', 'Authorization', 'AWS S3RVER:abc='] };
-    assert.throws(() => readSignatureClaim(v2, policy('s3')), (e) => e instanceof SignatureRefusedError && e.fault === 'unsupported');
+    assert.throws(
+      () => readSignatureClaim(v2, policy('s3')),
+      (e) => e instanceof SignatureRefusedError && e.fault === 'unsupported',
+    );
     const v2Url: SignedRequestParts = { method: 'GET', url: '/bucket/k?AWSAccessKeyId=S3RVER&Expires=9999999999&Signature=abc%3D', rawHeaders: ['Host', 'h'] };
-    assert.throws(() => readSignatureClaim(v2Url, policy('s3')), (e) => e instanceof SignatureRefusedError && e.fault === 'unsupported');
-    const chunked = await verdict({ method: 'PUT', path: '/bucket/k', body: 'x', headers: { 'x-amz-content-sha256': 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD' } }, 's3');
+    assert.throws(
+      () => readSignatureClaim(v2Url, policy('s3')),
+      (e) => e instanceof SignatureRefusedError && e.fault === 'unsupported',
+    );
+    const chunked = await verdict(
+      { method: 'PUT', path: '/bucket/k', body: 'x', headers: { 'x-amz-content-sha256': 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD' } },
+      's3',
+    );
     assert.equal(chunked, 'unsupported');
   });
 });
@@ -117,7 +129,11 @@ describe('SigV4 check: presigned URLs (query-string signatures, as the SDK presi
     const signedAt = Date.now();
     const url = new URL(await getSignedUrl(client(o.as), command, { expiresIn: o.expiresIn ?? 900 }));
     o.tamper?.(url);
-    const parts: SignedRequestParts = { method: command instanceof PutObjectCommand ? 'PUT' : 'GET', url: url.pathname + url.search, rawHeaders: ['Host', url.host, ...(o.headers ?? [])] };
+    const parts: SignedRequestParts = {
+      method: command instanceof PutObjectCommand ? 'PUT' : 'GET',
+      url: url.pathname + url.search,
+      rawHeaders: ['Host', url.host, ...(o.headers ?? [])],
+    };
     try {
       const p = policy('s3', { now: () => signedAt + (o.at ?? 0) });
       const claim = readSignatureClaim(parts, p);
@@ -161,8 +177,14 @@ describe('SigV4 check: presigned URLs (query-string signatures, as the SDK presi
   });
 
   it('refuses what S3 refuses before reading a PUT body: no Content-Length, or more than 5 GiB', () => {
-    assert.throws(() => checkS3PutLength(undefined), (e) => e instanceof SignatureRefusedError && e.fault === 'length_required');
-    assert.throws(() => checkS3PutLength(String(5 * 1024 ** 3 + 1)), (e) => e instanceof SignatureRefusedError && e.fault === 'too_large');
+    assert.throws(
+      () => checkS3PutLength(undefined),
+      (e) => e instanceof SignatureRefusedError && e.fault === 'length_required',
+    );
+    assert.throws(
+      () => checkS3PutLength(String(5 * 1024 ** 3 + 1)),
+      (e) => e instanceof SignatureRefusedError && e.fault === 'too_large',
+    );
     assert.doesNotThrow(() => checkS3PutLength(String(5 * 1024 ** 3)));
     assert.doesNotThrow(() => checkS3PutLength('0'));
   });

@@ -15,7 +15,10 @@ import { environmentFromCdkJson, simulate, timings, trafficProfiles, type Simula
 /** Twelve hours from midnight: the night, the morning ramp and the first bursts (08:00-20:00). */
 const hours = 12;
 
-function run(env: 'dev' | 'prod', o: { seed?: number; hosts?: Partial<DeploymentEnvironment['hosts']>; traffic?: Partial<TrafficProfile> } = {}): SimulationResult {
+function run(
+  env: 'dev' | 'prod',
+  o: { seed?: number; hosts?: Partial<DeploymentEnvironment['hosts']>; traffic?: Partial<TrafficProfile> } = {},
+): SimulationResult {
   const e = environmentFromCdkJson(env);
   return simulate({
     environment: { ...e, hosts: { ...e.hosts, ...o.hosts } },
@@ -29,7 +32,11 @@ function assertAccounted(r: SimulationResult): void {
   assert.deepEqual(r.violations, [], `${r.environment}: invariants`);
   assert.ok(r.creates > 0, 'the window has traffic');
   assert.equal(r.placedAtOnce + r.waitedForCapacity, r.creates, 'every create was placed at once or waited');
-  assert.equal(r.createWaits.length + r.failedNoCapacity + r.stillWaitingAtEnd, r.creates, 'every create got a host, failed no_capacity, or is still within its wait');
+  assert.equal(
+    r.createWaits.length + r.failedNoCapacity + r.stillWaitingAtEnd,
+    r.creates,
+    'every create got a host, failed no_capacity, or is still within its wait',
+  );
   const longest = r.createWaits.at(-1) ?? 0;
   assert.ok(longest <= capacityWaitSeconds + timings.createColdContainerSeconds, `no create got a host after its wait (longest ${longest} s)`);
   assert.ok(r.waitP50 <= r.waitP95 && r.waitP95 <= r.waitP99);
@@ -64,7 +71,10 @@ describe('simulate-fleet on a short window', () => {
     const without = run('prod', { hosts: { headroomPercent: 0, maxHosts: 30 } });
     assertAccounted(withHeadroom);
     assertAccounted(without);
-    assert.ok(withHeadroom.waitedForCapacity < without.waitedForCapacity, `${withHeadroom.waitedForCapacity} waited with 30 % headroom, ${without.waitedForCapacity} without`);
+    assert.ok(
+      withHeadroom.waitedForCapacity < without.waitedForCapacity,
+      `${withHeadroom.waitedForCapacity} waited with 30 % headroom, ${without.waitedForCapacity} without`,
+    );
     assert.ok(withHeadroom.hostHours >= without.hostHours, 'headroom costs host-hours');
   });
 

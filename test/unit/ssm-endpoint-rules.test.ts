@@ -53,7 +53,7 @@ describe('the local SSM endpoint: invocation rules', () => {
     assert.deepEqual(exitOutcome('cancel', 137, ''), { status: 'Cancelled', details: 'Cancelled', responseCode: -1 });
   });
 
-  it('ends an exit 0 as Success and any other as Failed with the agent\'s stderr line', () => {
+  it("ends an exit 0 as Success and any other as Failed with the agent's stderr line", () => {
     assert.deepEqual(exitOutcome(undefined, 0, ''), { status: 'Success', details: 'Success', responseCode: 0 });
     assert.deepEqual(exitOutcome(undefined, 3, 'oops'), {
       status: 'Failed',
@@ -90,7 +90,7 @@ describe('the local SSM endpoint: invocation rules', () => {
     assert.equal(commandStatus([invocation('Success'), invocation('Cancelled')]), 'Failed');
   });
 
-  it('puts stderr after stdout in the plugin output and cuts it at 2,500 characters with SSM\'s marker', () => {
+  it("puts stderr after stdout in the plugin output and cuts it at 2,500 characters with SSM's marker", () => {
     assert.equal(pluginOutput('out', ''), 'out');
     assert.equal(pluginOutput('out', 'err'), 'out\n----------ERROR-------\nerr');
     const long = pluginOutput('x'.repeat(3_000), '');
@@ -100,7 +100,7 @@ describe('the local SSM endpoint: invocation rules', () => {
 });
 
 describe('the local SSM endpoint: requests', () => {
-  it('reads a SendCommand with SSM\'s defaults', () => {
+  it("reads a SendCommand with SSM's defaults", () => {
     const r = parseSendCommand(send(), () => true);
     assert.equal(r.documentVersion, '$DEFAULT');
     assert.deepEqual(r.commands, ['echo hi']);
@@ -111,19 +111,46 @@ describe('the local SSM endpoint: requests', () => {
     assert.equal(r.maxErrors, '0');
   });
 
-  it('refuses what SSM refuses, in SSM\'s words', () => {
-    assert.equal(refusal(() => parseSendCommand(send(), () => false)), 'InvalidInstanceId');
-    assert.equal(refusal(() => parseSendCommand(send({ DocumentName: 'AWS-RunPowerShellScript' }), () => true)), 'InvalidDocument');
-    assert.equal(refusal(() => parseSendCommand(send({ InstanceIds: [instance, instance] }), () => true)), 'DuplicateInstanceId');
-    assert.equal(refusal(() => parseSendCommand(send({ Targets: [] }), () => true)), 'ValidationException');
-    assert.equal(refusal(() => parseSendCommand(send({ TimeoutSeconds: 29 }), () => true)), 'ValidationException');
-    assert.equal(refusal(() => parseSendCommand(send({ Parameters: { commands: ['x'], executionTimeout: ['172801'] } }), () => true)), 'InvalidParameters');
-    assert.equal(refusal(() => parseSendCommand(send({ Parameters: { commands: ['x'], other: ['y'] } }), () => true)), 'InvalidParameters');
-    assert.equal(refusal(() => parseSendCommand(send({ Comment: 7 }), () => true)), 'SerializationException');
+  it("refuses what SSM refuses, in SSM's words", () => {
+    assert.equal(
+      refusal(() => parseSendCommand(send(), () => false)),
+      'InvalidInstanceId',
+    );
+    assert.equal(
+      refusal(() => parseSendCommand(send({ DocumentName: 'AWS-RunPowerShellScript' }), () => true)),
+      'InvalidDocument',
+    );
+    assert.equal(
+      refusal(() => parseSendCommand(send({ InstanceIds: [instance, instance] }), () => true)),
+      'DuplicateInstanceId',
+    );
+    assert.equal(
+      refusal(() => parseSendCommand(send({ Targets: [] }), () => true)),
+      'ValidationException',
+    );
+    assert.equal(
+      refusal(() => parseSendCommand(send({ TimeoutSeconds: 29 }), () => true)),
+      'ValidationException',
+    );
+    assert.equal(
+      refusal(() => parseSendCommand(send({ Parameters: { commands: ['x'], executionTimeout: ['172801'] } }), () => true)),
+      'InvalidParameters',
+    );
+    assert.equal(
+      refusal(() => parseSendCommand(send({ Parameters: { commands: ['x'], other: ['y'] } }), () => true)),
+      'InvalidParameters',
+    );
+    assert.equal(
+      refusal(() => parseSendCommand(send({ Comment: 7 }), () => true)),
+      'SerializationException',
+    );
   });
 
   it('refuses a malformed MaxConcurrency before the command exists', () => {
-    assert.equal(refusal(() => parseSendCommand(send({ MaxConcurrency: 5 }), () => true)), 'SerializationException');
+    assert.equal(
+      refusal(() => parseSendCommand(send({ MaxConcurrency: 5 }), () => true)),
+      'SerializationException',
+    );
   });
 
   it('pages a listing by offset, with a token only while more follow', () => {
@@ -137,8 +164,17 @@ describe('the local SSM endpoint: requests', () => {
   });
 
   it('refuses a page size outside 1..50 and a token it did not make', () => {
-    assert.equal(refusal(() => parsePage({ MaxResults: 51 })), 'ValidationException');
-    assert.equal(refusal(() => parsePage({ MaxResults: 0 })), 'ValidationException');
-    assert.equal(refusal(() => parsePage({ NextToken: 'not-a-number' })), 'InvalidNextToken');
+    assert.equal(
+      refusal(() => parsePage({ MaxResults: 51 })),
+      'ValidationException',
+    );
+    assert.equal(
+      refusal(() => parsePage({ MaxResults: 0 })),
+      'ValidationException',
+    );
+    assert.equal(
+      refusal(() => parsePage({ NextToken: 'not-a-number' })),
+      'InvalidNextToken',
+    );
   });
 });

@@ -148,10 +148,7 @@ export class CommandRunner {
 
   private async answer(c: Running, withinMs: number): Promise<RunResult> {
     let timer: NodeJS.Timeout | undefined;
-    const ended = await Promise.race([
-      c.done,
-      new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), withinMs))),
-    ]);
+    const ended = await Promise.race([c.done, new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), withinMs)))]);
     clearTimeout(timer);
     if (!ended) return { command: { ...snapshot(c.record), status: 'running' } };
     return { command: snapshot(ended), ...(await this.inlineOutput(c, ended)) };
@@ -178,7 +175,9 @@ export class CommandRunner {
     let record: CommandRecord;
     let claimed: CommandRecord;
     try {
-      ({ before: record, after: claimed } = await span('runner.claim', () => claimCommandStart(sandboxId, commandId, { runnerId: this.o.runnerId, startedAt: new Date().toISOString() })));
+      ({ before: record, after: claimed } = await span('runner.claim', () =>
+        claimCommandStart(sandboxId, commandId, { runnerId: this.o.runnerId, startedAt: new Date().toISOString() }),
+      ));
     } catch (err) {
       if (!(err instanceof CommandConflictError)) throw err;
       // A concurrent delivery of the same start may be running it here.
@@ -190,7 +189,15 @@ export class CommandRunner {
     const env = record.env ?? {};
     const stdin = record.stdin ?? '';
     if (record.command.includes('\0') || Buffer.byteLength(record.command) > maxCommandBytes) {
-      return { record: await this.settle(claimed, { status: 'lost', exitCode: null, endedAt: new Date().toISOString(), endReason: 'not_started', endDetail: 'the command is not valid for bash (NUL byte or over 1 MiB)' }) };
+      return {
+        record: await this.settle(claimed, {
+          status: 'lost',
+          exitCode: null,
+          endedAt: new Date().toISOString(),
+          endReason: 'not_started',
+          endDetail: 'the command is not valid for bash (NUL byte or over 1 MiB)',
+        }),
+      };
     }
 
     const nonce = randomBytes(16).toString('hex');
@@ -222,7 +229,9 @@ export class CommandRunner {
         error instanceof DockerApiError && (error.statusCode === 404 || error.statusCode === 409)
           ? `sandbox ${sandboxId} has no running container on this host`
           : `the host could not start it: ${(error as Error).message}`;
-      return { record: await this.settle(claimed, { status: 'lost', exitCode: null, endedAt: new Date().toISOString(), endReason: 'not_started', endDetail: detail }) };
+      return {
+        record: await this.settle(claimed, { status: 'lost', exitCode: null, endedAt: new Date().toISOString(), endReason: 'not_started', endDetail: detail }),
+      };
     }
     const io = stdio;
 
@@ -410,7 +419,9 @@ export class CommandRunner {
     if (exitCode === null && c.ending) exitCode = killedExitCode;
     const stored = await c.output.drain(30_000);
     if (stored.unstored > 0) {
-      detail = [detail, `${stored.unstored} bytes of output could not be stored: ${(stored.error as Error)?.message ?? 'S3 failed'}`].filter(Boolean).join('; ');
+      detail = [detail, `${stored.unstored} bytes of output could not be stored: ${(stored.error as Error)?.message ?? 'S3 failed'}`]
+        .filter(Boolean)
+        .join('; ');
     }
     const p = c.output.progress();
     const endedAt = new Date();
@@ -441,11 +452,14 @@ export class CommandRunner {
     const cwd = r.cwd_fallback !== undefined ? end.finalCwd : undefined;
     let ended: CommandRecord;
     try {
-      const out = await whileDependencyDown(() => span('runner.settle', () => finishCommandOnSandbox(r, end, { ...(cwd !== undefined ? { cwd } : {}), now: Date.now() })), {
-        // The end is the one thing about a command that must land: keep trying while DynamoDB is away.
-        forMs: 10 * 60_000,
-        onRetry: (err) => logger.warn('command: recording its end failed; retrying', { commandId: r.command_id, err }),
-      });
+      const out = await whileDependencyDown(
+        () => span('runner.settle', () => finishCommandOnSandbox(r, end, { ...(cwd !== undefined ? { cwd } : {}), now: Date.now() })),
+        {
+          // The end is the one thing about a command that must land: keep trying while DynamoDB is away.
+          forMs: 10 * 60_000,
+          onRetry: (err) => logger.warn('command: recording its end failed; retrying', { commandId: r.command_id, err }),
+        },
+      );
       if (out.sandboxUpdated) return out.record;
       ended = out.record;
     } catch (err) {
@@ -471,7 +485,12 @@ export class CommandRunner {
     if (!record) throw new HostAgentError('not_found', `command ${req.commandId} of sandbox ${req.sandboxId} does not exist`);
     if (record.status === 'pending') {
       try {
-        const ended = await finishCommand(req.sandboxId, req.commandId, { status: 'killed', exitCode: null, endedAt: new Date().toISOString(), endReason: 'kill_requested' }, ['pending']);
+        const ended = await finishCommand(
+          req.sandboxId,
+          req.commandId,
+          { status: 'killed', exitCode: null, endedAt: new Date().toISOString(), endReason: 'kill_requested' },
+          ['pending'],
+        );
         const sandbox = await getSandbox(req.sandboxId);
         if (sandbox) await endExec(sandbox, req.commandId, undefined, Date.now()).catch(() => undefined);
         return { command: snapshot(ended) };
@@ -558,7 +577,9 @@ export class CommandRunner {
             exitCode: null,
             endedAt: new Date().toISOString(),
             endReason: orphaned ? 'host_daemon_restarted' : 'not_started',
-            endDetail: orphaned ? 'the host daemon that ran it restarted; its processes were stopped and the output written until then is kept' : 'it was never started on its host',
+            endDetail: orphaned
+              ? 'the host daemon that ran it restarted; its processes were stopped and the output written until then is kept'
+              : 'it was never started on its host',
           });
           lost.push(r.command_id);
         } catch (err) {

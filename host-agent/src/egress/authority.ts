@@ -213,9 +213,7 @@ export class EgressAuthority {
     if (sandbox.unreadable) return { allowed: false, reason: `policy unreadable: ${sandbox.unreadable}` };
     if (sandbox.policy === 'allow_all') return { allowed: true, reason: 'allow_all' };
     if (sandbox.policy === 'deny_all') return { allowed: false, reason: 'deny_all' };
-    return allowlistAdmitsName(sandbox.allowlist!, name)
-      ? { allowed: true, reason: 'on the allowlist' }
-      : { allowed: false, reason: 'not on the allowlist' };
+    return allowlistAdmitsName(sandbox.allowlist!, name) ? { allowed: true, reason: 'on the allowlist' } : { allowed: false, reason: 'not on the allowlist' };
   }
 
   /** May this sandbox open a connection to this address? */

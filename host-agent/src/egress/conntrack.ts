@@ -59,7 +59,12 @@ export type OriginalDestination = (client: Endpoint, proxy: Endpoint) => Promise
  * @example const lookup = await conntrackLookup(); const dst = await lookup(client, proxy);
  */
 export async function conntrackLookup(): Promise<{ source: 'procfs' | 'conntrack-tool'; lookup: OriginalDestination }> {
-  if (await access(procPath).then(() => true, () => false)) {
+  if (
+    await access(procPath).then(
+      () => true,
+      () => false,
+    )
+  ) {
     // Lookups that arrive together share one read of the table.
     let batch: Promise<string[]> | undefined;
     const table = () =>

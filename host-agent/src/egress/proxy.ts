@@ -187,8 +187,7 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
         t.decidedUnder = current;
         const address = o.authority.addressVerdict(current, t.destination.ip);
         // An answer whose TTL ran out since does not end a connection made on it, while its name is still admitted.
-        const stillGranted =
-          !isNeverReachable(t.destination.ip) && t.grantedAs.some((name) => o.authority.nameVerdict(current, name).allowed);
+        const stillGranted = !isNeverReachable(t.destination.ip) && t.grantedAs.some((name) => o.authority.nameVerdict(current, name).allowed);
         if (!address.allowed && !stillGranted) {
           t.cut(address, 'address');
           continue;

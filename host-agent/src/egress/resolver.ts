@@ -108,7 +108,10 @@ function askOverTcp(upstream: DnsUpstream, query: Buffer): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const socket = createConnection({ host: upstream.address, port: upstream.port });
     let received = Buffer.alloc(0);
-    const timer = setTimeout(() => finish(new Error(`no answer from ${upstream.address}:${upstream.port} (TCP) in ${upstreamTimeoutMs} ms`)), upstreamTimeoutMs);
+    const timer = setTimeout(
+      () => finish(new Error(`no answer from ${upstream.address}:${upstream.port} (TCP) in ${upstreamTimeoutMs} ms`)),
+      upstreamTimeoutMs,
+    );
     const finish = (error: Error | undefined, answer?: Buffer) => {
       clearTimeout(timer);
       socket.destroy();
@@ -142,7 +145,8 @@ export async function startSandboxResolver(o: SandboxResolverOptions): Promise<S
   /** Forwards to the upstreams in order; the first answer wins. */
   async function forward(query: Buffer, transport: 'udp' | 'tcp'): Promise<Buffer> {
     const upstreams = o.upstreams().filter((u) => !(u.address === o.address && u.port === port));
-    if (upstreams.length === 0) throw new Error('no upstream resolver: /etc/resolv.conf lists none (or only this resolver) and SANDBOX_DNS_UPSTREAM is not set');
+    if (upstreams.length === 0)
+      throw new Error('no upstream resolver: /etc/resolv.conf lists none (or only this resolver) and SANDBOX_DNS_UPSTREAM is not set');
     const errors: string[] = [];
     for (const upstream of upstreams) {
       try {

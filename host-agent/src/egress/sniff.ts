@@ -97,7 +97,12 @@ function serverName(hello: Buffer): string | undefined {
         while (q + 3 <= p + 4 + length) {
           const kind = hello[q]!;
           const nameLength = hello.readUInt16BE(q + 1);
-          if (kind === 0) return hello.subarray(q + 3, q + 3 + nameLength).toString('latin1').toLowerCase().replace(/\.$/, '');
+          if (kind === 0)
+            return hello
+              .subarray(q + 3, q + 3 + nameLength)
+              .toString('latin1')
+              .toLowerCase()
+              .replace(/\.$/, '');
           q += 3 + nameLength;
         }
         return undefined;
@@ -170,12 +175,18 @@ export class HttpRequestFramer {
         const header = (name: string) =>
           headers
             .filter((l) => l.toLowerCase().startsWith(`${name}:`))
-            .map((l) => l.slice(name.length + 1).trim().toLowerCase());
+            .map((l) =>
+              l
+                .slice(name.length + 1)
+                .trim()
+                .toLowerCase(),
+            );
         if (headers[0]!.startsWith('CONNECT ') || header('upgrade').length > 0) this.state = 'opaque';
         else if (header('transfer-encoding').some((v) => v.split(',').at(-1)!.trim() === 'chunked')) this.state = 'chunk-size';
         else {
           const lengths = [...new Set(header('content-length'))];
-          if (lengths.length > 1 || (lengths.length === 1 && !/^\d{1,15}$/.test(lengths[0]!))) return { error: 'an HTTP request with a Content-Length the proxy cannot trust' };
+          if (lengths.length > 1 || (lengths.length === 1 && !/^\d{1,15}$/.test(lengths[0]!)))
+            return { error: 'an HTTP request with a Content-Length the proxy cannot trust' };
           this.remaining = lengths.length === 1 ? Number(lengths[0]) : 0;
           if (this.remaining > 0) this.state = 'body';
         }

@@ -141,7 +141,10 @@ export async function runSandboxTool<T>(
     }
     stream.destroy();
   };
-  const timer = setTimeout(() => void stop(fileError('timeout', path, `the file operation took longer than ${Math.round(io.timeoutMs / 1000)} s and was stopped`)), io.timeoutMs);
+  const timer = setTimeout(
+    () => void stop(fileError('timeout', path, `the file operation took longer than ${Math.round(io.timeoutMs / 1000)} s and was stopped`)),
+    io.timeoutMs,
+  );
   // The one reason a run is stopped from outside: its sandbox is stopping or ending.
   const onAbort = () => void stop(fileError('sandbox_not_running', path, String(io.signal?.reason ?? 'the operation was stopped')));
   io.signal?.addEventListener('abort', onAbort, { once: true });
@@ -159,7 +162,7 @@ export async function runSandboxTool<T>(
     for await (const chunk of stream) {
       demuxer.push(chunk as Buffer);
       if (unframed) {
-        await stop(fileError('failed', path, 'the Docker engine answered with an unframed stream (an engine error?), not the tool\'s output'));
+        await stop(fileError('failed', path, "the Docker engine answered with an unframed stream (an engine error?), not the tool's output"));
         break;
       }
       while (pending.length > 0 && !stopped) {
@@ -205,7 +208,11 @@ export async function runSandboxTool<T>(
   const hint = exitCode === 127 ? ' (the sandbox image needs /usr/bin/python3)' : '';
   return {
     ok: false,
-    error: fileError('failed', path, `the file tool ended without an outcome (exit ${exitCode ?? 'unknown'})${hint}: ${diagnostics.slice(-2000) || 'no message'}`),
+    error: fileError(
+      'failed',
+      path,
+      `the file tool ended without an outcome (exit ${exitCode ?? 'unknown'})${hint}: ${diagnostics.slice(-2000) || 'no message'}`,
+    ),
     stderr: diagnostics,
   };
 }

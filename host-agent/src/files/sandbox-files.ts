@@ -68,7 +68,8 @@ export function extractFailure(error: FileError, stderr: string): FileError {
     .map((l) => l.replace(/^\/usr\/bin\/tar: /, '').trim())
     .filter((l) => l && !/^Exiting with failure status|^Error is not recoverable|^Child returned status/.test(l));
   const detail = lines.slice(0, 5).join('; ') || error.message;
-  if (/No space left on device|Disk quota exceeded/.test(stderr)) return fileError('no_space', error.path, `the archive does not fit: ${detail}; nothing was extracted`);
+  if (/No space left on device|Disk quota exceeded/.test(stderr))
+    return fileError('no_space', error.path, `the archive does not fit: ${detail}; nothing was extracted`);
   if (/Permission denied|Read-only file system/.test(stderr)) return fileError('permission_denied', error.path, `${detail}; nothing was extracted`);
   return fileError('invalid_archive', error.path, `the archive could not be unpacked (${detail}); nothing was extracted`);
 }
@@ -110,7 +111,12 @@ export class SandboxFiles {
     }
   }
 
-  private tool<T>(sandboxId: string, op: string, args: Record<string, unknown>, io: Partial<Parameters<typeof runSandboxTool>[5]> = {}): Promise<ToolOutcome<T>> {
+  private tool<T>(
+    sandboxId: string,
+    op: string,
+    args: Record<string, unknown>,
+    io: Partial<Parameters<typeof runSandboxTool>[5]> = {},
+  ): Promise<ToolOutcome<T>> {
     return runSandboxTool<T>(this.o.docker, this.o.hostConfig, sandboxId, op, args, { timeoutMs: quickTimeoutMs, ...io });
   }
 
@@ -236,7 +242,7 @@ export class SandboxFiles {
   private async upload(req: Of<'upload'>, signal: AbortSignal): Promise<TransferState> {
     const dataKey = req.staging + fileStagingObjects.data;
     const opened = await openStaged(this.staging, dataKey);
-    if (!opened) return failed(fileError('not_found', req.path, 'nothing was uploaded to this upload\'s URL (or it was already used)'));
+    if (!opened) return failed(fileError('not_found', req.path, "nothing was uploaded to this upload's URL (or it was already used)"));
     try {
       const io = { stdin: opened.body, timeoutMs: fileTransferTimeoutSeconds * 1000, signal };
       if (req.extract) {
@@ -247,12 +253,22 @@ export class SandboxFiles {
           io,
         );
         if (!out.ok) return failed(extractFailure(out.error, out.stderr));
-        return { status: 'done', result: { path: req.path, size: out.value.size, sha256: out.value.sha256, entries: out.value.entries }, finished_at: finishedAt() };
+        return {
+          status: 'done',
+          result: { path: req.path, size: out.value.size, sha256: out.value.sha256, entries: out.value.entries },
+          finished_at: finishedAt(),
+        };
       }
       const out = await this.tool<{ size: number; sha256: string; mode: string }>(
         req.sandboxId,
         'write',
-        { path: req.path, size: opened.size, mkdirs: req.mkdirs, ...(req.sha256 ? { sha256: req.sha256 } : {}), ...(req.mode !== undefined ? { mode: req.mode } : {}) },
+        {
+          path: req.path,
+          size: opened.size,
+          mkdirs: req.mkdirs,
+          ...(req.sha256 ? { sha256: req.sha256 } : {}),
+          ...(req.mode !== undefined ? { mode: req.mode } : {}),
+        },
         io,
       );
       if (!out.ok) return failed(out.error);
@@ -265,29 +281,45 @@ export class SandboxFiles {
   /** An upload's object and spec are used once, whatever the outcome (a failed upload starts again with a new URL). */
   private async dropUploadObjects(staging: string): Promise<void> {
     for (const name of [fileStagingObjects.data, fileStagingObjects.spec]) {
-      await deleteStaged(this.staging, staging + name).catch((err) => logger.warn('files: staged upload not deleted; the lifecycle rule will', { key: staging + name, err }));
+      await deleteStaged(this.staging, staging + name).catch((err) =>
+        logger.warn('files: staged upload not deleted; the lifecycle rule will', { key: staging + name, err }),
+      );
     }
   }
 
   private async download(req: Of<'download'>, signal: AbortSignal): Promise<TransferState> {
     const writer = new StagedObjectWriter(this.staging, req.staging + fileStagingObjects.data, req.archive ? 'application/gzip' : 'application/octet-stream');
-    const out = await this.tool<{ size?: number; sha256?: string; tar_exit?: number }>(req.sandboxId, req.archive ? 'archive' : 'read', { path: req.path }, {
-      onStdout: (chunk) => writer.write(chunk),
-      timeoutMs: fileTransferTimeoutSeconds * 1000,
-      signal,
-    });
+    const out = await this.tool<{ size?: number; sha256?: string; tar_exit?: number }>(
+      req.sandboxId,
+      req.archive ? 'archive' : 'read',
+      { path: req.path },
+      {
+        onStdout: (chunk) => writer.write(chunk),
+        timeoutMs: fileTransferTimeoutSeconds * 1000,
+        signal,
+      },
+    );
     if (!out.ok) {
-      await writer.abort().catch((err) => logger.warn('files: could not abort a failed download\'s upload; the lifecycle rule will', { err }));
+      await writer.abort().catch((err) => logger.warn("files: could not abort a failed download's upload; the lifecycle rule will", { err }));
       return failed(out.error);
     }
     const stored = await writer.finish();
     if (!req.archive && (out.value.size !== stored.size || out.value.sha256 !== stored.sha256)) {
-      return failed(fileError('failed', req.path, `the sandbox read ${out.value.size} bytes (sha256 ${out.value.sha256}) but ${stored.size} bytes (sha256 ${stored.sha256}) were stored`));
+      return failed(
+        fileError(
+          'failed',
+          req.path,
+          `the sandbox read ${out.value.size} bytes (sha256 ${out.value.sha256}) but ${stored.size} bytes (sha256 ${stored.sha256}) were stored`,
+        ),
+      );
     }
     const result: TransferResult = { path: req.path, size: stored.size, sha256: stored.sha256 };
     if (req.archive && out.value.tar_exit !== 0) {
       // tar skipped what the sandbox user cannot read: the archive has the rest, and the answer says what is missing.
-      const lines = out.stderr.split('\n').map((l) => l.replace(/^\/usr\/bin\/tar: /, '').trim()).filter((l) => l && !/^Exiting with failure status/.test(l));
+      const lines = out.stderr
+        .split('\n')
+        .map((l) => l.replace(/^\/usr\/bin\/tar: /, '').trim())
+        .filter((l) => l && !/^Exiting with failure status/.test(l));
       result.warnings = lines.slice(0, maxWarnings);
       if (lines.length > maxWarnings) result.warnings.push(`… and ${lines.length - maxWarnings} more`);
     }

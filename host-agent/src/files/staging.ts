@@ -118,10 +118,21 @@ export class StagedObjectWriter {
     if (this.nextPart > maxParts) {
       throw new HostAgentError('storage_error', `the download passed ${maxParts} parts of ${this.partBytes} bytes, the most one object can hold`);
     }
-    this.uploadId ??= (await this.st.s3.send(new CreateMultipartUploadCommand({ Bucket: this.st.bucket, Key: this.key, ContentType: this.contentType }))).UploadId;
+    this.uploadId ??= (
+      await this.st.s3.send(new CreateMultipartUploadCommand({ Bucket: this.st.bucket, Key: this.key, ContentType: this.contentType }))
+    ).UploadId;
     const partNumber = this.nextPart++;
     const sending = this.st.s3
-      .send(new UploadPartCommand({ Bucket: this.st.bucket, Key: this.key, UploadId: this.uploadId, PartNumber: partNumber, Body: body, ContentLength: body.length }))
+      .send(
+        new UploadPartCommand({
+          Bucket: this.st.bucket,
+          Key: this.key,
+          UploadId: this.uploadId,
+          PartNumber: partNumber,
+          Body: body,
+          ContentLength: body.length,
+        }),
+      )
       .then(
         (out) => {
           this.parts.push({ PartNumber: partNumber, ETag: out.ETag ?? '' });
@@ -141,7 +152,9 @@ export class StagedObjectWriter {
     if (this.uploadId === undefined) {
       const body = Buffer.concat(this.chunks);
       this.chunks = [];
-      await this.st.s3.send(new PutObjectCommand({ Bucket: this.st.bucket, Key: this.key, Body: body, ContentLength: body.length, ContentType: this.contentType }));
+      await this.st.s3.send(
+        new PutObjectCommand({ Bucket: this.st.bucket, Key: this.key, Body: body, ContentLength: body.length, ContentType: this.contentType }),
+      );
     } else {
       if (this.buffered > 0) await this.sendPart();
       await Promise.all(this.inFlight.splice(0));

@@ -103,7 +103,11 @@ function resolveMount(o: ColdMountOptions): ResolvedMount {
   const endpoint = o.endpoint ?? env.AWS_ENDPOINT_URL_S3 ?? env.AWS_ENDPOINT_URL;
   const envCredentials =
     env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY
-      ? { accessKeyId: env.AWS_ACCESS_KEY_ID, secretAccessKey: env.AWS_SECRET_ACCESS_KEY, ...(env.AWS_SESSION_TOKEN ? { sessionToken: env.AWS_SESSION_TOKEN } : {}) }
+      ? {
+          accessKeyId: env.AWS_ACCESS_KEY_ID,
+          secretAccessKey: env.AWS_SECRET_ACCESS_KEY,
+          ...(env.AWS_SESSION_TOKEN ? { sessionToken: env.AWS_SESSION_TOKEN } : {}),
+        }
       : undefined;
   return {
     driver: o.driver,
@@ -146,7 +150,10 @@ export function s3fsCommand(o: ColdMountOptions): MountCommand {
   if (m.forcePathStyle) opt('use_path_request_style');
   if (m.credentials) {
     if (m.credentials.sessionToken) {
-      throw new StorageError('storage_error', 's3fs cannot refresh temporary credentials from a password file: use the instance role (no credentials) or COLD_MOUNT_DRIVER=mountpoint-s3');
+      throw new StorageError(
+        'storage_error',
+        's3fs cannot refresh temporary credentials from a password file: use the instance role (no credentials) or COLD_MOUNT_DRIVER=mountpoint-s3',
+      );
     }
     opt(`passwd_file=${s3fsPasswdFile(m.mountPoint, m.secretsDir)}`);
   } else {
@@ -233,7 +240,9 @@ export async function mountCold(o: ColdMountOptions): Promise<void> {
   try {
     const exit = await runDaemonizing({ ...command, ...scopedCommand(command.file, command.args, coldMountScope(mountPoint)) });
     if (exit.code !== 0) {
-      throw new ColdMountError(`${command.file} could not mount s3://${m.bucket}/${m.prefix} at ${mountPoint} (exit ${exit.code}): ${exit.stderr.trim() || 'no message'}`);
+      throw new ColdMountError(
+        `${command.file} could not mount s3://${m.bucket}/${m.prefix} at ${mountPoint} (exit ${exit.code}): ${exit.stderr.trim() || 'no message'}`,
+      );
     }
     await waitUntilLive(mountPoint, m.readyTimeoutMs, `s3://${m.bucket}/${m.prefix}`);
   } catch (err) {
@@ -336,7 +345,8 @@ async function ensurePrefixMarker(s3: S3Client, m: ResolvedMount): Promise<void>
     await s3.send(new HeadObjectCommand({ Bucket: m.bucket, Key: m.prefix }));
   } catch (err) {
     const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
-    if (status !== 404) throw new ColdMountError(`cannot reach s3://${m.bucket}/${m.prefix}: ${(err as Error).name}: ${(err as Error).message}`, { cause: err });
+    if (status !== 404)
+      throw new ColdMountError(`cannot reach s3://${m.bucket}/${m.prefix}: ${(err as Error).name}: ${(err as Error).message}`, { cause: err });
     await s3.send(
       new PutObjectCommand({
         Bucket: m.bucket,

@@ -11,17 +11,7 @@
  * a busy 2-core host). Network transfers stay asynchronous and parallel; the walk
  * yields to the event loop every few hundred entries.
  */
-import {
-  closeSync,
-  constants as fsc,
-  fstatSync,
-  lstatSync,
-  openSync,
-  readdirSync,
-  readlinkSync,
-  readSync,
-  type Stats,
-} from 'node:fs';
+import { closeSync, constants as fsc, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, readSync, type Stats } from 'node:fs';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { QuotaExceededError, StorageError } from './errors';
 

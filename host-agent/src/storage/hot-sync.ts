@@ -37,13 +37,7 @@ import { chmod, lchown, lstat, lutimes, mkdir, readdir, symlink } from 'node:fs/
 import { isAbsolute, join, relative, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Readable } from 'node:stream';
-import {
-  DeleteObjectCommand,
-  GetObjectCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  type S3Client,
-} from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import type { SyncReport } from '../../../contract/host-protocol';
 import { QuotaExceededError, StorageError, SyncError, type FailedTransfer } from './errors';
 import {
@@ -105,7 +99,6 @@ export interface HotSyncReport extends SyncReport {
   notSynced: NotSyncedPath[];
   notSyncedTotal: number;
 }
-
 
 /**
  * Fills `dir` (absent or empty) with the objects under `prefix`, owned by uid:gid,
@@ -369,7 +362,13 @@ async function uploadEntry(cfg: ResolvedOptions, dirs: DirDescriptors, e: LocalE
   const file = openRegularFile(dirs, e.rel);
   if ('contents' in file) {
     const res = await cfg.s3.send(
-      new PutObjectCommand({ Bucket: cfg.bucket, Key: cfg.prefix + e.relKey, Body: file.contents, ContentLength: file.stat.size, Metadata: objectMetadata(file.stat) }),
+      new PutObjectCommand({
+        Bucket: cfg.bucket,
+        Key: cfg.prefix + e.relKey,
+        Body: file.contents,
+        ContentLength: file.stat.size,
+        Metadata: objectMetadata(file.stat),
+      }),
     );
     return { stat: file.stat, bytes: file.stat.size, etag: res.ETag };
   }
@@ -468,7 +467,10 @@ function planDownload(remote: RemoteItem[], notSynced: NotSyncedList): DownloadP
     for (const loser of losers) {
       removed.add(loser.relKey);
       conflictLosers.push(loser.relKey);
-      notSynced.add(loser.relKey, `conflicts with ${loser === item ? 'a newer directory' : 'a newer file'} at ${item.rel}; it will be deleted by the next sync`);
+      notSynced.add(
+        loser.relKey,
+        `conflicts with ${loser === item ? 'a newer directory' : 'a newer file'} at ${item.rel}; it will be deleted by the next sync`,
+      );
     }
   }
 
@@ -580,14 +582,7 @@ async function collect(body: Readable): Promise<Buffer[]> {
 // Retries, pool, report
 
 /** Errors retrying cannot fix: answer at once instead of backing off. */
-const permanentS3Errors = new Set([
-  'AccessDenied',
-  'AllAccessDisabled',
-  'InvalidAccessKeyId',
-  'SignatureDoesNotMatch',
-  'NoSuchBucket',
-  'InvalidBucketName',
-]);
+const permanentS3Errors = new Set(['AccessDenied', 'AllAccessDisabled', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'NoSuchBucket', 'InvalidBucketName']);
 
 async function withRetry<T>(cfg: ResolvedOptions, report: HotSyncReport | undefined, op: () => Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {

@@ -31,7 +31,10 @@ export function withCallDeadline<T>(until: number, fn: () => Promise<T>): Promis
 }
 
 interface MiddlewareStackLike {
-  add(middleware: (next: (args: unknown) => Promise<unknown>) => (args: unknown) => Promise<unknown>, options: { step: 'finalizeRequest'; priority: 'low'; name: string }): void;
+  add(
+    middleware: (next: (args: unknown) => Promise<unknown>) => (args: unknown) => Promise<unknown>,
+    options: { step: 'finalizeRequest'; priority: 'low'; name: string },
+  ): void;
 }
 
 /**

@@ -33,7 +33,13 @@ export function bundledFunctions(o: {
     let f = functions.get(name);
     const output = o.output;
     if (!f) {
-      f = new LocalFunction({ name, timeoutSeconds: o.timeoutSeconds, memoryMb: o.memoryMb, env, ...(output ? { output: (stream) => output(name, stream) } : {}) });
+      f = new LocalFunction({
+        name,
+        timeoutSeconds: o.timeoutSeconds,
+        memoryMb: o.memoryMb,
+        env,
+        ...(output ? { output: (stream) => output(name, stream) } : {}),
+      });
       functions.set(name, f);
     }
     return f;

@@ -20,7 +20,8 @@ const namePattern = /^[a-zA-Z0-9_.\-/]{1,1011}$/;
 const maxValueBytes = 4096;
 
 function checkName(name: string): void {
-  if (!namePattern.test(name)) throw validation(`Value '${name}' at 'name' failed to satisfy constraint: Member must satisfy regular expression pattern: ^[a-zA-Z0-9_.\\-/]+$`);
+  if (!namePattern.test(name))
+    throw validation(`Value '${name}' at 'name' failed to satisfy constraint: Member must satisfy regular expression pattern: ^[a-zA-Z0-9_.\\-/]+$`);
 }
 
 export class ParameterStore {
@@ -34,7 +35,8 @@ export class ParameterStore {
   /** Writes `name` (a new version when it exists), as PutParameter with Overwrite. Answers the version. */
   put(name: string, value: string, now = Date.now()): number {
     checkName(name);
-    if (value === '' || Buffer.byteLength(value) > maxValueBytes) throw validation(`Value at 'value' failed to satisfy constraint: Member must have length between 1 and ${maxValueBytes}`);
+    if (value === '' || Buffer.byteLength(value) > maxValueBytes)
+      throw validation(`Value at 'value' failed to satisfy constraint: Member must have length between 1 and ${maxValueBytes}`);
     const version = (this.parameters.get(name)?.version ?? 0) + 1;
     this.parameters.set(name, { value, version, modifiedAt: now });
     return version;
@@ -47,7 +49,10 @@ export class ParameterStore {
     if (type !== 'String') throw new AwsJsonError('UnsupportedParameterType', `the local SSM endpoint keeps String parameters only, not ${type}`);
     checkName(name);
     if (this.parameters.has(name) && body.Overwrite !== true) {
-      throw new AwsJsonError('ParameterAlreadyExists', 'The parameter already exists. To overwrite this value, set the overwrite option in the request to true.');
+      throw new AwsJsonError(
+        'ParameterAlreadyExists',
+        'The parameter already exists. To overwrite this value, set the overwrite option in the request to true.',
+      );
     }
     return { Version: this.put(name, value), Tier: 'Standard' };
   }
