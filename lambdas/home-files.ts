@@ -3,8 +3,8 @@
  * tenant only): GET /users/{user_id}/home/files?path=, GET .../home/files/list,
  * POST .../home/files/download.
  */
-import { acceptsBinary } from './shared/gateway';
 import { ApiError } from './shared/errors';
+import { fileBytesAnswer, requireBinaryAccept } from './shared/file-answers';
 import { downloadHomeFile, listHomeFiles, readHomeFile } from './shared/home-files';
 import { apiHandler, parse } from './shared/http';
 import { requireApiKey } from './shared/sandboxes';
@@ -19,13 +19,7 @@ export const handler = apiHandler(async (req) => {
   switch (`${req.event.httpMethod} ${req.event.resource}`) {
     case 'GET /users/{user_id}/home/files': {
       const { path } = parse(filePathQuery, req.query, 'query');
-      if (!acceptsBinary(req.header('accept'))) {
-        throw new ApiError(
-          406,
-          'not_acceptable',
-          'send Accept: application/octet-stream to read file bytes (any other Accept gets base64 text from API Gateway)',
-        );
-      }
+      requireBinaryAccept(req.header('accept'));
       const file = await readHomeFile(p, userId, path);
       const lag: Record<string, string> = file.homeCopy.may_lag
         ? {
@@ -34,18 +28,7 @@ export const handler = apiHandler(async (req) => {
             'X-Home-Sync-Interval-Seconds': String(file.homeCopy.sync_interval_seconds),
           }
         : { 'X-Home-Copy-May-Lag': 'false' };
-      return {
-        status: 200,
-        binary: file.bytes,
-        headers: {
-          'X-File-Path': encodeURI(file.path),
-          'X-File-Size': String(file.size),
-          'X-File-Mode': file.mode,
-          'X-File-Sha256': file.sha256,
-          'X-File-Mtime': file.mtime,
-          ...lag,
-        },
-      };
+      return fileBytesAnswer(file, lag);
     }
     case 'GET /users/{user_id}/home/files/list':
       return { status: 200, body: await listHomeFiles(p, userId, parse(listFilesQuery, req.query, 'query')) };

@@ -3,8 +3,8 @@
  * GET .../files/list, GET .../files/stat, POST .../files/mkdir, POST .../files/move.
  * Bytes are application/octet-stream both ways (up to FILES_INLINE_MAX_BYTES).
  */
-import { acceptsBinary } from './shared/gateway';
 import { ApiError } from './shared/errors';
+import { fileBytesAnswer, requireBinaryAccept } from './shared/file-answers';
 import { deleteSandboxFile, listSandboxFiles, makeSandboxDirectory, moveSandboxFile, readSandboxFile, statSandboxFile, writeSandboxFile } from './shared/files';
 import { apiHandler, parse, type ApiRequest, type ApiResult } from './shared/http';
 import { requireApiKey } from './shared/sandboxes';
@@ -15,26 +15,8 @@ async function route(req: ApiRequest, sandboxId: string): Promise<ApiResult> {
   switch (`${req.event.httpMethod} ${req.event.resource}`) {
     case 'GET /sandboxes/{id}/files': {
       const { path } = parse(filePathQuery, req.query, 'query');
-      // Bytes reach the caller only when its first Accept type is binary (API Gateway's rule): say so rather than answer base64 text.
-      if (!acceptsBinary(req.header('accept'))) {
-        throw new ApiError(
-          406,
-          'not_acceptable',
-          'send Accept: application/octet-stream to read file bytes (any other Accept gets base64 text from API Gateway)',
-        );
-      }
-      const file = await readSandboxFile(p, sandboxId, path, req.deadline);
-      return {
-        status: 200,
-        binary: file.bytes,
-        headers: {
-          'X-File-Path': encodeURI(file.path),
-          'X-File-Size': String(file.size),
-          'X-File-Mode': file.mode,
-          'X-File-Sha256': file.sha256,
-          'X-File-Mtime': file.mtime,
-        },
-      };
+      requireBinaryAccept(req.header('accept'));
+      return fileBytesAnswer(await readSandboxFile(p, sandboxId, path, req.deadline));
     }
     case 'PUT /sandboxes/{id}/files':
       return { status: 200, body: await writeSandboxFile(p, sandboxId, parse(writeFileQuery, req.query, 'query'), req.rawBody(), req.deadline) };
