@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';
 import { apiClient, type ApiClient } from '../support/api-client';
 import { containerExists, inspect } from '../support/docker';
-import { record, sandboxToken, sleep, uniqueUser, waitFor } from './lifecycle-support';
+import { record, sandboxToken, sleep, uniqueUser, waitForStatus } from './lifecycle-support';
 
 const reaperPeriodMs = 2000;
 /** Room for one reaper run in progress (a graceful destroy) and the test's own polling. */
@@ -84,14 +84,7 @@ describe('the reaper on its schedule', { concurrency: true }, () => {
     assert.ok(late <= reaperPeriodMs + marginMs, `reaped ${late} ms after its idle deadline (period ${reaperPeriodMs} ms)`);
     t.diagnostic(`reaped ${late} ms after its idle deadline (reaper period ${reaperPeriodMs} ms)`);
 
-    const ended = await waitFor(
-      'expired',
-      async () => {
-        const r = await record(s.sandbox_id);
-        return r.status === 'expired' ? r : undefined;
-      },
-      30_000,
-    );
+    const ended = await waitForStatus(s.sandbox_id, 'expired', 30_000);
     assert.equal(ended.stop_reason, 'idle_timeout');
     assert.equal(ended.deadline_at, undefined);
     assert.equal(await containerExists(s.sandbox_id), false);
@@ -157,14 +150,7 @@ describe('the reaper on its schedule', { concurrency: true }, () => {
     t.diagnostic(`ended ${late} ms after its TTL (reaper period ${reaperPeriodMs} ms)`);
     assert.ok(beats.filter((b) => b === 200).length >= 15, `heartbeats were accepted until then (${beats.join(',')})`);
 
-    const ended = await waitFor(
-      'expired',
-      async () => {
-        const r = await record(s.sandbox_id);
-        return r.status === 'expired' ? r : undefined;
-      },
-      30_000,
-    );
+    const ended = await waitForStatus(s.sandbox_id, 'expired', 30_000);
     assert.equal(ended.stop_reason, 'ttl_expired');
     assert.equal(await containerExists(s.sandbox_id), false);
     const cut = await longExec;
