@@ -38,10 +38,10 @@ interface CheckRun {
 }
 
 /** `host-agent launch-ready`, as the lifecycle-ready script runs it: the wrapper, which hands it to the CLI bundle. */
-function launchReady(env: Record<string, string> = {}): Promise<CheckRun> {
+function launchReady(env: Record<string, string> = {}, args: string[] = []): Promise<CheckRun> {
   const host = stack.hosts()[0]!;
   return new Promise((resolve, reject) => {
-    const child = spawn(join(repoRoot, 'host-agent', 'bin', 'host-agent'), ['launch-ready'], {
+    const child = spawn(join(repoRoot, 'host-agent', 'bin', 'host-agent'), ['launch-ready', ...args], {
       env: {
         ...process.env,
         ...host.env,
@@ -115,29 +115,7 @@ describe('the launch-ready check', () => {
   it('with --warm-pool, checks the image and a container but not the daemon (it starts when the host leaves the pool)', async () => {
     await stack.stopDaemon();
     try {
-      const host = stack.hosts()[0]!;
-      const check = await new Promise<CheckRun>((resolve, reject) => {
-        execFile(
-          join(repoRoot, 'host-agent', 'bin', 'host-agent'),
-          ['launch-ready', '--warm-pool'],
-          {
-            env: {
-              ...process.env,
-              ...host.env,
-              HOST_AGENT_ENV_FILE: '',
-              NODE_BINARY: process.execPath,
-              HOST_AGENT_BUNDLE: join(repoRoot, 'dist', 'host-agent.mjs'),
-            },
-          },
-          (error, stdout) => {
-            try {
-              resolve({ exitCode: error ? Number(error.code ?? 1) : 0, envelope: JSON.parse(stdout) });
-            } catch (e) {
-              reject(e as Error);
-            }
-          },
-        );
-      });
+      const check = await launchReady({}, ['--warm-pool']);
       assert.equal(check.exitCode, 0, JSON.stringify(check.envelope));
       assert.deepEqual(
         check.envelope.result?.launchReady.map((s) => s.step),
