@@ -434,13 +434,18 @@ export async function destroySandbox(p: Principal, sandboxId: string, graceful: 
  * destroy that saw it end answers 204 and one still under way answers 202.
  */
 async function awaitEnd(seen: SandboxRecord, deadline: number): Promise<{ done: boolean; view: SandboxView }> {
+  const r = await pollSandbox(seen, deadline - answerReserveMs, (x) => isTerminal(x.status));
+  return { done: isTerminal(r.status), view: toView(r) };
+}
+
+/** Reads the sandbox's record again (50 ms apart, growing to 500 ms) until `settled` holds or `until` passes: the last record read. */
+async function pollSandbox(seen: SandboxRecord, until: number, settled: (r: SandboxRecord) => boolean): Promise<SandboxRecord> {
   let r = seen;
-  const until = deadline - answerReserveMs;
-  for (let attempt = 0; !isTerminal(r.status) && Date.now() < until; attempt++) {
+  for (let attempt = 0; !settled(r) && Date.now() < until; attempt++) {
     await new Promise((resolve) => setTimeout(resolve, Math.max(0, Math.min(until - Date.now(), 50 + attempt * 25, 500))));
     r = (await getSandbox(seen.sandbox_id)) ?? r;
   }
-  return { done: isTerminal(r.status), view: toView(r) };
+  return r;
 }
 
 /**
@@ -523,14 +528,9 @@ async function removeOnHost(record: SandboxRecord, o: { graceful: boolean; waitS
 
 /** The sandbox; with `waitMs`, read again until its status changes (long poll, bounded by the deadline). */
 export async function getSandboxView(p: Principal, sandboxId: string, o: { waitMs?: number; deadline?: number } = {}): Promise<SandboxView> {
-  let r = await getTenantSandbox(p.tenantId, sandboxId);
+  const r = await getTenantSandbox(p.tenantId, sandboxId);
   const until = Math.min(Date.now() + (o.waitMs ?? 0), (o.deadline ?? Number.POSITIVE_INFINITY) - answerReserveMs);
-  const first = r.status;
-  for (let attempt = 0; r.status === first && !isTerminal(r.status) && Date.now() < until; attempt++) {
-    await new Promise((resolve) => setTimeout(resolve, Math.min(until - Date.now(), 50 + attempt * 25, 500)));
-    r = (await getSandbox(sandboxId)) ?? r;
-  }
-  return toView(r);
+  return toView(await pollSandbox(r, until, (x) => x.status !== r.status || isTerminal(x.status)));
 }
 
 export async function listSandboxViews(
