@@ -86,8 +86,8 @@ function lane(steps, output, o = {}) {
 
 const started = Date.now();
 let isolatedText = '';
-/** The stack lane's last lines, for its TAP footer in the summary. */
-let stackTail = '';
+/** The stack lane's output, for its TAP footer and its failures in the summary. */
+let stackText = '';
 let isolatedDoneAt;
 
 const typecheck = asked.length > 0 ? [] : [[process.execPath, [join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc'), '--noEmit', '-p', '.']]];
@@ -101,7 +101,7 @@ const stackRun =
   stackFiles.length > 0
     ? lane([nodeTest(stackFiles)], (d) => {
         process.stdout.write(d);
-        stackTail = (stackTail + d).slice(-4096);
+        stackText += d;
       })
     : Promise.resolve(0);
 
@@ -119,7 +119,30 @@ process.stdout.write(isolatedText);
 
 /** Sums the TAP footers ("# pass N") of both lanes. */
 const tally = (text, key) => [...text.matchAll(new RegExp(`^# ${key} (\\d+)$`, 'gm'))].reduce((n, m) => n + Number(m[1]), 0);
-const both = `${isolatedText}\n${stackTail}`;
+const both = `${isolatedText}\n${stackText}`;
+
+/**
+ * Every failing test with its YAML block (where, what error, the stack's first
+ * lines), printed again at the end: a CI log that keeps only its tail still
+ * says which tests failed and why.
+ */
+function failures(text) {
+  const lines = text.split('\n');
+  const out = [];
+  for (let i = 0; i < lines.length; i++) {
+    if (!/^\s*not ok \d+ - /.test(lines[i])) continue;
+    const block = [lines[i]];
+    if (/^\s*---\s*$/.test(lines[i + 1] ?? '')) {
+      for (let j = i + 1; j < lines.length && !/^\s*\.\.\.\s*$/.test(lines[j]); j++) block.push(lines[j]);
+    }
+    // A suite that failed only because a test in it did says so in one line; a test's own block is kept to 40 lines.
+    if (block.some((l) => /subtests? failed/.test(l))) out.push(lines[i]);
+    else out.push(...block.slice(0, 40), ...(block.length > 40 ? [`${block[0].match(/^\s*/)[0]}  (${block.length - 40} more lines above in the log)`] : []));
+  }
+  return out;
+}
+const failed = failures(both);
+if (failed.length > 0) process.stdout.write(`\n# ---- failures (also above, in their lane's report) ----\n${failed.join('\n')}\n`);
 process.stdout.write(
   `\n# ---- all lanes: ${files.length} files in ${minutes(Date.now() - started)}: tests ${tally(both, 'tests')}, pass ${tally(both, 'pass')}, fail ${tally(both, 'fail')}` +
     ` (stack lane exit ${stackCode}, isolated lane exit ${isolatedCode}) ----\n`,
