@@ -7,10 +7,9 @@
  * sandbox's host together, so neither can happen without the other) and
  * makes it; the reaper fails one nobody took within CAPACITY_WAIT_SECONDS.
  */
-import { TransactionCanceledException } from '@aws-sdk/client-dynamodb';
 import { DeleteObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { TransactWriteCommand } from '@aws-sdk/lib-dynamodb';
-import { dynamo, queryAll } from './clients/dynamodb';
+import { dynamo, queryAll, transactionally } from './clients/dynamodb';
 import { s3 } from './clients/s3';
 import { config } from './config';
 import { logger } from './logger';
@@ -75,8 +74,8 @@ export async function claimWaitingCreate(
   createTimeoutSeconds: number,
   now = Date.now(),
 ): Promise<'taken' | 'no_room' | 'gone'> {
-  try {
-    await dynamo().send(
+  const write = await transactionally(
+    dynamo().send(
       new TransactWriteCommand({
         TransactItems: [
           { Update: allocationUpdate(host, sandboxId, request, now) },
@@ -99,14 +98,12 @@ export async function claimWaitingCreate(
           },
         ],
       }),
-    );
-    return 'taken';
-  } catch (err) {
-    if (!(err instanceof TransactionCanceledException)) throw err;
-    const [hostReason, sandboxReason] = err.CancellationReasons ?? [];
-    if (sandboxReason?.Code === 'ConditionalCheckFailed') return 'gone';
-    if (hostReason?.Code === 'ConditionalCheckFailed') return 'no_room';
-    // TransactionConflict (another host claiming it right now) and the like: someone else is at it.
-    return 'gone';
-  }
+    ),
+  );
+  if (write.applied) return 'taken';
+  const [hostItem, sandboxItem] = write.items;
+  if (sandboxItem?.conditionFailed) return 'gone';
+  if (hostItem?.conditionFailed) return 'no_room';
+  // TransactionConflict (another host claiming it right now) and the like: someone else is at it.
+  return 'gone';
 }

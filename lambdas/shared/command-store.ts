@@ -3,10 +3,8 @@
  * runs a command moves it on; every change is a conditional write on the
  * command's status, so a command starts once and ends once.
  */
-import { TransactionCanceledException } from '@aws-sdk/client-dynamodb';
-import { unmarshall } from '@aws-sdk/util-dynamodb';
 import { DeleteCommand, GetCommand, QueryCommand, TransactWriteCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
-import { conditionally, dynamo, queryAll } from './clients/dynamodb';
+import { conditionally, dynamo, queryAll, transactionally } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError } from './errors';
 import { commandFinishedEvent, publishEvent } from './events';
@@ -48,8 +46,8 @@ export async function createCommand(
   endsBy: number,
 ): Promise<{ created: true } | { created: false; existing: CommandRecord } | { created: false; sandboxStatus: string }> {
   const deadline = execStartDeadline(sandbox, endsBy, now);
-  try {
-    await dynamo().send(
+  const write = await transactionally(
+    dynamo().send(
       new TransactWriteCommand({
         TransactItems: [
           {
@@ -73,21 +71,16 @@ export async function createCommand(
           },
         ],
       }),
-    );
-    return { created: true };
-  } catch (err) {
-    if (!(err instanceof TransactionCanceledException)) throw err;
-    const [commandReason, sandboxReason] = err.CancellationReasons ?? [];
-    if (commandReason?.Code === 'ConditionalCheckFailed') {
-      const existing = commandReason.Item ? (unmarshall(commandReason.Item as never) as CommandRecord) : await getCommand(record.sandbox_id, record.command_id);
-      if (existing) return { created: false, existing };
-    }
-    if (sandboxReason?.Code === 'ConditionalCheckFailed') {
-      const status = sandboxReason.Item ? String(unmarshall(sandboxReason.Item as never).status) : 'gone';
-      return { created: false, sandboxStatus: status };
-    }
-    throw err;
+    ),
+  );
+  if (write.applied) return { created: true };
+  const [commandItem, sandboxItem] = write.items;
+  if (commandItem?.conditionFailed) {
+    const existing = (commandItem.current as CommandRecord | undefined) ?? (await getCommand(record.sandbox_id, record.command_id));
+    if (existing) return { created: false, existing };
   }
+  if (sandboxItem?.conditionFailed) return { created: false, sandboxStatus: sandboxItem.current ? String(sandboxItem.current.status) : 'gone' };
+  throw write.error;
 }
 
 export async function getCommand(sandboxId: string, commandId: string): Promise<CommandRecord | undefined> {
@@ -297,8 +290,8 @@ export async function finishCommandOnSandbox(
 ): Promise<{ record: CommandRecord; sandboxUpdated: boolean }> {
   const deadline = idleDeadline({ idle_timeout_s: r.sandbox_idle_s, expires_at_ms: r.sandbox_expires_ms }, sandbox.now);
   const commandUpdate = finishExpression(end);
-  try {
-    await dynamo().send(
+  const write = await transactionally(
+    dynamo().send(
       new TransactWriteCommand({
         TransactItems: [
           {
@@ -327,22 +320,21 @@ export async function finishCommandOnSandbox(
           },
         ],
       }),
-    );
-    const record = { ...r, ...finishedFields(end), status: end.status } as CommandRecord;
-    delete record.env;
-    delete record.stdin;
-    await announceFinished(record);
-    return { record, sandboxUpdated: true };
-  } catch (err) {
-    if (!(err instanceof TransactionCanceledException)) throw err;
-    const [commandReason] = err.CancellationReasons ?? [];
-    if (commandReason?.Code === 'ConditionalCheckFailed') {
-      const current = commandReason.Item ? (unmarshall(commandReason.Item as never) as CommandRecord) : await getCommand(r.sandbox_id, r.command_id);
-      throw new CommandConflictError(r.command_id, current);
+    ),
+  );
+  if (!write.applied) {
+    const [commandItem] = write.items;
+    if (commandItem?.conditionFailed) {
+      throw new CommandConflictError(r.command_id, (commandItem.current as CommandRecord | undefined) ?? (await getCommand(r.sandbox_id, r.command_id)));
     }
     // The sandbox is pausing or ending: record the command's end by itself (the caller tidies the sandbox's record).
     return { record: await finishCommand(r.sandbox_id, r.command_id, end), sandboxUpdated: false };
   }
+  const record = { ...r, ...finishedFields(end), status: end.status } as CommandRecord;
+  delete record.env;
+  delete record.stdin;
+  await announceFinished(record);
+  return { record, sandboxUpdated: true };
 }
 
 /** Commands of a sandbox that may still run (pending or running). */
@@ -431,8 +423,8 @@ export async function acceptStdin(record: CommandRecord, w: { offset: number; da
   const bytes = Buffer.byteLength(w.data, 'utf8');
   const next = w.offset + bytes;
   const key = { sandbox_id: record.sandbox_id, command_id: record.command_id };
-  try {
-    await dynamo().send(
+  const write = await transactionally(
+    dynamo().send(
       new TransactWriteCommand({
         TransactItems: [
           {
@@ -465,13 +457,10 @@ export async function acceptStdin(record: CommandRecord, w: { offset: number; da
             : []),
         ],
       }),
-    );
-  } catch (err) {
-    if (err instanceof TransactionCanceledException) {
-      throw new CommandConflictError(record.command_id, await getCommand(record.sandbox_id, record.command_id));
-    }
-    throw err;
-  }
+    ),
+  );
+  // Any refusal (the offset moved on, the command ended, a write racing this one) answers with the record as it is now.
+  if (!write.applied) throw new CommandConflictError(record.command_id, await getCommand(record.sandbox_id, record.command_id));
   return { ...record, stdin_offset: next, ...(w.eof ? { stdin_eof: true } : {}) };
 }
 

@@ -9,10 +9,8 @@
  * The cap is MAX_SANDBOXES_PER_TENANT unless the tenant's item sets its own
  * `max_sandboxes`.
  */
-import { TransactionCanceledException } from '@aws-sdk/client-dynamodb';
-import { unmarshall } from '@aws-sdk/util-dynamodb';
 import { GetCommand, TransactWriteCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
-import { conditionally, dynamo } from './clients/dynamodb';
+import { conditionally, dynamo, transactionally } from './clients/dynamodb';
 import { config } from './config';
 import { ApiError } from './errors';
 import { publishEvent, sandboxEvent } from './events';
@@ -50,24 +48,25 @@ export function liveSandboxCount(t: Pick<TenantRecord, 'live_sandbox_ids'> | und
  */
 export async function recordWithTenantSlot(record: SandboxRecord): Promise<void> {
   for (let attempt = 0; ; attempt++) {
-    try {
-      await dynamo().send(
+    const write = await transactionally(
+      dynamo().send(
         new TransactWriteCommand({
           TransactItems: [
             { Update: { ...takeSlot(record.tenant_id, record.sandbox_id), ReturnValuesOnConditionCheckFailure: 'ALL_OLD' } },
             { Put: { TableName: config().tables.sandboxes, Item: record, ConditionExpression: 'attribute_not_exists(sandbox_id)' } },
           ],
         }),
-      );
+      ),
+    );
+    if (write.applied) {
       await publishEvent(sandboxEvent('sandbox.created', record));
       return;
-    } catch (err) {
-      const refused = err instanceof TransactionCanceledException ? err.CancellationReasons?.[0] : undefined;
-      if (refused?.Code !== 'ConditionalCheckFailed') throw err;
-      const old = (refused.Item ? unmarshall(refused.Item as Parameters<typeof unmarshall>[0]) : {}) as Partial<TenantRecord>;
-      // Only a first refusal may give back slots of ended sandboxes and try again.
-      if (!(await refuseIfFull(record.tenant_id, old, attempt === 0))) throw new Error('tenant slot refused under the cap');
     }
+    const [slot] = write.items;
+    if (!slot?.conditionFailed) throw write.error;
+    // Only a first refusal may give back slots of ended sandboxes and try again.
+    if (!(await refuseIfFull(record.tenant_id, (slot.current ?? {}) as Partial<TenantRecord>, attempt === 0)))
+      throw new Error('tenant slot refused under the cap');
   }
 }
 

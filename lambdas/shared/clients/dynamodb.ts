@@ -1,5 +1,5 @@
 /** The DynamoDB document client, created once per process (endpoint from AWS_ENDPOINT_URL_DYNAMODB when set). */
-import { ConditionalCheckFailedException, DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { ConditionalCheckFailedException, DynamoDBClient, TransactionCanceledException } from '@aws-sdk/client-dynamodb';
 import { DynamoDBDocumentClient, QueryCommand, type QueryCommandInput } from '@aws-sdk/lib-dynamodb';
 import { unmarshall } from '@aws-sdk/util-dynamodb';
 import { boundByCallDeadline } from './deadline';
@@ -50,5 +50,46 @@ export async function conditionally<T>(write: Promise<T>): Promise<Conditional<T
   } catch (err) {
     if (!(err instanceof ConditionalCheckFailedException)) throw err;
     return { applied: false, current: err.Item ? (unmarshall(err.Item as never) as Record<string, unknown>) : undefined };
+  }
+}
+
+/**
+ * Why one item of a cancelled transaction did not apply: its condition did
+ * not hold (`conditionFailed`, with the item as it stood when the item asked
+ * for `ALL_OLD`), or another reason in `code` (TransactionConflict: someone
+ * else is writing it now; 'None' for the items that were fine).
+ */
+export interface CancelledItem {
+  code: string | undefined;
+  conditionFailed: boolean;
+  current: Record<string, unknown> | undefined;
+}
+
+/**
+ * A transaction's answer: applied, or cancelled with each item's reason, in
+ * the order of TransactItems, and the SDK's error for a caller to throw when
+ * the reasons are not ones it expects.
+ */
+export type Transaction<T> = { applied: true; output: T } | { applied: false; items: CancelledItem[]; error: TransactionCanceledException };
+
+/**
+ * Awaits one TransactWrite. A cancelled transaction is an answer (each item
+ * says why), not an error: the caller decides what the refusals mean. Every
+ * other failure is thrown.
+ */
+export async function transactionally<T>(write: Promise<T>): Promise<Transaction<T>> {
+  try {
+    return { applied: true, output: await write };
+  } catch (err) {
+    if (!(err instanceof TransactionCanceledException)) throw err;
+    return {
+      applied: false,
+      error: err,
+      items: (err.CancellationReasons ?? []).map((r) => ({
+        code: r.Code,
+        conditionFailed: r.Code === 'ConditionalCheckFailed',
+        current: r.Item ? (unmarshall(r.Item as never) as Record<string, unknown>) : undefined,
+      })),
+    };
   }
 }
