@@ -19,19 +19,22 @@
 export const sandboxStatuses = ['creating', 'ready', 'running', 'pausing', 'paused', 'resuming', 'shutting_down', 'stopped', 'expired', 'failed'] as const;
 export type SandboxStatus = (typeof sandboxStatuses)[number];
 
-export type SandboxEvent =
-  | 'created' // the host answered: container up
-  | 'heartbeat' // first heartbeat from inside moves ready -> running
-  | 'begin_shutdown' // destroy, complete, error, reaper
-  | 'stopped' // host removed the container after a requested end
-  | 'expired' // host removed the container after the reaper ended it
-  | 'fail' // create failed, host lost, container vanished
-  | 'pause' // pause asked: the host is stopping the container (docker stop)
-  | 'paused' // the host stopped it, filesystem kept
-  | 'pause_failed' // the host could not pause it: it keeps running
-  | 'resume' // resume asked: the host is starting the container again
-  | 'resumed' // the host started it
-  | 'resume_failed'; // the host could not resume it: it stays paused
+/** Every event that moves a sandbox, with what it is; `transitions` below says from where to where. */
+export const sandboxEvents = [
+  'created', // the host answered: container up
+  'heartbeat', // first heartbeat from inside moves ready -> running
+  'begin_shutdown', // destroy, complete, error, reaper
+  'stopped', // host removed the container after a requested end
+  'expired', // host removed the container after the reaper ended it
+  'fail', // create failed, host lost, container vanished
+  'pause', // pause asked: the host is stopping the container (docker stop)
+  'paused', // the host stopped it, filesystem kept
+  'pause_failed', // the host could not pause it: it keeps running
+  'resume', // resume asked: the host is starting the container again
+  'resumed', // the host started it
+  'resume_failed', // the host could not resume it: it stays paused
+] as const;
+export type SandboxEvent = (typeof sandboxEvents)[number];
 
 /** Statuses in which a sandbox accepts exec, file and heartbeat calls. */
 export const activeStatuses = ['ready', 'running'] as const satisfies readonly SandboxStatus[];
