@@ -59,7 +59,7 @@ export async function conditionally<T>(write: Promise<T>): Promise<Conditional<T
  * for `ALL_OLD`), or another reason in `code` (TransactionConflict: someone
  * else is writing it now; 'None' for the items that were fine).
  */
-export interface CancelledItem {
+interface CancelledItem {
   code: string | undefined;
   conditionFailed: boolean;
   current: Record<string, unknown> | undefined;
