@@ -6,7 +6,7 @@
  * be protected from scale-in. fleet.ts and fleet-metric.ts act on them;
  * scripts/simulate-fleet.ts runs the same functions.
  */
-import { addResources, dominantShare, fits, freeOf, zeroResources, type Resources } from './placement';
+import { addResources, dominantShare, fits, freeOf, timesResources, zeroResources, type Resources } from './placement';
 
 /** What the scaling decisions read of a host. */
 export interface FleetHost {
@@ -136,13 +136,7 @@ export function hostsForHeadroom(
   const most = 1 - Math.min(headroomPercent, maxHeadroomPercent) / 100;
   // Hosts are few (the group's maximum is tens): counting up is exact and cheap.
   for (let add = 0; add <= 10_000; add++) {
-    const launched = launching + add;
-    const capacity = {
-      cpu_milli: base.cpu_milli + launched * hostShape.cpu_milli,
-      memory_mb: base.memory_mb + launched * hostShape.memory_mb,
-      disk_mb: base.disk_mb + launched * hostShape.disk_mb,
-      sandboxes: base.sandboxes + launched * hostShape.sandboxes,
-    };
+    const capacity = addResources(base, timesResources(hostShape, launching + add));
     if (dominantShare(capacity, demand) <= most + 1e-9) return add;
   }
   return 10_000;

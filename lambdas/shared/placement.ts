@@ -146,6 +146,11 @@ export function addResources(a: Resources, b: Resources): Resources {
   };
 }
 
+/** `n` of `r`: what n hosts (or sandboxes) of one shape hold together. */
+export function timesResources(r: Resources, n: number): Resources {
+  return { cpu_milli: r.cpu_milli * n, memory_mb: r.memory_mb * n, disk_mb: r.disk_mb * n, sandboxes: r.sandboxes * n };
+}
+
 /** The totals of a host's allocations (what `allocated` must equal). */
 export function sumAllocations(allocations: Record<string, Allocation>): Resources {
   let total = zeroResources;
