@@ -14,13 +14,13 @@ import {
   daemonOnlyVerbs,
   decodeArgument,
   hostVerbs,
-  requestSchemas,
   ssmStdoutCap,
   type HostEnvelope,
   type HostResults,
   type HostVerb,
   type ResumeRequest,
 } from '../../contract/host-protocol';
+import { requestSchemas } from '../../contract/host-requests';
 import type { SandboxFiles } from './files/sandbox-files';
 
 /** What the long-lived host daemon lends an invocation it serves (absent in the CLI fallback). */

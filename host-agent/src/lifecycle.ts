@@ -16,9 +16,8 @@ import {
   type SyncReport,
   type TmpArchiveReport,
   type TmpRestoreReport,
-  type destroyRequest,
-  type sandboxRef,
 } from '../../contract/host-protocol';
+import type { destroyRequest, sandboxRef } from '../../contract/host-requests';
 import { attachCold, attachHome, detachCold, keepHomeForLater, removeSandboxState, syncHomeUp, type SandboxStorageContext } from './sandbox-storage';
 import { applyIdentity, linkPoolBinds, readClaim, releasePoolDir, unlinkColdBind } from './claim';
 import { isUnclaimedPoolContainer, sandboxIdOf } from './warm-pool';

@@ -5,7 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { pausedStateKeys, pausedStatePrefix, resumeRequest } from '../../contract/host-protocol';
+import { pausedStateKeys, pausedStatePrefix } from '../../contract/host-protocol';
+import { resumeRequest } from '../../contract/host-requests';
 
 const record = { tenant_id: 'acme', user_id: 'user.one@example', sandbox_id: 'sbx-abcdefghij0123456789' };
 

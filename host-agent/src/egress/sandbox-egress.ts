@@ -10,7 +10,7 @@ import type { z } from 'zod';
 import { sandboxPaths, type HostConfig } from '../config';
 import type { DockerClient } from '../docker';
 import { HostAgentError } from '../errors';
-import type { networkRequest } from '../../../contract/host-protocol';
+import type { networkRequest } from '../../../contract/host-requests';
 import type { EgressPolicy } from '../../../contract/egress-policy';
 
 export type NetworkInput = z.output<typeof networkRequest>;

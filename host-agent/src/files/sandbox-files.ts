@@ -27,10 +27,10 @@ import {
   type FileError,
   type FileListing,
   type FilesAnswer,
-  type filesRequest,
   type TransferResult,
   type TransferState,
 } from '../../../contract/host-protocol';
+import type { filesRequest } from '../../../contract/host-requests';
 import { fileError, runSandboxTool, type ToolOutcome } from './exec-tool';
 import { deleteStaged, openStaged, putStaged, readStagedJson, StagedObjectWriter, type Staging } from './staging';
 
