@@ -230,9 +230,13 @@ function deepNesting(rng: Rng): string {
   return rng.chance(0.5) ? '['.repeat(depth) + ']'.repeat(depth) : '{"a":'.repeat(depth) + '1' + '}'.repeat(depth);
 }
 
+/** Handlers that may end a sandbox, pause it, or bring its end closer. */
+const sandboxChangingHandlers = new Set(['destroy-sandbox', 'sandbox-signal', 'pause-resume-sandbox', 'sandbox-timeout']);
+
 function idFor(rng: Rng, t: Targets, route: Route, method: string = route.method): { id: string; encoded: string; malformed: boolean } {
-  // Anything that could end or stop a sandbox (a wrong method may be a DELETE) goes to the victim.
-  const destructive = method === 'DELETE' || /complete|error|stop|start/.test(route.path);
+  // Anything that could end, pause or shorten a sandbox (a wrong method may be a DELETE) goes to the victim:
+  // judged by the handler, so a new route (or an alias: /stop is /pause) is covered by what it does, not its path.
+  const destructive = method === 'DELETE' || sandboxChangingHandlers.has(route.handler);
   const roll = rng.int(10);
   if (roll < 3) {
     const id = destructive ? t.victim : t.target;
