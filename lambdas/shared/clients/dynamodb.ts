@@ -32,6 +32,11 @@ export async function queryAll<T>(input: QueryCommandInput): Promise<{ items: T[
   return { items, consumedReadUnits };
 }
 
+/** The item a refused write returned (`ReturnValuesOnConditionCheckFailure: 'ALL_OLD'`), as plain values; undefined when none was asked for. */
+function itemAsItStood(item: Record<string, unknown> | undefined): Record<string, unknown> | undefined {
+  return item ? (unmarshall(item as never) as Record<string, unknown>) : undefined;
+}
+
 /**
  * A conditional write's answer: applied (with the SDK's output), or refused by
  * its condition, with the item as it stood when the write was asked for
@@ -49,7 +54,7 @@ export async function conditionally<T>(write: Promise<T>): Promise<Conditional<T
     return { applied: true, output: await write };
   } catch (err) {
     if (!(err instanceof ConditionalCheckFailedException)) throw err;
-    return { applied: false, current: err.Item ? (unmarshall(err.Item as never) as Record<string, unknown>) : undefined };
+    return { applied: false, current: itemAsItStood(err.Item) };
   }
 }
 
@@ -88,7 +93,7 @@ export async function transactionally<T>(write: Promise<T>): Promise<Transaction
       items: (err.CancellationReasons ?? []).map((r) => ({
         code: r.Code,
         conditionFailed: r.Code === 'ConditionalCheckFailed',
-        current: r.Item ? (unmarshall(r.Item as never) as Record<string, unknown>) : undefined,
+        current: itemAsItStood(r.Item),
       })),
     };
   }
