@@ -32,6 +32,7 @@ import { promisify } from 'node:util';
 import { loadHostConfig, sandboxPaths, type EgressEndpoint, type HostConfig } from './config';
 import { DockerApiError, DockerClient } from './docker';
 import { blockedIpv4Ranges, readEgressPolicy } from '../../contract/egress-policy';
+import { coalesced } from './coalesced';
 import { HostAgentError } from './errors';
 import { containerLabels, ownerLabelValue } from '../../contract/host-protocol';
 import { sandboxIdPattern } from '../../contract/ids';
@@ -428,7 +429,22 @@ export function ensureSandboxNetwork(
  * before its forward rule goes, one joining it is opened before it stops
  * being redirected, so no packet is let through by a half-made change.
  */
-export async function refreshSandboxPolicies(config: HostConfig, docker: DockerClient): Promise<void> {
+export function refreshSandboxPolicies(config: HostConfig, docker: DockerClient): Promise<void> {
+  // A burst of creates asks for fifty refreshes at once; each rebuilds from the whole state, so
+  // one run that starts after a caller asked serves every caller that asked before it started.
+  const key = `${config.stateDir}\0${config.sandboxNetwork}\0${config.dockerSocket}`;
+  let refresher = refreshers.get(key);
+  if (!refresher) {
+    refresher = coalesced(() => refreshOnce(config, docker));
+    refreshers.set(key, refresher);
+  }
+  return refresher();
+}
+
+/** One refresher per host state directory and network (tests run several hosts in one process). */
+const refreshers = new Map<string, () => Promise<void>>();
+
+async function refreshOnce(config: HostConfig, docker: DockerClient): Promise<void> {
   await withHostLock(config, 'egress-ipv4', async () => {
     const info = await docker.inspectNetwork(config.sandboxNetwork);
     if (!info) return;
