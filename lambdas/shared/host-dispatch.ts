@@ -207,6 +207,15 @@ export function createHostDispatcher(opts: HostDispatcherOptions): HostDispatche
         }
         // Eventual consistency: the invocation shows up shortly after SendCommand.
         if (errorName(err) === 'InvocationDoesNotExist') continue;
+        if (errorName(err) === 'DeadlineExceeded') {
+          // The request's time ran out while asking: the command was sent and runs on regardless, so it is
+          // left running (the host records its outcome), not taken for a failure of the host.
+          throw new HostDispatchError(
+            'still_running',
+            `host-agent ${verb} on ${instanceId} is still running (command ${commandId}); this request's time ran out`,
+            { commandId },
+          );
+        }
         throw ssmFailure('GetCommandInvocation', instanceId, err);
       }
       const reading = readInvocation(instanceId, verb, inv);

@@ -12,8 +12,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
-import { SSMClient } from '@aws-sdk/client-ssm';
+import { GetCommandInvocationCommand, SSMClient } from '@aws-sdk/client-ssm';
 import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import { boundByCallDeadline, withCallDeadline } from '../../lambdas/shared/clients/deadline';
 import { startSsmEndpoint, type SsmEndpoint } from '../../lib/local/ssm-endpoint';
 import {
   assertHostAgentCommand,
@@ -176,6 +177,39 @@ describe('host dispatcher', () => {
       dispatcher({ executionMarginSeconds: 0 }).dispatch(instanceId, 'sync', { fake: 'sleep', seconds: 10 }, { timeoutSeconds: 1 }),
       dispatchError('host_timeout', (err) => assert.match(err.message, /execution timeout/)),
     );
+  });
+
+  it("leaves a sent command running (still_running, not a host failure) when the request's deadline cuts a poll", async () => {
+    // As in a handler: every SSM call bounded by the request's deadline; SSM answers slowly, the host takes longer.
+    const bounded = boundByCallDeadline(
+      new SSMClient({ endpoint: endpoint.url, region: 'us-east-1', credentials: endpoint.credentials, maxAttempts: 1 }),
+      'SSM',
+    );
+    endpoint.setLatency(300);
+    try {
+      const hosts = createHostDispatcher({ ssm: bounded, s3, bucket, hostAgentCommand });
+      const started = Date.now();
+      let commandId: string | undefined;
+      await assert.rejects(
+        withCallDeadline(started + 1_000, () => hosts.dispatch(instanceId, 'sync', { fake: 'sleep', seconds: 2 }, { timeoutSeconds: 30 })),
+        dispatchError('still_running', (err) => {
+          assert.match(err.message, /this request's time ran out/);
+          commandId = err.commandId;
+        }),
+      );
+      assert.ok(Date.now() - started < 2_000, 'answered at the deadline');
+      // Not cancelled: the host finishes it.
+      endpoint.setLatency(0);
+      for (let i = 0; ; i++) {
+        const inv = await ssm.send(new GetCommandInvocationCommand({ CommandId: commandId, InstanceId: instanceId }));
+        if (inv.Status === 'Success') break;
+        assert.ok(['Pending', 'InProgress'].includes(inv.Status ?? '') && i < 100, `the command ended ${inv.Status}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    } finally {
+      endpoint.setLatency(0);
+      bounded.destroy();
+    }
   });
 
   it('reports host_unreachable for an instance SSM does not know', async () => {
