@@ -2,8 +2,9 @@
  * The API client every SDK call goes through: the key, JSON both ways, typed
  * errors, and retries. A call is retried on 429 and 503 (after Retry-After when
  * the API sent one, else exponential backoff with full jitter), and on a
- * dropped connection only when repeating it cannot do the work twice (GET, PUT,
- * DELETE, or a POST that carries its own idempotency: a key or a command id).
+ * dropped connection or API Gateway's 504 (the work may have been done) only
+ * when repeating it cannot do the work twice (GET, PUT, DELETE, or a POST that
+ * carries its own idempotency: a key or a command id).
  */
 import { apiErrorOf, ConnectionError, SandboxApiError, SandboxError } from './errors.js';
 
@@ -12,7 +13,7 @@ export interface ClientOptions {
   apiKey?: string;
   /** Base URL of the API. Default: SANDBOX_API_URL. */
   apiUrl?: string;
-  /** Retries of a failed call (429, 503, dropped connections). Default 5. */
+  /** Retries of a failed call (429, 503; a dropped connection or a 504 when repeating it is safe). Default 5. */
   maxRetries?: number;
   /** Longest a single request may take, in ms (the API answers within 29 s). Default 40000. */
   requestTimeoutMs?: number;
@@ -40,6 +41,8 @@ export interface Answer<T> {
 }
 
 const retryStatuses = new Set([429, 503]);
+/** API Gateway's integration timeout: the call may have done its work, so only one that cannot do it twice is repeated. */
+const retryStatusesWhenIdempotent = new Set([504]);
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -139,7 +142,7 @@ export class ApiClient {
       }
       if (res.ok) return { status: res.status, body: payload as T, headers: res.headers };
       const wait = retryAfterMs(res.headers);
-      if (retryStatuses.has(res.status) && attempt < this.maxRetries) {
+      if ((retryStatuses.has(res.status) || (idempotent && retryStatusesWhenIdempotent.has(res.status))) && attempt < this.maxRetries) {
         await sleep(Math.max(wait ?? 0, backoffMs(attempt)), o.signal);
         continue;
       }

@@ -1,12 +1,13 @@
 /**
  * A small HTTP proxy in front of the local stack that can misbehave on
  * purpose: answer 429/503 itself, or let a request reach the API and then drop
- * the connection before the answer (the worst case for a retry: the work was done).
+ * the connection or answer a 504 in its place (the worst case for a retry: the work was done).
  */
 import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
-export type Fault = { drop: true } | { status: number; headers?: Record<string, string>; body?: unknown };
+/** `drop`, or `status` with `afterUpstream`: the request reaches the API (the work is done), then the caller gets `status`. */
+export type Fault = { drop: true; status?: number } | { status: number; headers?: Record<string, string>; body?: unknown; afterUpstream?: boolean };
 /** Decides, per request, whether to misbehave (undefined: pass it through). */
 export type FaultRule = (req: { method: string; path: string }) => Fault | undefined;
 
@@ -40,7 +41,7 @@ export async function startFaultyProxy(upstream: string): Promise<FaultyProxy> {
     }
     const body = await bodyOf(req);
     log.push({ method, path, at: Date.now(), ...(fault ? { fault: 'drop' in fault ? 'drop' : String(fault.status) } : {}) });
-    if (fault && !('drop' in fault)) {
+    if (fault && !('drop' in fault) && !fault.afterUpstream) {
       res.writeHead(fault.status, { 'Content-Type': 'application/json', ...fault.headers });
       res.end(
         JSON.stringify(
@@ -54,9 +55,15 @@ export async function startFaultyProxy(upstream: string): Promise<FaultyProxy> {
     try {
       const answer = await fetch(upstream + path, { method, headers, body: body.length ? body : undefined });
       const bytes = Buffer.from(await answer.arrayBuffer());
-      if (fault) {
+      if (fault && 'drop' in fault) {
         // The API did the work; the caller never hears of it.
         req.socket.destroy();
+        return;
+      }
+      if (fault) {
+        // The API did the work; the caller hears a gateway error (API Gateway's 504 when the answer came too late).
+        res.writeHead(fault.status, { 'Content-Type': 'application/json', ...fault.headers });
+        res.end(JSON.stringify(fault.body ?? { error: { code: 'gateway_timeout', message: 'injected by the test proxy after the API answered' } }));
         return;
       }
       const out: Record<string, string> = {};

@@ -119,6 +119,27 @@ describe('sandboxes', () => {
     assert.equal((await Sandbox.connect(made.sandboxId, { apiKey, apiUrl: stack.url })).info?.status, 'stopped');
   });
 
+  it("retries a create that got API Gateway's 504 after the API made it, with the same key: one sandbox", async () => {
+    const u = 'sdk-idem-504-user';
+    proxy.rules.push(firstN(1, (m, p) => m === 'POST' && p === '/sandboxes', { status: 504, afterUpstream: true }));
+    const made = await Sandbox.create({ apiKey, apiUrl: proxy.url, userId: u });
+    const listed = await Sandbox.list({ apiKey, apiUrl: stack.url, userId: u });
+    assert.deepEqual(
+      listed.map((s) => s.sandbox_id),
+      [made.sandboxId],
+    );
+    assert.equal(proxy.log.filter((l) => l.method === 'POST' && l.path === '/sandboxes' && l.fault === '504').length, 1);
+    await made.destroy({ graceful: false });
+  });
+
+  it('does not repeat a POST that is not idempotent after a 504: the work may have been done', async () => {
+    const started = Date.now();
+    proxy.rules.push(firstN(1, (m, p) => m === 'POST' && p.endsWith('/files/mkdir'), { status: 504, afterUpstream: true }));
+    await assert.rejects(sbx.files.mkdir('once-504'), (err: unknown) => err instanceof SandboxApiError && err.status === 504);
+    assert.equal(proxy.log.filter((l) => l.path.endsWith('/files/mkdir') && l.at >= started).length, 1, 'sent once');
+    assert.equal((await sbx.files.stat('once-504')).type, 'dir');
+  });
+
   it('waits out 429 and 503 answers, as long as Retry-After says', async () => {
     const path = `/sandboxes/${sbx.sandboxId}`;
     proxy.rules.push(firstN(1, (m, p) => m === 'GET' && p === path, { status: 429, headers: { 'Retry-After': '1' } }));
