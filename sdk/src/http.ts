@@ -4,7 +4,8 @@
  * the API sent one, else exponential backoff with full jitter), and on a
  * dropped connection or API Gateway's 504 (the work may have been done) only
  * when repeating it cannot do the work twice (GET, PUT, DELETE, or a POST that
- * carries its own idempotency: a key or a command id).
+ * carries its own idempotency: a key or a command id); such a call's 409 with
+ * Retry-After (its first attempt is still under way) is waited out too.
  */
 import { apiErrorOf, ConnectionError, SandboxApiError, SandboxError } from './errors.js';
 
@@ -142,7 +143,9 @@ export class ApiClient {
       }
       if (res.ok) return { status: res.status, body: payload as T, headers: res.headers };
       const wait = retryAfterMs(res.headers);
-      if ((retryStatuses.has(res.status) || (idempotent && retryStatusesWhenIdempotent.has(res.status))) && attempt < this.maxRetries) {
+      // A 409 that says when to come back is the first attempt of this same idempotent call, still under way.
+      const inProgress = res.status === 409 && idempotent && wait !== undefined;
+      if ((retryStatuses.has(res.status) || (idempotent && retryStatusesWhenIdempotent.has(res.status)) || inProgress) && attempt < this.maxRetries) {
         await sleep(Math.max(wait ?? 0, backoffMs(attempt)), o.signal);
         continue;
       }

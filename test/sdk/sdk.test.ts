@@ -132,6 +132,21 @@ describe('sandboxes', () => {
     await made.destroy({ graceful: false });
   });
 
+  it('waits out a 409 with Retry-After on a create (its first attempt still under way), then gets the sandbox', async () => {
+    const u = 'sdk-idem-409-user';
+    proxy.rules.push(
+      firstN(1, (m, p) => m === 'POST' && p === '/sandboxes', {
+        status: 409,
+        headers: { 'Retry-After': '1' },
+        body: { error: { code: 'conflict', message: 'a request with this Idempotency-Key is still in progress; retry shortly' } },
+      }),
+    );
+    const made = await Sandbox.create({ apiKey, apiUrl: proxy.url, userId: u });
+    assert.equal(proxy.log.filter((l) => l.method === 'POST' && l.path === '/sandboxes' && l.fault === '409').length, 1);
+    assert.equal((await Sandbox.list({ apiKey, apiUrl: stack.url, userId: u })).length, 1);
+    await made.destroy({ graceful: false });
+  });
+
   it('does not repeat a POST that is not idempotent after a 504: the work may have been done', async () => {
     const started = Date.now();
     proxy.rules.push(firstN(1, (m, p) => m === 'POST' && p.endsWith('/files/mkdir'), { status: 504, afterUpstream: true }));
