@@ -375,7 +375,9 @@ async function waitUntilLive(mountPoint: string, timeoutMs: number, what: string
     if (Date.now() > deadline) throw new ColdMountError(`${what} did not appear at ${mountPoint} within ${timeoutMs} ms`);
     await sleep(50);
   }
-  const remaining = Math.max(1_000, deadline - Date.now());
+  // A mount that appeared late (a busy host: fifty creates at once) still gets a fair wait for its first
+  // listing; a dead client fails it at once (ENOTCONN), so the floor only ever waits on a live, slow one.
+  const remaining = Math.max(5_000, deadline - Date.now());
   let timer: NodeJS.Timeout | undefined;
   try {
     await Promise.race([
