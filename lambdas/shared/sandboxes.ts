@@ -78,13 +78,6 @@ export function hostCreateRequest(record: SandboxRecord, o: { token: string; ima
 /** Time left for answering after waiting on a host. */
 const answerReserveMs = 1_500;
 
-/**
- * The least time left in the request for a create to be recorded and its host
- * request staged and sent (a few DynamoDB, S3 and SSM calls, well under a
- * second unless the control plane is overloaded).
- */
-const minTimeToDispatchMs = 6_000;
-
 /** Seconds a dispatch may wait for its host before the handler answers 202 (the host finishes and records it). */
 export function waitSecondsUntil(deadline: number): number {
   return Math.max(0.5, (deadline - answerReserveMs - Date.now()) / 1000);
@@ -124,14 +117,6 @@ export async function createSandbox(
   // Waiting only makes sense when something can bring a host: an Auto Scaling group to ask (and a wait to allow).
   if (!host && (!c.autoScalingGroupName || c.capacityWaitSeconds <= 0)) {
     throw new ApiError(503, 'no_capacity', 'no sandbox host has room for this sandbox right now; retry shortly', { 'Retry-After': '5' });
-  }
-  if (host && o.deadline - Date.now() < minTimeToDispatchMs) {
-    // Overloaded (the placement took nearly all of the request's time): refuse before anything is recorded,
-    // rather than record a create whose host request may never go out and leave it to the reaper to fail.
-    await releaseAllocation(host.host_id, sandboxId).catch((e: unknown) =>
-      logger.error("create: giving the host's share back failed (the host's reconciliation corrects it)", { hostId: host.host_id, err: e }),
-    );
-    throw unavailable('the control plane is overloaded right now; retry shortly');
   }
   const token = generateSandboxToken(sandboxId);
   const iso = new Date(now).toISOString();

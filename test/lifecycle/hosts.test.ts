@@ -8,8 +8,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { getHost } from '../../lambdas/shared/host-store';
-import { ApiError } from '../../lambdas/shared/errors';
-import { beginShutdown, createSandbox, markEnded } from '../../lambdas/shared/sandboxes';
+import { beginShutdown, markEnded } from '../../lambdas/shared/sandboxes';
 import { containerLabels, ownerLabelValue } from '../../contract/host-protocol';
 import { newSandboxId } from '../../contract/ids';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';
@@ -179,27 +178,6 @@ describe('the host daemon', () => {
 
     await waitFor('the container to be removed', async () => !(await containerExists(id)), heartbeatMs + marginMs + 10_000);
     assert.equal(await s3Text(stack, hotPrefix(stack, user) + 'result.txt'), 'saved by reconcile\n');
-  });
-});
-
-describe('an overloaded create', () => {
-  it('is refused with 503 and Retry-After before anything is recorded, its share of the host given back', async () => {
-    const user = uniqueUser('overloaded');
-    const before = await getHost(stack.hostId);
-    // What a create sees when placing it took nearly all of the request's time.
-    const err = await createSandbox({ tenantId: stack.tenantId, kind: 'api-key' }, { user_id: user }, { deadline: Date.now() + 3_000 }).then(
-      () => assert.fail('an overloaded create was made'),
-      (e: unknown) => e,
-    );
-    assert.ok(err instanceof ApiError, String(err));
-    assert.equal(err.status, 503);
-    assert.equal(err.code, 'service_unavailable');
-    assert.equal(err.headers?.['Retry-After'], '2');
-    const listed = await api.call('GET', `/sandboxes?user_id=${user}`);
-    assert.deepEqual(listed.body.sandboxes, [], 'no record');
-    const afterwards = await getHost(stack.hostId);
-    assert.deepEqual(Object.keys(afterwards!.allocations).sort(), Object.keys(before!.allocations).sort(), 'no allocation left behind');
-    assert.deepEqual(afterwards!.allocated, before!.allocated);
   });
 });
 
