@@ -76,7 +76,7 @@ export async function createCommand(
   if (write.applied) return { created: true };
   const [commandItem, sandboxItem] = write.items;
   if (commandItem?.conditionFailed) {
-    const existing = (commandItem.current as CommandRecord | undefined) ?? (await getCommand(record.sandbox_id, record.command_id));
+    const existing = await commandAsItStood(commandItem.current, record.sandbox_id, record.command_id);
     if (existing) return { created: false, existing };
   }
   if (sandboxItem?.conditionFailed) return { created: false, sandboxStatus: sandboxItem.current ? String(sandboxItem.current.status) : 'gone' };
@@ -86,6 +86,11 @@ export async function createCommand(
 export async function getCommand(sandboxId: string, commandId: string): Promise<CommandRecord | undefined> {
   const out = await dynamo().send(new GetCommand({ TableName: table(), Key: { sandbox_id: sandboxId, command_id: commandId }, ConsistentRead: true }));
   return out.Item as CommandRecord | undefined;
+}
+
+/** The command as a refused write found it (DynamoDB returns it when asked), else as it is now. */
+async function commandAsItStood(current: unknown, sandboxId: string, commandId: string): Promise<CommandRecord | undefined> {
+  return (current as CommandRecord | undefined) ?? (await getCommand(sandboxId, commandId));
 }
 
 /** Removes a record nobody started (its start could not be delivered), so the same id can be tried again. */
@@ -146,7 +151,7 @@ async function updateCommand(sandboxId: string, commandId: string, u: Update): P
       }),
     ),
   );
-  if (!out.applied) throw new CommandConflictError(commandId, (out.current as CommandRecord | undefined) ?? (await getCommand(sandboxId, commandId)));
+  if (!out.applied) throw new CommandConflictError(commandId, await commandAsItStood(out.current, sandboxId, commandId));
   return out.output.Attributes as CommandRecord;
 }
 
@@ -175,7 +180,7 @@ export async function claimCommandStart(
       }),
     ),
   );
-  if (!out.applied) throw new CommandConflictError(commandId, (out.current as CommandRecord | undefined) ?? (await getCommand(sandboxId, commandId)));
+  if (!out.applied) throw new CommandConflictError(commandId, await commandAsItStood(out.current, sandboxId, commandId));
   const before = out.output.Attributes as CommandRecord;
   const after: CommandRecord = { ...before, status: 'running', started_at: f.startedAt, runner_id: f.runnerId, stdin_delivered: before.stdin_initial_bytes };
   delete after.env;
@@ -325,7 +330,7 @@ export async function finishCommandOnSandbox(
   if (!write.applied) {
     const [commandItem] = write.items;
     if (commandItem?.conditionFailed) {
-      throw new CommandConflictError(r.command_id, (commandItem.current as CommandRecord | undefined) ?? (await getCommand(r.sandbox_id, r.command_id)));
+      throw new CommandConflictError(r.command_id, await commandAsItStood(commandItem.current, r.sandbox_id, r.command_id));
     }
     // The sandbox is pausing or ending: record the command's end by itself (the caller tidies the sandbox's record).
     return { record: await finishCommand(r.sandbox_id, r.command_id, end), sandboxUpdated: false };
