@@ -41,9 +41,16 @@ export interface Answer<T> {
   headers: Headers;
 }
 
-const retryStatuses = new Set([429, 503]);
-/** API Gateway's integration timeout: the call may have done its work, so only one that cannot do it twice is repeated. */
-const retryStatusesWhenIdempotent = new Set([504]);
+/**
+ * Whether an error answer is worth repeating: 429 and 503 always; API Gateway's
+ * 504 (the work may have been done) and a 409 that says when to come back (this
+ * call's first attempt still under way) only for a call that cannot do its work twice.
+ */
+function retryable(status: number, idempotent: boolean, retryAfter: number | undefined): boolean {
+  if (status === 429 || status === 503) return true;
+  if (!idempotent) return false;
+  return status === 504 || (status === 409 && retryAfter !== undefined);
+}
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -143,9 +150,7 @@ export class ApiClient {
       }
       if (res.ok) return { status: res.status, body: payload as T, headers: res.headers };
       const wait = retryAfterMs(res.headers);
-      // A 409 that says when to come back is the first attempt of this same idempotent call, still under way.
-      const inProgress = res.status === 409 && idempotent && wait !== undefined;
-      if ((retryStatuses.has(res.status) || (idempotent && retryStatusesWhenIdempotent.has(res.status)) || inProgress) && attempt < this.maxRetries) {
+      if (retryable(res.status, idempotent, wait) && attempt < this.maxRetries) {
         await sleep(Math.max(wait ?? 0, backoffMs(attempt)), o.signal);
         continue;
       }
