@@ -7,7 +7,7 @@ import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
 /** `drop`, or `status` with `afterUpstream`: the request reaches the API (the work is done), then the caller gets `status`. */
-export type Fault = { drop: true; status?: number } | { status: number; headers?: Record<string, string>; body?: unknown; afterUpstream?: boolean };
+export type Fault = { drop: true } | { status: number; headers?: Record<string, string>; body?: unknown; afterUpstream?: boolean };
 /** Decides, per request, whether to misbehave (undefined: pass it through). */
 export type FaultRule = (req: { method: string; path: string }) => Fault | undefined;
 
@@ -41,14 +41,13 @@ export async function startFaultyProxy(upstream: string): Promise<FaultyProxy> {
     }
     const body = await bodyOf(req);
     log.push({ method, path, at: Date.now(), ...(fault ? { fault: 'drop' in fault ? 'drop' : String(fault.status) } : {}) });
+    /** Answers the fault's status, headers and body (else `fallback`) in place of the API. */
+    const answerFault = (f: Exclude<Fault, { drop: true }>, fallback: unknown) => {
+      res.writeHead(f.status, { 'Content-Type': 'application/json', ...f.headers });
+      res.end(JSON.stringify(f.body ?? fallback));
+    };
     if (fault && !('drop' in fault) && !fault.afterUpstream) {
-      res.writeHead(fault.status, { 'Content-Type': 'application/json', ...fault.headers });
-      res.end(
-        JSON.stringify(
-          fault.body ?? { error: { code: fault.status === 429 ? 'too_many_requests' : 'service_unavailable', message: 'injected by the test proxy' } },
-        ),
-      );
-      return;
+      return answerFault(fault, { error: { code: fault.status === 429 ? 'too_many_requests' : 'service_unavailable', message: 'injected by the test proxy' } });
     }
     const headers: Record<string, string> = {};
     for (const h of forwarded) if (typeof req.headers[h] === 'string') headers[h] = req.headers[h] as string;
@@ -62,9 +61,7 @@ export async function startFaultyProxy(upstream: string): Promise<FaultyProxy> {
       }
       if (fault) {
         // The API did the work; the caller hears a gateway error (API Gateway's 504 when the answer came too late).
-        res.writeHead(fault.status, { 'Content-Type': 'application/json', ...fault.headers });
-        res.end(JSON.stringify(fault.body ?? { error: { code: 'gateway_timeout', message: 'injected by the test proxy after the API answered' } }));
-        return;
+        return answerFault(fault, { error: { code: 'gateway_timeout', message: 'injected by the test proxy after the API answered' } });
       }
       const out: Record<string, string> = {};
       answer.headers.forEach((v, k) => {

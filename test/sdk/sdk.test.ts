@@ -27,7 +27,7 @@ import {
   shellQuote,
   type Progress,
 } from '../../sdk/src/index';
-import { firstN, startFaultyProxy, type FaultyProxy } from './proxy';
+import { firstN, startFaultyProxy, type Fault, type FaultyProxy } from './proxy';
 
 const root = join(import.meta.dirname, '..', '..');
 const apiKey = 'your-api-key'; // seed 002's example passes this literal key
@@ -105,45 +105,33 @@ describe('sandboxes', () => {
     );
   });
 
-  it('retries a create whose answer was lost with the same idempotency key: one sandbox, not two', async () => {
-    const u = 'sdk-idem-user';
-    proxy.rules.push(firstN(1, (m, p) => m === 'POST' && p === '/sandboxes', { drop: true }));
-    const made = await Sandbox.create({ apiKey, apiUrl: proxy.url, userId: u });
-    const listed = await Sandbox.list({ apiKey, apiUrl: stack.url, userId: u });
+  /** Creates through the proxy with `fault` on the first POST /sandboxes; the retries under the key make exactly one sandbox. */
+  async function createOnceThrough(user: string, fault: Fault, logged: string): Promise<Sandbox> {
+    proxy.rules.push(firstN(1, (m, p) => m === 'POST' && p === '/sandboxes', fault));
+    const made = await Sandbox.create({ apiKey, apiUrl: proxy.url, userId: user });
+    const listed = await Sandbox.list({ apiKey, apiUrl: stack.url, userId: user });
     assert.deepEqual(
       listed.map((s) => s.sandbox_id),
       [made.sandboxId],
     );
-    assert.equal(proxy.log.filter((l) => l.method === 'POST' && l.path === '/sandboxes' && l.fault === 'drop').length, 1);
+    assert.equal(proxy.log.filter((l) => l.method === 'POST' && l.path === '/sandboxes' && l.fault === logged).length, 1);
+    return made;
+  }
+
+  it('retries a create whose answer was lost with the same idempotency key: one sandbox, not two', async () => {
+    const made = await createOnceThrough('sdk-idem-user', { drop: true }, 'drop');
     await made.destroy({ graceful: false });
     assert.equal((await Sandbox.connect(made.sandboxId, { apiKey, apiUrl: stack.url })).info?.status, 'stopped');
   });
 
   it("retries a create that got API Gateway's 504 after the API made it, with the same key: one sandbox", async () => {
-    const u = 'sdk-idem-504-user';
-    proxy.rules.push(firstN(1, (m, p) => m === 'POST' && p === '/sandboxes', { status: 504, afterUpstream: true }));
-    const made = await Sandbox.create({ apiKey, apiUrl: proxy.url, userId: u });
-    const listed = await Sandbox.list({ apiKey, apiUrl: stack.url, userId: u });
-    assert.deepEqual(
-      listed.map((s) => s.sandbox_id),
-      [made.sandboxId],
-    );
-    assert.equal(proxy.log.filter((l) => l.method === 'POST' && l.path === '/sandboxes' && l.fault === '504').length, 1);
+    const made = await createOnceThrough('sdk-idem-504-user', { status: 504, afterUpstream: true }, '504');
     await made.destroy({ graceful: false });
   });
 
   it('waits out a 409 with Retry-After on a create (its first attempt still under way), then gets the sandbox', async () => {
-    const u = 'sdk-idem-409-user';
-    proxy.rules.push(
-      firstN(1, (m, p) => m === 'POST' && p === '/sandboxes', {
-        status: 409,
-        headers: { 'Retry-After': '1' },
-        body: { error: { code: 'conflict', message: 'a request with this Idempotency-Key is still in progress; retry shortly' } },
-      }),
-    );
-    const made = await Sandbox.create({ apiKey, apiUrl: proxy.url, userId: u });
-    assert.equal(proxy.log.filter((l) => l.method === 'POST' && l.path === '/sandboxes' && l.fault === '409').length, 1);
-    assert.equal((await Sandbox.list({ apiKey, apiUrl: stack.url, userId: u })).length, 1);
+    const inProgress = { error: { code: 'conflict', message: 'a request with this Idempotency-Key is still in progress; retry shortly' } };
+    const made = await createOnceThrough('sdk-idem-409-user', { status: 409, headers: { 'Retry-After': '1' }, body: inProgress }, '409');
     await made.destroy({ graceful: false });
   });
 
