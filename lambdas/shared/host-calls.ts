@@ -48,6 +48,14 @@ export function resetHosts(): void {
   dispatcher = undefined;
 }
 
+/**
+ * Test hook: this process's host calls go through `wrap` until resetHosts(),
+ * so a test can order a call against another (SSM delivering one late).
+ */
+export function wrapHosts(wrap: (inner: HostDispatcher) => HostDispatcher): void {
+  dispatcher = wrap(hosts());
+}
+
 /** Turns a failed host call into the API error a caller can act on. */
 export function hostFailure(err: unknown, action: string): ApiError {
   if (err instanceof ApiError) return err;

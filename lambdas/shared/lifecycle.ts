@@ -134,8 +134,8 @@ export async function pauseSandbox(tenantId: string, sandboxId: string, deadline
   } catch (err) {
     if (err instanceof HostDispatchError && err.code === 'still_running') return { done: false, view: toView((await latest(sandboxId)) ?? pausing) };
     // The host keeps the container running when its pause fails (and records that); a pause it never got is undone here.
-    await settleOrUndo(sandboxId, 'pause_failed', { last_activity_at: Date.now(), deadline_at: idleDeadline(pausing, Date.now()) });
-    throw hostFailure(err, 'pause');
+    const after = await settleOrUndo(sandboxId, 'pause_failed', { last_activity_at: Date.now(), deadline_at: idleDeadline(pausing, Date.now()) });
+    throw endedMeanwhile(after, 'pause') ?? hostFailure(err, 'pause');
   }
   // What of /tmp could not be kept is said on the record (the host records it too, for a pause it finished later).
   const after = await settleOrUndo(sandboxId, 'paused', { deadline_at: pausing.expires_at_ms, ...(notKept.length > 0 ? { tmp_not_kept: notKept } : {}) });
@@ -183,8 +183,8 @@ export async function resumeSandbox(tenantId: string, sandboxId: string, deadlin
     notRestored = resumed.tmp?.warnings ?? [];
   } catch (err) {
     if (err instanceof HostDispatchError && err.code === 'still_running') return { done: false, view: toView((await latest(sandboxId)) ?? resuming) };
-    await settleOrUndo(sandboxId, 'resume_failed', { deadline_at: resuming.expires_at_ms });
-    throw hostFailure(err, 'resume');
+    const after = await settleOrUndo(sandboxId, 'resume_failed', { deadline_at: resuming.expires_at_ms });
+    throw endedMeanwhile(after, 'resume') ?? hostFailure(err, 'resume');
   }
   const now = Date.now();
   const after = await settleOrUndo(
@@ -198,6 +198,16 @@ export async function resumeSandbox(tenantId: string, sandboxId: string, deadlin
     ['paused_state'],
   );
   return { done: isActive(after.status), view: toView(after) };
+}
+
+/**
+ * A pause or resume whose host call failed because a destroy ended the
+ * sandbox meanwhile (its container was gone when the call arrived) is the
+ * caller's race, answered 409 with the status it ended in, not a host error.
+ */
+function endedMeanwhile(after: SandboxRecord, action: string): ApiError | undefined {
+  if (after.status !== 'shutting_down' && !isTerminal(after.status)) return undefined;
+  return invalidState(`sandbox ${after.sandbox_id} is ${after.status}; cannot ${action}`);
 }
 
 /**

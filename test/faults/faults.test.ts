@@ -16,7 +16,10 @@ import { after, before, describe, it } from 'node:test';
 import { GetCommand } from '@aws-sdk/lib-dynamodb';
 import { dynamo } from '../../lambdas/shared/clients/dynamodb';
 import { config } from '../../lambdas/shared/config';
+import { ApiError } from '../../lambdas/shared/errors';
+import { resetHosts, wrapHosts } from '../../lambdas/shared/host-calls';
 import { getHost } from '../../lambdas/shared/host-store';
+import { resumeSandbox } from '../../lambdas/shared/lifecycle';
 import { liveSandboxesOnHost } from '../../lambdas/shared/sandbox-store';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';
 import { apiClient, type ApiClient, type ApiAnswer } from '../support/api-client';
@@ -239,6 +242,34 @@ describe('faults', () => {
     assert.equal((await record(id)).stop_reason, 'container_vanished');
     await assertNothingLeaked([id]);
     assert.equal(await s3Text(stack, hotPrefix(stack, user) + 'kept.txt'), 'kept\n', 'the home on the host was synced before it went');
+  });
+
+  it('a resume that reaches its host after a destroy took the container: 409 with the status it ended in, not a host error (a dispatcher wrapper stands in for SSM delivering the resume late)', async () => {
+    const id = await createReady(uniqueUser('late-resume'));
+    const paused = await api.call('POST', `/sandboxes/${id}/pause`);
+    assert.equal(paused.status, 200, paused.text);
+    wrapHosts((inner) => ({
+      async dispatch(instanceId, verb, request, opts) {
+        if (verb === 'resume') {
+          const ended = await api.call('DELETE', `/sandboxes/${id}?graceful=false`);
+          assert.ok([200, 202].includes(ended.status), ended.text);
+          await waitFor('the container to go', async () => !(await containerExists(id)), 30_000);
+        }
+        return inner.dispatch(instanceId, verb, request, opts);
+      },
+    }));
+    try {
+      await assert.rejects(resumeSandbox(tenant, id, Date.now() + 25_000), (err: unknown) => {
+        assert.ok(err instanceof ApiError, String(err));
+        assert.equal(err.status, 409, err.message);
+        assert.match(err.message, /is (shutting_down|stopped); cannot resume/);
+        return true;
+      });
+    } finally {
+      resetHosts();
+    }
+    await waitFor('the record to end', async () => (await record(id)).status === 'stopped', 30_000);
+    await assertNothingLeaked([id]);
   });
 
   it('pause, resume, destroy and exec racing on one sandbox: only success, 409 or 503 with Retry-After, and it ends clean', async () => {
