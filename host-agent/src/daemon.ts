@@ -11,6 +11,7 @@ import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { chmodSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 import { s3 } from '../../lambdas/shared/clients/s3';
 import { config as controlPlaneConfig } from '../../lambdas/shared/config';
@@ -44,6 +45,7 @@ import { CommandRunner } from './commands/runner';
 import { SandboxFiles } from './files/sandbox-files';
 import { envelopeLine, runHostAgent, type DaemonRuntime } from './invocation';
 import { HostDrain } from './drain';
+import { limited } from './limited';
 import { takeWaitingCreates } from './waiting';
 import { destroySandbox, syncSandbox } from './lifecycle';
 import { checkEgressRules, ensureSandboxNetwork } from './network';
@@ -61,6 +63,13 @@ function seconds(name: string, fallback: number): number {
   const raw = process.env[name];
   const n = raw === undefined || raw === '' ? fallback : Number(raw);
   if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a number of seconds, got "${raw}"`);
+  return n;
+}
+
+function count(name: string, fallback: number): number {
+  const raw = process.env[name];
+  const n = raw === undefined || raw === '' ? fallback : Number(raw);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`${name} must be a whole number of at least 1, got "${raw}"`);
   return n;
 }
 
@@ -90,6 +99,11 @@ export interface DaemonSettings {
    * image pass: a deploy that changes the image reaches running hosts through it. Unset: SANDBOX_IMAGE, fixed.
    */
   imageParameter: string | undefined;
+  /**
+   * Creates this host makes at once (HOST_CREATE_CONCURRENCY); the others wait their turn, first come first
+   * served. @default the host's CPU count, at least 2
+   */
+  createConcurrency: number;
 }
 
 export function daemonSettings(): DaemonSettings {
@@ -109,6 +123,7 @@ export function daemonSettings(): DaemonSettings {
     drainHookName: process.env.DRAIN_LIFECYCLE_HOOK || undefined,
     pruneSandboxImages: process.env.PRUNE_SANDBOX_IMAGES === '1',
     imageParameter: process.env.SANDBOX_IMAGE_PARAMETER || undefined,
+    createConcurrency: count('HOST_CREATE_CONCURRENCY', Math.max(2, availableParallelism())),
   };
 }
 
@@ -464,7 +479,7 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
   await pool.reconcile().catch((err) => logger.error('daemon: warm pool cleanup failed; the reconcile loop retries', { err }));
   pool.refill();
   const serialize = perSandboxQueue();
-  const runtime: DaemonRuntime = { runner, files, serialize, pool };
+  const runtime: DaemonRuntime = { runner, files, serialize, pool, creates: limited(s.createConcurrency) };
   const drain = new HostDrain({ hostId: s.hostId, hookName: s.drainHookName }, runtime);
   const startDrain = (reason: string, deadlineAt: number) => drain.start(reason, Math.min(deadlineAt, Date.now() + s.drainTimeoutSeconds * 1000));
   runtime.drain = async (request) => {

@@ -30,6 +30,8 @@ export interface DaemonRuntime {
   files: SandboxFiles;
   /** Runs lifecycle work on one sandbox after any still running on it (one at a time per sandbox). */
   serialize<T>(sandboxId: string, work: () => Promise<T>): Promise<T>;
+  /** Runs a create when its turn comes (a few at a time: limited.ts); absent: at once. */
+  creates?<T>(work: () => Promise<T>): Promise<T>;
   /** Ready containers a create may claim (warm-pool.ts); absent: every create is cold. */
   pool?: WarmPool;
   /** Starts draining the host (once); answers at once. */
@@ -81,18 +83,21 @@ async function dispatch(verb: HostVerb, request: unknown, config: HostConfig, ru
       return runtime!.files.handle(request as never);
     case 'create': {
       const r = request as { sandboxId: string };
-      return serial(r.sandboxId, async () => {
-        try {
-          const created = await (await import('./create')).createSandbox(request as never, config, docker, runtime?.pool);
-          await records(async (rec) => rec.recordCreated(r.sandboxId, created.containerId));
-          return created;
-        } catch (error) {
-          // Leave nothing of a failed create behind (mounts, home), and say so on the record.
-          await (await import('./lifecycle')).destroySandbox({ sandboxId: r.sandboxId, graceful: false }, config, docker).catch(() => undefined);
-          await records(async (rec) => rec.recordCreateFailed(r.sandboxId, (error as Error).message));
-          throw error;
-        }
-      });
+      const inTurn = <T>(work: () => Promise<T>) => (runtime?.creates ? runtime.creates(work) : work());
+      return serial(r.sandboxId, () =>
+        inTurn(async () => {
+          try {
+            const created = await (await import('./create')).createSandbox(request as never, config, docker, runtime?.pool);
+            await records(async (rec) => rec.recordCreated(r.sandboxId, created.containerId));
+            return created;
+          } catch (error) {
+            // Leave nothing of a failed create behind (mounts, home), and say so on the record.
+            await (await import('./lifecycle')).destroySandbox({ sandboxId: r.sandboxId, graceful: false }, config, docker).catch(() => undefined);
+            await records(async (rec) => rec.recordCreateFailed(r.sandboxId, (error as Error).message));
+            throw error;
+          }
+        }),
+      );
     }
     case 'destroy': {
       const r = request as { sandboxId: string };
