@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
+import { containerLabels } from '../../contract/host-protocol';
 import { getHost } from '../../lambdas/shared/host-store';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';
 import { apiClient, type ApiClient } from '../support/api-client';
@@ -26,7 +27,7 @@ const v2Source = `ephemeral-sandbox-rollout-pool-v2:${randomBytes(4).toString('h
 
 /** The image ids of this stack's unclaimed pool containers. */
 async function poolImages(): Promise<string[]> {
-  const list = await dockerApi.listContainers({ filters: { label: [poolLabel] } });
+  const list = await dockerApi.listContainers({ filters: { label: [poolLabel, `${containerLabels.hostId}=${stack.hostId}`] } });
   return list.filter((c) => c.Names[0]!.startsWith('/sbxpool-')).map((c) => c.ImageID);
 }
 
