@@ -62,6 +62,25 @@ const exclusive = [
  */
 const stackLanes = Math.max(1, Number(process.env.STACK_LANES ?? 2) || 1);
 
+/**
+ * The longest stack-lane files (two to four minutes each, measured in CI), started first so that no lane
+ * is left running one of them alone at the end while the other lanes sit idle; the rest follow by name.
+ */
+const longestFirst = [
+  'test/files/files.test.ts',
+  'test/commands/commands.test.ts',
+  'test/lifecycle/spot-drain.test.ts',
+  'test/sdk/sdk.test.ts',
+  'test/faults/faults.test.ts',
+  'test/lifecycle/reaper.test.ts',
+  'test/lifecycle/ctrl-c.test.ts',
+  'test/sdk/cli.test.ts',
+];
+const byLength = (a, b) => {
+  const rank = (f) => (longestFirst.includes(f) ? longestFirst.indexOf(f) : longestFirst.length);
+  return rank(a) - rank(b) || a.localeCompare(b);
+};
+
 /** What makes a file a stack-lane file whatever the list says. */
 const sharedState = /from '[^']*(lib\/local\/stack|support\/docker|host-agent\/src\/docker)'/;
 
@@ -125,7 +144,7 @@ const isolatedRun = lane([...typecheck, ...(isolatedFiles.length > 0 ? [nodeTest
 async function parallelStack() {
   const shared = stackFiles.filter((f) => !exclusive.some((re) => re.test(f)));
   const alone = stackFiles.filter((f) => exclusive.some((re) => re.test(f)));
-  const queue = [...shared];
+  const queue = [...shared].sort(byLength);
   let worst = 0;
   const runOne = async (f) => {
     let text = '';
