@@ -27,6 +27,7 @@ import {
 } from '../../lambdas/shared/host-store';
 import { setScaleInProtection } from '../../lambdas/shared/fleet';
 import { wantsScaleInProtection } from '../../lambdas/shared/fleet-scaling';
+import { createTimeoutSeconds } from '../../lambdas/shared/reaper-rules';
 import { allocationCorrections, resourcesOf, type Resources } from '../../lambdas/shared/placement';
 import { logger } from '../../lambdas/shared/logger';
 import { ensureSharedMount } from './storage/shared-mount';
@@ -479,7 +480,7 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
   await pool.reconcile().catch((err) => logger.error('daemon: warm pool cleanup failed; the reconcile loop retries', { err }));
   pool.refill();
   const serialize = perSandboxQueue();
-  const runtime: DaemonRuntime = { runner, files, serialize, pool, creates: limited(s.createConcurrency) };
+  const runtime: DaemonRuntime = { runner, files, serialize, pool, creates: limited(s.createConcurrency, { turnMs: createTimeoutSeconds * 1000 }) };
   const drain = new HostDrain({ hostId: s.hostId, hookName: s.drainHookName }, runtime);
   const startDrain = (reason: string, deadlineAt: number) => drain.start(reason, Math.min(deadlineAt, Date.now() + s.drainTimeoutSeconds * 1000));
   runtime.drain = async (request) => {

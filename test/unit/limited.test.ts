@@ -72,6 +72,31 @@ describe('limited()', () => {
     assert.equal(await inTurn(async () => 'next'), 'next');
   });
 
+  it('a job still running after its turn gives the turn to the next one and goes on', async () => {
+    const jobs = controlledJobs();
+    const inTurn = limited(1, { turnMs: 250 });
+    const hung = inTurn(jobs.job(1));
+    const next = inTurn(jobs.job(2));
+    await settle();
+    assert.deepEqual(jobs.began, [1], 'the next waits while the turn lasts');
+    await new Promise((r) => setTimeout(r, 300));
+    await settle();
+    assert.deepEqual(jobs.began, [1, 2], 'the turn is over: the next begins');
+    jobs.end(2);
+    assert.equal(await next, 2);
+    jobs.end(1);
+    assert.equal(await hung, 1, 'the first still ends with its own answer');
+    // It gave its turn up once; its end does not free a second one.
+    const after = [inTurn(jobs.job(3)), inTurn(jobs.job(4))];
+    await settle();
+    assert.deepEqual(jobs.began, [1, 2, 3]);
+    jobs.end(3);
+    await settle();
+    assert.deepEqual(jobs.began, [1, 2, 3, 4]);
+    jobs.end(4);
+    assert.deepEqual(await Promise.all(after), [3, 4]);
+  });
+
   it('refuses a limit that is not a whole number of at least 1', () => {
     for (const n of [0, -1, 1.5, Number.NaN]) assert.throws(() => limited(n), RangeError);
   });
