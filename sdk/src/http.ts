@@ -5,7 +5,8 @@
  * dropped connection or API Gateway's 504 (the work may have been done) only
  * when repeating it cannot do the work twice (GET, PUT, DELETE, or a POST that
  * carries its own idempotency: a key or a command id); such a call's 409 with
- * Retry-After (its first attempt is still under way) is waited out too.
+ * Retry-After (its first attempt is still under way) is waited out as long as
+ * the API says so (inProgressPatienceMs), not counted against maxRetries.
  */
 import { apiErrorOf, ConnectionError, SandboxApiError, SandboxError } from './errors.js';
 
@@ -43,14 +44,22 @@ export interface Answer<T> {
 
 /**
  * Whether an error answer is worth repeating: 429 and 503 always; API Gateway's
- * 504 (the work may have been done) and a 409 that says when to come back (this
- * call's first attempt still under way) only for a call that cannot do its work twice.
+ * 504 (the work may have been done) only for a call that cannot do its work twice.
  */
-function retryable(status: number, idempotent: boolean, retryAfter: number | undefined): boolean {
+function retryable(status: number, idempotent: boolean): boolean {
   if (status === 429 || status === 503) return true;
-  if (!idempotent) return false;
-  return status === 504 || (status === 409 && retryAfter !== undefined);
+  return idempotent && status === 504;
 }
+
+/**
+ * A 409 with Retry-After to a call that cannot do its work twice: its first
+ * attempt is still under way (a create under its Idempotency-Key, its answer
+ * lost or cut by API Gateway at 29 s). Waited out as long as the API says so,
+ * however many times, not counted as a retry: within a minute the API answers
+ * what the first attempt made, or lets go of one that stalled and this call
+ * starts over. Past this patience it is an error like any other.
+ */
+const inProgressPatienceMs = 90_000;
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -121,7 +130,8 @@ export class ApiClient {
     }
     headers.Accept = o.binary ? 'application/octet-stream' : 'application/json';
     const url = this.url(path, o.query);
-    for (let attempt = 0; ; attempt++) {
+    let inProgressSince: number | undefined;
+    for (let attempt = 0; ; ) {
       o.signal?.throwIfAborted();
       const signals = [AbortSignal.timeout(this.requestTimeoutMs), ...(o.signal ? [o.signal] : [])];
       let res: Response;
@@ -134,7 +144,7 @@ export class ApiClient {
             cause: err,
           });
         }
-        await sleep(backoffMs(attempt), o.signal);
+        await sleep(backoffMs(attempt++), o.signal);
         continue;
       }
       let payload: unknown;
@@ -145,13 +155,20 @@ export class ApiClient {
         if (o.signal?.aborted) throw o.signal.reason;
         if (!idempotent || attempt >= this.maxRetries)
           throw new ConnectionError(`${method} ${path}: the answer was cut: ${(err as Error).message}`, { cause: err });
-        await sleep(backoffMs(attempt), o.signal);
+        await sleep(backoffMs(attempt++), o.signal);
         continue;
       }
       if (res.ok) return { status: res.status, body: payload as T, headers: res.headers };
       const wait = retryAfterMs(res.headers);
-      if (retryable(res.status, idempotent, wait) && attempt < this.maxRetries) {
-        await sleep(Math.max(wait ?? 0, backoffMs(attempt)), o.signal);
+      if (idempotent && res.status === 409 && wait !== undefined) {
+        inProgressSince ??= Date.now();
+        if (Date.now() - inProgressSince < inProgressPatienceMs) {
+          await sleep(Math.max(wait, 250), o.signal);
+          continue;
+        }
+      }
+      if (retryable(res.status, idempotent) && attempt < this.maxRetries) {
+        await sleep(Math.max(wait ?? 0, backoffMs(attempt++)), o.signal);
         continue;
       }
       throw apiErrorOf(res.status, payload, wait === undefined ? undefined : wait / 1000);

@@ -105,16 +105,17 @@ describe('sandboxes', () => {
     );
   });
 
-  /** Creates through the proxy with `fault` on the first POST /sandboxes; the retries under the key make exactly one sandbox. */
-  async function createOnceThrough(user: string, fault: Fault, logged: string): Promise<Sandbox> {
-    proxy.rules.push(firstN(1, (m, p) => m === 'POST' && p === '/sandboxes', fault));
-    const made = await Sandbox.create({ apiKey, apiUrl: proxy.url, userId: user });
+  /** Creates through the proxy with `fault` on the first `times` POST /sandboxes; the retries under the key make exactly one sandbox. */
+  async function createOnceThrough(user: string, fault: Fault, logged: string, times = 1, options: { maxRetries?: number } = {}): Promise<Sandbox> {
+    const since = Date.now();
+    proxy.rules.push(firstN(times, (m, p) => m === 'POST' && p === '/sandboxes', fault));
+    const made = await Sandbox.create({ apiKey, apiUrl: proxy.url, userId: user, ...options });
     const listed = await Sandbox.list({ apiKey, apiUrl: stack.url, userId: user });
     assert.deepEqual(
       listed.map((s) => s.sandbox_id),
       [made.sandboxId],
     );
-    assert.equal(proxy.log.filter((l) => l.method === 'POST' && l.path === '/sandboxes' && l.fault === logged).length, 1);
+    assert.equal(proxy.log.filter((l) => l.method === 'POST' && l.path === '/sandboxes' && l.fault === logged && l.at >= since).length, times);
     return made;
   }
 
@@ -132,6 +133,13 @@ describe('sandboxes', () => {
   it('waits out a 409 with Retry-After on a create (its first attempt still under way), then gets the sandbox', async () => {
     const inProgress = { error: { code: 'conflict', message: 'a request with this Idempotency-Key is still in progress; retry shortly' } };
     const made = await createOnceThrough('sdk-idem-409-user', { status: 409, headers: { 'Retry-After': '1' }, body: inProgress }, '409');
+    await made.destroy({ graceful: false });
+  });
+
+  it('waits out more in-progress answers than its retry count allows: the API said when to come back each time', async () => {
+    const inProgress = { error: { code: 'conflict', message: 'a request with this Idempotency-Key is still in progress; retry shortly' } };
+    const fault = { status: 409, headers: { 'Retry-After': '1' }, body: inProgress };
+    const made = await createOnceThrough('sdk-idem-409-long-user', fault, '409', 4, { maxRetries: 1 });
     await made.destroy({ graceful: false });
   });
 
