@@ -25,7 +25,7 @@
  * not measurable here).
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -370,6 +370,8 @@ try {
   console.log('not included: SSM delivery to an EC2 instance, API Gateway and Lambda as deployed, AWS network hops (not measurable here)');
 } finally {
   await stack.close();
+  // BENCH_SPANS=<file> keeps every span of the run (one JSON line each) for a closer look.
+  if (process.env.BENCH_SPANS) copyFileSync(timingsFile, process.env.BENCH_SPANS);
   rmSync(timingsDir, { recursive: true, force: true });
 }
 

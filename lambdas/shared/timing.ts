@@ -2,7 +2,7 @@
  * Timing spans for `npm run bench`'s per-stage breakdown. Off unless
  * SANDBOX_TIMINGS_FILE names a file; off, `span(name, fn)` is `fn()` and
  * nothing else (one cached boolean test). On, every finished span appends one
- * JSON line `{"n": "<role> <name>", "ms": duration, "s": scope?}` to that file, from
+ * JSON line `{"n": "<role> <name>", "ms": duration, "t": end (epoch ms), "s": scope?}` to that file, from
  * whichever process ran it (handler worker, gateway, SSM endpoint, host
  * daemon): the bench reads the lines an operation produced and sums them.
  *
@@ -36,7 +36,7 @@ export function recordSpan(name: string, ms: number): void {
   if (!timingsOn()) return;
   const scope = scopes?.getStore();
   try {
-    appendFileSync(file!, JSON.stringify({ n: role ? `${role} ${name}` : name, ms, ...(scope ? { s: scope } : {}) }) + '\n');
+    appendFileSync(file!, JSON.stringify({ n: role ? `${role} ${name}` : name, ms, t: Date.now(), ...(scope ? { s: scope } : {}) }) + '\n');
   } catch {
     // A benchmark aid must never fail the work it measures.
   }
