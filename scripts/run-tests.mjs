@@ -4,12 +4,11 @@
  * same time.
  *
  * - The stack lane: files that start a local stack, drive Docker, mount FUSE
- *   or touch the host's network. Each starts its own stack, so STACK_LANES of
- *   them (2) run side by side, each in its own process, its report printed
- *   whole when it ends; the few that count, prune or rewrite what every stack
- *   shares (every container or image by label, the host's firewall chains and
- *   network namespaces, the whole engine) run after them, one at a time.
- *   STACK_LANES=1 runs them all one at a time, streamed as they go.
+ *   or touch the host's network. Each starts its own stack and looks only at
+ *   what its own stack made (its host's containers, firewall chains, mounts and
+ *   state by the host id, its own registry repository), so STACK_LANES of them
+ *   (2) run side by side, each in its own process, its report printed whole
+ *   when it ends. STACK_LANES=1 runs them all one at a time, streamed as they go.
  * - The isolated lane: the typecheck, then files that share nothing with
  *   anything (pure functions, CDK synthesis, the SSM endpoint's rules, an
  *   authorizer on its own DynamoDB Local, hot sync on its own S3 endpoint, the
@@ -42,20 +41,7 @@ const isolated = [
 ];
 
 /**
- * Stack-lane files that count, prune or rewrite what every stack shares (all
- * containers or images by label, the registry, the host's firewall chains and
- * network namespaces, the whole Docker engine): with STACK_LANES above 1 they
- * run after the others, one at a time, with nothing beside them.
- */
-const exclusive = [
-  /^test\/hardening\/(fuzz|network|egress)\.test\.ts$/,
-  /^test\/host-agent\/(image-rollout|sandbox|network)\.test\.ts$/,
-  /^test\/lifecycle\/(ctrl-c|hosts|image-rollout-pool|image-rollout|launch-ready|signals|warm-pool)\.test\.ts$/,
-  /^test\/tenancy\/limits\.test\.ts$/,
-  /^test\/faults\/faults\.test\.ts$/,
-];
-/**
- * How many stack-lane files run side by side (the exclusive ones never do).
+ * How many stack-lane files run side by side.
  * Two on this 2-core machine: one file alone leaves the CPU about 60 % idle
  * (it waits on Docker, DynamoDB Local and its own timers); three starve the
  * isolated lane.
@@ -140,11 +126,9 @@ const isolatedRun = lane([...typecheck, ...(isolatedFiles.length > 0 ? [nodeTest
     return code;
   },
 );
-/** Side by side: each file in its own process, its report printed whole when it ends; then the exclusive files one at a time. */
+/** Side by side: each file in its own process, its report printed whole when it ends. */
 async function parallelStack() {
-  const shared = stackFiles.filter((f) => !exclusive.some((re) => re.test(f)));
-  const alone = stackFiles.filter((f) => exclusive.some((re) => re.test(f)));
-  const queue = [...shared].sort(byLength);
+  const queue = [...stackFiles].sort(byLength);
   let worst = 0;
   const runOne = async (f) => {
     let text = '';
@@ -160,7 +144,6 @@ async function parallelStack() {
       for (let f = queue.shift(); f !== undefined; f = queue.shift()) await runOne(f);
     }),
   );
-  for (const f of alone) await runOne(f);
   return worst;
 }
 
