@@ -113,7 +113,12 @@ export async function startDynamoDbLocal(o: DynamoDbLocalOptions = {}): Promise<
   const stopEngine = async () => {
     listener.close();
     if (running()) {
-      child.kill('SIGTERM');
+      // unshare blocks SIGTERM while it waits for its child: the front, in the same process group, takes it, ends, and unshare ends with it.
+      try {
+        process.kill(-child.pid!, 'SIGTERM');
+      } catch {
+        child.kill('SIGTERM');
+      }
       await Promise.race([exited, new Promise((r) => setTimeout(r, 3000))]);
       if (running()) {
         child.kill('SIGKILL');
