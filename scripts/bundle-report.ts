@@ -2,9 +2,10 @@
  * Bundles every Lambda handler exactly as the CDK stack does (minified ESM,
  * node22, SDK v3 bundled; options from lib/handler-bundling.ts) and prints
  * each bundle's size and its cold-start init time: how long loading the
- * bundle takes in a fresh Node process with a Lambda-like environment (the
- * part of Lambda's Init Duration the code controls), the median of several
- * runs. Next to each figure is the baseline (docs/bundle-baseline.json), so a
+ * bundle takes in a fresh Node process with a Lambda-like environment and
+ * the functions' NODE_OPTIONS (source maps on, as deployed; the part of
+ * Lambda's Init Duration the code controls), and again without them (the
+ * code's own share), the median of several runs. Next to each figure is the baseline (docs/bundle-baseline.json), so a
  * change shows what it cost.
  *
  *   npm run bundle-report                        # table, with the baseline
@@ -20,6 +21,7 @@ import { join } from 'node:path';
 import { backgroundHandlerNames, handlerNames } from '../lambdas/shared/routes';
 import { tables } from '../lambdas/shared/tables';
 import { bundleHandlers, type HandlerBundle } from '../lib/bundle-analysis';
+import { handlerNodeOptions } from '../lib/bundling';
 import { repoRoot } from '../lib/paths';
 
 /** The issue's budget for a handler's init. */
@@ -28,16 +30,19 @@ const runs = Number(process.env.BUNDLE_REPORT_RUNS ?? 7);
 const baselineFile = join(repoRoot, 'docs', 'bundle-baseline.json');
 
 interface Measured extends HandlerBundle {
-  /** Median CPU ms (user + system) to import the bundle in a fresh process. */
+  /** Median CPU ms (user + system) to import the bundle in a fresh process, with the functions' NODE_OPTIONS (source maps on). */
   initMs: number;
   /** Median wall-clock ms of the same imports (inflated when the machine is busy). */
   initWallMs: number;
+  /** Median CPU ms of the same imports without NODE_OPTIONS: the code's own share, and what the baseline measured. */
+  initBareMs: number;
 }
 
 interface Baseline {
   measuredAt: string;
   commit: string;
   note: string;
+  /** initMs: CPU without NODE_OPTIONS (the code's own share; the first baseline was measured so). */
   handlers: Record<string, { bytes: number; gzipBytes: number; initMs: number; initWallMs: number }>;
 }
 
@@ -72,7 +77,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
  * code costs, steady on a shared machine) and wall time (what a quiet machine
  * would also show, plus any waiting for the CPU).
  */
-function initTime(handler: string, file: string): { cpuMs: number; wallMs: number } {
+function initTime(handler: string, file: string, nodeOptions: readonly string[]): { cpuMs: number; wallMs: number } {
   const probe = [
     'const c = process.cpuUsage(); const t = performance.now();',
     `await import(${JSON.stringify(file)});`,
@@ -81,7 +86,7 @@ function initTime(handler: string, file: string): { cpuMs: number; wallMs: numbe
   const cpu: number[] = [];
   const wall: number[] = [];
   for (let i = 0; i < runs; i++) {
-    const out = spawnSync(process.execPath, ['--input-type=module', '-e', probe], { env: lambdaLikeEnv(handler), encoding: 'utf8' });
+    const out = spawnSync(process.execPath, [...nodeOptions, '--input-type=module', '-e', probe], { env: lambdaLikeEnv(handler), encoding: 'utf8' });
     if (out.status !== 0) throw new Error(`${handler}: loading the bundle failed: ${out.stderr.trim().split('\n').slice(-3).join(' | ')}`);
     const m = JSON.parse(out.stdout) as { cpu: number; wall: number };
     cpu.push(m.cpu);
@@ -95,7 +100,17 @@ function readBaseline(): Baseline | undefined {
 }
 
 function table(bundles: Measured[], baseline: Baseline | undefined, markdown: boolean): string {
-  const header = ['handler', 'bundle KB', 'gzip KB', 'init ms (CPU)', 'init ms (wall)', 'before: KB', 'before: init ms (CPU)', 'SDK clients'];
+  const header = [
+    'handler',
+    'bundle KB',
+    'gzip KB',
+    'init ms (CPU)',
+    'init ms (wall)',
+    'no maps: init ms (CPU)',
+    'before: KB',
+    'before: init ms (CPU, no maps)',
+    'SDK clients',
+  ];
   const rows = bundles.map((b) => {
     const before = baseline?.handlers[b.handler];
     return [
@@ -104,6 +119,7 @@ function table(bundles: Measured[], baseline: Baseline | undefined, markdown: bo
       kb(b.gzipBytes),
       b.initMs.toFixed(0),
       b.initWallMs.toFixed(0),
+      b.initBareMs.toFixed(0),
       before ? kb(before.bytes) : '-',
       before ? before.initMs.toFixed(0) : '-',
       clientsOf(b),
@@ -111,7 +127,8 @@ function table(bundles: Measured[], baseline: Baseline | undefined, markdown: bo
   });
   const total = bundles.reduce((sum, b) => sum + b.bytes, 0);
   const slowest = Math.max(...bundles.map((b) => b.initMs));
-  const footer = `${bundles.length} handlers, ${kb(total)} KB in total; slowest init ${slowest.toFixed(0)} ms of CPU (budget ${initBudgetMs} ms; median of ${runs} fresh processes on this machine, load average ${loadavg()[0]!.toFixed(1)})${
+  const slowestBare = Math.max(...bundles.map((b) => b.initBareMs));
+  const footer = `${bundles.length} handlers, ${kb(total)} KB in total; slowest init ${slowest.toFixed(0)} ms of CPU with NODE_OPTIONS=${handlerNodeOptions.join(' ')} as deployed, ${slowestBare.toFixed(0)} ms without (budget ${initBudgetMs} ms; median of ${runs} fresh processes on this machine, load average ${loadavg()[0]!.toFixed(1)})${
     baseline ? `; before: ${baseline.note} (${baseline.commit.slice(0, 10)})` : ''
   }`;
   if (markdown) {
@@ -145,8 +162,10 @@ async function main(): Promise<void> {
     const bundles = await bundleHandlers([...handlerNames, ...backgroundHandlerNames], outDir);
     // One at a time: parallel imports on a small machine would measure each other.
     const measured: Measured[] = bundles.map((b) => {
-      const t = initTime(b.handler, join(outDir, b.handler, 'index.mjs'));
-      return { ...b, initMs: t.cpuMs, initWallMs: t.wallMs };
+      const file = join(outDir, b.handler, 'index.mjs');
+      const deployed = initTime(b.handler, file, handlerNodeOptions);
+      const bare = initTime(b.handler, file, []);
+      return { ...b, initMs: deployed.cpuMs, initWallMs: deployed.wallMs, initBareMs: bare.cpuMs };
     });
     if (args.has('--save-baseline')) {
       const baseline: Baseline = {
@@ -156,7 +175,7 @@ async function main(): Promise<void> {
         handlers: Object.fromEntries(
           measured.map((m) => [
             m.handler,
-            { bytes: m.bytes, gzipBytes: m.gzipBytes, initMs: Number(m.initMs.toFixed(1)), initWallMs: Number(m.initWallMs.toFixed(1)) },
+            { bytes: m.bytes, gzipBytes: m.gzipBytes, initMs: Number(m.initBareMs.toFixed(1)), initWallMs: Number(m.initWallMs.toFixed(1)) },
           ]),
         ),
       };

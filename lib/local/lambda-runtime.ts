@@ -11,6 +11,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { lambdaMaxPayloadBytes } from '../../lambdas/shared/gateway';
+import { handlerNodeOptions } from '../bundling';
 import { repoRoot } from '../paths';
 
 export type InvokeOutcome =
@@ -77,7 +78,8 @@ export class LocalFunction {
         // No X-Ray daemon here: the tracer stays off, as it is outside Lambda.
         POWERTOOLS_TRACE_ENABLED: 'false',
       },
-      execArgv: ['--enable-source-maps'],
+      // The deployed functions' NODE_OPTIONS, as flags of the worker's own environment.
+      execArgv: [...handlerNodeOptions],
       stdout: this.spec.output !== undefined,
       stderr: this.spec.output !== undefined,
     });
