@@ -114,7 +114,7 @@ export function daemonSettings(): DaemonSettings {
   return {
     hostId,
     agentSocket: process.env.AGENT_SOCKET || '/run/ephemeral-sandbox/agent.sock',
-    slots: seconds('HOST_SLOTS', 8),
+    slots: count('HOST_SLOTS', 8),
     heartbeatSeconds,
     reconcileSeconds: seconds('RECONCILE_INTERVAL_SECONDS', heartbeatSeconds),
     reconcileGraceSeconds: seconds('RECONCILE_GRACE_SECONDS', 60),
