@@ -150,7 +150,9 @@ describe('a Spot interruption warning (EC2 and its Auto Scaling group stood in b
       },
       120_000,
     );
-    t.diagnostic(`drained ${Date.now() - warned} ms after the warning (Spot drain budget ${spotDrainSeconds} s of EC2's 120 s notice; ${noticeSeconds} s here)`);
+    t.diagnostic(
+      `drained ${Date.now() - warned} ms after the warning (Spot drain budget ${spotDrainSeconds} s of EC2's 120 s notice; ${noticeSeconds} s here)`,
+    );
     assert.ok(Date.now() - warned < noticeSeconds * 1000, 'drained within the warning');
     assert.equal(moved.status, 'paused', 'a paused sandbox is kept, not ended');
     assert.equal(moved.host_id, '', 'released from the host');
