@@ -116,7 +116,12 @@ async function bridgeOf(network: string): Promise<string> {
 async function ctrlC(s: Started): Promise<{ code: number | null; tree: Map<number, string> }> {
   const tree = processTree(s.child.pid!);
   process.kill(-s.child.pid!, 'SIGINT');
-  const code = await Promise.race([s.exited, sleep(90_000).then(() => 'timeout' as const)]);
+  // A timer cleared once the stack has exited: left running, it kept the test's process alive 90 s after its last test.
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<'timeout'>((resolve) => {
+    timer = setTimeout(() => resolve('timeout'), 90_000);
+  });
+  const code = await Promise.race([s.exited, timedOut]).finally(() => clearTimeout(timer));
   assert.notEqual(code, 'timeout', `npm start did not stop within 90 s of Ctrl-C: ${s.output()}`);
   return { code: code as number | null, tree };
 }
