@@ -18,7 +18,7 @@ export const handlerTarget = 'node22';
  * The Node options every Lambda function runs with (its NODE_OPTIONS): stack
  * traces in the logs name the TypeScript file and line through the bundle's
  * map. It has a price at every cold start: Node reads and parses the map when
- * the bundle loads (about 30 ms of a handler's init on the 2-core test
+ * the bundle loads (about 25 ms of a handler's init on the 2-core test
  * machine), so the bundle report measures init with it, and the local Lambda
  * runtime starts its workers with it.
  */
