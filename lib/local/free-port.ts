@@ -10,9 +10,8 @@ import { createServer } from 'node:net';
  * ever taken by another caller of this function picking the same of twenty thousand.
  */
 export async function freePort(): Promise<number> {
-  const [ephemeralLow] = ephemeralRange();
   const low = 10_000;
-  const high = Math.max(low + 1_000, ephemeralLow) - 1;
+  const high = Math.max(low + 1_000, ephemeralLow()) - 1;
   for (let attempt = 0; attempt < 50; attempt++) {
     const port = randomInt(low, high + 1);
     if (await isFree(port)) return port;
@@ -20,14 +19,15 @@ export async function freePort(): Promise<number> {
   throw new Error(`no free TCP port on 127.0.0.1 between ${low} and ${high} after 50 tries`);
 }
 
-function ephemeralRange(): [number, number] {
+/** The first port of the kernel's ephemeral range. */
+function ephemeralLow(): number {
   try {
-    const [low, high] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
-    if (Number.isInteger(low) && Number.isInteger(high)) return [low!, high!];
+    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    if (Number.isInteger(low) && low > 0) return low;
   } catch {
     // not Linux: the IANA range
   }
-  return [49152, 65535];
+  return 49152;
 }
 
 function isFree(port: number): Promise<boolean> {
