@@ -10,7 +10,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -21,7 +20,14 @@ import { apiClient } from '../support/api-client';
 import { docker } from '../support/docker';
 import { sleep, waitFor } from './lifecycle-support';
 
-const tsxCli = createRequire(import.meta.url).resolve('tsx/cli');
+/**
+ * npm start's last command, as package.json gives it: `node --import tsx bin/local.ts`. Not the tsx CLI: it
+ * relays a Ctrl-C to its child and, when the child has not said within 30 ms that it got it (a busy machine),
+ * sends it again and then SIGKILLs it, exit 130, in the middle of its cleanup (seen in CI).
+ */
+const startCommand = /&& (node --import tsx bin\/local\.ts)$/.exec(
+  (JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as { scripts: { start: string } }).scripts.start,
+)?.[1];
 const stateFile = join(repoRoot, '.local', 'stack.json');
 const leftovers: { hostId?: string; stateDir?: string; network?: string; tmp: string }[] = [];
 
@@ -74,10 +80,12 @@ interface Started {
   tmp: string;
 }
 
-/** `npm start`'s entry as npm runs it (tsx bin/local.ts), in its own process group, with its temporary files in a directory of the test's. */
+/** `npm start`'s entry as npm runs it (startCommand), in its own process group, with its temporary files in a directory of the test's. */
 function startStack(): Started {
+  assert.ok(startCommand, 'package.json: npm start ends with `node --import tsx bin/local.ts`');
   const tmp = mkdtempSync(join(tmpdir(), 'ctrl-c-'));
-  const child = spawn(process.execPath, [tsxCli, 'bin/local.ts'], {
+  // `node` is this test's own Node.
+  const child = spawn(process.execPath, startCommand.split(' ').slice(1), {
     cwd: repoRoot,
     detached: true,
     env: { ...process.env, PORT: '0', TMPDIR: tmp, LOG_LEVEL: 'warn' },
@@ -220,6 +228,27 @@ describe('Ctrl-C on npm start', () => {
     const { code, tree } = await ctrlC(s);
     assert.equal(code, 0, s.output());
     await assertNothingLeft(host, bridge, tree, s.output());
+  });
+});
+
+describe("npm start's runner", () => {
+  it('lets a process that is busy when Ctrl-C comes finish its cleanup (test/fixtures/busy-cleanup.mjs stands in for the stack)', async () => {
+    assert.ok(startCommand, 'package.json: npm start ends with `node --import tsx bin/local.ts`');
+    const args = startCommand.split(' ').slice(1, -1);
+    const child = spawn(process.execPath, [...args, join(repoRoot, 'test', 'fixtures', 'busy-cleanup.mjs')], {
+      detached: true,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    await waitFor('the stand-in to start', async () => output.includes('ready') || undefined, 30_000, 20);
+    await sleep(700);
+    process.kill(-child.pid!, 'SIGINT');
+    // Under the tsx CLI this was exit 130 with nothing cleaned: it SIGKILLs a child that does not answer its relay within 60 ms.
+    assert.equal(await exited, 0, output);
+    assert.match(output, /SIGINT: cleaning up\nclean\n/);
   });
 });
 
