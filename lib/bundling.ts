@@ -15,14 +15,12 @@ export const esmRequireBanner = "import { createRequire as __esCreateRequire } f
 export const handlerTarget = 'node22';
 
 /**
- * The Node options every Lambda function runs with (its NODE_OPTIONS): stack
- * traces in the logs name the TypeScript file and line through the bundle's
- * map. It has a price at every cold start: Node reads and parses the map when
- * the bundle loads (about 25 ms of a handler's init on the 2-core test
- * machine), so the bundle report measures init with it, and the local Lambda
- * runtime starts its workers with it.
+ * Modules every Lambda bundle starts with (esbuild `inject`, before the
+ * handler's own imports): stack traces through the bundle's source map, read
+ * only when a stack is first formatted (lambdas/shared/stack-traces.ts says why
+ * not `--enable-source-maps`). The functions need no NODE_OPTIONS.
  */
-export const handlerNodeOptions = ['--enable-source-maps'] as const;
+export const handlerInject = [join(repoRoot, 'lambdas', 'shared', 'stack-traces.ts')];
 export const handlerMainFields = ['module', 'main'];
 
 /**
@@ -46,6 +44,7 @@ export function handlerBuildOptions(entry: string, outfile: string): BuildOption
     target: handlerTarget,
     mainFields: handlerMainFields,
     banner: { js: esmRequireBanner },
+    inject: handlerInject,
     alias: handlerAlias,
     minify: true,
     sourcemap: true,

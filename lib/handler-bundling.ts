@@ -4,7 +4,7 @@
  * the sizes the report prints are the sizes that deploy.
  */
 import { OutputFormat, type BundlingOptions } from 'aws-cdk-lib/aws-lambda-nodejs';
-import { esmRequireBanner, handlerAlias, handlerMainFields, handlerTarget } from './bundling';
+import { esmRequireBanner, handlerAlias, handlerInject, handlerMainFields, handlerTarget } from './bundling';
 
 /** NodejsFunction bundling: local esbuild (no Docker), minified ESM, SDK v3 bundled in. */
 export const handlerBundling: BundlingOptions = {
@@ -12,6 +12,7 @@ export const handlerBundling: BundlingOptions = {
   target: handlerTarget,
   mainFields: handlerMainFields,
   banner: esmRequireBanner,
+  inject: handlerInject,
   minify: true,
   sourceMap: true,
   // The map only has to turn stack traces into file:line; the sources themselves would double the asset.

@@ -13,7 +13,6 @@ import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
 import { stagedRequestPrefix } from '../../contract/host-protocol';
 import type { EnvironmentSettings } from '../environment';
-import { handlerNodeOptions } from '../bundling';
 import { handlerBundling } from '../handler-bundling';
 import { handlerEntry, lockFile, repoRoot } from '../paths';
 import { metricNamespace, metricService } from '../../lambdas/shared/metric-names';
@@ -148,7 +147,6 @@ export function handlerEnvironment(props: HandlerEnvironmentProps): Record<strin
     POWERTOOLS_LOGGER_LOG_EVENT: 'false',
     POWERTOOLS_TRACER_CAPTURE_RESPONSE: 'false',
     LOG_LEVEL: 'info',
-    NODE_OPTIONS: handlerNodeOptions.join(' '),
   };
   for (const { definition, table } of props.tables.entries) env[definition.envVar] = table.tableName;
   return env;

@@ -129,13 +129,12 @@ export class HostFleet extends Construct {
     });
     this.grantHostAccess(props, autoScalingGroupName);
 
-    const { NODE_OPTIONS: _nodeOptions, ...controlPlaneEnv } = props.controlPlaneEnv;
     const userData = hostUserData({
       region: stack.region,
       architecture: props.architecture,
       hostEnv: {
         // The daemon runs control-plane code (records, slots, storage layout): same settings as the functions.
-        ...controlPlaneEnv,
+        ...props.controlPlaneEnv,
         AWS_REGION: stack.region,
         AWS_DEFAULT_REGION: stack.region,
         DEPLOYMENT_ENV: envName,

@@ -11,7 +11,6 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { lambdaMaxPayloadBytes } from '../../lambdas/shared/gateway';
-import { handlerNodeOptions } from '../bundling';
 import { repoRoot } from '../paths';
 
 export type InvokeOutcome =
@@ -78,8 +77,9 @@ export class LocalFunction {
         // No X-Ray daemon here: the tracer stays off, as it is outside Lambda.
         POWERTOOLS_TRACE_ENABLED: 'false',
       },
-      // The deployed functions' NODE_OPTIONS, as flags of the worker's own environment.
-      execArgv: [...handlerNodeOptions],
+      // As deployed, no Node flags (a worker would otherwise take the test process's own, its loader included):
+      // the bundle maps its own stack traces (lambdas/shared/stack-traces.ts).
+      execArgv: [],
       stdout: this.spec.output !== undefined,
       stderr: this.spec.output !== undefined,
     });
