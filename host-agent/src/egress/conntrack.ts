@@ -12,6 +12,8 @@ import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 const procPath = '/proc/net/nf_conntrack';
+/** The pauses between reads of the table while a redirected connection's entry is not found in it. */
+const lookupPausesMs = [5, 10, 20, 40, 80, 160];
 
 export interface Endpoint {
   ip: string;
@@ -74,13 +76,15 @@ export async function conntrackLookup(): Promise<{ source: 'procfs' | 'conntrack
     return {
       source: 'procfs',
       lookup: async (client, proxy) => {
-        // The entry is confirmed before the handshake completes; a second read covers a table read just before it.
-        for (let attempt = 0; attempt < 3; attempt += 1) {
+        // The entry is confirmed before the handshake completes, but one read of the file can miss it: the kernel
+        // walks a hash table that other connections change under it (one miss in three reads 5 ms apart, seen in CI
+        // on a busy machine). Fresh reads, further apart each time, for about a third of a second.
+        for (const pauseMs of lookupPausesMs) {
           const found = findRedirected(await table(), client, proxy);
           if (found) return found;
-          await new Promise((r) => setTimeout(r, 5));
+          await new Promise((r) => setTimeout(r, pauseMs));
         }
-        return undefined;
+        return findRedirected(await table(), client, proxy);
       },
     };
   }

@@ -88,6 +88,8 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
     const destination = await o.originalDestination(source, proxy);
     if (!destination) {
       logger.error('egress proxy: no connection-tracking entry for a redirected connection; refusing it', { sandboxId: sandbox.sandboxId, source });
+      // A refusal the sandbox's owner sees in its egress log too, though where it was going is not known.
+      o.authority.note(sandbox, 'address', 'unknown', { allowed: false, reason: 'its original destination could not be read from connection tracking' });
       return reset(client);
     }
     const target = `${destination.ip}:${destination.port}`;
