@@ -107,7 +107,7 @@ function table(bundles: Measured[], baseline: Baseline | undefined, markdown: bo
     'gzip KB',
     'init ms (CPU)',
     'init ms (wall)',
-    'init ms (CPU) with --enable-source-maps',
+    'with --enable-source-maps: init ms (CPU)',
     'before: KB',
     'before: init ms (CPU)',
     'SDK clients',
