@@ -84,8 +84,10 @@ describe('cdk CLI (pinned version, offline)', () => {
       const size = statSync(join(outdir, assetPath, 'index.mjs')).size;
       const expected = measured.get(handler)!;
       assert.ok(Math.abs(size - expected) <= expected * 0.01, `${handler}: deployed ${size} bytes, bundle-report ${expected}`);
-      const head = readFileSync(join(outdir, assetPath, 'index.mjs'), 'utf8').slice(0, 200);
-      assert.ok(head.startsWith("import { createRequire as __esCreateRequire } from 'node:module'"), `${handler}: ESM with the createRequire banner`);
+      const code = readFileSync(join(outdir, assetPath, 'index.mjs'), 'utf8');
+      assert.ok(code.startsWith("import { createRequire as __esCreateRequire } from 'node:module'"), `${handler}: ESM with the createRequire banner`);
+      // The functions have no --enable-source-maps: the injected lambdas/shared/stack-traces.ts maps their stacks.
+      assert.match(code, /Error\.prepareStackTrace=/, `${handler}: maps its own stack traces`);
     }
 
     const hostAgentAssets = readdirSync(outdir).filter((f) => /^asset\.[0-9a-f]{64}\.mjs$/.test(f));
