@@ -513,11 +513,19 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
     return undefined;
   });
   const capacity = hostResources(hostConfig.stateDir, s.slots);
-  const registered = await registerHost({ hostId: s.hostId, capacity, agentVersion: appVersion });
-  logger.info('daemon: host registered', { hostId: s.hostId, status: registered, capacity, agentSocket: s.agentSocket });
+  // The image in the same write: registered without it, the host was briefly offered creates the control plane
+  // could not name its image for (a test read the host item in that gap on a busy machine).
+  const registered = await registerHost({
+    hostId: s.hostId,
+    capacity,
+    agentVersion: appVersion,
+    ...(pulled ? { image: { digestRef: pulled.digestRef, ref: pulled.ref } } : {}),
+  });
+  logger.info('daemon: host registered', { hostId: s.hostId, status: registered, capacity, agentSocket: s.agentSocket, image: pulled?.digestRef });
   let hostImage: HostImage | undefined;
+  // Recorded already: this pass only prunes the repository's older images.
   if (pulled)
-    hostImage = await rollOutImage(s, docker, startImage, undefined).catch(
+    hostImage = await rollOutImage(s, docker, startImage, pulled).catch(
       (err: unknown) => void logger.error('daemon: recording the sandbox image failed; retrying', { err }),
     );
   const onHeartbeat = heartbeatActions(s, runtime, startDrain, () => drain.active);

@@ -61,8 +61,17 @@ const addToTotals =
  * Registers (or re-registers) a host with what it can allocate. A new or
  * returning host (lost, or never seen) becomes active; a host that is
  * draining stays draining (its daemon restarted in the middle of a drain).
+ * `image`: the sandbox image it has pulled, recorded in the same write (by
+ * digest, with the reference it resolved), so a host is never offered creates
+ * before the control plane can name its image.
  */
-export async function registerHost(h: { hostId: string; capacity: Resources; agentVersion?: string; image?: string; now?: number }): Promise<HostStatus> {
+export async function registerHost(h: {
+  hostId: string;
+  capacity: Resources;
+  agentVersion?: string;
+  image?: { digestRef: string; ref: string };
+  now?: number;
+}): Promise<HostStatus> {
   const now = h.now ?? Date.now();
   const common = {
     ':cap': h.capacity,
@@ -74,9 +83,9 @@ export async function registerHost(h: { hostId: string; capacity: Resources; age
   };
   const fields =
     '#cap = :cap, #used = if_not_exists(#used, :zero), #allocs = if_not_exists(#allocs, :none), registered_at = if_not_exists(registered_at, :iso), last_heartbeat_at = :now, agent_version = :v' +
-    (h.image ? ', #image = :image' : '');
+    (h.image ? ', #image = :image, image_ref = :imageRef' : '');
   const fieldNames = { '#cap': 'capacity', '#used': 'allocated', '#allocs': 'allocations', ...(h.image ? { '#image': 'image' } : {}) };
-  const values = { ...common, ...(h.image ? { ':image': h.image } : {}) };
+  const values = { ...common, ...(h.image ? { ':image': h.image.digestRef, ':imageRef': h.image.ref } : {}) };
   const write = await conditionally(
     dynamo().send(
       new UpdateCommand({
