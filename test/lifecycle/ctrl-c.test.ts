@@ -80,12 +80,15 @@ interface Started {
   tmp: string;
 }
 
-/** `npm start`'s entry as npm runs it (startCommand), in its own process group, with its temporary files in a directory of the test's. */
-function startStack(): Started {
+/**
+ * `npm start`'s entry as npm runs it (startCommand), in its own process group, with its temporary files in a
+ * directory of the test's; `entry` in place of bin/local.ts runs a stand-in the same way.
+ */
+function startStack(entry = 'bin/local.ts'): Started {
   assert.ok(startCommand, 'package.json: npm start ends with `node --import tsx bin/local.ts`');
   const tmp = mkdtempSync(join(tmpdir(), 'ctrl-c-'));
   // `node` is this test's own Node.
-  const child = spawn(process.execPath, startCommand.split(' ').slice(1), {
+  const child = spawn(process.execPath, [...startCommand.split(' ').slice(1, -1), entry], {
     cwd: repoRoot,
     detached: true,
     env: { ...process.env, PORT: '0', TMPDIR: tmp, LOG_LEVEL: 'warn' },
@@ -233,22 +236,14 @@ describe('Ctrl-C on npm start', () => {
 
 describe("npm start's runner", () => {
   it('lets a process that is busy when Ctrl-C comes finish its cleanup (test/fixtures/busy-cleanup.mjs stands in for the stack)', async () => {
-    assert.ok(startCommand, 'package.json: npm start ends with `node --import tsx bin/local.ts`');
-    const args = startCommand.split(' ').slice(1, -1);
-    const child = spawn(process.execPath, [...args, join(repoRoot, 'test', 'fixtures', 'busy-cleanup.mjs')], {
-      detached: true,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let output = '';
-    child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
-    child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
-    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-    await waitFor('the stand-in to start', async () => output.includes('ready') || undefined, 30_000, 20);
+    const s = startStack(join(repoRoot, 'test', 'fixtures', 'busy-cleanup.mjs'));
+    leftovers.push({ tmp: s.tmp });
+    await waitFor('the stand-in to start', async () => s.output().includes('ready') || undefined, 30_000, 20);
     await sleep(700);
-    process.kill(-child.pid!, 'SIGINT');
     // Under the tsx CLI this was exit 130 with nothing cleaned: it SIGKILLs a child that does not answer its relay within 60 ms.
-    assert.equal(await exited, 0, output);
-    assert.match(output, /SIGINT: cleaning up\nclean\n/);
+    const { code } = await ctrlC(s);
+    assert.equal(code, 0, s.output());
+    assert.match(s.output(), /SIGINT: cleaning up\nclean\n/);
   });
 });
 
