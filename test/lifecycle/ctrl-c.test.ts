@@ -30,6 +30,8 @@ const startCommand = /&& (node --import tsx bin\/local\.ts)$/.exec(
 )?.[1];
 const stateFile = join(repoRoot, '.local', 'stack.json');
 const leftovers: { hostId?: string; stateDir?: string; network?: string; tmp: string }[] = [];
+/** Every stack a test started: one a failed test did not stop is stopped in `after`, or its pipes keep the file alive. */
+const stacks: Started[] = [];
 
 /** pid -> [ppid, start time]: the start time tells a live process from a new one with a reused pid. */
 function processTable(): Map<number, { ppid: number; start: string; cmdline: string }> {
@@ -98,23 +100,35 @@ function startStack(entry = 'bin/local.ts'): Started {
   child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  return { child, output: () => output, exited, tmp };
+  const started = { child, output: () => output, exited, tmp };
+  stacks.push(started);
+  return started;
 }
 
 /** The stack's host daemon (found in the process tree): where its state and network are. */
 async function hostOf(s: Started) {
-  const daemonPid = await waitFor(
+  const host = await waitFor(
     'the host daemon to start',
     async () => {
       if (s.child.exitCode !== null) throw new Error(`npm start exited early: ${s.output()}`);
       const table = processTable();
-      return [...processTree(s.child.pid!).keys()].find((pid) => table.get(pid)?.cmdline.includes('host-agent-daemon.mjs'));
+      const pid = [...processTree(s.child.pid!).keys()].find((p) => table.get(p)?.cmdline.includes('host-agent-daemon.mjs'));
+      if (pid === undefined) return undefined;
+      // Read again until whole: caught in its exec (the shell that joins the cgroup becomes node), a process shows an
+      // empty environment (seen in CI: the network's name came back undefined).
+      const env = (() => {
+        try {
+          return environ(pid);
+        } catch {
+          return {};
+        }
+      })();
+      if (!env.HOST_ID || !env.STATE_DIR || !env.SANDBOX_NETWORK) return undefined;
+      return { hostId: env.HOST_ID, stateDir: env.STATE_DIR, network: env.SANDBOX_NETWORK, tmp: s.tmp };
     },
     120_000,
     50,
   );
-  const env = environ(daemonPid);
-  const host = { hostId: env.HOST_ID!, stateDir: env.STATE_DIR!, network: env.SANDBOX_NETWORK!, tmp: s.tmp };
   leftovers.push(host);
   return host;
 }
@@ -191,6 +205,21 @@ async function assertNothingLeft(
 
 after(async () => {
   // Only what a failed run left: each step tolerates what is already gone.
+  for (const s of stacks) {
+    if (s.child.exitCode !== null || s.child.signalCode !== null) continue;
+    // As the user would: Ctrl-C, and after a minute without an exit, SIGKILL.
+    const signalGroup = (signal: NodeJS.Signals) => {
+      try {
+        process.kill(-s.child.pid!, signal);
+      } catch {
+        // the group is gone
+      }
+    };
+    signalGroup('SIGINT');
+    const timer = setTimeout(() => signalGroup('SIGKILL'), 60_000);
+    await s.exited;
+    clearTimeout(timer);
+  }
   for (const l of leftovers) {
     if (l.hostId && l.stateDir) await removeContainersOfHost(l.hostId, l.stateDir).catch(() => undefined);
     if (l.network) await removeNetwork(l.network).catch(() => undefined);
