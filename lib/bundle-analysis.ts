@@ -5,10 +5,10 @@
  * operations are checked against the IAM grants in the stack tests.
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { build } from 'esbuild';
-import { handlerBuildOptions, hostAgentAlias } from './bundling';
+import { handlerBuildOptions, handlersBuildOptions, hostAgentAlias } from './bundling';
 import { handlerEntry, repoRoot } from './paths';
 
 export interface HandlerBundle {
@@ -23,30 +23,28 @@ export interface HandlerBundle {
 
 const commandFile = /node_modules\/@aws-sdk\/client-([a-z0-9-]+)\/dist-(?:es|cjs)\/commands\/(\w+)Command\.js$/;
 
-/** Bundles one handler into `outDir/<handler>/index.mjs` and describes the result. */
-async function bundleHandler(handler: string, outDir: string): Promise<HandlerBundle> {
-  const outfile = join(outDir, handler, 'index.mjs');
-  const result = await build(handlerBuildOptions(handlerEntry(handler), outfile));
-  const output = Object.values(result.metafile!.outputs).find((o) => o.entryPoint !== undefined);
-  if (!output) throw new Error(`esbuild produced no entry output for ${handler}`);
-  const sdkOperations = new Set<string>();
-  for (const [path, input] of Object.entries(output.inputs)) {
-    const match = commandFile.exec(path);
-    if (match && input.bytesInOutput > 0) sdkOperations.add(`${match[1]}:${match[2]}`);
-  }
-  const code = readFileSync(outfile);
-  return {
-    handler,
-    bytes: code.length,
-    gzipBytes: gzipSync(code, { level: 9 }).length,
-    sourceMapBytes: statSync(`${outfile}.map`).size,
-    sdkOperations: [...sdkOperations].sort(),
-  };
-}
-
-/** Bundles several handlers (in parallel; esbuild is one service process). */
-export function bundleHandlers(handlers: readonly string[], outDir: string): Promise<HandlerBundle[]> {
-  return Promise.all(handlers.map((h) => bundleHandler(h, outDir)));
+/** Bundles handlers into `outDir/<handler>/index.mjs`, in one build as the stacks do, and describes each. */
+export async function bundleHandlers(handlers: readonly string[], outDir: string): Promise<HandlerBundle[]> {
+  const result = await build(handlersBuildOptions(handlers, outDir, (h) => `${h}/index`));
+  return handlers.map((handler) => {
+    const outfile = join(outDir, handler, 'index.mjs');
+    // The metafile names outputs relative to the working directory.
+    const output = result.metafile!.outputs[relative(process.cwd(), outfile)];
+    if (!output) throw new Error(`esbuild produced no output for ${handler}`);
+    const sdkOperations = new Set<string>();
+    for (const [path, input] of Object.entries(output.inputs)) {
+      const match = commandFile.exec(path);
+      if (match && input.bytesInOutput > 0) sdkOperations.add(`${match[1]}:${match[2]}`);
+    }
+    const code = readFileSync(outfile);
+    return {
+      handler,
+      bytes: code.length,
+      gzipBytes: gzipSync(code, { level: 9 }).length,
+      sourceMapBytes: statSync(`${outfile}.map`).size,
+      sdkOperations: [...sdkOperations].sort(),
+    };
+  });
 }
 
 /**

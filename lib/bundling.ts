@@ -7,12 +7,12 @@
  */
 import { join } from 'node:path';
 import type { BuildOptions } from 'esbuild';
-import { repoRoot } from './paths';
+import { handlerEntry, repoRoot } from './paths';
 
 /** ESM has no `require`; bundled CommonJS dependencies still call it. */
 export const esmRequireBanner = "import { createRequire as __esCreateRequire } from 'node:module'; const require = __esCreateRequire(import.meta.url);";
 
-export const handlerTarget = 'node22';
+const handlerTarget = 'node22';
 
 /**
  * Modules every Lambda bundle starts with (esbuild `inject`, before the
@@ -20,20 +20,20 @@ export const handlerTarget = 'node22';
  * only when a stack is first formatted (lambdas/shared/stack-traces.ts says why
  * not `--enable-source-maps`). The functions need no NODE_OPTIONS.
  */
-export const handlerInject = [join(repoRoot, 'lambdas', 'shared', 'stack-traces.ts')];
-export const handlerMainFields = ['module', 'main'];
+const handlerInject = [join(repoRoot, 'lambdas', 'shared', 'stack-traces.ts')];
+const handlerMainFields = ['module', 'main'];
 
 /**
  * Modules the Lambda bundles replace (package -> stand-in), so cold starts do
  * not load what never runs in a function; each stand-in says why it is safe.
- * The CDK bundling (handler-bundling.ts) passes the same map to esbuild.
+ * Every handler build (handlerBuildOptions, handlersBuildOptions) applies it.
  */
-export const handlerAlias: Record<string, string> = {
+const handlerAlias: Record<string, string> = {
   '@aws-sdk/credential-provider-node': join(repoRoot, 'lambdas', 'shared', 'bundle-aliases', 'credential-provider-env-only.ts'),
   semver: join(repoRoot, 'lambdas', 'shared', 'bundle-aliases', 'semver-gte-only.ts'),
 };
 
-/** A Lambda handler as NodejsFunction bundles it: minified ESM for Node 22, SDK v3 bundled in. */
+/** A Lambda handler as it deploys: minified ESM for Node 22, SDK v3 bundled in. */
 export function handlerBuildOptions(entry: string, outfile: string): BuildOptions {
   return {
     entryPoints: [entry],
@@ -55,11 +55,35 @@ export function handlerBuildOptions(entry: string, outfile: string): BuildOption
 }
 
 /**
+ * Several handlers in one build, each output named `name(handler)` under `outdir` (`.mjs`), with
+ * handlerBuildOptions' options. One build parses the SDK once for all of them: 23 handlers in about 4 s against
+ * 15 s for a build each (NodejsFunction's own bundling ran esbuild once per function), byte for byte the
+ * same bundles. The deployed assets (handler-bundling.ts), scripts/build.mjs and the bundle report use it.
+ */
+export function handlersBuildOptions(handlers: readonly string[], outdir: string, name: (handler: string) => string): BuildOptions {
+  const { entryPoints: _one, outfile: _file, ...options } = handlerBuildOptions('', '');
+  return {
+    ...options,
+    entryPoints: Object.fromEntries(handlers.map((h) => [name(h), handlerEntry(h)])),
+    outdir,
+    outExtension: { '.js': '.mjs' },
+  };
+}
+
+/**
  * docker-modem requires ssh2 at load time for ssh:// Docker hosts; the host
  * talks to the local socket only, and ssh2's optional native addons cannot be
  * bundled: a stand-in that refuses ssh:// takes its place.
  */
 export const hostAgentAlias = { ssh2: join(repoRoot, 'host-agent', 'src', 'ssh2-stub.ts') };
+
+/** The host-agent programs: output file name -> entry point. */
+export const hostAgentPrograms = {
+  /** The CLI SSM Run Command's wrapper runs when the daemon is not listening. */
+  'host-agent.mjs': join(repoRoot, 'host-agent', 'src', 'cli.ts'),
+  /** The systemd service. */
+  'host-agent-daemon.mjs': join(repoRoot, 'host-agent', 'src', 'daemon.ts'),
+} as const;
 
 /**
  * A host-agent program (CLI or daemon) as one minified ESM file; callers add

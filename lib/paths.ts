@@ -9,6 +9,5 @@ export function handlerEntry(name: string): string {
   return join(repoRoot, 'lambdas', `${name}.ts`);
 }
 
-export const lockFile = join(repoRoot, 'package-lock.json');
 export const sandboxImageDir = join(repoRoot, 'sandbox-image');
 export const hostAgentDir = join(repoRoot, 'host-agent');

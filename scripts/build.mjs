@@ -10,26 +10,26 @@ import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, 
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
-import { esmRequireBanner, handlerBuildOptions, hostAgentBuildOptions } from '../lib/bundling.ts';
+import { esmRequireBanner, handlersBuildOptions, hostAgentBuildOptions, hostAgentPrograms } from '../lib/bundling.ts';
 import { backgroundHandlerNames, handlerNames } from '../lambdas/shared/routes.ts';
 import { openApiDocument } from '../lambdas/shared/openapi.ts';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const quiet = process.argv.includes('--quiet');
 
+const handlers = [...handlerNames, ...backgroundHandlerNames];
+const handlerDir = join(root, 'dist', 'lambdas');
 const entries = [
-  ...[...handlerNames, ...backgroundHandlerNames].map((h) => ({
-    in: join(root, 'lambdas', `${h}.ts`),
-    out: join(root, 'dist', 'lambdas', `${h}.mjs`),
-    options: (out) => ({ ...handlerBuildOptions(join(root, 'lambdas', `${h}.ts`), out), metafile: false }),
-  })),
-  ...[
-    ['cli.ts', 'host-agent.mjs'],
-    ['daemon.ts', 'host-agent-daemon.mjs'],
-  ].map(([src, out]) => ({
-    in: join(root, 'host-agent', 'src', src),
+  // Every handler in one build (lib/bundling.ts says why), as the deployed assets are made.
+  {
+    in: handlers.map((h) => join(root, 'lambdas', `${h}.ts`)),
+    out: handlers.map((h) => join(handlerDir, `${h}.mjs`)),
+    options: () => ({ ...handlersBuildOptions(handlers, handlerDir, (h) => h), metafile: false }),
+  },
+  ...Object.entries(hostAgentPrograms).map(([out, entry]) => ({
+    in: entry,
     out: join(root, 'dist', out),
-    options: (outfile) => ({ ...hostAgentBuildOptions(outfile), entryPoints: [join(root, 'host-agent', 'src', src)] }),
+    options: (outfile) => ({ ...hostAgentBuildOptions(outfile), entryPoints: [entry] }),
   })),
 ];
 
@@ -72,9 +72,9 @@ entries.push({
   }),
 });
 
-const missing = entries.filter((e) => !existsSync(e.in));
+const missing = entries.flatMap((e) => [e.in].flat()).filter((f) => !existsSync(f));
 if (missing.length) {
-  console.error(`build: missing entry points:\n${missing.map((e) => '  ' + e.in).join('\n')}`);
+  console.error(`build: missing entry points:\n${missing.map((f) => '  ' + f).join('\n')}`);
   process.exit(1);
 }
 
@@ -86,7 +86,7 @@ if (!existsSync(openApiPath) || readFileSync(openApiPath, 'utf8') !== openApi) w
 
 await Promise.all(
   entries.map((e) => {
-    mkdirSync(dirname(e.out), { recursive: true });
+    mkdirSync(dirname([e.out].flat()[0]), { recursive: true });
     return build(e.options(e.out));
   }),
 );
@@ -99,6 +99,7 @@ if (!existsSync(declarations) || statSync(declarations).mtimeMs < newest) {
   execFileSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(root, 'sdk', 'tsconfig.json')], { stdio: 'inherit' });
 }
 if (!quiet) {
-  const rows = entries.map((e) => `${(statSync(e.out).size / 1024).toFixed(0).padStart(6)} KB  ${e.out.slice(root.length + 1)}`);
-  console.log(`build: ${entries.length} bundles in ${Date.now() - started} ms\n${rows.join('\n')}`);
+  const outputs = entries.flatMap((e) => [e.out].flat());
+  const rows = outputs.map((f) => `${(statSync(f).size / 1024).toFixed(0).padStart(6)} KB  ${f.slice(root.length + 1)}`);
+  console.log(`build: ${outputs.length} bundles in ${Date.now() - started} ms\n${rows.join('\n')}`);
 }

@@ -13,8 +13,7 @@ import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
 import { stagedRequestPrefix } from '../../contract/host-protocol';
 import type { EnvironmentSettings } from '../environment';
-import { handlerBundling } from '../handler-bundling';
-import { handlerEntry, lockFile, repoRoot } from '../paths';
+import { handlerCode } from '../handler-bundling';
 import { metricNamespace, metricService } from '../../lambdas/shared/metric-names';
 import { fileStagingPrefix } from '../../contract/host-protocol';
 import {
@@ -175,8 +174,9 @@ export class ControlPlaneFunctions extends Construct {
       grantAccess(role, access, props);
 
       const fn = new NodejsFunction(this, id, {
-        entry: handlerEntry(name),
-        handler: 'handler',
+        // One build for every handler (handler-bundling.ts) in place of NodejsFunction's build per function.
+        code: handlerCode(name),
+        handler: 'index.handler',
         runtime: lambda.Runtime.NODEJS_22_X,
         architecture: lambda.Architecture.ARM_64,
         memorySize: props.memoryMb,
@@ -184,9 +184,6 @@ export class ControlPlaneFunctions extends Construct {
         environment,
         role,
         logGroup,
-        projectRoot: repoRoot,
-        depsLockFilePath: lockFile,
-        bundling: handlerBundling,
         description: `Ephemeral Sandbox ${props.envName}: ${name}`,
         // X-Ray: the handler's segment (Powertools Tracer) and each AWS call in it.
         tracing: lambda.Tracing.ACTIVE,
