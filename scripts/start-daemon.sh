@@ -11,5 +11,9 @@ if [ $# -lt 2 ]; then
 fi
 log="$1"
 shift
+# It outlives the caller, so nothing of the caller's that may go away stays with it: the working directory is /, and
+# TMPDIR is unset (dockerd and containerd keep runc's exec state in it: started from a test whose temporary directory
+# was removed afterwards, every `docker exec` failed with "open $TMPDIR/runc-process...: no such file or directory").
+cd /
 # -f: always fork, so the daemon is never the caller's group leader; stdin from /dev/null so no terminal reaches it.
-setsid -f "$@" >>"$log" 2>&1 </dev/null
+env -u TMPDIR setsid -f "$@" >>"$log" 2>&1 </dev/null

@@ -9,7 +9,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -277,12 +277,19 @@ describe("npm start's runner", () => {
 });
 
 describe('the Docker engine as scripts/setup-host.sh starts it', () => {
-  it("outlives a Ctrl-C of the process group that started it (a sleep stands in for dockerd: this machine's engine is shared)", async () => {
+  it("outlives a Ctrl-C of the process group that started it, and keeps nothing of the caller's: its TMPDIR, its working directory (a sleep stands in for dockerd: this machine's engine is shared)", async () => {
     assert.match(readFileSync(join(repoRoot, 'scripts', 'setup-host.sh'), 'utf8'), /start-daemon\.sh" \/var\/log\/dockerd\.log dockerd/);
     const log = join(mkdtempSync(join(tmpdir(), 'start-daemon-')), 'daemon.log');
     const marker = `${Date.now()}${process.pid}`;
     // As npm start runs setup-host.sh: a foreground group that goes on after starting the daemon.
-    const group = spawn('bash', ['-c', `bash scripts/start-daemon.sh ${log} sleep 3${marker}; sleep 60`], { cwd: repoRoot, detached: true, stdio: 'ignore' });
+    // With a TMPDIR of the caller's own, which goes away with it (as the Ctrl-C test's stacks have).
+    const callerTmp = mkdtempSync(join(tmpdir(), 'start-daemon-caller-'));
+    const group = spawn('bash', ['-c', `bash scripts/start-daemon.sh ${log} sleep 3${marker}; sleep 60`], {
+      cwd: repoRoot,
+      detached: true,
+      stdio: 'ignore',
+      env: { ...process.env, TMPDIR: callerTmp },
+    });
     const daemon = await waitFor(
       'the stand-in daemon to start',
       async () => [...processTable()].find(([, p]) => p.cmdline === `sleep 3${marker} `)?.[0],
@@ -297,9 +304,13 @@ describe('the Docker engine as scripts/setup-host.sh starts it', () => {
       assert.ok(processTable().has(daemon), 'the daemon died with the Ctrl-C of the group that started it');
       const sid = (pid: number) => readFileSync(`/proc/${pid}/stat`, 'latin1').split(') ')[1]!.split(' ')[3];
       assert.equal(sid(daemon), String(daemon), 'the daemon leads a session of its own');
+      // dockerd keeps runc's exec state in TMPDIR: one inherited from a caller that removed it broke every `docker exec`.
+      assert.equal(environ(daemon).TMPDIR, undefined, "the daemon inherited the caller's TMPDIR");
+      assert.equal(readlinkSync(`/proc/${daemon}/cwd`), '/', "the daemon runs in the caller's working directory");
     } finally {
       process.kill(daemon, 'SIGKILL');
       rmSync(join(log, '..'), { recursive: true, force: true });
+      rmSync(callerTmp, { recursive: true, force: true });
     }
   });
 });
