@@ -11,7 +11,7 @@
  * so a policy the API accepted is one every host can enforce.
  */
 import { isIPv4 } from 'node:net';
-import * as z from 'zod';
+import * as z from 'zod/mini';
 
 export type EgressPolicy = 'allow_all' | 'deny_all' | { allow: string[] };
 
@@ -157,11 +157,15 @@ export function readEgressPolicy(value: unknown): { ok: true; policy: EgressPoli
  *
  * @example egressPolicySchema.parse({ allow: ['API.github.com', '203.0.113.7/24'] }) // { allow: ['api.github.com', '203.0.113.0/24'] }
  *
- * Marked pure: bundles that never validate a policy drop it (lambdas/shared/schemas.ts says why).
+ * zod/mini, as the request schemas (lambdas/shared/schemas.ts); a classic zod schema may hold it. Marked pure, its
+ * arguments too: bundles that never validate a policy drop it.
  */
-export const egressPolicySchema = /* @__PURE__ */ z.unknown().transform((value, ctx): EgressPolicy => {
-  const read = readEgressPolicy(value);
-  if (read.ok) return read.policy;
-  ctx.addIssue({ code: 'custom', path: read.path, message: read.message });
-  return z.NEVER;
-});
+export const egressPolicySchema = /* @__PURE__ */ z.pipe(
+  z.unknown(),
+  z.transform((value, ctx): EgressPolicy => {
+    const read = readEgressPolicy(value);
+    if (read.ok) return read.policy;
+    ctx.issues.push({ code: 'custom', input: value, path: read.path, message: read.message });
+    return z.NEVER;
+  }),
+);

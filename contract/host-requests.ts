@@ -38,7 +38,7 @@ export const createRequest = z.object({
   /** Size of the home's own file system; absent: a plain directory (requests from before disk_mb). */
   diskMb: z.number().int().min(minHomeDiskMb).max(1_048_576).optional(),
   /** What a bridge sandbox may reach (egress-policy.ts); ignored with network none. */
-  egress: egressPolicySchema.default('allow_all'),
+  egress: z._default(egressPolicySchema, 'allow_all'),
   env: envMap.default({}),
   labels: z.record(z.string().max(63), z.string().max(256)).default({}),
   storage: storageSpec.optional(),
@@ -79,7 +79,7 @@ const pausedStatePrefixPattern = new RegExp(`^tenants/${patternBody(userIdPatter
  * is its policy now (it may have changed while it had no host).
  */
 export const resumeRequest = sandboxRef.extend({
-  relocate: z.object({ prefix: z.string().regex(pausedStatePrefixPattern), egress: egressPolicySchema.optional() }).optional(),
+  relocate: z.object({ prefix: z.string().regex(pausedStatePrefixPattern), egress: z.optional(egressPolicySchema) }).optional(),
 });
 export type ResumeRequest = z.input<typeof resumeRequest>;
 

@@ -5,7 +5,7 @@
  */
 import middy from '@middy/core';
 import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
-import type * as z from 'zod';
+import type * as z from 'zod/mini';
 import { ApiError, StillInProgress } from './errors';
 import { logger } from './logger';
 import { emitMetrics } from './metrics';
@@ -65,7 +65,7 @@ function json(status: number, body: unknown, headers: Record<string, string> = {
 }
 
 /** Validates `value` with `schema`; a failure is a 400 naming the field. */
-export function parse<S extends z.ZodType>(schema: S, value: unknown, where = 'body'): z.output<S> {
+export function parse<S extends z.ZodMiniType>(schema: S, value: unknown, where = 'body'): z.output<S> {
   const out = schema.safeParse(value);
   if (out.success) return out.data;
   const issue = out.error.issues[0]!;

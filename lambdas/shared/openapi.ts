@@ -13,7 +13,8 @@ import * as res from './responses';
 import { routes, type Route } from './routes';
 import * as req from './schemas';
 
-type Schema = z.ZodType;
+/** A schema of either zod API: the request schemas are zod/mini, the response schemas classic zod. */
+type Schema = z.core.$ZodType;
 /** What a status answers: JSON of a schema, raw bytes, or nothing. */
 type Answer = { json: Schema; description: string } | { bytes: true; description: string } | { empty: true; description: string };
 
@@ -21,7 +22,7 @@ export interface Operation {
   operationId: string;
   summary: string;
   tags: string[];
-  query?: z.ZodObject;
+  query?: z.core.$ZodObject;
   body?: Schema | 'bytes';
   /** Request headers beyond the key. */
   headers?: { name: string; description: string }[];
@@ -324,11 +325,11 @@ function pathParameters(path: string) {
   return [...path.matchAll(/\{([^}]+)\}/g)].map((m) => ({ name: m[1], in: 'path', required: true, schema: { type: 'string' } }));
 }
 
-function queryParameters(query: z.ZodObject | undefined) {
+function queryParameters(query: z.core.$ZodObject | undefined) {
   if (!query) return [];
-  return Object.entries(query.shape).map(([name, field]) => {
-    const schema = toJson(field as Schema, 'input');
-    const optional = (field as Schema).safeParse(undefined).success;
+  return Object.entries(query._zod.def.shape).map(([name, field]) => {
+    const schema = toJson(field, 'input');
+    const optional = z.safeParse(field, undefined).success;
     return { name, in: 'query', required: !optional, schema };
   });
 }
@@ -365,7 +366,7 @@ function operationOf(route: Route, op: Operation, schemas: Record<string, JsonSc
   } else if (op.body) {
     const id = name('Request');
     schemas[id] = toJson(op.body, 'input');
-    requestBody = { required: !op.body.safeParse(undefined).success, content: { 'application/json': { schema: { $ref: `#/components/schemas/${id}` } } } };
+    requestBody = { required: !z.safeParse(op.body, undefined).success, content: { 'application/json': { schema: { $ref: `#/components/schemas/${id}` } } } };
   }
   const security = route.auth === 'none' ? [] : route.auth === 'sandbox-token' ? [{ sandboxToken: [] }, { apiKey: [] }] : [{ apiKey: [] }];
   return {
