@@ -161,8 +161,8 @@ export function readEgressPolicy(value: unknown): { ok: true; policy: EgressPoli
  * arguments too: bundles that never validate a policy drop it.
  */
 export const egressPolicySchema = /* @__PURE__ */ z.pipe(
-  z.unknown(),
-  z.transform((value, ctx): EgressPolicy => {
+  /* @__PURE__ */ z.unknown(),
+  /* @__PURE__ */ z.transform((value, ctx): EgressPolicy => {
     const read = readEgressPolicy(value);
     if (read.ok) return read.policy;
     ctx.issues.push({ code: 'custom', input: value, path: read.path, message: read.message });
