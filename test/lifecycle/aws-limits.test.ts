@@ -39,9 +39,14 @@ async function createReady(user: string): Promise<string> {
   return id;
 }
 
-async function liveSandboxesOfTenant(): Promise<number> {
+/** The sandboxes holding one of the tenant's slots. */
+async function liveSandboxIdsOfTenant(): Promise<Set<string>> {
   const out = await dynamo().send(new GetCommand({ TableName: config().tables.tenants, Key: { tenant_id: 'limits' }, ConsistentRead: true }));
-  return (out.Item?.live_sandbox_ids as Set<string> | undefined)?.size ?? 0;
+  return (out.Item?.live_sandbox_ids as Set<string> | undefined) ?? new Set();
+}
+
+async function liveSandboxesOfTenant(): Promise<number> {
+  return (await liveSandboxIdsOfTenant()).size;
 }
 
 describe("the SSM agent's 5 commands at once do not hold commands back", () => {
@@ -69,7 +74,12 @@ describe("the SSM agent's 5 commands at once do not hold commands back", () => {
     const starts = ends.map((e) => Date.parse(e.started_at));
     assert.ok(Math.max(...starts) - Math.min(...starts) < 10_000, 'they started side by side, not 5 then 3');
     assert.ok(Date.now() - started < 2 * 15_000 + 15_000, 'they ran at once');
-    await api.destroy(id);
+    const destroyed = await api.destroy(id);
+    // 204 ended; with the 6 s function timeout, 202 (its host needs longer) or 502 (cut off: see cutOrInTime).
+    assert.ok([204, 202, 502].includes(destroyed.status), `${destroyed.status} ${destroyed.text}`);
+    // The answer may come before the end: the next tests count the tenant's live sandboxes, so this one must have
+    // given its slot back first (it had not, once, on a busy machine).
+    await waitFor(`${id} to give its tenant slot back`, async () => !(await liveSandboxIdsOfTenant()).has(id), 60_000);
   });
 });
 

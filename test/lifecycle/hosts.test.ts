@@ -18,7 +18,7 @@ import { hotPrefix, record, s3Text, sleep, uniqueUser, waitFor, waitForStatus } 
 
 const heartbeatMs = 1000; // also the reconcile period
 const reaperPeriodMs = 1000;
-const graceSeconds = 3;
+const graceSeconds = 4;
 const lostAfterSeconds = 5;
 /** Room for a reconcile or reaper pass already in progress and the test's polling. */
 const marginMs = 5000;
@@ -138,11 +138,14 @@ describe('the host daemon', () => {
     assert.equal(await containerExists(id), false);
   });
 
-  it('removes a container with the owner labels and no record after the grace period, and nothing of another host', async () => {
+  it('removes a container with the owner labels and no record after the grace period, and nothing of another host', async (t) => {
     const orphan = newSandboxId();
     const oddName = `lc-orphan-${randomBytes(4).toString('hex')}`;
     const otherHosts = newSandboxId();
-    // The grace runs from the orphan's creation: timed from here, not after the slower starts below.
+    await startLabelled(oddName, { [containerLabels.hostId]: stack.hostId });
+    await startLabelled(otherHosts, { [containerLabels.hostId]: 'mi-00000000000000bee', [containerLabels.sandboxId]: otherHosts });
+    // The grace runs from the orphan's creation: it is made last, and looked at as soon as it runs. (Made first, with
+    // the two above between it and the look, a loaded machine took longer than the grace to get there.)
     const started = Date.now();
     await startLabelled(orphan, {
       [containerLabels.hostId]: stack.hostId,
@@ -150,11 +153,12 @@ describe('the host daemon', () => {
       [containerLabels.tenantId]: 't',
       [containerLabels.userId]: 'u',
     });
-    await startLabelled(oddName, { [containerLabels.hostId]: stack.hostId });
-    await startLabelled(otherHosts, { [containerLabels.hostId]: 'mi-00000000000000bee', [containerLabels.sandboxId]: otherHosts });
-    // Docker reports creation times in whole seconds: look well inside the grace.
-    await sleep(Math.max(0, started + graceSeconds * 1000 - 1500 - Date.now()));
-    assert.equal(await containerExists(orphan), true, 'kept during the grace period (a create may still be recording it)');
+    const lookedAt = Date.now();
+    const kept = await containerExists(orphan);
+    // Docker reports creation times in whole seconds, so the daemon may count the grace from up to 1 s early: a look
+    // later than that tells nothing (only a machine too busy to start one container in 3 s gets there).
+    if (lookedAt - started < graceSeconds * 1000 - 1000) assert.equal(kept, true, 'kept during the grace period (a create may still be recording it)');
+    else t.diagnostic(`the look came ${lookedAt - started} ms after the create, too late to tell whether the grace held`);
 
     await waitFor(
       'the orphans to be removed',

@@ -129,12 +129,14 @@ describe('the reaper on its schedule', { concurrency: true }, () => {
     const expiresAt = Date.parse(s.expires_at);
     const asSandbox = apiClient(stack.url, await sandboxToken(s.sandbox_id));
     let stop = false;
-    const beats: number[] = [];
+    /** Each heartbeat's answer and when it was sent. */
+    const beats: { status: number; sentAt: number }[] = [];
     const heartbeats = (async () => {
       while (!stop) {
+        const sentAt = Date.now();
         const beat = await asSandbox.call('POST', `/sandboxes/${s.sandbox_id}/heartbeat`);
         if (Date.now() < expiresAt - 1000) assert.equal(beat.status, 200, beat.text);
-        beats.push(beat.status);
+        beats.push({ status: beat.status, sentAt });
         await sleep(3000);
       }
     })();
@@ -148,7 +150,14 @@ describe('the reaper on its schedule', { concurrency: true }, () => {
     const late = seen.firstEnding - expiresAt;
     assert.ok(late <= reaperPeriodMs + marginMs, `ended ${late} ms after its TTL`);
     t.diagnostic(`ended ${late} ms after its TTL (reaper period ${reaperPeriodMs} ms)`);
-    assert.ok(beats.filter((b) => b === 200).length >= 15, `heartbeats were accepted until then (${beats.join(',')})`);
+    // Accepted until then: one every 3 s plus its round trip, so a loaded machine sends fewer; what counts is that
+    // they went on being accepted into the TTL's last seconds (a count of 15 failed with 14 on a busy CI machine).
+    const accepted = beats.filter((b) => b.status === 200);
+    const lastAccepted = Math.max(...accepted.map((b) => b.sentAt));
+    assert.ok(
+      accepted.length >= 5 && lastAccepted >= expiresAt - 10_000,
+      `heartbeats were accepted until then: ${accepted.length} accepted, the last sent ${expiresAt - lastAccepted} ms before the TTL (${beats.map((b) => b.status).join(',')})`,
+    );
 
     const ended = await waitForStatus(s.sandbox_id, 'expired', 30_000);
     assert.equal(ended.stop_reason, 'ttl_expired');
