@@ -5,6 +5,7 @@
  * took minutes.
  */
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { repoRoot } from '../../lib/paths';
 
@@ -19,4 +20,13 @@ export function cdk(args: string[]): { status: number | null; output: string } {
     env: { ...process.env, CDK_DISABLE_CLI_TELEMETRY: 'true' },
   });
   return { status: result.status, output: `${result.stdout}\n${result.stderr}` };
+}
+
+/** The stacks a synth wrote to `outdir`, by the cloud assembly's manifest, sorted. */
+export function synthesizedStacks(outdir: string): string[] {
+  const manifest = JSON.parse(readFileSync(join(outdir, 'manifest.json'), 'utf8')) as { artifacts: Record<string, { type: string }> };
+  return Object.entries(manifest.artifacts)
+    .filter(([, a]) => a.type === 'aws:cloudformation:stack')
+    .map(([id]) => id)
+    .sort();
 }
