@@ -355,6 +355,7 @@ export async function startSsmEndpoint(opts: SsmEndpointOptions): Promise<SsmEnd
         running.push(inv.finished);
       }
       await Promise.all(running);
+      agent.close();
       await new Promise<void>((resolve, reject) => {
         server.close((err) => (err ? reject(err) : resolve()));
         server.closeAllConnections();

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -26,6 +26,8 @@ import {
   type GetCommandInvocationCommandOutput,
 } from '@aws-sdk/client-ssm';
 import { startSsmEndpoint, type SsmEndpoint } from '../../lib/local/ssm-endpoint';
+import { createAgent } from '../../lib/local/ssm/agent';
+import { newInvocation } from '../../lib/local/ssm/invocation';
 import { signedFetch } from '../support/sigv4';
 
 const instanceId = 'i-0123456789abcdef0';
@@ -342,6 +344,96 @@ describe('local SSM endpoint: String parameters (the fleet\u2019s current sandbo
     } finally {
       ssm.destroy();
       await endpoint.close();
+    }
+  });
+});
+
+/** The first whole number a script wrote to `file`, once it has. */
+async function readPid(file: string): Promise<number> {
+  for (let i = 0; i < 250; i++) {
+    const pid = Number((await readFile(file, 'utf8').catch(() => '')).trim());
+    if (pid > 0) return pid;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`nothing was written to ${file}`);
+}
+
+describe('local SSM endpoint: the process that starts scripts (lib/local/ssm/spawner.mjs)', () => {
+  let scratch: string;
+  before(async () => {
+    scratch = await mkdtemp(join(tmpdir(), 'ssm-starter-'));
+  });
+  after(async () => {
+    await rm(scratch, { recursive: true, force: true });
+  });
+
+  it("starts each script from a small process of its own, never by forking the endpoint's process, and ends it on close", async () => {
+    const endpoint = await startSsmEndpoint({ instanceIds: [instanceId] });
+    const ssm = clientFor(endpoint);
+    try {
+      const inv = await waitFor(ssm, await send(ssm, ['echo $PPID']));
+      assert.equal(inv.Status, 'Success');
+      const starter = Number(inv.StandardOutputContent?.trim());
+      assert.notEqual(starter, process.pid, "the script's parent is the endpoint's own process");
+      assert.match(readFileSync(`/proc/${starter}/cmdline`, 'utf8'), /spawner\.mjs/);
+      assert.equal(readFileSync(`/proc/${starter}/stat`, 'utf8').split(') ')[1]?.split(' ')[1], String(process.pid), 'the starter is a child of the endpoint');
+      await endpoint.close();
+      assert.ok(await eventuallyDead(starter), `the starter ${starter} is still running after close`);
+    } finally {
+      ssm.destroy();
+      await endpoint.close();
+    }
+  });
+
+  it('fails a running invocation, and kills its script, when the starter dies (its end could no longer be told)', async () => {
+    const endpoint = await startSsmEndpoint({ instanceIds: [instanceId] });
+    const ssm = clientFor(endpoint);
+    try {
+      const ppidFile = join(scratch, 'ppid');
+      const pidFile = join(scratch, 'pid');
+      const commandId = await send(ssm, [`echo $PPID > ${ppidFile}`, `echo $$ > ${pidFile}`, 'sleep 30']);
+      const starter = await readPid(ppidFile);
+      const script = await readPid(pidFile);
+      process.kill(starter, 'SIGKILL');
+      const inv = await waitFor(ssm, commandId);
+      assert.equal(inv.Status, 'Failed');
+      assert.match(inv.StandardErrorContent ?? '', /process starter exited/);
+      assert.ok(await eventuallyDead(script), `the script ${script} is still running`);
+      // The next command gets a new starter.
+      const next = await waitFor(ssm, await send(ssm, ['echo again']));
+      assert.equal(next.Status, 'Success');
+      assert.equal(next.StandardOutputContent, 'again\n');
+    } finally {
+      ssm.destroy();
+      await endpoint.close();
+    }
+  });
+
+  it('kills a script cancelled after it was handed to the starter and before its pid came back', async () => {
+    const agent = createAgent({ scriptRoot: scratch, workersLimit: 1, envFor: () => process.env });
+    const marker = join(scratch, 'ran-on');
+    const inv = newInvocation({
+      commandId: 'cancelled-early',
+      instanceId,
+      comment: '',
+      documentVersion: '1',
+      requestedAt: Date.now(),
+      visibleAt: 0,
+      commands: [`sleep 0.5; touch ${marker}`],
+      workingDirectory: '',
+      executionTimeoutSeconds: 30,
+    });
+    try {
+      agent.deliver(inv);
+      while (!inv.child) await new Promise((r) => setImmediate(r));
+      assert.equal(inv.child.pid, undefined, 'the pid is told a moment after the start');
+      agent.cancel(inv);
+      await inv.finished;
+      assert.equal(inv.status, 'Cancelled');
+      await new Promise((r) => setTimeout(r, 1_000));
+      assert.equal(existsSync(marker), false, 'the script ran on after its cancel');
+    } finally {
+      agent.close();
     }
   });
 });

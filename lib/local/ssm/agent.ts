@@ -4,14 +4,14 @@
  * `workersLimit` running per instance (the rest wait, Pending, in arrival
  * order, as the agent's CommandWorkersLimit does) and ends them on exit,
  * timeout, cancel or the instance going away. The only module here that
- * starts or kills processes.
+ * starts (through starter.ts) or kills processes.
  */
-import { spawn } from 'node:child_process';
 import { statSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { recordSpan } from '../../../lambdas/shared/timing';
+import { createScriptStarter } from './starter';
 import { cancelled, exitOutcome, failed, isTerminal, undeliverable, type Invocation, type KillReason, type Outcome } from './invocation';
 
 /** After a kill, stop waiting for pipes held open by escaped grandchildren. */
@@ -33,12 +33,15 @@ export interface Agent {
   cancel(inv: Invocation): void;
   /** Its instance is gone: a waiting invocation ends Undeliverable at once, a running one is killed and then does. */
   abandon(inv: Invocation): void;
+  /** Stops the process that starts scripts (after the caller ended its invocations). */
+  close(): void;
 }
 
 export function createAgent(o: AgentOptions): Agent {
   /** Per instance: invocations running now, and those waiting for a worker. */
   const running = new Map<string, number>();
   const queued = new Map<string, Invocation[]>();
+  const starter = createScriptStarter();
 
   function settle(inv: Invocation, outcome: Outcome): void {
     if (isTerminal(inv.status)) return;
@@ -75,6 +78,7 @@ export function createAgent(o: AgentOptions): Agent {
   function killGroup(inv: Invocation, reason: KillReason): void {
     const child = inv.child;
     inv.killReason ??= reason;
+    // Not running yet: it is killed as soon as it is (its 'spawn').
     if (!child?.pid) return;
     try {
       // The script runs as its own process group leader: take its children with it.
@@ -112,13 +116,11 @@ export function createAgent(o: AgentOptions): Agent {
     }
 
     const spawnedAt = performance.now();
-    const child = spawn('/bin/sh', [join(dir, '_script.sh')], {
-      cwd,
-      env: o.envFor(inv.instanceId),
-      detached: true,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = starter.start('/bin/sh', [join(dir, '_script.sh')], { cwd, env: o.envFor(inv.instanceId) });
     inv.child = child;
+    child.on('spawn', () => {
+      if (inv.killReason) killGroup(inv, inv.killReason);
+    });
     child.stdout.on('data', (chunk: Buffer) => inv.stdout.push(chunk));
     child.stderr.on('data', (chunk: Buffer) => inv.stderr.push(chunk));
     inv.timer = setTimeout(() => killGroup(inv, 'timeout'), inv.executionTimeoutSeconds * 1000);
@@ -135,8 +137,17 @@ export function createAgent(o: AgentOptions): Agent {
       void rm(dir, { recursive: true, force: true });
     };
     child.on('error', (err) => {
+      // It did not start, or its end can no longer be told (the starter died): nothing of it may run on unseen.
+      if (child.pid) {
+        try {
+          process.kill(-child.pid, 'SIGKILL');
+        } catch {
+          // Already gone.
+        }
+      }
       inv.stderr.append(`failed to run commands: ${err.message}`);
       settle(inv, failed(-1));
+      void rm(dir, { recursive: true, force: true });
     });
     inv.afterKill = () => {
       setTimeout(() => {
@@ -179,6 +190,9 @@ export function createAgent(o: AgentOptions): Agent {
       if (isTerminal(inv.status)) return;
       if (inv.status === 'Pending' || !inv.child) settle(inv, undeliverable);
       else killGroup(inv, 'gone');
+    },
+    close() {
+      starter.close();
     },
   };
 }

@@ -4,9 +4,9 @@
  * through these states, the views read them, and the rules (what is terminal,
  * how an exit or a kill ends) are pure and tested on their own.
  */
-import type { ChildProcess } from 'node:child_process';
 import { StringDecoder } from 'node:string_decoder';
 import { ssmStderrCap, ssmStdoutCap } from '../../../contract/host-protocol';
+import type { Script } from './starter';
 
 export type InvocationStatus = 'Pending' | 'InProgress' | 'Success' | 'Failed' | 'TimedOut' | 'Cancelling' | 'Cancelled';
 
@@ -70,7 +70,7 @@ export interface Invocation extends InvocationRequest {
   endedAt?: number;
   stdout: CappedText;
   stderr: CappedText;
-  child?: ChildProcess;
+  child?: Script;
   killReason?: KillReason;
   timer?: NodeJS.Timeout;
   /** Set while the script runs: finishes the invocation even if escaped grandchildren hold the pipes. */
