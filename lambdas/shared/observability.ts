@@ -14,7 +14,11 @@ import { logMetrics } from '@aws-lambda-powertools/metrics/middleware';
 import { captureLambdaHandler } from '@aws-lambda-powertools/tracer/middleware';
 import { logger } from './logger';
 import { metrics } from './metrics';
-import { tracer } from './tracer';
+import { captureClientsWith } from './clients/capture';
+import { captureClient, tracer } from './tracer';
+
+// Every AWS SDK client a function makes is traced (clients/capture.ts).
+captureClientsWith(captureClient);
 
 /**
  * The Powertools middlewares in the order that ties every line and metric to

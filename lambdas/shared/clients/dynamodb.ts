@@ -3,7 +3,7 @@ import { ConditionalCheckFailedException, DynamoDBClient, TransactionCanceledExc
 import { DynamoDBDocumentClient, QueryCommand, type QueryCommandInput } from '@aws-sdk/lib-dynamodb';
 import { unmarshall } from '@aws-sdk/util-dynamodb';
 import { boundByCallDeadline } from './deadline';
-import { traced } from '../tracer';
+import { traced } from './capture';
 import { timeSdkClient } from '../timing';
 
 let client: DynamoDBDocumentClient | undefined;

@@ -1,6 +1,6 @@
 /** The EventBridge client, created once per process (endpoint from AWS_ENDPOINT_URL_EVENTBRIDGE when set). */
 import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
-import { traced } from '../tracer';
+import { traced } from './capture';
 
 let client: EventBridgeClient | undefined;
 

@@ -1,7 +1,7 @@
 /** The S3 client, created once per process (endpoint from AWS_ENDPOINT_URL_S3 when set). */
 import { S3Client } from '@aws-sdk/client-s3';
 import { boundByCallDeadline } from './deadline';
-import { traced } from '../tracer';
+import { traced } from './capture';
 import { timeSdkClient } from '../timing';
 
 let client: S3Client | undefined;

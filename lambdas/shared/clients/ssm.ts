@@ -1,7 +1,7 @@
 /** The SSM client, created once per process (endpoint from AWS_ENDPOINT_URL_SSM when set). */
 import { SSMClient } from '@aws-sdk/client-ssm';
 import { boundByCallDeadline } from './deadline';
-import { traced } from '../tracer';
+import { traced } from './capture';
 import { timeSdkClient } from '../timing';
 
 let client: SSMClient | undefined;
