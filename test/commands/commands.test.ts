@@ -165,12 +165,24 @@ describe('/exec: start a command and wait', () => {
     assert.equal(all.stderr.length, 3_000_000);
   });
 
-  it('runs 20 commands at once', async () => {
+  it('runs 20 commands at once, each to its end with its own output (SSM runs 5 at a time; the rest wait for a worker)', async () => {
     const results = await Promise.all(Array.from({ length: 20 }, (_, i) => exec(`sleep 0.3; echo run-${i}`)));
-    results.forEach((res, i) => {
-      assert.equal(res.status, 200, res.text);
-      assert.equal(res.body.stdout, `run-${i}\n`);
-    });
+    for (const [i, res] of results.entries()) {
+      // 200 when it ended within the API's wait; on a loaded machine (twenty Lambda environments starting, the
+      // SSM agent's five workers taking them in turn) the API may answer 202 first, as it does for any command
+      // still running when its time is up: the command is then followed to its end.
+      assert.ok(res.status === 200 || res.status === 202, res.text);
+      let final = res.body;
+      let stdout: string = res.body.stdout;
+      if (res.status === 202) {
+        const all = await follow(res.body.command_id);
+        final = all.final;
+        stdout = all.stdout.toString();
+      }
+      assert.equal(final.status, 'exited', JSON.stringify(final));
+      assert.equal(final.exit_code, 0);
+      assert.equal(stdout, `run-${i}\n`);
+    }
   });
 
   it('answers 202 for a command longer than the API may wait, and the command is followed to its end with all its output', async () => {
