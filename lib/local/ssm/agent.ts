@@ -37,6 +37,15 @@ export interface Agent {
   close(): void;
 }
 
+/** Kills a script with everything it started: it runs as its own process group leader. Gone already is fine. */
+function killScriptGroup(pid: number): void {
+  try {
+    process.kill(-pid, 'SIGKILL');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+  }
+}
+
 export function createAgent(o: AgentOptions): Agent {
   /** Per instance: invocations running now, and those waiting for a worker. */
   const running = new Map<string, number>();
@@ -80,12 +89,7 @@ export function createAgent(o: AgentOptions): Agent {
     inv.killReason ??= reason;
     // Not running yet: it is killed as soon as it is (its 'spawn').
     if (!child?.pid) return;
-    try {
-      // The script runs as its own process group leader: take its children with it.
-      process.kill(-child.pid, 'SIGKILL');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
-    }
+    killScriptGroup(child.pid);
     inv.afterKill?.();
   }
 
@@ -138,13 +142,7 @@ export function createAgent(o: AgentOptions): Agent {
     };
     child.on('error', (err) => {
       // It did not start, or its end can no longer be told (the starter died): nothing of it may run on unseen.
-      if (child.pid) {
-        try {
-          process.kill(-child.pid, 'SIGKILL');
-        } catch {
-          // Already gone.
-        }
-      }
+      if (child.pid) killScriptGroup(child.pid);
       inv.stderr.append(`failed to run commands: ${err.message}`);
       settle(inv, failed(-1));
       void rm(dir, { recursive: true, force: true });
