@@ -28,11 +28,11 @@ class ScriptOutput extends EventEmitter {
  * A started script. Events: 'spawn' (pid set), 'exit' (code, signal), 'close' (both
  * streams done; after exit), 'error' (it could not start, or the starter died).
  */
-export interface Script extends EventEmitter {
+export class Script extends EventEmitter {
   /** Set once the script runs ('spawn'). */
   pid?: number;
-  readonly stdout: ScriptOutput;
-  readonly stderr: ScriptOutput;
+  readonly stdout = new ScriptOutput();
+  readonly stderr = new ScriptOutput();
 }
 
 export interface ScriptStarter {
@@ -49,17 +49,11 @@ type FromSpawner =
   | { t: 'close'; id: number }
   | { t: 'error'; id: number; message: string };
 
-class StartedScript extends EventEmitter implements Script {
-  pid?: number;
-  readonly stdout = new ScriptOutput();
-  readonly stderr = new ScriptOutput();
-}
-
 const spawnerPath = fileURLToPath(new URL('./spawner.mjs', import.meta.url));
 
 export function createScriptStarter(): ScriptStarter {
   let spawner: ChildProcess | undefined;
-  const scripts = new Map<number, StartedScript>();
+  const scripts = new Map<number, Script>();
   let nextId = 0;
 
   function onMessage(m: FromSpawner): void {
@@ -109,7 +103,7 @@ export function createScriptStarter(): ScriptStarter {
 
   return {
     start(file, args, o) {
-      const script = new StartedScript();
+      const script = new Script();
       const id = nextId++;
       scripts.set(id, script);
       try {
