@@ -1,6 +1,6 @@
 /**
  * The pieces of commands that need no Docker: reading output at character boundaries, the cwd side channel,
- * argv splitting, host configuration.
+ * argv splitting, host configuration, a command's FIFOs (real ones, in a temporary directory).
  * Run: node --import tsx --test test/host-agent/exec-output.test.ts
  */
 import assert from 'node:assert/strict';
@@ -9,7 +9,8 @@ import { applyEnvFile, loadHostConfig, parseEnvFile } from '../../host-agent/src
 import { CwdMarkerExtractor } from '../../host-agent/src/exec-output';
 import { completePrefixLength, nextCharacterStart } from '../../lambdas/shared/command-output';
 import { cwdMarkerPrefix, splitCommand } from '../../host-agent/src/exec-wrapper';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, mkdtempSync, openSync, writeFileSync, writeSync } from 'node:fs';
+import { makeFifoStdio } from '../../host-agent/src/commands/fifo-stdio';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -120,5 +121,44 @@ describe('host configuration', () => {
 
   it('parses quoted values and ignores junk lines', () => {
     assert.deepEqual(parseEnvFile('A=\'x y\'\nnot a line\nB="q"\n'), { A: 'x y', B: 'q' });
+  });
+});
+
+describe("a command's FIFOs", () => {
+  /** A command's stdio in a fresh directory, and a writer on its stdout FIFO (what the sandbox's shell holds). */
+  async function fifos() {
+    const dir = mkdtempSync(join(tmpdir(), 'fifo-stdio-'));
+    const stdio = await makeFifoStdio(dir, 'cmd-test');
+    const writer = openSync(join(dir, 'cmd-test.out'), constants.O_WRONLY | constants.O_NONBLOCK);
+    const delivered: string[] = [];
+    stdio.stdout.on('data', (chunk: Buffer) => delivered.push(chunk.toString()));
+    return { stdio, write: (text: string) => writeSync(writer, text), delivered, close: () => (closeSync(writer), stdio.close()) };
+  }
+
+  it('gives what the shell wrote at once, before the event loop read it, and only once', async () => {
+    const f = await fifos();
+    // Written and read in one synchronous stretch: the loop had no turn to read the FIFO (as when a busy
+    // host's due timers run before its ready descriptors are read).
+    f.write('last words\n');
+    assert.deepEqual(
+      f.stdio.readNow('stdout').map((b) => b.toString()),
+      ['last words\n'],
+    );
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(f.delivered, [], 'the loop found nothing left to read');
+    await f.close();
+    assert.deepEqual(f.stdio.readNow('stdout'), [], 'nothing once closed');
+  });
+
+  it('hands a paused stream its buffered output first, so the order holds', async () => {
+    const f = await fifos();
+    f.stdio.stdout.pause();
+    f.write('first ');
+    for (let i = 0; i < 100 && f.stdio.stdout.readableLength === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(f.stdio.stdout.readableLength > 0, 'the stream read the first write into its buffer');
+    f.write('second');
+    const rest = f.stdio.readNow('stdout').map((b) => b.toString());
+    assert.deepEqual([...f.delivered, ...rest], ['first ', 'second']);
+    await f.close();
   });
 });

@@ -15,7 +15,7 @@
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { constants, open } from 'node:fs';
+import { constants, open, readSync } from 'node:fs';
 import { mkdir, rename, rm } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
@@ -28,6 +28,14 @@ export interface FifoStdio {
   stdin: Socket;
   stdout: Socket;
   stderr: Socket;
+  /**
+   * For a command whose shell is gone: what its output FIFO holds now, read without waiting for the event
+   * loop to get to it (a busy loop runs due timers before it reads ready descriptors, so a timer that
+   * judged the output complete could end it while the shell's last writes still sat in the FIFO). What the
+   * stream had read but not handed out (it was paused) goes to its 'data' listeners first; the chunks
+   * returned come after it, in order. Empty once closed.
+   */
+  readNow(which: 'stdout' | 'stderr'): Buffer[];
   /** Closes the host's ends and removes the FIFOs (processes still holding them keep their own ends). */
   close(): Promise<void>;
 }
@@ -39,12 +47,30 @@ function fifoPaths(ioDir: string, commandId: string): { in: string; out: string;
 }
 
 /** Opens a FIFO as a plain descriptor the socket owns (a FileHandle would close it again when collected). */
-async function openFifo(path: string, readable: boolean): Promise<Socket> {
+async function openFifo(path: string, readable: boolean): Promise<{ socket: Socket; fd: number }> {
   // O_NOFOLLOW: the directory is the host's own, but never follow a link anyway.
   const fd = await new Promise<number>((resolve, reject) =>
     open(path, constants.O_RDWR | constants.O_NONBLOCK | constants.O_NOFOLLOW, (err, value) => (err ? reject(err) : resolve(value))),
   );
-  return new Socket({ fd, readable, writable: !readable });
+  return { socket: new Socket({ fd, readable, writable: !readable }), fd };
+}
+
+/** Reads `fd` (non-blocking) until it has nothing more right now. */
+function readAvailable(fd: number): Buffer[] {
+  const chunks: Buffer[] = [];
+  for (;;) {
+    const chunk = Buffer.allocUnsafe(64 * 1024);
+    let n: number;
+    try {
+      n = readSync(fd, chunk);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'EAGAIN') break;
+      throw error;
+    }
+    if (n === 0) break;
+    chunks.push(chunk.subarray(0, n));
+  }
+  return chunks;
 }
 
 /**
@@ -102,12 +128,24 @@ export async function makeFifoStdio(ioDir: string, commandId: string): Promise<F
   await Promise.all([p.in, p.out, p.err].map((f) => rm(f, { force: true })));
   if (!(await takeSpare(ioDir, p))) await run('mkfifo', ['-m', '0666', p.in, p.out, p.err]);
   refillSpares(ioDir);
-  const [stdin, stdout, stderr] = await Promise.all([openFifo(p.in, false), openFifo(p.out, true), openFifo(p.err, true)]);
+  const [{ socket: stdin }, out, err] = await Promise.all([openFifo(p.in, false), openFifo(p.out, true), openFifo(p.err, true)]);
+  const [stdout, stderr] = [out.socket, err.socket];
+  let closed = false;
   return {
     stdin,
     stdout,
     stderr,
+    readNow(which) {
+      // Once closed the descriptor number may belong to something else.
+      if (closed) return [];
+      const { socket, fd } = which === 'stdout' ? out : err;
+      while (socket.read() !== null) {
+        // read() hands each chunk to the 'data' listeners.
+      }
+      return readAvailable(fd);
+    },
     async close() {
+      closed = true;
       stdin.destroy();
       stdout.destroy();
       stderr.destroy();

@@ -338,14 +338,27 @@ export class CommandRunner {
         await new Promise((r) => setTimeout(r, Math.min(50, 2 + attempt * 2)));
       }
     };
-    // A shell that ended without its records (killed, out of memory) is noticed here; what it wrote drains meanwhile.
+    // The shell is gone, so all it wrote is in the FIFOs: read it now, not when the event loop gets to it.
+    const readRest = () => {
+      for (const chunk of io.readNow('stdout')) stdoutMarks.push(chunk);
+      for (const chunk of io.readNow('stderr')) stderrMarks.push(chunk);
+    };
+    // A shell that ended without its records (killed, out of memory) is noticed here. One that ended with
+    // them but whose output the loop had not read yet is too: its records are read here and it ends as usual.
     let backstop: NodeJS.Timeout;
     const checkGone = (attempt: number) => {
       backstop = setTimeout(
         () => {
           if (finishing || watching) return;
           if (isAlive(pid)) return checkGone(attempt + 1);
-          setTimeout(() => finish(), drainAfterExitMs);
+          readRest();
+          if (watching) return;
+          // What processes it left behind write meanwhile still counts.
+          setTimeout(() => {
+            if (finishing) return;
+            readRest();
+            finish();
+          }, drainAfterExitMs);
         },
         Math.min(exitBackstopMs, 25 * (attempt + 1)),
       );
