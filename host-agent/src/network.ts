@@ -88,16 +88,30 @@ interface SavedTable {
 }
 
 async function readTable(family: Family, table: Table): Promise<SavedTable | undefined> {
+  const tables = await readTables(family, ['-t', table]);
+  return tables && (tables.get(table) ?? { chains: new Set(), rules: new Map() });
+}
+
+/**
+ * Every table of `family` from one iptables-save (a refresh needs two: one process, not two); a table the
+ * kernel does not have is absent from the map. Undefined when iptables-save is not installed.
+ */
+async function readTables(family: Family, args: readonly string[] = []): Promise<Map<string, SavedTable> | undefined> {
   let output: string;
   try {
-    ({ stdout: output } = await run(tools[family].save, ['-t', table], { maxBuffer: 64 * 1024 * 1024 }));
+    ({ stdout: output } = await run(tools[family].save, [...args], { maxBuffer: 64 * 1024 * 1024 }));
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new HostAgentError('internal_error', `${tools[family].save} -t ${table} failed: ${(error as Error).message.trim()}`);
+    throw new HostAgentError('internal_error', `${[tools[family].save, ...args].join(' ')} failed: ${(error as Error).message.trim()}`);
   }
-  const saved: SavedTable = { chains: new Set(), rules: new Map() };
+  const tables = new Map<string, SavedTable>();
+  let saved: SavedTable | undefined;
   for (const line of output.split('\n')) {
-    if (line.startsWith(':')) saved.chains.add(line.slice(1).split(' ')[0]!);
+    if (line.startsWith('*')) {
+      saved = { chains: new Set(), rules: new Map() };
+      tables.set(line.slice(1).trim(), saved);
+    } else if (!saved) continue;
+    else if (line.startsWith(':')) saved.chains.add(line.slice(1).split(' ')[0]!);
     else if (line.startsWith('-A ')) {
       const chain = line.split(' ')[1]!;
       const list = saved.rules.get(chain);
@@ -105,7 +119,7 @@ async function readTable(family: Family, table: Table): Promise<SavedTable | und
       else saved.rules.set(chain, [line]);
     }
   }
-  return saved;
+  return tables;
 }
 
 /** iptables chain names stop at 28 characters; bridge names at 15. */
@@ -241,6 +255,14 @@ async function restore(family: Family, lines: string[]): Promise<void> {
 
 /** Rewrites the given chains atomically (one iptables-restore --noflush) and (re)places the jumps. */
 async function installRules(desired: TableRules, saved: SavedTable, only?: readonly string[]): Promise<void> {
+  await restore(desired.family, [...rulesBlock(desired, saved, only), '']);
+}
+
+/**
+ * The iptables-restore block (`*table` ... `COMMIT`) that rewrites the given chains (all of `desired`'s when
+ * `only` is absent, with the jumps to them); several blocks may go to one restore, applied in order.
+ */
+function rulesBlock(desired: TableRules, saved: SavedTable, only?: readonly string[]): string[] {
   const lines = [`*${desired.table}`];
   const chains = [...desired.chains].filter(([chain]) => !only || only.includes(chain));
   // With --noflush, declaring a chain creates it or flushes it: a whole-chain replace in one commit.
@@ -254,8 +276,8 @@ async function installRules(desired: TableRules, saved: SavedTable, only?: reado
       lines.push(rule.replace(/^-A (\S+) /, '-I $1 1 '));
     }
   }
-  lines.push('COMMIT', '');
-  await restore(desired.family, lines);
+  lines.push('COMMIT');
+  return lines;
 }
 
 /** Serialises rule installs across concurrent host-agent processes (mkdir is atomic). */
@@ -450,9 +472,10 @@ async function refreshOnce(config: HostConfig, docker: DockerClient): Promise<vo
     if (!info) return;
     const input = desiredInput(config, info);
     const c = chainNames(input.bridge);
-    const [filter, nat] = [await readTable('ipv4', 'filter'), await readTable('ipv4', 'nat')];
-    if (!filter || !nat) throw new HostAgentError('internal_error', 'iptables-save not found: install iptables, the egress firewall needs it');
-    if (!filter.chains.has(c.policy) || !nat.chains.has(c.natPolicy)) {
+    const tables = await readTables('ipv4');
+    if (!tables) throw new HostAgentError('internal_error', 'iptables-save not found: install iptables, the egress firewall needs it');
+    const [filter, nat] = [tables.get('filter'), tables.get('nat')];
+    if (!filter?.chains.has(c.policy) || !nat?.chains.has(c.natPolicy)) {
       throw new HostAgentError('internal_error', `the egress chains of ${input.bridge} are missing; the host daemon (or the next create) installs them`);
     }
     const wanted = {
@@ -462,11 +485,17 @@ async function refreshOnce(config: HostConfig, docker: DockerClient): Promise<vo
     const same = (saved: SavedTable, desired: TableRules, chain: string) => (saved.rules.get(chain) ?? []).join('\n') === desired.chains.get(chain)!.join('\n');
     if (same(filter, wanted.filter, c.policy) && same(nat, wanted.nat, c.natPolicy)) return;
     const wasOpen = (filter.rules.get(c.policy) ?? []).map((rule) => / -s (\S+)\/32 /.exec(rule)?.[1]).filter((ip): ip is string => Boolean(ip));
-    // Open the union first, then switch the redirects, then close what left.
+    // Open the union first, then switch the redirects, then close what left: three blocks of one
+    // iptables-restore (a process each cost a refresh about 25 ms on a quiet machine, several times that
+    // under load), applied in this order (iptables-legacy commits each block; iptables-nft, the default
+    // on Amazon Linux 2023 and here, makes the whole input one transaction).
     const union = desiredRules('ipv4', 'filter', { ...input, openIps: [...new Set([...wasOpen, ...input.openIps])] }, filter);
-    await installRules(union, filter, [c.policy]);
-    await installRules(wanted.nat, nat, [c.natPolicy]);
-    await installRules(wanted.filter, filter, [c.policy]);
+    await restore('ipv4', [
+      ...rulesBlock(union, filter, [c.policy]),
+      ...rulesBlock(wanted.nat, nat, [c.natPolicy]),
+      ...rulesBlock(wanted.filter, filter, [c.policy]),
+      '',
+    ]);
   });
 }
 
