@@ -153,6 +153,12 @@ export async function applyIdentity(docker: DockerClient, containerId: string, s
   }
 }
 
+/** Waits for every step, then throws the first failure: a failed claim's clean-up never races a step still running. */
+async function allSteps(steps: readonly Promise<unknown>[]): Promise<void> {
+  const failed = (await Promise.allSettled(steps)).find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+}
+
 /**
  * Makes the taken pool container the request's sandbox. The sandbox's home and
  * cold tier are ready on its own paths and its egress policy written (create.ts
@@ -189,20 +195,24 @@ export async function claimPoolContainer(
     envCache.set(request.sandboxId, env);
     await rm(paths.io, { recursive: true, force: true });
     await symlink(join(entry.dir, 'io'), paths.io);
-    await span('claim.binds', () => linkPoolBinds(config, request.sandboxId, claim));
     const memory = request.memoryMb * 1024 * 1024;
-    await docker.updateContainer(entry.containerId, {
-      NanoCpus: Math.round(request.cpu * 1e9),
-      Memory: memory,
-      MemorySwap: memory,
-      PidsLimit: request.pidsLimit,
-    });
-    await docker.renameContainer(entry.containerId, request.sandboxId);
-    renamed = true;
-    // Independent: the hostname, and the firewall's fast path (which finds the container by its new name).
-    await Promise.all([
+    // Independent steps side by side: a claim takes its slowest step, not their sum (one after the other
+    // they were two thirds of a pooled create's claim). Only the firewall's fast path waits for the rename
+    // (it finds the container by its new name); nothing runs in the container before the create answers.
+    await allSteps([
+      span('claim.binds', () => linkPoolBinds(config, request.sandboxId, claim)),
+      docker.updateContainer(entry.containerId, {
+        NanoCpus: Math.round(request.cpu * 1e9),
+        Memory: memory,
+        MemorySwap: memory,
+        PidsLimit: request.pidsLimit,
+      }),
       span('claim.identity', () => applyIdentity(docker, entry.containerId, request.sandboxId)),
-      span('host.egress-refresh', async () => (await import('./network')).refreshSandboxPolicies(config, docker)),
+      (async () => {
+        await docker.renameContainer(entry.containerId, request.sandboxId);
+        renamed = true;
+        await span('host.egress-refresh', async () => (await import('./network')).refreshSandboxPolicies(config, docker));
+      })(),
     ]);
     return true;
   } catch (error) {
