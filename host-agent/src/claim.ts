@@ -29,6 +29,7 @@ import { readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { logger } from '../../lambdas/shared/logger';
+import { allEnded } from './all-ended';
 import { span } from '../../lambdas/shared/timing';
 import { sandboxPaths, type HostConfig } from './config';
 import type { CreateInput } from './create';
@@ -153,12 +154,6 @@ export async function applyIdentity(docker: DockerClient, containerId: string, s
   }
 }
 
-/** Waits for every step, then throws the first failure: a failed claim's clean-up never races a step still running. */
-async function allSteps(steps: readonly Promise<unknown>[]): Promise<void> {
-  const failed = (await Promise.allSettled(steps)).find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failed) throw failed.reason;
-}
-
 /**
  * Makes the taken pool container the request's sandbox. The sandbox's home and
  * cold tier are ready on its own paths and its egress policy written (create.ts
@@ -199,7 +194,7 @@ export async function claimPoolContainer(
     // Independent steps side by side: a claim takes its slowest step, not their sum (one after the other
     // they were two thirds of a pooled create's claim). Only the firewall's fast path waits for the rename
     // (it finds the container by its new name); nothing runs in the container before the create answers.
-    await allSteps([
+    await allEnded([
       span('claim.binds', () => linkPoolBinds(config, request.sandboxId, claim)),
       docker.updateContainer(entry.containerId, {
         NanoCpus: Math.round(request.cpu * 1e9),

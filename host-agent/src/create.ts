@@ -12,6 +12,7 @@ import type { createRequest } from '../../contract/host-requests';
 import { writeEgressPolicyFile } from './egress/sandbox-egress';
 import { attachCold, prepareHome } from './sandbox-storage';
 import { span } from '../../lambdas/shared/timing';
+import { allEnded } from './all-ended';
 import type { WarmPool } from './warm-pool';
 
 export type CreateInput = z.output<typeof createRequest>;
@@ -156,8 +157,9 @@ export async function createSandbox(request: CreateInput, config: HostConfig, do
   if (existing) return { containerId: await adopt(docker, existing, request, config), hostMs: Date.now() - started };
 
   const ctx = { config, sandboxId: request.sandboxId, storage: request.storage, diskMb: request.diskMb };
-  // Independent steps run side by side: create time is the slowest, not the sum.
-  const [network, , { home, hotSync }, cold] = await Promise.all([
+  // Independent steps run side by side: create time is the slowest, not the sum. A failure surfaces once
+  // every step ended: the failed create's clean-up must not race a mount still being made.
+  const [network, , { home, hotSync }, cold] = await allEnded([
     request.network === 'none'
       ? { name: 'none' }
       : span('host.network', () => import('./network').then(({ ensureSandboxNetwork }) => ensureSandboxNetwork(config, docker))),

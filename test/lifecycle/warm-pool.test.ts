@@ -8,10 +8,12 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { s3 } from '../../lambdas/shared/clients/s3';
 import { getHost } from '../../lambdas/shared/host-store';
 import { encodeInline } from '../../contract/host-protocol';
 import { poolLabel } from '../../host-agent/src/warm-pool';
@@ -19,7 +21,7 @@ import { startLocalStack, type LocalStack } from '../../lib/local/stack';
 import { repoRoot } from '../../lib/paths';
 import { apiClient, type ApiClient } from '../support/api-client';
 import { containerExists, docker, inspect } from '../support/docker';
-import { uniqueUser, waitFor } from './lifecycle-support';
+import { hotPrefix, uniqueUser, waitFor } from './lifecycle-support';
 
 const depth = 2;
 let stack: LocalStack;
@@ -153,6 +155,34 @@ describe('the warm pool', () => {
     await poolFull();
     const again = await create(user);
     assert.equal(await sh(again, 'cat ~/note.txt /data/cold/pool-cold.txt'), 'kept\ncold\n');
+  });
+
+  it('fails a create whose home cannot be made with nothing left behind, and leaves the pool alone', async () => {
+    await poolFull();
+    const pool = new Set((await readyPool()).map((c) => c.Id));
+    // A stored home larger than the requested disk: the home fails on the host (quota_exceeded), the cold
+    // tier being made beside it; a claim comes only after both.
+    const user = uniqueUser('pool-no-home');
+    const mib = Buffer.alloc(1024 * 1024);
+    for (let part = 0; part < 65; part += 13) {
+      await Promise.all(
+        Array.from({ length: 13 }, (_, i) =>
+          s3().send(new PutObjectCommand({ Bucket: stack.env.STORAGE_BUCKET, Key: `${hotPrefix(stack, user)}part-${part + i}.bin`, Body: mib })),
+        ),
+      );
+    }
+    const res = await api.create(user, { disk_mb: 64 });
+    assert.equal(res.status, 409, res.text);
+    assert.equal(res.body.error.code, 'quota_exceeded');
+    assert.deepEqual(new Set((await readyPool()).map((c) => c.Id)), pool, 'no warm container was taken');
+    const listed = await api.call('GET', `/sandboxes?user_id=${user}`);
+    const [failed] = listed.body.sandboxes as { sandbox_id: string; status: string }[];
+    assert.equal(failed?.status, 'failed', listed.text);
+    const id = failed!.sandbox_id;
+    assert.equal(await containerExists(id), false);
+    const mounts = readFileSync('/proc/mounts', 'utf8');
+    assert.ok(!mounts.includes(join(stack.stateDir, 'sandboxes', id)), 'no mount of the failed sandbox stays');
+    assert.equal(existsSync(join(stack.stateDir, 'sandboxes', id)), false, 'nor its state');
   });
 
   it('keeps a claimed sandbox whole across pause and resume, and leaves no mount behind at its end', async () => {
