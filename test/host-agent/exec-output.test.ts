@@ -4,6 +4,7 @@
  * Run: node --import tsx --test test/host-agent/exec-output.test.ts
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { describe, it } from 'node:test';
 import { applyEnvFile, loadHostConfig, parseEnvFile } from '../../host-agent/src/config';
 import { CwdMarkerExtractor } from '../../host-agent/src/exec-output';
@@ -132,7 +133,13 @@ describe("a command's FIFOs", () => {
     const writer = openSync(join(dir, 'cmd-test.out'), constants.O_WRONLY | constants.O_NONBLOCK);
     const delivered: string[] = [];
     stdio.stdout.on('data', (chunk: Buffer) => delivered.push(chunk.toString()));
-    return { stdio, write: (text: string) => writeSync(writer, text), delivered, close: () => (closeSync(writer), stdio.close()) };
+    return {
+      stdio,
+      path: join(dir, 'cmd-test.out'),
+      write: (text: string) => writeSync(writer, text),
+      delivered,
+      close: () => (closeSync(writer), stdio.close()),
+    };
   }
 
   it('gives what the shell wrote at once, before the event loop read it, and only once', async () => {
@@ -148,6 +155,19 @@ describe("a command's FIFOs", () => {
     assert.deepEqual(f.delivered, [], 'the loop found nothing left to read');
     await f.close();
     assert.deepEqual(f.stdio.readNow('stdout'), [], 'nothing once closed');
+  });
+
+  it('takes at most 1 MiB at once from a FIFO a left-behind process keeps writing', async () => {
+    const f = await fifos();
+    const writer = spawn('sh', ['-c', 'exec yes 0123456789abcdef > "$1"', 'sh', f.path]);
+    try {
+      await new Promise((r) => setTimeout(r, 200));
+      const taken = f.stdio.readNow('stdout').reduce((n, b) => n + b.length, 0);
+      assert.ok(taken > 0 && taken <= 1024 * 1024, `took ${taken} bytes`);
+    } finally {
+      writer.kill('SIGKILL');
+      await f.close();
+    }
   });
 
   it('hands a paused stream its buffered output first, so the order holds', async () => {

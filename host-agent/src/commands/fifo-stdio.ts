@@ -55,10 +55,16 @@ async function openFifo(path: string, readable: boolean): Promise<{ socket: Sock
   return { socket: new Socket({ fd, readable, writable: !readable }), fd };
 }
 
-/** Reads `fd` (non-blocking) until it has nothing more right now. */
+/**
+ * Most one readNow takes: a FIFO holds 64 KiB (up to 1 MiB when enlarged), so this is all a dead shell left;
+ * a process it left behind that keeps writing cannot hold the host's event loop in the loop below.
+ */
+const readNowMaxBytes = 1024 * 1024;
+
+/** Reads `fd` (non-blocking) until it has nothing more right now, or readNowMaxBytes. */
 function readAvailable(fd: number): Buffer[] {
   const chunks: Buffer[] = [];
-  for (;;) {
+  for (let total = 0; total < readNowMaxBytes; ) {
     const chunk = Buffer.allocUnsafe(64 * 1024);
     let n: number;
     try {
@@ -69,6 +75,7 @@ function readAvailable(fd: number): Buffer[] {
     }
     if (n === 0) break;
     chunks.push(chunk.subarray(0, n));
+    total += n;
   }
   return chunks;
 }
