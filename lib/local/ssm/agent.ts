@@ -6,7 +6,7 @@
  * timeout, cancel or the instance going away. The only module here that
  * starts (through starter.ts) or kills processes.
  */
-import { statSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -44,6 +44,24 @@ function killScriptGroup(pid: number): void {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
   }
+}
+
+/**
+ * The shells running `scriptPath`, found by their command line (`/bin/sh <scriptPath>`, unique per
+ * invocation): for a script whose pid never came back. Each leads its own process group.
+ */
+function scriptsRunning(scriptPath: string): number[] {
+  const found: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const [file, script] = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
+      if (file === '/bin/sh' && script === scriptPath) found.push(Number(entry));
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return found;
 }
 
 export function createAgent(o: AgentOptions): Agent {
@@ -141,8 +159,10 @@ export function createAgent(o: AgentOptions): Agent {
       void rm(dir, { recursive: true, force: true });
     };
     child.on('error', (err) => {
-      // It did not start, or its end can no longer be told (the starter died): nothing of it may run on unseen.
+      // It did not start, or its end can no longer be told (the starter died): nothing of it may run on unseen,
+      // not even a script whose pid the starter died before telling.
       if (child.pid) killScriptGroup(child.pid);
+      else for (const pid of scriptsRunning(join(dir, '_script.sh'))) killScriptGroup(pid);
       inv.stderr.append(`failed to run commands: ${err.message}`);
       settle(inv, failed(-1));
       void rm(dir, { recursive: true, force: true });

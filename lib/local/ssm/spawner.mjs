@@ -35,7 +35,9 @@ process.on('message', (m) => {
     send({ t: 'error', id, message: err.message });
     return;
   }
-  child.on('spawn', () => send({ t: 'spawn', id, pid: child.pid }));
+  // Its pid at once, not on the 'spawn' event a tick later: the script already runs, and this process may
+  // die any moment (the agent kills what it started by that pid).
+  if (child.pid !== undefined) send({ t: 'spawn', id, pid: child.pid });
   child.on('error', (err) => send({ t: 'error', id, message: err.message }));
   child.stdout.on('data', (data) => send({ t: 'out', id, fd: 1, data }));
   child.stderr.on('data', (data) => send({ t: 'out', id, fd: 2, data }));

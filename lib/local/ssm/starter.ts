@@ -88,11 +88,17 @@ export function createScriptStarter(): ScriptStarter {
     started.on('message', (m) => onMessage(m as FromSpawner));
     started.on('exit', (code, signal) => {
       if (spawner === started) spawner = undefined;
-      // Its scripts' ends will never be told: each fails now (the agent ends its invocation).
-      for (const [id, script] of scripts) {
-        scripts.delete(id);
-        script.emit('error', new Error(`the local SSM agent's process starter exited (${signal ?? `code ${code}`})`));
-      }
+      // Its scripts' ends will never be told: each fails (the agent ends its invocation and kills the script by
+      // its pid). What it sent before it died is read first: a script's pid may be in it, and its channel
+      // closes ('disconnect') only after the last message ('exit' can come before them).
+      const failAll = () => {
+        for (const [id, script] of scripts) {
+          scripts.delete(id);
+          script.emit('error', new Error(`the local SSM agent's process starter exited (${signal ?? `code ${code}`})`));
+        }
+      };
+      if (started.connected) started.once('disconnect', failAll);
+      else failAll();
     });
     // Running scripts keep the stack alive through their invocations' timers; the starter alone must not.
     started.unref();
