@@ -87,22 +87,22 @@ interface SavedTable {
   rules: Map<string, string[]>;
 }
 
-async function readTable(family: Family, table: Table): Promise<SavedTable | undefined> {
-  const tables = await readTables(family, ['-t', table]);
-  return tables && (tables.get(table) ?? { chains: new Set(), rules: new Map() });
+/** One table of a readTables answer; a table the kernel does not have yet is an empty one (a restore makes it). */
+function tableIn(tables: Map<string, SavedTable>, table: Table): SavedTable {
+  return tables.get(table) ?? { chains: new Set(), rules: new Map() };
 }
 
 /**
- * Every table of `family` from one iptables-save (a refresh needs two: one process, not two); a table the
- * kernel does not have is absent from the map. Undefined when iptables-save is not installed.
+ * Every table of `family` from one iptables-save (the egress rules span two: one process, not two); a
+ * table the kernel does not have is absent from the map. Undefined when iptables-save is not installed.
  */
-async function readTables(family: Family, args: readonly string[] = []): Promise<Map<string, SavedTable> | undefined> {
+async function readTables(family: Family): Promise<Map<string, SavedTable> | undefined> {
   let output: string;
   try {
-    ({ stdout: output } = await run(tools[family].save, [...args], { maxBuffer: 64 * 1024 * 1024 }));
+    ({ stdout: output } = await run(tools[family].save, [], { maxBuffer: 64 * 1024 * 1024 }));
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new HostAgentError('internal_error', `${[tools[family].save, ...args].join(' ')} failed: ${(error as Error).message.trim()}`);
+    throw new HostAgentError('internal_error', `${tools[family].save} failed: ${(error as Error).message.trim()}`);
   }
   const tables = new Map<string, SavedTable>();
   let saved: SavedTable | undefined;
@@ -253,11 +253,6 @@ async function restore(family: Family, lines: string[]): Promise<void> {
   });
 }
 
-/** Rewrites the given chains atomically (one iptables-restore --noflush) and (re)places the jumps. */
-async function installRules(desired: TableRules, saved: SavedTable, only?: readonly string[]): Promise<void> {
-  await restore(desired.family, [...rulesBlock(desired, saved, only), '']);
-}
-
 /**
  * The iptables-restore block (`*table` ... `COMMIT`) that rewrites the given chains (all of `desired`'s when
  * `only` is absent, with the jumps to them); several blocks may go to one restore, applied in order.
@@ -389,26 +384,31 @@ function desiredInput(config: HostConfig, info: NetworkInfo): DesiredInput {
   return { bridge: describeNetwork(info).bridge, allow: config.egressAllow, proxyPort: config.egressProxyPort, openIps: openAddresses(config, info) };
 }
 
-const tablesOf: { family: Family; table: Table }[] = [
-  { family: 'ipv4', table: 'filter' },
-  { family: 'ipv4', table: 'nat' },
-  { family: 'ipv6', table: 'filter' },
+/** The tables the egress rules live in, by family: each family's are read with one save and written with one restore. */
+const families: { family: Family; tables: Table[] }[] = [
+  { family: 'ipv4', tables: ['filter', 'nat'] },
+  { family: 'ipv6', tables: ['filter'] },
 ];
 
 async function applyEgressRules(config: HostConfig, docker: DockerClient, info: NetworkInfo): Promise<void> {
-  for (const { family, table } of tablesOf) {
-    const saved = await readTable(family, table);
+  for (const { family, tables } of families) {
+    const saved = await readTables(family);
     if (!saved) {
       if (family === 'ipv4') throw new HostAgentError('internal_error', 'iptables-save not found: install iptables, the egress firewall needs it');
       continue;
     }
-    if (missingRules(desiredRules(family, table, desiredInput(config, info), saved), saved).length === 0) continue;
+    /** Each table's rules as wanted, with what it holds, where it lacks some. */
+    const lacking = (now: Map<string, SavedTable>, network: NetworkInfo) =>
+      tables
+        .map((table) => ({ desired: desiredRules(family, table, desiredInput(config, network), tableIn(now, table)), saved: tableIn(now, table) }))
+        .filter(({ desired, saved }) => missingRules(desired, saved).length > 0);
+    if (lacking(saved, info).length === 0) continue;
     await withHostLock(config, `egress-${family}`, async () => {
-      // Under the lock: the containers (and so the open addresses) as they are now.
-      const fresh = (await readTable(family, table))!;
+      // Under the lock: the tables and the containers (and so the open addresses) as they are now.
+      const fresh = (await readTables(family))!;
       const now = (await docker.inspectNetwork(info.Name)) ?? info;
-      const again = desiredRules(family, table, desiredInput(config, now), fresh);
-      if (missingRules(again, fresh).length > 0) await installRules(again, fresh);
+      const blocks = lacking(fresh, now).flatMap(({ desired, saved }) => rulesBlock(desired, saved));
+      if (blocks.length > 0) await restore(family, [...blocks, '']);
     });
   }
 }
@@ -510,13 +510,14 @@ export async function checkEgressRules(config: HostConfig = loadHostConfig(), do
   if (!info) return { network: config.sandboxNetwork, bridge: undefined, missing: [`network ${config.sandboxNetwork} does not exist`] };
   const network = describeNetwork(info);
   const missing = checkNetworkShape(info);
-  for (const { family, table } of tablesOf) {
-    const saved = await readTable(family, table);
+  for (const { family, tables } of families) {
+    const saved = await readTables(family);
     if (!saved) {
-      if (family === 'ipv4') missing.push(`iptables-save -t ${table} not found`);
+      if (family === 'ipv4') missing.push(`${tools[family].save} not found`);
       continue;
     }
-    missing.push(...missingRules(desiredRules(family, table, desiredInput(config, info), saved), saved));
+    for (const table of tables)
+      missing.push(...missingRules(desiredRules(family, table, desiredInput(config, info), tableIn(saved, table)), tableIn(saved, table)));
   }
   return { network: network.name, bridge: network.bridge, missing };
 }
@@ -531,20 +532,23 @@ export async function removeSandboxNetwork(config: HostConfig = loadHostConfig()
   const { bridge } = describeNetwork(info);
   await docker.removeNetwork(info.Id);
   ensured.clear();
-  for (const { family, table } of tablesOf) {
-    const saved = await readTable(family, table);
-    if (!saved) continue;
-    const desired = desiredRules(family, table, { bridge, allow: [], proxyPort: config.egressProxyPort, openIps: [] }, saved);
-    const lines = [`*${table}`];
-    for (const { parent, rule } of desired.jumps) {
-      for (const line of saved.rules.get(parent) ?? []) if (line === rule) lines.push(rule.replace(/^-A /, '-D '));
-    }
-    // Flush every chain first: one may jump to another, and a chain still referenced cannot go.
-    const present = [...desired.chains.keys()].filter((chain) => saved.chains.has(chain));
-    for (const chain of present) lines.push(`-F ${chain}`);
-    for (const chain of present) lines.push(`-X ${chain}`);
-    if (lines.length === 1) continue;
-    lines.push('COMMIT', '');
-    await restore(family, lines);
+  for (const { family, tables } of families) {
+    const all = await readTables(family);
+    if (!all) continue;
+    const lines = tables.flatMap((table) => {
+      const saved = tableIn(all, table);
+      const desired = desiredRules(family, table, { bridge, allow: [], proxyPort: config.egressProxyPort, openIps: [] }, saved);
+      const block = [`*${table}`];
+      for (const { parent, rule } of desired.jumps) {
+        for (const line of saved.rules.get(parent) ?? []) if (line === rule) block.push(rule.replace(/^-A /, '-D '));
+      }
+      // Flush every chain first: one may jump to another, and a chain still referenced cannot go.
+      const present = [...desired.chains.keys()].filter((chain) => saved.chains.has(chain));
+      for (const chain of present) block.push(`-F ${chain}`);
+      for (const chain of present) block.push(`-X ${chain}`);
+      return block.length === 1 ? [] : [...block, 'COMMIT'];
+    });
+    // Both tables' removals in one restore.
+    if (lines.length > 0) await restore(family, [...lines, '']);
   }
 }
