@@ -159,6 +159,8 @@ describe("a command's FIFOs", () => {
 
   it('takes at most 1 MiB at once from a FIFO a left-behind process keeps writing', async () => {
     const f = await fifos();
+    // Paused: the stream stops reading, so the FIFO is full (and `yes` waiting to write more) when readNow comes.
+    f.stdio.stdout.pause();
     const writer = spawn('sh', ['-c', 'exec yes 0123456789abcdef > "$1"', 'sh', f.path]);
     try {
       await new Promise((r) => setTimeout(r, 200));
