@@ -65,7 +65,7 @@ const readNowMaxBytes = 1024 * 1024;
 function readAvailable(fd: number): Buffer[] {
   const chunks: Buffer[] = [];
   for (let total = 0; total < readNowMaxBytes; ) {
-    const chunk = Buffer.allocUnsafe(64 * 1024);
+    const chunk = Buffer.allocUnsafe(Math.min(64 * 1024, readNowMaxBytes - total));
     let n: number;
     try {
       n = readSync(fd, chunk);
