@@ -209,6 +209,7 @@ export async function claimPoolContainer(
         await span('host.egress-refresh', async () => (await import('./network')).refreshSandboxPolicies(config, docker));
       })(),
     ]);
+    pool.execServers?.rename(entry.name, request.sandboxId);
     return true;
   } catch (error) {
     logger.warn('warm pool: claim failed; making the container cold', { sandboxId: request.sandboxId, poolId: entry.poolId, renamed, err: error });

@@ -42,6 +42,7 @@ import { inScope, span } from '../../lambdas/shared/timing';
 import { applyEnvFile, loadHostConfig } from './config';
 import { startEgressGateway } from './egress/gateway';
 import { DockerClient } from './docker';
+import { ExecServers } from './commands/exec-server';
 import { CommandRunner } from './commands/runner';
 import { SandboxFiles } from './files/sandbox-files';
 import { envelopeLine, runHostAgent, type DaemonRuntime } from './invocation';
@@ -463,8 +464,10 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
   const egressLog = new EgressLogWriter();
   const gateway = await startEgressGateway(hostConfig, docker, network, egressLog);
   const cp = controlPlaneConfig();
+  const execServers = new ExecServers(docker);
   const runner = new CommandRunner({
     docker,
+    execServers,
     hostConfig,
     s3: s3(),
     bucket: cp.bucket,
@@ -475,7 +478,7 @@ export async function runDaemon(s = daemonSettings()): Promise<() => void> {
   // The state directory becomes a shared mount (bound onto itself) before anything mounts below it: made later,
   // that bind would hide the mounts the pool containers were made with, and a claim's home would never reach them.
   await ensureSharedMount(hostConfig.stateDir);
-  const pool = new WarmPool(hostConfig, docker, poolSettings());
+  const pool = new WarmPool(hostConfig, docker, poolSettings(), execServers);
   // A previous daemon's pool containers may be of another image or network: start from a clean pool.
   await pool.reconcile().catch((err) => logger.error('daemon: warm pool cleanup failed; the reconcile loop retries', { err }));
   pool.refill();

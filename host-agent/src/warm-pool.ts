@@ -37,6 +37,7 @@ import { inScope, span } from '../../lambdas/shared/timing';
 import type { HostConfig } from './config';
 import { containerSpec, sandboxColdMount, sandboxHome, sandboxIoMount, tmpSizeMbFor, type CreateInput } from './create';
 import { DockerApiError, type DockerClient } from './docker';
+import type { ExecServers } from './commands/exec-server';
 import { containerLabels, ownerLabelValue } from '../../contract/host-protocol';
 import { sandboxIdPattern } from '../../contract/ids';
 import { mountsUnder } from './sandbox-storage';
@@ -142,6 +143,8 @@ export class WarmPool {
     private readonly config: HostConfig,
     private readonly docker: DockerClient,
     readonly settings: PoolSettings,
+    /** Each pool container gets its exec server before it is ready (exec-server.ts); a claim hands it to the sandbox. */
+    readonly execServers?: ExecServers,
   ) {}
 
   stats(): PoolStats {
@@ -280,6 +283,8 @@ export class WarmPool {
       ];
       ({ Id: containerId } = await this.docker.createContainer(name, spec));
       await this.docker.startContainer(containerId);
+      // Off the claim's path; without one (it failed to start) the sandbox's commands go through docker exec.
+      await this.execServers?.start(name, join(dir, 'io'), sandboxIoMount);
       const imageRefs = [...new Set([this.settings.image, ...(image.RepoTags ?? []), ...(image.RepoDigests ?? [])])];
       return { poolId, name, containerId, dir, imageId: image.Id, imageRefs, networkId: network.id, tmpMb: this.poolTmpMb() };
     } catch (error) {
@@ -290,7 +295,8 @@ export class WarmPool {
   }
 
   /** Removes a pool container and its directory (a claim that failed, a stale one). */
-  async discard(entry: Pick<PoolContainer, 'containerId' | 'dir'>): Promise<void> {
+  async discard(entry: Pick<PoolContainer, 'containerId' | 'dir'> & { name?: string }): Promise<void> {
+    if (entry.name) this.execServers?.forget(entry.name);
     try {
       await this.docker.removeContainer(entry.containerId, true);
     } catch (error) {

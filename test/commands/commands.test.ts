@@ -415,6 +415,61 @@ describe('commands outlive their sandbox', () => {
   });
 });
 
+describe('the exec server: a warm process in each sandbox starts its commands (no docker exec per command)', () => {
+  // What a command's process has, printed the same whoever started it; the first line says who did
+  // (a docker exec's process has no parent in the sandbox's pid namespace).
+  const probe = [
+    'echo "started-by=$([ "$PPID" = 0 ] && echo docker-exec || echo exec-server)"',
+    'read -r -a st < /proc/$$/stat; echo "own-session-and-group=$(( st[4] == $$ && st[5] == $$ ))"',
+    "grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp|SigBlk|SigIgn):' /proc/self/status",
+    'ulimit -a; umask; cat /proc/$$/oom_score_adj; pwd; echo "$OLDPWD"; fds=(/proc/$$/fd/*); echo "fds: ${fds[*]##*/}"',
+    "sed 's/cmd-[A-Za-z0-9_-]*/cmd-X/' /proc/$$/cgroup",
+    'env | sort',
+  ].join('\n');
+  const startedBy = (stdout: string) => /^started-by=(.*)$/m.exec(stdout)?.[1];
+  const served = () =>
+    waitFor(
+      "the sandbox's exec server",
+      async () => startedBy((await exec('true; echo "started-by=$([ "$PPID" = 0 ] && echo docker-exec || echo exec-server)"')).body.stdout) === 'exec-server',
+      20_000,
+      100,
+    );
+
+  it('gives a command what a docker exec gives it (the server stopped from inside the sandbox stands in for a host without one)', async () => {
+    await served();
+    const viaServer = await exec(probe, { env: { PROBE_VALUE: 'a b\nc' } });
+    assert.equal(viaServer.body.exit_code, 0, viaServer.text);
+    assert.equal(startedBy(viaServer.body.stdout), 'exec-server');
+    assert.match(viaServer.body.stdout, /^own-session-and-group=1$/m);
+    assert.match(viaServer.body.stdout, /^SigIgn:\s+0+$/m, 'no signal ignored');
+    assert.match(viaServer.body.stdout, /^PROBE_VALUE=a b$/m);
+    // Its oldest process is the server itself: the subshells waiting for running commands (this one's too) stay.
+    const stop = await exec("pkill -o -f '^/bin/bash --noprofile --norc -c io='");
+    assert.equal(stop.body.exit_code, 0, stop.text);
+    const viaDocker = await exec(probe, { env: { PROBE_VALUE: 'a b\nc' } });
+    assert.equal(viaDocker.body.exit_code, 0, viaDocker.text);
+    assert.equal(startedBy(viaDocker.body.stdout), 'docker-exec');
+    const rest = (stdout: string) => stdout.replace(/^started-by=.*\n/, '');
+    assert.equal(rest(viaServer.body.stdout), rest(viaDocker.body.stdout));
+    // A new server takes over.
+    await served();
+  });
+
+  it('keeps commands apart: `kill 0` in one reaches neither another command nor the server', async () => {
+    await served();
+    const long = await start({ command: 'sleep 2; echo still-here', command_id: 'outlives-kill-0' });
+    assert.equal(long.status, 202, long.text);
+    const killer = await exec('kill 0; echo not-reached');
+    assert.equal(killer.body.exit_code, 143, killer.text);
+    assert.equal(killer.body.stdout, '');
+    const ended = await follow('outlives-kill-0');
+    assert.equal(ended.final.exit_code, 0);
+    assert.equal(ended.stdout.toString(), 'still-here\n');
+    const next = await exec('echo "started-by=$([ "$PPID" = 0 ] && echo docker-exec || echo exec-server)"');
+    assert.equal(startedBy(next.body.stdout), 'exec-server');
+  });
+});
+
 describe('secrets stay out of SSM', () => {
   it('puts no command, env value, stdin or sandbox token in any SSM command text', async () => {
     const c = await api.create('secret-user', { env: { CREATE_SECRET: 'create-secret-value-4242' } });

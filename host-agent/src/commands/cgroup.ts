@@ -29,7 +29,7 @@ export function cgroup2Root(): string {
 let root: string | undefined;
 
 /** The cgroup2 directory of the process `pid` (from /proc/<pid>/cgroup, line `0::<path>`). */
-function cgroupOfPid(pid: number): string {
+export function cgroupOfPid(pid: number): string {
   root ??= cgroup2Root();
   const line = readFileSync(`/proc/${pid}/cgroup`, 'utf8')
     .split('\n')
@@ -63,8 +63,13 @@ export class CommandCgroup {
 
   /** The command cgroup of `commandKey` inside the cgroup of the container whose init is `containerPid`. */
   static forContainer(containerPid: number, commandKey: string): CommandCgroup {
+    return CommandCgroup.inContainerCgroup(cgroupOfPid(containerPid), commandKey);
+  }
+
+  /** The command cgroup of `commandKey` inside the container cgroup `containerCgroup` (a directory). */
+  static inContainerCgroup(containerCgroup: string, commandKey: string): CommandCgroup {
     if (!/^[A-Za-z0-9_-]{1,100}$/.test(commandKey)) throw new HostAgentError('bad_request', `bad command cgroup name ${commandKey}`);
-    return new CommandCgroup(join(cgroupOfPid(containerPid), `cmd-${commandKey}`));
+    return new CommandCgroup(join(containerCgroup, `cmd-${commandKey}`));
   }
 
   /** Every command cgroup under the container of `containerPid` (for reconciliation). */

@@ -39,6 +39,7 @@ import { CwdMarkerExtractor } from '../exec-output';
 import { cwdMarkerPrefix, execArgv, maxCommandBytes } from '../exec-wrapper';
 import { commandOutputPrefix, runOutputBudgetChars, type CommandSnapshot, type RunResult } from '../../../contract/host-protocol';
 import { CommandCgroup } from './cgroup';
+import { ExecServerError, execServerUser, type ExecServers } from './exec-server';
 import { makeFifoStdio, type FifoStdio } from './fifo-stdio';
 import { OutputStore } from './output-store';
 import { span } from '../../../lambdas/shared/timing';
@@ -54,6 +55,18 @@ export interface CommandRunnerOptions {
   outputMaxBytes: number;
   /** A TERM kill escalates to KILL after this long. @default 10000 */
   termGraceMs?: number;
+  /** Warm processes in the sandboxes that start their commands (exec-server.ts); without them every command is a docker exec. */
+  execServers?: ExecServers;
+}
+
+/** A command's shell, started by the sandbox's exec server or by a docker exec. */
+interface CommandProcess {
+  /** Its pid on the host. */
+  pid: number;
+  /** Its cgroup (not made yet). */
+  cgroup: CommandCgroup;
+  /** Its exit code once it ended (null: ended, code unknown); undefined while it runs or nobody knows yet. */
+  exited(): Promise<number | null | undefined>;
 }
 
 /** Exit code reported when a command was killed and docker reports none. */
@@ -78,7 +91,7 @@ const unstartedAfterMs = 60_000;
 interface Running {
   record: CommandRecord;
   key: string;
-  execId: string;
+  proc: CommandProcess;
   pid: number;
   cgroup: CommandCgroup;
   stdio: FifoStdio;
@@ -203,24 +216,19 @@ export class CommandRunner {
     const nonce = randomBytes(16).toString('hex');
     const ioDir = sandboxPaths(this.o.hostConfig, sandboxId).io;
     let stdio: FifoStdio | undefined;
-    let execId: string;
+    let proc: CommandProcess;
     let pid: number;
     let cgroup: CommandCgroup;
     try {
       stdio = await makeFifoStdio(ioDir, commandId);
-      ({ Id: execId } = await this.o.docker.createExec(sandboxId, {
-        Cmd: execArgv(nonce, record.cwd, record.command, record.cwd_fallback ?? '', `${sandboxIoMount}/${commandId}`),
-        User: record.user,
+      proc = await this.launch(sandboxId, commandId, ioDir, record.user, {
+        argv: execArgv(nonce, record.cwd, record.command, record.cwd_fallback ?? '', `${sandboxIoMount}/${commandId}`),
         // A claimed pool container's sandbox env first (a cold container has it in its config); the command's wins.
-        Env: [...sandboxEnv(this.o.hostConfig, sandboxId), ...Object.entries(env).map(([name, value]) => `${name}=${value}`)],
-        AttachStdin: false,
-        AttachStdout: false,
-        AttachStderr: false,
-      }));
-      await this.o.docker.startExecDetached(execId);
-      pid = await this.execPid(execId);
+        env: [...sandboxEnv(this.o.hostConfig, sandboxId), ...Object.entries(env).map(([name, value]) => `${name}=${value}`)],
+      });
+      pid = proc.pid;
       // Into its own cgroup before it may start anything: the wrapper waits for the "go" line.
-      cgroup = CommandCgroup.forContainer(pid, commandId);
+      cgroup = proc.cgroup;
       cgroup.create();
       cgroup.adopt(pid);
     } catch (error) {
@@ -270,7 +278,7 @@ export class CommandRunner {
     const c: Running & { captured: typeof captured } = {
       record: claimed,
       key,
-      execId,
+      proc,
       pid,
       cgroup,
       stdio: io,
@@ -313,14 +321,14 @@ export class CommandRunner {
     for (const stream of [io.stdin, io.stdout, io.stderr]) stream.on('error', () => undefined);
 
     let finishing = false;
-    const finish = (exited?: ExecInspectInfo) => {
+    const finish = (exitCode?: number | null) => {
       if (finishing) return;
       finishing = true;
       clearTimeout(timeoutTimer);
       clearTimeout(backstop);
       stdoutMarks.end();
       stderrMarks.end();
-      void this.complete(c, exited).then(resolveDone, (err: unknown) => {
+      void this.complete(c, exitCode).then(resolveDone, (err: unknown) => {
         logger.error('command: recording the end failed', { sandboxId, commandId, err });
         resolveDone(c.record);
       });
@@ -330,11 +338,11 @@ export class CommandRunner {
       if (watching) return;
       watching = true;
       // The end records come just before the shell exits: wait for the exit itself (its code is the command's),
-      // watching the process first (a signal 0, no engine call), then asking the engine for its exit code.
+      // watching the process first (a signal 0, no engine call), then asking for its exit code.
       for (let waited = 0; !finishing && isAlive(pid) && waited < 200; waited++) await new Promise((r) => setTimeout(r, 1));
       for (let attempt = 0; !finishing; attempt++) {
-        const info = await this.o.docker.inspectExec(execId).catch(() => undefined);
-        if (info && !info.Running) return finish(info);
+        const exitCode = await proc.exited();
+        if (exitCode !== undefined) return finish(exitCode);
         await new Promise((r) => setTimeout(r, Math.min(50, 2 + attempt * 2)));
       }
     };
@@ -378,6 +386,48 @@ export class CommandRunner {
     return { running: c };
   }
 
+  /**
+   * Starts the command's shell: through the sandbox's exec server when it has a ready one for the command's
+   * user, through a docker exec otherwise (or when the server fails to start it: it then started nothing).
+   */
+  private async launch(sandboxId: string, commandId: string, ioDir: string, user: string, what: { argv: string[]; env: string[] }): Promise<CommandProcess> {
+    const server = user === execServerUser ? this.o.execServers?.ready(sandboxId, ioDir, sandboxIoMount) : undefined;
+    if (server) {
+      try {
+        const p = await span('runner.serve', () => server.spawn(commandId, what.argv, what.env));
+        return { pid: p.pid, cgroup: CommandCgroup.inContainerCgroup(server.containerCgroup, commandId), exited: p.exited };
+      } catch (error) {
+        if (!(error instanceof ExecServerError)) throw error;
+        logger.warn('command: the exec server did not start it; starting it with docker exec', { sandboxId, commandId, err: error });
+      }
+    }
+    const { Id: execId } = await this.o.docker.createExec(sandboxId, {
+      Cmd: what.argv,
+      User: user,
+      Env: what.env,
+      AttachStdin: false,
+      AttachStdout: false,
+      AttachStderr: false,
+    });
+    await this.o.docker.startExecDetached(execId);
+    const pid = await this.execPid(execId);
+    return {
+      pid,
+      cgroup: CommandCgroup.forContainer(pid, commandId),
+      exited: async () => {
+        let info: ExecInspectInfo | undefined;
+        try {
+          info = await this.o.docker.inspectExec(execId);
+        } catch (error) {
+          // Gone with its container: nobody will know its code.
+          return error instanceof DockerApiError && error.statusCode === 404 ? null : undefined;
+        }
+        if (info.Running) return undefined;
+        return typeof info.ExitCode === 'number' ? info.ExitCode : null;
+      },
+    };
+  }
+
   /** The exec's process id: the engine reports it a moment after the start (the wrapper waits for "go" meanwhile). */
   private async execPid(execId: string): Promise<number> {
     for (let attempt = 0; attempt < 200; attempt++) {
@@ -407,14 +457,14 @@ export class CommandRunner {
     }
   }
 
-  /** `exited`: the engine's report of the exec's end when the caller already has it (saves asking again). */
-  private async complete(c: Running, exited?: ExecInspectInfo): Promise<CommandRecord> {
+  /** `exited`: the shell's exit code when the caller already has it (saves asking again). */
+  private async complete(c: Running, exited?: number | null): Promise<CommandRecord> {
     const r = c.record;
-    // The engine reports the exit a moment after the process is gone.
-    let info = exited ?? (await this.o.docker.inspectExec(c.execId).catch(() => undefined));
-    for (let attempt = 0; info?.Running && attempt < 100; attempt++) {
+    // The exit is reported a moment after the process is gone.
+    let code = exited !== undefined ? exited : await c.proc.exited();
+    for (let attempt = 0; code === undefined && attempt < 100; attempt++) {
       await new Promise((resolve) => setTimeout(resolve, 20));
-      info = await this.o.docker.inspectExec(c.execId).catch(() => undefined);
+      code = await c.proc.exited();
     }
     let status: CommandEnd['status'] = 'exited';
     let detail: string | undefined;
@@ -428,7 +478,7 @@ export class CommandRunner {
     }
     // The output ends here: what is left behind in the background writes into FIFOs nobody reads.
     await c.stdio.close();
-    let exitCode: number | null = info && !info.Running && typeof info.ExitCode === 'number' ? info.ExitCode : null;
+    let exitCode: number | null = code ?? null;
     if (exitCode === null && c.ending) exitCode = killedExitCode;
     const stored = await c.output.drain(30_000);
     if (stored.unstored > 0) {
@@ -568,6 +618,8 @@ export class CommandRunner {
     const mine = [...this.running.values()].filter((c) => c.record.sandbox_id === sandboxId);
     for (const c of mine) this.end(c, reason, 'KILL');
     await Promise.all(mine.map((c) => c.done));
+    // Its container stops next.
+    this.o.execServers?.forget(sandboxId);
   }
 
   /**
@@ -611,5 +663,6 @@ export class CommandRunner {
 
   close(): void {
     for (const c of this.running.values()) void c.stdio.close();
+    this.o.execServers?.close();
   }
 }
