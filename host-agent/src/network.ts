@@ -243,13 +243,15 @@ function missingRules(desired: TableRules, saved: SavedTable): string[] {
   return missing;
 }
 
+/** Feeds `lines` (whole `*table` ... `COMMIT` blocks) to one iptables-restore that keeps what it is not told to change. */
 async function restore(family: Family, lines: string[]): Promise<void> {
   await new Promise<void>((resolve, reject) => {
     const child = execFile(tools[family].restore, ['-w', '10', '--noflush'], (error, _stdout, stderr) => {
       if (error) reject(new HostAgentError('internal_error', `${tools[family].restore} failed: ${stderr.trim() || error.message}`));
       else resolve();
     });
-    child.stdin!.end(lines.join('\n'));
+    // iptables-restore wants its input's last line ended.
+    child.stdin!.end(`${lines.join('\n')}\n`);
   });
 }
 
@@ -400,7 +402,10 @@ async function applyEgressRules(config: HostConfig, docker: DockerClient, info: 
     /** Each table's rules as wanted, with what it holds, where it lacks some. */
     const lacking = (now: Map<string, SavedTable>, network: NetworkInfo) =>
       tables
-        .map((table) => ({ desired: desiredRules(family, table, desiredInput(config, network), tableIn(now, table)), saved: tableIn(now, table) }))
+        .map((table) => {
+          const saved = tableIn(now, table);
+          return { desired: desiredRules(family, table, desiredInput(config, network), saved), saved };
+        })
         .filter(({ desired, saved }) => missingRules(desired, saved).length > 0);
     if (lacking(saved, info).length === 0) continue;
     await withHostLock(config, `egress-${family}`, async () => {
@@ -408,7 +413,7 @@ async function applyEgressRules(config: HostConfig, docker: DockerClient, info: 
       const fresh = (await readTables(family))!;
       const now = (await docker.inspectNetwork(info.Name)) ?? info;
       const blocks = lacking(fresh, now).flatMap(({ desired, saved }) => rulesBlock(desired, saved));
-      if (blocks.length > 0) await restore(family, [...blocks, '']);
+      if (blocks.length > 0) await restore(family, blocks);
     });
   }
 }
@@ -494,7 +499,6 @@ async function refreshOnce(config: HostConfig, docker: DockerClient): Promise<vo
       ...rulesBlock(union, filter, [c.policy]),
       ...rulesBlock(wanted.nat, nat, [c.natPolicy]),
       ...rulesBlock(wanted.filter, filter, [c.policy]),
-      '',
     ]);
   });
 }
@@ -516,8 +520,10 @@ export async function checkEgressRules(config: HostConfig = loadHostConfig(), do
       if (family === 'ipv4') missing.push(`${tools[family].save} not found`);
       continue;
     }
-    for (const table of tables)
-      missing.push(...missingRules(desiredRules(family, table, desiredInput(config, info), tableIn(saved, table)), tableIn(saved, table)));
+    for (const table of tables) {
+      const have = tableIn(saved, table);
+      missing.push(...missingRules(desiredRules(family, table, desiredInput(config, info), have), have));
+    }
   }
   return { network: network.name, bridge: network.bridge, missing };
 }
@@ -549,6 +555,6 @@ export async function removeSandboxNetwork(config: HostConfig = loadHostConfig()
       return block.length === 1 ? [] : [...block, 'COMMIT'];
     });
     // Both tables' removals in one restore.
-    if (lines.length > 0) await restore(family, [...lines, '']);
+    if (lines.length > 0) await restore(family, lines);
   }
 }
