@@ -192,8 +192,9 @@ export async function claimPoolContainer(
     await symlink(join(entry.dir, 'io'), paths.io);
     const memory = request.memoryMb * 1024 * 1024;
     // Independent steps side by side: a claim takes its slowest step, not their sum (one after the other
-    // they were two thirds of a pooled create's claim). Only the firewall's fast path waits for the rename
-    // (it finds the container by its new name); nothing runs in the container before the create answers.
+    // they were two thirds of a pooled create's claim). The firewall's fast path is rebuilt while the engine
+    // renames the container (the refresh takes it by its new name already); nothing runs in the container
+    // before the create answers.
     await allEnded([
       span('claim.binds', () => linkPoolBinds(config, request.sandboxId, claim)),
       docker.updateContainer(entry.containerId, {
@@ -203,11 +204,12 @@ export async function claimPoolContainer(
         PidsLimit: request.pidsLimit,
       }),
       span('claim.identity', () => applyIdentity(docker, entry.containerId, request.sandboxId)),
-      (async () => {
-        await docker.renameContainer(entry.containerId, request.sandboxId);
-        renamed = true;
-        await span('host.egress-refresh', async () => (await import('./network')).refreshSandboxPolicies(config, docker));
-      })(),
+      span('host.egress-refresh', async () =>
+        (await import('./network')).refreshAsRenamed(config, docker, entry.containerId, request.sandboxId, async () => {
+          await docker.renameContainer(entry.containerId, request.sandboxId);
+          renamed = true;
+        }),
+      ),
     ]);
     pool.execServers?.rename(entry.name, request.sandboxId);
     return true;

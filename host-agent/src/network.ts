@@ -33,6 +33,7 @@ import { loadHostConfig, sandboxPaths, type EgressEndpoint, type HostConfig } fr
 import { DockerApiError, DockerClient } from './docker';
 import { blockedIpv4Ranges, readEgressPolicy } from '../../contract/egress-policy';
 import { coalesced } from './coalesced';
+import { allEnded } from './all-ended';
 import { HostAgentError } from './errors';
 import { containerLabels, ownerLabelValue } from '../../contract/host-protocol';
 import { sandboxIdPattern } from '../../contract/ids';
@@ -375,11 +376,35 @@ function isAllowAll(config: HostConfig, sandboxId: string): boolean {
 /** Addresses of the network's sandboxes whose policy is allow_all, from Docker's view (running containers only). */
 function openAddresses(config: HostConfig, info: NetworkInfo): string[] {
   const ips: string[] = [];
-  for (const container of Object.values(info.Containers ?? {})) {
+  for (const [id, container] of Object.entries(info.Containers ?? {})) {
     const ip = (container.IPv4Address ?? '').split('/')[0];
-    if (ip && sandboxIdPattern.test(container.Name) && isAllowAll(config, container.Name)) ips.push(ip);
+    const name = renaming.get(id) ?? container.Name;
+    if (ip && sandboxIdPattern.test(name) && isAllowAll(config, name)) ips.push(ip);
   }
   return ips;
+}
+
+/** Containers being renamed to a sandbox's id (a warm pool claim), by container id: a refresh takes them by that name already. */
+const renaming = new Map<string, string>();
+
+/**
+ * Runs `rename` (which names container `containerId` `sandboxId`) and a firewall refresh that already takes
+ * the container as that sandbox, side by side: a claim need not wait for the engine's rename to rebuild the
+ * fast path. Both have ended when it resolves.
+ */
+export async function refreshAsRenamed(
+  config: HostConfig,
+  docker: DockerClient,
+  containerId: string,
+  sandboxId: string,
+  rename: () => Promise<void>,
+): Promise<void> {
+  renaming.set(containerId, sandboxId);
+  try {
+    await allEnded([rename(), refreshSandboxPolicies(config, docker)]);
+  } finally {
+    renaming.delete(containerId);
+  }
 }
 
 function desiredInput(config: HostConfig, info: NetworkInfo): DesiredInput {

@@ -7,7 +7,7 @@
  * the daemon through its loopback door without starting a process.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
@@ -115,6 +115,15 @@ describe('the warm pool', () => {
     assert.equal(info.Name, `/${id}`);
     assert.equal(info.HostConfig.Memory, 1024 * 1024 * 1024);
     assert.equal(info.HostConfig.MemorySwap, 1024 * 1024 * 1024);
+    // allow_all (the default): its address is on the firewall's fast path as the create answers (the refresh ran
+    // while the engine renamed the container; an unclaimed pool container's address is never there).
+    const ip = Object.values(info.NetworkSettings.Networks as Record<string, { IPAddress: string }>)[0]!.IPAddress;
+    assert.ok(
+      execFileSync('iptables-save', ['-t', 'filter'], { encoding: 'utf8' })
+        .split('\n')
+        .some((line) => line.includes(` -s ${ip}/32 `)),
+      `the claimed sandbox's address ${ip} is open`,
+    );
 
     const cold = await create(uniqueUser('cold'), { memory_mb: 2048 });
     const coldInfo = await inspect(cold);
