@@ -11,6 +11,7 @@
 import { GetCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
 import { conditionally, dynamo, queryAll } from './clients/dynamodb';
 import { config } from './config';
+import { logger } from './logger';
 import { rankHosts, zeroResources, type Allocation, type PlacementStrategy, type Resources } from './placement';
 import { hostsTable, indexName } from './tables';
 
@@ -225,15 +226,23 @@ export async function placeSandbox(
   o: { strategy?: PlacementStrategy; image?: string; now?: number } = {},
 ): Promise<HostRecord | undefined> {
   const now = o.now ?? Date.now();
-  const ranked = rankHosts(await activeHosts(), request, {
-    strategy: o.strategy ?? config().placementStrategy,
-    freshAfter: now - config().hostLostAfterSeconds * 1000,
-    image: o.image,
-  });
+  const freshAfter = now - config().hostLostAfterSeconds * 1000;
+  const active = await activeHosts();
+  const ranked = rankHosts(active, request, { strategy: o.strategy ?? config().placementStrategy, freshAfter, image: o.image });
   for (const host of ranked) {
     const taken = await takeAllocation(host, sandboxId, request, now);
     if (taken) return taken;
   }
+  // Why there was no room, for whoever reads the logs of a create answered no_capacity.
+  logger.warn('placement: no host took the sandbox', {
+    sandboxId,
+    request,
+    activeHosts: active.length,
+    freshHosts: active.filter((h) => h.last_heartbeat_at >= freshAfter).length,
+    // Each was tried, and its conditional write did not hold (another create took the room, the host changed).
+    fittingHosts: ranked.length,
+    hosts: active.map((h) => ({ hostId: h.host_id, lastHeartbeatAt: h.last_heartbeat_at, capacity: h.capacity, allocated: h.allocated })),
+  });
   return undefined;
 }
 
