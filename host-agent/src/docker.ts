@@ -254,6 +254,17 @@ export class DockerClient {
     return this.call('GET', `/exec/${execId}/json`, `inspect exec ${execId}`);
   }
 
+  /** A started exec's process id (host pid): the engine reports it a moment after the start. */
+  async execPid(execId: string): Promise<number> {
+    for (let attempt = 0; attempt < 200; attempt++) {
+      const info = await this.inspectExec(execId);
+      if (info.Pid) return info.Pid;
+      if (!info.Running && attempt > 0 && typeof info.ExitCode === 'number') break;
+      await new Promise((r) => setTimeout(r, Math.min(20, 1 + attempt)));
+    }
+    throw new HostAgentError('docker_error', `exec ${execId} reports no process`);
+  }
+
   async inspectNetwork(name: string): Promise<NetworkInspectInfo | undefined> {
     try {
       return await this.call<NetworkInspectInfo>('GET', `/networks/${encodeURIComponent(name)}`, `inspect network ${name}`);

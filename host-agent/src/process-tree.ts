@@ -5,6 +5,16 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 
+/** Whether a process still exists (signal 0 probes without sending anything; a zombie still does). */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 /** Parent PID of every process, from /proc/<pid>/stat (comm may contain spaces and parens). */
 function parentsByPid(): Map<number, number> {
   const parents = new Map<number, number>();

@@ -9,8 +9,8 @@
  * gives: the same user and groups, capabilities (none), seccomp profile,
  * no_new_privs, limits and namespaces. Its environment is the one the engine
  * gave it (read back from /proc, before bash changed anything), and each command
- * gets that plus its own env, with every signal at its default, as a docker exec
- * gives it. It runs in a cgroup of its own inside the container's; each command
+ * gets that plus its own env, with every signal at its default and a session of
+ * its own, as a docker exec gives it. It runs in a cgroup of its own inside the container's; each command
  * leaves it for the command's cgroup before it may start anything (the wrapper
  * waits for "go", exec-wrapper.ts), as with a docker exec.
  *
@@ -28,8 +28,8 @@
  * The host trusts it with nothing else: a pid it reports is looked up among the
  * server's own cgroup's members (never another process on the host), and a
  * command whose server went away still ends when its shell does (its exit code
- * then unknown). A server that does not answer in time is killed (its cgroup)
- * and the host falls back to docker exec for that sandbox.
+ * then unknown). A server that does not answer in time is killed (its cgroup):
+ * that command starts with docker exec, and the next one starts a new server.
  */
 import { execFile } from 'node:child_process';
 import { constants, open, readFileSync } from 'node:fs';
@@ -39,6 +39,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { logger } from '../../../lambdas/shared/logger';
 import type { DockerClient } from '../docker';
+import { isAlive } from '../process-tree';
 import { cgroupOfPid, CommandCgroup } from './cgroup';
 
 const run = promisify(execFile);
@@ -107,15 +108,6 @@ interface Waiting {
   pid?: (pid: number) => void;
   fail: (why: string) => void;
   exitCode?: number;
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /** The host pid of the member of `cgroupDir` whose pid in its own namespace is `nsPid`. */
@@ -189,7 +181,7 @@ export class ExecServer {
         AttachStderr: false,
       });
       await o.docker.startExecDetached(Id);
-      const pid = await execPid(o.docker, Id);
+      const pid = await o.docker.execPid(Id);
       const containerCgroup = cgroupOfPid(pid);
       cgroup = new CommandCgroup(join(containerCgroup, serverCgroupName));
       if (!cgroup.isEmpty()) {
@@ -361,16 +353,6 @@ export class ExecServer {
     this.req.destroy();
     if (this.waiting.size === 0) this.res.destroy();
   }
-}
-
-async function execPid(docker: DockerClient, execId: string): Promise<number> {
-  for (let attempt = 0; attempt < 200; attempt++) {
-    const info = await docker.inspectExec(execId);
-    if (info.Pid) return info.Pid;
-    if (!info.Running && attempt > 0 && typeof info.ExitCode === 'number') break;
-    await new Promise((r) => setTimeout(r, Math.min(20, 1 + attempt)));
-  }
-  throw new ExecServerError(`the exec server's exec ${execId} reports no process`);
 }
 
 /**

@@ -41,6 +41,7 @@ import { commandOutputPrefix, runOutputBudgetChars, type CommandSnapshot, type R
 import { CommandCgroup } from './cgroup';
 import { ExecServerError, execServerUser, type ExecServers } from './exec-server';
 import { makeFifoStdio, type FifoStdio } from './fifo-stdio';
+import { isAlive } from '../process-tree';
 import { OutputStore } from './output-store';
 import { span } from '../../../lambdas/shared/timing';
 
@@ -75,15 +76,6 @@ const killedExitCode = 137;
 const drainAfterExitMs = 100;
 /** How often a command whose shell might have died unseen is checked. */
 const exitBackstopMs = 1_000;
-/** Whether a process still exists (signal 0 probes without sending anything). */
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** A pending command nobody started after this long is lost. */
 const unstartedAfterMs = 60_000;
@@ -410,7 +402,8 @@ export class CommandRunner {
       AttachStderr: false,
     });
     await this.o.docker.startExecDetached(execId);
-    const pid = await this.execPid(execId);
+    // The wrapper waits for "go" meanwhile.
+    const pid = await this.o.docker.execPid(execId);
     return {
       pid,
       cgroup: CommandCgroup.forContainer(pid, commandId),
@@ -426,17 +419,6 @@ export class CommandRunner {
         return typeof info.ExitCode === 'number' ? info.ExitCode : null;
       },
     };
-  }
-
-  /** The exec's process id: the engine reports it a moment after the start (the wrapper waits for "go" meanwhile). */
-  private async execPid(execId: string): Promise<number> {
-    for (let attempt = 0; attempt < 200; attempt++) {
-      const info = await this.o.docker.inspectExec(execId);
-      if (info.Pid) return info.Pid;
-      if (!info.Running && attempt > 0 && typeof info.ExitCode === 'number') break;
-      await new Promise((r) => setTimeout(r, Math.min(20, 1 + attempt)));
-    }
-    throw new HostAgentError('docker_error', `exec ${execId} reports no process`);
   }
 
   /** Stops the whole command from outside; its end is recorded once its cgroup is empty. */

@@ -9,6 +9,7 @@ import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { StorageError } from './errors';
+import { isAlive } from '../process-tree';
 import { errnoCode, type HotEntryKind, type LocalEntry } from './home-walk';
 
 export interface ManifestEntry {
@@ -79,7 +80,7 @@ export async function withSyncLock<T>(stateFile: string, timeoutMs: number, fn: 
     } catch (err) {
       if (errnoCode(err) !== 'EEXIST') throw err;
       const owner = Number.parseInt(await readFile(lockFile, 'utf8').catch(() => ''), 10);
-      if (Number.isInteger(owner) && owner > 0 && !isProcessAlive(owner)) {
+      if (Number.isInteger(owner) && owner > 0 && !isAlive(owner)) {
         await rm(lockFile, { force: true });
         continue;
       }
@@ -93,15 +94,6 @@ export async function withSyncLock<T>(stateFile: string, timeoutMs: number, fn: 
     return await fn();
   } finally {
     await rm(lockFile, { force: true });
-  }
-}
-
-function isProcessAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return errnoCode(err) === 'EPERM';
   }
 }
 
