@@ -15,15 +15,19 @@ export function isAlive(pid: number): boolean {
   }
 }
 
+/** The fields of /proc/<pid>/stat after the command name (which may hold spaces and parens): state, ppid, ... */
+export function statFields(pid: number | string): string[] {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
 /** Parent PID of every process, from /proc/<pid>/stat (comm may contain spaces and parens). */
 function parentsByPid(): Map<number, number> {
   const parents = new Map<number, number>();
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'latin1');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      parents.set(Number(entry), Number(fields[1]));
+      parents.set(Number(entry), Number(statFields(entry)[1]));
     } catch {
       // The process exited between readdir and read: nothing to kill.
     }

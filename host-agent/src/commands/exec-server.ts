@@ -32,15 +32,16 @@
  * that command starts with docker exec, and the next one starts a new server.
  */
 import { execFile } from 'node:child_process';
-import { constants, open, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { chown, rm, writeFile } from 'node:fs/promises';
-import { Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { logger } from '../../../lambdas/shared/logger';
 import type { DockerClient } from '../docker';
-import { isAlive } from '../process-tree';
+import { isAlive, statFields } from '../process-tree';
 import { cgroupOfPid, CommandCgroup } from './cgroup';
+import { openFifo } from './fifo-stdio';
 
 const run = promisify(execFile);
 
@@ -126,14 +127,6 @@ function hostPidOf(cgroupDir: string, nsPid: number): number | undefined {
   return undefined;
 }
 
-function openFifo(path: string, readable: boolean): Promise<Socket> {
-  return new Promise((resolve, reject) =>
-    open(path, constants.O_RDWR | constants.O_NONBLOCK | constants.O_NOFOLLOW, (err, fd) =>
-      err ? reject(err) : resolve(new Socket({ fd, readable, writable: !readable })),
-    ),
-  );
-}
-
 export class ExecServerError extends Error {}
 
 export class ExecServer {
@@ -170,7 +163,7 @@ export class ExecServer {
     const paths = [join(o.ioDir, requestFifo), join(o.ioDir, responseFifo)];
     await Promise.all(paths.map((p) => rm(p, { force: true })));
     await run('mkfifo', ['-m', '0666', ...paths]);
-    const [req, res] = await Promise.all([openFifo(paths[0]!, false), openFifo(paths[1]!, true)]);
+    const [{ socket: req }, { socket: res }] = await Promise.all([openFifo(paths[0]!, false), openFifo(paths[1]!, true)]);
     let cgroup: CommandCgroup | undefined;
     try {
       const { Id } = await o.docker.createExec(o.container, {
@@ -259,8 +252,7 @@ export class ExecServer {
   get usable(): boolean {
     if (this.broken) return false;
     try {
-      const stat = readFileSync(`/proc/${this.pid}/stat`, 'utf8');
-      const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+      const state = statFields(this.pid)[0];
       if (state !== 'Z' && state !== 'X' && readFileSync(`/proc/${this.pid}/cgroup`, 'utf8').includes(`/${serverCgroupName}\n`)) return true;
     } catch {
       // Gone.

@@ -47,7 +47,7 @@ function fifoPaths(ioDir: string, commandId: string): { in: string; out: string;
 }
 
 /** Opens a FIFO as a plain descriptor the socket owns (a FileHandle would close it again when collected). */
-async function openFifo(path: string, readable: boolean): Promise<{ socket: Socket; fd: number }> {
+export async function openFifo(path: string, readable: boolean): Promise<{ socket: Socket; fd: number }> {
   // O_NOFOLLOW: the directory is the host's own, but never follow a link anyway.
   const fd = await new Promise<number>((resolve, reject) =>
     open(path, constants.O_RDWR | constants.O_NONBLOCK | constants.O_NOFOLLOW, (err, value) => (err ? reject(err) : resolve(value))),
