@@ -425,13 +425,15 @@ async function applyEgressRules(config: HostConfig, docker: DockerClient, info: 
       continue;
     }
     /** Each table's rules as wanted, with what it holds, where it lacks some. */
-    const lacking = (now: Map<string, SavedTable>, network: NetworkInfo) =>
-      tables
+    const lacking = (now: Map<string, SavedTable>, network: NetworkInfo) => {
+      const input = desiredInput(config, network);
+      return tables
         .map((table) => {
           const saved = tableIn(now, table);
-          return { desired: desiredRules(family, table, desiredInput(config, network), saved), saved };
+          return { desired: desiredRules(family, table, input, saved), saved };
         })
         .filter(({ desired, saved }) => missingRules(desired, saved).length > 0);
+    };
     if (lacking(saved, info).length === 0) continue;
     await withHostLock(config, `egress-${family}`, async () => {
       // Under the lock: the tables and the containers (and so the open addresses) as they are now.
@@ -545,9 +547,10 @@ export async function checkEgressRules(config: HostConfig = loadHostConfig(), do
       if (family === 'ipv4') missing.push(`${tools[family].save} not found`);
       continue;
     }
+    const input = desiredInput(config, info);
     for (const table of tables) {
       const have = tableIn(saved, table);
-      missing.push(...missingRules(desiredRules(family, table, desiredInput(config, info), have), have));
+      missing.push(...missingRules(desiredRules(family, table, input, have), have));
     }
   }
   return { network: network.name, bridge: network.bridge, missing };
