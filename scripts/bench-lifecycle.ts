@@ -267,7 +267,9 @@ try {
     takeSpans();
     await api.destroy(id, false);
 
-    // A shape the pool does not hold (another /tmp size): the cold path, in the same run.
+    // A shape the pool does not hold (another /tmp size): the cold path, in the same run, with no refill beside
+    // it (the claim above deferred one: warm-pool.ts refillDelayMs).
+    await poolFull();
     takeSpans();
     let cold = '';
     const cc = await time(async () => (cold = await createReady(`bench-cold-${i}`, { memory_mb: 2048 })));

@@ -35,7 +35,7 @@ import { sandboxPaths, type HostConfig } from './config';
 import type { CreateInput } from './create';
 import type { DockerClient } from './docker';
 import { mountsUnder } from './sandbox-storage';
-import { removePoolDir, type PoolContainer, type WarmPool } from './warm-pool';
+import { type ContainerIdentity, identityOf, removePoolDir, type PoolContainer, type WarmPool } from './warm-pool';
 
 const run = promisify(execFile);
 
@@ -138,19 +138,33 @@ export async function releasePoolDir(config: HostConfig, sandboxId: string): Pro
 /**
  * The hostname a cold create gives (the sandbox id): UTS hostname, /etc/hostname
  * and /etc/hosts. Docker sets the pool name at every start, so a resume applies it again.
+ * `known`: the container's identity read when it started (a pool container's, warm-pool.ts), used
+ * when its init is still that pid in the container's own cgroup; otherwise the engine is asked.
  */
-export async function applyIdentity(docker: DockerClient, containerId: string, sandboxId: string): Promise<void> {
-  const info = await docker.inspectContainer(containerId);
-  if (!info?.State.Running || !info.State.Pid) throw new Error(`container ${containerId} is not running`);
-  const previous = info.Config.Hostname;
+export async function applyIdentity(docker: DockerClient, containerId: string, sandboxId: string, known?: ContainerIdentity): Promise<void> {
+  const identity = known && (await stillInit(known.pid, containerId)) ? known : identityOf(await docker.inspectContainer(containerId));
+  if (!identity) throw new Error(`container ${containerId} is not running`);
   // Only the UTS namespace is entered: `hostname` is the host's own binary, the argument a checked sandbox id.
-  await run('nsenter', ['--target', String(info.State.Pid), '--uts', 'hostname', sandboxId]);
+  await run('nsenter', ['--target', String(identity.pid), '--uts', 'hostname', sandboxId]);
   // Rewritten in place: the container sees these files through bind mounts of their inodes.
-  if (info.HostnamePath) await writeFile(info.HostnamePath, `${sandboxId}\n`);
-  if (info.HostsPath && previous && previous !== sandboxId) {
-    const hosts = await readFile(info.HostsPath, 'utf8');
+  if (identity.hostnamePath) await writeFile(identity.hostnamePath, `${sandboxId}\n`);
+  const previous = identity.hostname;
+  if (identity.hostsPath && previous && previous !== sandboxId) {
+    const hosts = await readFile(identity.hostsPath, 'utf8');
     const escaped = previous.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-    await writeFile(info.HostsPath, hosts.replace(new RegExp(`(\\s)${escaped}(?=\\s|$)`, 'gm'), `$1${sandboxId}`));
+    await writeFile(identity.hostsPath, hosts.replace(new RegExp(`(\\s)${escaped}(?=\\s|$)`, 'gm'), `$1${sandboxId}`));
+  }
+}
+
+/**
+ * True when `pid` is a live process in container `containerId`'s cgroup (its cgroup path names the
+ * container's full id, under either cgroup driver): the pid was not reused by a process elsewhere.
+ */
+async function stillInit(pid: number, containerId: string): Promise<boolean> {
+  try {
+    return (await readFile(`/proc/${pid}/cgroup`, 'utf8')).includes(containerId);
+  } catch {
+    return false;
   }
 }
 
@@ -195,15 +209,19 @@ export async function claimPoolContainer(
     // they were two thirds of a pooled create's claim). The firewall's fast path is rebuilt while the engine
     // renames the container (the refresh takes it by its new name already); nothing runs in the container
     // before the create answers.
+    const sameShape = (['cpu', 'memoryMb', 'pidsLimit'] as const).every((k) => request[k] === entry.resources[k]);
     await allEnded([
       span('claim.binds', () => linkPoolBinds(config, request.sandboxId, claim)),
-      docker.updateContainer(entry.containerId, {
-        NanoCpus: Math.round(request.cpu * 1e9),
-        Memory: memory,
-        MemorySwap: memory,
-        PidsLimit: request.pidsLimit,
-      }),
-      span('claim.identity', () => applyIdentity(docker, entry.containerId, request.sandboxId)),
+      // The pool's shape is the default one: most claims ask for the limits the container already has.
+      sameShape
+        ? undefined
+        : docker.updateContainer(entry.containerId, {
+            NanoCpus: Math.round(request.cpu * 1e9),
+            Memory: memory,
+            MemorySwap: memory,
+            PidsLimit: request.pidsLimit,
+          }),
+      span('claim.identity', () => applyIdentity(docker, entry.containerId, request.sandboxId, entry.identity)),
       span('host.egress-refresh', async () =>
         (await import('./network')).refreshAsRenamed(config, docker, entry.containerId, request.sandboxId, async () => {
           await docker.renameContainer(entry.containerId, request.sandboxId);

@@ -16,6 +16,8 @@ import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { s3 } from '../../lambdas/shared/clients/s3';
 import { getHost } from '../../lambdas/shared/host-store';
 import { encodeInline } from '../../contract/host-protocol';
+import { applyIdentity } from '../../host-agent/src/claim';
+import { DockerClient } from '../../host-agent/src/docker';
 import { poolLabel } from '../../host-agent/src/warm-pool';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';
 import { repoRoot } from '../../lib/paths';
@@ -24,12 +26,20 @@ import { containerExists, docker, inspect } from '../support/docker';
 import { hotPrefix, uniqueUser, waitFor } from './lifecycle-support';
 
 const depth = 2;
+/** Longer than the default (1 s), so that the test below sees the deferral whatever the machine's load. */
+const refillDelayMs = 3000;
 let stack: LocalStack;
 let api: ApiClient;
 const made: string[] = [];
 
 before(async () => {
-  stack = await startLocalStack({ port: 0, reaperIntervalMs: 0, hostHeartbeatMs: 1000, warmContainers: depth, env: { RECONCILE_GRACE_SECONDS: '2' } });
+  stack = await startLocalStack({
+    port: 0,
+    reaperIntervalMs: 0,
+    hostHeartbeatMs: 1000,
+    warmContainers: depth,
+    env: { RECONCILE_GRACE_SECONDS: '2', WARM_POOL_REFILL_DELAY_MS: String(refillDelayMs) },
+  });
   api = apiClient(stack.url, stack.apiKey);
 });
 after(async () => {
@@ -152,10 +162,17 @@ describe('the warm pool', () => {
     const token = (await api.call('POST', `/sandboxes/${id}/heartbeat`)).status;
     assert.equal(token, 200);
 
-    // Another create never gets this container, and the pool fills up again behind the claim.
+    // Another create never gets this container, and the pool fills up again behind the claim. This one asks for
+    // other limits than the pool's (the default shape, which the claim above had and kept without a `docker update`):
+    // its claim sets them.
     await poolFull();
-    const other = await create(uniqueUser('pool2'));
-    assert.notEqual((await inspect(other)).Id, info.Id);
+    const pool2 = new Set((await readyPool()).map((c) => c.Id));
+    const other = await create(uniqueUser('pool2'), { cpu: 0.5 });
+    const otherInfo = await inspect(other);
+    assert.notEqual(otherInfo.Id, info.Id);
+    assert.ok(pool2.has(otherInfo.Id), 'a shape with the pool /tmp size is claimed whatever its CPU');
+    assert.equal(otherInfo.HostConfig.NanoCpus, 0.5e9, 'the claim set the CPU asked for');
+    assert.equal(info.HostConfig.NanoCpus, 1e9);
 
     // The next sandbox of the same user sees the home and the cold tier.
     const destroyed = await api.destroyAndWait(id, true);
@@ -211,6 +228,53 @@ describe('the warm pool', () => {
     const mounts = readFileSync('/proc/mounts', 'utf8');
     assert.ok(!mounts.includes(poolDir), 'the pool directory is unmounted');
     assert.ok(!mounts.includes(join(stack.stateDir, 'sandboxes', id)), 'the sandbox state is unmounted');
+  });
+
+  it('refills after a claim that left the pool a container only once the new sandbox had its first moments to itself', async () => {
+    await poolFull();
+    const started = Date.now();
+    const id = await create(uniqueUser('refill'));
+    const first = await api.exec(id, 'true');
+    assert.equal(first.status, 200, first.text);
+    const all = await docker.listContainers({ all: true, filters: { label: [poolLabel, `dev.ephemeral-sandbox.host-id=${stack.hostId}`] } });
+    const unclaimed = all.filter((c) => c.Names[0]!.startsWith('/sbxpool-'));
+    if (Date.now() - started < refillDelayMs - 500) {
+      assert.equal(unclaimed.length, depth - 1, 'no pool container is being made while the claimed sandbox runs its first command');
+    }
+    await poolFull();
+  });
+
+  it('sets a claimed hostname only in the container: a remembered pid that is no longer its init is not entered', async () => {
+    await poolFull();
+    const id = await create(uniqueUser('identity'));
+    const info = await inspect(id);
+    // Another UTS namespace standing in for a process that took a pool container's pid after it was remembered.
+    const stranger = spawn('unshare', ['--uts', 'sleep', '60'], { stdio: 'ignore' });
+    try {
+      await waitFor(
+        'the stranger to be in its own namespace',
+        async () => {
+          try {
+            return readFileSync(`/proc/${stranger.pid}/comm`, 'utf8').trim() === 'sleep';
+          } catch {
+            return false;
+          }
+        },
+        10_000,
+      );
+      const strangerName = () => execFileSync('nsenter', ['--target', String(stranger.pid), '--uts', 'hostname'], { encoding: 'utf8' }).trim();
+      const before = strangerName();
+      await applyIdentity(new DockerClient('/var/run/docker.sock'), info.Id, id, {
+        pid: stranger.pid!,
+        hostname: 'remembered',
+        hostnamePath: '',
+        hostsPath: '',
+      });
+      assert.equal(strangerName(), before, 'the process outside the container keeps its hostname');
+      assert.equal((await sh(id, 'hostname')).trim(), id, 'the container was found by asking the engine');
+    } finally {
+      stranger.kill('SIGKILL');
+    }
   });
 
   it('removes the pool containers of a daemon that died and fills a fresh pool when it is back', async () => {
