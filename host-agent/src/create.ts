@@ -207,5 +207,8 @@ export async function createSandbox(request: CreateInput, config: HostConfig, do
   // Docker may have handed it the address of a sandbox that just left: rebuild the fast path before it runs anything.
   if (request.network !== 'none') await span('host.egress-refresh', async () => (await import('./network')).refreshSandboxPolicies(config, docker));
   startSpareFifos(io);
+  // Its exec server, off the create's path: ready, most often, before the first command arrives (which would
+  // otherwise start through docker exec and start the server beside it). A server that fails costs nothing more.
+  void pool?.execServers?.start(request.sandboxId, io, sandboxIoMount);
   return { containerId, hostMs: Date.now() - started, ...(hotSync ? { hotSync } : {}) };
 }

@@ -11,6 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import { ListCommandsCommand, SSMClient } from '@aws-sdk/client-ssm';
 import { startLocalStack, type LocalStack } from '../../lib/local/stack';
 import { apiClient, type ApiClient } from '../support/api-client';
+import { docker } from '../support/docker';
 import { sleep, waitFor } from '../lifecycle/lifecycle-support';
 
 let stack: LocalStack;
@@ -453,6 +454,28 @@ describe('the exec server: a warm process in each sandbox starts its commands (n
     assert.equal(rest(viaServer.body.stdout), rest(viaDocker.body.stdout));
     // A new server takes over.
     await served();
+  });
+
+  it("starts a cold sandbox's server with its create, before its first command", async () => {
+    const c = await api.create('commands-server-user');
+    assert.equal(c.status, 201, c.text);
+    const sid = c.body.sandbox_id as string;
+    try {
+      // No command has run in it: a server there was started by the create.
+      await waitFor(
+        "the new sandbox's exec server",
+        async () =>
+          (await docker.getContainer(sid).top({ ps_args: '-eo pid,args' })).Processes?.some((p: string[]) =>
+            p[1]?.startsWith('/bin/bash --noprofile --norc -c io='),
+          ),
+        20_000,
+        100,
+      );
+      const first = await api.exec(sid, 'echo "started-by=$([ "$PPID" = 0 ] && echo docker-exec || echo exec-server)"');
+      assert.equal(startedBy(first.body.stdout), 'exec-server', first.text);
+    } finally {
+      await api.destroy(sid);
+    }
   });
 
   it('keeps commands apart: `kill 0` in one reaches neither another command nor the server', async () => {
