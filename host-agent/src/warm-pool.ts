@@ -200,17 +200,14 @@ export class WarmPool {
       this.claiming.add(entry.containerId);
     } else this.counters.missed++;
     if (entry && this.ready.length > 0 && this.settings.refillDelayMs > 0) this.refillAfterClaim();
-    else this.refill();
+    else this.refillNow();
     return entry;
   }
 
   /** Refills once the claimed sandbox had its first moments to itself; at once if the pool runs dry meanwhile. */
   private refillAfterClaim(): void {
     if (this.refillTimer || this.refilling) return;
-    this.refillTimer = setTimeout(() => {
-      this.refillTimer = undefined;
-      this.refill();
-    }, this.settings.refillDelayMs);
+    this.refillTimer = setTimeout(() => this.refillNow(), this.settings.refillDelayMs);
     this.refillTimer.unref();
   }
 
@@ -229,7 +226,7 @@ export class WarmPool {
     for (const entry of stale) this.ready.splice(this.ready.indexOf(entry), 1);
     logger.info('warm pool: containers of the replaced image removed', { image, removed: stale.map((c) => c.name) });
     await Promise.all(stale.map((e) => this.discard(e).catch((err) => logger.error('warm pool: could not remove a container of the replaced image', { err }))));
-    this.refill();
+    this.refillNow();
   }
 
   /** The claim of a taken container is over (it is a sandbox now, or it was discarded). */
@@ -241,8 +238,16 @@ export class WarmPool {
     return tmpSizeMbFor(this.settings.memoryMb, this.config.tmpSizeMb);
   }
 
-  /** Fills the pool to its depth in the background, one container at a time; a no-op while a refill runs. */
+  /**
+   * Fills the pool to its depth in the background, one container at a time; a no-op while a refill runs, or while
+   * one deferred after a claim waits (it starts soon: the daemon's periodic top-up must not cut the wait short).
+   */
   refill(): void {
+    if (this.refillTimer) return;
+    this.refillNow();
+  }
+
+  private refillNow(): void {
     clearTimeout(this.refillTimer);
     this.refillTimer = undefined;
     if (this.refilling || this.closed || this.settings.depth === 0) return;
