@@ -131,6 +131,15 @@ function startSpareFifos(io: string): void {
   void import('./commands/fifo-stdio').then(({ makeSpareFifos }) => makeSpareFifos(io)).catch(() => undefined);
 }
 
+/**
+ * Starts the exec server of a sandbox whose container just started (a cold create, a resume), off the verb's path:
+ * ready, most often, before the first command arrives, which would otherwise start through docker exec and start
+ * the server beside it. A server that fails to start costs nothing more (commands use docker exec).
+ */
+export function startExecServer(pool: WarmPool | undefined, config: HostConfig, sandboxId: string): void {
+  void pool?.execServers?.start(sandboxId, sandboxPaths(config, sandboxId).io, sandboxIoMount);
+}
+
 /** Starts an owned container if it is not running, and answers its id. */
 async function adopt(docker: DockerClient, info: ContainerInspectInfo, request: CreateInput, config: HostConfig): Promise<string> {
   if (!isOwned(info)) {
@@ -207,8 +216,6 @@ export async function createSandbox(request: CreateInput, config: HostConfig, do
   // Docker may have handed it the address of a sandbox that just left: rebuild the fast path before it runs anything.
   if (request.network !== 'none') await span('host.egress-refresh', async () => (await import('./network')).refreshSandboxPolicies(config, docker));
   startSpareFifos(io);
-  // Its exec server, off the create's path: ready, most often, before the first command arrives (which would
-  // otherwise start through docker exec and start the server beside it). A server that fails costs nothing more.
-  void pool?.execServers?.start(request.sandboxId, io, sandboxIoMount);
+  startExecServer(pool, config, request.sandboxId);
   return { containerId, hostMs: Date.now() - started, ...(hotSync ? { hotSync } : {}) };
 }

@@ -134,6 +134,7 @@ async function dispatch(verb: HostVerb, request: unknown, config: HostConfig, ru
           const result = (request as ResumeRequest).relocate
             ? await (await import('./relocate')).resumeRelocated(request as never, config, docker)
             : await (await import('./lifecycle')).resumeSandbox(request as never, config, docker);
+          (await import('./create')).startExecServer(runtime?.pool, config, r.sandboxId);
           await records(async (rec) => rec.recordResumed(r.sandboxId, { ok: true, tmpNotRestored: result.tmp?.warnings ?? [] }));
           return result;
         } catch (error) {

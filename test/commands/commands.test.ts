@@ -456,14 +456,13 @@ describe('the exec server: a warm process in each sandbox starts its commands (n
     await served();
   });
 
-  it("starts a cold sandbox's server with its create, before its first command", async () => {
+  it("starts a sandbox's server as its container starts (a cold create, a resume), before its first command", async () => {
     const c = await api.create('commands-server-user');
     assert.equal(c.status, 201, c.text);
     const sid = c.body.sandbox_id as string;
-    try {
-      // No command has run in it: a server there was started by the create.
-      await waitFor(
-        "the new sandbox's exec server",
+    const serverRuns = (what: string) =>
+      waitFor(
+        what,
         async () =>
           (await docker.getContainer(sid).top({ ps_args: '-eo pid,args' })).Processes?.some((p: string[]) =>
             p[1]?.startsWith('/bin/bash --noprofile --norc -c io='),
@@ -471,8 +470,20 @@ describe('the exec server: a warm process in each sandbox starts its commands (n
         20_000,
         100,
       );
-      const first = await api.exec(sid, 'echo "started-by=$([ "$PPID" = 0 ] && echo docker-exec || echo exec-server)"');
-      assert.equal(startedBy(first.body.stdout), 'exec-server', first.text);
+    const whoStarts = async () => (await api.exec(sid, 'echo "started-by=$([ "$PPID" = 0 ] && echo docker-exec || echo exec-server)"')).body.stdout;
+    try {
+      // No command has run in it: a server there was started by the create.
+      await serverRuns("the new sandbox's exec server");
+      assert.equal(startedBy(await whoStarts()), 'exec-server');
+      // Stopped, its container's processes are gone; started again, it gets a server before any command.
+      const pause = await api.call('POST', `/sandboxes/${sid}/pause`);
+      assert.ok([200, 202].includes(pause.status), pause.text);
+      await waitFor('the sandbox to be paused', async () => (await api.get(sid)).body.status === 'paused', 60_000);
+      const resume = await api.call('POST', `/sandboxes/${sid}/resume`);
+      assert.ok([200, 202].includes(resume.status), resume.text);
+      await waitFor('the sandbox to be ready again', async () => (await api.get(sid)).body.status === 'ready', 60_000);
+      await serverRuns("the resumed sandbox's exec server");
+      assert.equal(startedBy(await whoStarts()), 'exec-server');
     } finally {
       await api.destroy(sid);
     }

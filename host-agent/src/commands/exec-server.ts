@@ -360,10 +360,15 @@ export class ExecServers {
 
   constructor(private readonly docker: DockerClient) {}
 
-  /** Starts one for `container` (the daemon made it just now, or a command found none); answers it or undefined. */
+  /**
+   * Starts one for `container` (the daemon made or started it just now, or a command found none); answers it or
+   * undefined. A container whose server runs keeps it: never two servers on one pair of FIFOs.
+   */
   start(container: string, ioDir: string, ioMount: string): Promise<ExecServer | undefined> {
     const running = this.starting.get(container);
     if (running) return running;
+    const current = this.servers.get(container);
+    if (current?.usable) return Promise.resolve(current);
     const started = ExecServer.start({ docker: this.docker, container, ioDir, ioMount })
       .then(
         (server) => {
