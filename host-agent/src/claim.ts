@@ -32,6 +32,7 @@ import { logger } from '../../lambdas/shared/logger';
 import { allEnded } from './all-ended';
 import { span } from '../../lambdas/shared/timing';
 import { sandboxPaths, type HostConfig } from './config';
+import { cgroupOfPid } from './commands/cgroup';
 import type { CreateInput } from './create';
 import type { DockerClient } from './docker';
 import { mountsUnder } from './sandbox-storage';
@@ -142,7 +143,7 @@ export async function releasePoolDir(config: HostConfig, sandboxId: string): Pro
  * when its init is still that pid in the container's own cgroup; otherwise the engine is asked.
  */
 export async function applyIdentity(docker: DockerClient, containerId: string, sandboxId: string, known?: ContainerIdentity): Promise<void> {
-  const identity = known && (await stillInit(known.pid, containerId)) ? known : identityOf(await docker.inspectContainer(containerId));
+  const identity = known && stillInit(known.pid, containerId) ? known : identityOf(await docker.inspectContainer(containerId));
   if (!identity) throw new Error(`container ${containerId} is not running`);
   // Only the UTS namespace is entered: `hostname` is the host's own binary, the argument a checked sandbox id.
   await run('nsenter', ['--target', String(identity.pid), '--uts', 'hostname', sandboxId]);
@@ -160,9 +161,9 @@ export async function applyIdentity(docker: DockerClient, containerId: string, s
  * True when `pid` is a live process in container `containerId`'s cgroup (its cgroup path names the
  * container's full id, under either cgroup driver): the pid was not reused by a process elsewhere.
  */
-async function stillInit(pid: number, containerId: string): Promise<boolean> {
+function stillInit(pid: number, containerId: string): boolean {
   try {
-    return (await readFile(`/proc/${pid}/cgroup`, 'utf8')).includes(containerId);
+    return cgroupOfPid(pid).includes(containerId);
   } catch {
     return false;
   }

@@ -113,8 +113,6 @@ export interface PoolContainer {
    */
   imageRefs: string[];
   networkId: string;
-  /** Size of its /tmp (fixed at create): a claim must ask for a memory size that gives the same. */
-  tmpMb: number;
   /** The limits it was made with (the pool's shape): a claim that asks for the same needs no `docker update`. */
   resources: Pick<CreateInput, 'cpu' | 'memoryMb' | 'pidsLimit'>;
   /** What a claim's hostname step needs, read when it started (claim.ts applyIdentity): no engine call at the claim. */
@@ -349,7 +347,6 @@ export class WarmPool {
         imageId: image.Id,
         imageRefs,
         networkId: network.id,
-        tmpMb: this.poolTmpMb(),
         resources: { cpu, memoryMb, pidsLimit },
         identity,
       };

@@ -253,7 +253,7 @@ export class ExecServer {
     if (this.broken) return false;
     try {
       const state = statFields(this.pid)[0];
-      if (state !== 'Z' && state !== 'X' && readFileSync(`/proc/${this.pid}/cgroup`, 'utf8').includes(`/${serverCgroupName}\n`)) return true;
+      if (state !== 'Z' && state !== 'X' && cgroupOfPid(this.pid).endsWith(`/${serverCgroupName}`)) return true;
     } catch {
       // Gone.
     }
