@@ -19,6 +19,16 @@ export interface HandlerBundle {
   sourceMapBytes: number;
   /** SDK operations in the bundle, as `<client>:<Operation>` (e.g. `dynamodb:GetItem`). */
   sdkOperations: string[];
+  /** The npm packages with code in the bundle (`@aws-sdk/client-s3`, `zod`, ...), sorted. */
+  packages: string[];
+}
+
+/** The package a bundled input belongs to (its last node_modules segment), or undefined for the project's own files. */
+function packageOf(path: string): string | undefined {
+  const at = path.lastIndexOf('node_modules/');
+  if (at < 0) return undefined;
+  const [scope, name] = path.slice(at + 'node_modules/'.length).split('/');
+  return scope?.startsWith('@') ? `${scope}/${name}` : scope;
 }
 
 const commandFile = /node_modules\/@aws-sdk\/client-([a-z0-9-]+)\/dist-(?:es|cjs)\/commands\/(\w+)Command\.js$/;
@@ -32,9 +42,13 @@ export async function bundleHandlers(handlers: readonly string[], outDir: string
     const output = result.metafile!.outputs[relative(process.cwd(), outfile)];
     if (!output) throw new Error(`esbuild produced no output for ${handler}`);
     const sdkOperations = new Set<string>();
+    const packages = new Set<string>();
     for (const [path, input] of Object.entries(output.inputs)) {
+      if (input.bytesInOutput === 0) continue;
       const match = commandFile.exec(path);
-      if (match && input.bytesInOutput > 0) sdkOperations.add(`${match[1]}:${match[2]}`);
+      if (match) sdkOperations.add(`${match[1]}:${match[2]}`);
+      const pkg = packageOf(path);
+      if (pkg) packages.add(pkg);
     }
     const code = readFileSync(outfile);
     return {
@@ -43,6 +57,7 @@ export async function bundleHandlers(handlers: readonly string[], outDir: string
       gzipBytes: gzipSync(code, { level: 9 }).length,
       sourceMapBytes: statSync(`${outfile}.map`).size,
       sdkOperations: [...sdkOperations].sort(),
+      packages: [...packages].sort(),
     };
   });
 }
