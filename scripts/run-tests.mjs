@@ -24,6 +24,7 @@
  */
 import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -113,7 +114,23 @@ function lane(steps, output, o = {}) {
   })();
 }
 
+/**
+ * The machine's CPU time so far, busy and in all, in clock ticks (Linux /proc/stat; undefined elsewhere): the
+ * summary says how busy the run kept the machine, so a slow run shows whether it waited or computed.
+ */
+function cpuTicks() {
+  try {
+    const fields = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0].trim().split(/\s+/).slice(1).map(Number);
+    const idle = fields[3] + (fields[4] ?? 0);
+    const total = fields.reduce((a, b) => a + b, 0);
+    return { busy: total - idle, total };
+  } catch {
+    return undefined;
+  }
+}
+
 const started = Date.now();
+const cpuAtStart = cpuTicks();
 let isolatedText = '';
 /** The stack lane's output, for its TAP footer and its failures in the summary. */
 let stackText = '';
@@ -194,6 +211,15 @@ function failures(text) {
   return out;
 }
 const failed = failures(both);
+const cpuAtEnd = cpuTicks();
+if (cpuAtStart && cpuAtEnd && cpuAtEnd.total > cpuAtStart.total) {
+  const busy = cpuAtEnd.busy - cpuAtStart.busy;
+  const share = busy / (cpuAtEnd.total - cpuAtStart.total);
+  // Clock ticks are 1/100 s on Linux: busy ticks / 6000 are CPU-minutes.
+  process.stdout.write(
+    `\n# ---- the machine's CPU while the lanes ran: ${(share * 100).toFixed(0)} % busy over ${availableParallelism()} cores, ${(busy / 6000).toFixed(1)} CPU-minutes of work ----\n`,
+  );
+}
 if (failed.length > 0) process.stdout.write(`\n# ---- failures (also above, in their lane's report) ----\n${failed.join('\n')}\n`);
 process.stdout.write(
   `\n# ---- all lanes: ${files.length} files in ${minutes(Date.now() - started)}: tests ${tally(both, 'tests')}, pass ${tally(both, 'pass')}, fail ${tally(both, 'fail')}` +
