@@ -8,14 +8,20 @@
  * taken before the command runs (so its redirections cannot move it), carrying
  * a record framed by a per-exec random nonce:
  *   \x1f <nonce> : <byte length of $PWD> : <$PWD> \n
- * and a record with an empty payload on a dup of stdout marks the end of the
- * shell's stdout. Both are the last things the shell writes, so once the host
- * has read both, it has all the command wrote before it ended.
+ * and a record on a dup of stdout, whose payload is the shell's exit status,
+ * marks the end of the shell's stdout. Both are the last things the shell
+ * writes, so once the host has read both, it has all the command wrote before
+ * it ended; and the status reaches the host even when what waited for the
+ * shell (the exec server's subshell, which the sandbox's own processes can
+ * kill) is gone.
  */
 
 /** bash's byte length of $PWD (under LC_ALL=C); kept out of the template so JS does not read it. */
 // biome-ignore lint/suspicious/noTemplateCurlyInString: bash's ${#PWD}, not a JS template
 const pwdByteLength = '${#PWD}';
+/** bash's length of the exit status the shell reports. */
+// biome-ignore lint/suspicious/noTemplateCurlyInString: bash's ${#__sbx_status}, not a JS template
+const statusLength = '${#__sbx_status}';
 
 const wrapperScript = String.raw`__sbx_nonce=$1 __sbx_cwd=$2 __sbx_fallback=$3 __sbx_io=$4
 shift 4
@@ -47,8 +53,8 @@ __sbx_report() {
   __sbx_reported=1
   local LC_ALL=C
   printf '\037%s:%d:%s\n' "$__sbx_nonce" "${pwdByteLength}" "$PWD" >&"$__sbx_fd"
-  # The end of this shell's stdout: all it wrote is before this record.
-  printf '\037%s:0:\n' "$__sbx_nonce" >&"$__sbx_ofd"
+  # The end of this shell's stdout, with the status it exits with: all it wrote is before this record.
+  printf '\037%s:%d:%s\n' "$__sbx_nonce" "${statusLength}" "$__sbx_status" >&"$__sbx_ofd"
 }
 if [ -n "$__sbx_fallback" ] && [ ! -d "$__sbx_cwd" ]; then
   printf 'sandbox: the working directory %s no longer exists; running in %s\n' "$__sbx_cwd" "$__sbx_fallback" >&2

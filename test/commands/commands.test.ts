@@ -502,6 +502,22 @@ describe('the exec server: a warm process in each sandbox starts its commands (n
     const next = await exec('echo "started-by=$([ "$PPID" = 0 ] && echo docker-exec || echo exec-server)"');
     assert.equal(startedBy(next.body.stdout), 'exec-server');
   });
+
+  it('reports the exit code of a command whose waiting subshell the sandbox killed (with the server), from its shell', async () => {
+    await served();
+    const long = await start({ command: 'sleep 2; exit 7', command_id: 'outlives-its-waiter' });
+    assert.equal(long.status, 202, long.text);
+    // The server and every subshell waiting for a command (this one's own too): none is this sandbox's to rely on.
+    const killer = await exec("pkill -f '^/bin/bash --noprofile --norc -c io='; echo killed");
+    assert.equal(killer.body.stdout, 'killed\n', killer.text);
+    assert.equal(killer.body.exit_code, 0, killer.text);
+    const ended = await follow('outlives-its-waiter');
+    assert.equal(ended.final.status, 'exited');
+    assert.equal(ended.final.exit_code, 7, JSON.stringify(ended.final));
+    assert.equal(ended.final.end_detail, undefined);
+    // A new server takes over.
+    await served();
+  });
 });
 
 describe('secrets stay out of SSM', () => {

@@ -83,13 +83,14 @@ const unstartedAfterMs = 60_000;
 interface Running {
   record: CommandRecord;
   key: string;
+  /** Its shell: pid, cgroup and exit code. */
   proc: CommandProcess;
-  pid: number;
-  cgroup: CommandCgroup;
   stdio: FifoStdio;
   output: OutputStore;
   startedMs: number;
   finalCwd?: string;
+  /** The exit status the shell wrote in its end record (exec-wrapper.ts): its code when nothing else reports one. */
+  reportedExit?: number;
   /** Why it is being ended from outside, if it is. */
   ending?: { reason: CommandEndReason; signal: 'TERM' | 'KILL' };
   stdinChain: Promise<void>;
@@ -209,8 +210,6 @@ export class CommandRunner {
     const ioDir = sandboxPaths(this.o.hostConfig, sandboxId).io;
     let stdio: FifoStdio | undefined;
     let proc: CommandProcess;
-    let pid: number;
-    let cgroup: CommandCgroup;
     try {
       stdio = await makeFifoStdio(ioDir, commandId);
       proc = await this.launch(sandboxId, commandId, ioDir, record.user, {
@@ -218,11 +217,9 @@ export class CommandRunner {
         // A claimed pool container's sandbox env first (a cold container has it in its config); the command's wins.
         env: [...sandboxEnv(this.o.hostConfig, sandboxId), ...Object.entries(env).map(([name, value]) => `${name}=${value}`)],
       });
-      pid = proc.pid;
       // Into its own cgroup before it may start anything: the wrapper waits for the "go" line.
-      cgroup = proc.cgroup;
-      cgroup.create();
-      cgroup.adopt(pid);
+      proc.cgroup.create();
+      proc.cgroup.adopt(proc.pid);
     } catch (error) {
       await stdio?.close().catch(() => undefined);
       const detail =
@@ -271,8 +268,6 @@ export class CommandRunner {
       record: claimed,
       key,
       proc,
-      pid,
-      cgroup,
       stdio: io,
       output,
       startedMs: Date.now(),
@@ -305,6 +300,7 @@ export class CommandRunner {
           }
           return;
         }
+        if (/^\d{1,3}$/.test(payload)) c.reportedExit = Number(payload);
         if (++endRecords === 2) void watchExit();
       },
     );
@@ -331,7 +327,7 @@ export class CommandRunner {
       watching = true;
       // The end records come just before the shell exits: wait for the exit itself (its code is the command's),
       // watching the process first (a signal 0, no engine call), then asking for its exit code.
-      for (let waited = 0; !finishing && isAlive(pid) && waited < 200; waited++) await new Promise((r) => setTimeout(r, 1));
+      for (let waited = 0; !finishing && isAlive(proc.pid) && waited < 200; waited++) await new Promise((r) => setTimeout(r, 1));
       for (let attempt = 0; !finishing; attempt++) {
         const exitCode = await proc.exited();
         if (exitCode !== undefined) return finish(exitCode);
@@ -350,7 +346,7 @@ export class CommandRunner {
       backstop = setTimeout(
         () => {
           if (finishing || watching) return;
-          if (isAlive(pid)) return checkGone(attempt + 1);
+          if (isAlive(proc.pid)) return checkGone(attempt + 1);
           readRest();
           if (watching) return;
           // What processes it left behind write meanwhile still counts.
@@ -427,11 +423,11 @@ export class CommandRunner {
     if (c.ending && !escalating) return;
     c.ending = { reason: c.ending?.reason ?? reason, signal };
     try {
-      if (signal === 'KILL') c.cgroup.kill();
+      if (signal === 'KILL') c.proc.cgroup.kill();
       else {
-        c.cgroup.signal('SIGTERM');
+        c.proc.cgroup.signal('SIGTERM');
         setTimeout(() => {
-          if (!c.cgroup.isEmpty()) this.end(c, reason, 'KILL');
+          if (!c.proc.cgroup.isEmpty()) this.end(c, reason, 'KILL');
         }, this.termGraceMs).unref();
       }
     } catch (err) {
@@ -452,9 +448,9 @@ export class CommandRunner {
     let detail: string | undefined;
     if (c.ending) {
       // Killed means every process it started is gone.
-      if (!(await c.cgroup.waitEmpty(c.ending.signal === 'TERM' ? this.termGraceMs + 2_000 : 5_000))) {
-        c.cgroup.kill();
-        if (!(await c.cgroup.waitEmpty(5_000))) detail = `processes ${c.cgroup.pids().join(', ')} did not die`;
+      if (!(await c.proc.cgroup.waitEmpty(c.ending.signal === 'TERM' ? this.termGraceMs + 2_000 : 5_000))) {
+        c.proc.cgroup.kill();
+        if (!(await c.proc.cgroup.waitEmpty(5_000))) detail = `processes ${c.proc.cgroup.pids().join(', ')} did not die`;
       }
       status = c.ending.reason === 'timeout' ? 'timed_out' : 'killed';
     }
@@ -462,6 +458,14 @@ export class CommandRunner {
     await c.stdio.close();
     let exitCode: number | null = code ?? null;
     if (exitCode === null && c.ending) exitCode = killedExitCode;
+    // What waited for the shell (an exec server's subshell: the sandbox's own processes can kill it) was gone
+    // before it could report: the shell's own end record says what it exited with.
+    if (exitCode === null && c.reportedExit !== undefined) exitCode = c.reportedExit;
+    if (exitCode === null) {
+      detail = [detail, 'its exit code is unknown: it ended without its end record, after what waited for it in the sandbox was gone']
+        .filter(Boolean)
+        .join('; ');
+    }
     const stored = await c.output.drain(30_000);
     if (stored.unstored > 0) {
       detail = [detail, `${stored.unstored} bytes of output could not be stored: ${(stored.error as Error)?.message ?? 'S3 failed'}`]
@@ -485,7 +489,7 @@ export class CommandRunner {
       stdoutTruncated: p.stdout.truncated,
       stderrTruncated: p.stderr.truncated,
     });
-    if (c.cgroup.isEmpty()) c.cgroup.remove();
+    if (c.proc.cgroup.isEmpty()) c.proc.cgroup.remove();
     this.running.delete(c.key);
     if (r.stdin_open) await dropPendingStdin(r.sandbox_id, r.command_id).catch(() => undefined);
     return ended;
