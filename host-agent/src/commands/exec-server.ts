@@ -209,7 +209,7 @@ export class ExecServer {
     return new Promise((resolve, reject) => {
       const started = Date.now();
       const check = setInterval(() => {
-        if (!this.usable) return fail('it exited');
+        if (!this.stillServes()) return fail('it exited');
         if (Date.now() - started > readyTimeoutMs) fail(`it did not start within ${readyTimeoutMs} ms`);
       }, 25);
       const fail = (why: string) => {
@@ -248,8 +248,11 @@ export class ExecServer {
     if (this.buffered.length > 4096) this.buffered = '';
   }
 
-  /** Whether it still serves: its process lives (not a zombie), in its cgroup. */
-  get usable(): boolean {
+  /**
+   * Whether it still serves: its process lives (not a zombie), in its cgroup.
+   * One found gone is closed here, at once: what waits on it fails now, not at its timeout.
+   */
+  stillServes(): boolean {
     if (this.broken) return false;
     try {
       const state = statFields(this.pid)[0];
@@ -268,7 +271,7 @@ export class ExecServer {
    * (the server's cgroup is killed first), and it is closed for good.
    */
   async spawn(commandId: string, argv: readonly string[], env: readonly string[]): Promise<ServedProcess> {
-    if (!this.usable) throw new ExecServerError('the exec server is gone');
+    if (!this.stillServes()) throw new ExecServerError('the exec server is gone');
     const spec = join(this.ioDir, `${commandId}.spec`);
     const w: Waiting = { fail: () => undefined };
     try {
@@ -368,7 +371,7 @@ export class ExecServers {
     const running = this.starting.get(container);
     if (running) return running;
     const current = this.servers.get(container);
-    if (current?.usable) return Promise.resolve(current);
+    if (current?.stillServes()) return Promise.resolve(current);
     const started = ExecServer.start({ docker: this.docker, container, ioDir, ioMount })
       .then(
         (server) => {
@@ -396,7 +399,7 @@ export class ExecServers {
   /** The ready server of `container`, or undefined (one is started for next time, unless one failed there). */
   ready(container: string, ioDir: string, ioMount: string): ExecServer | undefined {
     const server = this.servers.get(container);
-    if (server?.usable) return server;
+    if (server?.stillServes()) return server;
     if (server) this.servers.delete(container);
     if (!this.failed.has(container)) void this.start(container, ioDir, ioMount);
     return undefined;
