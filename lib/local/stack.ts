@@ -311,10 +311,20 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
       },
       ...(o.signal ? { signal: o.signal } : {}),
     };
+    // Hosts still starting (the Auto Scaling stand-in launches them while the stack runs): close waits for them.
+    const starting = new Set<Promise<LocalHost>>();
+    let closingHosts = false;
     const addHost = async (ho: LocalHostOptions = {}) => {
-      const host = await startLocalHost(hostContext, ho);
-      hosts.push(host);
-      return host;
+      if (closingHosts) throw new Error('the local stack is closing: no host starts now');
+      const start = startLocalHost(hostContext, ho);
+      starting.add(start);
+      try {
+        const host = await start;
+        hosts.push(host);
+        return host;
+      } finally {
+        starting.delete(start);
+      }
     };
     const removeHost = async (hostId: string) => {
       const i = hosts.findIndex((h) => h.hostId === hostId);
@@ -322,8 +332,11 @@ export async function startLocalStack(o: LocalStackOptions = {}): Promise<LocalS
       const [host] = hosts.splice(i, 1);
       await host!.close();
     };
-    // Runs first on close (pushed last): every host, with its containers and mounts.
+    // Runs first on close (pushed last): every host, with its containers and mounts; one still starting
+    // (a launch the close came in the middle of) is waited for and closed with them, not left running.
     cleanups.push(async () => {
+      closingHosts = true;
+      await Promise.allSettled([...starting]);
       for (const h of hosts.splice(0).reverse()) await h.close();
     });
     hostsReady({ add: addHost, remove: removeHost });
