@@ -218,12 +218,14 @@ async function takeAllocation(
 /**
  * Places a sandbox: tries the hosts it fits on in the strategy's order and
  * takes the first allocation that holds. Undefined when no active host has
- * room (the caller waits for capacity).
+ * room (the caller waits for capacity), logged with why at `noRoomLevel`:
+ * `info` for a caller that waits for a host as a matter of course (a create in
+ * a fleet that rests at zero), `warn` (the default) when no room is an answer.
  */
 export async function placeSandbox(
   sandboxId: string,
   request: Resources,
-  o: { strategy?: PlacementStrategy; image?: string; now?: number } = {},
+  o: { strategy?: PlacementStrategy; image?: string; now?: number; noRoomLevel?: 'info' | 'warn' } = {},
 ): Promise<HostRecord | undefined> {
   const now = o.now ?? Date.now();
   const freshAfter = now - config().hostLostAfterSeconds * 1000;
@@ -234,7 +236,7 @@ export async function placeSandbox(
     if (taken) return taken;
   }
   // Why there was no room, for whoever reads the logs of a create answered no_capacity.
-  logger.warn('placement: no host took the sandbox', {
+  logger[o.noRoomLevel ?? 'warn']('placement: no host took the sandbox', {
     sandboxId,
     request,
     activeHosts: active.length,

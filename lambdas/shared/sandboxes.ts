@@ -113,9 +113,11 @@ export async function createSandbox(
   const share = resourcesOf(sandboxConfig);
   // The tenant's cap first: a tenant at its limit never takes room on a host.
   await refuseIfTenantFull(p.tenantId);
-  const host = await placeSandbox(sandboxId, share, { now, image: c.sandboxImage });
   // Waiting only makes sense when something can bring a host: an Auto Scaling group to ask (and a wait to allow).
-  if (!host && (!c.autoScalingGroupName || c.capacityWaitSeconds <= 0)) {
+  const canWait = Boolean(c.autoScalingGroupName) && c.capacityWaitSeconds > 0;
+  // A create that waits for a host is how a fleet at rest starts: no warning for it.
+  const host = await placeSandbox(sandboxId, share, { now, image: c.sandboxImage, noRoomLevel: canWait ? 'info' : 'warn' });
+  if (!host && !canWait) {
     throw new ApiError(503, 'no_capacity', 'no sandbox host has room for this sandbox right now; retry shortly', { 'Retry-After': '5' });
   }
   const token = generateSandboxToken(sandboxId);

@@ -20,6 +20,32 @@ import { hotPrefix, record, s3Text, uniqueUser, waitFor, waitForStatus } from '.
 
 const terminateHook = { name: 'drain-before-terminate', heartbeatTimeoutSeconds: 120, defaultResult: 'CONTINUE' as const };
 
+/**
+ * The lines this process prints while `run` runs and a second after: the functions' and host daemons' log lines
+ * reach it through the stack's telemetry as text, as a function's would reach CloudWatch Logs (the test runner's
+ * own reports, written as bytes, are left out).
+ */
+async function printedDuring<T>(run: () => Promise<T>): Promise<{ value: T; printed: string }> {
+  let printed = '';
+  const restores = [process.stdout, process.stderr].map((stream) => {
+    const write = stream.write;
+    stream.write = ((chunk: unknown, ...rest: unknown[]) => {
+      if (typeof chunk === 'string') printed += chunk;
+      return (write as (...args: unknown[]) => boolean).call(stream, chunk, ...rest);
+    }) as typeof stream.write;
+    return () => {
+      stream.write = write;
+    };
+  });
+  try {
+    const value = await run();
+    await new Promise((r) => setTimeout(r, 1000));
+    return { value, printed };
+  } finally {
+    for (const restore of restores) restore();
+  }
+}
+
 /** Longer than a daemon restart takes here (2 s, then its start), far shorter than the default 90 s. */
 const lostAfterSeconds = 20;
 
@@ -53,12 +79,14 @@ describe('a fleet that rests at zero (EC2 Auto Scaling stood in by a local endpo
     assert.equal(stack.hosts().length, 0, 'no host at rest');
     user = uniqueUser('zero');
     const asked = Date.now();
-    const res = await api.create(user, { idle_timeout_seconds: 600 });
+    const { value: res, printed } = await printedDuring(() => api.create(user, { idle_timeout_seconds: 600 }));
     assert.equal(res.status, 202, res.text);
     assert.equal(res.body.status, 'creating');
     assert.equal(res.body.status_detail, 'waiting_for_capacity');
     sandboxId = res.body.sandbox_id;
     made.push(sandboxId);
+    // Waiting for a host is how a fleet at rest starts: logged at info, not as a warning (LOG_LEVEL is warn here).
+    assert.doesNotMatch(printed, /no host took the sandbox/);
 
     const set = stack.autoScaling!.calls.find((c) => c.action === 'SetDesiredCapacity');
     assert.equal(set?.params.DesiredCapacity, '1', 'the create asked the group for one host');
