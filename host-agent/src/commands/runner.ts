@@ -461,11 +461,8 @@ export class CommandRunner {
     // What waited for the shell (an exec server's subshell: the sandbox's own processes can kill it) was gone
     // before it could report: the shell's own end record says what it exited with.
     if (exitCode === null && c.reportedExit !== undefined) exitCode = c.reportedExit;
-    if (exitCode === null) {
-      detail = [detail, 'its exit code is unknown: it ended without its end record, after what waited for it in the sandbox was gone']
-        .filter(Boolean)
-        .join('; ');
-    }
+    // Only a command nobody ended gets here (an ended one has its code above): nothing else is in `detail` yet.
+    if (exitCode === null) detail = 'its exit code is unknown: its shell ended without its end record, and what waited for it reported none';
     const stored = await c.output.drain(30_000);
     if (stored.unstored > 0) {
       detail = [detail, `${stored.unstored} bytes of output could not be stored: ${(stored.error as Error)?.message ?? 'S3 failed'}`]
